@@ -1,0 +1,118 @@
+//! Building and running the server: bind (port 0 is fine), state, resumed jobs, reaper, shutdown.
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    auth::{keys::Keys, provider_token::ProviderTokens},
+    config::Config,
+    http_client,
+    jobs::{reaper, runner::Runner},
+    routes,
+    state::AppState,
+    store::Store,
+};
+
+/// How long shutdown waits for running jobs to stop (they resume on the next start).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+}
+
+impl App {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create DATA_DIR {}", config.data_dir.display()))?;
+        std::fs::create_dir_all(&config.jobs_path)
+            .with_context(|| format!("cannot create JOBS_PATH {}", config.jobs_path.display()))?;
+        let keys = Arc::new(Keys::load_or_generate(&config).context("loading keys")?);
+        let store = Store::open(&config.sqlite_path())
+            .await
+            .with_context(|| format!("opening the database {}", config.sqlite_path().display()))?;
+        let http = http_client::build(&config.limits).context("building the HTTP client")?;
+        let destination = config.destination.build(config.jobs_path.clone());
+        let shutdown = CancellationToken::new();
+        let jobs = Arc::new(Runner::new(
+            shutdown.clone(),
+            config.limits.max_concurrent_jobs,
+        ));
+        let addr = format!("{}:{}", config.host, config.port);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let state = AppState {
+            provider_tokens: Arc::new(ProviderTokens::new(http.clone(), keys.clone())),
+            config: Arc::new(config),
+            store,
+            http,
+            keys,
+            destination,
+            jobs,
+        };
+        Ok(Self {
+            listener,
+            state,
+            shutdown,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serve until `signal` resolves, then stop jobs and the reaper gracefully.
+    pub async fn run(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            state,
+            shutdown,
+        } = self;
+        tracing::info!(
+            address = %listener.local_addr()?,
+            destination = %state.destination.describe(),
+            "bulk-import listening"
+        );
+        let unfinished = state.store.unfinished_jobs().await?;
+        if !unfinished.is_empty() {
+            tracing::info!(jobs = unfinished.len(), "resuming unfinished jobs");
+        }
+        for job in unfinished {
+            state.jobs.spawn(state.clone(), job.id).await;
+        }
+        state.jobs.tracker.spawn(reaper::run(state.clone()));
+
+        let router = routes::router(state.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            signal.await;
+            stop.cancel();
+        });
+        let serve_stop = shutdown.clone();
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { serve_stop.cancelled().await })
+            .await?;
+        state.jobs.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, state.jobs.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("jobs did not stop in time; they resume on the next start");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,105 @@
+//! Access tokens we issue at `/auth/token` (HS256 JWTs, short-lived, bound to a registration), and
+//! the Bearer extractor that protects `/$import`.
+use std::time::{Duration, SystemTime};
+
+use axum::{extract::FromRequestParts, http::request::Parts};
+use josekit::{
+    jws::{JwsHeader, HS256},
+    jwt::{self, JwtPayload},
+};
+use secrecy::ExposeSecret;
+
+use super::keys::{random_hex, Keys};
+use crate::{routes::error::ApiError, state::AppState, store::providers::Provider};
+
+/// Claims of a verified access token.
+#[derive(Debug, Clone)]
+pub struct AccessClaims {
+    pub client_id: String,
+    pub scope: String,
+}
+
+pub fn issue(
+    keys: &Keys,
+    client_id: &str,
+    scope: &str,
+    lifetime: Duration,
+) -> Result<String, josekit::JoseError> {
+    let now = SystemTime::now();
+    let mut payload = JwtPayload::new();
+    payload.set_subject(client_id);
+    payload.set_issued_at(&now);
+    payload.set_expires_at(&(now + lifetime));
+    payload.set_jwt_id(random_hex(16));
+    payload.set_claim("scope", Some(scope.into()))?;
+    let mut header = JwsHeader::new();
+    header.set_token_type("JWT");
+    let signer = HS256.signer_from_bytes(keys.hmac_secret().expose_secret().as_bytes())?;
+    jwt::encode_with_signer(&payload, &header, &signer)
+}
+
+/// Verify signature and expiry; the registration check happens in the extractor.
+pub fn verify(keys: &Keys, token: &str) -> Result<AccessClaims, String> {
+    let verifier = HS256
+        .verifier_from_bytes(keys.hmac_secret().expose_secret().as_bytes())
+        .map_err(|_| "the token cannot be verified".to_string())?;
+    let (payload, _) = jwt::decode_with_verifier(token, &verifier)
+        .map_err(|_| "the access token is not valid".to_string())?;
+    let exp = payload
+        .expires_at()
+        .ok_or("the access token has no expiry")?;
+    if exp <= SystemTime::now() {
+        return Err("the access token has expired; request a new one at /auth/token".into());
+    }
+    let client_id = payload
+        .subject()
+        .ok_or("the access token has no subject")?
+        .to_string();
+    let scope = payload
+        .claim("scope")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
+    Ok(AccessClaims { client_id, scope })
+}
+
+/// A verified caller of `/$import`: the Bearer token is ours, unexpired, and its registration active.
+pub struct Caller {
+    pub claims: AccessClaims,
+    pub provider: Provider,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::Unauthorized("authorization is required: send 'Authorization: Bearer <token>' from /auth/token".into()))?;
+        let value = header
+            .to_str()
+            .map_err(|_| ApiError::Unauthorized("the authorization header is not text".into()))?;
+        // The sample pinger sends lowercase "bearer": the scheme is case-insensitive (RFC 7235 §2.1).
+        let token = value
+            .trim()
+            .split_once(char::is_whitespace)
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ApiError::Unauthorized("the authorization header must be 'Bearer <token>'".into())
+            })?;
+        let claims = verify(&app.keys, token).map_err(ApiError::Unauthorized)?;
+        let provider = app
+            .store
+            .provider(&claims.client_id)
+            .await?
+            .ok_or_else(|| {
+                ApiError::Unauthorized(
+                    "the registration behind this token is unknown or revoked".into(),
+                )
+            })?;
+        Ok(Caller { claims, provider })
+    }
+}

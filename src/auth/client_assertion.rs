@@ -1,0 +1,265 @@
+//! Our token endpoint's check of a provider's client assertion (SMART Backend Services
+//! "authenticating to the token endpoint"; RFC 7523 §3): alg allow-list, key selection by `kid`,
+//! `jku` binding, `iss == sub == client_id`, `aud`, `exp` ≤ 5 minutes ahead, `jti` not replayed.
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use josekit::{jwk::Jwk, jwt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{access_token, algorithms, AuthError};
+use crate::{
+    config::MAX_JWKS_BYTES, http_client::read_limited, state::AppState, store::providers::Provider,
+};
+
+pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// The longest assertion lifetime SMART allows ("no more than five minutes in the future").
+pub const MAX_ASSERTION_LIFETIME: Duration = Duration::from_secs(300);
+/// Clock skew tolerated on `exp`/`nbf`/`iat`, in one place.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
+const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Deserialize)]
+pub struct TokenForm {
+    pub grant_type: Option<String>,
+    pub client_assertion_type: Option<String>,
+    pub client_assertion: Option<String>,
+    pub scope: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: Option<String>,
+    kid: Option<String>,
+    jku: Option<String>,
+}
+
+fn decode_part<T: for<'de> Deserialize<'de>>(part: Option<&str>) -> Result<T, AuthError> {
+    let bad = || AuthError::InvalidClient("client_assertion is not a well-formed JWT".into());
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part.ok_or_else(bad)?)
+        .map_err(|_| bad())?;
+    serde_json::from_slice(&bytes).map_err(|_| bad())
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Check a token request and, if every rule holds, issue an access token.
+pub async fn exchange(
+    app: &AppState,
+    token_url: &str,
+    form: TokenForm,
+) -> Result<Value, AuthError> {
+    let grant_type = form
+        .grant_type
+        .ok_or_else(|| AuthError::InvalidRequest("grant_type is required".into()))?;
+    if grant_type != "client_credentials" {
+        return Err(AuthError::UnsupportedGrantType(format!(
+            "grant_type must be 'client_credentials' (received '{grant_type}')"
+        )));
+    }
+    match form.client_assertion_type.as_deref() {
+        None => {
+            return Err(AuthError::InvalidRequest(
+                "client_assertion_type is required".into(),
+            ))
+        }
+        Some(ASSERTION_TYPE) => {}
+        Some(_) => {
+            return Err(AuthError::InvalidRequest(format!(
+                "client_assertion_type must be '{ASSERTION_TYPE}'"
+            )))
+        }
+    }
+    let assertion = form
+        .client_assertion
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| AuthError::InvalidRequest("client_assertion is required".into()))?;
+    let scope = form
+        .scope
+        .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            AuthError::InvalidScope("scope is required (for example 'system/*.write')".into())
+        })?;
+    if let Some(bad) = scope.split(' ').find(|s| !s.starts_with("system/")) {
+        return Err(AuthError::InvalidScope(format!(
+            "only system/ scopes are granted here (received '{bad}')"
+        )));
+    }
+
+    let mut parts = assertion.split('.');
+    let header: Header = decode_part(parts.next())?;
+    let claims: Value = decode_part(parts.next())?;
+    let alg = header.alg.unwrap_or_default();
+    if !algorithms::ASSERTION_ALGORITHMS.contains(&alg.as_str()) {
+        return Err(AuthError::InvalidClient(format!(
+            "alg '{alg}' is not accepted; use one of {}",
+            algorithms::ASSERTION_ALGORITHMS.join(", ")
+        )));
+    }
+    let iss = claims
+        .get("iss")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let sub = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if iss.is_empty() || iss != sub {
+        return Err(AuthError::InvalidClient(
+            "the 'iss' and 'sub' claims must both equal the client_id".into(),
+        ));
+    }
+    let provider = app.store.provider(iss).await?.ok_or_else(|| {
+        AuthError::InvalidClient("unknown or revoked client_id; register at /auth/register".into())
+    })?;
+    if let Some(jku) = &header.jku {
+        if provider.jwks_uri.as_deref() != Some(jku.as_str()) {
+            return Err(AuthError::InvalidClient(
+                "the 'jku' header does not match the registered JWKS URL".into(),
+            ));
+        }
+    }
+
+    let keys = registered_keys(app, &provider).await?;
+    let kty = algorithms::key_type_for(&alg).unwrap_or_default();
+    let candidates: Vec<&Jwk> = keys
+        .iter()
+        .filter(|k| k.key_type() == kty)
+        .filter(|k| {
+            header
+                .kid
+                .as_deref()
+                .is_none_or(|kid| k.key_id() == Some(kid))
+        })
+        .collect();
+    let key = match candidates.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(AuthError::InvalidClient(
+                "no registered key matches the assertion's 'kid' and 'alg'".into(),
+            ))
+        }
+        _ => {
+            return Err(AuthError::InvalidClient(
+                "several registered keys match; send a 'kid' header".into(),
+            ))
+        }
+    };
+    let verifier = algorithms::verifier(&alg, key).map_err(|_| {
+        AuthError::InvalidClient("the registered key cannot verify this algorithm".into())
+    })?;
+    let (payload, _) = jwt::decode_with_verifier(&assertion, &*verifier).map_err(|_| {
+        AuthError::InvalidClient("the client_assertion signature is not valid".into())
+    })?;
+
+    let now = SystemTime::now();
+    let audiences = payload.audience().unwrap_or_default();
+    if !audiences.contains(&token_url) {
+        return Err(AuthError::InvalidClient(format!(
+            "the 'aud' claim must be this token endpoint: {token_url}"
+        )));
+    }
+    let exp = payload
+        .expires_at()
+        .ok_or_else(|| AuthError::InvalidClient("the 'exp' claim is required".into()))?;
+    if exp + CLOCK_SKEW < now {
+        return Err(AuthError::InvalidClient(
+            "the client_assertion has expired".into(),
+        ));
+    }
+    if exp > now + MAX_ASSERTION_LIFETIME + CLOCK_SKEW {
+        return Err(AuthError::InvalidClient(
+            "the 'exp' claim must be at most 5 minutes in the future".into(),
+        ));
+    }
+    if payload
+        .not_before()
+        .is_some_and(|nbf| nbf > now + CLOCK_SKEW)
+    {
+        return Err(AuthError::InvalidClient(
+            "the client_assertion is not valid yet ('nbf')".into(),
+        ));
+    }
+    if payload
+        .issued_at()
+        .is_some_and(|iat| iat > now + CLOCK_SKEW)
+    {
+        return Err(AuthError::InvalidClient(
+            "the 'iat' claim is in the future".into(),
+        ));
+    }
+    let jti = payload
+        .jwt_id()
+        .filter(|j| !j.is_empty())
+        .ok_or_else(|| AuthError::InvalidClient("the 'jti' claim is required".into()))?;
+    let fresh = app
+        .store
+        .remember_jti(iss, jti, unix(exp + CLOCK_SKEW), unix(now))
+        .await?;
+    if !fresh {
+        return Err(AuthError::InvalidClient(
+            "this client_assertion was already used ('jti' replay)".into(),
+        ));
+    }
+
+    let lifetime = app.config.access_token_lifetime;
+    let token = access_token::issue(&app.keys, &provider.client_id, &scope, lifetime)?;
+    Ok(json!({
+        "token_type": "bearer",
+        "access_token": token,
+        "expires_in": lifetime.as_secs(),
+        "scope": scope,
+        "client_id": provider.client_id,
+    }))
+}
+
+/// The keys of a registration: its inline JWKS or the one at its JWKS URL.
+async fn registered_keys(app: &AppState, provider: &Provider) -> Result<Vec<Jwk>, AuthError> {
+    let set: Value = if let Some(v) = provider.jwks_value() {
+        v
+    } else if let Some(uri) = &provider.jwks_uri {
+        let resp = app
+            .http
+            .get(uri)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .timeout(JWKS_FETCH_TIMEOUT)
+            .send()
+            .await
+            .map_err(|_| {
+                AuthError::InvalidClient("the registered JWKS URL could not be fetched".into())
+            })?;
+        if !resp.status().is_success() {
+            return Err(AuthError::InvalidClient(format!(
+                "the registered JWKS URL answered {}",
+                resp.status()
+            )));
+        }
+        let body = read_limited(resp, MAX_JWKS_BYTES).await.map_err(|e| {
+            AuthError::InvalidClient(format!("the registered JWKS could not be read: {e}"))
+        })?;
+        serde_json::from_slice(&body)
+            .map_err(|_| AuthError::InvalidClient("the registered JWKS is not JSON".into()))?
+    } else {
+        return Err(AuthError::InvalidClient(
+            "the registration has no keys".into(),
+        ));
+    };
+    let keys = set
+        .get("keys")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    Ok(keys
+        .into_iter()
+        .filter_map(|k| k.as_object().cloned())
+        .filter_map(|m| Jwk::from_map(m).ok())
+        .filter(|k| k.parameter("d").is_none())
+        .collect())
+}

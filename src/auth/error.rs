@@ -1,0 +1,70 @@
+//! OAuth 2.0 errors (RFC 6749 §5.2), rendered as `{error, error_description}` with `no-store`.
+use axum::{
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// Authentication of the client failed (SMART: "SHALL respond with an invalid_client error").
+    #[error("{0}")]
+    InvalidClient(String),
+    #[error("{0}")]
+    InvalidGrant(String),
+    #[error("{0}")]
+    InvalidScope(String),
+    #[error("{0}")]
+    UnsupportedGrantType(String),
+    #[error("key handling failed")]
+    Jose(#[from] josekit::JoseError),
+    #[error("storage failed")]
+    Store(#[from] crate::store::StoreError),
+    #[error("provider request failed")]
+    Http(#[from] reqwest::Error),
+    #[error("{0}")]
+    Provider(String),
+}
+
+impl AuthError {
+    fn code(&self) -> (&'static str, StatusCode) {
+        match self {
+            AuthError::InvalidRequest(_) => ("invalid_request", StatusCode::BAD_REQUEST),
+            AuthError::InvalidClient(_) => ("invalid_client", StatusCode::UNAUTHORIZED),
+            AuthError::InvalidGrant(_) => ("invalid_grant", StatusCode::BAD_REQUEST),
+            AuthError::InvalidScope(_) => ("invalid_scope", StatusCode::BAD_REQUEST),
+            AuthError::UnsupportedGrantType(_) => {
+                ("unsupported_grant_type", StatusCode::BAD_REQUEST)
+            }
+            AuthError::Jose(_)
+            | AuthError::Store(_)
+            | AuthError::Http(_)
+            | AuthError::Provider(_) => ("server_error", StatusCode::INTERNAL_SERVER_ERROR),
+        }
+    }
+}
+
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        let (error, status) = self.code();
+        let description = if status.is_server_error() {
+            tracing::error!(error = %crate::routes::error::chain(&self), "auth request failed");
+            "the server could not process the request; try again later".to_string()
+        } else {
+            self.to_string()
+        };
+        let mut res = (
+            status,
+            Json(json!({ "error": error, "error_description": description })),
+        )
+            .into_response();
+        res.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        res.headers_mut()
+            .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        res
+    }
+}

@@ -1,0 +1,247 @@
+//! Our own keys: the private JWK we sign provider client assertions with (public half at `/jwks`)
+//! and the HMAC secret for the access tokens we issue. Missing ones are generated on first start and
+//! persisted with 0600 permissions under the data directory.
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use josekit::{
+    jwk::{alg::ec::EcCurve, alg::ec::EcKeyPair, alg::rsa::RsaKeyPair, Jwk, KeyPair},
+    jws::JwsHeader,
+    jwt::{self, JwtPayload},
+};
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+
+use super::algorithms;
+use crate::config::Config;
+
+/// Algorithm of a generated key: ES384 is one of the two SMART requires and is fast.
+pub const GENERATED_KEY_ALG: &str = "ES384";
+const PRIVATE_KEY_FILE: &str = "private-key.jwk.json";
+const JWT_SECRET_FILE: &str = "jwt-secret";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    #[error("cannot read or write {path}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("PRIVATE_KEY (or {PRIVATE_KEY_FILE}) is not a usable private JWK: {0}")]
+    BadPrivateKey(String),
+    #[error("PUBLIC_KEY does not match the public half of PRIVATE_KEY")]
+    PublicKeyMismatch,
+    #[error("key operation failed")]
+    Jose(#[from] josekit::JoseError),
+}
+
+pub struct Keys {
+    private: Jwk,
+    alg: String,
+    kid: String,
+    public: Jwk,
+    hmac_secret: SecretString,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys")
+            .field("alg", &self.alg)
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Keys {
+    /// Load from config, else from the data directory, else generate and persist.
+    pub fn load_or_generate(config: &Config) -> Result<Self, KeysError> {
+        let dir = &config.data_dir;
+        let private = match &config.private_key {
+            Some(raw) => parse_private(raw.expose_secret())?,
+            None => {
+                let path = dir.join(PRIVATE_KEY_FILE);
+                match std::fs::read_to_string(&path) {
+                    Ok(raw) => parse_private(&raw)?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        let jwk = generate(GENERATED_KEY_ALG)?;
+                        write_secret_file(&path, jwk.to_string().as_bytes())?;
+                        tracing::info!(path = %path.display(), alg = GENERATED_KEY_ALG, "generated our signing key pair (PRIVATE_KEY was not set)");
+                        jwk
+                    }
+                    Err(source) => return Err(KeysError::Io { path, source }),
+                }
+            }
+        };
+        let hmac_secret = match &config.jwt_secret {
+            Some(s) => s.clone(),
+            None => {
+                let path = dir.join(JWT_SECRET_FILE);
+                match std::fs::read_to_string(&path) {
+                    Ok(s) if s.trim().len() >= 32 => SecretString::from(s.trim().to_string()),
+                    Ok(_) => {
+                        return Err(KeysError::BadPrivateKey(format!(
+                            "{} is too short",
+                            path.display()
+                        )))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        let secret = random_hex(48);
+                        write_secret_file(&path, secret.as_bytes())?;
+                        tracing::info!(path = %path.display(), "generated the access-token secret (JWT_SECRET was not set)");
+                        SecretString::from(secret)
+                    }
+                    Err(source) => return Err(KeysError::Io { path, source }),
+                }
+            }
+        };
+        let alg = private.algorithm().unwrap_or_default().to_string();
+        let kid = private.key_id().unwrap_or_default().to_string();
+        let public = public_of(&private)?;
+        if let Some(raw) = &config.public_key {
+            let given = Jwk::from_bytes(raw.as_bytes())
+                .map_err(|e| KeysError::BadPrivateKey(e.to_string()))?;
+            let same = ["n", "e", "x", "y", "crv"]
+                .iter()
+                .all(|m| given.parameter(m) == public.parameter(m));
+            if !same {
+                return Err(KeysError::PublicKeyMismatch);
+            }
+        }
+        // Prove the key signs before we accept traffic.
+        algorithms::signer(&alg, &private)?;
+        Ok(Self {
+            private,
+            alg,
+            kid,
+            public,
+            hmac_secret,
+        })
+    }
+
+    pub fn alg(&self) -> &str {
+        &self.alg
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// `{"keys": [...]}` with public members only.
+    pub fn jwks(&self) -> Value {
+        json!({ "keys": [serde_json::to_value(self.public.as_ref()).unwrap_or(Value::Null)] })
+    }
+
+    /// Sign a JWT with our private key (`alg` from the key, `kid`, `typ: JWT`).
+    pub fn sign(&self, payload: &JwtPayload) -> Result<String, josekit::JoseError> {
+        let mut header = JwsHeader::new();
+        header.set_token_type("JWT");
+        header.set_key_id(self.kid.clone());
+        let signer = algorithms::signer(&self.alg, &self.private)?;
+        jwt::encode_with_signer(payload, &header, &*signer)
+    }
+
+    pub fn hmac_secret(&self) -> &SecretString {
+        &self.hmac_secret
+    }
+}
+
+fn parse_private(raw: &str) -> Result<Jwk, KeysError> {
+    let mut jwk = Jwk::from_bytes(raw.trim().as_bytes())
+        .map_err(|e| KeysError::BadPrivateKey(e.to_string()))?;
+    let private_member = match jwk.key_type() {
+        "RSA" | "EC" => jwk.parameter("d").is_some(),
+        other => {
+            return Err(KeysError::BadPrivateKey(format!(
+                "key type '{other}' is not RSA or EC"
+            )))
+        }
+    };
+    if !private_member {
+        return Err(KeysError::BadPrivateKey(
+            "the JWK has no private member 'd'".into(),
+        ));
+    }
+    let alg = jwk.algorithm().map(str::to_string).unwrap_or_default();
+    if algorithms::key_type_for(&alg) != Some(jwk.key_type()) {
+        return Err(KeysError::BadPrivateKey(format!(
+            "'alg' must be one of {} matching the key type",
+            algorithms::ASSERTION_ALGORITHMS.join(", ")
+        )));
+    }
+    if jwk.key_id().is_none() {
+        jwk.set_key_id(random_hex(8));
+    }
+    Ok(jwk)
+}
+
+/// The public half of a private JWK, keeping `alg` and `kid`.
+pub fn public_of(private: &Jwk) -> Result<Jwk, josekit::JoseError> {
+    let mut public = private.to_public_key()?;
+    if let Some(alg) = private.algorithm() {
+        public.set_algorithm(alg);
+    }
+    if let Some(kid) = private.key_id() {
+        public.set_key_id(kid);
+    }
+    Ok(public)
+}
+
+/// A fresh private JWK for one of RS256/384/512 (RSA-2048) or ES256/384/512 (P-256/384/521).
+pub fn generate(alg: &str) -> Result<Jwk, josekit::JoseError> {
+    let mut jwk = match alg {
+        "RS256" | "RS384" | "RS512" => Jwk::generate_rsa_key(2048)?,
+        "ES256" => Jwk::generate_ec_key(EcCurve::P256)?,
+        "ES512" => Jwk::generate_ec_key(EcCurve::P521)?,
+        _ => Jwk::generate_ec_key(EcCurve::P384)?,
+    };
+    jwk.set_algorithm(alg);
+    jwk.set_key_id(random_hex(8));
+    Ok(jwk)
+}
+
+/// PEM forms (public, private) of a private JWK.
+pub fn pem_pair(private: &Jwk) -> Result<(String, String), josekit::JoseError> {
+    let (public, private) = match private.key_type() {
+        "RSA" => {
+            let kp = RsaKeyPair::from_jwk(private)?;
+            (kp.to_pem_public_key(), kp.to_pem_private_key())
+        }
+        _ => {
+            let kp = EcKeyPair::from_jwk(private)?;
+            (kp.to_pem_public_key(), kp.to_pem_private_key())
+        }
+    };
+    Ok((
+        String::from_utf8_lossy(&public).into_owned(),
+        String::from_utf8_lossy(&private).into_owned(),
+    ))
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut buf);
+    hex::encode(buf)
+}
+
+fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), KeysError> {
+    let io = |source| KeysError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(io)?;
+    file.write_all(contents).map_err(io)?;
+    file.sync_all().map_err(io)
+}

@@ -1,0 +1,249 @@
+//! Us as a SMART Backend Services client of a provider: discover its token endpoint
+//! (`.well-known/smart-configuration`, then the CapabilityStatement `oauth-uris` extension), sign a
+//! client assertion with our key, and cache the access token per provider and scope, refreshing
+//! ahead of expiry. A provider that advertises no token endpoint is treated as open (no auth).
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use josekit::jwt::JwtPayload;
+use secrecy::SecretString;
+use serde_json::Value;
+use tokio::sync::Mutex;
+use url::Url;
+
+use super::{keys::Keys, provider_base::ProviderBase, AuthError};
+use crate::http_client::read_limited;
+
+/// How long a discovered token endpoint is trusted before we look again.
+const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
+/// Lifetime of the assertions we sign (SMART: at most five minutes).
+const ASSERTION_LIFETIME: Duration = Duration::from_secs(240);
+/// Refresh a token this long before the provider says it expires.
+const REFRESH_AHEAD: Duration = Duration::from_secs(60);
+/// Assumed lifetime when a provider omits `expires_in` (SMART recommends 300 s).
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
+const AUTH_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_AUTH_BODY_BYTES: usize = 1024 * 1024;
+const OAUTH_URIS: &str = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris";
+
+struct Cached {
+    token: SecretString,
+    refresh_at: Instant,
+}
+
+/// Who we are at a provider.
+pub struct ProviderIdentity<'a> {
+    pub base: &'a ProviderBase,
+    /// Our client id at the provider.
+    pub client_id: &'a str,
+    pub scope: &'a str,
+}
+
+pub struct ProviderTokens {
+    http: reqwest::Client,
+    keys: Arc<Keys>,
+    tokens: Mutex<HashMap<String, Cached>>,
+    endpoints: Mutex<HashMap<String, (Option<Url>, Instant)>>,
+}
+
+impl ProviderTokens {
+    pub fn new(http: reqwest::Client, keys: Arc<Keys>) -> Self {
+        Self {
+            http,
+            keys,
+            tokens: Mutex::default(),
+            endpoints: Mutex::default(),
+        }
+    }
+
+    /// A token for this provider, or `None` when the provider needs none. `refresh` skips the cache
+    /// (after a 401).
+    pub async fn token(
+        &self,
+        who: &ProviderIdentity<'_>,
+        refresh: bool,
+    ) -> Result<Option<SecretString>, AuthError> {
+        let Some(endpoint) = self.token_endpoint(who.base).await? else {
+            return Ok(None);
+        };
+        let key = format!("{}|{}|{}", who.base.url(), who.client_id, who.scope);
+        // One lock for the fetch too, so concurrent jobs for a provider share one token request.
+        let mut tokens = self.tokens.lock().await;
+        if !refresh {
+            if let Some(c) = tokens.get(&key).filter(|c| c.refresh_at > Instant::now()) {
+                return Ok(Some(c.token.clone()));
+            }
+        }
+        let (token, lifetime) = self.request_token(&endpoint, who).await?;
+        let ahead = REFRESH_AHEAD.min(lifetime / 2);
+        tokens.insert(
+            key,
+            Cached {
+                token: token.clone(),
+                refresh_at: Instant::now() + lifetime - ahead,
+            },
+        );
+        Ok(Some(token))
+    }
+
+    async fn request_token(
+        &self,
+        endpoint: &Url,
+        who: &ProviderIdentity<'_>,
+    ) -> Result<(SecretString, Duration), AuthError> {
+        let now = SystemTime::now();
+        let mut claims = JwtPayload::new();
+        claims.set_issuer(who.client_id);
+        claims.set_subject(who.client_id);
+        claims.set_audience(vec![endpoint.as_str()]);
+        claims.set_issued_at(&now);
+        claims.set_expires_at(&(now + ASSERTION_LIFETIME));
+        claims.set_jwt_id(uuid::Uuid::new_v4().to_string());
+        let assertion = self.keys.sign(&claims)?;
+        let resp = self
+            .http
+            .post(endpoint.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .form(&[
+                ("scope", who.scope),
+                ("grant_type", "client_credentials"),
+                (
+                    "client_assertion_type",
+                    super::client_assertion::ASSERTION_TYPE,
+                ),
+                ("client_assertion", assertion.as_str()),
+            ])
+            .timeout(AUTH_REQUEST_TIMEOUT)
+            .send()
+            .await?;
+        let status = resp.status();
+        let body = read_limited(resp, MAX_AUTH_BODY_BYTES).await.map_err(|e| {
+            AuthError::Provider(format!(
+                "the provider's token response could not be read: {e}"
+            ))
+        })?;
+        let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if !status.is_success() {
+            let error = json
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("no error code");
+            let description = json
+                .get("error_description")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            return Err(AuthError::Provider(format!(
+                "the provider's token endpoint {endpoint} refused us with {status} ({error}: {description}); check our registration there (client id, JWKS URL, scope '{}')",
+                who.scope
+            )));
+        }
+        let token = json
+            .get("access_token")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                AuthError::Provider("the provider's token response has no access_token".into())
+            })?;
+        let lifetime = json
+            .get("expires_in")
+            .and_then(Value::as_u64)
+            .map(Duration::from_secs)
+            .filter(|d| !d.is_zero())
+            .unwrap_or(DEFAULT_TOKEN_LIFETIME);
+        Ok((SecretString::from(token.to_string()), lifetime))
+    }
+
+    async fn token_endpoint(&self, base: &ProviderBase) -> Result<Option<Url>, AuthError> {
+        let key = base.url().to_string();
+        if let Some((url, at)) = self.endpoints.lock().await.get(&key) {
+            if at.elapsed() < DISCOVERY_TTL {
+                return Ok(url.clone());
+            }
+        }
+        let found = match self.via_smart_configuration(base).await? {
+            Some(u) => Some(u),
+            None => self.via_capability_statement(base).await?,
+        };
+        if found.is_none() {
+            tracing::info!(provider = %base.url(), "provider advertises no token endpoint; pulling without authorization");
+        }
+        self.endpoints
+            .lock()
+            .await
+            .insert(key, (found.clone(), Instant::now()));
+        Ok(found)
+    }
+
+    async fn get_json(&self, url: Url) -> Result<Option<Value>, AuthError> {
+        let resp = self
+            .http
+            .get(url.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .timeout(AUTH_REQUEST_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| AuthError::Provider(format!("cannot reach the provider at {url}: {e}")))?;
+        if resp.status().is_server_error() {
+            return Err(AuthError::Provider(format!(
+                "the provider answered {} at {url}",
+                resp.status()
+            )));
+        }
+        if !resp.status().is_success() {
+            return Ok(None);
+        }
+        let body = read_limited(resp, MAX_AUTH_BODY_BYTES).await.ok();
+        Ok(body.and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    async fn via_smart_configuration(&self, base: &ProviderBase) -> Result<Option<Url>, AuthError> {
+        let url = base
+            .url()
+            .join(".well-known/smart-configuration")
+            .expect("a constant relative path joins");
+        let Some(json) = self.get_json(url).await? else {
+            return Ok(None);
+        };
+        Ok(json
+            .get("token_endpoint")
+            .and_then(Value::as_str)
+            .and_then(|t| base.url().join(t).ok()))
+    }
+
+    async fn via_capability_statement(
+        &self,
+        base: &ProviderBase,
+    ) -> Result<Option<Url>, AuthError> {
+        let url = base
+            .url()
+            .join("metadata")
+            .expect("a constant relative path joins");
+        let Some(json) = self.get_json(url).await? else {
+            return Ok(None);
+        };
+        let rests = json
+            .get("rest")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let token = rests
+            .iter()
+            .filter(|r| r.get("mode").and_then(Value::as_str) == Some("server"))
+            .filter_map(|r| r.pointer("/security/extension").and_then(Value::as_array))
+            .flatten()
+            .filter(|e| e.get("url").and_then(Value::as_str) == Some(OAUTH_URIS))
+            .filter_map(|e| e.get("extension").and_then(Value::as_array))
+            .flatten()
+            .filter(|e| e.get("url").and_then(Value::as_str) == Some("token"))
+            .find_map(|e| {
+                ["valueUri", "valueUrl", "valueString"]
+                    .iter()
+                    .find_map(|k| e.get(*k)?.as_str())
+            })
+            .map(str::to_string);
+        Ok(token.and_then(|t| base.url().join(&t).ok()))
+    }
+}

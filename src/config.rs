@@ -1,0 +1,377 @@
+//! Configuration: every variable of the reference consumer plus our bounds, read from the
+//! environment (and `.env`), with defaults as named constants and one message per bad value.
+use std::{path::PathBuf, time::Duration};
+
+use secrecy::SecretString;
+use url::Url;
+
+use crate::destination::DestinationKind;
+
+pub const DEFAULT_PORT: u16 = 3001;
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+pub const DEFAULT_JOBS_PATH: &str = "jobs";
+pub const DEFAULT_DATA_DIR: &str = "data";
+/// Bytes of randomness in a job id: 16 bytes = 128 bits, the floor for an id that is a capability.
+pub const DEFAULT_JOBS_ID_LENGTH: usize = 16;
+pub const MIN_JOBS_ID_LENGTH: usize = 16;
+pub const MAX_JOBS_ID_LENGTH: usize = 64;
+/// Minutes a finished job (and its files) is kept.
+pub const DEFAULT_JOBS_MAX_AGE_MINUTES: f64 = 5.0;
+pub const DEFAULT_REAPER_INTERVAL_SECS: f64 = 60.0;
+pub const DEFAULT_JSON_CONTENT_TYPES: &str =
+    "application/json,application/fhir+json,application/json+fhir";
+/// Minutes an access token we issue stays valid.
+pub const DEFAULT_ACCESS_TOKEN_EXPIRE_MINUTES: f64 = 5.0;
+/// 10 MiB: above bulk-data-client's 10,000,000 (raised from 1 MB after real exports broke it) and
+/// Google's 10 MB per-resource cap, small enough that a few parallel downloads stay in bounded memory.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 10 * 1024 * 1024;
+pub const DEFAULT_DOWNLOAD_FILE_NAME: &str = "{resourceType}.{fileNumber}.ndjson";
+pub const DEFAULT_PROVIDER_SCOPE: &str = "system/*.read";
+pub const DEFAULT_PARALLEL_DOWNLOADS: usize = 4;
+pub const DEFAULT_MAX_CONCURRENT_JOBS: usize = 16;
+/// Largest export manifest we read (one page).
+pub const DEFAULT_MAX_MANIFEST_BYTES: usize = 16 * 1024 * 1024;
+pub const DEFAULT_MAX_MANIFEST_PAGES: usize = 1000;
+pub const DEFAULT_MAX_FILES_PER_JOB: usize = 50_000;
+/// Largest request body on `/$import` and `/auth/*`.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Longest wait we honour from a provider's `Retry-After` (Cerner has sent hours).
+pub const DEFAULT_MAX_RETRY_AFTER_SECS: f64 = 120.0;
+/// First wait between status polls when the provider names none; it doubles up to the cap.
+pub const DEFAULT_POLL_INTERVAL_SECS: f64 = 1.0;
+/// Attempts for one request that fails transiently (5xx, 429, connection) before giving up.
+pub const DEFAULT_MAX_RETRIES: u32 = 5;
+pub const DEFAULT_EXPORT_TIMEOUT_SECS: f64 = 6.0 * 3600.0;
+pub const DEFAULT_CONNECT_TIMEOUT_SECS: f64 = 10.0;
+/// Longest silence on a response body before the download counts as stalled.
+pub const DEFAULT_READ_TIMEOUT_SECS: f64 = 60.0;
+/// Largest JWKS we fetch from a registered `jwks_uri`.
+pub const MAX_JWKS_BYTES: usize = 64 * 1024;
+
+/// Bounds on work, sizes and time; each one named, each one configurable.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_line_bytes: usize,
+    pub parallel_downloads: usize,
+    pub max_concurrent_jobs: usize,
+    pub max_manifest_bytes: usize,
+    pub max_manifest_pages: usize,
+    pub max_files_per_job: usize,
+    pub max_body_bytes: usize,
+    pub max_retry_after: Duration,
+    pub poll_interval: Duration,
+    pub max_retries: u32,
+    pub export_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+            parallel_downloads: DEFAULT_PARALLEL_DOWNLOADS,
+            max_concurrent_jobs: DEFAULT_MAX_CONCURRENT_JOBS,
+            max_manifest_bytes: DEFAULT_MAX_MANIFEST_BYTES,
+            max_manifest_pages: DEFAULT_MAX_MANIFEST_PAGES,
+            max_files_per_job: DEFAULT_MAX_FILES_PER_JOB,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_retry_after: secs(DEFAULT_MAX_RETRY_AFTER_SECS),
+            poll_interval: secs(DEFAULT_POLL_INTERVAL_SECS),
+            max_retries: DEFAULT_MAX_RETRIES,
+            export_timeout: secs(DEFAULT_EXPORT_TIMEOUT_SECS),
+            connect_timeout: secs(DEFAULT_CONNECT_TIMEOUT_SECS),
+            read_timeout: secs(DEFAULT_READ_TIMEOUT_SECS),
+        }
+    }
+}
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: String,
+    pub port: u16,
+    /// Our externally visible base URL; when unset it is taken from each request's `Host`.
+    pub public_url: Option<Url>,
+    pub data_dir: PathBuf,
+    pub jobs_path: PathBuf,
+    pub jobs_id_length: usize,
+    pub jobs_max_age: Duration,
+    pub reaper_interval: Duration,
+    pub json_content_types: Vec<String>,
+    pub jwt_secret: Option<SecretString>,
+    pub access_token_lifetime: Duration,
+    pub private_key: Option<SecretString>,
+    pub public_key: Option<String>,
+    pub destination: DestinationKind,
+    pub download_file_name: String,
+    pub provider_scope: String,
+    pub limits: Limits,
+}
+
+/// Every bad variable, one line each.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", problems.join("\n  - "))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+impl Config {
+    /// Read from the process environment (after `.env` was loaded by the binary).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Read from any lookup; tests pass a map.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut r = Reader {
+            get: &get,
+            problems: Vec::new(),
+        };
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_line_bytes: r.num(
+                "NDJSON_MAX_LINE_LENGTH",
+                DEFAULT_MAX_LINE_BYTES,
+                1,
+                usize::MAX,
+            ),
+            parallel_downloads: r.num("PARALLEL_DOWNLOADS", DEFAULT_PARALLEL_DOWNLOADS, 1, 64),
+            max_concurrent_jobs: r.num(
+                "MAX_CONCURRENT_JOBS",
+                DEFAULT_MAX_CONCURRENT_JOBS,
+                1,
+                10_000,
+            ),
+            max_manifest_bytes: r.num(
+                "MAX_MANIFEST_BYTES",
+                DEFAULT_MAX_MANIFEST_BYTES,
+                1024,
+                usize::MAX,
+            ),
+            max_manifest_pages: r.num(
+                "MAX_MANIFEST_PAGES",
+                DEFAULT_MAX_MANIFEST_PAGES,
+                1,
+                1_000_000,
+            ),
+            max_files_per_job: r.num(
+                "MAX_FILES_PER_JOB",
+                DEFAULT_MAX_FILES_PER_JOB,
+                1,
+                10_000_000,
+            ),
+            max_body_bytes: r.num(
+                "MAX_REQUEST_BODY_BYTES",
+                DEFAULT_MAX_BODY_BYTES,
+                1024,
+                usize::MAX,
+            ),
+            max_retry_after: r.secs("MAX_RETRY_AFTER", DEFAULT_MAX_RETRY_AFTER_SECS),
+            poll_interval: r.secs("POLL_INTERVAL", DEFAULT_POLL_INTERVAL_SECS),
+            max_retries: r.num("MAX_RETRIES", DEFAULT_MAX_RETRIES, 0, 100),
+            export_timeout: r.secs("EXPORT_TIMEOUT", DEFAULT_EXPORT_TIMEOUT_SECS),
+            connect_timeout: r.secs("HTTP_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT_SECS),
+            read_timeout: r.secs("HTTP_READ_TIMEOUT", DEFAULT_READ_TIMEOUT_SECS),
+        };
+        let _ = defaults;
+        let destination = match r.string("DESTINATION_TYPE", "dev-null").as_str() {
+            "dev-null" => DestinationKind::DevNull,
+            "tmp-fs" => DestinationKind::TmpFs,
+            "s3" => {
+                r.problems.push(
+                    "DESTINATION_TYPE: 's3' is not available in this build yet; use 'dev-null' or 'tmp-fs'".into(),
+                );
+                DestinationKind::DevNull
+            }
+            other => {
+                r.problems.push(format!(
+                    "DESTINATION_TYPE: '{other}' is not one of dev-null, tmp-fs, s3"
+                ));
+                DestinationKind::DevNull
+            }
+        };
+        let public_url = r.opt("PUBLIC_URL").and_then(|raw| match Url::parse(&raw) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
+            _ => {
+                r.problems.push(format!(
+                    "PUBLIC_URL: '{raw}' is not an absolute http(s) URL"
+                ));
+                None
+            }
+        });
+        let json_content_types: Vec<String> = r
+            .string("JSON_CONTENT_TYPES", DEFAULT_JSON_CONTENT_TYPES)
+            .split(',')
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if json_content_types.is_empty() {
+            r.problems
+                .push("JSON_CONTENT_TYPES: must list at least one media type".into());
+        }
+        let download_file_name = r.string("DOWNLOAD_FILE_NAME", DEFAULT_DOWNLOAD_FILE_NAME);
+        if let Err(e) = crate::destination::file_name::FileNameTemplate::parse(&download_file_name)
+        {
+            r.problems.push(format!("DOWNLOAD_FILE_NAME: {e}"));
+        }
+        let config = Config {
+            host: r.string("HOST", DEFAULT_HOST),
+            port: r.num("PORT", DEFAULT_PORT, 0, u16::MAX),
+            public_url,
+            data_dir: PathBuf::from(r.string("DATA_DIR", DEFAULT_DATA_DIR)),
+            jobs_path: PathBuf::from(r.string("JOBS_PATH", DEFAULT_JOBS_PATH)),
+            jobs_id_length: r.num(
+                "JOBS_ID_LENGTH",
+                DEFAULT_JOBS_ID_LENGTH,
+                MIN_JOBS_ID_LENGTH,
+                MAX_JOBS_ID_LENGTH,
+            ),
+            jobs_max_age: r.minutes("JOBS_MAX_AGE", DEFAULT_JOBS_MAX_AGE_MINUTES),
+            reaper_interval: r.secs("REAPER_INTERVAL", DEFAULT_REAPER_INTERVAL_SECS),
+            json_content_types,
+            jwt_secret: r.opt("JWT_SECRET").map(SecretString::from),
+            access_token_lifetime: r.minutes(
+                "ACCESS_TOKEN_EXPIRE_IN",
+                DEFAULT_ACCESS_TOKEN_EXPIRE_MINUTES,
+            ),
+            private_key: r.opt("PRIVATE_KEY").map(SecretString::from),
+            public_key: r.opt("PUBLIC_KEY"),
+            destination,
+            download_file_name,
+            provider_scope: r.string("PROVIDER_SCOPE", DEFAULT_PROVIDER_SCOPE),
+            limits,
+        };
+        if let Some(secret) = &config.jwt_secret {
+            use secrecy::ExposeSecret;
+            if secret.expose_secret().len() < 32 {
+                r.problems.push(
+                    "JWT_SECRET: must be at least 32 characters (or unset, to generate one)".into(),
+                );
+            }
+        }
+        if r.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError {
+                problems: r.problems,
+            })
+        }
+    }
+
+    /// A configuration with every default, for tests and tools.
+    pub fn defaults() -> Self {
+        Self::from_lookup(|_| None).expect("the embedded defaults are valid")
+    }
+
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.data_dir.join("bulk-import.sqlite")
+    }
+}
+
+struct Reader<'a> {
+    get: &'a dyn Fn(&str) -> Option<String>,
+    problems: Vec<String>,
+}
+
+impl Reader<'_> {
+    fn opt(&self, key: &str) -> Option<String> {
+        (self.get)(key)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn string(&self, key: &str, default: &str) -> String {
+        self.opt(key).unwrap_or_else(|| default.to_string())
+    }
+
+    fn num<T>(&mut self, key: &str, default: T, min: T, max: T) -> T
+    where
+        T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+    {
+        let Some(raw) = self.opt(key) else {
+            return default;
+        };
+        match raw.parse::<T>() {
+            Ok(v) if v >= min && v <= max => v,
+            _ => {
+                self.problems.push(format!(
+                    "{key}: '{raw}' must be a whole number from {min} to {max}"
+                ));
+                default
+            }
+        }
+    }
+
+    fn float(&mut self, key: &str, default: f64, unit: &str) -> f64 {
+        let Some(raw) = self.opt(key) else {
+            return default;
+        };
+        match raw.parse::<f64>() {
+            Ok(v) if (0.0..1.0e9).contains(&v) => v,
+            _ => {
+                self.problems.push(format!(
+                    "{key}: '{raw}' must be a non-negative number of {unit}"
+                ));
+                default
+            }
+        }
+    }
+
+    fn secs(&mut self, key: &str, default: f64) -> Duration {
+        secs(self.float(key, default, "seconds"))
+    }
+
+    fn minutes(&mut self, key: &str, default: f64) -> Duration {
+        secs(self.float(key, default, "minutes") * 60.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn with(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let c = Config::defaults();
+        assert_eq!(c.port, 3001);
+        assert_eq!(c.host, "127.0.0.1");
+        assert_eq!(c.jobs_path, PathBuf::from("jobs"));
+        assert_eq!(c.jobs_max_age, Duration::from_secs(300));
+        assert_eq!(c.limits.max_line_bytes, 10 * 1024 * 1024);
+        assert_eq!(c.destination, DestinationKind::DevNull);
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_by_name() {
+        let err = with(&[
+            ("PORT", "abc"),
+            ("DESTINATION_TYPE", "ftp"),
+            ("JOBS_ID_LENGTH", "4"),
+        ])
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("PORT: 'abc'"), "{text}");
+        assert!(text.contains("DESTINATION_TYPE: 'ftp'"), "{text}");
+        assert!(text.contains("JOBS_ID_LENGTH: '4'"), "{text}");
+        assert_eq!(err.problems.len(), 3);
+    }
+
+    #[test]
+    fn a_short_jwt_secret_is_refused() {
+        assert!(with(&[("JWT_SECRET", "short")]).is_err());
+    }
+}

@@ -1,0 +1,153 @@
+//! The Bulk Data export manifest ("Complete Status" body, Bulk Data v2/v3 and STU4): we accept both
+//! `error` (v1–v3) and `outcome` (STU4), `deleted`, and `link` next pages.
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ManifestFile {
+    #[serde(rename = "type")]
+    pub resource_type: Option<String>,
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ManifestLink {
+    pub relation: String,
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    pub transaction_time: Option<String>,
+    #[serde(default)]
+    pub requires_access_token: bool,
+    pub output: Vec<ManifestFile>,
+    #[serde(default)]
+    pub error: Vec<ManifestFile>,
+    #[serde(default)]
+    pub outcome: Vec<ManifestFile>,
+    #[serde(default)]
+    pub deleted: Vec<ManifestFile>,
+    #[serde(default)]
+    pub link: Vec<ManifestLink>,
+}
+
+/// Which list of the manifest a file came from; decides the expected resource type and the name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    Output,
+    Error,
+    Deleted,
+}
+
+impl FileKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileKind::Output => "output",
+            FileKind::Error => "error",
+            FileKind::Deleted => "deleted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "error" => FileKind::Error,
+            "deleted" => FileKind::Deleted,
+            _ => FileKind::Output,
+        }
+    }
+}
+
+/// One file to import, flattened from all lists and pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedFile {
+    pub kind: FileKind,
+    pub resource_type: String,
+    pub url: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("the export manifest is not valid JSON of the expected shape: {0}")]
+    Shape(String),
+    #[error("output entry {0} has no resource type")]
+    MissingType(usize),
+}
+
+impl Manifest {
+    pub fn parse(body: &[u8]) -> Result<Self, ManifestError> {
+        serde_json::from_slice(body).map_err(|e| ManifestError::Shape(e.to_string()))
+    }
+
+    /// The URL of the next page, if any.
+    pub fn next_page(&self) -> Option<&str> {
+        self.link
+            .iter()
+            .find(|l| l.relation == "next")
+            .map(|l| l.url.as_str())
+    }
+
+    /// Files of this page in manifest order: output, then error/outcome, then deleted.
+    pub fn planned_files(&self) -> Result<Vec<PlannedFile>, ManifestError> {
+        let mut files = Vec::new();
+        for (i, f) in self.output.iter().enumerate() {
+            let resource_type = f
+                .resource_type
+                .clone()
+                .filter(|t| !t.is_empty())
+                .ok_or(ManifestError::MissingType(i))?;
+            files.push(PlannedFile {
+                kind: FileKind::Output,
+                resource_type,
+                url: f.url.clone(),
+            });
+        }
+        for f in self.error.iter().chain(&self.outcome) {
+            files.push(PlannedFile {
+                kind: FileKind::Error,
+                resource_type: "OperationOutcome".into(),
+                url: f.url.clone(),
+            });
+        }
+        for f in &self.deleted {
+            files.push(PlannedFile {
+                kind: FileKind::Deleted,
+                resource_type: "Bundle".into(),
+                url: f.url.clone(),
+            });
+        }
+        Ok(files)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_error_dialects_and_deleted_are_planned() {
+        let m = Manifest::parse(
+            br#"{"transactionTime":"2024-01-01T00:00:00Z","requiresAccessToken":true,
+            "output":[{"type":"Patient","url":"http://p/1.ndjson","count":3}],
+            "error":[{"type":"OperationOutcome","url":"http://p/e.ndjson"}],
+            "outcome":[{"type":"OperationOutcome","url":"http://p/o.ndjson"}],
+            "deleted":[{"type":"Bundle","url":"http://p/d.ndjson"}],
+            "link":[{"relation":"next","url":"http://p/page2"}]}"#,
+        )
+        .unwrap();
+        let files = m.planned_files().unwrap();
+        assert_eq!(files.len(), 4);
+        assert_eq!(files[1].kind, FileKind::Error);
+        assert_eq!(files[3].resource_type, "Bundle");
+        assert_eq!(m.next_page(), Some("http://p/page2"));
+    }
+
+    #[test]
+    fn an_output_entry_without_type_is_refused() {
+        let m = Manifest::parse(br#"{"output":[{"url":"http://p/1.ndjson"}]}"#).unwrap();
+        assert!(matches!(
+            m.planned_files(),
+            Err(ManifestError::MissingType(0))
+        ));
+    }
+}

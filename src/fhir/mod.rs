@@ -1,0 +1,4 @@
+//! FHIR wire types at the edge: OperationOutcome, the `$import` Parameters and the export manifest.
+pub mod manifest;
+pub mod operation_outcome;
+pub mod parameters;

@@ -1,0 +1,217 @@
+//! One file of an export (Bulk Data "Output File Request"): fetch (token only when the manifest
+//! requires it; gzip accepted), split into lines under the max-line guard, validate each line, and
+//! stream the received bytes unchanged to the destination. A broken connection restarts the file;
+//! a bad line fails it with the line number and reason.
+use futures::StreamExt;
+use reqwest::{header::ACCEPT, StatusCode};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    export::describe_failure,
+    ndjson::{validate_line, LineError, LineKind, LineSplitter},
+    provider_client::{Auth, ProviderClient},
+    retry, JobError,
+};
+use crate::{
+    destination::{Destination, FileWriter},
+    fhir::operation_outcome::{IssueCode, OperationOutcome, Severity},
+    store::jobs::{FileState, JobFile},
+};
+
+/// The result of one file, ready to store.
+#[derive(Debug)]
+pub struct FileResult {
+    pub state: FileState,
+    pub resources: i64,
+    pub bytes: i64,
+    pub outcome: OperationOutcome,
+}
+
+impl FileResult {
+    fn failed(file: &JobFile, code: IssueCode, reason: impl std::fmt::Display) -> Self {
+        Self {
+            state: FileState::Failed,
+            resources: 0,
+            bytes: 0,
+            outcome: OperationOutcome::error(
+                code,
+                format!("file {} ({}): {reason}", file.url, file.resource_type),
+            ),
+        }
+    }
+}
+
+/// Why one attempt at a file stopped.
+enum AttemptError {
+    /// Worth another attempt (connection broke, body stalled or truncated).
+    Transient(String),
+    /// The file itself is bad or refused; retrying cannot help.
+    Permanent(IssueCode, String),
+    Job(JobError),
+}
+
+impl From<JobError> for AttemptError {
+    fn from(e: JobError) -> Self {
+        AttemptError::Job(e)
+    }
+}
+
+/// Import one file. Errors returned are job-level (cancel, storage); file problems are in the result.
+pub async fn import_file(
+    client: &ProviderClient,
+    destination: &dyn Destination,
+    file: &JobFile,
+    requires_access_token: bool,
+    cancel: &CancellationToken,
+) -> Result<FileResult, JobError> {
+    let url = match client.base.under(&file.url) {
+        Ok(u) => u,
+        Err(reason) => {
+            return Ok(FileResult::failed(
+                file,
+                IssueCode::Security,
+                format!("{reason}; not fetched"),
+            ))
+        }
+    };
+    let auth = if requires_access_token {
+        Auth::WithToken
+    } else {
+        Auth::Without
+    };
+    let mut attempt = 0;
+    loop {
+        let writer = destination.open(&file.job_id, &file.name).await?;
+        match attempt_file(client, &url, auth, file, writer, cancel).await {
+            Ok((resources, bytes, location)) => {
+                return Ok(FileResult {
+                    state: FileState::Done,
+                    resources,
+                    bytes,
+                    outcome: OperationOutcome::single(
+                        Severity::Information,
+                        IssueCode::Informational,
+                        format!(
+                            "file {} ({}) imported: {resources} resources, {bytes} bytes, stored as {location}",
+                            file.url, file.resource_type
+                        ),
+                    ),
+                })
+            }
+            Err(AttemptError::Job(e)) => return Err(e),
+            Err(AttemptError::Permanent(code, reason)) => return Ok(FileResult::failed(file, code, reason)),
+            Err(AttemptError::Transient(reason)) if attempt >= client.limits.max_retries => {
+                return Ok(FileResult::failed(
+                    file,
+                    IssueCode::Incomplete,
+                    format!("{reason} (gave up after {} attempts)", attempt + 1),
+                ))
+            }
+            Err(AttemptError::Transient(reason)) => {
+                attempt += 1;
+                tracing::warn!(file = %file.url, attempt, %reason, "file download interrupted; starting it again");
+                let wait = retry::backoff(client.limits.poll_interval, attempt, client.limits.max_retry_after);
+                retry::sleep(wait, cancel).await?;
+            }
+        }
+    }
+}
+
+async fn attempt_file(
+    client: &ProviderClient,
+    url: &url::Url,
+    auth: Auth,
+    file: &JobFile,
+    mut writer: Box<dyn FileWriter>,
+    cancel: &CancellationToken,
+) -> Result<(i64, i64, String), AttemptError> {
+    let result = stream_into(client, url, auth, file, &mut *writer, cancel).await;
+    match result {
+        Ok(resources) => {
+            let receipt = writer.finish().await.map_err(JobError::from)?;
+            Ok((resources, receipt.bytes as i64, receipt.location))
+        }
+        Err(e) => {
+            if let Err(abort) = writer.abort().await {
+                tracing::warn!(error = %crate::routes::error::chain(&abort), "could not remove a partial file");
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn stream_into(
+    client: &ProviderClient,
+    url: &url::Url,
+    auth: Auth,
+    file: &JobFile,
+    writer: &mut dyn FileWriter,
+    cancel: &CancellationToken,
+) -> Result<i64, AttemptError> {
+    let get = || {
+        client
+            .http
+            .get(url.clone())
+            .header(ACCEPT, "application/fhir+ndjson")
+    };
+    let resp = client.send(auth, cancel, get).await?;
+    match resp.status() {
+        StatusCode::OK => {}
+        StatusCode::NOT_FOUND | StatusCode::GONE => {
+            return Err(AttemptError::Permanent(
+                IssueCode::NotFound,
+                describe_failure("the provider", resp).await,
+            ))
+        }
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+            return Err(AttemptError::Permanent(
+                IssueCode::Security,
+                describe_failure("the provider", resp).await,
+            ))
+        }
+        _ => {
+            return Err(AttemptError::Permanent(
+                IssueCode::Exception,
+                describe_failure("the provider", resp).await,
+            ))
+        }
+    }
+    let expected = file.resource_type.as_str();
+    let mut splitter = LineSplitter::new(client.limits.max_line_bytes);
+    let mut resources = 0i64;
+    let mut on_line = |n: u64, line: &[u8]| -> Result<(), LineError> {
+        if validate_line(n, line, expected)? == LineKind::Resource {
+            resources += 1;
+        }
+        Ok(())
+    };
+    let mut body = resp.bytes_stream();
+    loop {
+        let next = tokio::select! {
+            _ = cancel.cancelled() => return Err(JobError::Cancelled.into()),
+            next = body.next() => next,
+        };
+        let Some(chunk) = next else { break };
+        let chunk = chunk.map_err(|e| {
+            AttemptError::Transient(format!(
+                "the download broke off: {}",
+                crate::routes::error::chain(&e)
+            ))
+        })?;
+        splitter.feed(&chunk, &mut on_line).map_err(line_failure)?;
+        writer.write(chunk).await.map_err(JobError::from)?;
+    }
+    splitter.finish(&mut on_line).map_err(line_failure)?;
+    Ok(resources)
+}
+
+fn line_failure(e: LineError) -> AttemptError {
+    let code = match e {
+        LineError::TooLong { .. } => IssueCode::TooLong,
+        LineError::WrongType { .. } | LineError::NoResourceType { .. } | LineError::NoId { .. } => {
+            IssueCode::Invalid
+        }
+        LineError::NotUtf8 { .. } | LineError::NotJson { .. } => IssueCode::Structure,
+    };
+    AttemptError::Permanent(code, e.to_string())
+}

@@ -1,0 +1,326 @@
+//! Talking to the provider's Bulk Data export (v2/v3 "Kick-off", "Status", "Complete Status"):
+//! POST kick-off with Parameters (GET with query parameters when POST answers 405), status polling
+//! that honours `Retry-After`, and reading the manifest with its `link` next pages.
+use std::time::Instant;
+
+use bytes::Bytes;
+use reqwest::{
+    header::{ACCEPT, CONTENT_LOCATION, CONTENT_TYPE},
+    StatusCode,
+};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use super::{
+    provider_client::{is_transient_status, Auth, ProviderClient},
+    retry, JobError,
+};
+use crate::{
+    fhir::{
+        manifest::{Manifest, PlannedFile},
+        operation_outcome::OperationOutcome,
+        parameters::KickoffParam,
+    },
+    http_client::read_limited,
+};
+
+/// Longest provider error body we quote.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// Everything the manifest (all pages) told us.
+#[derive(Debug)]
+pub struct ManifestPlan {
+    pub files: Vec<PlannedFile>,
+    pub requires_access_token: bool,
+    pub transaction_time: Option<String>,
+}
+
+/// A person-readable account of a provider's error response.
+pub async fn describe_failure(what: &str, resp: reqwest::Response) -> String {
+    let status = resp.status();
+    let body = read_limited(resp, MAX_ERROR_BODY_BYTES)
+        .await
+        .unwrap_or_default();
+    let detail = OperationOutcome::summarize(&body)
+        .or_else(|| {
+            let text = String::from_utf8_lossy(&body)
+                .trim()
+                .chars()
+                .take(300)
+                .collect::<String>();
+            (!text.is_empty()).then_some(text)
+        })
+        .unwrap_or_else(|| "no details".into());
+    format!("{what} answered {status}: {detail}")
+}
+
+fn kickoff_body(params: &[KickoffParam]) -> Value {
+    let parameter: Vec<Value> = params
+        .iter()
+        .map(|p| match p.name.as_str() {
+            "_since" | "_until" => json!({"name": p.name, "valueInstant": p.value}),
+            "patient" => json!({"name": p.name, "valueReference": {"reference": p.value}}),
+            "allowPartialManifests" if p.value == "true" || p.value == "false" => {
+                json!({"name": p.name, "valueBoolean": p.value == "true"})
+            }
+            _ => json!({"name": p.name, "valueString": p.value}),
+        })
+        .collect();
+    json!({"resourceType": "Parameters", "parameter": parameter})
+}
+
+/// Start the export; returns the status URL (bound to the provider's origin).
+pub async fn kick_off(
+    client: &ProviderClient,
+    export_url: &Url,
+    params: &[KickoffParam],
+    cancel: &CancellationToken,
+) -> Result<Url, JobError> {
+    let body = kickoff_body(params).to_string();
+    let post = || {
+        client
+            .http
+            .post(export_url.clone())
+            .header(ACCEPT, "application/fhir+json")
+            .header("Prefer", "respond-async")
+            .header(CONTENT_TYPE, "application/fhir+json")
+            .body(body.clone())
+    };
+    let mut resp = client.send(Auth::WithToken, cancel, post).await?;
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+        if params.iter().any(|p| p.name == "patient") {
+            return Err(JobError::Provider(
+                "the provider refuses POST kick-off (405) and 'patient' can only be sent by POST"
+                    .into(),
+            ));
+        }
+        let mut url = export_url.clone();
+        for p in params {
+            url.query_pairs_mut().append_pair(&p.name, &p.value);
+        }
+        tracing::info!("provider refused POST kick-off; falling back to GET");
+        let get = || {
+            client
+                .http
+                .get(url.clone())
+                .header(ACCEPT, "application/fhir+json")
+                .header("Prefer", "respond-async")
+        };
+        resp = client.send(Auth::WithToken, cancel, get).await?;
+    }
+    if !resp.status().is_success() {
+        return Err(JobError::Provider(
+            describe_failure("the provider's export kick-off", resp).await,
+        ));
+    }
+    let location = resp
+        .headers()
+        .get(CONTENT_LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            JobError::Provider(
+                "the provider accepted the export but sent no Content-Location status URL".into(),
+            )
+        })?;
+    client
+        .base
+        .same_origin_url(location, export_url)
+        .map_err(|e| JobError::Provider(format!("the export status URL was refused: {e}")))
+}
+
+/// Poll the status URL until the manifest is ready. `on_progress` receives text for people.
+pub async fn poll<F, Fut>(
+    client: &ProviderClient,
+    status_url: &Url,
+    cancel: &CancellationToken,
+    mut on_progress: F,
+) -> Result<Bytes, JobError>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let limits = &client.limits;
+    let deadline = Instant::now() + limits.export_timeout;
+    let mut in_progress_polls = 0u32;
+    let mut failures = 0u32;
+    loop {
+        if Instant::now() > deadline {
+            return Err(JobError::Provider(format!(
+                "the export did not finish within {} s (EXPORT_TIMEOUT)",
+                limits.export_timeout.as_secs()
+            )));
+        }
+        let get = || {
+            client
+                .http
+                .get(status_url.clone())
+                .header(ACCEPT, "application/json")
+        };
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return Err(JobError::Cancelled),
+            r = client.send_once(Auth::WithToken, &get) => r,
+        };
+        let wait = match result {
+            Err(super::provider_client::SendError::Token(e)) => return Err(e),
+            Err(super::provider_client::SendError::Http(e)) => {
+                failures += 1;
+                if failures > limits.max_retries {
+                    return Err(JobError::Provider(format!(
+                        "the export status URL could not be reached after {failures} attempts: {}",
+                        crate::routes::error::chain(&e)
+                    )));
+                }
+                on_progress(format!(
+                    "status request failed; retry {failures} of {}",
+                    limits.max_retries
+                ))
+                .await;
+                retry::backoff(limits.poll_interval, failures, limits.max_retry_after)
+            }
+            Ok(resp) if resp.status() == StatusCode::OK => {
+                return read_limited(resp, limits.max_manifest_bytes)
+                    .await
+                    .map_err(|e| {
+                        JobError::Provider(format!("the export manifest could not be read: {e}"))
+                    });
+            }
+            Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
+                failures = 0;
+                let progress = resp
+                    .headers()
+                    .get("x-progress")
+                    .and_then(|v| v.to_str().ok())
+                    .map(|s| s.chars().take(100).collect::<String>())
+                    .unwrap_or_else(|| "in progress".into());
+                on_progress(format!("provider export: {progress}")).await;
+                let wait = retry::retry_after(resp.headers(), limits.max_retry_after)
+                    .unwrap_or_else(|| {
+                        retry::backoff(
+                            limits.poll_interval,
+                            in_progress_polls,
+                            limits.max_retry_after,
+                        )
+                    });
+                in_progress_polls += 1;
+                wait
+            }
+            Ok(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS => {
+                let wait = retry::retry_after(resp.headers(), limits.max_retry_after)
+                    .unwrap_or_else(|| {
+                        retry::backoff(
+                            limits.poll_interval,
+                            in_progress_polls,
+                            limits.max_retry_after,
+                        )
+                    });
+                on_progress(format!(
+                    "provider asked us to slow down; waiting {} s",
+                    wait.as_secs()
+                ))
+                .await;
+                wait
+            }
+            Ok(resp) if is_transient_status(resp.status()) => {
+                failures += 1;
+                if failures > limits.max_retries {
+                    return Err(JobError::Provider(
+                        describe_failure("the export status URL", resp).await,
+                    ));
+                }
+                on_progress(format!(
+                    "provider status error {}; retry {failures} of {}",
+                    resp.status(),
+                    limits.max_retries
+                ))
+                .await;
+                retry::retry_after(resp.headers(), limits.max_retry_after).unwrap_or_else(|| {
+                    retry::backoff(limits.poll_interval, failures, limits.max_retry_after)
+                })
+            }
+            Ok(resp) => {
+                let status = resp.status();
+                let body = read_limited(resp, MAX_ERROR_BODY_BYTES)
+                    .await
+                    .unwrap_or_default();
+                // Bulk Data: an all-`transient` OperationOutcome means "try later", not failure.
+                if OperationOutcome::is_transient(&body) && failures < limits.max_retries {
+                    failures += 1;
+                    retry::backoff(limits.poll_interval, failures, limits.max_retry_after)
+                } else {
+                    let detail =
+                        OperationOutcome::summarize(&body).unwrap_or_else(|| "no details".into());
+                    return Err(JobError::Provider(format!(
+                        "the export status URL answered {status}: {detail}"
+                    )));
+                }
+            }
+        };
+        retry::sleep(wait, cancel).await?;
+    }
+}
+
+/// GET a manifest page (static exports, and `link` next pages).
+pub async fn fetch_manifest(
+    client: &ProviderClient,
+    url: &Url,
+    cancel: &CancellationToken,
+) -> Result<Bytes, JobError> {
+    let get = || {
+        client
+            .http
+            .get(url.clone())
+            .header(ACCEPT, "application/json")
+    };
+    let resp = client.send(Auth::WithToken, cancel, get).await?;
+    if resp.status() != StatusCode::OK {
+        return Err(JobError::Provider(
+            describe_failure("the export manifest URL", resp).await,
+        ));
+    }
+    read_limited(resp, client.limits.max_manifest_bytes)
+        .await
+        .map_err(|e| JobError::Provider(format!("the export manifest could not be read: {e}")))
+}
+
+/// Parse the first page and follow `link` next pages, collecting every file.
+pub async fn read_manifest(
+    client: &ProviderClient,
+    first: Bytes,
+    first_url: &Url,
+    cancel: &CancellationToken,
+) -> Result<ManifestPlan, JobError> {
+    let bad = |e: crate::fhir::manifest::ManifestError| JobError::Provider(e.to_string());
+    let mut manifest = Manifest::parse(&first).map_err(bad)?;
+    let mut plan = ManifestPlan {
+        files: Vec::new(),
+        requires_access_token: false,
+        transaction_time: manifest.transaction_time.clone(),
+    };
+    let mut page_url = first_url.clone();
+    for page in 1.. {
+        plan.requires_access_token |= manifest.requires_access_token;
+        plan.files.extend(manifest.planned_files().map_err(bad)?);
+        if plan.files.len() > client.limits.max_files_per_job {
+            return Err(JobError::Provider(format!(
+                "the export lists more than {} files (MAX_FILES_PER_JOB)",
+                client.limits.max_files_per_job
+            )));
+        }
+        let Some(next) = manifest.next_page() else {
+            break;
+        };
+        if page >= client.limits.max_manifest_pages {
+            return Err(JobError::Provider(format!(
+                "the manifest has more than {} pages (MAX_MANIFEST_PAGES)",
+                client.limits.max_manifest_pages
+            )));
+        }
+        page_url = client.base.same_origin_url(next, &page_url).map_err(|e| {
+            JobError::Provider(format!("the manifest's next page was refused: {e}"))
+        })?;
+        let body = fetch_manifest(client, &page_url, cancel).await?;
+        manifest = Manifest::parse(&body).map_err(bad)?;
+    }
+    Ok(plan)
+}

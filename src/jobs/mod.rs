@@ -1,0 +1,13 @@
+//! The pull: run each import job (kick-off or manifest, poll, download, validate, store), track and
+//! cancel jobs, and reap old ones.
+pub mod download;
+pub mod error;
+pub mod export;
+pub mod ndjson;
+pub mod pipeline;
+pub mod provider_client;
+pub mod reaper;
+pub mod retry;
+pub mod runner;
+
+pub use error::JobError;

@@ -1,0 +1,245 @@
+//! NDJSON line splitting with a max-line guard, and per-line validation (Bulk Data "Output File
+//! Request": one resource per line). Pure: it sees bytes and never copies a line that sits whole
+//! inside one network chunk; only a line split across chunks is carried.
+use serde::Deserialize;
+
+/// Why a line (and so its file) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    #[error("line {line} is longer than the {max}-byte limit (NDJSON_MAX_LINE_LENGTH)")]
+    TooLong { line: u64, max: usize },
+    #[error("line {line} is not valid UTF-8")]
+    NotUtf8 { line: u64 },
+    #[error("line {line} is not a JSON object: {reason}")]
+    NotJson { line: u64, reason: String },
+    #[error("line {line} has no resourceType")]
+    NoResourceType { line: u64 },
+    #[error(
+        "line {line} has resourceType '{found}' but the manifest lists this file as '{expected}'"
+    )]
+    WrongType {
+        line: u64,
+        expected: String,
+        found: String,
+    },
+    #[error("line {line} ({resource_type}) has no id")]
+    NoId { line: u64, resource_type: String },
+}
+
+/// Splits a byte stream into lines, enforcing the max-line guard on the line itself.
+#[derive(Debug)]
+pub struct LineSplitter {
+    carry: Vec<u8>,
+    max: usize,
+    line: u64,
+}
+
+impl LineSplitter {
+    pub fn new(max_line_bytes: usize) -> Self {
+        Self {
+            carry: Vec::new(),
+            max: max_line_bytes,
+            line: 0,
+        }
+    }
+
+    /// Lines seen so far (blank ones included, so numbers match a text editor's).
+    pub fn lines_seen(&self) -> u64 {
+        self.line
+    }
+
+    /// Feed one chunk; `on_line(number, bytes)` runs for each complete line (without `\n`/`\r`).
+    pub fn feed<F>(&mut self, chunk: &[u8], mut on_line: F) -> Result<(), LineError>
+    where
+        F: FnMut(u64, &[u8]) -> Result<(), LineError>,
+    {
+        let mut start = 0;
+        for nl in memchr::memchr_iter(b'\n', chunk) {
+            self.line += 1;
+            if self.carry.is_empty() {
+                self.check_len(nl - start)?;
+                on_line(self.line, trim_cr(&chunk[start..nl]))?;
+            } else {
+                self.check_len(self.carry.len() + nl - start)?;
+                self.carry.extend_from_slice(&chunk[start..nl]);
+                let carried = std::mem::take(&mut self.carry);
+                let result = on_line(self.line, trim_cr(&carried));
+                self.carry = carried;
+                self.carry.clear();
+                result?;
+            }
+            start = nl + 1;
+        }
+        let tail = &chunk[start..];
+        if !tail.is_empty() {
+            if self.carry.len() + tail.len() > self.max {
+                return Err(LineError::TooLong {
+                    line: self.line + 1,
+                    max: self.max,
+                });
+            }
+            self.carry.extend_from_slice(tail);
+        }
+        Ok(())
+    }
+
+    /// End of input: a last line without a newline is still a line.
+    pub fn finish<F>(&mut self, mut on_line: F) -> Result<(), LineError>
+    where
+        F: FnMut(u64, &[u8]) -> Result<(), LineError>,
+    {
+        if self.carry.is_empty() {
+            return Ok(());
+        }
+        self.line += 1;
+        let carried = std::mem::take(&mut self.carry);
+        on_line(self.line, trim_cr(&carried))
+    }
+
+    fn check_len(&self, len: usize) -> Result<(), LineError> {
+        if len > self.max {
+            Err(LineError::TooLong {
+                line: self.line,
+                max: self.max,
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// The only members we look at; every other member is parsed (so the line is valid JSON) but not kept.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "resourceType", borrow)]
+    resource_type: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// What a valid line held.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LineKind {
+    Blank,
+    Resource,
+}
+
+/// Validate one line: a JSON object whose `resourceType` is `expected` and that has an `id`.
+/// Bundles (the `deleted` files) need no `id`.
+pub fn validate_line(line_no: u64, line: &[u8], expected: &str) -> Result<LineKind, LineError> {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Ok(LineKind::Blank);
+    }
+    if std::str::from_utf8(line).is_err() {
+        return Err(LineError::NotUtf8 { line: line_no });
+    }
+    let head: Head = serde_json::from_slice(line).map_err(|e| LineError::NotJson {
+        line: line_no,
+        reason: e.to_string(),
+    })?;
+    let found = head
+        .resource_type
+        .ok_or(LineError::NoResourceType { line: line_no })?;
+    if found != expected {
+        return Err(LineError::WrongType {
+            line: line_no,
+            expected: expected.into(),
+            found: found.into_owned(),
+        });
+    }
+    if found != "Bundle" && head.id.is_none_or(|id| id.is_empty()) {
+        return Err(LineError::NoId {
+            line: line_no,
+            resource_type: found.into_owned(),
+        });
+    }
+    Ok(LineKind::Resource)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split_all(chunks: &[&[u8]], max: usize) -> Result<Vec<(u64, Vec<u8>)>, LineError> {
+        let mut s = LineSplitter::new(max);
+        let mut out = Vec::new();
+        for c in chunks {
+            s.feed(c, |n, l| {
+                out.push((n, l.to_vec()));
+                Ok(())
+            })?;
+        }
+        s.finish(|n, l| {
+            out.push((n, l.to_vec()));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    #[test]
+    fn lines_split_across_chunks_are_joined_and_a_final_line_without_newline_counts() {
+        let out = split_all(&[b"ab", b"c\nde", b"f\r\n", b"\ngh"], 100).unwrap();
+        let lines: Vec<&[u8]> = out.iter().map(|(_, l)| l.as_slice()).collect();
+        assert_eq!(lines, vec![&b"abc"[..], b"def", b"", b"gh"]);
+        assert_eq!(out.last().unwrap().0, 4);
+    }
+
+    #[test]
+    fn the_guard_measures_the_line_not_the_chunk() {
+        // Many short lines in one big chunk pass a small limit.
+        let chunk = b"aaaa\n".repeat(100);
+        assert!(split_all(&[&chunk], 4).is_ok());
+        // One line spread over small chunks fails once it passes the limit.
+        let err = split_all(&[b"aaa", b"aaa", b"aaa\n"], 8).unwrap_err();
+        assert_eq!(err, LineError::TooLong { line: 1, max: 8 });
+    }
+
+    #[test]
+    fn validation_names_the_line_and_the_reason() {
+        assert_eq!(
+            validate_line(1, br#"{"resourceType":"Patient","id":"1"}"#, "Patient"),
+            Ok(LineKind::Resource)
+        );
+        assert_eq!(validate_line(2, b"   ", "Patient"), Ok(LineKind::Blank));
+        assert!(matches!(
+            validate_line(3, b"{\"resourceType\":", "Patient"),
+            Err(LineError::NotJson { line: 3, .. })
+        ));
+        assert!(matches!(
+            validate_line(4, b"[1,2]", "Patient"),
+            Err(LineError::NotJson { .. })
+        ));
+        assert_eq!(
+            validate_line(5, br#"{"id":"1"}"#, "Patient"),
+            Err(LineError::NoResourceType { line: 5 })
+        );
+        assert!(matches!(
+            validate_line(6, br#"{"resourceType":"Observation","id":"1"}"#, "Patient"),
+            Err(LineError::WrongType { line: 6, .. })
+        ));
+        assert!(matches!(
+            validate_line(7, br#"{"resourceType":"Patient"}"#, "Patient"),
+            Err(LineError::NoId { .. })
+        ));
+        assert_eq!(
+            validate_line(
+                8,
+                br#"{"resourceType":"Bundle","type":"transaction"}"#,
+                "Bundle"
+            ),
+            Ok(LineKind::Resource)
+        );
+        assert_eq!(
+            validate_line(
+                9,
+                b"{\"resourceType\":\"Patient\",\"id\":\"\xff\"}",
+                "Patient"
+            ),
+            Err(LineError::NotUtf8 { line: 9 })
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! One import job from start (or resume) to a final state: export or manifest, plan, download.
+//! Every step is persisted first, so a restart continues where the job stopped.
+use std::collections::HashSet;
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use url::Url;
+
+use super::{download, export, provider_client::ProviderClient, JobError};
+use crate::{
+    auth::provider_base::ProviderBase,
+    destination::file_name::{FileNameTemplate, FileNameVars},
+    fhir::{manifest::FileKind, parameters::ExportType},
+    state::AppState,
+    store::jobs::{FileState, Job, JobFile, JobState},
+    time_util::now_unix,
+};
+
+/// Run a job; failures are stored on it, cancellation leaves it as it is.
+pub async fn run_job(app: AppState, id: String, cancel: CancellationToken) {
+    let span = tracing::info_span!("job", job_id = %id);
+    async {
+        match run(&app, &id, &cancel).await {
+            Ok(()) => tracing::info!("job finished"),
+            Err(JobError::Cancelled) => tracing::info!("job stopped"),
+            Err(e) => {
+                let reason = crate::routes::error::chain(&e);
+                tracing::warn!(%reason, "job failed");
+                let message = match e {
+                    JobError::Store(_) | JobError::Destination(_) => {
+                        "the import failed inside bulk-import (storage); an operator can find the cause in the server log".to_string()
+                    }
+                    _ => reason,
+                };
+                if let Err(e) = app.store.fail_job(&id, &message, now_unix()).await {
+                    tracing::error!(error = %crate::routes::error::chain(&e), "could not record the job failure");
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run(app: &AppState, id: &str, cancel: &CancellationToken) -> Result<(), JobError> {
+    let Some(job) = app.store.job(id).await? else {
+        return Err(JobError::Cancelled);
+    };
+    if job.state.is_finished() {
+        return Ok(());
+    }
+    let provider = app.store.provider(&job.client_id).await?.ok_or_else(|| {
+        JobError::Provider(
+            "the provider's registration was revoked; the job cannot continue".into(),
+        )
+    })?;
+    let base = ProviderBase::parse(&provider.aud).map_err(JobError::Provider)?;
+    let client = ProviderClient::new(
+        app.http.clone(),
+        app.provider_tokens.clone(),
+        base,
+        provider.consumer_client_id.clone(),
+        provider
+            .scope
+            .clone()
+            .unwrap_or_else(|| app.config.provider_scope.clone()),
+        app.config.limits.clone(),
+    );
+
+    if matches!(job.state, JobState::Queued | JobState::Exporting) {
+        plan(app, &client, &job, cancel).await?;
+    }
+    let job = app.store.job(id).await?.ok_or(JobError::Cancelled)?;
+    let pending: Vec<JobFile> = app
+        .store
+        .files(id)
+        .await?
+        .into_iter()
+        .filter(|f| f.state == FileState::Pending)
+        .collect();
+    tracing::info!(files = pending.len(), "importing files");
+    let destination = app.destination.clone();
+    let mut results = futures::stream::iter(pending)
+        .map(|file| {
+            let client = &client;
+            let destination = destination.clone();
+            async move {
+                let result = download::import_file(
+                    client,
+                    &*destination,
+                    &file,
+                    job.requires_access_token,
+                    cancel,
+                )
+                .await;
+                (file, result)
+            }
+        })
+        .buffer_unordered(app.config.limits.parallel_downloads);
+    while let Some((file, result)) = results.next().await {
+        let r = result?;
+        let outcome = serde_json::to_string(&r.outcome).map_err(crate::store::StoreError::from)?;
+        app.store
+            .finish_file(id, file.idx, r.state, r.resources, r.bytes, &outcome)
+            .await?;
+    }
+    if cancel.is_cancelled() {
+        return Err(JobError::Cancelled);
+    }
+    app.store.complete_job(id, now_unix()).await?;
+    if let Some(status) = job.status_url.as_deref().and_then(|s| Url::parse(s).ok()) {
+        // Bulk Data v2+: DELETE after completion tells the provider we are done with the files.
+        let _ = client
+            .send_once(super::provider_client::Auth::WithToken, &|| {
+                client.http.delete(status.clone())
+            })
+            .await;
+    }
+    Ok(())
+}
+
+/// Get the manifest (static GET, or dynamic kick-off and poll) and persist the file plan.
+async fn plan(
+    app: &AppState,
+    client: &ProviderClient,
+    job: &Job,
+    cancel: &CancellationToken,
+) -> Result<(), JobError> {
+    let export_url = client
+        .base
+        .under(&job.export_url)
+        .map_err(|e| JobError::Provider(format!("exportUrl refused: {e}")))?;
+    let (body, manifest_url) = match job.export_type {
+        ExportType::Static => {
+            app.store.set_state(&job.id, JobState::Exporting).await?;
+            (
+                export::fetch_manifest(client, &export_url, cancel).await?,
+                export_url,
+            )
+        }
+        ExportType::Dynamic => {
+            let status_url = match job.status_url.as_deref().and_then(|s| Url::parse(s).ok()) {
+                Some(u) => u,
+                None => {
+                    let u = export::kick_off(client, &export_url, &job.kickoff, cancel).await?;
+                    app.store.set_status_url(&job.id, u.as_str()).await?;
+                    u
+                }
+            };
+            let store = app.store.clone();
+            let id = job.id.clone();
+            let body = export::poll(client, &status_url, cancel, |text| {
+                let store = store.clone();
+                let id = id.clone();
+                async move {
+                    let _ = store.set_progress(&id, &text).await;
+                }
+            })
+            .await?;
+            (body, status_url)
+        }
+    };
+    let manifest = export::read_manifest(client, body, &manifest_url, cancel).await?;
+    let template =
+        FileNameTemplate::parse(&app.config.download_file_name).map_err(JobError::Provider)?;
+    let files = name_files(&template, &job.id, manifest.files);
+    tracing::info!(
+        files = files.len(),
+        requires_access_token = manifest.requires_access_token,
+        "manifest read"
+    );
+    app.store
+        .save_plan(
+            &job.id,
+            manifest.requires_access_token,
+            manifest.transaction_time.as_deref(),
+            &files,
+        )
+        .await?;
+    Ok(())
+}
+
+/// Destination names: the template, with error/deleted files prefixed and collisions numbered.
+fn name_files(
+    template: &FileNameTemplate,
+    job_id: &str,
+    planned: Vec<crate::fhir::manifest::PlannedFile>,
+) -> Vec<JobFile> {
+    let mut per_type: std::collections::HashMap<(FileKind, String), usize> = Default::default();
+    let mut used = HashSet::new();
+    planned
+        .into_iter()
+        .enumerate()
+        .map(|(idx, f)| {
+            let n = per_type
+                .entry((f.kind, f.resource_type.clone()))
+                .or_default();
+            *n += 1;
+            let mut name = template.render(&FileNameVars {
+                job_id,
+                resource_type: &f.resource_type,
+                file_number: *n,
+                url: &f.url,
+            });
+            if f.kind != FileKind::Output {
+                name = format!("{}-{name}", f.kind.as_str());
+            }
+            if !used.insert(name.clone()) {
+                name = format!("{idx}-{name}");
+                used.insert(name.clone());
+            }
+            JobFile {
+                job_id: job_id.to_string(),
+                idx: idx as i64,
+                kind: f.kind,
+                resource_type: f.resource_type,
+                url: f.url,
+                name,
+                state: FileState::Pending,
+                resources: 0,
+                bytes: 0,
+                outcome: None,
+            }
+        })
+        .collect()
+}

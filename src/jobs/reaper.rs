@@ -1,0 +1,45 @@
+//! The reaper: removes jobs (rows and files) `JOBS_MAX_AGE` after they finished, and cancels and
+//! removes jobs still unfinished after twice that.
+use crate::{state::AppState, time_util::now_unix};
+
+/// Remove one job everywhere: stop it, delete its files, delete its rows.
+pub async fn remove_job(app: &AppState, id: &str) -> Result<(), super::JobError> {
+    app.jobs.cancel_and_wait(id).await;
+    app.destination.delete_job(id).await?;
+    app.store.delete_job(id).await?;
+    Ok(())
+}
+
+/// One pass; returns how many jobs were removed.
+pub async fn reap_once(app: &AppState) -> Result<usize, super::JobError> {
+    let max_age = app.config.jobs_max_age.as_secs_f64();
+    let now = now_unix();
+    let finished_before = now - max_age.ceil() as i64;
+    let created_before = now - (2.0 * max_age).ceil() as i64;
+    let ids = app
+        .store
+        .expired_jobs(finished_before, created_before)
+        .await?;
+    for id in &ids {
+        remove_job(app, id).await?;
+        tracing::info!(job_id = %id, "reaped expired job");
+    }
+    Ok(ids.len())
+}
+
+/// Run until shutdown.
+pub async fn run(app: AppState) {
+    let shutdown = app.jobs.shutdown.clone();
+    loop {
+        if let Err(e) = reap_once(&app).await {
+            tracing::error!(error = %crate::routes::error::chain(&e), "reaper pass failed; will try again");
+        }
+        if shutdown
+            .run_until_cancelled(tokio::time::sleep(app.config.reaper_interval))
+            .await
+            .is_none()
+        {
+            break;
+        }
+    }
+}

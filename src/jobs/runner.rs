@@ -1,0 +1,65 @@
+//! Running jobs: each on a `TaskTracker`, with its own `CancellationToken` (a child of shutdown),
+//! at most `MAX_CONCURRENT_JOBS` at once. Runtime handles only; job state lives in the store.
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use tokio::sync::{watch, Mutex, Semaphore};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use super::pipeline::run_job;
+use crate::state::AppState;
+
+/// How long a DELETE waits for a cancelled job to let go of its files.
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
+
+pub struct Runner {
+    pub tracker: TaskTracker,
+    pub shutdown: CancellationToken,
+    running: Mutex<HashMap<String, (CancellationToken, watch::Receiver<()>)>>,
+    slots: Arc<Semaphore>,
+}
+
+impl Runner {
+    pub fn new(shutdown: CancellationToken, max_concurrent_jobs: usize) -> Self {
+        Self {
+            tracker: TaskTracker::new(),
+            shutdown,
+            running: Mutex::default(),
+            slots: Arc::new(Semaphore::new(max_concurrent_jobs)),
+        }
+    }
+
+    /// Start (or resume) a job in the background.
+    pub async fn spawn(&self, app: AppState, id: String) {
+        let cancel = self.shutdown.child_token();
+        let (done_tx, done_rx) = watch::channel(());
+        self.running
+            .lock()
+            .await
+            .insert(id.clone(), (cancel.clone(), done_rx));
+        let slots = self.slots.clone();
+        self.tracker.spawn(async move {
+            let permit = tokio::select! {
+                _ = cancel.cancelled() => None,
+                p = slots.acquire_owned() => p.ok(),
+            };
+            if permit.is_some() {
+                run_job(app.clone(), id.clone(), cancel).await;
+            }
+            app.jobs.running.lock().await.remove(&id);
+            drop(done_tx);
+        });
+    }
+
+    /// Cancel a job if it runs, and wait until it has stopped touching its files.
+    pub async fn cancel_and_wait(&self, id: &str) {
+        let entry = self.running.lock().await.get(id).cloned();
+        if let Some((cancel, mut done)) = entry {
+            cancel.cancel();
+            let _ = tokio::time::timeout(CANCEL_WAIT, done.changed()).await;
+        }
+    }
+
+    pub async fn running_count(&self) -> usize {
+        self.running.lock().await.len()
+    }
+}

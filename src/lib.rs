@@ -1,0 +1,15 @@
+//! bulk-import: a FHIR Bulk Data import consumer ("ping and pull").
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod destination;
+pub mod fhir;
+pub mod http_client;
+pub mod jobs;
+pub mod routes;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+pub mod time_util;
+
+pub use app::App;

@@ -1,0 +1,215 @@
+//! `POST /auth/register` (a provider registers its keys with us) and `POST /auth/token` (SMART
+//! Backend Services token endpoint). Errors are RFC 6749 JSON.
+use axum::{
+    body::Bytes,
+    extract::{rejection::BytesRejection, State},
+    http::{header, HeaderMap, HeaderValue},
+    response::{IntoResponse, Response},
+    routing::post,
+    Json, Router,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::{
+    auth::{
+        client_assertion::{self, TokenForm},
+        provider_base::ProviderBase,
+        AuthError,
+    },
+    state::AppState,
+    store::providers::Provider,
+    time_util::now_unix,
+};
+
+/// Largest inline JWKS a registration may carry.
+const MAX_REGISTERED_KEYS: usize = 10;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/auth/register", post(register))
+        .route("/auth/token", post(token))
+}
+
+fn no_store(mut res: Response) -> Response {
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res.headers_mut()
+        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    res
+}
+
+fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, AuthError> {
+    body.map_err(|_| {
+        AuthError::InvalidRequest("the request body is too large or could not be read".into())
+    })
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    let raw = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    raw.split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+#[derive(Deserialize)]
+struct Registration {
+    jwks: Option<Value>,
+    jwks_uri: Option<String>,
+    consumer_client_id: Option<String>,
+    aud: Option<String>,
+    scope: Option<String>,
+}
+
+/// Public JWKS only: each key RSA or EC with its public members and no private ones.
+fn validate_jwks(jwks: &Value) -> Result<String, AuthError> {
+    let bad = |m: String| AuthError::InvalidRequest(format!("jwks: {m}"));
+    let keys = jwks
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("must be {\"keys\": [...]}".into()))?;
+    if keys.is_empty() || keys.len() > MAX_REGISTERED_KEYS {
+        return Err(bad(format!("must hold 1 to {MAX_REGISTERED_KEYS} keys")));
+    }
+    for (i, k) in keys.iter().enumerate() {
+        let kty = k.get("kty").and_then(Value::as_str).unwrap_or_default();
+        let members: &[&str] = match kty {
+            "RSA" => &["n", "e"],
+            "EC" => &["crv", "x", "y"],
+            _ => {
+                return Err(bad(format!(
+                    "key {i} has kty '{kty}'; only RSA and EC keys are accepted"
+                )))
+            }
+        };
+        if let Some(m) = members
+            .iter()
+            .find(|m| k.get(**m).and_then(Value::as_str).is_none())
+        {
+            return Err(bad(format!("key {i} lacks its public member '{m}'")));
+        }
+        if ["d", "p", "q", "dp", "dq", "qi", "k"]
+            .iter()
+            .any(|m| k.get(*m).is_some())
+        {
+            return Err(bad(format!(
+                "key {i} contains private members; register the public key only"
+            )));
+        }
+    }
+    Ok(jwks.to_string())
+}
+
+async fn register(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AuthError> {
+    if content_type(&headers) != "application/json" {
+        return Err(AuthError::InvalidRequest(
+            "the content type must be application/json".into(),
+        ));
+    }
+    let body = body_or_error(body)?;
+    let r: Registration = serde_json::from_slice(&body).map_err(|e| {
+        AuthError::InvalidRequest(format!("the body is not the expected JSON: {e}"))
+    })?;
+    let consumer_client_id = r
+        .consumer_client_id
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| {
+            AuthError::InvalidRequest("'consumer_client_id' parameter is required".into())
+        })?;
+    let aud = r.aud.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+        AuthError::InvalidRequest(
+            "the base URL of the data provider ('aud' parameter) is required".into(),
+        )
+    })?;
+    let base = ProviderBase::parse(aud.trim())
+        .map_err(|e| AuthError::InvalidRequest(format!("aud: {e}")))?;
+    let (jwks, jwks_uri) = match (r.jwks, r.jwks_uri) {
+        (Some(jwks), _) => (Some(validate_jwks(&jwks)?), None),
+        (None, Some(uri)) => match url::Url::parse(&uri) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                (None, Some(uri))
+            }
+            _ => {
+                return Err(AuthError::InvalidRequest(
+                    "jwks_uri must be an absolute http(s) URL".into(),
+                ))
+            }
+        },
+        (None, None) => {
+            return Err(AuthError::InvalidRequest(
+                "either 'jwks' or 'jwks_uri' parameter is required".into(),
+            ))
+        }
+    };
+    let provider = Provider {
+        client_id: uuid::Uuid::new_v4().to_string(),
+        consumer_client_id,
+        aud: base.url().as_str().trim_end_matches('/').to_string(),
+        jwks,
+        jwks_uri,
+        scope: r.scope.filter(|s| !s.trim().is_empty()),
+        created_at: now_unix(),
+        revoked_at: None,
+    };
+    app.store.insert_provider(&provider).await?;
+    tracing::info!(client_id = %provider.client_id, aud = %provider.aud, "provider registered");
+    let token_endpoint = format!("{}/auth/token", crate::routes::base_url(&app, &headers));
+    Ok(no_store(
+        Json(json!({
+            "client_id": provider.client_id,
+            "client_id_issued_at": provider.created_at,
+            "token_endpoint": token_endpoint,
+        }))
+        .into_response(),
+    ))
+}
+
+async fn token(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AuthError> {
+    if content_type(&headers) != "application/x-www-form-urlencoded" {
+        return Err(AuthError::InvalidRequest(
+            "the content type must be application/x-www-form-urlencoded".into(),
+        ));
+    }
+    let body = body_or_error(body)?;
+    let form: TokenForm = serde_urlencoded_form(&body)?;
+    let token_url = format!("{}/auth/token", crate::routes::base_url(&app, &headers));
+    let response = client_assertion::exchange(&app, &token_url, form).await?;
+    Ok(no_store(Json(response).into_response()))
+}
+
+fn serde_urlencoded_form(body: &[u8]) -> Result<TokenForm, AuthError> {
+    let mut form = TokenForm {
+        grant_type: None,
+        client_assertion_type: None,
+        client_assertion: None,
+        scope: None,
+    };
+    for (k, v) in url::form_urlencoded::parse(body) {
+        let slot = match k.as_ref() {
+            "grant_type" => &mut form.grant_type,
+            "client_assertion_type" => &mut form.client_assertion_type,
+            "client_assertion" => &mut form.client_assertion,
+            "scope" => &mut form.scope,
+            _ => continue,
+        };
+        if slot.replace(v.into_owned()).is_some() {
+            return Err(AuthError::InvalidRequest(format!(
+                "parameter '{k}' must not be repeated"
+            )));
+        }
+    }
+    Ok(form)
+}

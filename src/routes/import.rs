@@ -1,0 +1,158 @@
+//! `POST /$import` (Ping and Pull import, "Ping request"): authenticate, check headers and body,
+//! bind `exportUrl` to the caller's registration, persist the job and answer 202 at once.
+use axum::{
+    body::Bytes,
+    extract::{rejection::BytesRejection, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    routing::post,
+    Router,
+};
+
+use super::error::{outcome_response, ApiError};
+use crate::{
+    auth::{access_token::Caller, keys::random_hex, provider_base::ProviderBase},
+    fhir::{operation_outcome::OperationOutcome, parameters::ImportRequest},
+    state::AppState,
+    store::jobs::{Job, JobState},
+    time_util::now_unix,
+};
+
+/// What we ask an over-eager pinger to wait before trying again.
+const BUSY_RETRY_AFTER_SECS: u64 = 60;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/$import", post(import))
+}
+
+fn check_accept(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(raw) = headers.get(header::ACCEPT) else {
+        return Ok(());
+    };
+    let raw = raw.to_str().unwrap_or_default();
+    let ok = raw
+        .split(',')
+        .map(|m| {
+            m.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .any(|m| {
+            matches!(
+                m.as_str(),
+                "application/fhir+json" | "application/json" | "application/*" | "*/*"
+            )
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::NotAcceptable(format!(
+            "only \"application/fhir+json\" responses are available (Accept was: {raw})"
+        )))
+    }
+}
+
+fn check_prefer(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(raw) = headers.get("prefer") else {
+        return Ok(());
+    };
+    let raw = raw.to_str().unwrap_or_default();
+    if raw
+        .split(',')
+        .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "only \"respond-async\" is supported in the Prefer header (received: {raw})"
+        )))
+    }
+}
+
+fn check_content_type(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let raw = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let essence = raw
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if app.config.json_content_types.contains(&essence) {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "the body must be a FHIR Parameters resource sent as one of: {} (Content-Type was: '{raw}')",
+            app.config.json_content_types.join(", ")
+        )))
+    }
+}
+
+async fn import(
+    State(app): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    check_accept(&headers)?;
+    check_prefer(&headers)?;
+    check_content_type(&app, &headers)?;
+    let body = body.map_err(|e| match e {
+        BytesRejection::FailedToBufferBody(_) => ApiError::PayloadTooLarge(format!(
+            "the body is larger than {} bytes (MAX_REQUEST_BODY_BYTES)",
+            app.config.limits.max_body_bytes
+        )),
+        other => ApiError::BadRequest(other.body_text()),
+    })?;
+    let request = ImportRequest::parse(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let base = ProviderBase::parse(&caller.provider.aud)
+        .map_err(|e| ApiError::Internal(format!("stored registration has a bad aud: {e}")))?;
+    base.under(&request.export_url).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "exportUrl is not under the registered provider's base URL: {e}"
+        ))
+    })?;
+    let running = app.store.count_unfinished_jobs().await?;
+    if running >= app.config.limits.max_concurrent_jobs as i64 {
+        return Err(ApiError::TooManyRequests {
+            message: format!(
+                "{running} imports are already running (MAX_CONCURRENT_JOBS); try again later"
+            ),
+            retry_after_secs: BUSY_RETRY_AFTER_SECS,
+        });
+    }
+    let job = Job {
+        id: random_hex(app.config.jobs_id_length),
+        client_id: caller.provider.client_id.clone(),
+        export_type: request.export_type,
+        export_url: request.export_url,
+        kickoff: request.kickoff,
+        state: JobState::Queued,
+        status_url: None,
+        requires_access_token: false,
+        transaction_time: None,
+        progress: None,
+        failure: None,
+        created_at: now_unix(),
+        completed_at: None,
+    };
+    app.store.insert_job(&job).await?;
+    tracing::info!(job_id = %job.id, client_id = %job.client_id, scope = %caller.claims.scope, export_type = job.export_type.as_str(), "import job accepted");
+    app.jobs.spawn(app.clone(), job.id.clone()).await;
+    let location = format!("{}/job/{}", super::base_url(&app, &headers), job.id);
+    let mut res = outcome_response(
+        StatusCode::ACCEPTED,
+        &OperationOutcome::information(format!(
+            "import job accepted; poll {location} for its status"
+        )),
+    );
+    res.headers_mut().insert(
+        header::CONTENT_LOCATION,
+        HeaderValue::from_str(&location).map_err(|e| ApiError::Internal(e.to_string()))?,
+    );
+    Ok(res.into_response())
+}

@@ -1,0 +1,188 @@
+//! Import status (Ping and Pull "Status polling"), the outcome file, and cancel/remove.
+//! The job id is an unguessable capability (≥128 random bits), so these need no token.
+use axum::{
+    extract::{Path, State},
+    http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use serde_json::json;
+
+use super::error::{outcome_response, ApiError};
+use crate::{
+    fhir::operation_outcome::{IssueCode, OperationOutcome},
+    jobs::reaper::remove_job,
+    state::AppState,
+    store::jobs::{FileState, Job, JobState},
+    time_util::instant,
+};
+
+/// Seconds we suggest between status polls.
+const POLL_RETRY_AFTER_SECS: u64 = 2;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/job/{id}", get(status).delete(remove))
+        .route("/job/{id}/import-outcome.ndjson", get(outcome_file))
+}
+
+async fn find(app: &AppState, id: &str) -> Result<Job, ApiError> {
+    // Ids are hex; anything else cannot exist and never reaches the database.
+    let found = if id.len() <= 128 && id.chars().all(|c| c.is_ascii_hexdigit()) {
+        app.store.job(id).await?
+    } else {
+        None
+    };
+    found.ok_or_else(|| ApiError::NotFound(format!("cannot find import job with id \"{id}\"")))
+}
+
+fn no_store(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    res
+}
+
+async fn status(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let job = find(&app, &id).await?;
+    let outcome_url = format!(
+        "{}/job/{}/import-outcome.ndjson",
+        super::base_url(&app, &headers),
+        job.id
+    );
+    let res = match job.state {
+        JobState::Completed => {
+            let lines = outcome_lines(&app, &job).await?;
+            let files = app.store.files(&job.id).await?;
+            let resources: i64 = files.iter().map(|f| f.resources).sum();
+            let failed = files
+                .iter()
+                .filter(|f| f.state == FileState::Failed)
+                .count();
+            Json(json!({
+                "transactionTime": instant(job.created_at),
+                "requiresAccessToken": false,
+                "outcome": [{ "type": "OperationOutcome", "url": outcome_url, "count": lines.len() }],
+                "extension": {
+                    "files": files.len(),
+                    "failedFiles": failed,
+                    "resources": resources,
+                    "completedAt": job.completed_at.map(instant),
+                }
+            }))
+            .into_response()
+        }
+        JobState::Failed => {
+            let reason = job
+                .failure
+                .clone()
+                .unwrap_or_else(|| "the import failed".into());
+            let mut oo =
+                OperationOutcome::error(IssueCode::Exception, format!("import failed: {reason}"));
+            oo.issue.extend(
+                OperationOutcome::single(
+                    crate::fhir::operation_outcome::Severity::Information,
+                    IssueCode::Informational,
+                    format!("per-file outcomes: {outcome_url}"),
+                )
+                .issue,
+            );
+            outcome_response(StatusCode::INTERNAL_SERVER_ERROR, &oo)
+        }
+        JobState::Queued | JobState::Exporting | JobState::Importing => {
+            let counts = app.store.file_counts(&job.id).await?;
+            let (percent, text) = if job.state == JobState::Importing && counts.total > 0 {
+                let pct = (counts.finished * 1000 / counts.total) as f64 / 10.0;
+                (
+                    pct,
+                    format!(
+                        "importing: {} of {} files done",
+                        counts.finished, counts.total
+                    ),
+                )
+            } else if job.state == JobState::Importing {
+                (100.0, "finishing".to_string())
+            } else {
+                (
+                    0.0,
+                    job.progress
+                        .clone()
+                        .unwrap_or_else(|| "waiting for the provider's export".into()),
+                )
+            };
+            let mut res = StatusCode::ACCEPTED.into_response();
+            let h = res.headers_mut();
+            // X-Progress stays a bare number: the sample pinger parseFloat()s it.
+            h.insert(
+                HeaderName::from_static("x-progress"),
+                HeaderValue::from_str(&percent.to_string()).expect("a number is a header"),
+            );
+            let text: String = text
+                .chars()
+                .filter(|c| c.is_ascii() && !c.is_ascii_control())
+                .take(100)
+                .collect();
+            if let Ok(v) = HeaderValue::from_str(&text) {
+                h.insert(HeaderName::from_static("x-status"), v);
+            }
+            h.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(POLL_RETRY_AFTER_SECS),
+            );
+            res
+        }
+    };
+    Ok(no_store(res))
+}
+
+/// One OperationOutcome per finished file, plus the job's failure; never empty once finished.
+async fn outcome_lines(app: &AppState, job: &Job) -> Result<Vec<String>, ApiError> {
+    let files = app.store.files(&job.id).await?;
+    let mut lines: Vec<String> = files.into_iter().filter_map(|f| f.outcome).collect();
+    if let Some(reason) = &job.failure {
+        let oo = OperationOutcome::error(IssueCode::Exception, format!("import failed: {reason}"));
+        lines.push(serde_json::to_string(&oo).unwrap_or_default());
+    }
+    if lines.is_empty() && job.state == JobState::Completed {
+        let oo = OperationOutcome::information("the export listed no files; nothing was imported");
+        lines.push(serde_json::to_string(&oo).unwrap_or_default());
+    }
+    Ok(lines)
+}
+
+async fn outcome_file(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let job = find(&app, &id).await?;
+    let mut body = String::new();
+    for line in outcome_lines(&app, &job).await? {
+        body.push_str(&line);
+        body.push('\n');
+    }
+    let mut res = body.into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/fhir+ndjson"),
+    );
+    Ok(no_store(res))
+}
+
+async fn remove(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let job = find(&app, &id).await?;
+    remove_job(&app, &job.id)
+        .await
+        .map_err(|e| ApiError::Internal(super::error::chain(&e)))?;
+    tracing::info!(job_id = %job.id, "import job removed on request");
+    let oo = OperationOutcome::single(
+        crate::fhir::operation_outcome::Severity::Information,
+        IssueCode::Processing,
+        format!("import job {} was cancelled and its files removed", job.id),
+    );
+    Ok(outcome_response(StatusCode::ACCEPTED, &oo))
+}

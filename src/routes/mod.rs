@@ -1,0 +1,60 @@
+//! HTTP routes: each module owns its paths; static UI files are the fallback.
+pub mod auth;
+pub mod error;
+pub mod health;
+pub mod import;
+pub mod info;
+pub mod jobs;
+pub mod jwks;
+
+use axum::{
+    extract::DefaultBodyLimit,
+    http::{header, HeaderMap},
+    Router,
+};
+use tower_http::{services::ServeDir, trace::TraceLayer};
+
+use crate::state::AppState;
+
+/// Directory of the browser UI, relative to the working directory.
+pub const STATIC_DIR: &str = "static";
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.limits.max_body_bytes;
+    Router::new()
+        .merge(import::routes())
+        .merge(jobs::routes())
+        .merge(auth::routes())
+        .merge(jwks::routes())
+        .merge(info::routes())
+        .merge(health::routes())
+        .fallback_service(ServeDir::new(STATIC_DIR))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Our externally visible base URL, without a trailing slash: `PUBLIC_URL`, else the request's Host.
+pub fn base_url(app: &AppState, headers: &HeaderMap) -> String {
+    if let Some(u) = &app.config.public_url {
+        return u.as_str().trim_end_matches('/').to_string();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{}:{}", app.config.host, app.config.port));
+    let proto = match headers
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+    {
+        Some("https") => "https",
+        _ => "http",
+    };
+    format!("{proto}://{host}")
+}

@@ -1,0 +1,21 @@
+//! Shared application state, built once in `App::build` from cheap clones.
+use std::sync::Arc;
+
+use crate::{
+    auth::{keys::Keys, provider_token::ProviderTokens},
+    config::Config,
+    destination::Destination,
+    jobs::runner::Runner,
+    store::Store,
+};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub http: reqwest::Client,
+    pub keys: Arc<Keys>,
+    pub provider_tokens: Arc<ProviderTokens>,
+    pub destination: Arc<dyn Destination>,
+    pub jobs: Arc<Runner>,
+}

@@ -1,0 +1,382 @@
+//! Jobs and their per-file results.
+use crate::fhir::{manifest::FileKind, parameters::KickoffParam};
+
+use super::{Store, StoreError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    /// Accepted, not yet talking to the provider.
+    Queued,
+    /// Dynamic export kicked off (or about to be); polling the provider.
+    Exporting,
+    /// Manifest stored; files are being imported.
+    Importing,
+    Completed,
+    Failed,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Exporting => "exporting",
+            JobState::Importing => "importing",
+            JobState::Completed => "completed",
+            JobState::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "exporting" => JobState::Exporting,
+            "importing" => JobState::Importing,
+            "completed" => JobState::Completed,
+            "failed" => JobState::Failed,
+            _ => JobState::Queued,
+        }
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(self, JobState::Completed | JobState::Failed)
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct JobRow {
+    id: String,
+    client_id: String,
+    export_type: String,
+    export_url: String,
+    kickoff: String,
+    state: String,
+    status_url: Option<String>,
+    requires_access_token: bool,
+    transaction_time: Option<String>,
+    progress: Option<String>,
+    failure: Option<String>,
+    created_at: i64,
+    completed_at: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: String,
+    pub client_id: String,
+    pub export_type: crate::fhir::parameters::ExportType,
+    pub export_url: String,
+    pub kickoff: Vec<KickoffParam>,
+    pub state: JobState,
+    pub status_url: Option<String>,
+    pub requires_access_token: bool,
+    pub transaction_time: Option<String>,
+    /// The provider's last `X-Progress`, for people.
+    pub progress: Option<String>,
+    /// Why the job failed, for people.
+    pub failure: Option<String>,
+    pub created_at: i64,
+    pub completed_at: Option<i64>,
+}
+
+impl TryFrom<JobRow> for Job {
+    type Error = StoreError;
+    fn try_from(r: JobRow) -> Result<Self, StoreError> {
+        use crate::fhir::parameters::ExportType;
+        Ok(Job {
+            export_type: if r.export_type == "static" {
+                ExportType::Static
+            } else {
+                ExportType::Dynamic
+            },
+            kickoff: serde_json::from_str(&r.kickoff)?,
+            state: JobState::parse(&r.state),
+            id: r.id,
+            client_id: r.client_id,
+            export_url: r.export_url,
+            status_url: r.status_url,
+            requires_access_token: r.requires_access_token,
+            transaction_time: r.transaction_time,
+            progress: r.progress,
+            failure: r.failure,
+            created_at: r.created_at,
+            completed_at: r.completed_at,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileState {
+    Pending,
+    Done,
+    Failed,
+}
+
+impl FileState {
+    fn as_str(self) -> &'static str {
+        match self {
+            FileState::Pending => "pending",
+            FileState::Done => "done",
+            FileState::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct FileRow {
+    job_id: String,
+    idx: i64,
+    kind: String,
+    resource_type: String,
+    url: String,
+    name: String,
+    state: String,
+    resources: i64,
+    bytes: i64,
+    outcome: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobFile {
+    pub job_id: String,
+    pub idx: i64,
+    pub kind: FileKind,
+    pub resource_type: String,
+    pub url: String,
+    /// Name at the destination.
+    pub name: String,
+    pub state: FileState,
+    pub resources: i64,
+    pub bytes: i64,
+    /// The OperationOutcome line for this file, once it is done or failed.
+    pub outcome: Option<String>,
+}
+
+impl From<FileRow> for JobFile {
+    fn from(r: FileRow) -> Self {
+        JobFile {
+            job_id: r.job_id,
+            idx: r.idx,
+            kind: FileKind::parse(&r.kind),
+            resource_type: r.resource_type,
+            url: r.url,
+            name: r.name,
+            state: match r.state.as_str() {
+                "done" => FileState::Done,
+                "failed" => FileState::Failed,
+                _ => FileState::Pending,
+            },
+            resources: r.resources,
+            bytes: r.bytes,
+            outcome: r.outcome,
+        }
+    }
+}
+
+/// Counts for the status endpoint.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FileCounts {
+    pub total: i64,
+    pub finished: i64,
+}
+
+impl Store {
+    pub async fn insert_job(&self, job: &Job) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO jobs (id, client_id, export_type, export_url, kickoff, state, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&job.id)
+        .bind(&job.client_id)
+        .bind(job.export_type.as_str())
+        .bind(&job.export_url)
+        .bind(serde_json::to_string(&job.kickoff)?)
+        .bind(job.state.as_str())
+        .bind(job.created_at)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        sqlx::query_as::<_, JobRow>("SELECT * FROM jobs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .map(Job::try_from)
+            .transpose()
+    }
+
+    /// Jobs that were running when the process stopped.
+    pub async fn unfinished_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        sqlx::query_as::<_, JobRow>(
+            "SELECT * FROM jobs WHERE state NOT IN ('completed', 'failed') ORDER BY created_at",
+        )
+        .fetch_all(self.pool())
+        .await?
+        .into_iter()
+        .map(Job::try_from)
+        .collect()
+    }
+
+    pub async fn count_unfinished_jobs(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobs WHERE state NOT IN ('completed', 'failed')",
+        )
+        .fetch_one(self.pool())
+        .await?)
+    }
+
+    /// Ids of finished jobs older than `finished_before`, and unfinished ones created before `created_before`.
+    pub async fn expired_jobs(
+        &self,
+        finished_before: i64,
+        created_before: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM jobs
+             WHERE (completed_at IS NOT NULL AND completed_at < ?)
+                OR (completed_at IS NULL AND created_at < ?)",
+        )
+        .bind(finished_before)
+        .bind(created_before)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    pub async fn set_status_url(&self, id: &str, url: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET status_url = ?, state = 'exporting' WHERE id = ?")
+            .bind(url)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_state(&self, id: &str, state: JobState) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET state = ? WHERE id = ?")
+            .bind(state.as_str())
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_progress(&self, id: &str, progress: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET progress = ? WHERE id = ?")
+            .bind(progress)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Store the planned files and move to `importing`, atomically, so a restart never sees half a plan.
+    pub async fn save_plan(
+        &self,
+        id: &str,
+        requires_access_token: bool,
+        transaction_time: Option<&str>,
+        files: &[JobFile],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("DELETE FROM job_files WHERE job_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        for f in files {
+            sqlx::query(
+                "INSERT INTO job_files (job_id, idx, kind, resource_type, url, name, state)
+                 VALUES (?, ?, ?, ?, ?, ?, 'pending')",
+            )
+            .bind(id)
+            .bind(f.idx)
+            .bind(f.kind.as_str())
+            .bind(&f.resource_type)
+            .bind(&f.url)
+            .bind(&f.name)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "UPDATE jobs SET state = 'importing', requires_access_token = ?, transaction_time = ? WHERE id = ?",
+        )
+        .bind(requires_access_token)
+        .bind(transaction_time)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn files(&self, job_id: &str) -> Result<Vec<JobFile>, StoreError> {
+        Ok(
+            sqlx::query_as::<_, FileRow>("SELECT * FROM job_files WHERE job_id = ? ORDER BY idx")
+                .bind(job_id)
+                .fetch_all(self.pool())
+                .await?
+                .into_iter()
+                .map(JobFile::from)
+                .collect(),
+        )
+    }
+
+    pub async fn file_counts(&self, job_id: &str) -> Result<FileCounts, StoreError> {
+        let (total, finished): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COALESCE(SUM(state != 'pending'), 0) FROM job_files WHERE job_id = ?",
+        )
+        .bind(job_id)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(FileCounts { total, finished })
+    }
+
+    pub async fn finish_file(
+        &self,
+        job_id: &str,
+        idx: i64,
+        state: FileState,
+        resources: i64,
+        bytes: i64,
+        outcome: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE job_files SET state = ?, resources = ?, bytes = ?, outcome = ? WHERE job_id = ? AND idx = ?",
+        )
+        .bind(state.as_str())
+        .bind(resources)
+        .bind(bytes)
+        .bind(outcome)
+        .bind(job_id)
+        .bind(idx)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn complete_job(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET state = 'completed', completed_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn fail_job(&self, id: &str, reason: &str, now: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET state = 'failed', failure = ?, completed_at = ? WHERE id = ?")
+            .bind(reason)
+            .bind(now)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_job(&self, id: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM jobs WHERE id = ?")
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+}

@@ -1,0 +1,57 @@
+//! Provider registrations (`POST /auth/register`).
+use serde_json::Value;
+
+use super::{Store, StoreError};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Provider {
+    pub client_id: String,
+    /// Our client id at the provider.
+    pub consumer_client_id: String,
+    /// The provider's FHIR base URL: every URL we fetch for it must lie under it.
+    pub aud: String,
+    pub jwks: Option<String>,
+    pub jwks_uri: Option<String>,
+    /// Scope we ask the provider for; `None` means the configured default.
+    pub scope: Option<String>,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+impl Provider {
+    pub fn jwks_value(&self) -> Option<Value> {
+        self.jwks
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok())
+    }
+}
+
+impl Store {
+    pub async fn insert_provider(&self, p: &Provider) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO providers (client_id, consumer_client_id, aud, jwks, jwks_uri, scope, created_at, revoked_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&p.client_id)
+        .bind(&p.consumer_client_id)
+        .bind(&p.aud)
+        .bind(&p.jwks)
+        .bind(&p.jwks_uri)
+        .bind(&p.scope)
+        .bind(p.created_at)
+        .bind(p.revoked_at)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// An active (not revoked) registration.
+    pub async fn provider(&self, client_id: &str) -> Result<Option<Provider>, StoreError> {
+        Ok(sqlx::query_as::<_, Provider>(
+            "SELECT * FROM providers WHERE client_id = ? AND revoked_at IS NULL",
+        )
+        .bind(client_id)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+}
