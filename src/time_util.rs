@@ -17,3 +17,18 @@ pub fn instant(unix: i64) -> String {
         .and_then(|t| t.format(&Rfc3339).ok())
         .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_string())
 }
+
+/// Set `iat` and `exp` as whole seconds: josekit writes fractions, which some providers reject.
+pub fn set_times(
+    payload: &mut josekit::jwt::JwtPayload,
+    issued: SystemTime,
+    expires: SystemTime,
+) -> Result<(), josekit::JoseError> {
+    let secs = |t: SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    };
+    payload.set_claim("iat", Some(secs(issued).into()))?;
+    payload.set_claim("exp", Some(secs(expires).into()))
+}

@@ -28,8 +28,7 @@ pub fn issue(
     let now = SystemTime::now();
     let mut payload = JwtPayload::new();
     payload.set_subject(client_id);
-    payload.set_issued_at(&now);
-    payload.set_expires_at(&(now + lifetime));
+    crate::time_util::set_times(&mut payload, now, now + lifetime)?;
     payload.set_jwt_id(random_hex(16));
     payload.set_claim("scope", Some(scope.into()))?;
     let mut header = JwsHeader::new();

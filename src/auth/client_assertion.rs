@@ -152,7 +152,11 @@ pub async fn exchange(
             ))
         }
     };
-    let verifier = algorithms::verifier(&alg, key).map_err(|_| {
+    // We matched `kid` ourselves; a kid on the verifier would make josekit demand one in the header.
+    let mut members = key.as_ref().clone();
+    members.remove("kid");
+    let key = Jwk::from_map(members)?;
+    let verifier = algorithms::verifier(&alg, &key).map_err(|_| {
         AuthError::InvalidClient("the registered key cannot verify this algorithm".into())
     })?;
     let (payload, _) = jwt::decode_with_verifier(&assertion, &*verifier).map_err(|_| {

@@ -99,8 +99,7 @@ impl ProviderTokens {
         claims.set_issuer(who.client_id);
         claims.set_subject(who.client_id);
         claims.set_audience(vec![endpoint.as_str()]);
-        claims.set_issued_at(&now);
-        claims.set_expires_at(&(now + ASSERTION_LIFETIME));
+        crate::time_util::set_times(&mut claims, now, now + ASSERTION_LIFETIME)?;
         claims.set_jwt_id(uuid::Uuid::new_v4().to_string());
         let assertion = self.keys.sign(&claims)?;
         let resp = self

@@ -1,0 +1,349 @@
+//! `/auth/register`, `/auth/token`, `/jwks`, `/generator`, `/info`.
+use serde_json::{json, Value};
+
+use super::helpers::{spawn_app, TestApp};
+
+type Form = Vec<(&'static str, String)>;
+
+async fn token_error(app: &TestApp, form: Vec<(&'static str, String)>) -> (u16, String) {
+    token_error_named(app, form, "").await
+}
+
+async fn token_error_named(
+    app: &TestApp,
+    form: Vec<(&'static str, String)>,
+    name: &str,
+) -> (u16, String) {
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let res = app.post_token(&form).await;
+    let status = res.status().as_u16();
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let body: Value = res.json().await.unwrap();
+    assert!(body["error_description"].is_string(), "{name}: {body}");
+    (status, body["error"].as_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn a_valid_assertion_gets_a_bearer_token_with_the_granted_scope() {
+    let app = spawn_app().await;
+    let form = TestApp::token_form(&app.assertion(|_, _| {}));
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let res = app.post_token(&form).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["token_type"], "bearer");
+    assert_eq!(body["scope"], "system/*.*");
+    assert_eq!(body["expires_in"], 300);
+}
+
+#[tokio::test]
+async fn token_requests_that_break_a_rule_are_refused_with_the_oauth_error() {
+    let app = spawn_app().await;
+    let good = |app: &TestApp| TestApp::token_form(&app.assertion(|_, _| {}));
+    let set = |mut form: Vec<(&'static str, String)>, key: &str, value: Option<&str>| {
+        form.retain(|(k, _)| *k != key);
+        if let Some(v) = value {
+            form.push((Box::leak(key.to_string().into_boxed_str()), v.to_string()));
+        }
+        form
+    };
+    let cases: Vec<(&str, Form, u16, &str)> = vec![
+        (
+            "no grant_type",
+            set(good(&app), "grant_type", None),
+            400,
+            "invalid_request",
+        ),
+        (
+            "wrong grant_type",
+            set(good(&app), "grant_type", Some("password")),
+            400,
+            "unsupported_grant_type",
+        ),
+        (
+            "wrong assertion type",
+            set(good(&app), "client_assertion_type", Some("jwt")),
+            400,
+            "invalid_request",
+        ),
+        (
+            "no assertion",
+            set(good(&app), "client_assertion", None),
+            400,
+            "invalid_request",
+        ),
+        (
+            "no scope",
+            set(good(&app), "scope", None),
+            400,
+            "invalid_scope",
+        ),
+        (
+            "user scope",
+            set(good(&app), "scope", Some("user/*.read")),
+            400,
+            "invalid_scope",
+        ),
+        (
+            "garbage assertion",
+            set(good(&app), "client_assertion", Some("a.b.c")),
+            401,
+            "invalid_client",
+        ),
+        (
+            "wrong aud",
+            TestApp::token_form(
+                &app.assertion(|c, _| c.set_audience(vec!["https://elsewhere/auth/token"])),
+            ),
+            401,
+            "invalid_client",
+        ),
+        (
+            "aud with another scheme",
+            TestApp::token_form(&app.assertion(|c, _| {
+                c.set_audience(vec![
+                    app.base.replace("http://", "https://") + "/auth/token",
+                ])
+            })),
+            401,
+            "invalid_client",
+        ),
+        (
+            "iss differs from sub",
+            TestApp::token_form(&app.assertion(|c, _| c.set_subject("someone-else"))),
+            401,
+            "invalid_client",
+        ),
+        (
+            "unknown client",
+            TestApp::token_form(&app.assertion(|c, _| {
+                c.set_issuer("nobody");
+                c.set_subject("nobody")
+            })),
+            401,
+            "invalid_client",
+        ),
+        (
+            "exp too far ahead",
+            TestApp::token_form(&app.assertion(|c, _| {
+                c.set_expires_at(
+                    &(std::time::SystemTime::now() + std::time::Duration::from_secs(3600)),
+                )
+            })),
+            401,
+            "invalid_client",
+        ),
+        (
+            "expired",
+            TestApp::token_form(&app.assertion(|c, _| {
+                c.set_expires_at(
+                    &(std::time::SystemTime::now() - std::time::Duration::from_secs(600)),
+                )
+            })),
+            401,
+            "invalid_client",
+        ),
+        (
+            "no jti",
+            TestApp::token_form(&app.assertion(|c, _| {
+                c.set_claim("jti", None).unwrap();
+            })),
+            401,
+            "invalid_client",
+        ),
+        (
+            "unknown kid",
+            TestApp::token_form(&app.assertion(|_, h| h.set_key_id("other"))),
+            401,
+            "invalid_client",
+        ),
+        (
+            "jku not registered",
+            TestApp::token_form(
+                &app.assertion(|_, h| h.set_jwk_set_url("https://evil.example/jwks")),
+            ),
+            401,
+            "invalid_client",
+        ),
+    ];
+    for (name, form, status, error) in cases {
+        assert_eq!(
+            token_error_named(&app, form, name).await,
+            (status, error.to_string()),
+            "case: {name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn alg_none_and_hs256_signed_with_the_public_key_are_refused() {
+    let app = spawn_app().await;
+    // alg none
+    let mut claims = josekit::jwt::JwtPayload::new();
+    claims.set_issuer(&app.client_id);
+    claims.set_subject(&app.client_id);
+    claims.set_audience(vec![format!("{}/auth/token", app.base)]);
+    claims.set_expires_at(&(std::time::SystemTime::now() + std::time::Duration::from_secs(60)));
+    claims.set_jwt_id("n1");
+    let none = josekit::jwt::encode_unsecured(&claims, &josekit::jws::JwsHeader::new()).unwrap();
+    assert_eq!(
+        token_error(&app, TestApp::token_form(&none)).await,
+        (401, "invalid_client".into())
+    );
+    // HS256 keyed with the registered public JWK's text: the classic algorithm confusion.
+    let secret = app.public_jwks()["keys"][0].to_string();
+    let signer = josekit::jws::HS256
+        .signer_from_bytes(secret.as_bytes())
+        .unwrap();
+    let hs = josekit::jwt::encode_with_signer(&claims, &josekit::jws::JwsHeader::new(), &signer)
+        .unwrap();
+    assert_eq!(
+        token_error(&app, TestApp::token_form(&hs)).await,
+        (401, "invalid_client".into())
+    );
+}
+
+#[tokio::test]
+async fn a_replayed_assertion_is_refused() {
+    let app = spawn_app().await;
+    let assertion = app.assertion(|_, _| {});
+    let form = TestApp::token_form(&assertion);
+    let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(app.post_token(&pairs).await.status(), 200);
+    assert_eq!(
+        token_error(&app, form).await,
+        (401, "invalid_client".into())
+    );
+}
+
+#[tokio::test]
+async fn an_assertion_without_kid_is_accepted_when_exactly_one_key_fits() {
+    let app = spawn_app().await;
+    let assertion = app.assertion(|_, h| {
+        h.set_claim("kid", None).unwrap();
+    });
+    let form = TestApp::token_form(&assertion);
+    let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let res = app.post_token(&pairs).await;
+    let st = res.status();
+    assert_eq!(st, 200, "{}", res.text().await.unwrap());
+}
+
+#[tokio::test]
+async fn registration_validates_its_input() {
+    let app = spawn_app().await;
+    let base = app.provider.base();
+    let private = app.provider_key.as_ref().clone();
+    let cases = vec![
+        json!({"consumer_client_id": "c", "aud": base}),
+        json!({"jwks": app.public_jwks(), "aud": base}),
+        json!({"jwks": app.public_jwks(), "consumer_client_id": "c"}),
+        json!({"jwks": app.public_jwks(), "consumer_client_id": "c", "aud": "not a url"}),
+        json!({"jwks": {"keys": [private]}, "consumer_client_id": "c", "aud": base}),
+        json!({"jwks": {"keys": [{"kty": "oct", "k": "abc"}]}, "consumer_client_id": "c", "aud": base}),
+        json!({"jwks_uri": "ftp://x/jwks", "consumer_client_id": "c", "aud": base}),
+    ];
+    for body in cases {
+        let res = app.register(&body).await;
+        assert_eq!(res.status(), 400, "{body}");
+        let err: Value = res.json().await.unwrap();
+        assert_eq!(err["error"], "invalid_request", "{body}");
+    }
+    let res = app
+        .http
+        .post(format!("{}/auth/register", app.base))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+}
+
+#[tokio::test]
+async fn registration_answers_the_reference_contract() {
+    let app = spawn_app().await;
+    let res = app
+        .register(&json!({"jwks_uri": "https://ehr.example/jwks", "consumer_client_id": "c", "aud": "https://ehr.example/fhir"}))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let body: Value = res.json().await.unwrap();
+    assert!(body["client_id"].as_str().unwrap().len() >= 32);
+    assert!(body["client_id_issued_at"].is_i64());
+    assert_eq!(body["token_endpoint"], format!("{}/auth/token", app.base));
+}
+
+#[tokio::test]
+async fn jwks_publishes_only_the_public_key_and_generator_never_puts_private_parts_in_jwks() {
+    let app = spawn_app().await;
+    let jwks: Value = app
+        .http
+        .get(format!("{}/jwks", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = &jwks["keys"][0];
+    assert_eq!(key["kty"], "EC");
+    assert_eq!(key["alg"], "ES384");
+    assert!(key["kid"].is_string());
+    assert!(key.get("d").is_none());
+    for alg in ["ES384", "RS384", "ES512", "RS256"] {
+        let res = app
+            .http
+            .get(format!("{}/generator?alg={alg}", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let g: Value = res.json().await.unwrap();
+        assert!(g["jwks"]["keys"][0].get("d").is_none(), "{alg}");
+        assert!(g["privateAsJWK"]["d"].is_string(), "{alg}");
+        assert_eq!(g["publicAsJWK"]["alg"], alg);
+        assert!(g["publicAsPEM"].as_str().unwrap().contains("PUBLIC KEY"));
+        assert!(g["privateAsPEM"].as_str().unwrap().contains("PRIVATE KEY"));
+    }
+    let res = app
+        .http
+        .get(format!("{}/generator?alg=HS256", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["resourceType"],
+        "OperationOutcome"
+    );
+}
+
+#[tokio::test]
+async fn info_lists_the_endpoints() {
+    let app = spawn_app().await;
+    let info: Value = app
+        .http
+        .get(format!("{}/info", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let labels: Vec<&str> = info
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["label"].as_str().unwrap())
+        .collect();
+    assert!(labels.contains(&"Token Endpoint"));
+    assert!(labels.contains(&"Import Kick-off URL"));
+    let health = app
+        .http
+        .get(format!("{}/health", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}

@@ -1,0 +1,471 @@
+//! An in-process FHIR Bulk Data provider (axum) with SMART Backend Services auth that verifies our
+//! client assertions against our `/jwks`, scripted export status answers, static manifests, gzip,
+//! chunked bodies and bad files. It records every request.
+use std::{
+    collections::{HashMap, VecDeque},
+    io::Write,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{Path, State},
+    http::{HeaderMap, Method, StatusCode, Uri},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use serde_json::{json, Value};
+
+/// One scripted answer of the export status endpoint.
+#[derive(Debug, Clone)]
+pub enum StatusStep {
+    /// 202 with `X-Progress` and an optional `Retry-After` (seconds).
+    Pending(Option<u64>),
+    /// 429 with a `Retry-After` (seconds).
+    TooMany(u64),
+    /// 503 with no body.
+    Unavailable,
+    /// 400 with an OperationOutcome: the export failed.
+    Fatal(&'static str),
+}
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    pub path: String,
+    pub query: Option<String>,
+    pub authorization: Option<String>,
+    pub body: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct FakeFile {
+    pub name: String,
+    pub resource_type: String,
+    pub bytes: Bytes,
+    pub gzip: bool,
+    /// Listed in the manifest but answering 404.
+    pub missing: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    auth: bool,
+    requires_access_token: bool,
+    refuse_post_kickoff: bool,
+    consumer_jwks_url: Option<String>,
+    tokens: Vec<String>,
+    token_lifetime: u64,
+    status_script: VecDeque<StatusStep>,
+    files: Vec<FakeFile>,
+    extra_manifest_urls: Vec<(String, String)>,
+    chunk_size: usize,
+    requests: Vec<Recorded>,
+    fail_token: usize,
+}
+
+#[derive(Clone)]
+pub struct FakeProvider {
+    pub addr: SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl FakeProvider {
+    pub async fn start() -> Self {
+        let inner = Arc::new(Mutex::new(Inner {
+            auth: true,
+            requires_access_token: true,
+            chunk_size: 7,
+            token_lifetime: 300,
+            ..Default::default()
+        }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fake = FakeProvider { addr, inner };
+        let router = Router::new()
+            .route(
+                "/fhir/.well-known/smart-configuration",
+                get(smart_configuration),
+            )
+            .route("/auth/token", post(token))
+            .route("/fhir/$export", get(kickoff).post(kickoff))
+            .route("/fhir/status/{n}", get(status).delete(status_delete))
+            .route("/fhir/manifest.json", get(static_manifest))
+            .route("/fhir/files/{name}", get(file))
+            .fallback(not_found)
+            .with_state(fake.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        fake
+    }
+
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The FHIR base URL a registration names as `aud`.
+    pub fn base(&self) -> String {
+        format!("{}/fhir", self.origin())
+    }
+
+    pub fn export_url(&self) -> String {
+        format!("{}/$export", self.base())
+    }
+
+    pub fn manifest_url(&self) -> String {
+        format!("{}/manifest.json", self.base())
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        f(&mut self.inner.lock().unwrap())
+    }
+
+    pub fn set_consumer_jwks_url(&self, url: String) {
+        self.with(|i| i.consumer_jwks_url = Some(url));
+    }
+    pub fn without_auth(&self) {
+        self.with(|i| i.auth = false);
+    }
+    pub fn requires_access_token(&self, yes: bool) {
+        self.with(|i| i.requires_access_token = yes);
+    }
+    pub fn refuse_post_kickoff(&self) {
+        self.with(|i| i.refuse_post_kickoff = true);
+    }
+    pub fn script_status(&self, steps: Vec<StatusStep>) {
+        self.with(|i| i.status_script = steps.into());
+    }
+    pub fn fail_token(&self, n: usize) {
+        self.with(|i| i.fail_token = n);
+    }
+    pub fn set_chunk_size(&self, n: usize) {
+        self.with(|i| i.chunk_size = n);
+    }
+    pub fn add_file(&self, name: &str, resource_type: &str, bytes: impl Into<Bytes>) {
+        self.push_file(FakeFile {
+            name: name.into(),
+            resource_type: resource_type.into(),
+            bytes: bytes.into(),
+            gzip: false,
+            missing: false,
+        });
+    }
+    pub fn push_file(&self, f: FakeFile) {
+        self.with(|i| i.files.push(f));
+    }
+    /// A manifest entry with an arbitrary URL (e.g. another host).
+    pub fn add_manifest_url(&self, resource_type: &str, url: &str) {
+        self.with(|i| {
+            i.extra_manifest_urls
+                .push((resource_type.into(), url.into()))
+        });
+    }
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.with(|i| i.requests.clone())
+    }
+    pub fn requests_to(&self, path_prefix: &str) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path.starts_with(path_prefix))
+            .collect()
+    }
+
+    fn record(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) {
+        let r = Recorded {
+            method: method.clone(),
+            path: uri.path().to_string(),
+            query: uri.query().map(str::to_string),
+            authorization: headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            body: String::from_utf8_lossy(body).into_owned(),
+        };
+        self.with(|i| i.requests.push(r));
+    }
+
+    /// Bearer check as a real provider would: only tokens we issued pass.
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let (auth, tokens) = self.with(|i| (i.auth, i.tokens.clone()));
+        if !auth {
+            return true;
+        }
+        let Some(h) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        h.strip_prefix("Bearer ")
+            .is_some_and(|t| tokens.iter().any(|k| k == t))
+    }
+
+    fn manifest(&self) -> Value {
+        let origin = self.origin();
+        self.with(|i| {
+            let mut output: Vec<Value> = i
+                .files
+                .iter()
+                .map(|f| json!({"type": f.resource_type, "url": format!("{origin}/fhir/files/{}", f.name)}))
+                .collect();
+            for (t, u) in &i.extra_manifest_urls {
+                output.push(json!({"type": t, "url": u}));
+            }
+            json!({
+                "transactionTime": "2026-01-01T00:00:00Z",
+                "request": format!("{origin}/fhir/$export"),
+                "requiresAccessToken": i.requires_access_token,
+                "output": output,
+                "error": []
+            })
+        })
+    }
+}
+
+fn oo(text: &str) -> Value {
+    json!({"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"processing","diagnostics":text}]})
+}
+
+async fn not_found(
+    State(f): State<FakeProvider>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    f.record(&method, &uri, &headers, b"");
+    (StatusCode::NOT_FOUND, Json(oo("not found"))).into_response()
+}
+
+async fn smart_configuration(
+    State(f): State<FakeProvider>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    f.record(&method, &uri, &headers, b"");
+    if !f.with(|i| i.auth) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    Json(json!({
+        "token_endpoint": format!("{}/auth/token", f.origin()),
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+        "capabilities": ["client-confidential-asymmetric"]
+    }))
+    .into_response()
+}
+
+/// Verify our client assertion against our published JWKS, as a real provider does.
+async fn token(
+    State(f): State<FakeProvider>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    f.record(&method, &uri, &headers, &body);
+    let fail = f.with(|i| {
+        if i.fail_token > 0 {
+            i.fail_token -= 1;
+            true
+        } else {
+            false
+        }
+    });
+    if fail {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error":"invalid_client","error_description":"scripted failure"})),
+        )
+            .into_response();
+    }
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let refuse = |why: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error":"invalid_client","error_description":why})),
+        )
+            .into_response()
+    };
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        return refuse("grant_type");
+    }
+    if form.get("client_assertion_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    {
+        return refuse("client_assertion_type");
+    }
+    let Some(assertion) = form.get("client_assertion") else {
+        return refuse("client_assertion");
+    };
+    let Some(jwks_url) = f.with(|i| i.consumer_jwks_url.clone()) else {
+        return refuse("no consumer jwks url");
+    };
+    let jwks: Value = reqwest::get(&jwks_url).await.unwrap().json().await.unwrap();
+    let header = josekit::jwt::decode_header(assertion).unwrap();
+    let alg = header
+        .claim("alg")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let kid = header
+        .claim("kid")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let key = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid.as_str())
+        .cloned();
+    let Some(key) = key else {
+        return refuse("unknown kid");
+    };
+    let jwk = josekit::jwk::Jwk::from_map(key.as_object().unwrap().clone()).unwrap();
+    let verifier = bulk_import::auth::algorithms::verifier(&alg, &jwk).unwrap();
+    let Ok((payload, _)) = josekit::jwt::decode_with_verifier(assertion, &*verifier) else {
+        return refuse("signature");
+    };
+    let token_url = format!("{}/auth/token", f.origin());
+    if payload.audience() != Some(vec![token_url.as_str()])
+        || payload.issuer() != Some("consumer-at-fake")
+    {
+        return refuse("aud or iss");
+    }
+    let token = uuid::Uuid::new_v4().to_string();
+    let lifetime = f.with(|i| {
+        i.tokens.push(token.clone());
+        i.token_lifetime
+    });
+    Json(json!({"access_token": token, "token_type": "bearer", "expires_in": lifetime, "scope": form.get("scope")})).into_response()
+}
+
+async fn kickoff(
+    State(f): State<FakeProvider>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    f.record(&method, &uri, &headers, &body);
+    if method == Method::POST && f.with(|i| i.refuse_post_kickoff) {
+        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    }
+    if !f.authorized(&headers) {
+        return (StatusCode::UNAUTHORIZED, Json(oo("token required"))).into_response();
+    }
+    if headers.get("prefer").and_then(|v| v.to_str().ok()) != Some("respond-async") {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(oo("Prefer: respond-async required")),
+        )
+            .into_response();
+    }
+    let mut res = StatusCode::ACCEPTED.into_response();
+    res.headers_mut().insert(
+        "content-location",
+        format!("{}/fhir/status/1", f.origin()).parse().unwrap(),
+    );
+    res
+}
+
+async fn status(
+    State(f): State<FakeProvider>,
+    Path(_n): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    f.record(&method, &uri, &headers, b"");
+    if !f.authorized(&headers) {
+        return (StatusCode::UNAUTHORIZED, Json(oo("token required"))).into_response();
+    }
+    let step = f.with(|i| i.status_script.pop_front());
+    match step {
+        None => Json(f.manifest()).into_response(),
+        Some(StatusStep::Pending(retry)) => {
+            let mut res = StatusCode::ACCEPTED.into_response();
+            res.headers_mut()
+                .insert("x-progress", "50% done".parse().unwrap());
+            if let Some(s) = retry {
+                res.headers_mut()
+                    .insert("retry-after", s.to_string().parse().unwrap());
+            }
+            res
+        }
+        Some(StatusStep::TooMany(s)) => {
+            let mut res = (StatusCode::TOO_MANY_REQUESTS, Json(oo("slow down"))).into_response();
+            res.headers_mut()
+                .insert("retry-after", s.to_string().parse().unwrap());
+            res
+        }
+        Some(StatusStep::Unavailable) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        Some(StatusStep::Fatal(text)) => (StatusCode::BAD_REQUEST, Json(oo(text))).into_response(),
+    }
+}
+
+async fn status_delete(
+    State(f): State<FakeProvider>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    f.record(&method, &uri, &headers, b"");
+    StatusCode::ACCEPTED.into_response()
+}
+
+async fn static_manifest(
+    State(f): State<FakeProvider>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    f.record(&method, &uri, &headers, b"");
+    if !f.authorized(&headers) {
+        return (StatusCode::UNAUTHORIZED, Json(oo("token required"))).into_response();
+    }
+    Json(f.manifest()).into_response()
+}
+
+async fn file(
+    State(f): State<FakeProvider>,
+    Path(name): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    f.record(&method, &uri, &headers, b"");
+    let (requires, file, chunk) = f.with(|i| {
+        (
+            i.requires_access_token,
+            i.files.iter().find(|x| x.name == name).cloned(),
+            i.chunk_size,
+        )
+    });
+    if requires && !f.authorized(&headers) {
+        return (StatusCode::UNAUTHORIZED, Json(oo("token required"))).into_response();
+    }
+    let Some(file) = file.filter(|f| !f.missing) else {
+        return (StatusCode::NOT_FOUND, Json(oo("no such file"))).into_response();
+    };
+    let bytes = if file.gzip {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&file.bytes).unwrap();
+        Bytes::from(enc.finish().unwrap())
+    } else {
+        file.bytes.clone()
+    };
+    // Small chunks so lines and multi-byte characters are split across network reads.
+    let chunks: Vec<Result<Bytes, std::io::Error>> = bytes
+        .chunks(chunk.max(1))
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    let mut res = Response::new(Body::from_stream(futures::stream::iter(chunks)));
+    res.headers_mut()
+        .insert("content-type", "application/fhir+ndjson".parse().unwrap());
+    if file.gzip {
+        res.headers_mut()
+            .insert("content-encoding", "gzip".parse().unwrap());
+    }
+    res
+}

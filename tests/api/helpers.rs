@@ -1,0 +1,307 @@
+//! `spawn_app()` and `TestApp`: one method per endpoint, a registered fake provider, and
+//! `wait_for_job` that polls with a deadline.
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+use bulk_import::{config::Config, destination::DestinationKind, App};
+use josekit::{
+    jwk::Jwk,
+    jws::{JwsHeader, ES384},
+    jwt::{self, JwtPayload},
+};
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use tokio::{sync::oneshot, task::JoinHandle};
+
+use super::fake_provider::FakeProvider;
+
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub provider: FakeProvider,
+    /// The provider's key for authenticating to us, and its registration.
+    pub provider_key: Jwk,
+    pub client_id: String,
+    pub dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+    _tmp: Option<TempDir>,
+}
+
+pub fn test_config(dir: &Path) -> Config {
+    let mut c = Config::defaults();
+    c.port = 0;
+    c.data_dir = dir.join("data");
+    c.jobs_path = dir.join("jobs");
+    c.destination = DestinationKind::TmpFs;
+    c.limits.poll_interval = Duration::from_millis(20);
+    c.limits.max_retry_after = Duration::from_secs(2);
+    c.limits.max_retries = 3;
+    c.reaper_interval = Duration::from_secs(3600);
+    c
+}
+
+pub fn init_logs() {
+    if std::env::var("TEST_LOG").is_ok() {
+        bulk_import::telemetry::init_tracing();
+    }
+}
+
+/// A fresh app and a fresh fake provider, registered with each other.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let tmp = TempDir::new().unwrap();
+    let provider = FakeProvider::start().await;
+    let mut config = test_config(tmp.path());
+    tweak(&mut config);
+    let mut app = start(config, provider, tmp.path().to_path_buf()).await;
+    app._tmp = Some(tmp);
+    app.register_provider().await;
+    app
+}
+
+/// Start an app on an existing directory (used to restart).
+pub async fn start(config: Config, provider: FakeProvider, dir: PathBuf) -> TestApp {
+    init_logs();
+    let app = App::build(config).await.expect("app builds");
+    let base = format!("http://{}", app.local_addr());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        app.run(async move {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("app runs");
+    });
+    provider.set_consumer_jwks_url(format!("{base}/jwks"));
+    TestApp {
+        base,
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        provider,
+        provider_key: ES384.generate_key_pair().unwrap().to_jwk_key_pair(),
+        client_id: String::new(),
+        dir,
+        stop: Some(stop),
+        handle: Some(handle),
+        _tmp: None,
+    }
+}
+
+impl TestApp {
+    /// Stop gracefully and return what a restart needs.
+    pub async fn stop(mut self) -> (FakeProvider, PathBuf, Jwk, String, Option<TempDir>) {
+        let _ = self.stop.take().unwrap().send(());
+        self.handle.take().unwrap().await.unwrap();
+        (
+            self.provider.clone(),
+            self.dir.clone(),
+            self.provider_key.clone(),
+            self.client_id.clone(),
+            self._tmp.take(),
+        )
+    }
+
+    pub fn jobs_dir(&self, job_id: &str) -> PathBuf {
+        self.dir.join("jobs").join(job_id)
+    }
+
+    pub async fn register(&self, body: &Value) -> Response {
+        self.http
+            .post(format!("{}/auth/register", self.base))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub fn public_jwks(&self) -> Value {
+        let mut public = self.provider_key.to_public_key().unwrap();
+        public.set_key_id("provider-key-1");
+        public.set_algorithm("ES384");
+        json!({"keys": [public.as_ref()]})
+    }
+
+    async fn register_provider(&mut self) {
+        self.provider_key.set_key_id("provider-key-1");
+        self.provider_key.set_algorithm("ES384");
+        let res = self
+            .register(&json!({"jwks": self.public_jwks(), "consumer_client_id": "consumer-at-fake", "aud": self.provider.base()}))
+            .await;
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        self.client_id = body["client_id"].as_str().unwrap().to_string();
+    }
+
+    /// A client assertion as the provider would sign it; `tweak` edits claims before signing.
+    pub fn assertion(&self, tweak: impl FnOnce(&mut JwtPayload, &mut JwsHeader)) -> String {
+        let now = SystemTime::now();
+        let mut claims = JwtPayload::new();
+        claims.set_issuer(&self.client_id);
+        claims.set_subject(&self.client_id);
+        claims.set_audience(vec![format!("{}/auth/token", self.base)]);
+        claims.set_expires_at(&(now + Duration::from_secs(120)));
+        claims.set_issued_at(&now);
+        claims.set_jwt_id(uuid::Uuid::new_v4().to_string());
+        let mut header = JwsHeader::new();
+        header.set_token_type("JWT");
+        header.set_key_id("provider-key-1");
+        tweak(&mut claims, &mut header);
+        let mut signer = ES384.signer_from_jwk(&self.provider_key).unwrap();
+        // The header is the test's to shape: josekit would otherwise copy the key's kid into it.
+        signer.remove_key_id();
+        jwt::encode_with_signer(&claims, &header, &signer).unwrap()
+    }
+
+    pub async fn post_token(&self, form: &[(&str, &str)]) -> Response {
+        self.http
+            .post(format!("{}/auth/token", self.base))
+            .form(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub fn token_form(assertion: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("grant_type", "client_credentials".into()),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+            ),
+            ("client_assertion", assertion.into()),
+            ("scope", "system/*.*".into()),
+        ]
+    }
+
+    /// An access token for the registered provider.
+    pub async fn token(&self) -> String {
+        let form = Self::token_form(&self.assertion(|_, _| {}));
+        let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let res = self.post_token(&form).await;
+        assert_eq!(res.status(), 200);
+        res.json::<Value>().await.unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub async fn post_import_raw(
+        &self,
+        token: Option<&str>,
+        content_type: &str,
+        body: String,
+    ) -> Response {
+        let mut req = self
+            .http
+            .post(format!("{}/$import", self.base))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("bearer {t}"));
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn post_import(&self, body: &Value) -> Response {
+        let token = self.token().await;
+        self.post_import_raw(Some(&token), "application/fhir+json", body.to_string())
+            .await
+    }
+
+    /// Ping with an export URL and type; returns the job id.
+    pub async fn start_import(&self, export_url: &str, export_type: &str) -> String {
+        let res = self.post_import(&ping(export_url, export_type)).await;
+        assert_eq!(
+            res.status(),
+            StatusCode::ACCEPTED,
+            "{}",
+            res.text().await.unwrap()
+        );
+        let location = res.headers()["content-location"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            location.starts_with(&format!("{}/job/", self.base)),
+            "{location}"
+        );
+        location.rsplit('/').next().unwrap().to_string()
+    }
+
+    pub async fn get_job(&self, id: &str) -> Response {
+        self.http
+            .get(format!("{}/job/{id}", self.base))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn delete_job(&self, id: &str) -> Response {
+        self.http
+            .delete(format!("{}/job/{id}", self.base))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_outcomes(&self, id: &str) -> Vec<Value> {
+        let res = self
+            .http
+            .get(format!("{}/job/{id}/import-outcome.ndjson", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["content-type"], "application/fhir+ndjson");
+        res.text()
+            .await
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Poll until the job leaves 202, with a deadline; returns the final response.
+    pub async fn wait_for_job(&self, id: &str) -> Response {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let res = self.get_job(id).await;
+            if res.status() != StatusCode::ACCEPTED {
+                return res;
+            }
+            assert!(Instant::now() < deadline, "job {id} did not finish in time");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+pub fn ping(export_url: &str, export_type: &str) -> Value {
+    json!({"resourceType": "Parameters", "parameter": [
+        {"name": "exportUrl", "valueUrl": export_url},
+        {"name": "exportType", "valueCode": export_type}
+    ]})
+}
+
+/// Observation NDJSON with multi-byte UTF-8 and decimals such as `12.0`.
+pub fn observations(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "{{\"resourceType\":\"Observation\",\"id\":\"obs-{i}\",\"status\":\"final\",\"code\":{{\"text\":\"Température 🌡️ 日本語 {i}\"}},\"valueQuantity\":{{\"value\":12.0,\"unit\":\"°C\"}}}}\n"
+            )
+        })
+        .collect()
+}
+
+pub fn patients(n: usize) -> String {
+    (0..n).map(|i| format!("{{\"resourceType\":\"Patient\",\"id\":\"p{i}\",\"name\":[{{\"family\":\"Müller\"}}]}}\n")).collect()
+}

@@ -1,0 +1,168 @@
+//! Status, outcome, DELETE, the reaper and restarts.
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{
+    fake_provider::StatusStep,
+    helpers::{observations, spawn_app, spawn_app_with, start, test_config, TestApp},
+};
+
+async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_job_is_a_404_operation_outcome() {
+    let app = spawn_app().await;
+    for id in [
+        "0123456789abcdef0123456789abcdef",
+        "not-a-hex-id",
+        "%2e%2e%2fetc",
+    ] {
+        let res = app.get_job(id).await;
+        assert_eq!(res.status(), 404);
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["resourceType"], "OperationOutcome");
+    }
+    assert_eq!(
+        app.delete_job("0123456789abcdef0123456789abcdef")
+            .await
+            .status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn a_running_job_answers_202_with_progress_and_no_store() {
+    let app = spawn_app().await;
+    app.provider
+        .script_status(vec![StatusStep::Pending(Some(1)); 50]);
+    let id = app
+        .start_import(&app.provider.export_url(), "dynamic")
+        .await;
+    assert_eq!(id.len(), 32, "128-bit ids");
+    let res = app.get_job(&id).await;
+    assert_eq!(res.status(), 202);
+    assert!(res.headers()["x-progress"]
+        .to_str()
+        .unwrap()
+        .parse::<f64>()
+        .is_ok());
+    assert!(res.headers().contains_key("retry-after"));
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    // The provider's progress reaches the status.
+    wait_until("provider progress", async || {
+        app.get_job(&id)
+            .await
+            .headers()
+            .get("x-status")
+            .is_some_and(|v| v.to_str().unwrap().contains("50% done"))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn delete_cancels_a_running_job_and_later_polls_are_404() {
+    let app = spawn_app().await;
+    app.provider
+        .script_status(vec![StatusStep::Pending(Some(1)); 50]);
+    let id = app
+        .start_import(&app.provider.export_url(), "dynamic")
+        .await;
+    wait_until("kick-off", async || {
+        !app.provider.requests_to("/fhir/status/").is_empty()
+    })
+    .await;
+    let res = app.delete_job(&id).await;
+    assert_eq!(res.status(), 202);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["resourceType"],
+        "OperationOutcome"
+    );
+    assert_eq!(app.get_job(&id).await.status(), 404);
+    // The job stopped polling.
+    let polls = app.provider.requests_to("/fhir/status/").len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(app.provider.requests_to("/fhir/status/").len(), polls);
+}
+
+#[tokio::test]
+async fn delete_removes_a_finished_job_and_its_files() {
+    let app = spawn_app().await;
+    app.provider
+        .add_file("o.ndjson", "Observation", observations(5));
+    let id = app
+        .start_import(&app.provider.manifest_url(), "static")
+        .await;
+    assert_eq!(app.wait_for_job(&id).await.status(), 200);
+    assert!(app.jobs_dir(&id).exists());
+    assert_eq!(app.delete_job(&id).await.status(), 202);
+    assert!(!app.jobs_dir(&id).exists());
+    assert_eq!(app.get_job(&id).await.status(), 404);
+}
+
+#[tokio::test]
+async fn the_reaper_removes_finished_jobs_after_jobs_max_age() {
+    let app = spawn_app_with(|c| {
+        c.jobs_max_age = Duration::from_secs(1);
+        c.reaper_interval = Duration::from_millis(200);
+    })
+    .await;
+    app.provider
+        .add_file("o.ndjson", "Observation", observations(5));
+    let id = app
+        .start_import(&app.provider.manifest_url(), "static")
+        .await;
+    assert_eq!(app.wait_for_job(&id).await.status(), 200);
+    wait_until("the reaper", async || {
+        app.get_job(&id).await.status() == 404
+    })
+    .await;
+    assert!(!app.jobs_dir(&id).exists());
+}
+
+#[tokio::test]
+async fn a_restart_resumes_a_job_without_a_second_kickoff_and_delete_works_after_restart() {
+    let app = spawn_app().await;
+    app.provider
+        .script_status(vec![StatusStep::Pending(Some(1)); 3]);
+    let obs = observations(30);
+    app.provider
+        .add_file("o.ndjson", "Observation", obs.clone());
+    let id = app
+        .start_import(&app.provider.export_url(), "dynamic")
+        .await;
+    wait_until("kick-off", async || {
+        !app.provider.requests_to("/fhir/status/").is_empty()
+    })
+    .await;
+    let base_before = app.base.clone();
+    let (provider, dir, key, client_id, tmp) = app.stop().await;
+
+    let mut app = start(test_config(&dir), provider, dir.clone()).await;
+    app.provider_key = key;
+    app.client_id = client_id;
+    let _tmp = tmp;
+    assert_ne!(app.base, base_before);
+    let res = app.wait_for_job(&id).await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    assert_eq!(
+        app.provider.requests_to("/fhir/$export").len(),
+        1,
+        "no second kick-off"
+    );
+    assert_eq!(
+        std::fs::read_to_string(app.jobs_dir(&id).join("Observation.1.ndjson")).unwrap(),
+        obs
+    );
+    // Registrations survived too: the provider can still get a token.
+    let _ = app.token().await;
+    assert_eq!(app.delete_job(&id).await.status(), 202);
+    assert_eq!(app.get_job(&id).await.status(), 404);
+    let _: &TestApp = &app;
+}

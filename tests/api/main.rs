@@ -1,0 +1,7 @@
+//! API tests: a spawned app and an in-process fake provider, over real HTTP on loopback.
+mod auth;
+mod fake_provider;
+mod helpers;
+mod import;
+mod jobs;
+mod pull;
