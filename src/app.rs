@@ -86,6 +86,16 @@ impl App {
             destination = %state.destination.describe(),
             "bulk-import listening"
         );
+        if state.config.public_url.is_none()
+            && !matches!(
+                state.config.host.as_str(),
+                "127.0.0.1" | "localhost" | "::1"
+            )
+        {
+            // Without it the token `aud` we accept follows the Host header, so an assertion made
+            // for another server that trusts the same key could be replayed here.
+            tracing::warn!("PUBLIC_URL is not set: our URLs and the token audience come from each request's Host header; set PUBLIC_URL in production");
+        }
         let unfinished = state.store.unfinished_jobs().await?;
         if !unfinished.is_empty() {
             tracing::info!(jobs = unfinished.len(), "resuming unfinished jobs");

@@ -50,6 +50,18 @@ pub struct FakeFile {
     pub missing: bool,
 }
 
+impl FakeFile {
+    pub fn new(name: &str, resource_type: &str, bytes: impl Into<Bytes>) -> Self {
+        Self {
+            name: name.into(),
+            resource_type: resource_type.into(),
+            bytes: bytes.into(),
+            gzip: false,
+            missing: false,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     auth: bool,
@@ -64,12 +76,17 @@ struct Inner {
     chunk_size: usize,
     requests: Vec<Recorded>,
     fail_token: usize,
+    error_files: Vec<String>,
+    redirects: HashMap<String, String>,
+    page_size: Option<usize>,
+    held: Vec<String>,
 }
 
 #[derive(Clone)]
 pub struct FakeProvider {
     pub addr: SocketAddr,
     inner: Arc<Mutex<Inner>>,
+    release: Arc<tokio::sync::Notify>,
 }
 
 impl FakeProvider {
@@ -83,7 +100,11 @@ impl FakeProvider {
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let fake = FakeProvider { addr, inner };
+        let fake = FakeProvider {
+            addr,
+            inner,
+            release: Arc::new(tokio::sync::Notify::new()),
+        };
         let router = Router::new()
             .route(
                 "/fhir/.well-known/smart-configuration",
@@ -93,6 +114,7 @@ impl FakeProvider {
             .route("/fhir/$export", get(kickoff).post(kickoff))
             .route("/fhir/status/{n}", get(status).delete(status_delete))
             .route("/fhir/manifest.json", get(static_manifest))
+            .route("/fhir/manifest-page/{n}", get(manifest_page))
             .route("/fhir/files/{name}", get(file))
             .fallback(not_found)
             .with_state(fake.clone());
@@ -143,13 +165,7 @@ impl FakeProvider {
         self.with(|i| i.chunk_size = n);
     }
     pub fn add_file(&self, name: &str, resource_type: &str, bytes: impl Into<Bytes>) {
-        self.push_file(FakeFile {
-            name: name.into(),
-            resource_type: resource_type.into(),
-            bytes: bytes.into(),
-            gzip: false,
-            missing: false,
-        });
+        self.push_file(FakeFile::new(name, resource_type, bytes));
     }
     pub fn push_file(&self, f: FakeFile) {
         self.with(|i| i.files.push(f));
@@ -160,6 +176,34 @@ impl FakeProvider {
             i.extra_manifest_urls
                 .push((resource_type.into(), url.into()))
         });
+    }
+    /// Listed under the manifest's `error` array (OperationOutcome NDJSON).
+    pub fn add_error_file(&self, name: &str, bytes: impl Into<Bytes>) {
+        self.push_file(FakeFile::new(name, "OperationOutcome", bytes));
+        self.with(|i| i.error_files.push(name.into()));
+    }
+    /// Answer this file's URL with a 307 to `to`.
+    pub fn redirect_file(&self, name: &str, to: &str) {
+        self.with(|i| i.redirects.insert(name.into(), to.into()));
+    }
+    /// Split `output` into pages of `n` entries linked by `link` next.
+    pub fn page_size(&self, n: usize) {
+        self.with(|i| i.page_size = Some(n));
+    }
+    /// Keep this file's body from being sent until `release_files()`.
+    pub fn hold_file(&self, name: &str) {
+        self.with(|i| i.held.push(name.into()));
+    }
+    pub fn release_files(&self) {
+        self.with(|i| i.held.clear());
+        self.release.notify_waiters();
+    }
+    pub fn set_token_lifetime(&self, secs: u64) {
+        self.with(|i| i.token_lifetime = secs);
+    }
+    /// Forget every issued token, as if they all expired at once.
+    pub fn revoke_tokens(&self) {
+        self.with(|i| i.tokens.clear());
     }
     pub fn requests(&self) -> Vec<Recorded> {
         self.with(|i| i.requests.clone())
@@ -199,22 +243,34 @@ impl FakeProvider {
     }
 
     fn manifest(&self) -> Value {
+        self.manifest_page(0)
+    }
+
+    fn manifest_page(&self, page: usize) -> Value {
         let origin = self.origin();
         self.with(|i| {
-            let mut output: Vec<Value> = i
-                .files
-                .iter()
-                .map(|f| json!({"type": f.resource_type, "url": format!("{origin}/fhir/files/{}", f.name)}))
-                .collect();
+            let entry = |f: &FakeFile| json!({"type": f.resource_type, "url": format!("{origin}/fhir/files/{}", f.name)});
+            let mut output: Vec<Value> =
+                i.files.iter().filter(|f| !i.error_files.contains(&f.name)).map(entry).collect();
             for (t, u) in &i.extra_manifest_urls {
                 output.push(json!({"type": t, "url": u}));
+            }
+            let error: Vec<Value> = i.files.iter().filter(|f| i.error_files.contains(&f.name)).map(entry).collect();
+            let mut link = Vec::new();
+            if let Some(n) = i.page_size {
+                let total = output.len();
+                output = output.into_iter().skip(page * n).take(n).collect();
+                if (page + 1) * n < total {
+                    link.push(json!({"relation": "next", "url": format!("{origin}/fhir/manifest-page/{}", page + 1)}));
+                }
             }
             json!({
                 "transactionTime": "2026-01-01T00:00:00Z",
                 "request": format!("{origin}/fhir/$export"),
                 "requiresAccessToken": i.requires_access_token,
                 "output": output,
-                "error": []
+                "error": if page == 0 { error } else { vec![] },
+                "link": link
             })
         })
     }
@@ -427,6 +483,20 @@ async fn static_manifest(
     Json(f.manifest()).into_response()
 }
 
+async fn manifest_page(
+    State(f): State<FakeProvider>,
+    Path(n): Path<usize>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    f.record(&method, &uri, &headers, b"");
+    if !f.authorized(&headers) {
+        return (StatusCode::UNAUTHORIZED, Json(oo("token required"))).into_response();
+    }
+    Json(f.manifest_page(n)).into_response()
+}
+
 async fn file(
     State(f): State<FakeProvider>,
     Path(name): Path<String>,
@@ -444,6 +514,18 @@ async fn file(
     });
     if requires && !f.authorized(&headers) {
         return (StatusCode::UNAUTHORIZED, Json(oo("token required"))).into_response();
+    }
+    if let Some(to) = f.with(|i| i.redirects.get(&name).cloned()) {
+        let mut res = StatusCode::TEMPORARY_REDIRECT.into_response();
+        res.headers_mut().insert("location", to.parse().unwrap());
+        return res;
+    }
+    loop {
+        let wait = f.release.notified();
+        if !f.with(|i| i.held.contains(&name)) {
+            break;
+        }
+        wait.await;
     }
     let Some(file) = file.filter(|f| !f.missing) else {
         return (StatusCode::NOT_FOUND, Json(oo("no such file"))).into_response();

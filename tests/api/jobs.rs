@@ -166,3 +166,77 @@ async fn a_restart_resumes_a_job_without_a_second_kickoff_and_delete_works_after
     assert_eq!(app.get_job(&id).await.status(), 404);
     let _: &TestApp = &app;
 }
+
+#[tokio::test]
+async fn the_reaper_cancels_and_removes_a_job_stuck_past_twice_the_max_age() {
+    let app = spawn_app_with(|c| {
+        c.jobs_max_age = Duration::from_secs(1);
+        c.reaper_interval = Duration::from_millis(200);
+    })
+    .await;
+    app.provider
+        .script_status(vec![StatusStep::Pending(Some(1)); 100]);
+    let id = app
+        .start_import(&app.provider.export_url(), "dynamic")
+        .await;
+    assert_eq!(app.get_job(&id).await.status(), 202);
+    wait_until("the reaper", async || {
+        app.get_job(&id).await.status() == 404
+    })
+    .await;
+    let polls = app.provider.requests_to("/fhir/status/").len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        app.provider.requests_to("/fhir/status/").len(),
+        polls,
+        "the stuck job was cancelled"
+    );
+}
+
+#[tokio::test]
+async fn after_a_restart_mid_import_finished_files_are_not_downloaded_again() {
+    let app = spawn_app_with(|c| c.limits.parallel_downloads = 1).await;
+    let obs = observations(20);
+    app.provider
+        .add_file("a.ndjson", "Observation", obs.clone());
+    app.provider
+        .add_file("b.ndjson", "Observation", obs.clone());
+    app.provider.hold_file("b.ndjson");
+    let id = app
+        .start_import(&app.provider.manifest_url(), "static")
+        .await;
+    wait_until("the second file", async || {
+        !app.provider.requests_to("/fhir/files/b").is_empty()
+    })
+    .await;
+    let (provider, dir, key, client_id, tmp) = app.stop().await;
+    provider.release_files();
+
+    let mut app = start(test_config(&dir), provider, dir.clone()).await;
+    app.provider_key = key;
+    app.client_id = client_id;
+    let _tmp = tmp;
+    assert_eq!(app.wait_for_job(&id).await.status(), 200);
+    assert_eq!(
+        app.provider.requests_to("/fhir/files/a").len(),
+        1,
+        "finished file fetched once"
+    );
+    assert_eq!(
+        app.provider.requests_to("/fhir/files/b").len(),
+        2,
+        "interrupted file fetched again"
+    );
+    assert_eq!(
+        app.provider.requests_to("/fhir/manifest.json").len(),
+        1,
+        "plan kept across the restart"
+    );
+    for name in ["Observation.1.ndjson", "Observation.2.ndjson"] {
+        assert_eq!(
+            std::fs::read_to_string(app.jobs_dir(&id).join(name)).unwrap(),
+            obs
+        );
+    }
+    assert!(!app.jobs_dir(&id).join("Observation.2.ndjson.part").exists());
+}

@@ -1,5 +1,6 @@
 //! API tests: a spawned app and an in-process fake provider, over real HTTP on loopback.
 mod auth;
+mod binary;
 mod fake_provider;
 mod helpers;
 mod import;

@@ -381,3 +381,95 @@ async fn one_provider_token_serves_the_whole_job() {
     completed(&app, &id).await;
     assert_eq!(app.provider.requests_to("/auth/token").len(), 1);
 }
+
+#[tokio::test]
+async fn manifest_next_pages_and_error_files_are_all_imported() {
+    let app = spawn_app().await;
+    for i in 0..5 {
+        app.provider
+            .add_file(&format!("p{i}.ndjson"), "Patient", patients(i + 1));
+    }
+    let provider_errors = "{\"resourceType\":\"OperationOutcome\",\"id\":\"e1\",\"issue\":[{\"severity\":\"warning\",\"code\":\"processing\"}]}\n";
+    app.provider
+        .add_error_file("errors.ndjson", provider_errors);
+    app.provider.page_size(2);
+    let id = app
+        .start_import(&app.provider.manifest_url(), "static")
+        .await;
+    let body = completed(&app, &id).await;
+    assert_eq!(body["extension"]["files"], 6);
+    assert_eq!(body["extension"]["failedFiles"], 0);
+    for i in 0..5 {
+        assert_eq!(
+            read(&app, &id, &format!("Patient.{}.ndjson", i + 1)),
+            patients(i + 1)
+        );
+    }
+    assert_eq!(
+        read(&app, &id, "error-OperationOutcome.1.ndjson"),
+        provider_errors
+    );
+    assert_eq!(app.provider.requests_to("/fhir/manifest-page/").len(), 2);
+}
+
+#[tokio::test]
+async fn a_redirect_to_another_host_never_carries_our_token() {
+    let app = spawn_app().await;
+    let other = super::fake_provider::FakeProvider::start().await;
+    other.requires_access_token(false);
+    other.add_file("there.ndjson", "Patient", patients(4));
+    app.provider.add_file("here.ndjson", "Patient", "");
+    app.provider.redirect_file(
+        "here.ndjson",
+        &format!("{}/fhir/files/there.ndjson", other.origin()),
+    );
+    let id = app
+        .start_import(&app.provider.manifest_url(), "static")
+        .await;
+    completed(&app, &id).await;
+    assert_eq!(read(&app, &id, "Patient.1.ndjson"), patients(4));
+    assert!(app.provider.requests_to("/fhir/files/")[0]
+        .authorization
+        .is_some());
+    let there = other.requests_to("/fhir/files/");
+    assert_eq!(there.len(), 1);
+    assert!(
+        there[0].authorization.is_none(),
+        "the token crossed to another host"
+    );
+}
+
+#[tokio::test]
+async fn provider_tokens_are_refreshed_before_expiry_and_once_after_a_401() {
+    let app = spawn_app().await;
+    app.provider.add_file("p.ndjson", "Patient", patients(2));
+    // 1 s tokens: we refresh half-way, so a 3 s export needs several.
+    app.provider.set_token_lifetime(1);
+    app.provider
+        .script_status(vec![StatusStep::Pending(Some(1)); 3]);
+    let id = app
+        .start_import(&app.provider.export_url(), "dynamic")
+        .await;
+    completed(&app, &id).await;
+    assert!(
+        app.provider.requests_to("/auth/token").len() >= 3,
+        "{}",
+        app.provider.requests_to("/auth/token").len()
+    );
+
+    let app = spawn_app().await;
+    app.provider.add_file("p.ndjson", "Patient", patients(2));
+    app.provider
+        .script_status(vec![StatusStep::Pending(Some(1))]);
+    let id = app
+        .start_import(&app.provider.export_url(), "dynamic")
+        .await;
+    while app.provider.requests_to("/fhir/status/").is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    app.provider.revoke_tokens();
+    completed(&app, &id).await;
+    assert_eq!(app.provider.requests_to("/auth/token").len(), 2);
+    // A 401 poll, the same poll again with the fresh token, then the 200.
+    assert!(app.provider.requests_to("/fhir/status/").len() >= 3);
+}
