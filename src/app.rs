@@ -37,14 +37,9 @@ impl App {
         let http = http_client::build(&config.limits).context("building the HTTP client")?;
         let destination = config.destination.build(config.jobs_path.clone());
         let shutdown = CancellationToken::new();
-        let jobs = Arc::new(Runner::new(
-            shutdown.clone(),
-            config.limits.max_concurrent_jobs,
-        ));
+        let jobs = Arc::new(Runner::new(shutdown.clone(), config.limits.max_concurrent_jobs));
         let addr = format!("{}:{}", config.host, config.port);
-        let listener = TcpListener::bind(&addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
+        let listener = TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let state = AppState {
             provider_tokens: Arc::new(ProviderTokens::new(http.clone(), keys.clone())),
             config: Arc::new(config),
@@ -54,17 +49,11 @@ impl App {
             destination,
             jobs,
         };
-        Ok(Self {
-            listener,
-            state,
-            shutdown,
-        })
+        Ok(Self { listener, state, shutdown })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.listener.local_addr().expect("a bound listener has an address")
     }
 
     pub fn state(&self) -> &AppState {
@@ -72,25 +61,15 @@ impl App {
     }
 
     /// Serve until `signal` resolves, then stop jobs and the reaper gracefully.
-    pub async fn run(
-        self,
-        signal: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let Self {
-            listener,
-            state,
-            shutdown,
-        } = self;
+    pub async fn run(self, signal: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Self { listener, state, shutdown } = self;
         tracing::info!(
             address = %listener.local_addr()?,
             destination = %state.destination.describe(),
             "bulk-import listening"
         );
         if state.config.public_url.is_none()
-            && !matches!(
-                state.config.host.as_str(),
-                "127.0.0.1" | "localhost" | "::1"
-            )
+            && !matches!(state.config.host.as_str(), "127.0.0.1" | "localhost" | "::1")
         {
             // Without it the token `aud` we accept follows the Host header, so an assertion made
             // for another server that trusts the same key could be replayed here.
@@ -116,10 +95,7 @@ impl App {
             .with_graceful_shutdown(async move { serve_stop.cancelled().await })
             .await?;
         state.jobs.tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, state.jobs.tracker.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(SHUTDOWN_GRACE, state.jobs.tracker.wait()).await.is_err() {
             tracing::warn!("jobs did not stop in time; they resume on the next start");
         }
         tracing::info!("stopped");

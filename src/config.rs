@@ -18,8 +18,7 @@ pub const MAX_JOBS_ID_LENGTH: usize = 64;
 /// Minutes a finished job (and its files) is kept.
 pub const DEFAULT_JOBS_MAX_AGE_MINUTES: f64 = 5.0;
 pub const DEFAULT_REAPER_INTERVAL_SECS: f64 = 60.0;
-pub const DEFAULT_JSON_CONTENT_TYPES: &str =
-    "application/json,application/fhir+json,application/json+fhir";
+pub const DEFAULT_JSON_CONTENT_TYPES: &str = "application/json,application/fhir+json,application/json+fhir";
 /// Minutes an access token we issue stays valid.
 pub const DEFAULT_ACCESS_TOKEN_EXPIRE_MINUTES: f64 = 5.0;
 /// 10 MiB: above bulk-data-client's 10,000,000 (raised from 1 MB after real exports broke it) and
@@ -45,6 +44,8 @@ pub const DEFAULT_EXPORT_TIMEOUT_SECS: f64 = 6.0 * 3600.0;
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: f64 = 10.0;
 /// Longest silence on a response body before the download counts as stalled.
 pub const DEFAULT_READ_TIMEOUT_SECS: f64 = 60.0;
+/// Shortest `JWT_SECRET`/`ADMIN_TOKEN` we accept.
+pub const MIN_SECRET_CHARS: usize = 32;
 /// Largest JWKS we fetch from a registered `jwks_uri`.
 pub const MAX_JWKS_BYTES: usize = 64 * 1024;
 
@@ -100,6 +101,8 @@ pub struct Config {
     pub reaper_interval: Duration,
     pub json_content_types: Vec<String>,
     pub jwt_secret: Option<SecretString>,
+    /// Bearer credential for `/auth/register` and registration management.
+    pub admin_token: Option<SecretString>,
     pub access_token_lifetime: Duration,
     pub private_key: Option<SecretString>,
     pub public_key: Option<String>,
@@ -128,49 +131,16 @@ impl Config {
 
     /// Read from any lookup; tests pass a map.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let mut r = Reader {
-            get: &get,
-            problems: Vec::new(),
-        };
+        let mut r = Reader { get: &get, problems: Vec::new() };
         let defaults = Limits::default();
         let limits = Limits {
-            max_line_bytes: r.num(
-                "NDJSON_MAX_LINE_LENGTH",
-                DEFAULT_MAX_LINE_BYTES,
-                1,
-                usize::MAX,
-            ),
+            max_line_bytes: r.num("NDJSON_MAX_LINE_LENGTH", DEFAULT_MAX_LINE_BYTES, 1, usize::MAX),
             parallel_downloads: r.num("PARALLEL_DOWNLOADS", DEFAULT_PARALLEL_DOWNLOADS, 1, 64),
-            max_concurrent_jobs: r.num(
-                "MAX_CONCURRENT_JOBS",
-                DEFAULT_MAX_CONCURRENT_JOBS,
-                1,
-                10_000,
-            ),
-            max_manifest_bytes: r.num(
-                "MAX_MANIFEST_BYTES",
-                DEFAULT_MAX_MANIFEST_BYTES,
-                1024,
-                usize::MAX,
-            ),
-            max_manifest_pages: r.num(
-                "MAX_MANIFEST_PAGES",
-                DEFAULT_MAX_MANIFEST_PAGES,
-                1,
-                1_000_000,
-            ),
-            max_files_per_job: r.num(
-                "MAX_FILES_PER_JOB",
-                DEFAULT_MAX_FILES_PER_JOB,
-                1,
-                10_000_000,
-            ),
-            max_body_bytes: r.num(
-                "MAX_REQUEST_BODY_BYTES",
-                DEFAULT_MAX_BODY_BYTES,
-                1024,
-                usize::MAX,
-            ),
+            max_concurrent_jobs: r.num("MAX_CONCURRENT_JOBS", DEFAULT_MAX_CONCURRENT_JOBS, 1, 10_000),
+            max_manifest_bytes: r.num("MAX_MANIFEST_BYTES", DEFAULT_MAX_MANIFEST_BYTES, 1024, usize::MAX),
+            max_manifest_pages: r.num("MAX_MANIFEST_PAGES", DEFAULT_MAX_MANIFEST_PAGES, 1, 1_000_000),
+            max_files_per_job: r.num("MAX_FILES_PER_JOB", DEFAULT_MAX_FILES_PER_JOB, 1, 10_000_000),
+            max_body_bytes: r.num("MAX_REQUEST_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, usize::MAX),
             max_retry_after: r.secs("MAX_RETRY_AFTER", DEFAULT_MAX_RETRY_AFTER_SECS),
             poll_interval: r.secs("POLL_INTERVAL", DEFAULT_POLL_INTERVAL_SECS),
             max_retries: r.num("MAX_RETRIES", DEFAULT_MAX_RETRIES, 0, 100),
@@ -184,23 +154,20 @@ impl Config {
             "tmp-fs" => DestinationKind::TmpFs,
             "s3" => {
                 r.problems.push(
-                    "DESTINATION_TYPE: 's3' is not available in this build yet; use 'dev-null' or 'tmp-fs'".into(),
+                    "DESTINATION_TYPE: 's3' is not available in this build yet; use 'dev-null' or 'tmp-fs'"
+                        .into(),
                 );
                 DestinationKind::DevNull
             }
             other => {
-                r.problems.push(format!(
-                    "DESTINATION_TYPE: '{other}' is not one of dev-null, tmp-fs, s3"
-                ));
+                r.problems.push(format!("DESTINATION_TYPE: '{other}' is not one of dev-null, tmp-fs, s3"));
                 DestinationKind::DevNull
             }
         };
         let public_url = r.opt("PUBLIC_URL").and_then(|raw| match Url::parse(&raw) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
             _ => {
-                r.problems.push(format!(
-                    "PUBLIC_URL: '{raw}' is not an absolute http(s) URL"
-                ));
+                r.problems.push(format!("PUBLIC_URL: '{raw}' is not an absolute http(s) URL"));
                 None
             }
         });
@@ -211,12 +178,10 @@ impl Config {
             .filter(|s| !s.is_empty())
             .collect();
         if json_content_types.is_empty() {
-            r.problems
-                .push("JSON_CONTENT_TYPES: must list at least one media type".into());
+            r.problems.push("JSON_CONTENT_TYPES: must list at least one media type".into());
         }
         let download_file_name = r.string("DOWNLOAD_FILE_NAME", DEFAULT_DOWNLOAD_FILE_NAME);
-        if let Err(e) = crate::destination::file_name::FileNameTemplate::parse(&download_file_name)
-        {
+        if let Err(e) = crate::destination::file_name::FileNameTemplate::parse(&download_file_name) {
             r.problems.push(format!("DOWNLOAD_FILE_NAME: {e}"));
         }
         let config = Config {
@@ -235,10 +200,8 @@ impl Config {
             reaper_interval: r.secs("REAPER_INTERVAL", DEFAULT_REAPER_INTERVAL_SECS),
             json_content_types,
             jwt_secret: r.opt("JWT_SECRET").map(SecretString::from),
-            access_token_lifetime: r.minutes(
-                "ACCESS_TOKEN_EXPIRE_IN",
-                DEFAULT_ACCESS_TOKEN_EXPIRE_MINUTES,
-            ),
+            admin_token: r.opt("ADMIN_TOKEN").map(SecretString::from),
+            access_token_lifetime: r.minutes("ACCESS_TOKEN_EXPIRE_IN", DEFAULT_ACCESS_TOKEN_EXPIRE_MINUTES),
             private_key: r.opt("PRIVATE_KEY").map(SecretString::from),
             public_key: r.opt("PUBLIC_KEY"),
             destination,
@@ -249,17 +212,14 @@ impl Config {
         if let Some(secret) = &config.jwt_secret {
             use secrecy::ExposeSecret;
             if secret.expose_secret().len() < 32 {
-                r.problems.push(
-                    "JWT_SECRET: must be at least 32 characters (or unset, to generate one)".into(),
-                );
+                r.problems
+                    .push("JWT_SECRET: must be at least 32 characters (or unset, to generate one)".into());
             }
         }
         if r.problems.is_empty() {
             Ok(config)
         } else {
-            Err(ConfigError {
-                problems: r.problems,
-            })
+            Err(ConfigError { problems: r.problems })
         }
     }
 
@@ -280,9 +240,7 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn opt(&self, key: &str) -> Option<String> {
-        (self.get)(key)
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
+        (self.get)(key).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
     }
 
     fn string(&self, key: &str, default: &str) -> String {
@@ -299,9 +257,7 @@ impl Reader<'_> {
         match raw.parse::<T>() {
             Ok(v) if v >= min && v <= max => v,
             _ => {
-                self.problems.push(format!(
-                    "{key}: '{raw}' must be a whole number from {min} to {max}"
-                ));
+                self.problems.push(format!("{key}: '{raw}' must be a whole number from {min} to {max}"));
                 default
             }
         }
@@ -314,9 +270,7 @@ impl Reader<'_> {
         match raw.parse::<f64>() {
             Ok(v) if (0.0..1.0e9).contains(&v) => v,
             _ => {
-                self.problems.push(format!(
-                    "{key}: '{raw}' must be a non-negative number of {unit}"
-                ));
+                self.problems.push(format!("{key}: '{raw}' must be a non-negative number of {unit}"));
                 default
             }
         }
@@ -337,10 +291,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn with(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -357,12 +308,7 @@ mod tests {
 
     #[test]
     fn every_bad_value_is_reported_by_name() {
-        let err = with(&[
-            ("PORT", "abc"),
-            ("DESTINATION_TYPE", "ftp"),
-            ("JOBS_ID_LENGTH", "4"),
-        ])
-        .unwrap_err();
+        let err = with(&[("PORT", "abc"), ("DESTINATION_TYPE", "ftp"), ("JOBS_ID_LENGTH", "4")]).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("PORT: 'abc'"), "{text}");
         assert!(text.contains("DESTINATION_TYPE: 'ftp'"), "{text}");

@@ -4,10 +4,7 @@ use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 /// Seconds since the Unix epoch.
 pub fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// A FHIR `instant` (RFC 3339, UTC) for the given Unix seconds.
@@ -24,11 +21,7 @@ pub fn set_times(
     issued: SystemTime,
     expires: SystemTime,
 ) -> Result<(), josekit::JoseError> {
-    let secs = |t: SystemTime| {
-        t.duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    };
+    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     payload.set_claim("iat", Some(secs(issued).into()))?;
     payload.set_claim("exp", Some(secs(expires).into()))
 }

@@ -44,21 +44,12 @@ pub fn verify(keys: &Keys, token: &str) -> Result<AccessClaims, String> {
         .map_err(|_| "the token cannot be verified".to_string())?;
     let (payload, _) = jwt::decode_with_verifier(token, &verifier)
         .map_err(|_| "the access token is not valid".to_string())?;
-    let exp = payload
-        .expires_at()
-        .ok_or("the access token has no expiry")?;
+    let exp = payload.expires_at().ok_or("the access token has no expiry")?;
     if exp <= SystemTime::now() {
         return Err("the access token has expired; request a new one at /auth/token".into());
     }
-    let client_id = payload
-        .subject()
-        .ok_or("the access token has no subject")?
-        .to_string();
-    let scope = payload
-        .claim("scope")
-        .and_then(|v| v.as_str())
-        .unwrap_or_default()
-        .to_string();
+    let client_id = payload.subject().ok_or("the access token has no subject")?.to_string();
+    let scope = payload.claim("scope").and_then(|v| v.as_str()).unwrap_or_default().to_string();
     Ok(AccessClaims { client_id, scope })
 }
 
@@ -72,10 +63,11 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::Unauthorized("authorization is required: send 'Authorization: Bearer <token>' from /auth/token".into()))?;
+        let header = parts.headers.get(axum::http::header::AUTHORIZATION).ok_or_else(|| {
+            ApiError::Unauthorized(
+                "authorization is required: send 'Authorization: Bearer <token>' from /auth/token".into(),
+            )
+        })?;
         let value = header
             .to_str()
             .map_err(|_| ApiError::Unauthorized("the authorization header is not text".into()))?;
@@ -90,15 +82,15 @@ impl FromRequestParts<AppState> for Caller {
                 ApiError::Unauthorized("the authorization header must be 'Bearer <token>'".into())
             })?;
         let claims = verify(&app.keys, token).map_err(ApiError::Unauthorized)?;
-        let provider = app
-            .store
-            .provider(&claims.client_id)
-            .await?
-            .ok_or_else(|| {
-                ApiError::Unauthorized(
-                    "the registration behind this token is unknown or revoked".into(),
-                )
-            })?;
+        if !super::scope::allows_import(&claims.scope) {
+            return Err(ApiError::Forbidden(format!(
+                "the access token's scope '{}' does not allow $import; request 'system/*.write' (or v2 'system/*.cud')",
+                claims.scope
+            )));
+        }
+        let provider = app.store.provider(&claims.client_id).await?.ok_or_else(|| {
+            ApiError::Unauthorized("the registration behind this token is unknown or revoked".into())
+        })?;
         Ok(Caller { claims, provider })
     }
 }

@@ -7,9 +7,8 @@ use josekit::{
 };
 
 /// Asymmetric algorithms allowed for client assertions (SMART requires RS384 and ES384).
-pub const ASSERTION_ALGORITHMS: &[&str] = &[
-    "RS384", "ES384", "RS256", "RS512", "ES256", "ES512", "PS256", "PS384", "PS512",
-];
+pub const ASSERTION_ALGORITHMS: &[&str] =
+    &["RS384", "ES384", "RS256", "RS512", "ES256", "ES512", "PS256", "PS384", "PS512"];
 
 /// The JWK `kty` an algorithm needs.
 pub fn key_type_for(alg: &str) -> Option<&'static str> {
@@ -31,11 +30,7 @@ pub fn verifier(alg: &str, jwk: &Jwk) -> Result<Box<dyn JwsVerifier>, JoseError>
         "ES256" => Box::new(ES256.verifier_from_jwk(jwk)?),
         "ES384" => Box::new(ES384.verifier_from_jwk(jwk)?),
         "ES512" => Box::new(ES512.verifier_from_jwk(jwk)?),
-        other => {
-            return Err(JoseError::UnsupportedSignatureAlgorithm(anyhow::anyhow!(
-                "{other}"
-            )))
-        }
+        other => return Err(JoseError::UnsupportedSignatureAlgorithm(anyhow::anyhow!("{other}"))),
     })
 }
 
@@ -50,10 +45,6 @@ pub fn signer(alg: &str, jwk: &Jwk) -> Result<Box<dyn JwsSigner>, JoseError> {
         "ES256" => Box::new(ES256.signer_from_jwk(jwk)?),
         "ES384" => Box::new(ES384.signer_from_jwk(jwk)?),
         "ES512" => Box::new(ES512.signer_from_jwk(jwk)?),
-        other => {
-            return Err(JoseError::UnsupportedSignatureAlgorithm(anyhow::anyhow!(
-                "{other}"
-            )))
-        }
+        other => return Err(JoseError::UnsupportedSignatureAlgorithm(anyhow::anyhow!("{other}"))),
     })
 }

@@ -9,9 +9,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{access_token, algorithms, AuthError};
-use crate::{
-    config::MAX_JWKS_BYTES, http_client::read_limited, state::AppState, store::providers::Provider,
-};
+use crate::{config::MAX_JWKS_BYTES, http_client::read_limited, state::AppState, store::providers::Provider};
 
 pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// The longest assertion lifetime SMART allows ("no more than five minutes in the future").
@@ -37,38 +35,26 @@ struct Header {
 
 fn decode_part<T: for<'de> Deserialize<'de>>(part: Option<&str>) -> Result<T, AuthError> {
     let bad = || AuthError::InvalidClient("client_assertion is not a well-formed JWT".into());
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(part.ok_or_else(bad)?)
-        .map_err(|_| bad())?;
+    let bytes =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part.ok_or_else(bad)?).map_err(|_| bad())?;
     serde_json::from_slice(&bytes).map_err(|_| bad())
 }
 
 fn unix(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// Check a token request and, if every rule holds, issue an access token.
-pub async fn exchange(
-    app: &AppState,
-    token_url: &str,
-    form: TokenForm,
-) -> Result<Value, AuthError> {
-    let grant_type = form
-        .grant_type
-        .ok_or_else(|| AuthError::InvalidRequest("grant_type is required".into()))?;
+pub async fn exchange(app: &AppState, token_url: &str, form: TokenForm) -> Result<Value, AuthError> {
+    let grant_type =
+        form.grant_type.ok_or_else(|| AuthError::InvalidRequest("grant_type is required".into()))?;
     if grant_type != "client_credentials" {
         return Err(AuthError::UnsupportedGrantType(format!(
             "grant_type must be 'client_credentials' (received '{grant_type}')"
         )));
     }
     match form.client_assertion_type.as_deref() {
-        None => {
-            return Err(AuthError::InvalidRequest(
-                "client_assertion_type is required".into(),
-            ))
-        }
+        None => return Err(AuthError::InvalidRequest("client_assertion_type is required".into())),
         Some(ASSERTION_TYPE) => {}
         Some(_) => {
             return Err(AuthError::InvalidRequest(format!(
@@ -80,18 +66,8 @@ pub async fn exchange(
         .client_assertion
         .filter(|a| !a.is_empty())
         .ok_or_else(|| AuthError::InvalidRequest("client_assertion is required".into()))?;
-    let scope = form
-        .scope
-        .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| {
-            AuthError::InvalidScope("scope is required (for example 'system/*.write')".into())
-        })?;
-    if let Some(bad) = scope.split(' ').find(|s| !s.starts_with("system/")) {
-        return Err(AuthError::InvalidScope(format!(
-            "only system/ scopes are granted here (received '{bad}')"
-        )));
-    }
+    let scope =
+        super::scope::grant(form.scope.as_deref()).map_err(|e| AuthError::InvalidScope(e.to_string()))?;
 
     let mut parts = assertion.split('.');
     let header: Header = decode_part(parts.next())?;
@@ -103,14 +79,8 @@ pub async fn exchange(
             algorithms::ASSERTION_ALGORITHMS.join(", ")
         )));
     }
-    let iss = claims
-        .get("iss")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let sub = claims
-        .get("sub")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let iss = claims.get("iss").and_then(Value::as_str).unwrap_or_default();
+    let sub = claims.get("sub").and_then(Value::as_str).unwrap_or_default();
     if iss.is_empty() || iss != sub {
         return Err(AuthError::InvalidClient(
             "the 'iss' and 'sub' claims must both equal the client_id".into(),
@@ -132,12 +102,7 @@ pub async fn exchange(
     let candidates: Vec<&Jwk> = keys
         .iter()
         .filter(|k| k.key_type() == kty)
-        .filter(|k| {
-            header
-                .kid
-                .as_deref()
-                .is_none_or(|kid| k.key_id() == Some(kid))
-        })
+        .filter(|k| header.kid.as_deref().is_none_or(|kid| k.key_id() == Some(kid)))
         .collect();
     let key = match candidates.as_slice() {
         [one] => *one,
@@ -147,21 +112,17 @@ pub async fn exchange(
             ))
         }
         _ => {
-            return Err(AuthError::InvalidClient(
-                "several registered keys match; send a 'kid' header".into(),
-            ))
+            return Err(AuthError::InvalidClient("several registered keys match; send a 'kid' header".into()))
         }
     };
     // We matched `kid` ourselves; a kid on the verifier would make josekit demand one in the header.
     let mut members = key.as_ref().clone();
     members.remove("kid");
     let key = Jwk::from_map(members)?;
-    let verifier = algorithms::verifier(&alg, &key).map_err(|_| {
-        AuthError::InvalidClient("the registered key cannot verify this algorithm".into())
-    })?;
-    let (payload, _) = jwt::decode_with_verifier(&assertion, &*verifier).map_err(|_| {
-        AuthError::InvalidClient("the client_assertion signature is not valid".into())
-    })?;
+    let verifier = algorithms::verifier(&alg, &key)
+        .map_err(|_| AuthError::InvalidClient("the registered key cannot verify this algorithm".into()))?;
+    let (payload, _) = jwt::decode_with_verifier(&assertion, &*verifier)
+        .map_err(|_| AuthError::InvalidClient("the client_assertion signature is not valid".into()))?;
 
     let now = SystemTime::now();
     let audiences = payload.audience().unwrap_or_default();
@@ -170,47 +131,29 @@ pub async fn exchange(
             "the 'aud' claim must be this token endpoint: {token_url}"
         )));
     }
-    let exp = payload
-        .expires_at()
-        .ok_or_else(|| AuthError::InvalidClient("the 'exp' claim is required".into()))?;
+    let exp =
+        payload.expires_at().ok_or_else(|| AuthError::InvalidClient("the 'exp' claim is required".into()))?;
     if exp + CLOCK_SKEW < now {
-        return Err(AuthError::InvalidClient(
-            "the client_assertion has expired".into(),
-        ));
+        return Err(AuthError::InvalidClient("the client_assertion has expired".into()));
     }
     if exp > now + MAX_ASSERTION_LIFETIME + CLOCK_SKEW {
         return Err(AuthError::InvalidClient(
             "the 'exp' claim must be at most 5 minutes in the future".into(),
         ));
     }
-    if payload
-        .not_before()
-        .is_some_and(|nbf| nbf > now + CLOCK_SKEW)
-    {
-        return Err(AuthError::InvalidClient(
-            "the client_assertion is not valid yet ('nbf')".into(),
-        ));
+    if payload.not_before().is_some_and(|nbf| nbf > now + CLOCK_SKEW) {
+        return Err(AuthError::InvalidClient("the client_assertion is not valid yet ('nbf')".into()));
     }
-    if payload
-        .issued_at()
-        .is_some_and(|iat| iat > now + CLOCK_SKEW)
-    {
-        return Err(AuthError::InvalidClient(
-            "the 'iat' claim is in the future".into(),
-        ));
+    if payload.issued_at().is_some_and(|iat| iat > now + CLOCK_SKEW) {
+        return Err(AuthError::InvalidClient("the 'iat' claim is in the future".into()));
     }
     let jti = payload
         .jwt_id()
         .filter(|j| !j.is_empty())
         .ok_or_else(|| AuthError::InvalidClient("the 'jti' claim is required".into()))?;
-    let fresh = app
-        .store
-        .remember_jti(iss, jti, unix(exp + CLOCK_SKEW), unix(now))
-        .await?;
+    let fresh = app.store.remember_jti(iss, jti, unix(exp + CLOCK_SKEW), unix(now)).await?;
     if !fresh {
-        return Err(AuthError::InvalidClient(
-            "this client_assertion was already used ('jti' replay)".into(),
-        ));
+        return Err(AuthError::InvalidClient("this client_assertion was already used ('jti' replay)".into()));
     }
 
     let lifetime = app.config.access_token_lifetime;
@@ -236,30 +179,22 @@ async fn registered_keys(app: &AppState, provider: &Provider) -> Result<Vec<Jwk>
             .timeout(JWKS_FETCH_TIMEOUT)
             .send()
             .await
-            .map_err(|_| {
-                AuthError::InvalidClient("the registered JWKS URL could not be fetched".into())
-            })?;
+            .map_err(|_| AuthError::InvalidClient("the registered JWKS URL could not be fetched".into()))?;
         if !resp.status().is_success() {
             return Err(AuthError::InvalidClient(format!(
                 "the registered JWKS URL answered {}",
                 resp.status()
             )));
         }
-        let body = read_limited(resp, MAX_JWKS_BYTES).await.map_err(|e| {
-            AuthError::InvalidClient(format!("the registered JWKS could not be read: {e}"))
-        })?;
+        let body = read_limited(resp, MAX_JWKS_BYTES)
+            .await
+            .map_err(|e| AuthError::InvalidClient(format!("the registered JWKS could not be read: {e}")))?;
         serde_json::from_slice(&body)
             .map_err(|_| AuthError::InvalidClient("the registered JWKS is not JSON".into()))?
     } else {
-        return Err(AuthError::InvalidClient(
-            "the registration has no keys".into(),
-        ));
+        return Err(AuthError::InvalidClient("the registration has no keys".into()));
     };
-    let keys = set
-        .get("keys")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let keys = set.get("keys").and_then(Value::as_array).cloned().unwrap_or_default();
     Ok(keys
         .into_iter()
         .filter_map(|k| k.as_object().cloned())

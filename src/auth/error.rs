@@ -19,6 +19,11 @@ pub enum AuthError {
     InvalidScope(String),
     #[error("{0}")]
     UnsupportedGrantType(String),
+    /// A missing or wrong bearer credential on a protected `/auth/*` endpoint (RFC 6750 §3.1).
+    #[error("{0}")]
+    InvalidToken(String),
+    #[error("{0}")]
+    NotFound(String),
     #[error("key handling failed")]
     Jose(#[from] josekit::JoseError),
     #[error("storage failed")]
@@ -36,13 +41,12 @@ impl AuthError {
             AuthError::InvalidClient(_) => ("invalid_client", StatusCode::UNAUTHORIZED),
             AuthError::InvalidGrant(_) => ("invalid_grant", StatusCode::BAD_REQUEST),
             AuthError::InvalidScope(_) => ("invalid_scope", StatusCode::BAD_REQUEST),
-            AuthError::UnsupportedGrantType(_) => {
-                ("unsupported_grant_type", StatusCode::BAD_REQUEST)
+            AuthError::UnsupportedGrantType(_) => ("unsupported_grant_type", StatusCode::BAD_REQUEST),
+            AuthError::InvalidToken(_) => ("invalid_token", StatusCode::UNAUTHORIZED),
+            AuthError::NotFound(_) => ("not_found", StatusCode::NOT_FOUND),
+            AuthError::Jose(_) | AuthError::Store(_) | AuthError::Http(_) | AuthError::Provider(_) => {
+                ("server_error", StatusCode::INTERNAL_SERVER_ERROR)
             }
-            AuthError::Jose(_)
-            | AuthError::Store(_)
-            | AuthError::Http(_)
-            | AuthError::Provider(_) => ("server_error", StatusCode::INTERNAL_SERVER_ERROR),
         }
     }
 }
@@ -56,15 +60,13 @@ impl IntoResponse for AuthError {
         } else {
             self.to_string()
         };
-        let mut res = (
-            status,
-            Json(json!({ "error": error, "error_description": description })),
-        )
-            .into_response();
-        res.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        res.headers_mut()
-            .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        let mut res =
+            (status, Json(json!({ "error": error, "error_description": description }))).into_response();
+        res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        res.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        if error == "invalid_token" {
+            res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         res
     }
 }

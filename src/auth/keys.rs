@@ -22,14 +22,14 @@ use crate::config::Config;
 pub const GENERATED_KEY_ALG: &str = "ES384";
 const PRIVATE_KEY_FILE: &str = "private-key.jwk.json";
 const JWT_SECRET_FILE: &str = "jwt-secret";
+const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// Shortest secret we accept from a file (the generated ones are 96 hex characters).
+const MIN_SECRET_CHARS: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeysError {
     #[error("cannot read or write {path}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("PRIVATE_KEY (or {PRIVATE_KEY_FILE}) is not a usable private JWK: {0}")]
     BadPrivateKey(String),
     #[error("PUBLIC_KEY does not match the public half of PRIVATE_KEY")]
@@ -44,14 +44,12 @@ pub struct Keys {
     kid: String,
     public: Jwk,
     hmac_secret: SecretString,
+    admin_token: SecretString,
 }
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keys")
-            .field("alg", &self.alg)
-            .field("kid", &self.kid)
-            .finish_non_exhaustive()
+        f.debug_struct("Keys").field("alg", &self.alg).field("kid", &self.kid).finish_non_exhaustive()
     }
 }
 
@@ -75,50 +73,24 @@ impl Keys {
                 }
             }
         };
-        let hmac_secret = match &config.jwt_secret {
-            Some(s) => s.clone(),
-            None => {
-                let path = dir.join(JWT_SECRET_FILE);
-                match std::fs::read_to_string(&path) {
-                    Ok(s) if s.trim().len() >= 32 => SecretString::from(s.trim().to_string()),
-                    Ok(_) => {
-                        return Err(KeysError::BadPrivateKey(format!(
-                            "{} is too short",
-                            path.display()
-                        )))
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        let secret = random_hex(48);
-                        write_secret_file(&path, secret.as_bytes())?;
-                        tracing::info!(path = %path.display(), "generated the access-token secret (JWT_SECRET was not set)");
-                        SecretString::from(secret)
-                    }
-                    Err(source) => return Err(KeysError::Io { path, source }),
-                }
-            }
-        };
+        let hmac_secret =
+            secret_or_generate(config.jwt_secret.as_ref(), &dir.join(JWT_SECRET_FILE), "JWT_SECRET")?;
+        let admin_token =
+            secret_or_generate(config.admin_token.as_ref(), &dir.join(ADMIN_TOKEN_FILE), "ADMIN_TOKEN")?;
         let alg = private.algorithm().unwrap_or_default().to_string();
         let kid = private.key_id().unwrap_or_default().to_string();
         let public = public_of(&private)?;
         if let Some(raw) = &config.public_key {
-            let given = Jwk::from_bytes(raw.as_bytes())
-                .map_err(|e| KeysError::BadPrivateKey(e.to_string()))?;
-            let same = ["n", "e", "x", "y", "crv"]
-                .iter()
-                .all(|m| given.parameter(m) == public.parameter(m));
+            let given =
+                Jwk::from_bytes(raw.as_bytes()).map_err(|e| KeysError::BadPrivateKey(e.to_string()))?;
+            let same = ["n", "e", "x", "y", "crv"].iter().all(|m| given.parameter(m) == public.parameter(m));
             if !same {
                 return Err(KeysError::PublicKeyMismatch);
             }
         }
         // Prove the key signs before we accept traffic.
         algorithms::signer(&alg, &private)?;
-        Ok(Self {
-            private,
-            alg,
-            kid,
-            public,
-            hmac_secret,
-        })
+        Ok(Self { private, alg, kid, public, hmac_secret, admin_token })
     }
 
     pub fn alg(&self) -> &str {
@@ -146,23 +118,48 @@ impl Keys {
     pub fn hmac_secret(&self) -> &SecretString {
         &self.hmac_secret
     }
+
+    /// The credential for registration management (`Authorization: Bearer <ADMIN_TOKEN>`).
+    pub fn admin_token(&self) -> &SecretString {
+        &self.admin_token
+    }
+}
+
+/// A secret from configuration, else from its file, else generated into that file (0600). The log
+/// names the file, never the value.
+fn secret_or_generate(
+    configured: Option<&SecretString>,
+    path: &Path,
+    variable: &str,
+) -> Result<SecretString, KeysError> {
+    if let Some(s) = configured {
+        return Ok(s.clone());
+    }
+    match std::fs::read_to_string(path) {
+        Ok(s) if s.trim().len() >= MIN_SECRET_CHARS => Ok(SecretString::from(s.trim().to_string())),
+        Ok(_) => Err(KeysError::BadPrivateKey(format!(
+            "{} is shorter than {MIN_SECRET_CHARS} characters",
+            path.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let secret = random_hex(48);
+            write_secret_file(path, secret.as_bytes())?;
+            tracing::info!(path = %path.display(), "generated {variable} (it was not set); read it from that file");
+            Ok(SecretString::from(secret))
+        }
+        Err(source) => Err(KeysError::Io { path: path.to_path_buf(), source }),
+    }
 }
 
 fn parse_private(raw: &str) -> Result<Jwk, KeysError> {
-    let mut jwk = Jwk::from_bytes(raw.trim().as_bytes())
-        .map_err(|e| KeysError::BadPrivateKey(e.to_string()))?;
+    let mut jwk =
+        Jwk::from_bytes(raw.trim().as_bytes()).map_err(|e| KeysError::BadPrivateKey(e.to_string()))?;
     let private_member = match jwk.key_type() {
         "RSA" | "EC" => jwk.parameter("d").is_some(),
-        other => {
-            return Err(KeysError::BadPrivateKey(format!(
-                "key type '{other}' is not RSA or EC"
-            )))
-        }
+        other => return Err(KeysError::BadPrivateKey(format!("key type '{other}' is not RSA or EC"))),
     };
     if !private_member {
-        return Err(KeysError::BadPrivateKey(
-            "the JWK has no private member 'd'".into(),
-        ));
+        return Err(KeysError::BadPrivateKey("the JWK has no private member 'd'".into()));
     }
     let alg = jwk.algorithm().map(str::to_string).unwrap_or_default();
     if algorithms::key_type_for(&alg) != Some(jwk.key_type()) {
@@ -214,10 +211,7 @@ pub fn pem_pair(private: &Jwk) -> Result<(String, String), josekit::JoseError> {
             (kp.to_pem_public_key(), kp.to_pem_private_key())
         }
     };
-    Ok((
-        String::from_utf8_lossy(&public).into_owned(),
-        String::from_utf8_lossy(&private).into_owned(),
-    ))
+    Ok((String::from_utf8_lossy(&public).into_owned(), String::from_utf8_lossy(&private).into_owned()))
 }
 
 pub fn random_hex(bytes: usize) -> String {
@@ -227,10 +221,7 @@ pub fn random_hex(bytes: usize) -> String {
 }
 
 fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), KeysError> {
-    let io = |source| KeysError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| KeysError::Io { path: path.to_path_buf(), source };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }

@@ -15,9 +15,7 @@ impl ProviderBase {
             return Err(format!("'{aud}' must be an absolute http(s) URL"));
         }
         if base.query().is_some() || base.fragment().is_some() || !base.username().is_empty() {
-            return Err(format!(
-                "'{aud}' must not carry a query, fragment or credentials"
-            ));
+            return Err(format!("'{aud}' must not carry a query, fragment or credentials"));
         }
         if !base.path().ends_with('/') {
             let path = format!("{}/", base.path());
@@ -33,8 +31,7 @@ impl ProviderBase {
 
     fn same_origin(&self, u: &Url) -> bool {
         u.scheme() == self.base.scheme()
-            && u.host_str().map(str::to_ascii_lowercase)
-                == self.base.host_str().map(str::to_ascii_lowercase)
+            && u.host_str().map(str::to_ascii_lowercase) == self.base.host_str().map(str::to_ascii_lowercase)
             && u.port_or_known_default() == self.base.port_or_known_default()
             && u.username().is_empty()
             && u.password().is_none()
@@ -49,18 +46,13 @@ impl ProviderBase {
         if self.same_origin(&u) && path_ok {
             Ok(u)
         } else {
-            Err(format!(
-                "'{raw}' is not under the registered provider's base URL {}",
-                self.base
-            ))
+            Err(format!("'{raw}' is not under the registered provider's base URL {}", self.base))
         }
     }
 
     /// Resolve `raw` (possibly relative to `against`) and require the provider's origin.
     pub fn same_origin_url(&self, raw: &str, against: &Url) -> Result<Url, String> {
-        let u = against
-            .join(raw)
-            .map_err(|_| format!("'{raw}' is not a URL"))?;
+        let u = against.join(raw).map_err(|_| format!("'{raw}' is not a URL"))?;
         if self.same_origin(&u) {
             Ok(u)
         } else {
@@ -81,9 +73,7 @@ mod tests {
         let b = ProviderBase::parse("https://ehr.example/fhir").unwrap();
         assert!(b.under("https://ehr.example/fhir/$export").is_ok());
         assert!(b.under("https://ehr.example/fhir").is_ok());
-        assert!(b
-            .under("https://EHR.example:443/fhir/files/a.ndjson")
-            .is_ok());
+        assert!(b.under("https://EHR.example:443/fhir/files/a.ndjson").is_ok());
         assert!(b.under("https://ehr.example/fhirX/$export").is_err());
         assert!(b.under("https://ehr.example/fhir/../admin").is_err());
         assert!(b.under("http://ehr.example/fhir/$export").is_err());

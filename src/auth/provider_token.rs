@@ -51,12 +51,7 @@ pub struct ProviderTokens {
 
 impl ProviderTokens {
     pub fn new(http: reqwest::Client, keys: Arc<Keys>) -> Self {
-        Self {
-            http,
-            keys,
-            tokens: Mutex::default(),
-            endpoints: Mutex::default(),
-        }
+        Self { http, keys, tokens: Mutex::default(), endpoints: Mutex::default() }
     }
 
     /// A token for this provider, or `None` when the provider needs none. `refresh` skips the cache
@@ -79,13 +74,7 @@ impl ProviderTokens {
         }
         let (token, lifetime) = self.request_token(&endpoint, who).await?;
         let ahead = REFRESH_AHEAD.min(lifetime / 2);
-        tokens.insert(
-            key,
-            Cached {
-                token: token.clone(),
-                refresh_at: Instant::now() + lifetime - ahead,
-            },
-        );
+        tokens.insert(key, Cached { token: token.clone(), refresh_at: Instant::now() + lifetime - ahead });
         Ok(Some(token))
     }
 
@@ -109,10 +98,7 @@ impl ProviderTokens {
             .form(&[
                 ("scope", who.scope),
                 ("grant_type", "client_credentials"),
-                (
-                    "client_assertion_type",
-                    super::client_assertion::ASSERTION_TYPE,
-                ),
+                ("client_assertion_type", super::client_assertion::ASSERTION_TYPE),
                 ("client_assertion", assertion.as_str()),
             ])
             .timeout(AUTH_REQUEST_TIMEOUT)
@@ -120,30 +106,19 @@ impl ProviderTokens {
             .await?;
         let status = resp.status();
         let body = read_limited(resp, MAX_AUTH_BODY_BYTES).await.map_err(|e| {
-            AuthError::Provider(format!(
-                "the provider's token response could not be read: {e}"
-            ))
+            AuthError::Provider(format!("the provider's token response could not be read: {e}"))
         })?;
         let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         if !status.is_success() {
-            let error = json
-                .get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("no error code");
-            let description = json
-                .get("error_description")
-                .and_then(Value::as_str)
-                .unwrap_or("");
+            let error = json.get("error").and_then(Value::as_str).unwrap_or("no error code");
+            let description = json.get("error_description").and_then(Value::as_str).unwrap_or("");
             return Err(AuthError::Provider(format!(
                 "the provider's token endpoint {endpoint} refused us with {status} ({error}: {description}); check our registration there (client id, JWKS URL, scope '{}')",
                 who.scope
             )));
         }
-        let token = json
-            .get("access_token")
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
+        let token =
+            json.get("access_token").and_then(Value::as_str).filter(|t| !t.is_empty()).ok_or_else(|| {
                 AuthError::Provider("the provider's token response has no access_token".into())
             })?;
         let lifetime = json
@@ -169,10 +144,7 @@ impl ProviderTokens {
         if found.is_none() {
             tracing::info!(provider = %base.url(), "provider advertises no token endpoint; pulling without authorization");
         }
-        self.endpoints
-            .lock()
-            .await
-            .insert(key, (found.clone(), Instant::now()));
+        self.endpoints.lock().await.insert(key, (found.clone(), Instant::now()));
         Ok(found)
     }
 
@@ -186,10 +158,7 @@ impl ProviderTokens {
             .await
             .map_err(|e| AuthError::Provider(format!("cannot reach the provider at {url}: {e}")))?;
         if resp.status().is_server_error() {
-            return Err(AuthError::Provider(format!(
-                "the provider answered {} at {url}",
-                resp.status()
-            )));
+            return Err(AuthError::Provider(format!("the provider answered {} at {url}", resp.status())));
         }
         if !resp.status().is_success() {
             return Ok(None);
@@ -199,35 +168,19 @@ impl ProviderTokens {
     }
 
     async fn via_smart_configuration(&self, base: &ProviderBase) -> Result<Option<Url>, AuthError> {
-        let url = base
-            .url()
-            .join(".well-known/smart-configuration")
-            .expect("a constant relative path joins");
+        let url = base.url().join(".well-known/smart-configuration").expect("a constant relative path joins");
         let Some(json) = self.get_json(url).await? else {
             return Ok(None);
         };
-        Ok(json
-            .get("token_endpoint")
-            .and_then(Value::as_str)
-            .and_then(|t| base.url().join(t).ok()))
+        Ok(json.get("token_endpoint").and_then(Value::as_str).and_then(|t| base.url().join(t).ok()))
     }
 
-    async fn via_capability_statement(
-        &self,
-        base: &ProviderBase,
-    ) -> Result<Option<Url>, AuthError> {
-        let url = base
-            .url()
-            .join("metadata")
-            .expect("a constant relative path joins");
+    async fn via_capability_statement(&self, base: &ProviderBase) -> Result<Option<Url>, AuthError> {
+        let url = base.url().join("metadata").expect("a constant relative path joins");
         let Some(json) = self.get_json(url).await? else {
             return Ok(None);
         };
-        let rests = json
-            .get("rest")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+        let rests = json.get("rest").and_then(Value::as_array).cloned().unwrap_or_default();
         let token = rests
             .iter()
             .filter(|r| r.get("mode").and_then(Value::as_str) == Some("server"))
@@ -237,11 +190,7 @@ impl ProviderTokens {
             .filter_map(|e| e.get("extension").and_then(Value::as_array))
             .flatten()
             .filter(|e| e.get("url").and_then(Value::as_str) == Some("token"))
-            .find_map(|e| {
-                ["valueUri", "valueUrl", "valueString"]
-                    .iter()
-                    .find_map(|k| e.get(*k)?.as_str())
-            })
+            .find_map(|e| ["valueUri", "valueUrl", "valueString"].iter().find_map(|k| e.get(*k)?.as_str()))
             .map(str::to_string);
         Ok(token.and_then(|t| base.url().join(&t).ok()))
     }

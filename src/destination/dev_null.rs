@@ -15,10 +15,7 @@ impl FileWriter for Counter {
         Ok(())
     }
     async fn finish(self: Box<Self>) -> Result<Receipt, DestinationError> {
-        Ok(Receipt {
-            location: "dev-null".into(),
-            bytes: self.0,
-        })
+        Ok(Receipt { location: "dev-null".into(), bytes: self.0 })
     }
     async fn abort(self: Box<Self>) -> Result<(), DestinationError> {
         Ok(())

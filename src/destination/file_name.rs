@@ -24,10 +24,7 @@ impl FileNameTemplate {
             let close = rest[open..].find('}').ok_or("a '{' is never closed")? + open;
             let var = &rest[open + 1..close];
             if !VARIABLES.contains(&var) {
-                return Err(format!(
-                    "unknown variable '{{{var}}}'; known: {{{}}}",
-                    VARIABLES.join("}, {")
-                ));
+                return Err(format!("unknown variable '{{{var}}}'; known: {{{}}}", VARIABLES.join("}, {")));
             }
             rest = &rest[close + 1..];
         }
@@ -50,10 +47,7 @@ impl FileNameTemplate {
 fn original_name(url: &str) -> String {
     url::Url::parse(url)
         .ok()
-        .and_then(|u| {
-            u.path_segments()
-                .and_then(|mut s| s.next_back().map(str::to_string))
-        })
+        .and_then(|u| u.path_segments().and_then(|mut s| s.next_back().map(str::to_string)))
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "file".into())
 }
@@ -61,13 +55,7 @@ fn original_name(url: &str) -> String {
 fn sanitize(raw: &str) -> String {
     let mut s: String = raw
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
         .collect();
     if s.starts_with('.') || s.is_empty() {
         s.insert(0, '_');
@@ -81,9 +69,7 @@ pub fn is_safe_component(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 255
         && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 #[cfg(test)]

@@ -47,10 +47,7 @@ impl FileWriter for TmpFile {
         self.out.flush().await?;
         self.out.get_ref().sync_all().await?;
         fs::rename(&self.part, &self.target).await?;
-        Ok(Receipt {
-            location: self.target.display().to_string(),
-            bytes: self.bytes,
-        })
+        Ok(Receipt { location: self.target.display().to_string(), bytes: self.bytes })
     }
 
     async fn abort(self: Box<Self>) -> Result<(), DestinationError> {

@@ -81,26 +81,16 @@ impl Manifest {
 
     /// The URL of the next page, if any.
     pub fn next_page(&self) -> Option<&str> {
-        self.link
-            .iter()
-            .find(|l| l.relation == "next")
-            .map(|l| l.url.as_str())
+        self.link.iter().find(|l| l.relation == "next").map(|l| l.url.as_str())
     }
 
     /// Files of this page in manifest order: output, then error/outcome, then deleted.
     pub fn planned_files(&self) -> Result<Vec<PlannedFile>, ManifestError> {
         let mut files = Vec::new();
         for (i, f) in self.output.iter().enumerate() {
-            let resource_type = f
-                .resource_type
-                .clone()
-                .filter(|t| !t.is_empty())
-                .ok_or(ManifestError::MissingType(i))?;
-            files.push(PlannedFile {
-                kind: FileKind::Output,
-                resource_type,
-                url: f.url.clone(),
-            });
+            let resource_type =
+                f.resource_type.clone().filter(|t| !t.is_empty()).ok_or(ManifestError::MissingType(i))?;
+            files.push(PlannedFile { kind: FileKind::Output, resource_type, url: f.url.clone() });
         }
         for f in self.error.iter().chain(&self.outcome) {
             files.push(PlannedFile {
@@ -145,9 +135,6 @@ mod tests {
     #[test]
     fn an_output_entry_without_type_is_refused() {
         let m = Manifest::parse(br#"{"output":[{"url":"http://p/1.ndjson"}]}"#).unwrap();
-        assert!(matches!(
-            m.planned_files(),
-            Err(ManifestError::MissingType(0))
-        ));
+        assert!(matches!(m.planned_files(), Err(ManifestError::MissingType(0))));
     }
 }

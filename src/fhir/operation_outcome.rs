@@ -89,11 +89,7 @@ impl OperationOutcome {
         let texts: Vec<String> = oo
             .issue
             .iter()
-            .map(|i| {
-                i.diagnostics
-                    .clone()
-                    .unwrap_or_else(|| format!("{:?}", i.code).to_lowercase())
-            })
+            .map(|i| i.diagnostics.clone().unwrap_or_else(|| format!("{:?}", i.code).to_lowercase()))
             .collect();
         (!texts.is_empty()).then(|| texts.join("; "))
     }
@@ -101,9 +97,7 @@ impl OperationOutcome {
     /// True when every issue is `transient`: the provider says "try again later".
     pub fn is_transient(body: &[u8]) -> bool {
         serde_json::from_slice::<OperationOutcome>(body)
-            .map(|oo| {
-                !oo.issue.is_empty() && oo.issue.iter().all(|i| i.code == IssueCode::Transient)
-            })
+            .map(|oo| !oo.issue.is_empty() && oo.issue.iter().all(|i| i.code == IssueCode::Transient))
             .unwrap_or(false)
     }
 }

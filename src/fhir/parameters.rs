@@ -63,7 +63,9 @@ pub enum ParametersError {
     BadExportUrl(String),
     #[error("invalid exportType parameter '{0}'; must be 'static' or 'dynamic'")]
     BadExportType(String),
-    #[error("parameter '{0}' has no usable value (expected a primitive value[x] or, for patient, valueReference)")]
+    #[error(
+        "parameter '{0}' has no usable value (expected a primitive value[x] or, for patient, valueReference)"
+    )]
     BadValue(String),
     #[error("parameter '{0}' is not supported; supported: exportUrl, exportType, {list}", list = KICKOFF_PARAMETERS.join(", "))]
     Unsupported(String),
@@ -78,23 +80,19 @@ struct Raw {
 
 /// The primitive value of a parameter: the first `value*` member that is a string, number or boolean.
 fn primitive(p: &Map<String, Value>) -> Option<String> {
-    p.iter()
-        .filter(|(k, _)| k.starts_with("value"))
-        .find_map(|(_, v)| match v {
-            Value::String(s) => Some(s.clone()),
-            Value::Bool(b) => Some(b.to_string()),
-            Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        })
+    p.iter().filter(|(k, _)| k.starts_with("value")).find_map(|(_, v)| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    })
 }
 
 impl ImportRequest {
     /// Parse and validate a ping body.
     pub fn parse(body: &[u8]) -> Result<Self, ParametersError> {
-        let raw: Raw =
-            serde_json::from_slice(body).map_err(|e| ParametersError::Json(e.to_string()))?;
-        let (Some("Parameters"), Some(params)) = (raw.resource_type.as_deref(), raw.parameter)
-        else {
+        let raw: Raw = serde_json::from_slice(body).map_err(|e| ParametersError::Json(e.to_string()))?;
+        let (Some("Parameters"), Some(params)) = (raw.resource_type.as_deref(), raw.parameter) else {
             return Err(ParametersError::NotParameters);
         };
         let mut export_url = None;
@@ -130,22 +128,13 @@ impl ImportRequest {
                         .map(str::to_string)
                         .or_else(|| primitive(p))
                         .ok_or_else(|| ParametersError::BadValue(name.into()))?;
-                    let value = if reference.contains('/') {
-                        reference
-                    } else {
-                        format!("Patient/{reference}")
-                    };
-                    kickoff.push(KickoffParam {
-                        name: name.into(),
-                        value,
-                    });
+                    let value =
+                        if reference.contains('/') { reference } else { format!("Patient/{reference}") };
+                    kickoff.push(KickoffParam { name: name.into(), value });
                 }
                 n if KICKOFF_PARAMETERS.contains(&n) => {
                     let value = primitive(p).ok_or_else(|| ParametersError::BadValue(n.into()))?;
-                    kickoff.push(KickoffParam {
-                        name: n.into(),
-                        value,
-                    });
+                    kickoff.push(KickoffParam { name: n.into(), value });
                 }
                 other => return Err(ParametersError::Unsupported(other.into())),
             }
@@ -155,11 +144,7 @@ impl ImportRequest {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
             _ => return Err(ParametersError::BadExportUrl(export_url)),
         }
-        Ok(Self {
-            export_url,
-            export_type: export_type.unwrap_or(ExportType::Dynamic),
-            kickoff,
-        })
+        Ok(Self { export_url, export_type: export_type.unwrap_or(ExportType::Dynamic), kickoff })
     }
 }
 
@@ -188,10 +173,7 @@ mod tests {
 
     #[test]
     fn bad_pings_name_their_problem() {
-        assert_eq!(
-            parse(json!({"resourceType":"Patient"})).unwrap_err(),
-            ParametersError::NotParameters
-        );
+        assert_eq!(parse(json!({"resourceType":"Patient"})).unwrap_err(), ParametersError::NotParameters);
         assert_eq!(
             parse(json!({"resourceType":"Parameters","parameter":[]})).unwrap_err(),
             ParametersError::MissingExportUrl
@@ -212,9 +194,6 @@ mod tests {
                 {"name":"exportUrl","valueUrl":"http://x/y"},{"name":"_sort","valueString":"id"}]})),
             Err(ParametersError::Unsupported(_))
         ));
-        assert!(matches!(
-            ImportRequest::parse(b"{not json"),
-            Err(ParametersError::Json(_))
-        ));
+        assert!(matches!(ImportRequest::parse(b"{not json"), Err(ParametersError::Json(_))));
     }
 }

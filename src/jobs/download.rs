@@ -67,37 +67,27 @@ pub async fn import_file(
     let url = match client.base.under(&file.url) {
         Ok(u) => u,
         Err(reason) => {
-            return Ok(FileResult::failed(
-                file,
-                IssueCode::Security,
-                format!("{reason}; not fetched"),
-            ))
+            return Ok(FileResult::failed(file, IssueCode::Security, format!("{reason}; not fetched")))
         }
     };
-    let auth = if requires_access_token {
-        Auth::WithToken
-    } else {
-        Auth::Without
-    };
+    let auth = if requires_access_token { Auth::WithToken } else { Auth::Without };
     let mut attempt = 0;
     loop {
         let writer = destination.open(&file.job_id, &file.name).await?;
         match attempt_file(client, &url, auth, file, writer, cancel).await {
-            Ok((resources, bytes, location)) => {
-                return Ok(FileResult {
-                    state: FileState::Done,
-                    resources,
-                    bytes,
-                    outcome: OperationOutcome::single(
-                        Severity::Information,
-                        IssueCode::Informational,
-                        format!(
-                            "file {} ({}) imported: {resources} resources, {bytes} bytes, stored as {location}",
-                            file.url, file.resource_type
-                        ),
+            Ok((resources, bytes, location)) => return Ok(FileResult {
+                state: FileState::Done,
+                resources,
+                bytes,
+                outcome: OperationOutcome::single(
+                    Severity::Information,
+                    IssueCode::Informational,
+                    format!(
+                        "file {} ({}) imported: {resources} resources, {bytes} bytes, stored as {location}",
+                        file.url, file.resource_type
                     ),
-                })
-            }
+                ),
+            }),
             Err(AttemptError::Job(e)) => return Err(e),
             Err(AttemptError::Permanent(code, reason)) => return Ok(FileResult::failed(file, code, reason)),
             Err(AttemptError::Transient(reason)) if attempt >= client.limits.max_retries => {
@@ -110,7 +100,8 @@ pub async fn import_file(
             Err(AttemptError::Transient(reason)) => {
                 attempt += 1;
                 tracing::warn!(file = %file.url, attempt, %reason, "file download interrupted; starting it again");
-                let wait = retry::backoff(client.limits.poll_interval, attempt, client.limits.max_retry_after);
+                let wait =
+                    retry::backoff(client.limits.poll_interval, attempt, client.limits.max_retry_after);
                 retry::sleep(wait, cancel).await?;
             }
         }
@@ -148,12 +139,7 @@ async fn stream_into(
     writer: &mut dyn FileWriter,
     cancel: &CancellationToken,
 ) -> Result<i64, AttemptError> {
-    let get = || {
-        client
-            .http
-            .get(url.clone())
-            .header(ACCEPT, "application/fhir+ndjson")
-    };
+    let get = || client.http.get(url.clone()).header(ACCEPT, "application/fhir+ndjson");
     let resp = client.send(auth, cancel, get).await?;
     match resp.status() {
         StatusCode::OK => {}
@@ -193,10 +179,7 @@ async fn stream_into(
         };
         let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| {
-            AttemptError::Transient(format!(
-                "the download broke off: {}",
-                crate::routes::error::chain(&e)
-            ))
+            AttemptError::Transient(format!("the download broke off: {}", crate::routes::error::chain(&e)))
         })?;
         splitter.feed(&chunk, &mut on_line).map_err(line_failure)?;
         writer.write(chunk).await.map_err(JobError::from)?;

@@ -39,16 +39,10 @@ pub struct ManifestPlan {
 /// A person-readable account of a provider's error response.
 pub async fn describe_failure(what: &str, resp: reqwest::Response) -> String {
     let status = resp.status();
-    let body = read_limited(resp, MAX_ERROR_BODY_BYTES)
-        .await
-        .unwrap_or_default();
+    let body = read_limited(resp, MAX_ERROR_BODY_BYTES).await.unwrap_or_default();
     let detail = OperationOutcome::summarize(&body)
         .or_else(|| {
-            let text = String::from_utf8_lossy(&body)
-                .trim()
-                .chars()
-                .take(300)
-                .collect::<String>();
+            let text = String::from_utf8_lossy(&body).trim().chars().take(300).collect::<String>();
             (!text.is_empty()).then_some(text)
         })
         .unwrap_or_else(|| "no details".into());
@@ -91,8 +85,7 @@ pub async fn kick_off(
     if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
         if params.iter().any(|p| p.name == "patient") {
             return Err(JobError::Provider(
-                "the provider refuses POST kick-off (405) and 'patient' can only be sent by POST"
-                    .into(),
+                "the provider refuses POST kick-off (405) and 'patient' can only be sent by POST".into(),
             ));
         }
         let mut url = export_url.clone();
@@ -110,19 +103,11 @@ pub async fn kick_off(
         resp = client.send(Auth::WithToken, cancel, get).await?;
     }
     if !resp.status().is_success() {
-        return Err(JobError::Provider(
-            describe_failure("the provider's export kick-off", resp).await,
-        ));
+        return Err(JobError::Provider(describe_failure("the provider's export kick-off", resp).await));
     }
-    let location = resp
-        .headers()
-        .get(CONTENT_LOCATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| {
-            JobError::Provider(
-                "the provider accepted the export but sent no Content-Location status URL".into(),
-            )
-        })?;
+    let location = resp.headers().get(CONTENT_LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| {
+        JobError::Provider("the provider accepted the export but sent no Content-Location status URL".into())
+    })?;
     client
         .base
         .same_origin_url(location, export_url)
@@ -151,12 +136,7 @@ where
                 limits.export_timeout.as_secs()
             )));
         }
-        let get = || {
-            client
-                .http
-                .get(status_url.clone())
-                .header(ACCEPT, "application/json")
-        };
+        let get = || client.http.get(status_url.clone()).header(ACCEPT, "application/json");
         let result = tokio::select! {
             _ = cancel.cancelled() => return Err(JobError::Cancelled),
             r = client.send_once(Auth::WithToken, &get) => r,
@@ -171,19 +151,14 @@ where
                         crate::routes::error::chain(&e)
                     )));
                 }
-                on_progress(format!(
-                    "status request failed; retry {failures} of {}",
-                    limits.max_retries
-                ))
-                .await;
+                on_progress(format!("status request failed; retry {failures} of {}", limits.max_retries))
+                    .await;
                 retry::backoff(limits.poll_interval, failures, limits.max_retry_after)
             }
             Ok(resp) if resp.status() == StatusCode::OK => {
                 return read_limited(resp, limits.max_manifest_bytes)
                     .await
-                    .map_err(|e| {
-                        JobError::Provider(format!("the export manifest could not be read: {e}"))
-                    });
+                    .map_err(|e| JobError::Provider(format!("the export manifest could not be read: {e}")));
             }
             Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
                 failures = 0;
@@ -194,39 +169,23 @@ where
                     .map(|s| s.chars().take(100).collect::<String>())
                     .unwrap_or_else(|| "in progress".into());
                 on_progress(format!("provider export: {progress}")).await;
-                let wait = retry::retry_after(resp.headers(), limits.max_retry_after)
-                    .unwrap_or_else(|| {
-                        retry::backoff(
-                            limits.poll_interval,
-                            in_progress_polls,
-                            limits.max_retry_after,
-                        )
-                    });
+                let wait = retry::retry_after(resp.headers(), limits.max_retry_after).unwrap_or_else(|| {
+                    retry::backoff(limits.poll_interval, in_progress_polls, limits.max_retry_after)
+                });
                 in_progress_polls += 1;
                 wait
             }
             Ok(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS => {
-                let wait = retry::retry_after(resp.headers(), limits.max_retry_after)
-                    .unwrap_or_else(|| {
-                        retry::backoff(
-                            limits.poll_interval,
-                            in_progress_polls,
-                            limits.max_retry_after,
-                        )
-                    });
-                on_progress(format!(
-                    "provider asked us to slow down; waiting {} s",
-                    wait.as_secs()
-                ))
-                .await;
+                let wait = retry::retry_after(resp.headers(), limits.max_retry_after).unwrap_or_else(|| {
+                    retry::backoff(limits.poll_interval, in_progress_polls, limits.max_retry_after)
+                });
+                on_progress(format!("provider asked us to slow down; waiting {} s", wait.as_secs())).await;
                 wait
             }
             Ok(resp) if is_transient_status(resp.status()) => {
                 failures += 1;
                 if failures > limits.max_retries {
-                    return Err(JobError::Provider(
-                        describe_failure("the export status URL", resp).await,
-                    ));
+                    return Err(JobError::Provider(describe_failure("the export status URL", resp).await));
                 }
                 on_progress(format!(
                     "provider status error {}; retry {failures} of {}",
@@ -234,22 +193,18 @@ where
                     limits.max_retries
                 ))
                 .await;
-                retry::retry_after(resp.headers(), limits.max_retry_after).unwrap_or_else(|| {
-                    retry::backoff(limits.poll_interval, failures, limits.max_retry_after)
-                })
+                retry::retry_after(resp.headers(), limits.max_retry_after)
+                    .unwrap_or_else(|| retry::backoff(limits.poll_interval, failures, limits.max_retry_after))
             }
             Ok(resp) => {
                 let status = resp.status();
-                let body = read_limited(resp, MAX_ERROR_BODY_BYTES)
-                    .await
-                    .unwrap_or_default();
+                let body = read_limited(resp, MAX_ERROR_BODY_BYTES).await.unwrap_or_default();
                 // Bulk Data: an all-`transient` OperationOutcome means "try later", not failure.
                 if OperationOutcome::is_transient(&body) && failures < limits.max_retries {
                     failures += 1;
                     retry::backoff(limits.poll_interval, failures, limits.max_retry_after)
                 } else {
-                    let detail =
-                        OperationOutcome::summarize(&body).unwrap_or_else(|| "no details".into());
+                    let detail = OperationOutcome::summarize(&body).unwrap_or_else(|| "no details".into());
                     return Err(JobError::Provider(format!(
                         "the export status URL answered {status}: {detail}"
                     )));
@@ -266,17 +221,10 @@ pub async fn fetch_manifest(
     url: &Url,
     cancel: &CancellationToken,
 ) -> Result<Bytes, JobError> {
-    let get = || {
-        client
-            .http
-            .get(url.clone())
-            .header(ACCEPT, "application/json")
-    };
+    let get = || client.http.get(url.clone()).header(ACCEPT, "application/json");
     let resp = client.send(Auth::WithToken, cancel, get).await?;
     if resp.status() != StatusCode::OK {
-        return Err(JobError::Provider(
-            describe_failure("the export manifest URL", resp).await,
-        ));
+        return Err(JobError::Provider(describe_failure("the export manifest URL", resp).await));
     }
     read_limited(resp, client.limits.max_manifest_bytes)
         .await
@@ -316,9 +264,10 @@ pub async fn read_manifest(
                 client.limits.max_manifest_pages
             )));
         }
-        page_url = client.base.same_origin_url(next, &page_url).map_err(|e| {
-            JobError::Provider(format!("the manifest's next page was refused: {e}"))
-        })?;
+        page_url = client
+            .base
+            .same_origin_url(next, &page_url)
+            .map_err(|e| JobError::Provider(format!("the manifest's next page was refused: {e}")))?;
         let body = fetch_manifest(client, &page_url, cancel).await?;
         manifest = Manifest::parse(&body).map_err(bad)?;
     }

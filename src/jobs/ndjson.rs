@@ -14,14 +14,8 @@ pub enum LineError {
     NotJson { line: u64, reason: String },
     #[error("line {line} has no resourceType")]
     NoResourceType { line: u64 },
-    #[error(
-        "line {line} has resourceType '{found}' but the manifest lists this file as '{expected}'"
-    )]
-    WrongType {
-        line: u64,
-        expected: String,
-        found: String,
-    },
+    #[error("line {line} has resourceType '{found}' but the manifest lists this file as '{expected}'")]
+    WrongType { line: u64, expected: String, found: String },
     #[error("line {line} ({resource_type}) has no id")]
     NoId { line: u64, resource_type: String },
 }
@@ -36,11 +30,7 @@ pub struct LineSplitter {
 
 impl LineSplitter {
     pub fn new(max_line_bytes: usize) -> Self {
-        Self {
-            carry: Vec::new(),
-            max: max_line_bytes,
-            line: 0,
-        }
+        Self { carry: Vec::new(), max: max_line_bytes, line: 0 }
     }
 
     /// Lines seen so far (blank ones included, so numbers match a text editor's).
@@ -73,10 +63,7 @@ impl LineSplitter {
         let tail = &chunk[start..];
         if !tail.is_empty() {
             if self.carry.len() + tail.len() > self.max {
-                return Err(LineError::TooLong {
-                    line: self.line + 1,
-                    max: self.max,
-                });
+                return Err(LineError::TooLong { line: self.line + 1, max: self.max });
             }
             self.carry.extend_from_slice(tail);
         }
@@ -98,10 +85,7 @@ impl LineSplitter {
 
     fn check_len(&self, len: usize) -> Result<(), LineError> {
         if len > self.max {
-            Err(LineError::TooLong {
-                line: self.line,
-                max: self.max,
-            })
+            Err(LineError::TooLong { line: self.line, max: self.max })
         } else {
             Ok(())
         }
@@ -137,13 +121,9 @@ pub fn validate_line(line_no: u64, line: &[u8], expected: &str) -> Result<LineKi
     if std::str::from_utf8(line).is_err() {
         return Err(LineError::NotUtf8 { line: line_no });
     }
-    let head: Head = serde_json::from_slice(line).map_err(|e| LineError::NotJson {
-        line: line_no,
-        reason: e.to_string(),
-    })?;
-    let found = head
-        .resource_type
-        .ok_or(LineError::NoResourceType { line: line_no })?;
+    let head: Head = serde_json::from_slice(line)
+        .map_err(|e| LineError::NotJson { line: line_no, reason: e.to_string() })?;
+    let found = head.resource_type.ok_or(LineError::NoResourceType { line: line_no })?;
     if found != expected {
         return Err(LineError::WrongType {
             line: line_no,
@@ -152,10 +132,7 @@ pub fn validate_line(line_no: u64, line: &[u8], expected: &str) -> Result<LineKi
         });
     }
     if found != "Bundle" && head.id.is_none_or(|id| id.is_empty()) {
-        return Err(LineError::NoId {
-            line: line_no,
-            resource_type: found.into_owned(),
-        });
+        return Err(LineError::NoId { line: line_no, resource_type: found.into_owned() });
     }
     Ok(LineKind::Resource)
 }
@@ -209,14 +186,8 @@ mod tests {
             validate_line(3, b"{\"resourceType\":", "Patient"),
             Err(LineError::NotJson { line: 3, .. })
         ));
-        assert!(matches!(
-            validate_line(4, b"[1,2]", "Patient"),
-            Err(LineError::NotJson { .. })
-        ));
-        assert_eq!(
-            validate_line(5, br#"{"id":"1"}"#, "Patient"),
-            Err(LineError::NoResourceType { line: 5 })
-        );
+        assert!(matches!(validate_line(4, b"[1,2]", "Patient"), Err(LineError::NotJson { .. })));
+        assert_eq!(validate_line(5, br#"{"id":"1"}"#, "Patient"), Err(LineError::NoResourceType { line: 5 }));
         assert!(matches!(
             validate_line(6, br#"{"resourceType":"Observation","id":"1"}"#, "Patient"),
             Err(LineError::WrongType { line: 6, .. })
@@ -226,19 +197,11 @@ mod tests {
             Err(LineError::NoId { .. })
         ));
         assert_eq!(
-            validate_line(
-                8,
-                br#"{"resourceType":"Bundle","type":"transaction"}"#,
-                "Bundle"
-            ),
+            validate_line(8, br#"{"resourceType":"Bundle","type":"transaction"}"#, "Bundle"),
             Ok(LineKind::Resource)
         );
         assert_eq!(
-            validate_line(
-                9,
-                b"{\"resourceType\":\"Patient\",\"id\":\"\xff\"}",
-                "Patient"
-            ),
+            validate_line(9, b"{\"resourceType\":\"Patient\",\"id\":\"\xff\"}", "Patient"),
             Err(LineError::NotUtf8 { line: 9 })
         );
     }

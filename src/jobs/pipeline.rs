@@ -51,9 +51,7 @@ async fn run(app: &AppState, id: &str, cancel: &CancellationToken) -> Result<(),
         return Ok(());
     }
     let provider = app.store.provider(&job.client_id).await?.ok_or_else(|| {
-        JobError::Provider(
-            "the provider's registration was revoked; the job cannot continue".into(),
-        )
+        JobError::Provider("the provider's registration was revoked; the job cannot continue".into())
     })?;
     let base = ProviderBase::parse(&provider.aud).map_err(JobError::Provider)?;
     let client = ProviderClient::new(
@@ -61,10 +59,7 @@ async fn run(app: &AppState, id: &str, cancel: &CancellationToken) -> Result<(),
         app.provider_tokens.clone(),
         base,
         provider.consumer_client_id.clone(),
-        provider
-            .scope
-            .clone()
-            .unwrap_or_else(|| app.config.provider_scope.clone()),
+        provider.scope.clone().unwrap_or_else(|| app.config.provider_scope.clone()),
         app.config.limits.clone(),
     );
 
@@ -72,13 +67,8 @@ async fn run(app: &AppState, id: &str, cancel: &CancellationToken) -> Result<(),
         plan(app, &client, &job, cancel).await?;
     }
     let job = app.store.job(id).await?.ok_or(JobError::Cancelled)?;
-    let pending: Vec<JobFile> = app
-        .store
-        .files(id)
-        .await?
-        .into_iter()
-        .filter(|f| f.state == FileState::Pending)
-        .collect();
+    let pending: Vec<JobFile> =
+        app.store.files(id).await?.into_iter().filter(|f| f.state == FileState::Pending).collect();
     tracing::info!(files = pending.len(), "importing files");
     let destination = app.destination.clone();
     let mut results = futures::stream::iter(pending)
@@ -86,14 +76,9 @@ async fn run(app: &AppState, id: &str, cancel: &CancellationToken) -> Result<(),
             let client = &client;
             let destination = destination.clone();
             async move {
-                let result = download::import_file(
-                    client,
-                    &*destination,
-                    &file,
-                    job.requires_access_token,
-                    cancel,
-                )
-                .await;
+                let result =
+                    download::import_file(client, &*destination, &file, job.requires_access_token, cancel)
+                        .await;
                 (file, result)
             }
         })
@@ -101,9 +86,7 @@ async fn run(app: &AppState, id: &str, cancel: &CancellationToken) -> Result<(),
     while let Some((file, result)) = results.next().await {
         let r = result?;
         let outcome = serde_json::to_string(&r.outcome).map_err(crate::store::StoreError::from)?;
-        app.store
-            .finish_file(id, file.idx, r.state, r.resources, r.bytes, &outcome)
-            .await?;
+        app.store.finish_file(id, file.idx, r.state, r.resources, r.bytes, &outcome).await?;
     }
     if cancel.is_cancelled() {
         return Err(JobError::Cancelled);
@@ -112,9 +95,7 @@ async fn run(app: &AppState, id: &str, cancel: &CancellationToken) -> Result<(),
     if let Some(status) = job.status_url.as_deref().and_then(|s| Url::parse(s).ok()) {
         // Bulk Data v2+: DELETE after completion tells the provider we are done with the files.
         let _ = client
-            .send_once(super::provider_client::Auth::WithToken, &|| {
-                client.http.delete(status.clone())
-            })
+            .send_once(super::provider_client::Auth::WithToken, &|| client.http.delete(status.clone()))
             .await;
     }
     Ok(())
@@ -134,10 +115,7 @@ async fn plan(
     let (body, manifest_url) = match job.export_type {
         ExportType::Static => {
             app.store.set_state(&job.id, JobState::Exporting).await?;
-            (
-                export::fetch_manifest(client, &export_url, cancel).await?,
-                export_url,
-            )
+            (export::fetch_manifest(client, &export_url, cancel).await?, export_url)
         }
         ExportType::Dynamic => {
             let status_url = match job.status_url.as_deref().and_then(|s| Url::parse(s).ok()) {
@@ -162,8 +140,7 @@ async fn plan(
         }
     };
     let manifest = export::read_manifest(client, body, &manifest_url, cancel).await?;
-    let template =
-        FileNameTemplate::parse(&app.config.download_file_name).map_err(JobError::Provider)?;
+    let template = FileNameTemplate::parse(&app.config.download_file_name).map_err(JobError::Provider)?;
     let files = name_files(&template, &job.id, manifest.files);
     tracing::info!(
         files = files.len(),
@@ -171,12 +148,7 @@ async fn plan(
         "manifest read"
     );
     app.store
-        .save_plan(
-            &job.id,
-            manifest.requires_access_token,
-            manifest.transaction_time.as_deref(),
-            &files,
-        )
+        .save_plan(&job.id, manifest.requires_access_token, manifest.transaction_time.as_deref(), &files)
         .await?;
     Ok(())
 }
@@ -193,9 +165,7 @@ fn name_files(
         .into_iter()
         .enumerate()
         .map(|(idx, f)| {
-            let n = per_type
-                .entry((f.kind, f.resource_type.clone()))
-                .or_default();
+            let n = per_type.entry((f.kind, f.resource_type.clone())).or_default();
             *n += 1;
             let mut name = template.render(&FileNameVars {
                 job_id,

@@ -42,22 +42,11 @@ impl ProviderClient {
         scope: String,
         limits: Limits,
     ) -> Self {
-        Self {
-            http,
-            base,
-            limits,
-            tokens,
-            client_id,
-            scope,
-        }
+        Self { http, base, limits, tokens, client_id, scope }
     }
 
     async fn token(&self, refresh: bool) -> Result<Option<SecretString>, JobError> {
-        let who = ProviderIdentity {
-            base: &self.base,
-            client_id: &self.client_id,
-            scope: &self.scope,
-        };
+        let who = ProviderIdentity { base: &self.base, client_id: &self.client_id, scope: &self.scope };
         Ok(self.tokens.token(&who, refresh).await?)
     }
 
@@ -103,14 +92,11 @@ impl ProviderClient {
             let wait = match result {
                 Ok(resp) if !is_transient_status(resp.status()) => return Ok(resp),
                 Ok(resp) if attempt >= self.limits.max_retries => return Ok(resp),
-                Ok(resp) => retry::retry_after(resp.headers(), self.limits.max_retry_after)
-                    .unwrap_or_else(|| {
-                        retry::backoff(
-                            self.limits.poll_interval,
-                            attempt,
-                            self.limits.max_retry_after,
-                        )
-                    }),
+                Ok(resp) => {
+                    retry::retry_after(resp.headers(), self.limits.max_retry_after).unwrap_or_else(|| {
+                        retry::backoff(self.limits.poll_interval, attempt, self.limits.max_retry_after)
+                    })
+                }
                 Err(SendError::Token(e)) => return Err(e),
                 Err(SendError::Http(e)) if attempt >= self.limits.max_retries => {
                     return Err(JobError::Provider(format!(
@@ -119,11 +105,9 @@ impl ProviderClient {
                         crate::routes::error::chain(&e)
                     )))
                 }
-                Err(SendError::Http(_)) => retry::backoff(
-                    self.limits.poll_interval,
-                    attempt,
-                    self.limits.max_retry_after,
-                ),
+                Err(SendError::Http(_)) => {
+                    retry::backoff(self.limits.poll_interval, attempt, self.limits.max_retry_after)
+                }
             };
             attempt += 1;
             tracing::warn!(

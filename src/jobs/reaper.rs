@@ -16,10 +16,7 @@ pub async fn reap_once(app: &AppState) -> Result<usize, super::JobError> {
     let now = now_unix();
     let finished_before = now - max_age.ceil() as i64;
     let created_before = now - (2.0 * max_age).ceil() as i64;
-    let ids = app
-        .store
-        .expired_jobs(finished_before, created_before)
-        .await?;
+    let ids = app.store.expired_jobs(finished_before, created_before).await?;
     for id in &ids {
         remove_job(app, id).await?;
         tracing::info!(job_id = %id, "reaped expired job");
@@ -34,11 +31,7 @@ pub async fn run(app: AppState) {
         if let Err(e) = reap_once(&app).await {
             tracing::error!(error = %crate::routes::error::chain(&e), "reaper pass failed; will try again");
         }
-        if shutdown
-            .run_until_cancelled(tokio::time::sleep(app.config.reaper_interval))
-            .await
-            .is_none()
-        {
+        if shutdown.run_until_cancelled(tokio::time::sleep(app.config.reaper_interval)).await.is_none() {
             break;
         }
     }

@@ -14,8 +14,7 @@ pub fn retry_after(headers: &HeaderMap, cap: Duration) -> Option<Duration> {
         Duration::from_secs(secs)
     } else {
         let at = httpdate::parse_http_date(raw).ok()?;
-        at.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO)
+        at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
     };
     Some(wait.min(cap))
 }
@@ -49,10 +48,7 @@ mod tests {
         let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
         h.insert(RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
         let w = retry_after(&h, cap).unwrap();
-        assert!(
-            w > Duration::from_secs(25) && w <= Duration::from_secs(30),
-            "{w:?}"
-        );
+        assert!(w > Duration::from_secs(25) && w <= Duration::from_secs(30), "{w:?}");
         h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&h, cap), None);
     }
@@ -60,17 +56,8 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_the_cap() {
         let b = Duration::from_secs(1);
-        assert_eq!(
-            backoff(b, 0, Duration::from_secs(60)),
-            Duration::from_secs(1)
-        );
-        assert_eq!(
-            backoff(b, 3, Duration::from_secs(60)),
-            Duration::from_secs(8)
-        );
-        assert_eq!(
-            backoff(b, 30, Duration::from_secs(60)),
-            Duration::from_secs(60)
-        );
+        assert_eq!(backoff(b, 0, Duration::from_secs(60)), Duration::from_secs(1));
+        assert_eq!(backoff(b, 3, Duration::from_secs(60)), Duration::from_secs(8));
+        assert_eq!(backoff(b, 30, Duration::from_secs(60)), Duration::from_secs(60));
     }
 }

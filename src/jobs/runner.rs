@@ -32,10 +32,7 @@ impl Runner {
     pub async fn spawn(&self, app: AppState, id: String) {
         let cancel = self.shutdown.child_token();
         let (done_tx, done_rx) = watch::channel(());
-        self.running
-            .lock()
-            .await
-            .insert(id.clone(), (cancel.clone(), done_rx));
+        self.running.lock().await.insert(id.clone(), (cancel.clone(), done_rx));
         let slots = self.slots.clone();
         self.tracker.spawn(async move {
             let permit = tokio::select! {

@@ -2,10 +2,11 @@
 //! Backend Services token endpoint). Errors are RFC 6749 JSON.
 use axum::{
     body::Bytes,
+    extract::Path,
     extract::{rejection::BytesRejection, State},
     http::{header, HeaderMap, HeaderValue},
     response::{IntoResponse, Response},
-    routing::post,
+    routing::{get, post},
     Json, Router,
 };
 use serde::Deserialize;
@@ -13,6 +14,7 @@ use serde_json::{json, Value};
 
 use crate::{
     auth::{
+        admin::Admin,
         client_assertion::{self, TokenForm},
         provider_base::ProviderBase,
         AuthError,
@@ -29,32 +31,23 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/auth/register", post(register))
         .route("/auth/token", post(token))
+        .route("/auth/registrations", get(list))
+        .route("/auth/registrations/{client_id}", get(show).delete(revoke))
 }
 
 fn no_store(mut res: Response) -> Response {
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res.headers_mut()
-        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     res
 }
 
 fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, AuthError> {
-    body.map_err(|_| {
-        AuthError::InvalidRequest("the request body is too large or could not be read".into())
-    })
+    body.map_err(|_| AuthError::InvalidRequest("the request body is too large or could not be read".into()))
 }
 
 fn content_type(headers: &HeaderMap) -> String {
-    let raw = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    raw.split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase()
+    let raw = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    raw.split(';').next().unwrap_or_default().trim().to_ascii_lowercase()
 }
 
 #[derive(Deserialize)]
@@ -69,10 +62,8 @@ struct Registration {
 /// Public JWKS only: each key RSA or EC with its public members and no private ones.
 fn validate_jwks(jwks: &Value) -> Result<String, AuthError> {
     let bad = |m: String| AuthError::InvalidRequest(format!("jwks: {m}"));
-    let keys = jwks
-        .get("keys")
-        .and_then(Value::as_array)
-        .ok_or_else(|| bad("must be {\"keys\": [...]}".into()))?;
+    let keys =
+        jwks.get("keys").and_then(Value::as_array).ok_or_else(|| bad("must be {\"keys\": [...]}".into()))?;
     if keys.is_empty() || keys.len() > MAX_REGISTERED_KEYS {
         return Err(bad(format!("must hold 1 to {MAX_REGISTERED_KEYS} keys")));
     }
@@ -81,25 +72,13 @@ fn validate_jwks(jwks: &Value) -> Result<String, AuthError> {
         let members: &[&str] = match kty {
             "RSA" => &["n", "e"],
             "EC" => &["crv", "x", "y"],
-            _ => {
-                return Err(bad(format!(
-                    "key {i} has kty '{kty}'; only RSA and EC keys are accepted"
-                )))
-            }
+            _ => return Err(bad(format!("key {i} has kty '{kty}'; only RSA and EC keys are accepted"))),
         };
-        if let Some(m) = members
-            .iter()
-            .find(|m| k.get(**m).and_then(Value::as_str).is_none())
-        {
+        if let Some(m) = members.iter().find(|m| k.get(**m).and_then(Value::as_str).is_none()) {
             return Err(bad(format!("key {i} lacks its public member '{m}'")));
         }
-        if ["d", "p", "q", "dp", "dq", "qi", "k"]
-            .iter()
-            .any(|m| k.get(*m).is_some())
-        {
-            return Err(bad(format!(
-                "key {i} contains private members; register the public key only"
-            )));
+        if ["d", "p", "q", "dp", "dq", "qi", "k"].iter().any(|m| k.get(*m).is_some()) {
+            return Err(bad(format!("key {i} contains private members; register the public key only")));
         }
     }
     Ok(jwks.to_string())
@@ -107,47 +86,32 @@ fn validate_jwks(jwks: &Value) -> Result<String, AuthError> {
 
 async fn register(
     State(app): State<AppState>,
+    _admin: Admin,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AuthError> {
     if content_type(&headers) != "application/json" {
-        return Err(AuthError::InvalidRequest(
-            "the content type must be application/json".into(),
-        ));
+        return Err(AuthError::InvalidRequest("the content type must be application/json".into()));
     }
     let body = body_or_error(body)?;
-    let r: Registration = serde_json::from_slice(&body).map_err(|e| {
-        AuthError::InvalidRequest(format!("the body is not the expected JSON: {e}"))
-    })?;
+    let r: Registration = serde_json::from_slice(&body)
+        .map_err(|e| AuthError::InvalidRequest(format!("the body is not the expected JSON: {e}")))?;
     let consumer_client_id = r
         .consumer_client_id
         .filter(|s| !s.trim().is_empty())
-        .ok_or_else(|| {
-            AuthError::InvalidRequest("'consumer_client_id' parameter is required".into())
-        })?;
+        .ok_or_else(|| AuthError::InvalidRequest("'consumer_client_id' parameter is required".into()))?;
     let aud = r.aud.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
-        AuthError::InvalidRequest(
-            "the base URL of the data provider ('aud' parameter) is required".into(),
-        )
+        AuthError::InvalidRequest("the base URL of the data provider ('aud' parameter) is required".into())
     })?;
-    let base = ProviderBase::parse(aud.trim())
-        .map_err(|e| AuthError::InvalidRequest(format!("aud: {e}")))?;
+    let base = ProviderBase::parse(aud.trim()).map_err(|e| AuthError::InvalidRequest(format!("aud: {e}")))?;
     let (jwks, jwks_uri) = match (r.jwks, r.jwks_uri) {
         (Some(jwks), _) => (Some(validate_jwks(&jwks)?), None),
         (None, Some(uri)) => match url::Url::parse(&uri) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
-                (None, Some(uri))
-            }
-            _ => {
-                return Err(AuthError::InvalidRequest(
-                    "jwks_uri must be an absolute http(s) URL".into(),
-                ))
-            }
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => (None, Some(uri)),
+            _ => return Err(AuthError::InvalidRequest("jwks_uri must be an absolute http(s) URL".into())),
         },
         (None, None) => {
-            return Err(AuthError::InvalidRequest(
-                "either 'jwks' or 'jwks_uri' parameter is required".into(),
-            ))
+            return Err(AuthError::InvalidRequest("either 'jwks' or 'jwks_uri' parameter is required".into()))
         }
     };
     let provider = Provider {
@@ -191,12 +155,8 @@ async fn token(
 }
 
 fn serde_urlencoded_form(body: &[u8]) -> Result<TokenForm, AuthError> {
-    let mut form = TokenForm {
-        grant_type: None,
-        client_assertion_type: None,
-        client_assertion: None,
-        scope: None,
-    };
+    let mut form =
+        TokenForm { grant_type: None, client_assertion_type: None, client_assertion: None, scope: None };
     for (k, v) in url::form_urlencoded::parse(body) {
         let slot = match k.as_ref() {
             "grant_type" => &mut form.grant_type,
@@ -206,10 +166,54 @@ fn serde_urlencoded_form(body: &[u8]) -> Result<TokenForm, AuthError> {
             _ => continue,
         };
         if slot.replace(v.into_owned()).is_some() {
-            return Err(AuthError::InvalidRequest(format!(
-                "parameter '{k}' must not be repeated"
-            )));
+            return Err(AuthError::InvalidRequest(format!("parameter '{k}' must not be repeated")));
         }
     }
     Ok(form)
+}
+
+/// A registration as management shows it (keys included: they are public).
+fn describe(p: &Provider) -> Value {
+    json!({
+        "client_id": p.client_id,
+        "consumer_client_id": p.consumer_client_id,
+        "aud": p.aud,
+        "jwks": p.jwks_value(),
+        "jwks_uri": p.jwks_uri,
+        "scope": p.scope,
+        "created_at": p.created_at,
+        "revoked_at": p.revoked_at,
+    })
+}
+
+async fn list(State(app): State<AppState>, _admin: Admin) -> Result<Response, AuthError> {
+    let all: Vec<Value> = app.store.providers().await?.iter().map(describe).collect();
+    Ok(no_store(Json(json!({ "registrations": all })).into_response()))
+}
+
+async fn show(
+    State(app): State<AppState>,
+    _admin: Admin,
+    Path(client_id): Path<String>,
+) -> Result<Response, AuthError> {
+    let p = app
+        .store
+        .provider_any(&client_id)
+        .await?
+        .ok_or_else(|| AuthError::NotFound(format!("no registration with client_id '{client_id}'")))?;
+    Ok(no_store(Json(describe(&p)).into_response()))
+}
+
+async fn revoke(
+    State(app): State<AppState>,
+    _admin: Admin,
+    Path(client_id): Path<String>,
+) -> Result<Response, AuthError> {
+    if !app.store.revoke_provider(&client_id, now_unix()).await? {
+        return Err(AuthError::NotFound(format!("no registration with client_id '{client_id}'")));
+    }
+    tracing::info!(%client_id, "registration revoked");
+    let p =
+        app.store.provider_any(&client_id).await?.ok_or_else(|| AuthError::NotFound(client_id.clone()))?;
+    Ok(no_store(Json(describe(&p)).into_response()))
 }

@@ -19,6 +19,8 @@ pub enum ApiError {
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     NotAcceptable(String),
@@ -27,10 +29,7 @@ pub enum ApiError {
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{message}")]
-    TooManyRequests {
-        message: String,
-        retry_after_secs: u64,
-    },
+    TooManyRequests { message: String, retry_after_secs: u64 },
     #[error("storage failed")]
     Store(#[from] StoreError),
     #[error("internal failure")]
@@ -53,8 +52,7 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 pub fn outcome_response(status: StatusCode, outcome: &OperationOutcome) -> Response {
     let body = serde_json::to_vec(outcome).unwrap_or_default();
     let mut res = (status, body).into_response();
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
     res
 }
 
@@ -63,15 +61,14 @@ impl IntoResponse for ApiError {
         let (status, code) = match &self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, IssueCode::Invalid),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, IssueCode::Login),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, IssueCode::Forbidden),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, IssueCode::NotFound),
             ApiError::NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, IssueCode::NotSupported),
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, IssueCode::NotSupported)
             }
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, IssueCode::TooCostly),
-            ApiError::TooManyRequests { .. } => {
-                (StatusCode::TOO_MANY_REQUESTS, IssueCode::Throttled)
-            }
+            ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, IssueCode::Throttled),
             ApiError::Store(_) | ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception)
             }
@@ -85,14 +82,10 @@ impl IntoResponse for ApiError {
         let mut res = outcome_response(status, &OperationOutcome::error(code, text));
         match self {
             ApiError::Unauthorized(_) => {
-                res.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::TooManyRequests {
-                retry_after_secs, ..
-            } => {
-                res.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            ApiError::TooManyRequests { retry_after_secs, .. } => {
+                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
             _ => {}
         }

@@ -30,21 +30,9 @@ fn check_accept(headers: &HeaderMap) -> Result<(), ApiError> {
         return Ok(());
     };
     let raw = raw.to_str().unwrap_or_default();
-    let ok = raw
-        .split(',')
-        .map(|m| {
-            m.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .any(|m| {
-            matches!(
-                m.as_str(),
-                "application/fhir+json" | "application/json" | "application/*" | "*/*"
-            )
-        });
+    let ok = raw.split(',').map(|m| m.split(';').next().unwrap_or("").trim().to_ascii_lowercase()).any(|m| {
+        matches!(m.as_str(), "application/fhir+json" | "application/json" | "application/*" | "*/*")
+    });
     if ok {
         Ok(())
     } else {
@@ -59,10 +47,7 @@ fn check_prefer(headers: &HeaderMap) -> Result<(), ApiError> {
         return Ok(());
     };
     let raw = raw.to_str().unwrap_or_default();
-    if raw
-        .split(',')
-        .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
-    {
+    if raw.split(',').any(|p| p.trim().eq_ignore_ascii_case("respond-async")) {
         Ok(())
     } else {
         Err(ApiError::BadRequest(format!(
@@ -72,16 +57,8 @@ fn check_prefer(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 fn check_content_type(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let raw = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let essence = raw
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let raw = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let essence = raw.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     if app.config.json_content_types.contains(&essence) {
         Ok(())
     } else {
@@ -112,16 +89,12 @@ async fn import(
     let base = ProviderBase::parse(&caller.provider.aud)
         .map_err(|e| ApiError::Internal(format!("stored registration has a bad aud: {e}")))?;
     base.under(&request.export_url).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "exportUrl is not under the registered provider's base URL: {e}"
-        ))
+        ApiError::BadRequest(format!("exportUrl is not under the registered provider's base URL: {e}"))
     })?;
     let running = app.store.count_unfinished_jobs().await?;
     if running >= app.config.limits.max_concurrent_jobs as i64 {
         return Err(ApiError::TooManyRequests {
-            message: format!(
-                "{running} imports are already running (MAX_CONCURRENT_JOBS); try again later"
-            ),
+            message: format!("{running} imports are already running (MAX_CONCURRENT_JOBS); try again later"),
             retry_after_secs: BUSY_RETRY_AFTER_SECS,
         });
     }
@@ -146,9 +119,7 @@ async fn import(
     let location = format!("{}/job/{}", super::base_url(&app, &headers), job.id);
     let mut res = outcome_response(
         StatusCode::ACCEPTED,
-        &OperationOutcome::information(format!(
-            "import job accepted; poll {location} for its status"
-        )),
+        &OperationOutcome::information(format!("import job accepted; poll {location} for its status")),
     );
     res.headers_mut().insert(
         header::CONTENT_LOCATION,

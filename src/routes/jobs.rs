@@ -50,20 +50,13 @@ async fn status(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let job = find(&app, &id).await?;
-    let outcome_url = format!(
-        "{}/job/{}/import-outcome.ndjson",
-        super::base_url(&app, &headers),
-        job.id
-    );
+    let outcome_url = format!("{}/job/{}/import-outcome.ndjson", super::base_url(&app, &headers), job.id);
     let res = match job.state {
         JobState::Completed => {
             let lines = outcome_lines(&app, &job).await?;
             let files = app.store.files(&job.id).await?;
             let resources: i64 = files.iter().map(|f| f.resources).sum();
-            let failed = files
-                .iter()
-                .filter(|f| f.state == FileState::Failed)
-                .count();
+            let failed = files.iter().filter(|f| f.state == FileState::Failed).count();
             Json(json!({
                 "transactionTime": instant(job.created_at),
                 "requiresAccessToken": false,
@@ -78,12 +71,8 @@ async fn status(
             .into_response()
         }
         JobState::Failed => {
-            let reason = job
-                .failure
-                .clone()
-                .unwrap_or_else(|| "the import failed".into());
-            let mut oo =
-                OperationOutcome::error(IssueCode::Exception, format!("import failed: {reason}"));
+            let reason = job.failure.clone().unwrap_or_else(|| "the import failed".into());
+            let mut oo = OperationOutcome::error(IssueCode::Exception, format!("import failed: {reason}"));
             oo.issue.extend(
                 OperationOutcome::single(
                     crate::fhir::operation_outcome::Severity::Information,
@@ -98,22 +87,11 @@ async fn status(
             let counts = app.store.file_counts(&job.id).await?;
             let (percent, text) = if job.state == JobState::Importing && counts.total > 0 {
                 let pct = (counts.finished * 1000 / counts.total) as f64 / 10.0;
-                (
-                    pct,
-                    format!(
-                        "importing: {} of {} files done",
-                        counts.finished, counts.total
-                    ),
-                )
+                (pct, format!("importing: {} of {} files done", counts.finished, counts.total))
             } else if job.state == JobState::Importing {
                 (100.0, "finishing".to_string())
             } else {
-                (
-                    0.0,
-                    job.progress
-                        .clone()
-                        .unwrap_or_else(|| "waiting for the provider's export".into()),
-                )
+                (0.0, job.progress.clone().unwrap_or_else(|| "waiting for the provider's export".into()))
             };
             let mut res = StatusCode::ACCEPTED.into_response();
             let h = res.headers_mut();
@@ -122,18 +100,12 @@ async fn status(
                 HeaderName::from_static("x-progress"),
                 HeaderValue::from_str(&percent.to_string()).expect("a number is a header"),
             );
-            let text: String = text
-                .chars()
-                .filter(|c| c.is_ascii() && !c.is_ascii_control())
-                .take(100)
-                .collect();
+            let text: String =
+                text.chars().filter(|c| c.is_ascii() && !c.is_ascii_control()).take(100).collect();
             if let Ok(v) = HeaderValue::from_str(&text) {
                 h.insert(HeaderName::from_static("x-status"), v);
             }
-            h.insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(POLL_RETRY_AFTER_SECS),
-            );
+            h.insert(header::RETRY_AFTER, HeaderValue::from(POLL_RETRY_AFTER_SECS));
             res
         }
     };
@@ -155,10 +127,7 @@ async fn outcome_lines(app: &AppState, job: &Job) -> Result<Vec<String>, ApiErro
     Ok(lines)
 }
 
-async fn outcome_file(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+async fn outcome_file(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let job = find(&app, &id).await?;
     let mut body = String::new();
     for line in outcome_lines(&app, &job).await? {
@@ -166,18 +135,13 @@ async fn outcome_file(
         body.push('\n');
     }
     let mut res = body.into_response();
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/fhir+ndjson"),
-    );
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+ndjson"));
     Ok(no_store(res))
 }
 
 async fn remove(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let job = find(&app, &id).await?;
-    remove_job(&app, &job.id)
-        .await
-        .map_err(|e| ApiError::Internal(super::error::chain(&e)))?;
+    remove_job(&app, &job.id).await.map_err(|e| ApiError::Internal(super::error::chain(&e)))?;
     tracing::info!(job_id = %job.id, "import job removed on request");
     let oo = OperationOutcome::single(
         crate::fhir::operation_outcome::Severity::Information,

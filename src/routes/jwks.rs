@@ -16,9 +16,7 @@ use crate::{auth::keys, state::AppState};
 pub const GENERATOR_ALGORITHMS: &[&str] = &["RS256", "RS384", "RS512", "ES256", "ES384", "ES512"];
 
 pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/jwks", get(jwks))
-        .route("/generator", get(generator))
+    Router::new().route("/jwks", get(jwks)).route("/generator", get(generator))
 }
 
 async fn jwks(State(app): State<AppState>) -> Json<serde_json::Value> {
@@ -33,10 +31,7 @@ struct GeneratorQuery {
 async fn generator(Query(q): Query<GeneratorQuery>) -> Result<Response, ApiError> {
     let alg = q.alg.unwrap_or_else(|| "ES384".into()).to_ascii_uppercase();
     if !GENERATOR_ALGORITHMS.contains(&alg.as_str()) {
-        return Err(ApiError::BadRequest(format!(
-            "alg must be one of {}",
-            GENERATOR_ALGORITHMS.join(", ")
-        )));
+        return Err(ApiError::BadRequest(format!("alg must be one of {}", GENERATOR_ALGORITHMS.join(", "))));
     }
     // RSA generation takes a while; keep it off the async workers.
     let result = tokio::task::spawn_blocking(move || -> Result<_, josekit::JoseError> {
@@ -57,7 +52,6 @@ async fn generator(Query(q): Query<GeneratorQuery>) -> Result<Response, ApiError
     .map_err(|e| ApiError::Internal(e.to_string()))?
     .map_err(|e| ApiError::Internal(super::error::chain(&e)))?;
     let mut res = Json(result).into_response();
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(res)
 }

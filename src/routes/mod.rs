@@ -42,17 +42,10 @@ pub fn base_url(app: &AppState, headers: &HeaderMap) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .filter(|h| {
-            !h.is_empty()
-                && h.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
-        })
+        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c)))
         .map(str::to_string)
         .unwrap_or_else(|| format!("{}:{}", app.config.host, app.config.port));
-    let proto = match headers
-        .get("x-forwarded-proto")
-        .and_then(|h| h.to_str().ok())
-    {
+    let proto = match headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()) {
         Some("https") => "https",
         _ => "http",
     };

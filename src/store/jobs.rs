@@ -82,11 +82,7 @@ impl TryFrom<JobRow> for Job {
     fn try_from(r: JobRow) -> Result<Self, StoreError> {
         use crate::fhir::parameters::ExportType;
         Ok(Job {
-            export_type: if r.export_type == "static" {
-                ExportType::Static
-            } else {
-                ExportType::Dynamic
-            },
+            export_type: if r.export_type == "static" { ExportType::Static } else { ExportType::Dynamic },
             kickoff: serde_json::from_str(&r.kickoff)?,
             state: JobState::parse(&r.state),
             id: r.id,
@@ -218,11 +214,9 @@ impl Store {
     }
 
     pub async fn count_unfinished_jobs(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM jobs WHERE state NOT IN ('completed', 'failed')",
-        )
-        .fetch_one(self.pool())
-        .await?)
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE state NOT IN ('completed', 'failed')")
+            .fetch_one(self.pool())
+            .await?)
     }
 
     /// Ids of finished jobs older than `finished_before`, and unfinished ones created before `created_before`.
@@ -278,10 +272,7 @@ impl Store {
         files: &[JobFile],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
-        sqlx::query("DELETE FROM job_files WHERE job_id = ?")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("DELETE FROM job_files WHERE job_id = ?").bind(id).execute(&mut *tx).await?;
         for f in files {
             sqlx::query(
                 "INSERT INTO job_files (job_id, idx, kind, resource_type, url, name, state)
@@ -309,15 +300,13 @@ impl Store {
     }
 
     pub async fn files(&self, job_id: &str) -> Result<Vec<JobFile>, StoreError> {
-        Ok(
-            sqlx::query_as::<_, FileRow>("SELECT * FROM job_files WHERE job_id = ? ORDER BY idx")
-                .bind(job_id)
-                .fetch_all(self.pool())
-                .await?
-                .into_iter()
-                .map(JobFile::from)
-                .collect(),
-        )
+        Ok(sqlx::query_as::<_, FileRow>("SELECT * FROM job_files WHERE job_id = ? ORDER BY idx")
+            .bind(job_id)
+            .fetch_all(self.pool())
+            .await?
+            .into_iter()
+            .map(JobFile::from)
+            .collect())
     }
 
     pub async fn file_counts(&self, job_id: &str) -> Result<FileCounts, StoreError> {
@@ -373,10 +362,7 @@ impl Store {
     }
 
     pub async fn delete_job(&self, id: &str) -> Result<bool, StoreError> {
-        let r = sqlx::query("DELETE FROM jobs WHERE id = ?")
-            .bind(id)
-            .execute(self.pool())
-            .await?;
+        let r = sqlx::query("DELETE FROM jobs WHERE id = ?").bind(id).execute(self.pool()).await?;
         Ok(r.rows_affected() == 1)
     }
 }

@@ -37,10 +37,7 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .connect_with(options)
-            .await?;
+        let pool = SqlitePoolOptions::new().max_connections(MAX_CONNECTIONS).connect_with(options).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Self { pool })
     }
@@ -57,18 +54,13 @@ impl Store {
         expires_at: i64,
         now: i64,
     ) -> Result<bool, StoreError> {
-        sqlx::query("DELETE FROM used_jti WHERE expires_at < ?")
-            .bind(now)
+        sqlx::query("DELETE FROM used_jti WHERE expires_at < ?").bind(now).execute(&self.pool).await?;
+        let r = sqlx::query("INSERT OR IGNORE INTO used_jti (client_id, jti, expires_at) VALUES (?, ?, ?)")
+            .bind(client_id)
+            .bind(jti)
+            .bind(expires_at)
             .execute(&self.pool)
             .await?;
-        let r = sqlx::query(
-            "INSERT OR IGNORE INTO used_jti (client_id, jti, expires_at) VALUES (?, ?, ?)",
-        )
-        .bind(client_id)
-        .bind(jti)
-        .bind(expires_at)
-        .execute(&self.pool)
-        .await?;
         Ok(r.rows_affected() == 1)
     }
 }

@@ -20,9 +20,7 @@ pub struct Provider {
 
 impl Provider {
     pub fn jwks_value(&self) -> Option<Value> {
-        self.jwks
-            .as_deref()
-            .and_then(|s| serde_json::from_str(s).ok())
+        self.jwks.as_deref().and_then(|s| serde_json::from_str(s).ok())
     }
 }
 
@@ -43,6 +41,31 @@ impl Store {
         .execute(self.pool())
         .await?;
         Ok(())
+    }
+
+    /// Every registration, newest first, revoked ones included.
+    pub async fn providers(&self) -> Result<Vec<Provider>, StoreError> {
+        Ok(sqlx::query_as::<_, Provider>("SELECT * FROM providers ORDER BY created_at DESC, client_id")
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    /// A registration whether or not it was revoked.
+    pub async fn provider_any(&self, client_id: &str) -> Result<Option<Provider>, StoreError> {
+        Ok(sqlx::query_as::<_, Provider>("SELECT * FROM providers WHERE client_id = ?")
+            .bind(client_id)
+            .fetch_optional(self.pool())
+            .await?)
+    }
+
+    /// Revoke a registration; false when it does not exist. Revoking twice keeps the first time.
+    pub async fn revoke_provider(&self, client_id: &str, now: i64) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE providers SET revoked_at = COALESCE(revoked_at, ?) WHERE client_id = ?")
+            .bind(now)
+            .bind(client_id)
+            .execute(self.pool())
+            .await?;
+        Ok(r.rows_affected() == 1)
     }
 
     /// An active (not revoked) registration.

@@ -1,7 +1,7 @@
 //! `/auth/register`, `/auth/token`, `/jwks`, `/generator`, `/info`.
 use serde_json::{json, Value};
 
-use super::helpers::{spawn_app, TestApp};
+use super::helpers::{ping, spawn_app, test_config, TestApp, ADMIN_TOKEN};
 
 type Form = Vec<(&'static str, String)>;
 
@@ -9,11 +9,7 @@ async fn token_error(app: &TestApp, form: Vec<(&'static str, String)>) -> (u16, 
     token_error_named(app, form, "").await
 }
 
-async fn token_error_named(
-    app: &TestApp,
-    form: Vec<(&'static str, String)>,
-    name: &str,
-) -> (u16, String) {
+async fn token_error_named(app: &TestApp, form: Vec<(&'static str, String)>, name: &str) -> (u16, String) {
     let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let res = app.post_token(&form).await;
     let status = res.status().as_u16();
@@ -49,62 +45,28 @@ async fn token_requests_that_break_a_rule_are_refused_with_the_oauth_error() {
         form
     };
     let cases: Vec<(&str, Form, u16, &str)> = vec![
-        (
-            "no grant_type",
-            set(good(&app), "grant_type", None),
-            400,
-            "invalid_request",
-        ),
-        (
-            "wrong grant_type",
-            set(good(&app), "grant_type", Some("password")),
-            400,
-            "unsupported_grant_type",
-        ),
+        ("no grant_type", set(good(&app), "grant_type", None), 400, "invalid_request"),
+        ("wrong grant_type", set(good(&app), "grant_type", Some("password")), 400, "unsupported_grant_type"),
         (
             "wrong assertion type",
             set(good(&app), "client_assertion_type", Some("jwt")),
             400,
             "invalid_request",
         ),
-        (
-            "no assertion",
-            set(good(&app), "client_assertion", None),
-            400,
-            "invalid_request",
-        ),
-        (
-            "no scope",
-            set(good(&app), "scope", None),
-            400,
-            "invalid_scope",
-        ),
-        (
-            "user scope",
-            set(good(&app), "scope", Some("user/*.read")),
-            400,
-            "invalid_scope",
-        ),
-        (
-            "garbage assertion",
-            set(good(&app), "client_assertion", Some("a.b.c")),
-            401,
-            "invalid_client",
-        ),
+        ("no assertion", set(good(&app), "client_assertion", None), 400, "invalid_request"),
+        ("no scope", set(good(&app), "scope", None), 400, "invalid_scope"),
+        ("user scope", set(good(&app), "scope", Some("user/*.read")), 400, "invalid_scope"),
+        ("garbage assertion", set(good(&app), "client_assertion", Some("a.b.c")), 401, "invalid_client"),
         (
             "wrong aud",
-            TestApp::token_form(
-                &app.assertion(|c, _| c.set_audience(vec!["https://elsewhere/auth/token"])),
-            ),
+            TestApp::token_form(&app.assertion(|c, _| c.set_audience(vec!["https://elsewhere/auth/token"]))),
             401,
             "invalid_client",
         ),
         (
             "aud with another scheme",
             TestApp::token_form(&app.assertion(|c, _| {
-                c.set_audience(vec![
-                    app.base.replace("http://", "https://") + "/auth/token",
-                ])
+                c.set_audience(vec![app.base.replace("http://", "https://") + "/auth/token"])
             })),
             401,
             "invalid_client",
@@ -127,9 +89,7 @@ async fn token_requests_that_break_a_rule_are_refused_with_the_oauth_error() {
         (
             "exp too far ahead",
             TestApp::token_form(&app.assertion(|c, _| {
-                c.set_expires_at(
-                    &(std::time::SystemTime::now() + std::time::Duration::from_secs(3600)),
-                )
+                c.set_expires_at(&(std::time::SystemTime::now() + std::time::Duration::from_secs(3600)))
             })),
             401,
             "invalid_client",
@@ -137,9 +97,7 @@ async fn token_requests_that_break_a_rule_are_refused_with_the_oauth_error() {
         (
             "expired",
             TestApp::token_form(&app.assertion(|c, _| {
-                c.set_expires_at(
-                    &(std::time::SystemTime::now() - std::time::Duration::from_secs(600)),
-                )
+                c.set_expires_at(&(std::time::SystemTime::now() - std::time::Duration::from_secs(600)))
             })),
             401,
             "invalid_client",
@@ -160,19 +118,13 @@ async fn token_requests_that_break_a_rule_are_refused_with_the_oauth_error() {
         ),
         (
             "jku not registered",
-            TestApp::token_form(
-                &app.assertion(|_, h| h.set_jwk_set_url("https://evil.example/jwks")),
-            ),
+            TestApp::token_form(&app.assertion(|_, h| h.set_jwk_set_url("https://evil.example/jwks"))),
             401,
             "invalid_client",
         ),
     ];
     for (name, form, status, error) in cases {
-        assert_eq!(
-            token_error_named(&app, form, name).await,
-            (status, error.to_string()),
-            "case: {name}"
-        );
+        assert_eq!(token_error_named(&app, form, name).await, (status, error.to_string()), "case: {name}");
     }
 }
 
@@ -187,21 +139,12 @@ async fn alg_none_and_hs256_signed_with_the_public_key_are_refused() {
     claims.set_expires_at(&(std::time::SystemTime::now() + std::time::Duration::from_secs(60)));
     claims.set_jwt_id("n1");
     let none = josekit::jwt::encode_unsecured(&claims, &josekit::jws::JwsHeader::new()).unwrap();
-    assert_eq!(
-        token_error(&app, TestApp::token_form(&none)).await,
-        (401, "invalid_client".into())
-    );
+    assert_eq!(token_error(&app, TestApp::token_form(&none)).await, (401, "invalid_client".into()));
     // HS256 keyed with the registered public JWK's text: the classic algorithm confusion.
     let secret = app.public_jwks()["keys"][0].to_string();
-    let signer = josekit::jws::HS256
-        .signer_from_bytes(secret.as_bytes())
-        .unwrap();
-    let hs = josekit::jwt::encode_with_signer(&claims, &josekit::jws::JwsHeader::new(), &signer)
-        .unwrap();
-    assert_eq!(
-        token_error(&app, TestApp::token_form(&hs)).await,
-        (401, "invalid_client".into())
-    );
+    let signer = josekit::jws::HS256.signer_from_bytes(secret.as_bytes()).unwrap();
+    let hs = josekit::jwt::encode_with_signer(&claims, &josekit::jws::JwsHeader::new(), &signer).unwrap();
+    assert_eq!(token_error(&app, TestApp::token_form(&hs)).await, (401, "invalid_client".into()));
 }
 
 #[tokio::test]
@@ -211,10 +154,7 @@ async fn a_replayed_assertion_is_refused() {
     let form = TestApp::token_form(&assertion);
     let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
     assert_eq!(app.post_token(&pairs).await.status(), 200);
-    assert_eq!(
-        token_error(&app, form).await,
-        (401, "invalid_client".into())
-    );
+    assert_eq!(token_error(&app, form).await, (401, "invalid_client".into()));
 }
 
 #[tokio::test]
@@ -253,6 +193,7 @@ async fn registration_validates_its_input() {
     let res = app
         .http
         .post(format!("{}/auth/register", app.base))
+        .bearer_auth(ADMIN_TOKEN)
         .body("{}")
         .send()
         .await
@@ -277,27 +218,14 @@ async fn registration_answers_the_reference_contract() {
 #[tokio::test]
 async fn jwks_publishes_only_the_public_key_and_generator_never_puts_private_parts_in_jwks() {
     let app = spawn_app().await;
-    let jwks: Value = app
-        .http
-        .get(format!("{}/jwks", app.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: Value = app.http.get(format!("{}/jwks", app.base)).send().await.unwrap().json().await.unwrap();
     let key = &jwks["keys"][0];
     assert_eq!(key["kty"], "EC");
     assert_eq!(key["alg"], "ES384");
     assert!(key["kid"].is_string());
     assert!(key.get("d").is_none());
     for alg in ["ES384", "RS384", "ES512", "RS256"] {
-        let res = app
-            .http
-            .get(format!("{}/generator?alg={alg}", app.base))
-            .send()
-            .await
-            .unwrap();
+        let res = app.http.get(format!("{}/generator?alg={alg}", app.base)).send().await.unwrap();
         assert_eq!(res.status(), 200);
         let g: Value = res.json().await.unwrap();
         assert!(g["jwks"]["keys"][0].get("d").is_none(), "{alg}");
@@ -306,44 +234,106 @@ async fn jwks_publishes_only_the_public_key_and_generator_never_puts_private_par
         assert!(g["publicAsPEM"].as_str().unwrap().contains("PUBLIC KEY"));
         assert!(g["privateAsPEM"].as_str().unwrap().contains("PRIVATE KEY"));
     }
-    let res = app
-        .http
-        .get(format!("{}/generator?alg=HS256", app.base))
-        .send()
-        .await
-        .unwrap();
+    let res = app.http.get(format!("{}/generator?alg=HS256", app.base)).send().await.unwrap();
     assert_eq!(res.status(), 400);
-    assert_eq!(
-        res.json::<Value>().await.unwrap()["resourceType"],
-        "OperationOutcome"
-    );
+    assert_eq!(res.json::<Value>().await.unwrap()["resourceType"], "OperationOutcome");
 }
 
 #[tokio::test]
 async fn info_lists_the_endpoints() {
     let app = spawn_app().await;
-    let info: Value = app
-        .http
-        .get(format!("{}/info", app.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let labels: Vec<&str> = info
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["label"].as_str().unwrap())
-        .collect();
+    let info: Value = app.http.get(format!("{}/info", app.base)).send().await.unwrap().json().await.unwrap();
+    let labels: Vec<&str> = info.as_array().unwrap().iter().map(|i| i["label"].as_str().unwrap()).collect();
     assert!(labels.contains(&"Token Endpoint"));
     assert!(labels.contains(&"Import Kick-off URL"));
-    let health = app
-        .http
-        .get(format!("{}/health", app.base))
-        .send()
-        .await
-        .unwrap();
+    let health = app.http.get(format!("{}/health", app.base)).send().await.unwrap();
     assert_eq!(health.status(), 200);
+}
+
+#[tokio::test]
+async fn registration_and_its_management_need_the_admin_credential() {
+    let app = spawn_app().await;
+    let body = json!({"jwks_uri": "https://ehr.example/jwks", "consumer_client_id": "c", "aud": "https://ehr.example/fhir"});
+    let url = format!("{}/auth/register", app.base);
+    for auth in [None, Some("wrong-token"), Some(&ADMIN_TOKEN[1..])] {
+        let mut req = app.http.post(&url).json(&body);
+        if let Some(t) = auth {
+            req = req.bearer_auth(t);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 401, "{auth:?}");
+        assert_eq!(res.headers()["www-authenticate"], "Bearer");
+        assert_eq!(res.json::<Value>().await.unwrap()["error"], "invalid_token");
+    }
+    for path in ["/auth/registrations", &format!("/auth/registrations/{}", app.client_id)] {
+        let res = app.http.get(format!("{}{path}", app.base)).send().await.unwrap();
+        assert_eq!(res.status(), 401, "{path}");
+    }
+    let res = app.http.delete(format!("{}/auth/registrations/{}", app.base, app.client_id)).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+}
+
+#[tokio::test]
+async fn registrations_can_be_listed_shown_and_revoked_and_revocation_is_immediate() {
+    let app = spawn_app().await;
+    let token = app.token().await;
+    let admin = |req: reqwest::RequestBuilder| req.bearer_auth(ADMIN_TOKEN).send();
+    let list: Value =
+        admin(app.http.get(format!("{}/auth/registrations", app.base))).await.unwrap().json().await.unwrap();
+    let regs = list["registrations"].as_array().unwrap();
+    assert_eq!(regs.len(), 1);
+    assert_eq!(regs[0]["client_id"], app.client_id.as_str());
+    assert_eq!(regs[0]["aud"], app.provider.base());
+    let one = format!("{}/auth/registrations/{}", app.base, app.client_id);
+    let shown: Value = admin(app.http.get(&one)).await.unwrap().json().await.unwrap();
+    assert_eq!(shown["consumer_client_id"], "consumer-at-fake");
+    assert!(shown["revoked_at"].is_null());
+
+    let res = admin(app.http.delete(&one)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.json::<Value>().await.unwrap()["revoked_at"].is_i64());
+    // The token issued before revocation no longer opens $import...
+    let res = app
+        .post_import_raw(Some(&token), "application/fhir+json", ping(&app.provider.export_url(), "dynamic").to_string())
+        .await;
+    assert_eq!(res.status(), 401);
+    // ...and no new token is issued.
+    let (status, error) = token_error(&app, TestApp::token_form(&app.assertion(|_, _| {}))).await;
+    assert_eq!((status, error.as_str()), (401, "invalid_client"));
+    let res = admin(app.http.get(format!("{}/auth/registrations/nope", app.base))).await.unwrap();
+    assert_eq!(res.status(), 404);
+}
+
+#[tokio::test]
+async fn scopes_are_mediated_and_import_needs_a_create_scope() {
+    let app = spawn_app().await;
+    let mut form = TestApp::token_form(&app.assertion(|_, _| {}));
+    form.retain(|(k, _)| *k != "scope");
+    form.push(("scope", "system/*.rs system/*.cud".into()));
+    let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let body: Value = app.post_token(&pairs).await.json().await.unwrap();
+    assert_eq!(body["scope"], "system/*.cud", "only the import scope is granted");
+
+    let mut form = TestApp::token_form(&app.assertion(|_, _| {}));
+    form.retain(|(k, _)| *k != "scope");
+    form.push(("scope", "system/*.read".into()));
+    assert_eq!(token_error(&app, form).await, (400, "invalid_scope".into()));
+
+    // A token whose scope cannot import (minted with the server's own secret) is refused with 403.
+    let keys = bulk_import::auth::keys::Keys::load_or_generate(&test_config(&app.dir)).unwrap();
+    let read_only = bulk_import::auth::access_token::issue(
+        &keys,
+        &app.client_id,
+        "system/*.read",
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap();
+    let res = app
+        .post_import_raw(
+            Some(&read_only),
+            "application/fhir+json",
+            ping(&app.provider.export_url(), "dynamic").to_string(),
+        )
+        .await;
+    assert_eq!(res.status(), 403);
 }

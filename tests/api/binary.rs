@@ -29,65 +29,40 @@ async fn the_server_starts_with_no_configuration_generates_its_secrets_and_stops
     });
     let mut log = Vec::new();
     let address = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the server logs its address");
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("the server logs its address");
         log.push(line.clone());
         if line.contains("bulk-import listening") {
-            let addr = line
-                .split("address=")
-                .nth(1)
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_string();
+            let addr = line.split("address=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
             break addr;
         }
     };
     let log = log.join("\n");
-    assert!(
-        log.contains("generated our signing key pair") && log.contains("private-key.jwk.json"),
-        "{log}"
-    );
-    assert!(
-        log.contains("generated the access-token secret") && log.contains("jwt-secret"),
-        "{log}"
-    );
+    assert!(log.contains("generated our signing key pair") && log.contains("private-key.jwk.json"), "{log}");
+    assert!(log.contains("generated JWT_SECRET") && log.contains("jwt-secret"), "{log}");
     #[cfg(unix)]
-    for file in ["private-key.jwk.json", "jwt-secret"] {
+    for file in ["private-key.jwk.json", "jwt-secret", "admin-token"] {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("data").join(file))
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = std::fs::metadata(dir.path().join("data").join(file)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{file}");
     }
     // The secret itself never reaches the log.
-    let secret = std::fs::read_to_string(dir.path().join("data/jwt-secret")).unwrap();
-    assert!(!log.contains(secret.trim()));
-    let jwks: serde_json::Value = reqwest::get(format!("http://{address}/jwks"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert!(log.contains("generated ADMIN_TOKEN") && log.contains("admin-token"), "{log}");
+    for file in ["jwt-secret", "admin-token"] {
+        let secret = std::fs::read_to_string(dir.path().join("data").join(file)).unwrap();
+        assert!(!log.contains(secret.trim()), "{file} leaked into the log");
+    }
+    let jwks: serde_json::Value =
+        reqwest::get(format!("http://{address}/jwks")).await.unwrap().json().await.unwrap();
     assert_eq!(jwks["keys"][0]["alg"], "ES384");
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let exit = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the server did not stop on SIGTERM"
-        );
+        assert!(std::time::Instant::now() < deadline, "the server did not stop on SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(exit.success(), "{exit:?}");
@@ -113,8 +88,5 @@ async fn the_server_starts_with_no_configuration_generates_its_secrets_and_stops
     }
     let _ = again.kill();
     let _ = again.wait();
-    assert!(
-        !second.contains("generated our signing key pair"),
-        "{second}"
-    );
+    assert!(!second.contains("generated our signing key pair"), "{second}");
 }

@@ -6,10 +6,7 @@ use bytes::Bytes;
 use super::helpers::observations;
 
 /// Runs the conformance steps; `read` returns a stored file's bytes (None when absent).
-async fn assert_destination_round_trip(
-    dest: &dyn Destination,
-    read: impl Fn(&str, &str) -> Option<Vec<u8>>,
-) {
+async fn assert_destination_round_trip(dest: &dyn Destination, read: impl Fn(&str, &str) -> Option<Vec<u8>>) {
     let body = observations(50);
     let (head, tail) = body.as_bytes().split_at(body.len() / 3);
 
@@ -33,10 +30,7 @@ async fn assert_destination_round_trip(
 
     // Names that could escape are refused.
     for bad in ["../x", ".hidden", "a/b", ""] {
-        assert!(
-            dest.open("job1", bad).await.is_err() || read("job1", bad).is_none(),
-            "{bad}"
-        );
+        assert!(dest.open("job1", bad).await.is_err() || read("job1", bad).is_none(), "{bad}");
     }
 
     dest.delete_job("job1").await.unwrap();
@@ -50,10 +44,7 @@ async fn tmp_fs_passes_the_destination_conformance_suite() {
     let dir = tempfile::TempDir::new().unwrap();
     let root = dir.path().to_path_buf();
     let dest = TmpFs::new(root.clone());
-    assert_destination_round_trip(&dest, |job, name| {
-        std::fs::read(root.join(job).join(name)).ok()
-    })
-    .await;
+    assert_destination_round_trip(&dest, |job, name| std::fs::read(root.join(job).join(name)).ok()).await;
     // Nothing but the (removed) job directory was ever created.
     assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
 }

@@ -100,16 +100,9 @@ impl FakeProvider {
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let fake = FakeProvider {
-            addr,
-            inner,
-            release: Arc::new(tokio::sync::Notify::new()),
-        };
+        let fake = FakeProvider { addr, inner, release: Arc::new(tokio::sync::Notify::new()) };
         let router = Router::new()
-            .route(
-                "/fhir/.well-known/smart-configuration",
-                get(smart_configuration),
-            )
+            .route("/fhir/.well-known/smart-configuration", get(smart_configuration))
             .route("/auth/token", post(token))
             .route("/fhir/$export", get(kickoff).post(kickoff))
             .route("/fhir/status/{n}", get(status).delete(status_delete))
@@ -172,10 +165,7 @@ impl FakeProvider {
     }
     /// A manifest entry with an arbitrary URL (e.g. another host).
     pub fn add_manifest_url(&self, resource_type: &str, url: &str) {
-        self.with(|i| {
-            i.extra_manifest_urls
-                .push((resource_type.into(), url.into()))
-        });
+        self.with(|i| i.extra_manifest_urls.push((resource_type.into(), url.into())));
     }
     /// Listed under the manifest's `error` array (OperationOutcome NDJSON).
     pub fn add_error_file(&self, name: &str, bytes: impl Into<Bytes>) {
@@ -209,10 +199,7 @@ impl FakeProvider {
         self.with(|i| i.requests.clone())
     }
     pub fn requests_to(&self, path_prefix: &str) -> Vec<Recorded> {
-        self.requests()
-            .into_iter()
-            .filter(|r| r.path.starts_with(path_prefix))
-            .collect()
+        self.requests().into_iter().filter(|r| r.path.starts_with(path_prefix)).collect()
     }
 
     fn record(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) {
@@ -220,10 +207,7 @@ impl FakeProvider {
             method: method.clone(),
             path: uri.path().to_string(),
             query: uri.query().map(str::to_string),
-            authorization: headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
+            authorization: headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string),
             body: String::from_utf8_lossy(body).into_owned(),
         };
         self.with(|i| i.requests.push(r));
@@ -238,8 +222,7 @@ impl FakeProvider {
         let Some(h) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
             return false;
         };
-        h.strip_prefix("Bearer ")
-            .is_some_and(|t| tokens.iter().any(|k| k == t))
+        h.strip_prefix("Bearer ").is_some_and(|t| tokens.iter().any(|k| k == t))
     }
 
     fn manifest(&self) -> Value {
@@ -280,12 +263,7 @@ fn oo(text: &str) -> Value {
     json!({"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"processing","diagnostics":text}]})
 }
 
-async fn not_found(
-    State(f): State<FakeProvider>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
+async fn not_found(State(f): State<FakeProvider>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
     f.record(&method, &uri, &headers, b"");
     (StatusCode::NOT_FOUND, Json(oo("not found"))).into_response()
 }
@@ -336,10 +314,7 @@ async fn token(
     }
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     let refuse = |why: &str| {
-        (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"error":"invalid_client","error_description":why})),
-        )
+        (StatusCode::BAD_REQUEST, Json(json!({"error":"invalid_client","error_description":why})))
             .into_response()
     };
     if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
@@ -358,22 +333,9 @@ async fn token(
     };
     let jwks: Value = reqwest::get(&jwks_url).await.unwrap().json().await.unwrap();
     let header = josekit::jwt::decode_header(assertion).unwrap();
-    let alg = header
-        .claim("alg")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    let kid = header
-        .claim("kid")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    let key = jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["kid"] == kid.as_str())
-        .cloned();
+    let alg = header.claim("alg").and_then(Value::as_str).unwrap_or_default().to_string();
+    let kid = header.claim("kid").and_then(Value::as_str).unwrap_or_default().to_string();
+    let key = jwks["keys"].as_array().unwrap().iter().find(|k| k["kid"] == kid.as_str()).cloned();
     let Some(key) = key else {
         return refuse("unknown kid");
     };
@@ -383,9 +345,7 @@ async fn token(
         return refuse("signature");
     };
     let token_url = format!("{}/auth/token", f.origin());
-    if payload.audience() != Some(vec![token_url.as_str()])
-        || payload.issuer() != Some("consumer-at-fake")
-    {
+    if payload.audience() != Some(vec![token_url.as_str()]) || payload.issuer() != Some("consumer-at-fake") {
         return refuse("aud or iss");
     }
     let token = uuid::Uuid::new_v4().to_string();
@@ -411,17 +371,10 @@ async fn kickoff(
         return (StatusCode::UNAUTHORIZED, Json(oo("token required"))).into_response();
     }
     if headers.get("prefer").and_then(|v| v.to_str().ok()) != Some("respond-async") {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(oo("Prefer: respond-async required")),
-        )
-            .into_response();
+        return (StatusCode::BAD_REQUEST, Json(oo("Prefer: respond-async required"))).into_response();
     }
     let mut res = StatusCode::ACCEPTED.into_response();
-    res.headers_mut().insert(
-        "content-location",
-        format!("{}/fhir/status/1", f.origin()).parse().unwrap(),
-    );
+    res.headers_mut().insert("content-location", format!("{}/fhir/status/1", f.origin()).parse().unwrap());
     res
 }
 
@@ -441,18 +394,15 @@ async fn status(
         None => Json(f.manifest()).into_response(),
         Some(StatusStep::Pending(retry)) => {
             let mut res = StatusCode::ACCEPTED.into_response();
-            res.headers_mut()
-                .insert("x-progress", "50% done".parse().unwrap());
+            res.headers_mut().insert("x-progress", "50% done".parse().unwrap());
             if let Some(s) = retry {
-                res.headers_mut()
-                    .insert("retry-after", s.to_string().parse().unwrap());
+                res.headers_mut().insert("retry-after", s.to_string().parse().unwrap());
             }
             res
         }
         Some(StatusStep::TooMany(s)) => {
             let mut res = (StatusCode::TOO_MANY_REQUESTS, Json(oo("slow down"))).into_response();
-            res.headers_mut()
-                .insert("retry-after", s.to_string().parse().unwrap());
+            res.headers_mut().insert("retry-after", s.to_string().parse().unwrap());
             res
         }
         Some(StatusStep::Unavailable) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
@@ -505,13 +455,8 @@ async fn file(
     headers: HeaderMap,
 ) -> Response {
     f.record(&method, &uri, &headers, b"");
-    let (requires, file, chunk) = f.with(|i| {
-        (
-            i.requires_access_token,
-            i.files.iter().find(|x| x.name == name).cloned(),
-            i.chunk_size,
-        )
-    });
+    let (requires, file, chunk) =
+        f.with(|i| (i.requires_access_token, i.files.iter().find(|x| x.name == name).cloned(), i.chunk_size));
     if requires && !f.authorized(&headers) {
         return (StatusCode::UNAUTHORIZED, Json(oo("token required"))).into_response();
     }
@@ -538,16 +483,12 @@ async fn file(
         file.bytes.clone()
     };
     // Small chunks so lines and multi-byte characters are split across network reads.
-    let chunks: Vec<Result<Bytes, std::io::Error>> = bytes
-        .chunks(chunk.max(1))
-        .map(|c| Ok(Bytes::copy_from_slice(c)))
-        .collect();
+    let chunks: Vec<Result<Bytes, std::io::Error>> =
+        bytes.chunks(chunk.max(1)).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
     let mut res = Response::new(Body::from_stream(futures::stream::iter(chunks)));
-    res.headers_mut()
-        .insert("content-type", "application/fhir+ndjson".parse().unwrap());
+    res.headers_mut().insert("content-type", "application/fhir+ndjson".parse().unwrap());
     if file.gzip {
-        res.headers_mut()
-            .insert("content-encoding", "gzip".parse().unwrap());
+        res.headers_mut().insert("content-encoding", "gzip".parse().unwrap());
     }
     res
 }

@@ -31,8 +31,12 @@ pub struct TestApp {
     _tmp: Option<TempDir>,
 }
 
+/// The admin credential every test app is configured with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123456789";
+
 pub fn test_config(dir: &Path) -> Config {
     let mut c = Config::defaults();
+    c.admin_token = Some(ADMIN_TOKEN.to_string().into());
     c.port = 0;
     c.data_dir = dir.join("data");
     c.jobs_path = dir.join("jobs");
@@ -82,10 +86,7 @@ pub async fn start(config: Config, provider: FakeProvider, dir: PathBuf) -> Test
     provider.set_consumer_jwks_url(format!("{base}/jwks"));
     TestApp {
         base,
-        http: reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap(),
+        http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
         provider,
         provider_key: ES384.generate_key_pair().unwrap().to_jwk_key_pair(),
         client_id: String::new(),
@@ -115,12 +116,7 @@ impl TestApp {
     }
 
     pub async fn register(&self, body: &Value) -> Response {
-        self.http
-            .post(format!("{}/auth/register", self.base))
-            .json(body)
-            .send()
-            .await
-            .unwrap()
+        self.http.post(format!("{}/auth/register", self.base)).bearer_auth(ADMIN_TOKEN).json(body).send().await.unwrap()
     }
 
     pub fn public_jwks(&self) -> Value {
@@ -162,21 +158,13 @@ impl TestApp {
     }
 
     pub async fn post_token(&self, form: &[(&str, &str)]) -> Response {
-        self.http
-            .post(format!("{}/auth/token", self.base))
-            .form(form)
-            .send()
-            .await
-            .unwrap()
+        self.http.post(format!("{}/auth/token", self.base)).form(form).send().await.unwrap()
     }
 
     pub fn token_form(assertion: &str) -> Vec<(&'static str, String)> {
         vec![
             ("grant_type", "client_credentials".into()),
-            (
-                "client_assertion_type",
-                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
-            ),
+            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into()),
             ("client_assertion", assertion.into()),
             ("scope", "system/*.*".into()),
         ]
@@ -188,23 +176,12 @@ impl TestApp {
         let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let res = self.post_token(&form).await;
         assert_eq!(res.status(), 200);
-        res.json::<Value>().await.unwrap()["access_token"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        res.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string()
     }
 
-    pub async fn post_import_raw(
-        &self,
-        token: Option<&str>,
-        content_type: &str,
-        body: String,
-    ) -> Response {
-        let mut req = self
-            .http
-            .post(format!("{}/$import", self.base))
-            .header("content-type", content_type)
-            .body(body);
+    pub async fn post_import_raw(&self, token: Option<&str>, content_type: &str, body: String) -> Response {
+        let mut req =
+            self.http.post(format!("{}/$import", self.base)).header("content-type", content_type).body(body);
         if let Some(t) = token {
             req = req.header("authorization", format!("bearer {t}"));
         }
@@ -213,61 +190,32 @@ impl TestApp {
 
     pub async fn post_import(&self, body: &Value) -> Response {
         let token = self.token().await;
-        self.post_import_raw(Some(&token), "application/fhir+json", body.to_string())
-            .await
+        self.post_import_raw(Some(&token), "application/fhir+json", body.to_string()).await
     }
 
     /// Ping with an export URL and type; returns the job id.
     pub async fn start_import(&self, export_url: &str, export_type: &str) -> String {
         let res = self.post_import(&ping(export_url, export_type)).await;
-        assert_eq!(
-            res.status(),
-            StatusCode::ACCEPTED,
-            "{}",
-            res.text().await.unwrap()
-        );
-        let location = res.headers()["content-location"]
-            .to_str()
-            .unwrap()
-            .to_string();
-        assert!(
-            location.starts_with(&format!("{}/job/", self.base)),
-            "{location}"
-        );
+        assert_eq!(res.status(), StatusCode::ACCEPTED, "{}", res.text().await.unwrap());
+        let location = res.headers()["content-location"].to_str().unwrap().to_string();
+        assert!(location.starts_with(&format!("{}/job/", self.base)), "{location}");
         location.rsplit('/').next().unwrap().to_string()
     }
 
     pub async fn get_job(&self, id: &str) -> Response {
-        self.http
-            .get(format!("{}/job/{id}", self.base))
-            .send()
-            .await
-            .unwrap()
+        self.http.get(format!("{}/job/{id}", self.base)).send().await.unwrap()
     }
 
     pub async fn delete_job(&self, id: &str) -> Response {
-        self.http
-            .delete(format!("{}/job/{id}", self.base))
-            .send()
-            .await
-            .unwrap()
+        self.http.delete(format!("{}/job/{id}", self.base)).send().await.unwrap()
     }
 
     pub async fn get_outcomes(&self, id: &str) -> Vec<Value> {
-        let res = self
-            .http
-            .get(format!("{}/job/{id}/import-outcome.ndjson", self.base))
-            .send()
-            .await
-            .unwrap();
+        let res =
+            self.http.get(format!("{}/job/{id}/import-outcome.ndjson", self.base)).send().await.unwrap();
         assert_eq!(res.status(), 200);
         assert_eq!(res.headers()["content-type"], "application/fhir+ndjson");
-        res.text()
-            .await
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        res.text().await.unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 
     /// Poll until the job leaves 202, with a deadline; returns the final response.
@@ -303,5 +251,9 @@ pub fn observations(n: usize) -> String {
 }
 
 pub fn patients(n: usize) -> String {
-    (0..n).map(|i| format!("{{\"resourceType\":\"Patient\",\"id\":\"p{i}\",\"name\":[{{\"family\":\"Müller\"}}]}}\n")).collect()
+    (0..n)
+        .map(|i| {
+            format!("{{\"resourceType\":\"Patient\",\"id\":\"p{i}\",\"name\":[{{\"family\":\"Müller\"}}]}}\n")
+        })
+        .collect()
 }

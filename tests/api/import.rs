@@ -8,31 +8,20 @@ async fn outcome(res: reqwest::Response) -> (u16, String) {
     assert_eq!(res.headers()["content-type"], "application/fhir+json");
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["resourceType"], "OperationOutcome");
-    (
-        status,
-        body["issue"][0]["diagnostics"]
-            .as_str()
-            .unwrap()
-            .to_string(),
-    )
+    (status, body["issue"][0]["diagnostics"].as_str().unwrap().to_string())
 }
 
 #[tokio::test]
 async fn a_ping_without_a_valid_token_is_refused() {
     let app = spawn_app().await;
     let body = ping(&app.provider.export_url(), "dynamic").to_string();
-    let res = app
-        .post_import_raw(None, "application/fhir+json", body.clone())
-        .await;
+    let res = app.post_import_raw(None, "application/fhir+json", body.clone()).await;
     assert_eq!(res.headers()["www-authenticate"], "Bearer");
     let (status, text) = outcome(res).await;
     assert_eq!(status, 401);
     assert!(text.contains("authorization is required"), "{text}");
-    let (status, _) = outcome(
-        app.post_import_raw(Some("not-a-token"), "application/fhir+json", body.clone())
-            .await,
-    )
-    .await;
+    let (status, _) =
+        outcome(app.post_import_raw(Some("not-a-token"), "application/fhir+json", body.clone()).await).await;
     assert_eq!(status, 401);
     let res = app
         .http
@@ -76,11 +65,8 @@ async fn bad_ping_bodies_get_a_400_that_names_the_problem() {
         ),
     ];
     for (body, expected) in cases {
-        let (status, text) = outcome(
-            app.post_import_raw(Some(&token), "application/fhir+json", body.clone())
-                .await,
-        )
-        .await;
+        let (status, text) =
+            outcome(app.post_import_raw(Some(&token), "application/fhir+json", body.clone()).await).await;
         assert_eq!(status, 400, "{body}");
         assert!(text.contains(expected), "{body}: {text}");
     }
@@ -108,30 +94,17 @@ async fn unsupported_headers_and_media_types_are_refused() {
         }
         req.send()
     };
-    let (status, text) = outcome(
-        send(Some("text/html"), None, "application/fhir+json")
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, text) = outcome(send(Some("text/html"), None, "application/fhir+json").await.unwrap()).await;
     assert_eq!(status, 406, "{text}");
-    let (status, text) = outcome(
-        send(None, Some("respond-sync"), "application/fhir+json")
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, text) =
+        outcome(send(None, Some("respond-sync"), "application/fhir+json").await.unwrap()).await;
     assert_eq!((status, text.contains("respond-async")), (400, true));
     let (status, _) = outcome(send(None, None, "text/plain").await.unwrap()).await;
     assert_eq!(status, 415);
     // The defaults and the accepted forms pass.
-    let res = send(
-        Some("application/fhir+json"),
-        Some("respond-async"),
-        "application/json; charset=utf-8",
-    )
-    .await
-    .unwrap();
+    let res = send(Some("application/fhir+json"), Some("respond-async"), "application/json; charset=utf-8")
+        .await
+        .unwrap();
     assert_eq!(res.status(), 202);
 }
 
@@ -140,26 +113,17 @@ async fn an_oversized_body_is_refused_with_413() {
     let app = spawn_app_with(|c| c.limits.max_body_bytes = 4096).await;
     let token = app.token().await;
     let big = json!({"resourceType":"Parameters","parameter":[{"name":"exportUrl","valueUrl": "x".repeat(10_000)}]});
-    let (status, text) = outcome(
-        app.post_import_raw(Some(&token), "application/fhir+json", big.to_string())
-            .await,
-    )
-    .await;
+    let (status, text) =
+        outcome(app.post_import_raw(Some(&token), "application/fhir+json", big.to_string()).await).await;
     assert_eq!(status, 413, "{text}");
 }
 
 #[tokio::test]
 async fn pings_beyond_the_concurrent_job_limit_get_429_with_retry_after() {
     let app = spawn_app_with(|c| c.limits.max_concurrent_jobs = 1).await;
-    app.provider.script_status(vec![
-        super::fake_provider::StatusStep::Pending(Some(1));
-        100
-    ]);
-    app.start_import(&app.provider.export_url(), "dynamic")
-        .await;
-    let res = app
-        .post_import(&ping(&app.provider.export_url(), "dynamic"))
-        .await;
+    app.provider.script_status(vec![super::fake_provider::StatusStep::Pending(Some(1)); 100]);
+    app.start_import(&app.provider.export_url(), "dynamic").await;
+    let res = app.post_import(&ping(&app.provider.export_url(), "dynamic")).await;
     assert!(res.headers().contains_key("retry-after"));
     assert_eq!(outcome(res).await.0, 429);
 }

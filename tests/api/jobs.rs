@@ -19,40 +19,24 @@ async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
 #[tokio::test]
 async fn an_unknown_job_is_a_404_operation_outcome() {
     let app = spawn_app().await;
-    for id in [
-        "0123456789abcdef0123456789abcdef",
-        "not-a-hex-id",
-        "%2e%2e%2fetc",
-    ] {
+    for id in ["0123456789abcdef0123456789abcdef", "not-a-hex-id", "%2e%2e%2fetc"] {
         let res = app.get_job(id).await;
         assert_eq!(res.status(), 404);
         let body: Value = res.json().await.unwrap();
         assert_eq!(body["resourceType"], "OperationOutcome");
     }
-    assert_eq!(
-        app.delete_job("0123456789abcdef0123456789abcdef")
-            .await
-            .status(),
-        404
-    );
+    assert_eq!(app.delete_job("0123456789abcdef0123456789abcdef").await.status(), 404);
 }
 
 #[tokio::test]
 async fn a_running_job_answers_202_with_progress_and_no_store() {
     let app = spawn_app().await;
-    app.provider
-        .script_status(vec![StatusStep::Pending(Some(1)); 50]);
-    let id = app
-        .start_import(&app.provider.export_url(), "dynamic")
-        .await;
+    app.provider.script_status(vec![StatusStep::Pending(Some(1)); 50]);
+    let id = app.start_import(&app.provider.export_url(), "dynamic").await;
     assert_eq!(id.len(), 32, "128-bit ids");
     let res = app.get_job(&id).await;
     assert_eq!(res.status(), 202);
-    assert!(res.headers()["x-progress"]
-        .to_str()
-        .unwrap()
-        .parse::<f64>()
-        .is_ok());
+    assert!(res.headers()["x-progress"].to_str().unwrap().parse::<f64>().is_ok());
     assert!(res.headers().contains_key("retry-after"));
     assert_eq!(res.headers()["cache-control"], "no-store");
     // The provider's progress reaches the status.
@@ -69,21 +53,12 @@ async fn a_running_job_answers_202_with_progress_and_no_store() {
 #[tokio::test]
 async fn delete_cancels_a_running_job_and_later_polls_are_404() {
     let app = spawn_app().await;
-    app.provider
-        .script_status(vec![StatusStep::Pending(Some(1)); 50]);
-    let id = app
-        .start_import(&app.provider.export_url(), "dynamic")
-        .await;
-    wait_until("kick-off", async || {
-        !app.provider.requests_to("/fhir/status/").is_empty()
-    })
-    .await;
+    app.provider.script_status(vec![StatusStep::Pending(Some(1)); 50]);
+    let id = app.start_import(&app.provider.export_url(), "dynamic").await;
+    wait_until("kick-off", async || !app.provider.requests_to("/fhir/status/").is_empty()).await;
     let res = app.delete_job(&id).await;
     assert_eq!(res.status(), 202);
-    assert_eq!(
-        res.json::<Value>().await.unwrap()["resourceType"],
-        "OperationOutcome"
-    );
+    assert_eq!(res.json::<Value>().await.unwrap()["resourceType"], "OperationOutcome");
     assert_eq!(app.get_job(&id).await.status(), 404);
     // The job stopped polling.
     let polls = app.provider.requests_to("/fhir/status/").len();
@@ -94,11 +69,8 @@ async fn delete_cancels_a_running_job_and_later_polls_are_404() {
 #[tokio::test]
 async fn delete_removes_a_finished_job_and_its_files() {
     let app = spawn_app().await;
-    app.provider
-        .add_file("o.ndjson", "Observation", observations(5));
-    let id = app
-        .start_import(&app.provider.manifest_url(), "static")
-        .await;
+    app.provider.add_file("o.ndjson", "Observation", observations(5));
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
     assert_eq!(app.wait_for_job(&id).await.status(), 200);
     assert!(app.jobs_dir(&id).exists());
     assert_eq!(app.delete_job(&id).await.status(), 202);
@@ -113,34 +85,21 @@ async fn the_reaper_removes_finished_jobs_after_jobs_max_age() {
         c.reaper_interval = Duration::from_millis(200);
     })
     .await;
-    app.provider
-        .add_file("o.ndjson", "Observation", observations(5));
-    let id = app
-        .start_import(&app.provider.manifest_url(), "static")
-        .await;
+    app.provider.add_file("o.ndjson", "Observation", observations(5));
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
     assert_eq!(app.wait_for_job(&id).await.status(), 200);
-    wait_until("the reaper", async || {
-        app.get_job(&id).await.status() == 404
-    })
-    .await;
+    wait_until("the reaper", async || app.get_job(&id).await.status() == 404).await;
     assert!(!app.jobs_dir(&id).exists());
 }
 
 #[tokio::test]
 async fn a_restart_resumes_a_job_without_a_second_kickoff_and_delete_works_after_restart() {
     let app = spawn_app().await;
-    app.provider
-        .script_status(vec![StatusStep::Pending(Some(1)); 3]);
+    app.provider.script_status(vec![StatusStep::Pending(Some(1)); 3]);
     let obs = observations(30);
-    app.provider
-        .add_file("o.ndjson", "Observation", obs.clone());
-    let id = app
-        .start_import(&app.provider.export_url(), "dynamic")
-        .await;
-    wait_until("kick-off", async || {
-        !app.provider.requests_to("/fhir/status/").is_empty()
-    })
-    .await;
+    app.provider.add_file("o.ndjson", "Observation", obs.clone());
+    let id = app.start_import(&app.provider.export_url(), "dynamic").await;
+    wait_until("kick-off", async || !app.provider.requests_to("/fhir/status/").is_empty()).await;
     let base_before = app.base.clone();
     let (provider, dir, key, client_id, tmp) = app.stop().await;
 
@@ -151,15 +110,8 @@ async fn a_restart_resumes_a_job_without_a_second_kickoff_and_delete_works_after
     assert_ne!(app.base, base_before);
     let res = app.wait_for_job(&id).await;
     assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
-    assert_eq!(
-        app.provider.requests_to("/fhir/$export").len(),
-        1,
-        "no second kick-off"
-    );
-    assert_eq!(
-        std::fs::read_to_string(app.jobs_dir(&id).join("Observation.1.ndjson")).unwrap(),
-        obs
-    );
+    assert_eq!(app.provider.requests_to("/fhir/$export").len(), 1, "no second kick-off");
+    assert_eq!(std::fs::read_to_string(app.jobs_dir(&id).join("Observation.1.ndjson")).unwrap(), obs);
     // Registrations survived too: the provider can still get a token.
     let _ = app.token().await;
     assert_eq!(app.delete_job(&id).await.status(), 202);
@@ -174,41 +126,24 @@ async fn the_reaper_cancels_and_removes_a_job_stuck_past_twice_the_max_age() {
         c.reaper_interval = Duration::from_millis(200);
     })
     .await;
-    app.provider
-        .script_status(vec![StatusStep::Pending(Some(1)); 100]);
-    let id = app
-        .start_import(&app.provider.export_url(), "dynamic")
-        .await;
+    app.provider.script_status(vec![StatusStep::Pending(Some(1)); 100]);
+    let id = app.start_import(&app.provider.export_url(), "dynamic").await;
     assert_eq!(app.get_job(&id).await.status(), 202);
-    wait_until("the reaper", async || {
-        app.get_job(&id).await.status() == 404
-    })
-    .await;
+    wait_until("the reaper", async || app.get_job(&id).await.status() == 404).await;
     let polls = app.provider.requests_to("/fhir/status/").len();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        app.provider.requests_to("/fhir/status/").len(),
-        polls,
-        "the stuck job was cancelled"
-    );
+    assert_eq!(app.provider.requests_to("/fhir/status/").len(), polls, "the stuck job was cancelled");
 }
 
 #[tokio::test]
 async fn after_a_restart_mid_import_finished_files_are_not_downloaded_again() {
     let app = spawn_app_with(|c| c.limits.parallel_downloads = 1).await;
     let obs = observations(20);
-    app.provider
-        .add_file("a.ndjson", "Observation", obs.clone());
-    app.provider
-        .add_file("b.ndjson", "Observation", obs.clone());
+    app.provider.add_file("a.ndjson", "Observation", obs.clone());
+    app.provider.add_file("b.ndjson", "Observation", obs.clone());
     app.provider.hold_file("b.ndjson");
-    let id = app
-        .start_import(&app.provider.manifest_url(), "static")
-        .await;
-    wait_until("the second file", async || {
-        !app.provider.requests_to("/fhir/files/b").is_empty()
-    })
-    .await;
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    wait_until("the second file", async || !app.provider.requests_to("/fhir/files/b").is_empty()).await;
     let (provider, dir, key, client_id, tmp) = app.stop().await;
     provider.release_files();
 
@@ -217,26 +152,11 @@ async fn after_a_restart_mid_import_finished_files_are_not_downloaded_again() {
     app.client_id = client_id;
     let _tmp = tmp;
     assert_eq!(app.wait_for_job(&id).await.status(), 200);
-    assert_eq!(
-        app.provider.requests_to("/fhir/files/a").len(),
-        1,
-        "finished file fetched once"
-    );
-    assert_eq!(
-        app.provider.requests_to("/fhir/files/b").len(),
-        2,
-        "interrupted file fetched again"
-    );
-    assert_eq!(
-        app.provider.requests_to("/fhir/manifest.json").len(),
-        1,
-        "plan kept across the restart"
-    );
+    assert_eq!(app.provider.requests_to("/fhir/files/a").len(), 1, "finished file fetched once");
+    assert_eq!(app.provider.requests_to("/fhir/files/b").len(), 2, "interrupted file fetched again");
+    assert_eq!(app.provider.requests_to("/fhir/manifest.json").len(), 1, "plan kept across the restart");
     for name in ["Observation.1.ndjson", "Observation.2.ndjson"] {
-        assert_eq!(
-            std::fs::read_to_string(app.jobs_dir(&id).join(name)).unwrap(),
-            obs
-        );
+        assert_eq!(std::fs::read_to_string(app.jobs_dir(&id).join(name)).unwrap(), obs);
     }
     assert!(!app.jobs_dir(&id).join("Observation.2.ndjson.part").exists());
 }

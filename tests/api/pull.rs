@@ -25,19 +25,13 @@ async fn a_static_import_writes_byte_identical_files_and_reports_each_one() {
     let app = spawn_app().await;
     let obs = observations(200);
     let pts = patients(20);
-    app.provider
-        .add_file("obs.ndjson", "Observation", obs.clone());
+    app.provider.add_file("obs.ndjson", "Observation", obs.clone());
     app.provider.add_file("pat.ndjson", "Patient", pts.clone());
-    let id = app
-        .start_import(&app.provider.manifest_url(), "static")
-        .await;
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
     let body = completed(&app, &id).await;
     assert_eq!(body["requiresAccessToken"], false);
     assert!(body["transactionTime"].as_str().unwrap().ends_with('Z'));
-    assert_eq!(
-        body["outcome"][0]["url"],
-        format!("{}/job/{id}/import-outcome.ndjson", app.base)
-    );
+    assert_eq!(body["outcome"][0]["url"], format!("{}/job/{id}/import-outcome.ndjson", app.base));
     assert_eq!(body["outcome"][0]["count"], 2);
     assert_eq!(read(&app, &id, "Observation.1.ndjson"), obs);
     assert_eq!(read(&app, &id, "Patient.1.ndjson"), pts);
@@ -60,10 +54,8 @@ async fn a_static_import_writes_byte_identical_files_and_reports_each_one() {
 async fn a_dynamic_import_kicks_off_polls_with_retry_after_and_imports() {
     let app = spawn_app().await;
     let obs = observations(50);
-    app.provider
-        .add_file("o1.ndjson", "Observation", obs.clone());
-    app.provider
-        .add_file("o2.ndjson", "Observation", obs.clone());
+    app.provider.add_file("o1.ndjson", "Observation", obs.clone());
+    app.provider.add_file("o2.ndjson", "Observation", obs.clone());
     app.provider.script_status(vec![
         StatusStep::Pending(Some(1)),
         StatusStep::TooMany(1),
@@ -72,64 +64,36 @@ async fn a_dynamic_import_kicks_off_polls_with_retry_after_and_imports() {
     ]);
     let started = Instant::now();
     let res = app
-        .post_import(
-            &serde_json::json!({"resourceType":"Parameters","parameter":[
+        .post_import(&serde_json::json!({"resourceType":"Parameters","parameter":[
             {"name":"exportUrl","valueUrl": app.provider.export_url()},
             {"name":"_type","valueString":"Observation"},
             {"name":"_since","valueInstant":"2024-01-01T00:00:00Z"},
-            {"name":"patient","valueReference":{"reference":"Patient/123"}}]}),
-        )
+            {"name":"patient","valueReference":{"reference":"Patient/123"}}]}))
         .await;
     assert_eq!(res.status(), 202);
-    let id = res.headers()["content-location"]
-        .to_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let id = res.headers()["content-location"].to_str().unwrap().rsplit('/').next().unwrap().to_string();
     completed(&app, &id).await;
     // Two Retry-After: 1 waits were honoured.
-    assert!(
-        started.elapsed() >= Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() >= Duration::from_secs(2), "{:?}", started.elapsed());
     assert_eq!(read(&app, &id, "Observation.1.ndjson"), obs);
     assert_eq!(read(&app, &id, "Observation.2.ndjson"), obs);
     let kickoffs = app.provider.requests_to("/fhir/$export");
     assert_eq!(kickoffs.len(), 1);
     assert_eq!(kickoffs[0].method, Method::POST);
-    assert!(kickoffs[0]
-        .authorization
-        .as_deref()
-        .unwrap()
-        .starts_with("Bearer "));
+    assert!(kickoffs[0].authorization.as_deref().unwrap().starts_with("Bearer "));
     let sent: Value = serde_json::from_str(&kickoffs[0].body).unwrap();
     let params = sent["parameter"].as_array().unwrap();
-    assert!(params
-        .iter()
-        .any(|p| p["name"] == "_type" && p["valueString"] == "Observation"));
-    assert!(params
-        .iter()
-        .any(|p| p["name"] == "_since" && p["valueInstant"] == "2024-01-01T00:00:00Z"));
+    assert!(params.iter().any(|p| p["name"] == "_type" && p["valueString"] == "Observation"));
+    assert!(params.iter().any(|p| p["name"] == "_since" && p["valueInstant"] == "2024-01-01T00:00:00Z"));
     assert!(params
         .iter()
         .any(|p| p["name"] == "patient" && p["valueReference"]["reference"] == "Patient/123"));
     // Status polls: 4 scripted + the final 200; then a DELETE to release the export.
-    let polls: Vec<_> = app
-        .provider
-        .requests_to("/fhir/status/")
-        .into_iter()
-        .filter(|r| r.method == Method::GET)
-        .collect();
+    let polls: Vec<_> =
+        app.provider.requests_to("/fhir/status/").into_iter().filter(|r| r.method == Method::GET).collect();
     assert_eq!(polls.len(), 5);
-    let deletes = app
-        .provider
-        .requests_to("/fhir/status/")
-        .into_iter()
-        .filter(|r| r.method == Method::DELETE)
-        .count();
+    let deletes =
+        app.provider.requests_to("/fhir/status/").into_iter().filter(|r| r.method == Method::DELETE).count();
     assert_eq!(deletes, 1);
 }
 
@@ -139,26 +103,15 @@ async fn a_provider_that_refuses_post_kickoff_gets_a_get_with_query_parameters()
     app.provider.refuse_post_kickoff();
     app.provider.add_file("p.ndjson", "Patient", patients(3));
     let res = app
-        .post_import(
-            &serde_json::json!({"resourceType":"Parameters","parameter":[
+        .post_import(&serde_json::json!({"resourceType":"Parameters","parameter":[
             {"name":"exportUrl","valueUrl": app.provider.export_url()},
-            {"name":"_type","valueString":"Patient"}]}),
-        )
+            {"name":"_type","valueString":"Patient"}]}))
         .await;
-    let id = res.headers()["content-location"]
-        .to_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let id = res.headers()["content-location"].to_str().unwrap().rsplit('/').next().unwrap().to_string();
     completed(&app, &id).await;
     let kickoffs = app.provider.requests_to("/fhir/$export");
     assert_eq!(
-        kickoffs
-            .iter()
-            .map(|r| r.method.clone())
-            .collect::<Vec<_>>(),
+        kickoffs.iter().map(|r| r.method.clone()).collect::<Vec<_>>(),
         vec![Method::POST, Method::GET]
     );
     assert_eq!(kickoffs[1].query.as_deref(), Some("_type=Patient"));
@@ -167,40 +120,25 @@ async fn a_provider_that_refuses_post_kickoff_gets_a_get_with_query_parameters()
 #[tokio::test]
 async fn a_fatal_export_error_fails_the_job_with_the_providers_message() {
     let app = spawn_app().await;
-    app.provider
-        .script_status(vec![StatusStep::Fatal("the export ran out of disk")]);
-    let id = app
-        .start_import(&app.provider.export_url(), "dynamic")
-        .await;
+    app.provider.script_status(vec![StatusStep::Fatal("the export ran out of disk")]);
+    let id = app.start_import(&app.provider.export_url(), "dynamic").await;
     let res = app.wait_for_job(&id).await;
     assert_eq!(res.status(), 500);
     let body: Value = res.json().await.unwrap();
     let text = body["issue"][0]["diagnostics"].as_str().unwrap();
-    assert!(
-        text.contains("the export ran out of disk") && text.contains("400"),
-        "{text}"
-    );
+    assert!(text.contains("the export ran out of disk") && text.contains("400"), "{text}");
     let outcomes = app.get_outcomes(&id).await;
-    assert!(outcomes[0]["issue"][0]["diagnostics"]
-        .as_str()
-        .unwrap()
-        .contains("ran out of disk"));
+    assert!(outcomes[0]["issue"][0]["diagnostics"].as_str().unwrap().contains("ran out of disk"));
 }
 
 #[tokio::test]
 async fn a_5xx_storm_on_the_status_url_fails_the_job_after_bounded_retries() {
     let app = spawn_app().await;
-    app.provider
-        .script_status(vec![StatusStep::Unavailable; 10]);
-    let id = app
-        .start_import(&app.provider.export_url(), "dynamic")
-        .await;
+    app.provider.script_status(vec![StatusStep::Unavailable; 10]);
+    let id = app.start_import(&app.provider.export_url(), "dynamic").await;
     let res = app.wait_for_job(&id).await;
     assert_eq!(res.status(), 500);
-    let text = res.json::<Value>().await.unwrap()["issue"][0]["diagnostics"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let text = res.json::<Value>().await.unwrap()["issue"][0]["diagnostics"].as_str().unwrap().to_string();
     assert!(text.contains("503"), "{text}");
     // max_retries = 3 in tests: 4 attempts, no more.
     assert_eq!(app.provider.requests_to("/fhir/status/").len(), 4);
@@ -210,26 +148,16 @@ async fn a_5xx_storm_on_the_status_url_fails_the_job_after_bounded_retries() {
 async fn bad_files_fail_alone_with_file_line_and_reason_while_good_files_land() {
     let app = spawn_app_with(|c| c.limits.max_line_bytes = 1000).await;
     let good = observations(10);
-    let broken = format!(
-        "{}{{\"resourceType\":\"Observation\",\"id\":\"x\"\n",
-        observations(2)
-    );
+    let broken = format!("{}{{\"resourceType\":\"Observation\",\"id\":\"x\"\n", observations(2));
     let wrong_type = format!("{}{}", observations(1), patients(1));
     let no_id = format!("{}{{\"resourceType\":\"Observation\"}}\n", observations(3));
-    let too_long = format!(
-        "{}{{\"resourceType\":\"Observation\",\"id\":\"{}\"}}\n",
-        observations(1),
-        "x".repeat(5000)
-    );
-    app.provider
-        .add_file("good.ndjson", "Observation", good.clone());
-    app.provider
-        .add_file("broken.ndjson", "Observation", broken);
-    app.provider
-        .add_file("wrong.ndjson", "Observation", wrong_type);
+    let too_long =
+        format!("{}{{\"resourceType\":\"Observation\",\"id\":\"{}\"}}\n", observations(1), "x".repeat(5000));
+    app.provider.add_file("good.ndjson", "Observation", good.clone());
+    app.provider.add_file("broken.ndjson", "Observation", broken);
+    app.provider.add_file("wrong.ndjson", "Observation", wrong_type);
     app.provider.add_file("noid.ndjson", "Observation", no_id);
-    app.provider
-        .add_file("long.ndjson", "Observation", too_long);
+    app.provider.add_file("long.ndjson", "Observation", too_long);
     app.provider.push_file(FakeFile {
         name: "gone.ndjson".into(),
         resource_type: "Observation".into(),
@@ -237,45 +165,25 @@ async fn bad_files_fail_alone_with_file_line_and_reason_while_good_files_land() 
         gzip: false,
         missing: true,
     });
-    app.provider
-        .add_manifest_url("Observation", "http://127.0.0.1:9/elsewhere.ndjson");
-    let id = app
-        .start_import(&app.provider.manifest_url(), "static")
-        .await;
+    app.provider.add_manifest_url("Observation", "http://127.0.0.1:9/elsewhere.ndjson");
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
     let body = completed(&app, &id).await;
     assert_eq!(body["extension"]["failedFiles"], 6);
     assert_eq!(read(&app, &id, "Observation.1.ndjson"), good);
     let outcomes = app.get_outcomes(&id).await;
-    let text = |i: usize| {
-        outcomes[i]["issue"][0]["diagnostics"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let text = |i: usize| outcomes[i]["issue"][0]["diagnostics"].as_str().unwrap().to_string();
     assert_eq!(outcomes[0]["issue"][0]["severity"], "information");
     let expectations = [
         (1, "broken.ndjson", "line 3 is not a JSON object"),
         (2, "wrong.ndjson", "line 2 has resourceType 'Patient'"),
         (3, "noid.ndjson", "line 4 (Observation) has no id"),
-        (
-            4,
-            "long.ndjson",
-            "line 2 is longer than the 1000-byte limit",
-        ),
+        (4, "long.ndjson", "line 2 is longer than the 1000-byte limit"),
         (5, "gone.ndjson", "404"),
-        (
-            6,
-            "elsewhere.ndjson",
-            "not under the registered provider's base URL",
-        ),
+        (6, "elsewhere.ndjson", "not under the registered provider's base URL"),
     ];
     for (i, file, reason) in expectations {
         assert_eq!(outcomes[i]["issue"][0]["severity"], "error");
-        assert!(
-            text(i).contains(file) && text(i).contains(reason),
-            "{i}: {}",
-            text(i)
-        );
+        assert!(text(i).contains(file) && text(i).contains(reason), "{i}: {}", text(i));
     }
     // Failed files leave nothing behind; the other host was never contacted with our token.
     let names: Vec<String> = std::fs::read_dir(app.jobs_dir(&id))
@@ -297,9 +205,7 @@ async fn gzip_files_are_decoded_and_stored_as_the_original_bytes() {
         gzip: true,
         missing: false,
     });
-    let id = app
-        .start_import(&app.provider.manifest_url(), "static")
-        .await;
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
     completed(&app, &id).await;
     assert_eq!(read(&app, &id, "Observation.1.ndjson"), obs);
 }
@@ -310,21 +216,13 @@ async fn the_token_goes_to_file_urls_only_when_the_manifest_requires_it() {
         let app = spawn_app().await;
         app.provider.requires_access_token(requires);
         app.provider.add_file("p.ndjson", "Patient", patients(2));
-        let id = app
-            .start_import(&app.provider.manifest_url(), "static")
-            .await;
+        let id = app.start_import(&app.provider.manifest_url(), "static").await;
         completed(&app, &id).await;
         let files = app.provider.requests_to("/fhir/files/");
         assert_eq!(files.len(), 1);
-        assert_eq!(
-            files[0].authorization.is_some(),
-            requires,
-            "requiresAccessToken {requires}"
-        );
+        assert_eq!(files[0].authorization.is_some(), requires, "requiresAccessToken {requires}");
         // The manifest itself is always fetched with the token.
-        assert!(app.provider.requests_to("/fhir/manifest.json")[0]
-            .authorization
-            .is_some());
+        assert!(app.provider.requests_to("/fhir/manifest.json")[0].authorization.is_some());
     }
 }
 
@@ -334,35 +232,21 @@ async fn a_provider_without_auth_is_pulled_without_a_token() {
     app.provider.without_auth();
     app.provider.requires_access_token(false);
     app.provider.add_file("p.ndjson", "Patient", patients(2));
-    let id = app
-        .start_import(&app.provider.export_url(), "dynamic")
-        .await;
+    let id = app.start_import(&app.provider.export_url(), "dynamic").await;
     completed(&app, &id).await;
     assert!(app.provider.requests_to("/auth/token").is_empty());
-    assert!(app
-        .provider
-        .requests()
-        .iter()
-        .all(|r| r.authorization.is_none()));
+    assert!(app.provider.requests().iter().all(|r| r.authorization.is_none()));
 }
 
 #[tokio::test]
 async fn a_provider_token_failure_fails_the_job_with_a_fix() {
     let app = spawn_app().await;
     app.provider.fail_token(100);
-    let id = app
-        .start_import(&app.provider.export_url(), "dynamic")
-        .await;
+    let id = app.start_import(&app.provider.export_url(), "dynamic").await;
     let res = app.wait_for_job(&id).await;
     assert_eq!(res.status(), 500);
-    let text = res.json::<Value>().await.unwrap()["issue"][0]["diagnostics"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(
-        text.contains("refused us") && text.contains("invalid_client"),
-        "{text}"
-    );
+    let text = res.json::<Value>().await.unwrap()["issue"][0]["diagnostics"].as_str().unwrap().to_string();
+    assert!(text.contains("refused us") && text.contains("invalid_client"), "{text}");
     assert!(app.provider.requests_to("/fhir/$export").is_empty());
 }
 
@@ -370,14 +254,10 @@ async fn a_provider_token_failure_fails_the_job_with_a_fix() {
 async fn one_provider_token_serves_the_whole_job() {
     let app = spawn_app().await;
     for i in 0..5 {
-        app.provider
-            .add_file(&format!("p{i}.ndjson"), "Patient", patients(2));
+        app.provider.add_file(&format!("p{i}.ndjson"), "Patient", patients(2));
     }
-    app.provider
-        .script_status(vec![StatusStep::Pending(None); 3]);
-    let id = app
-        .start_import(&app.provider.export_url(), "dynamic")
-        .await;
+    app.provider.script_status(vec![StatusStep::Pending(None); 3]);
+    let id = app.start_import(&app.provider.export_url(), "dynamic").await;
     completed(&app, &id).await;
     assert_eq!(app.provider.requests_to("/auth/token").len(), 1);
 }
@@ -386,29 +266,19 @@ async fn one_provider_token_serves_the_whole_job() {
 async fn manifest_next_pages_and_error_files_are_all_imported() {
     let app = spawn_app().await;
     for i in 0..5 {
-        app.provider
-            .add_file(&format!("p{i}.ndjson"), "Patient", patients(i + 1));
+        app.provider.add_file(&format!("p{i}.ndjson"), "Patient", patients(i + 1));
     }
     let provider_errors = "{\"resourceType\":\"OperationOutcome\",\"id\":\"e1\",\"issue\":[{\"severity\":\"warning\",\"code\":\"processing\"}]}\n";
-    app.provider
-        .add_error_file("errors.ndjson", provider_errors);
+    app.provider.add_error_file("errors.ndjson", provider_errors);
     app.provider.page_size(2);
-    let id = app
-        .start_import(&app.provider.manifest_url(), "static")
-        .await;
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
     let body = completed(&app, &id).await;
     assert_eq!(body["extension"]["files"], 6);
     assert_eq!(body["extension"]["failedFiles"], 0);
     for i in 0..5 {
-        assert_eq!(
-            read(&app, &id, &format!("Patient.{}.ndjson", i + 1)),
-            patients(i + 1)
-        );
+        assert_eq!(read(&app, &id, &format!("Patient.{}.ndjson", i + 1)), patients(i + 1));
     }
-    assert_eq!(
-        read(&app, &id, "error-OperationOutcome.1.ndjson"),
-        provider_errors
-    );
+    assert_eq!(read(&app, &id, "error-OperationOutcome.1.ndjson"), provider_errors);
     assert_eq!(app.provider.requests_to("/fhir/manifest-page/").len(), 2);
 }
 
@@ -419,24 +289,14 @@ async fn a_redirect_to_another_host_never_carries_our_token() {
     other.requires_access_token(false);
     other.add_file("there.ndjson", "Patient", patients(4));
     app.provider.add_file("here.ndjson", "Patient", "");
-    app.provider.redirect_file(
-        "here.ndjson",
-        &format!("{}/fhir/files/there.ndjson", other.origin()),
-    );
-    let id = app
-        .start_import(&app.provider.manifest_url(), "static")
-        .await;
+    app.provider.redirect_file("here.ndjson", &format!("{}/fhir/files/there.ndjson", other.origin()));
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
     completed(&app, &id).await;
     assert_eq!(read(&app, &id, "Patient.1.ndjson"), patients(4));
-    assert!(app.provider.requests_to("/fhir/files/")[0]
-        .authorization
-        .is_some());
+    assert!(app.provider.requests_to("/fhir/files/")[0].authorization.is_some());
     let there = other.requests_to("/fhir/files/");
     assert_eq!(there.len(), 1);
-    assert!(
-        there[0].authorization.is_none(),
-        "the token crossed to another host"
-    );
+    assert!(there[0].authorization.is_none(), "the token crossed to another host");
 }
 
 #[tokio::test]
@@ -445,11 +305,8 @@ async fn provider_tokens_are_refreshed_before_expiry_and_once_after_a_401() {
     app.provider.add_file("p.ndjson", "Patient", patients(2));
     // 1 s tokens: we refresh half-way, so a 3 s export needs several.
     app.provider.set_token_lifetime(1);
-    app.provider
-        .script_status(vec![StatusStep::Pending(Some(1)); 3]);
-    let id = app
-        .start_import(&app.provider.export_url(), "dynamic")
-        .await;
+    app.provider.script_status(vec![StatusStep::Pending(Some(1)); 3]);
+    let id = app.start_import(&app.provider.export_url(), "dynamic").await;
     completed(&app, &id).await;
     assert!(
         app.provider.requests_to("/auth/token").len() >= 3,
@@ -459,11 +316,8 @@ async fn provider_tokens_are_refreshed_before_expiry_and_once_after_a_401() {
 
     let app = spawn_app().await;
     app.provider.add_file("p.ndjson", "Patient", patients(2));
-    app.provider
-        .script_status(vec![StatusStep::Pending(Some(1))]);
-    let id = app
-        .start_import(&app.provider.export_url(), "dynamic")
-        .await;
+    app.provider.script_status(vec![StatusStep::Pending(Some(1))]);
+    let id = app.start_import(&app.provider.export_url(), "dynamic").await;
     while app.provider.requests_to("/fhir/status/").is_empty() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

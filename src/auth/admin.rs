@@ -1,0 +1,38 @@
+//! The admin credential guarding registration and its management: `Authorization: Bearer <ADMIN_TOKEN>`.
+use axum::{extract::FromRequestParts, http::request::Parts};
+use secrecy::ExposeSecret;
+
+use super::AuthError;
+use crate::state::AppState;
+
+/// Proof that the request carries the admin token.
+pub struct Admin;
+
+/// Compare without an early exit, so timing does not reveal how much of a guess was right.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = AuthError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, AuthError> {
+        let presented = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().split_once(char::is_whitespace))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim().to_string())
+            .ok_or_else(|| {
+                AuthError::InvalidToken(
+                    "registration needs the admin credential: 'Authorization: Bearer <ADMIN_TOKEN>' (see DATA_DIR/admin-token)".into(),
+                )
+            })?;
+        if same(presented.as_bytes(), app.keys.admin_token().expose_secret().as_bytes()) {
+            Ok(Admin)
+        } else {
+            Err(AuthError::InvalidToken("the admin credential is not valid".into()))
+        }
+    }
+}
