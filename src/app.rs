@@ -6,7 +6,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    auth::{keys::Keys, provider_token::ProviderTokens},
+    auth::{jwks_cache::JwksCache, keys::Keys, provider_token::ProviderTokens},
     config::Config,
     http_client,
     jobs::{reaper, runner::Runner},
@@ -42,6 +42,7 @@ impl App {
         let listener = TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let state = AppState {
             provider_tokens: Arc::new(ProviderTokens::new(http.clone(), keys.clone())),
+            jwks: Arc::new(JwksCache::new(config.limits.jwks_fetch_timeout)),
             config: Arc::new(config),
             store,
             http,

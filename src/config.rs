@@ -46,6 +46,7 @@ pub const DEFAULT_CONNECT_TIMEOUT_SECS: f64 = 10.0;
 pub const DEFAULT_READ_TIMEOUT_SECS: f64 = 60.0;
 /// Shortest `JWT_SECRET`/`ADMIN_TOKEN` we accept.
 pub const MIN_SECRET_CHARS: usize = 32;
+pub const DEFAULT_JWKS_FETCH_TIMEOUT_SECS: f64 = 10.0;
 /// Largest JWKS we fetch from a registered `jwks_uri`.
 pub const MAX_JWKS_BYTES: usize = 64 * 1024;
 
@@ -65,6 +66,8 @@ pub struct Limits {
     pub export_timeout: Duration,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// Longest wait for a registered provider's JWKS URL.
+    pub jwks_fetch_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -83,6 +86,7 @@ impl Default for Limits {
             export_timeout: secs(DEFAULT_EXPORT_TIMEOUT_SECS),
             connect_timeout: secs(DEFAULT_CONNECT_TIMEOUT_SECS),
             read_timeout: secs(DEFAULT_READ_TIMEOUT_SECS),
+            jwks_fetch_timeout: secs(DEFAULT_JWKS_FETCH_TIMEOUT_SECS),
         }
     }
 }
@@ -147,6 +151,7 @@ impl Config {
             export_timeout: r.secs("EXPORT_TIMEOUT", DEFAULT_EXPORT_TIMEOUT_SECS),
             connect_timeout: r.secs("HTTP_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT_SECS),
             read_timeout: r.secs("HTTP_READ_TIMEOUT", DEFAULT_READ_TIMEOUT_SECS),
+            jwks_fetch_timeout: r.secs("JWKS_FETCH_TIMEOUT", DEFAULT_JWKS_FETCH_TIMEOUT_SECS),
         };
         let _ = defaults;
         let destination = match r.string("DESTINATION_TYPE", "dev-null").as_str() {

@@ -2,7 +2,7 @@
 use std::sync::Arc;
 
 use crate::{
-    auth::{keys::Keys, provider_token::ProviderTokens},
+    auth::{jwks_cache::JwksCache, keys::Keys, provider_token::ProviderTokens},
     config::Config,
     destination::Destination,
     jobs::runner::Runner,
@@ -16,6 +16,8 @@ pub struct AppState {
     pub http: reqwest::Client,
     pub keys: Arc<Keys>,
     pub provider_tokens: Arc<ProviderTokens>,
+    /// Cache of registered providers' JWKS URLs.
+    pub jwks: Arc<JwksCache>,
     pub destination: Arc<dyn Destination>,
     pub jobs: Arc<Runner>,
 }

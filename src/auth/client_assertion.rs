@@ -8,15 +8,14 @@ use josekit::{jwk::Jwk, jwt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{access_token, algorithms, AuthError};
-use crate::{config::MAX_JWKS_BYTES, http_client::read_limited, state::AppState, store::providers::Provider};
+use super::{access_token, algorithms, jwks_cache, AuthError};
+use crate::state::AppState;
 
 pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// The longest assertion lifetime SMART allows ("no more than five minutes in the future").
 pub const MAX_ASSERTION_LIFETIME: Duration = Duration::from_secs(300);
 /// Clock skew tolerated on `exp`/`nbf`/`iat`, in one place.
 pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
-const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Deserialize)]
 pub struct TokenForm {
@@ -97,23 +96,32 @@ pub async fn exchange(app: &AppState, token_url: &str, form: TokenForm) -> Resul
         }
     }
 
-    let keys = registered_keys(app, &provider).await?;
     let kty = algorithms::key_type_for(&alg).unwrap_or_default();
-    let candidates: Vec<&Jwk> = keys
-        .iter()
-        .filter(|k| k.key_type() == kty)
-        .filter(|k| header.kid.as_deref().is_none_or(|kid| k.key_id() == Some(kid)))
-        .collect();
-    let key = match candidates.as_slice() {
-        [one] => *one,
-        [] => {
-            return Err(AuthError::InvalidClient(
+    let pick = |keys: &[Jwk]| -> Result<Jwk, AuthError> {
+        let candidates: Vec<&Jwk> = keys
+            .iter()
+            .filter(|k| k.key_type() == kty)
+            .filter(|k| header.kid.as_deref().is_none_or(|kid| k.key_id() == Some(kid)))
+            .collect();
+        match candidates.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(AuthError::InvalidClient(
                 "no registered key matches the assertion's 'kid' and 'alg'".into(),
-            ))
+            )),
+            _ => Err(AuthError::InvalidClient("several registered keys match; send a 'kid' header".into())),
         }
-        _ => {
-            return Err(AuthError::InvalidClient("several registered keys match; send a 'kid' header".into()))
+    };
+    let key = match (&provider.jwks_uri, provider.jwks_value()) {
+        (_, Some(set)) => pick(&jwks_cache::public_keys(&set))?,
+        (Some(uri), None) => {
+            let cached = app.jwks.keys(&app.http, uri, false).await?;
+            match pick(&cached) {
+                Ok(k) => k,
+                // An unknown kid may be a key the client just rotated in: fetch once more.
+                Err(_) => pick(&app.jwks.keys(&app.http, uri, true).await?)?,
+            }
         }
+        (None, None) => return Err(AuthError::InvalidClient("the registration has no keys".into())),
     };
     // We matched `kid` ourselves; a kid on the verifier would make josekit demand one in the header.
     let mut members = key.as_ref().clone();
@@ -165,40 +173,4 @@ pub async fn exchange(app: &AppState, token_url: &str, form: TokenForm) -> Resul
         "scope": scope,
         "client_id": provider.client_id,
     }))
-}
-
-/// The keys of a registration: its inline JWKS or the one at its JWKS URL.
-async fn registered_keys(app: &AppState, provider: &Provider) -> Result<Vec<Jwk>, AuthError> {
-    let set: Value = if let Some(v) = provider.jwks_value() {
-        v
-    } else if let Some(uri) = &provider.jwks_uri {
-        let resp = app
-            .http
-            .get(uri)
-            .header(reqwest::header::ACCEPT, "application/json")
-            .timeout(JWKS_FETCH_TIMEOUT)
-            .send()
-            .await
-            .map_err(|_| AuthError::InvalidClient("the registered JWKS URL could not be fetched".into()))?;
-        if !resp.status().is_success() {
-            return Err(AuthError::InvalidClient(format!(
-                "the registered JWKS URL answered {}",
-                resp.status()
-            )));
-        }
-        let body = read_limited(resp, MAX_JWKS_BYTES)
-            .await
-            .map_err(|e| AuthError::InvalidClient(format!("the registered JWKS could not be read: {e}")))?;
-        serde_json::from_slice(&body)
-            .map_err(|_| AuthError::InvalidClient("the registered JWKS is not JSON".into()))?
-    } else {
-        return Err(AuthError::InvalidClient("the registration has no keys".into()));
-    };
-    let keys = set.get("keys").and_then(Value::as_array).cloned().unwrap_or_default();
-    Ok(keys
-        .into_iter()
-        .filter_map(|k| k.as_object().cloned())
-        .filter_map(|m| Jwk::from_map(m).ok())
-        .filter(|k| k.parameter("d").is_none())
-        .collect())
 }

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod algorithms;
 pub mod client_assertion;
 pub mod error;
+pub mod jwks_cache;
 pub mod keys;
 pub mod provider_base;
 pub mod provider_token;

@@ -75,19 +75,21 @@ pub async fn import_file(
     loop {
         let writer = destination.open(&file.job_id, &file.name).await?;
         match attempt_file(client, &url, auth, file, writer, cancel).await {
-            Ok((resources, bytes, location)) => return Ok(FileResult {
-                state: FileState::Done,
-                resources,
-                bytes,
-                outcome: OperationOutcome::single(
-                    Severity::Information,
-                    IssueCode::Informational,
-                    format!(
+            Ok((resources, bytes, location)) => {
+                return Ok(FileResult {
+                    state: FileState::Done,
+                    resources,
+                    bytes,
+                    outcome: OperationOutcome::single(
+                        Severity::Information,
+                        IssueCode::Informational,
+                        format!(
                         "file {} ({}) imported: {resources} resources, {bytes} bytes, stored as {location}",
                         file.url, file.resource_type
                     ),
-                ),
-            }),
+                    ),
+                })
+            }
             Err(AttemptError::Job(e)) => return Err(e),
             Err(AttemptError::Permanent(code, reason)) => return Ok(FileResult::failed(file, code, reason)),
             Err(AttemptError::Transient(reason)) if attempt >= client.limits.max_retries => {

@@ -269,7 +269,8 @@ async fn registration_and_its_management_need_the_admin_credential() {
         let res = app.http.get(format!("{}{path}", app.base)).send().await.unwrap();
         assert_eq!(res.status(), 401, "{path}");
     }
-    let res = app.http.delete(format!("{}/auth/registrations/{}", app.base, app.client_id)).send().await.unwrap();
+    let res =
+        app.http.delete(format!("{}/auth/registrations/{}", app.base, app.client_id)).send().await.unwrap();
     assert_eq!(res.status(), 401);
 }
 
@@ -294,7 +295,11 @@ async fn registrations_can_be_listed_shown_and_revoked_and_revocation_is_immedia
     assert!(res.json::<Value>().await.unwrap()["revoked_at"].is_i64());
     // The token issued before revocation no longer opens $import...
     let res = app
-        .post_import_raw(Some(&token), "application/fhir+json", ping(&app.provider.export_url(), "dynamic").to_string())
+        .post_import_raw(
+            Some(&token),
+            "application/fhir+json",
+            ping(&app.provider.export_url(), "dynamic").to_string(),
+        )
         .await;
     assert_eq!(res.status(), 401);
     // ...and no new token is issued.

@@ -116,7 +116,13 @@ impl TestApp {
     }
 
     pub async fn register(&self, body: &Value) -> Response {
-        self.http.post(format!("{}/auth/register", self.base)).bearer_auth(ADMIN_TOKEN).json(body).send().await.unwrap()
+        self.http
+            .post(format!("{}/auth/register", self.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub fn public_jwks(&self) -> Value {

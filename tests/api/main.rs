@@ -6,4 +6,5 @@ mod fake_provider;
 mod helpers;
 mod import;
 mod jobs;
+mod jwks_url;
 mod pull;
