@@ -110,6 +110,8 @@ pub struct Config {
     pub access_token_lifetime: Duration,
     pub private_key: Option<SecretString>,
     pub public_key: Option<String>,
+    /// Public keys we used before a rotation, still published at `/jwks` (a JWKS or a JWK array).
+    pub previous_public_keys: Option<String>,
     pub destination: DestinationKind,
     pub download_file_name: String,
     pub provider_scope: String,
@@ -209,6 +211,7 @@ impl Config {
             access_token_lifetime: r.minutes("ACCESS_TOKEN_EXPIRE_IN", DEFAULT_ACCESS_TOKEN_EXPIRE_MINUTES),
             private_key: r.opt("PRIVATE_KEY").map(SecretString::from),
             public_key: r.opt("PUBLIC_KEY"),
+            previous_public_keys: r.opt("PREVIOUS_PUBLIC_KEYS"),
             destination,
             download_file_name,
             provider_scope: r.string("PROVIDER_SCOPE", DEFAULT_PROVIDER_SCOPE),

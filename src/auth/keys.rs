@@ -34,6 +34,8 @@ pub enum KeysError {
     BadPrivateKey(String),
     #[error("PUBLIC_KEY does not match the public half of PRIVATE_KEY")]
     PublicKeyMismatch,
+    #[error("PREVIOUS_PUBLIC_KEYS: {0}")]
+    BadPreviousKeys(String),
     #[error("key operation failed")]
     Jose(#[from] josekit::JoseError),
 }
@@ -43,6 +45,8 @@ pub struct Keys {
     alg: String,
     kid: String,
     public: Jwk,
+    /// Public keys of earlier rotations, still published so providers' caches stay valid.
+    previous: Vec<Jwk>,
     hmac_secret: SecretString,
     admin_token: SecretString,
 }
@@ -90,7 +94,8 @@ impl Keys {
         }
         // Prove the key signs before we accept traffic.
         algorithms::signer(&alg, &private)?;
-        Ok(Self { private, alg, kid, public, hmac_secret, admin_token })
+        let previous = parse_previous(config.previous_public_keys.as_deref(), &kid)?;
+        Ok(Self { private, alg, kid, public, previous, hmac_secret, admin_token })
     }
 
     pub fn alg(&self) -> &str {
@@ -101,9 +106,11 @@ impl Keys {
         &self.kid
     }
 
-    /// `{"keys": [...]}` with public members only.
+    /// `{"keys": [current, previous...]}`, public members only.
     pub fn jwks(&self) -> Value {
-        json!({ "keys": [serde_json::to_value(self.public.as_ref()).unwrap_or(Value::Null)] })
+        let keys: Vec<&serde_json::Map<String, Value>> =
+            std::iter::once(&self.public).chain(&self.previous).map(|k| k.as_ref()).collect();
+        json!({ "keys": keys })
     }
 
     /// Sign a JWT with our private key (`alg` from the key, `kid`, `typ: JWT`).
@@ -149,6 +156,40 @@ fn secret_or_generate(
         }
         Err(source) => Err(KeysError::Io { path: path.to_path_buf(), source }),
     }
+}
+
+/// Earlier public keys: each public-only, with a `kid` unlike the current one and each other.
+fn parse_previous(raw: Option<&str>, current_kid: &str) -> Result<Vec<Jwk>, KeysError> {
+    let Some(raw) = raw else { return Ok(Vec::new()) };
+    let bad = |m: &str| KeysError::BadPreviousKeys(m.to_string());
+    let value: Value = serde_json::from_str(raw).map_err(|_| bad("not JSON"))?;
+    let list = match &value {
+        Value::Array(a) => a.clone(),
+        Value::Object(o) => o
+            .get("keys")
+            .and_then(Value::as_array)
+            .cloned()
+            .ok_or_else(|| bad("expected a JWKS or an array of JWKs"))?,
+        _ => return Err(bad("expected a JWKS or an array of JWKs")),
+    };
+    let mut kids = vec![current_kid.to_string()];
+    let mut keys = Vec::new();
+    for item in list {
+        let map = item.as_object().cloned().ok_or_else(|| bad("every key must be a JSON object"))?;
+        let jwk = Jwk::from_map(map).map_err(|e| KeysError::BadPreviousKeys(e.to_string()))?;
+        if jwk.parameter("d").is_some() {
+            return Err(bad("contains a private key; publish public keys only"));
+        }
+        let kid = jwk.key_id().ok_or_else(|| bad("every key needs a 'kid'"))?.to_string();
+        if kids.contains(&kid) {
+            return Err(KeysError::BadPreviousKeys(format!(
+                "kid '{kid}' appears twice (or equals the current key's)"
+            )));
+        }
+        kids.push(kid);
+        keys.push(public_of(&jwk)?);
+    }
+    Ok(keys)
 }
 
 fn parse_private(raw: &str) -> Result<Jwk, KeysError> {

@@ -19,8 +19,14 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/jwks", get(jwks)).route("/generator", get(generator))
 }
 
-async fn jwks(State(app): State<AppState>) -> Json<serde_json::Value> {
-    Json(app.keys.jwks())
+/// How long providers may cache our JWKS; a rotation keeps old keys published longer than this.
+pub const JWKS_MAX_AGE_SECS: u64 = 300;
+
+async fn jwks(State(app): State<AppState>) -> Response {
+    let mut res = Json(app.keys.jwks()).into_response();
+    let cc = HeaderValue::from_str(&format!("public, max-age={JWKS_MAX_AGE_SECS}")).expect("ASCII header");
+    res.headers_mut().insert(header::CACHE_CONTROL, cc);
+    res
 }
 
 #[derive(Deserialize)]

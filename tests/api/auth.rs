@@ -342,3 +342,50 @@ async fn scopes_are_mediated_and_import_needs_a_create_scope() {
         .await;
     assert_eq!(res.status(), 403);
 }
+
+#[tokio::test]
+async fn after_a_key_rotation_jwks_publishes_the_current_and_previous_keys_and_pulls_use_the_new_one() {
+    let old = bulk_import::auth::keys::generate("ES384").unwrap();
+    let new = bulk_import::auth::keys::generate("RS384").unwrap();
+    let old_public = bulk_import::auth::keys::public_of(&old).unwrap();
+    let (new_json, old_json) = (new.to_string(), json!([old_public.as_ref()]).to_string());
+    let app = super::helpers::spawn_app_with(|c| {
+        c.private_key = Some(new_json.into());
+        c.previous_public_keys = Some(old_json);
+    })
+    .await;
+    let res = app.http.get(format!("{}/jwks", app.base)).send().await.unwrap();
+    assert!(res.headers()["cache-control"].to_str().unwrap().contains("max-age="));
+    let jwks: Value = res.json().await.unwrap();
+    let kids: Vec<&str> =
+        jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
+    assert_eq!(kids, vec![new.key_id().unwrap(), old.key_id().unwrap()]);
+    assert!(jwks["keys"].as_array().unwrap().iter().all(|k| k.get("d").is_none()));
+    // The fake provider verifies our assertion (signed with the new RS384 key) against /jwks.
+    app.provider.add_file("p.ndjson", "Patient", super::helpers::patients(1));
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    assert_eq!(app.wait_for_job(&id).await.status(), 200);
+}
+
+#[tokio::test]
+async fn bad_key_configuration_stops_the_server_at_start_with_a_clear_error() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let private = bulk_import::auth::keys::generate("ES384").unwrap();
+    let cases: Vec<(Box<dyn Fn(&mut bulk_import::config::Config)>, &str)> = vec![
+        (Box::new(|c| c.private_key = Some("{\"kty\":\"EC\"}".to_string().into())), "PRIVATE_KEY"),
+        (
+            Box::new(move |c| c.previous_public_keys = Some(json!([private.as_ref()]).to_string())),
+            "private key",
+        ),
+        (Box::new(|c| c.previous_public_keys = Some("nope".into())), "PREVIOUS_PUBLIC_KEYS"),
+    ];
+    for (tweak, expected) in cases {
+        let mut config = test_config(dir.path());
+        tweak(&mut config);
+        let err = match bulk_import::App::build(config).await {
+            Ok(_) => panic!("built with bad keys ({expected})"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains(expected), "{err}");
+    }
+}
