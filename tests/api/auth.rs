@@ -4,6 +4,7 @@ use serde_json::{json, Value};
 use super::helpers::{ping, spawn_app, test_config, TestApp, ADMIN_TOKEN};
 
 type Form = Vec<(&'static str, String)>;
+type Tweak = Box<dyn Fn(&mut bulk_import::config::Config)>;
 
 async fn token_error(app: &TestApp, form: Vec<(&'static str, String)>) -> (u16, String) {
     token_error_named(app, form, "").await
@@ -371,7 +372,7 @@ async fn after_a_key_rotation_jwks_publishes_the_current_and_previous_keys_and_p
 async fn bad_key_configuration_stops_the_server_at_start_with_a_clear_error() {
     let dir = tempfile::TempDir::new().unwrap();
     let private = bulk_import::auth::keys::generate("ES384").unwrap();
-    let cases: Vec<(Box<dyn Fn(&mut bulk_import::config::Config)>, &str)> = vec![
+    let cases: Vec<(Tweak, &str)> = vec![
         (Box::new(|c| c.private_key = Some("{\"kty\":\"EC\"}".to_string().into())), "PRIVATE_KEY"),
         (
             Box::new(move |c| c.previous_public_keys = Some(json!([private.as_ref()]).to_string())),
