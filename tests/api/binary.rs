@@ -1,92 +1,208 @@
-//! The real binary on a fresh directory: no `.env`, secrets generated with 0600 and logged, and a
-//! graceful exit on SIGTERM.
+//! The real binary on a fresh directory: no `.env`, secrets generated with 0600 and logged by
+//! path only, a full import with no secret or token in its debug log, and a graceful SIGTERM.
 use std::{
     io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    time::Duration,
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{mpsc, Arc, Mutex},
+    time::{Duration, Instant},
 };
+
+use josekit::jws::ES384;
+use serde_json::{json, Value};
+
+use super::{
+    fake_provider::FakeProvider,
+    helpers::{patients, ping, sign_assertion},
+};
+
+struct Server {
+    child: Child,
+    address: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start(dir: &Path, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bulk-import"));
+        cmd.current_dir(dir)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PORT", "0")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let (log, tx) = (log.clone(), tx.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let line = line.unwrap_or_default();
+                    log.lock().unwrap().push(line.clone());
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let address = loop {
+            let line = rx.recv_timeout(Duration::from_secs(30)).expect("the server logs its address");
+            if let Some(rest) = line.split("address=").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        Server { child, address, log }
+    }
+
+    fn base(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    async fn stop(mut self) -> String {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let exit = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "the server did not stop on SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(exit.success(), "{exit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.log()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 #[tokio::test]
 async fn the_server_starts_with_no_configuration_generates_its_secrets_and_stops_on_sigterm() {
     let dir = tempfile::TempDir::new().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bulk-import"))
-        .current_dir(dir.path())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("PORT", "0")
-        .env("RUST_LOG", "bulk_import=info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let _ = tx.send(line.unwrap_or_default());
-        }
-    });
-    let mut log = Vec::new();
-    let address = loop {
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect("the server logs its address");
-        log.push(line.clone());
-        if line.contains("bulk-import listening") {
-            let addr = line.split("address=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
-            break addr;
-        }
-    };
-    let log = log.join("\n");
+    let server = Server::start(dir.path(), &[("RUST_LOG", "bulk_import=info")]);
+    let jwks: Value = reqwest::get(format!("{}/jwks", server.base())).await.unwrap().json().await.unwrap();
+    assert_eq!(jwks["keys"][0]["alg"], "ES384");
+    let log = server.stop().await;
     assert!(log.contains("generated our signing key pair") && log.contains("private-key.jwk.json"), "{log}");
     assert!(log.contains("generated JWT_SECRET") && log.contains("jwt-secret"), "{log}");
+    assert!(log.contains("generated ADMIN_TOKEN") && log.contains("admin-token"), "{log}");
     #[cfg(unix)]
     for file in ["private-key.jwk.json", "jwt-secret", "admin-token"] {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join("data").join(file)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{file}");
     }
-    // The secret itself never reaches the log.
-    assert!(log.contains("generated ADMIN_TOKEN") && log.contains("admin-token"), "{log}");
-    for file in ["jwt-secret", "admin-token"] {
-        let secret = std::fs::read_to_string(dir.path().join("data").join(file)).unwrap();
-        assert!(!log.contains(secret.trim()), "{file} leaked into the log");
-    }
-    let jwks: serde_json::Value =
-        reqwest::get(format!("http://{address}/jwks")).await.unwrap().json().await.unwrap();
-    assert_eq!(jwks["keys"][0]["alg"], "ES384");
+    // A second start reuses what the first one generated.
+    let again = Server::start(dir.path(), &[("RUST_LOG", "bulk_import=info")]);
+    let jwks2: Value = reqwest::get(format!("{}/jwks", again.base())).await.unwrap().json().await.unwrap();
+    let log2 = again.stop().await;
+    assert_eq!(jwks, jwks2);
+    assert!(!log2.contains("generated"), "{log2}");
+}
 
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let exit = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "the server did not stop on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(exit.success(), "{exit:?}");
+#[tokio::test]
+async fn no_secret_or_token_reaches_the_debug_log_during_a_full_import() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let provider = FakeProvider::start().await;
+    provider.add_file("p.ndjson", "Patient", patients(3));
+    let server = Server::start(
+        dir.path(),
+        &[("RUST_LOG", "debug"), ("DESTINATION_TYPE", "tmp-fs"), ("POLL_INTERVAL", "0.05")],
+    );
+    let base = server.base();
+    provider.set_consumer_jwks_url(format!("{base}/jwks"));
+    let http = reqwest::Client::new();
+    let admin = std::fs::read_to_string(dir.path().join("data/admin-token")).unwrap();
 
-    // A second start reuses the persisted key.
-    let mut again = Command::new(env!("CARGO_BIN_EXE_bulk-import"))
-        .current_dir(dir.path())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("PORT", "0")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .spawn()
+    let mut key = ES384.generate_key_pair().unwrap().to_jwk_key_pair();
+    key.set_key_id("provider-key-1");
+    key.set_algorithm("ES384");
+    let mut public = key.to_public_key().unwrap();
+    public.set_key_id("provider-key-1");
+    let reg: Value = http
+        .post(format!("{base}/auth/register"))
+        .bearer_auth(admin.trim())
+        .json(&json!({"jwks": {"keys": [public.as_ref()]}, "consumer_client_id": "consumer-at-fake", "aud": provider.base()}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
         .unwrap();
-    let out = BufReader::new(again.stdout.take().unwrap());
-    let mut second = String::new();
-    for line in out.lines() {
-        let line = line.unwrap();
-        second.push_str(&line);
-        if line.contains("bulk-import listening") {
-            break;
+    let client_id = reg["client_id"].as_str().unwrap().to_string();
+    let assertion = sign_assertion(&key, &client_id, &format!("{base}/auth/token"), |_, _| {});
+    let token: Value = http
+        .post(format!("{base}/auth/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+            ("client_assertion", &assertion),
+            ("scope", "system/*.write"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let access = token["access_token"].as_str().unwrap().to_string();
+    let res = http
+        .post(format!("{base}/$import"))
+        .bearer_auth(&access)
+        .header("content-type", "application/fhir+json")
+        .body(ping(&provider.manifest_url(), "static").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let status_url = res.headers()["content-location"].to_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.get(&status_url).send().await.unwrap().status() == 202 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(http.get(&status_url).send().await.unwrap().status(), 200);
+    let log = server.stop().await;
+
+    let ours: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("data/private-key.jwk.json")).unwrap())
+            .unwrap();
+    let jwt_secret = std::fs::read_to_string(dir.path().join("data/jwt-secret")).unwrap();
+    let mut secrets = vec![
+        ("admin token", admin.trim().to_string()),
+        ("JWT secret", jwt_secret.trim().to_string()),
+        ("our private key", ours["d"].as_str().unwrap().to_string()),
+        ("access token we issued", access.clone()),
+        ("client assertion", assertion.clone()),
+    ];
+    let provider_tokens = provider.issued_tokens();
+    assert!(!provider_tokens.is_empty());
+    for t in provider_tokens {
+        secrets.push(("provider token", t));
+    }
+    assert!(log.lines().count() > 10, "debug logging was on: {log}");
+    for (what, secret) in secrets {
+        assert!(!log.contains(&secret), "the {what} reached the log");
+        // Not even its signature part (a JWT split across fields).
+        if let Some(sig) = secret.rsplit('.').next().filter(|s| s.len() > 20) {
+            assert!(!log.contains(sig), "part of the {what} reached the log");
         }
     }
-    let _ = again.kill();
-    let _ = again.wait();
-    assert!(!second.contains("generated our signing key pair"), "{second}");
 }

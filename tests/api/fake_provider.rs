@@ -195,6 +195,9 @@ impl FakeProvider {
     pub fn revoke_tokens(&self) {
         self.with(|i| i.tokens.clear());
     }
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.with(|i| i.tokens.clone())
+    }
     pub fn requests(&self) -> Vec<Recorded> {
         self.with(|i| i.requests.clone())
     }

@@ -145,22 +145,7 @@ impl TestApp {
 
     /// A client assertion as the provider would sign it; `tweak` edits claims before signing.
     pub fn assertion(&self, tweak: impl FnOnce(&mut JwtPayload, &mut JwsHeader)) -> String {
-        let now = SystemTime::now();
-        let mut claims = JwtPayload::new();
-        claims.set_issuer(&self.client_id);
-        claims.set_subject(&self.client_id);
-        claims.set_audience(vec![format!("{}/auth/token", self.base)]);
-        claims.set_expires_at(&(now + Duration::from_secs(120)));
-        claims.set_issued_at(&now);
-        claims.set_jwt_id(uuid::Uuid::new_v4().to_string());
-        let mut header = JwsHeader::new();
-        header.set_token_type("JWT");
-        header.set_key_id("provider-key-1");
-        tweak(&mut claims, &mut header);
-        let mut signer = ES384.signer_from_jwk(&self.provider_key).unwrap();
-        // The header is the test's to shape: josekit would otherwise copy the key's kid into it.
-        signer.remove_key_id();
-        jwt::encode_with_signer(&claims, &header, &signer).unwrap()
+        sign_assertion(&self.provider_key, &self.client_id, &format!("{}/auth/token", self.base), tweak)
     }
 
     pub async fn post_token(&self, form: &[(&str, &str)]) -> Response {
@@ -262,4 +247,29 @@ pub fn patients(n: usize) -> String {
             format!("{{\"resourceType\":\"Patient\",\"id\":\"p{i}\",\"name\":[{{\"family\":\"Müller\"}}]}}\n")
         })
         .collect()
+}
+
+/// Sign a SMART client assertion with `key` (ES384, kid `provider-key-1`).
+pub fn sign_assertion(
+    key: &Jwk,
+    client_id: &str,
+    token_url: &str,
+    tweak: impl FnOnce(&mut JwtPayload, &mut JwsHeader),
+) -> String {
+    let now = SystemTime::now();
+    let mut claims = JwtPayload::new();
+    claims.set_issuer(client_id);
+    claims.set_subject(client_id);
+    claims.set_audience(vec![token_url]);
+    claims.set_expires_at(&(now + Duration::from_secs(120)));
+    claims.set_issued_at(&now);
+    claims.set_jwt_id(uuid::Uuid::new_v4().to_string());
+    let mut header = JwsHeader::new();
+    header.set_token_type("JWT");
+    header.set_key_id("provider-key-1");
+    tweak(&mut claims, &mut header);
+    let mut signer = ES384.signer_from_jwk(key).unwrap();
+    // The header is the test's to shape: josekit would otherwise copy the key's kid into it.
+    signer.remove_key_id();
+    jwt::encode_with_signer(&claims, &header, &signer).unwrap()
 }

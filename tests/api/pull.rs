@@ -327,3 +327,24 @@ async fn provider_tokens_are_refreshed_before_expiry_and_once_after_a_401() {
     // A 401 poll, the same poll again with the fresh token, then the 200.
     assert!(app.provider.requests_to("/fhir/status/").len() >= 3);
 }
+
+#[tokio::test]
+async fn concurrent_jobs_for_one_provider_share_one_token_request() {
+    let app = spawn_app().await;
+    app.provider.add_file("p.ndjson", "Patient", patients(2));
+    let token = app.token().await;
+    let ping = super::helpers::ping(&app.provider.export_url(), "dynamic").to_string();
+    let starts = (0..4).map(|_| app.post_import_raw(Some(&token), "application/fhir+json", ping.clone()));
+    let ids: Vec<String> = futures::future::join_all(starts)
+        .await
+        .into_iter()
+        .map(|res| {
+            assert_eq!(res.status(), 202);
+            res.headers()["content-location"].to_str().unwrap().rsplit('/').next().unwrap().to_string()
+        })
+        .collect();
+    for id in &ids {
+        completed(&app, id).await;
+    }
+    assert_eq!(app.provider.requests_to("/auth/token").len(), 1);
+}
