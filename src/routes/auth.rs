@@ -67,6 +67,7 @@ fn validate_jwks(jwks: &Value) -> Result<String, AuthError> {
     if keys.is_empty() || keys.len() > MAX_REGISTERED_KEYS {
         return Err(bad(format!("must hold 1 to {MAX_REGISTERED_KEYS} keys")));
     }
+    let mut kids = std::collections::HashSet::new();
     for (i, k) in keys.iter().enumerate() {
         let kty = k.get("kty").and_then(Value::as_str).unwrap_or_default();
         let members: &[&str] = match kty {
@@ -76,6 +77,12 @@ fn validate_jwks(jwks: &Value) -> Result<String, AuthError> {
         };
         if let Some(m) = members.iter().find(|m| k.get(**m).and_then(Value::as_str).is_none()) {
             return Err(bad(format!("key {i} lacks its public member '{m}'")));
+        }
+        // SMART: "each JWK SHALL have kty and kid", and kids are unique within the set.
+        let kid = k.get("kid").and_then(Value::as_str).filter(|s| !s.is_empty());
+        let Some(kid) = kid else { return Err(bad(format!("key {i} has no 'kid'"))) };
+        if !kids.insert(kid) {
+            return Err(bad(format!("kid '{kid}' appears more than once")));
         }
         if ["d", "p", "q", "dp", "dq", "qi", "k"].iter().any(|m| k.get(*m).is_some()) {
             return Err(bad(format!("key {i} contains private members; register the public key only")));

@@ -1,9 +1,37 @@
 //! `/auth/register`, `/auth/token`, `/jwks`, `/generator`, `/info`.
+use std::time::{Duration, SystemTime};
+
 use serde_json::{json, Value};
 
 use super::helpers::{ping, spawn_app, test_config, TestApp, ADMIN_TOKEN};
 
 type Form = Vec<(&'static str, String)>;
+
+/// An assertion for `app`'s client signed with any algorithm and key, kid `provider-key-1`.
+fn sign_with(app: &TestApp, alg: &str, key: &josekit::jwk::Jwk) -> String {
+    let now = SystemTime::now();
+    let mut claims = josekit::jwt::JwtPayload::new();
+    claims.set_issuer(&app.client_id);
+    claims.set_subject(&app.client_id);
+    claims.set_audience(vec![format!("{}/auth/token", app.base)]);
+    claims.set_expires_at(&(now + Duration::from_secs(60)));
+    claims.set_jwt_id(uuid::Uuid::new_v4().to_string());
+    let mut header = josekit::jws::JwsHeader::new();
+    header.set_key_id("provider-key-1");
+    match bulk_import::auth::algorithms::signer(alg, key) {
+        Ok(signer) => josekit::jwt::encode_with_signer(&claims, &header, &*signer).unwrap(),
+        // josekit refuses a curve that does not fit the alg: forge the header by hand instead.
+        Err(_) => {
+            use base64::Engine;
+            let b64 = |v: &serde_json::Value| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+            };
+            let h = json!({"alg": alg, "kid": "provider-key-1", "typ": "JWT"});
+            let body = serde_json::to_value(claims.claims_set()).unwrap();
+            format!("{}.{}.{}", b64(&h), b64(&body), "c2lnbmF0dXJl")
+        }
+    }
+}
 type Tweak = Box<dyn Fn(&mut bulk_import::config::Config)>;
 
 async fn token_error(app: &TestApp, form: Vec<(&'static str, String)>) -> (u16, String) {
@@ -123,6 +151,64 @@ async fn token_requests_that_break_a_rule_are_refused_with_the_oauth_error() {
             401,
             "invalid_client",
         ),
+        (
+            "no exp",
+            TestApp::token_form(&app.assertion(|c, _| {
+                c.set_claim("exp", None).unwrap();
+            })),
+            401,
+            "invalid_client",
+        ),
+        (
+            "nbf in the future",
+            TestApp::token_form(
+                &app.assertion(|c, _| c.set_not_before(&(SystemTime::now() + Duration::from_secs(600)))),
+            ),
+            401,
+            "invalid_client",
+        ),
+        (
+            "iat in the future",
+            TestApp::token_form(
+                &app.assertion(|c, _| c.set_issued_at(&(SystemTime::now() + Duration::from_secs(600)))),
+            ),
+            401,
+            "invalid_client",
+        ),
+        (
+            "aud with another port",
+            TestApp::token_form(&app.assertion(|c, _| c.set_audience(vec!["http://127.0.0.1:1/auth/token"]))),
+            401,
+            "invalid_client",
+        ),
+        (
+            "aud with another path",
+            TestApp::token_form(
+                &app.assertion(|c, _| c.set_audience(vec![format!("{}/auth/token2", app.base)])),
+            ),
+            401,
+            "invalid_client",
+        ),
+        (
+            "alg ES256 while the key is P-384",
+            {
+                let mut k = app.provider_key.clone();
+                k.set_algorithm("ES256");
+                TestApp::token_form(&sign_with(&app, "ES256", &k))
+            },
+            401,
+            "invalid_client",
+        ),
+        (
+            "RS384 by a key that is not registered",
+            TestApp::token_form(&sign_with(
+                &app,
+                "RS384",
+                &bulk_import::auth::keys::generate("RS384").unwrap(),
+            )),
+            401,
+            "invalid_client",
+        ),
     ];
     for (name, form, status, error) in cases {
         assert_eq!(token_error_named(&app, form, name).await, (status, error.to_string()), "case: {name}");
@@ -176,6 +262,9 @@ async fn registration_validates_its_input() {
     let app = spawn_app().await;
     let base = app.provider.base();
     let private = app.provider_key.as_ref().clone();
+    let public = app.public_jwks()["keys"][0].clone();
+    let mut no_kid = public.clone();
+    no_kid.as_object_mut().unwrap().remove("kid");
     let cases = vec![
         json!({"consumer_client_id": "c", "aud": base}),
         json!({"jwks": app.public_jwks(), "aud": base}),
@@ -184,6 +273,8 @@ async fn registration_validates_its_input() {
         json!({"jwks": {"keys": [private]}, "consumer_client_id": "c", "aud": base}),
         json!({"jwks": {"keys": [{"kty": "oct", "k": "abc"}]}, "consumer_client_id": "c", "aud": base}),
         json!({"jwks_uri": "ftp://x/jwks", "consumer_client_id": "c", "aud": base}),
+        json!({"jwks": {"keys": [no_kid]}, "consumer_client_id": "c", "aud": base}),
+        json!({"jwks": {"keys": [public.clone(), public.clone()]}, "consumer_client_id": "c", "aud": base}),
     ];
     for body in cases {
         let res = app.register(&body).await;
@@ -389,4 +480,27 @@ async fn bad_key_configuration_stops_the_server_at_start_with_a_clear_error() {
         };
         assert!(err.contains(expected), "{err}");
     }
+}
+
+#[tokio::test]
+async fn an_assertion_without_kid_is_refused_when_several_keys_fit() {
+    let mut app = spawn_app().await;
+    let mut first = app.public_jwks()["keys"][0].clone();
+    first["kid"] = json!("a");
+    let other = bulk_import::auth::keys::generate("ES384").unwrap();
+    let mut second =
+        serde_json::to_value(bulk_import::auth::keys::public_of(&other).unwrap().as_ref()).unwrap();
+    second["kid"] = json!("b");
+    let res = app
+        .register(&json!({"jwks": {"keys": [first, second]}, "consumer_client_id": "c", "aud": app.provider.base()}))
+        .await;
+    app.client_id = res.json::<Value>().await.unwrap()["client_id"].as_str().unwrap().to_string();
+    let no_kid = app.assertion(|_, h| {
+        h.set_claim("kid", None).unwrap();
+    });
+    assert_eq!(token_error(&app, TestApp::token_form(&no_kid)).await, (401, "invalid_client".into()));
+    let with_kid = app.assertion(|_, h| h.set_key_id("a"));
+    let form = TestApp::token_form(&with_kid);
+    let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(app.post_token(&pairs).await.status(), 200);
 }
