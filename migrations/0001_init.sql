@@ -23,7 +23,9 @@ CREATE TABLE jobs (
     progress              TEXT,
     failure               TEXT,
     created_at            INTEGER NOT NULL,
-    completed_at          INTEGER
+    completed_at          INTEGER,
+    -- Last sign of life of a running job (the reaper removes jobs silent for 2 x JOBS_MAX_AGE).
+    touched_at            INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX jobs_state ON jobs (state);
 
@@ -33,6 +35,8 @@ CREATE TABLE job_files (
     kind          TEXT NOT NULL,
     resource_type TEXT NOT NULL,
     url           TEXT NOT NULL,
+    -- From the manifest page that listed the file: send our token only when it says so.
+    requires_token INTEGER NOT NULL DEFAULT 0,
     name          TEXT NOT NULL,
     state         TEXT NOT NULL,
     resources     INTEGER NOT NULL DEFAULT 0,

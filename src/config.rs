@@ -47,6 +47,9 @@ pub const DEFAULT_READ_TIMEOUT_SECS: f64 = 60.0;
 /// Shortest `JWT_SECRET`/`ADMIN_TOKEN` we accept.
 pub const MIN_SECRET_CHARS: usize = 32;
 pub const DEFAULT_JWKS_FETCH_TIMEOUT_SECS: f64 = 10.0;
+/// 15 minutes of consecutive status errors (retried with backoff) before a job fails: outages of
+/// a few minutes are common, and cumulus-etl retries status 5xx for about as long.
+pub const DEFAULT_STATUS_ERROR_BUDGET_SECS: f64 = 900.0;
 /// Largest JWKS we fetch from a registered `jwks_uri`.
 pub const MAX_JWKS_BYTES: usize = 64 * 1024;
 
@@ -66,6 +69,8 @@ pub struct Limits {
     pub export_timeout: Duration,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// How long a provider's export status URL may keep failing before the job fails.
+    pub status_error_budget: Duration,
     /// Longest wait for a registered provider's JWKS URL.
     pub jwks_fetch_timeout: Duration,
 }
@@ -87,6 +92,7 @@ impl Default for Limits {
             connect_timeout: secs(DEFAULT_CONNECT_TIMEOUT_SECS),
             read_timeout: secs(DEFAULT_READ_TIMEOUT_SECS),
             jwks_fetch_timeout: secs(DEFAULT_JWKS_FETCH_TIMEOUT_SECS),
+            status_error_budget: secs(DEFAULT_STATUS_ERROR_BUDGET_SECS),
         }
     }
 }
@@ -154,6 +160,7 @@ impl Config {
             connect_timeout: r.secs("HTTP_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT_SECS),
             read_timeout: r.secs("HTTP_READ_TIMEOUT", DEFAULT_READ_TIMEOUT_SECS),
             jwks_fetch_timeout: r.secs("JWKS_FETCH_TIMEOUT", DEFAULT_JWKS_FETCH_TIMEOUT_SECS),
+            status_error_budget: r.secs_or_zero("STATUS_ERROR_BUDGET", DEFAULT_STATUS_ERROR_BUDGET_SECS),
         };
         let _ = defaults;
         let destination = match r.string("DESTINATION_TYPE", "dev-null").as_str() {
@@ -271,25 +278,29 @@ impl Reader<'_> {
         }
     }
 
-    fn float(&mut self, key: &str, default: f64, unit: &str) -> f64 {
-        let Some(raw) = self.opt(key) else {
-            return default;
-        };
+    fn float(&mut self, key: &str, default: f64, unit: &str, zero_ok: bool) -> f64 {
+        let Some(raw) = self.opt(key) else { return default };
         match raw.parse::<f64>() {
-            Ok(v) if (0.0..1.0e9).contains(&v) => v,
+            Ok(v) if v < 1.0e9 && (v > 0.0 || (zero_ok && v == 0.0)) => v,
             _ => {
-                self.problems.push(format!("{key}: '{raw}' must be a non-negative number of {unit}"));
+                let kind = if zero_ok { "a non-negative" } else { "a positive" };
+                self.problems.push(format!("{key}: '{raw}' must be {kind} number of {unit}"));
                 default
             }
         }
     }
 
+    /// A duration that must be above zero (a zero wait or timeout is always a mistake).
     fn secs(&mut self, key: &str, default: f64) -> Duration {
-        secs(self.float(key, default, "seconds"))
+        secs(self.float(key, default, "seconds", false))
+    }
+
+    fn secs_or_zero(&mut self, key: &str, default: f64) -> Duration {
+        secs(self.float(key, default, "seconds", true))
     }
 
     fn minutes(&mut self, key: &str, default: f64) -> Duration {
-        secs(self.float(key, default, "minutes") * 60.0)
+        secs(self.float(key, default, "minutes", false) * 60.0)
     }
 }
 
@@ -316,12 +327,21 @@ mod tests {
 
     #[test]
     fn every_bad_value_is_reported_by_name() {
-        let err = with(&[("PORT", "abc"), ("DESTINATION_TYPE", "ftp"), ("JOBS_ID_LENGTH", "4")]).unwrap_err();
+        let err = with(&[
+            ("PORT", "abc"),
+            ("DESTINATION_TYPE", "ftp"),
+            ("JOBS_ID_LENGTH", "4"),
+            ("POLL_INTERVAL", "0"),
+            ("JOBS_MAX_AGE", "-1"),
+        ])
+        .unwrap_err();
         let text = err.to_string();
         assert!(text.contains("PORT: 'abc'"), "{text}");
         assert!(text.contains("DESTINATION_TYPE: 'ftp'"), "{text}");
         assert!(text.contains("JOBS_ID_LENGTH: '4'"), "{text}");
-        assert_eq!(err.problems.len(), 3);
+        assert!(text.contains("POLL_INTERVAL: '0' must be a positive number of seconds"), "{text}");
+        assert!(text.contains("JOBS_MAX_AGE: '-1'"), "{text}");
+        assert_eq!(err.problems.len(), 5);
     }
 
     #[test]

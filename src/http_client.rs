@@ -7,15 +7,15 @@ use futures::StreamExt;
 use crate::config::Limits;
 
 pub const USER_AGENT: &str = concat!("bulk-import/", env!("CARGO_PKG_VERSION"));
-/// Redirects followed per request; reqwest drops `Authorization` when a redirect changes host.
-const MAX_REDIRECTS: usize = 5;
 
 pub fn build(limits: &Limits) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .user_agent(USER_AGENT)
         .connect_timeout(limits.connect_timeout)
         .read_timeout(limits.read_timeout)
-        .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
+        // Redirects are followed by `ProviderClient::send_once`, which drops our token on every hop
+        // (reqwest would keep it on a same-host redirect).
+        .redirect(reqwest::redirect::Policy::none())
         .pool_idle_timeout(Duration::from_secs(30))
         .build()
 }

@@ -132,34 +132,47 @@ pub async fn exchange(app: &AppState, token_url: &str, form: TokenForm) -> Resul
     let (payload, _) = jwt::decode_with_verifier(&assertion, &*verifier)
         .map_err(|_| AuthError::InvalidClient("the client_assertion signature is not valid".into()))?;
 
-    let now = SystemTime::now();
+    let now = unix(SystemTime::now());
     let audiences = payload.audience().unwrap_or_default();
     if !audiences.contains(&token_url) {
         return Err(AuthError::InvalidClient(format!(
             "the 'aud' claim must be this token endpoint: {token_url}"
         )));
     }
-    let exp =
-        payload.expires_at().ok_or_else(|| AuthError::InvalidClient("the 'exp' claim is required".into()))?;
-    if exp + CLOCK_SKEW < now {
+    // Times are read as bounded numbers ourselves: a value like 1e300 must be a refusal, not a panic.
+    let time = |name: &str| -> Result<Option<i64>, AuthError> {
+        match claims.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .filter(|t| t.is_finite() && (0.0..1.0e11).contains(t))
+                .map(|t| Some(t as i64))
+                .ok_or_else(|| {
+                    AuthError::InvalidClient(format!("the '{name}' claim is not a valid NumericDate"))
+                }),
+        }
+    };
+    let skew = CLOCK_SKEW.as_secs() as i64;
+    let exp = time("exp")?.ok_or_else(|| AuthError::InvalidClient("the 'exp' claim is required".into()))?;
+    if exp + skew < now {
         return Err(AuthError::InvalidClient("the client_assertion has expired".into()));
     }
-    if exp > now + MAX_ASSERTION_LIFETIME + CLOCK_SKEW {
+    if exp > now + MAX_ASSERTION_LIFETIME.as_secs() as i64 + skew {
         return Err(AuthError::InvalidClient(
             "the 'exp' claim must be at most 5 minutes in the future".into(),
         ));
     }
-    if payload.not_before().is_some_and(|nbf| nbf > now + CLOCK_SKEW) {
+    if time("nbf")?.is_some_and(|nbf| nbf > now + skew) {
         return Err(AuthError::InvalidClient("the client_assertion is not valid yet ('nbf')".into()));
     }
-    if payload.issued_at().is_some_and(|iat| iat > now + CLOCK_SKEW) {
+    if time("iat")?.is_some_and(|iat| iat > now + skew) {
         return Err(AuthError::InvalidClient("the 'iat' claim is in the future".into()));
     }
     let jti = payload
         .jwt_id()
         .filter(|j| !j.is_empty())
         .ok_or_else(|| AuthError::InvalidClient("the 'jti' claim is required".into()))?;
-    let fresh = app.store.remember_jti(iss, jti, unix(exp + CLOCK_SKEW), unix(now)).await?;
+    let fresh = app.store.remember_jti(iss, jti, exp + skew, now).await?;
     if !fresh {
         return Err(AuthError::InvalidClient("this client_assertion was already used ('jti' replay)".into()));
     }

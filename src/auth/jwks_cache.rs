@@ -26,8 +26,13 @@ struct Entry {
 
 pub struct JwksCache {
     entries: Mutex<HashMap<String, Entry>>,
+    /// When each URL was last fetched past its cache: unknown kids cannot make us hammer it.
+    forced: Mutex<HashMap<String, Instant>>,
     timeout: Duration,
 }
+
+/// Least time between two cache-skipping fetches of one JWKS URL.
+pub const MIN_FORCED_REFETCH: Duration = Duration::from_secs(5);
 
 /// Public keys only: a JWK with private members is ignored, as is anything that is not a JWK.
 pub fn public_keys(set: &Value) -> Vec<Jwk> {
@@ -52,11 +57,28 @@ fn cache_ttl(cache_control: Option<&str>) -> Option<Duration> {
 
 impl JwksCache {
     pub fn new(timeout: Duration) -> Self {
-        Self { entries: Mutex::default(), timeout }
+        Self { entries: Mutex::default(), forced: Mutex::default(), timeout }
     }
 
     /// The keys at `uri`; `fresh` skips the cache (an unknown `kid` may mean the client rotated).
-    pub async fn keys(&self, http: &reqwest::Client, uri: &str, fresh: bool) -> Result<Vec<Jwk>, AuthError> {
+    pub async fn keys(
+        &self,
+        http: &reqwest::Client,
+        uri: &str,
+        mut fresh: bool,
+    ) -> Result<Vec<Jwk>, AuthError> {
+        if fresh {
+            let mut forced = self.forced.lock().await;
+            if forced.len() >= MAX_ENTRIES {
+                forced.retain(|_, at| at.elapsed() < MIN_FORCED_REFETCH);
+            }
+            match forced.get(uri) {
+                Some(at) if at.elapsed() < MIN_FORCED_REFETCH => fresh = false,
+                _ => {
+                    forced.insert(uri.to_string(), Instant::now());
+                }
+            }
+        }
         if !fresh {
             if let Some(e) = self.entries.lock().await.get(uri).filter(|e| e.expires > Instant::now()) {
                 return Ok(e.keys.clone());

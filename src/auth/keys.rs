@@ -210,9 +210,31 @@ fn parse_private(raw: &str) -> Result<Jwk, KeysError> {
         )));
     }
     if jwk.key_id().is_none() {
-        jwk.set_key_id(random_hex(8));
+        // Stable across restarts, so providers holding our JWKS keep recognising the key.
+        jwk.set_key_id(thumbprint(&jwk)?);
     }
     Ok(jwk)
+}
+
+/// The RFC 7638 JWK thumbprint (SHA-256 of the required public members in lexical order).
+pub fn thumbprint(jwk: &Jwk) -> Result<String, KeysError> {
+    use base64::Engine;
+    use sha2::Digest;
+    let members: &[&str] = match jwk.key_type() {
+        "RSA" => &["e", "kty", "n"],
+        _ => &["crv", "kty", "x", "y"],
+    };
+    let mut canonical = serde_json::Map::new();
+    for m in members {
+        let v = jwk
+            .parameter(m)
+            .cloned()
+            .ok_or_else(|| KeysError::BadPrivateKey(format!("missing member '{m}'")))?;
+        canonical.insert((*m).to_string(), v);
+    }
+    // serde_json's Map keeps keys sorted, which is the order RFC 7638 asks for.
+    let digest = sha2::Sha256::digest(Value::Object(canonical).to_string().as_bytes());
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest))
 }
 
 /// The public half of a private JWK, keeping `alg` and `kid`.

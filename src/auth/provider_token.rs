@@ -25,6 +25,8 @@ const ASSERTION_LIFETIME: Duration = Duration::from_secs(240);
 const REFRESH_AHEAD: Duration = Duration::from_secs(60);
 /// Assumed lifetime when a provider omits `expires_in` (SMART recommends 300 s).
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
+/// Longest provider token lifetime we believe.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 const AUTH_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_AUTH_BODY_BYTES: usize = 1024 * 1024;
 const OAUTH_URIS: &str = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris";
@@ -32,6 +34,14 @@ const OAUTH_URIS: &str = "http://fhir-registry.smarthealthit.org/StructureDefini
 struct Cached {
     token: SecretString,
     refresh_at: Instant,
+}
+
+/// A discovered token endpoint: where to POST, and the `aud` exactly as the provider spells it
+/// (the SMART reference server compares strings: `127.0.0.1` is not `localhost`, `:443` matters).
+#[derive(Debug, Clone)]
+struct Endpoint {
+    url: Url,
+    aud: String,
 }
 
 /// Who we are at a provider.
@@ -42,11 +52,14 @@ pub struct ProviderIdentity<'a> {
     pub scope: &'a str,
 }
 
+type Slot = Arc<Mutex<Option<Cached>>>;
+
 pub struct ProviderTokens {
     http: reqwest::Client,
     keys: Arc<Keys>,
-    tokens: Mutex<HashMap<String, Cached>>,
-    endpoints: Mutex<HashMap<String, (Option<Url>, Instant)>>,
+    /// One slot per provider, client id and scope; the outer lock is held only to find the slot.
+    tokens: Mutex<HashMap<String, Slot>>,
+    endpoints: Mutex<HashMap<String, (Option<Endpoint>, Instant)>>,
 }
 
 impl ProviderTokens {
@@ -55,45 +68,45 @@ impl ProviderTokens {
     }
 
     /// A token for this provider, or `None` when the provider needs none. `refresh` skips the cache
-    /// (after a 401).
+    /// (after a 401), and also looks for a token endpoint again if none was found before.
     pub async fn token(
         &self,
         who: &ProviderIdentity<'_>,
         refresh: bool,
     ) -> Result<Option<SecretString>, AuthError> {
-        let Some(endpoint) = self.token_endpoint(who.base).await? else {
-            return Ok(None);
-        };
+        let Some(endpoint) = self.token_endpoint(who.base, refresh).await? else { return Ok(None) };
         let key = format!("{}|{}|{}", who.base.url(), who.client_id, who.scope);
-        // One lock for the fetch too, so concurrent jobs for a provider share one token request.
-        let mut tokens = self.tokens.lock().await;
+        let slot = self.tokens.lock().await.entry(key).or_default().clone();
+        // Held across the request: concurrent jobs for one provider share one token request,
+        // while other providers are not held up.
+        let mut cached = slot.lock().await;
         if !refresh {
-            if let Some(c) = tokens.get(&key).filter(|c| c.refresh_at > Instant::now()) {
+            if let Some(c) = cached.as_ref().filter(|c| c.refresh_at > Instant::now()) {
                 return Ok(Some(c.token.clone()));
             }
         }
         let (token, lifetime) = self.request_token(&endpoint, who).await?;
         let ahead = REFRESH_AHEAD.min(lifetime / 2);
-        tokens.insert(key, Cached { token: token.clone(), refresh_at: Instant::now() + lifetime - ahead });
+        *cached = Some(Cached { token: token.clone(), refresh_at: Instant::now() + (lifetime - ahead) });
         Ok(Some(token))
     }
 
     async fn request_token(
         &self,
-        endpoint: &Url,
+        endpoint: &Endpoint,
         who: &ProviderIdentity<'_>,
     ) -> Result<(SecretString, Duration), AuthError> {
         let now = SystemTime::now();
         let mut claims = JwtPayload::new();
         claims.set_issuer(who.client_id);
         claims.set_subject(who.client_id);
-        claims.set_audience(vec![endpoint.as_str()]);
+        claims.set_audience(vec![endpoint.aud.as_str()]);
         crate::time_util::set_times(&mut claims, now, now + ASSERTION_LIFETIME)?;
         claims.set_jwt_id(uuid::Uuid::new_v4().to_string());
         let assertion = self.keys.sign(&claims)?;
         let resp = self
             .http
-            .post(endpoint.clone())
+            .post(endpoint.url.clone())
             .header(reqwest::header::ACCEPT, "application/json")
             .form(&[
                 ("scope", who.scope),
@@ -103,7 +116,13 @@ impl ProviderTokens {
             ])
             .timeout(AUTH_REQUEST_TIMEOUT)
             .send()
-            .await?;
+            .await
+            .map_err(|e| {
+                AuthError::Provider(format!(
+                    "the provider's token endpoint could not be reached: {}",
+                    crate::routes::error::chain(&e.without_url())
+                ))
+            })?;
         let status = resp.status();
         let body = read_limited(resp, MAX_AUTH_BODY_BYTES).await.map_err(|e| {
             AuthError::Provider(format!("the provider's token response could not be read: {e}"))
@@ -113,28 +132,35 @@ impl ProviderTokens {
             let error = json.get("error").and_then(Value::as_str).unwrap_or("no error code");
             let description = json.get("error_description").and_then(Value::as_str).unwrap_or("");
             return Err(AuthError::Provider(format!(
-                "the provider's token endpoint {endpoint} refused us with {status} ({error}: {description}); check our registration there (client id, JWKS URL, scope '{}')",
-                who.scope
+                "the provider's token endpoint {} refused us with {status} ({error}: {description}); check our registration there (client id, JWKS URL, scope '{}')",
+                endpoint.aud, who.scope
             )));
         }
         let token =
             json.get("access_token").and_then(Value::as_str).filter(|t| !t.is_empty()).ok_or_else(|| {
                 AuthError::Provider("the provider's token response has no access_token".into())
             })?;
+        // A provider's number must not overflow our clock: clamp to a day.
         let lifetime = json
             .get("expires_in")
             .and_then(Value::as_u64)
-            .map(Duration::from_secs)
+            .map(|s| Duration::from_secs(s.min(MAX_TOKEN_LIFETIME.as_secs())))
             .filter(|d| !d.is_zero())
             .unwrap_or(DEFAULT_TOKEN_LIFETIME);
         Ok((SecretString::from(token.to_string()), lifetime))
     }
 
-    async fn token_endpoint(&self, base: &ProviderBase) -> Result<Option<Url>, AuthError> {
+    async fn token_endpoint(
+        &self,
+        base: &ProviderBase,
+        rediscover: bool,
+    ) -> Result<Option<Endpoint>, AuthError> {
         let key = base.url().to_string();
-        if let Some((url, at)) = self.endpoints.lock().await.get(&key) {
-            if at.elapsed() < DISCOVERY_TTL {
-                return Ok(url.clone());
+        if let Some((found, at)) = self.endpoints.lock().await.get(&key) {
+            // A provider that looked open and now answers 401 may have turned auth on: look again.
+            let stale = at.elapsed() >= DISCOVERY_TTL || (rediscover && found.is_none());
+            if !stale {
+                return Ok(found.clone());
             }
         }
         let found = match self.via_smart_configuration(base).await? {
@@ -148,6 +174,8 @@ impl ProviderTokens {
         Ok(found)
     }
 
+    /// `Ok(None)` only when the document is absent (404/410) or names no endpoint; any other
+    /// failure is an error, so a passing outage never turns into "this provider needs no auth".
     async fn get_json(&self, url: Url) -> Result<Option<Value>, AuthError> {
         let resp = self
             .http
@@ -156,30 +184,40 @@ impl ProviderTokens {
             .timeout(AUTH_REQUEST_TIMEOUT)
             .send()
             .await
-            .map_err(|e| AuthError::Provider(format!("cannot reach the provider at {url}: {e}")))?;
-        if resp.status().is_server_error() {
-            return Err(AuthError::Provider(format!("the provider answered {} at {url}", resp.status())));
-        }
-        if !resp.status().is_success() {
+            .map_err(|e| {
+                AuthError::Provider(format!(
+                    "cannot reach the provider for discovery: {}",
+                    crate::routes::error::chain(&e.without_url())
+                ))
+            })?;
+        let status = resp.status();
+        if matches!(status, reqwest::StatusCode::NOT_FOUND | reqwest::StatusCode::GONE) {
             return Ok(None);
         }
-        let body = read_limited(resp, MAX_AUTH_BODY_BYTES).await.ok();
-        Ok(body.and_then(|b| serde_json::from_slice(&b).ok()))
+        if !status.is_success() {
+            return Err(AuthError::Provider(format!("the provider answered {status} at {url}")));
+        }
+        let body = read_limited(resp, MAX_AUTH_BODY_BYTES).await.map_err(|e| {
+            AuthError::Provider(format!("the provider's discovery document at {url} could not be read: {e}"))
+        })?;
+        Ok(serde_json::from_slice(&body).ok())
     }
 
-    async fn via_smart_configuration(&self, base: &ProviderBase) -> Result<Option<Url>, AuthError> {
+    fn endpoint(base: &ProviderBase, raw: &str) -> Option<Endpoint> {
+        let url = base.url().join(raw).ok()?;
+        let aud = if Url::parse(raw).is_ok() { raw.to_string() } else { url.to_string() };
+        Some(Endpoint { url, aud })
+    }
+
+    async fn via_smart_configuration(&self, base: &ProviderBase) -> Result<Option<Endpoint>, AuthError> {
         let url = base.url().join(".well-known/smart-configuration").expect("a constant relative path joins");
-        let Some(json) = self.get_json(url).await? else {
-            return Ok(None);
-        };
-        Ok(json.get("token_endpoint").and_then(Value::as_str).and_then(|t| base.url().join(t).ok()))
+        let Some(json) = self.get_json(url).await? else { return Ok(None) };
+        Ok(json.get("token_endpoint").and_then(Value::as_str).and_then(|t| Self::endpoint(base, t)))
     }
 
-    async fn via_capability_statement(&self, base: &ProviderBase) -> Result<Option<Url>, AuthError> {
+    async fn via_capability_statement(&self, base: &ProviderBase) -> Result<Option<Endpoint>, AuthError> {
         let url = base.url().join("metadata").expect("a constant relative path joins");
-        let Some(json) = self.get_json(url).await? else {
-            return Ok(None);
-        };
+        let Some(json) = self.get_json(url).await? else { return Ok(None) };
         let rests = json.get("rest").and_then(Value::as_array).cloned().unwrap_or_default();
         let token = rests
             .iter()
@@ -192,6 +230,6 @@ impl ProviderTokens {
             .filter(|e| e.get("url").and_then(Value::as_str) == Some("token"))
             .find_map(|e| ["valueUri", "valueUrl", "valueString"].iter().find_map(|k| e.get(*k)?.as_str()))
             .map(str::to_string);
-        Ok(token.and_then(|t| base.url().join(&t).ok()))
+        Ok(token.and_then(|t| Self::endpoint(base, &t)))
     }
 }

@@ -29,6 +29,8 @@ impl TmpFs {
 }
 
 struct TmpFile {
+    /// `<job>/<name>`, for outcomes: the server's own paths stay private.
+    label: String,
     part: PathBuf,
     target: PathBuf,
     out: tokio::io::BufWriter<fs::File>,
@@ -47,7 +49,7 @@ impl FileWriter for TmpFile {
         self.out.flush().await?;
         self.out.get_ref().sync_all().await?;
         fs::rename(&self.part, &self.target).await?;
-        Ok(Receipt { location: self.target.display().to_string(), bytes: self.bytes })
+        Ok(Receipt { location: self.label.clone(), bytes: self.bytes })
     }
 
     async fn abort(self: Box<Self>) -> Result<(), DestinationError> {
@@ -75,6 +77,7 @@ impl Destination for TmpFs {
         let part = dir.join(format!("{name}.part"));
         let file = fs::File::create(&part).await?;
         Ok(Box::new(TmpFile {
+            label: format!("{job}/{name}"),
             part,
             target,
             out: tokio::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, file),

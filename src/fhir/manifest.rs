@@ -64,6 +64,8 @@ pub struct PlannedFile {
     pub kind: FileKind,
     pub resource_type: String,
     pub url: String,
+    /// `requiresAccessToken` of the page that listed the file.
+    pub requires_token: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,13 +92,19 @@ impl Manifest {
         for (i, f) in self.output.iter().enumerate() {
             let resource_type =
                 f.resource_type.clone().filter(|t| !t.is_empty()).ok_or(ManifestError::MissingType(i))?;
-            files.push(PlannedFile { kind: FileKind::Output, resource_type, url: f.url.clone() });
+            files.push(PlannedFile {
+                kind: FileKind::Output,
+                resource_type,
+                url: f.url.clone(),
+                requires_token: self.requires_access_token,
+            });
         }
         for f in self.error.iter().chain(&self.outcome) {
             files.push(PlannedFile {
                 kind: FileKind::Error,
                 resource_type: "OperationOutcome".into(),
                 url: f.url.clone(),
+                requires_token: self.requires_access_token,
             });
         }
         for f in &self.deleted {
@@ -104,6 +112,7 @@ impl Manifest {
                 kind: FileKind::Deleted,
                 resource_type: "Bundle".into(),
                 url: f.url.clone(),
+                requires_token: self.requires_access_token,
             });
         }
         Ok(files)

@@ -13,7 +13,6 @@ pub const KICKOFF_PARAMETERS: &[&str] = &[
     "_typeFilter",
     "patient",
     "includeAssociatedData",
-    "organizeOutputBy",
     "allowPartialManifests",
 ];
 

@@ -1,7 +1,8 @@
 //! One file of an export (Bulk Data "Output File Request"): fetch (token only when the manifest
-//! requires it; gzip accepted), split into lines under the max-line guard, validate each line, and
-//! stream the received bytes unchanged to the destination. A broken connection restarts the file;
-//! a bad line fails it with the line number and reason.
+//! page requires it; gzip accepted), split into lines under the max-line guard, validate each
+//! line, and stream the received bytes unchanged to the destination. A broken connection restarts
+//! the file; a bad line fails it with the line number and reason. Only cancellation, storage and
+//! destination errors reach the job: every provider problem is this file's outcome.
 use futures::StreamExt;
 use reqwest::{header::ACCEPT, StatusCode};
 use tokio_util::sync::CancellationToken;
@@ -14,7 +15,10 @@ use super::{
 };
 use crate::{
     destination::{Destination, FileWriter},
-    fhir::operation_outcome::{IssueCode, OperationOutcome, Severity},
+    fhir::{
+        manifest::FileKind,
+        operation_outcome::{IssueCode, OperationOutcome, Severity},
+    },
     store::jobs::{FileState, JobFile},
 };
 
@@ -43,7 +47,7 @@ impl FileResult {
 
 /// Why one attempt at a file stopped.
 enum AttemptError {
-    /// Worth another attempt (connection broke, body stalled or truncated).
+    /// Worth another attempt (connection broke, body stalled or truncated, token trouble).
     Transient(String),
     /// The file itself is bad or refused; retrying cannot help.
     Permanent(IssueCode, String),
@@ -52,7 +56,14 @@ enum AttemptError {
 
 impl From<JobError> for AttemptError {
     fn from(e: JobError) -> Self {
-        AttemptError::Job(e)
+        match e {
+            JobError::Cancelled | JobError::Store(_) | JobError::Destination(_) => AttemptError::Job(e),
+            // `send` already retried these: the file fails, the job goes on.
+            JobError::Provider(m) => AttemptError::Permanent(IssueCode::Transient, m),
+            JobError::Auth(e) => {
+                AttemptError::Transient(format!("authorization at the provider failed: {e}"))
+            }
+        }
     }
 }
 
@@ -61,7 +72,6 @@ pub async fn import_file(
     client: &ProviderClient,
     destination: &dyn Destination,
     file: &JobFile,
-    requires_access_token: bool,
     cancel: &CancellationToken,
 ) -> Result<FileResult, JobError> {
     let url = match client.base.under(&file.url) {
@@ -70,7 +80,7 @@ pub async fn import_file(
             return Ok(FileResult::failed(file, IssueCode::Security, format!("{reason}; not fetched")))
         }
     };
-    let auth = if requires_access_token { Auth::WithToken } else { Auth::Without };
+    let auth = if file.requires_token { Auth::WithToken } else { Auth::Without };
     let mut attempt = 0;
     loop {
         let writer = destination.open(&file.job_id, &file.name).await?;
@@ -101,13 +111,18 @@ pub async fn import_file(
             }
             Err(AttemptError::Transient(reason)) => {
                 attempt += 1;
-                tracing::warn!(file = %file.url, attempt, %reason, "file download interrupted; starting it again");
+                tracing::warn!(file = %redact(&url), attempt, %reason, "file download interrupted; starting it again");
                 let wait =
                     retry::backoff(client.limits.poll_interval, attempt, client.limits.max_retry_after);
                 retry::sleep(wait, cancel).await?;
             }
         }
     }
+}
+
+/// Origin and path only: queries of file URLs can be signatures.
+pub fn redact(url: &url::Url) -> String {
+    format!("{}{}", url.origin().ascii_serialization(), url.path())
 }
 
 async fn attempt_file(
@@ -141,8 +156,8 @@ async fn stream_into(
     writer: &mut dyn FileWriter,
     cancel: &CancellationToken,
 ) -> Result<i64, AttemptError> {
-    let get = || client.http.get(url.clone()).header(ACCEPT, "application/fhir+ndjson");
-    let resp = client.send(auth, cancel, get).await?;
+    let get = |http: &reqwest::Client, url: url::Url| http.get(url).header(ACCEPT, "application/fhir+ndjson");
+    let resp = client.send(auth, cancel, url, get).await?;
     match resp.status() {
         StatusCode::OK => {}
         StatusCode::NOT_FOUND | StatusCode::GONE => {
@@ -165,10 +180,12 @@ async fn stream_into(
         }
     }
     let expected = file.resource_type.as_str();
+    // Provider OperationOutcomes and `deleted` Bundles often carry no id.
+    let require_id = file.kind == FileKind::Output;
     let mut splitter = LineSplitter::new(client.limits.max_line_bytes);
     let mut resources = 0i64;
     let mut on_line = |n: u64, line: &[u8]| -> Result<(), LineError> {
-        if validate_line(n, line, expected)? == LineKind::Resource {
+        if validate_line(n, line, expected, require_id)? == LineKind::Resource {
             resources += 1;
         }
         Ok(())
@@ -181,7 +198,10 @@ async fn stream_into(
         };
         let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| {
-            AttemptError::Transient(format!("the download broke off: {}", crate::routes::error::chain(&e)))
+            AttemptError::Transient(format!(
+                "the download broke off: {}",
+                crate::routes::error::chain(&e.without_url())
+            ))
         })?;
         splitter.feed(&chunk, &mut on_line).map_err(line_failure)?;
         writer.write(chunk).await.map_err(JobError::from)?;

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::{
-    provider_client::{is_transient_status, Auth, ProviderClient},
+    provider_client::{is_transient_status, Auth, ProviderClient, SendError},
     retry, JobError,
 };
 use crate::{
@@ -54,6 +54,7 @@ fn kickoff_body(params: &[KickoffParam]) -> Value {
         .iter()
         .map(|p| match p.name.as_str() {
             "_since" | "_until" => json!({"name": p.name, "valueInstant": p.value}),
+            "includeAssociatedData" => json!({"name": p.name, "valueCode": p.value}),
             "patient" => json!({"name": p.name, "valueReference": {"reference": p.value}}),
             "allowPartialManifests" if p.value == "true" || p.value == "false" => {
                 json!({"name": p.name, "valueBoolean": p.value == "true"})
@@ -65,6 +66,9 @@ fn kickoff_body(params: &[KickoffParam]) -> Value {
 }
 
 /// Start the export; returns the status URL (bound to the provider's origin).
+///
+/// A kick-off is not idempotent (each accepted one starts an export), so it is retried only when
+/// the provider surely did not start one: a refused connection, 429, or 503.
 pub async fn kick_off(
     client: &ProviderClient,
     export_url: &Url,
@@ -72,16 +76,14 @@ pub async fn kick_off(
     cancel: &CancellationToken,
 ) -> Result<Url, JobError> {
     let body = kickoff_body(params).to_string();
-    let post = || {
-        client
-            .http
-            .post(export_url.clone())
+    let post = |http: &reqwest::Client, url: Url| {
+        http.post(url)
             .header(ACCEPT, "application/fhir+json")
             .header("Prefer", "respond-async")
             .header(CONTENT_TYPE, "application/fhir+json")
             .body(body.clone())
     };
-    let mut resp = client.send(Auth::WithToken, cancel, post).await?;
+    let mut resp = kick_off_once(client, export_url, &post, cancel).await?;
     if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
         if params.iter().any(|p| p.name == "patient") {
             return Err(JobError::Provider(
@@ -93,14 +95,10 @@ pub async fn kick_off(
             url.query_pairs_mut().append_pair(&p.name, &p.value);
         }
         tracing::info!("provider refused POST kick-off; falling back to GET");
-        let get = || {
-            client
-                .http
-                .get(url.clone())
-                .header(ACCEPT, "application/fhir+json")
-                .header("Prefer", "respond-async")
+        let get = |http: &reqwest::Client, url: Url| {
+            http.get(url).header(ACCEPT, "application/fhir+json").header("Prefer", "respond-async")
         };
-        resp = client.send(Auth::WithToken, cancel, get).await?;
+        resp = kick_off_once(client, &url, &get, cancel).await?;
     }
     if !resp.status().is_success() {
         return Err(JobError::Provider(describe_failure("the provider's export kick-off", resp).await));
@@ -114,7 +112,48 @@ pub async fn kick_off(
         .map_err(|e| JobError::Provider(format!("the export status URL was refused: {e}")))
 }
 
+async fn kick_off_once(
+    client: &ProviderClient,
+    url: &Url,
+    make: &impl Fn(&reqwest::Client, Url) -> reqwest::RequestBuilder,
+    cancel: &CancellationToken,
+) -> Result<reqwest::Response, JobError> {
+    let mut attempt = 0;
+    loop {
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return Err(JobError::Cancelled),
+            r = client.send_once(Auth::WithToken, make, url) => r,
+        };
+        let last = attempt >= client.limits.max_retries;
+        let wait = match result {
+            Ok(resp)
+                if !last
+                    && matches!(
+                        resp.status(),
+                        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+                    ) =>
+            {
+                client.wait_for(&resp, attempt)
+            }
+            Ok(resp) => return Ok(resp),
+            Err(SendError::Http(e)) if e.is_connect() && !last => {
+                retry::backoff(client.limits.poll_interval, attempt, client.limits.max_retry_after)
+            }
+            Err(SendError::Token(_)) if !last => {
+                retry::backoff(client.limits.poll_interval, attempt, client.limits.max_retry_after)
+            }
+            Err(SendError::Token(e)) => return Err(e),
+            Err(e) => {
+                return Err(JobError::Provider(format!("the export kick-off failed: {}", e.describe())))
+            }
+        };
+        attempt += 1;
+        retry::sleep(wait, cancel).await?;
+    }
+}
+
 /// Poll the status URL until the manifest is ready. `on_progress` receives text for people.
+/// Provider errors are retried with backoff until they have lasted `STATUS_ERROR_BUDGET`.
 pub async fn poll<F, Fut>(
     client: &ProviderClient,
     status_url: &Url,
@@ -129,6 +168,8 @@ where
     let deadline = Instant::now() + limits.export_timeout;
     let mut in_progress_polls = 0u32;
     let mut failures = 0u32;
+    let mut failing_since: Option<Instant> = None;
+    let get = |http: &reqwest::Client, url: Url| http.get(url).header(ACCEPT, "application/json");
     loop {
         if Instant::now() > deadline {
             return Err(JobError::Provider(format!(
@@ -136,23 +177,25 @@ where
                 limits.export_timeout.as_secs()
             )));
         }
-        let get = || client.http.get(status_url.clone()).header(ACCEPT, "application/json");
         let result = tokio::select! {
             _ = cancel.cancelled() => return Err(JobError::Cancelled),
-            r = client.send_once(Auth::WithToken, &get) => r,
+            r = client.send_once(Auth::WithToken, &get, status_url) => r,
+        };
+        // Counts a failure; returns true when the error budget is spent.
+        let mut give_up = || {
+            failures += 1;
+            let since = *failing_since.get_or_insert_with(Instant::now);
+            failures > limits.max_retries && since.elapsed() >= limits.status_error_budget
         };
         let wait = match result {
-            Err(super::provider_client::SendError::Token(e)) => return Err(e),
-            Err(super::provider_client::SendError::Http(e)) => {
-                failures += 1;
-                if failures > limits.max_retries {
+            Err(e) => {
+                if give_up() {
                     return Err(JobError::Provider(format!(
-                        "the export status URL could not be reached after {failures} attempts: {}",
-                        crate::routes::error::chain(&e)
+                        "the export status URL failed {failures} times in a row: {}",
+                        e.describe()
                     )));
                 }
-                on_progress(format!("status request failed; retry {failures} of {}", limits.max_retries))
-                    .await;
+                on_progress(format!("status request failed; retry {failures}")).await;
                 retry::backoff(limits.poll_interval, failures, limits.max_retry_after)
             }
             Ok(resp) if resp.status() == StatusCode::OK => {
@@ -161,7 +204,7 @@ where
                     .map_err(|e| JobError::Provider(format!("the export manifest could not be read: {e}")));
             }
             Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
-                failures = 0;
+                (failures, failing_since) = (0, None);
                 let progress = resp
                     .headers()
                     .get("x-progress")
@@ -169,39 +212,28 @@ where
                     .map(|s| s.chars().take(100).collect::<String>())
                     .unwrap_or_else(|| "in progress".into());
                 on_progress(format!("provider export: {progress}")).await;
-                let wait = retry::retry_after(resp.headers(), limits.max_retry_after).unwrap_or_else(|| {
-                    retry::backoff(limits.poll_interval, in_progress_polls, limits.max_retry_after)
-                });
+                let wait = client.wait_for(&resp, in_progress_polls);
                 in_progress_polls += 1;
                 wait
             }
             Ok(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS => {
-                let wait = retry::retry_after(resp.headers(), limits.max_retry_after).unwrap_or_else(|| {
-                    retry::backoff(limits.poll_interval, in_progress_polls, limits.max_retry_after)
-                });
+                let wait = client.wait_for(&resp, in_progress_polls);
+                in_progress_polls += 1;
                 on_progress(format!("provider asked us to slow down; waiting {} s", wait.as_secs())).await;
                 wait
             }
             Ok(resp) if is_transient_status(resp.status()) => {
-                failures += 1;
-                if failures > limits.max_retries {
+                if give_up() {
                     return Err(JobError::Provider(describe_failure("the export status URL", resp).await));
                 }
-                on_progress(format!(
-                    "provider status error {}; retry {failures} of {}",
-                    resp.status(),
-                    limits.max_retries
-                ))
-                .await;
-                retry::retry_after(resp.headers(), limits.max_retry_after)
-                    .unwrap_or_else(|| retry::backoff(limits.poll_interval, failures, limits.max_retry_after))
+                on_progress(format!("provider status error {}; retry {failures}", resp.status())).await;
+                client.wait_for(&resp, failures)
             }
             Ok(resp) => {
                 let status = resp.status();
                 let body = read_limited(resp, MAX_ERROR_BODY_BYTES).await.unwrap_or_default();
                 // Bulk Data: an all-`transient` OperationOutcome means "try later", not failure.
-                if OperationOutcome::is_transient(&body) && failures < limits.max_retries {
-                    failures += 1;
+                if OperationOutcome::is_transient(&body) && !give_up() {
                     retry::backoff(limits.poll_interval, failures, limits.max_retry_after)
                 } else {
                     let detail = OperationOutcome::summarize(&body).unwrap_or_else(|| "no details".into());
@@ -221,8 +253,8 @@ pub async fn fetch_manifest(
     url: &Url,
     cancel: &CancellationToken,
 ) -> Result<Bytes, JobError> {
-    let get = || client.http.get(url.clone()).header(ACCEPT, "application/json");
-    let resp = client.send(Auth::WithToken, cancel, get).await?;
+    let get = |http: &reqwest::Client, url: Url| http.get(url).header(ACCEPT, "application/json");
+    let resp = client.send(Auth::WithToken, cancel, url, get).await?;
     if resp.status() != StatusCode::OK {
         return Err(JobError::Provider(describe_failure("the export manifest URL", resp).await));
     }

@@ -20,6 +20,9 @@ pub enum LineError {
     NoId { line: u64, resource_type: String },
 }
 
+/// Carry capacity kept between lines; more is released after a long line.
+const KEEP_CARRY_BYTES: usize = 64 * 1024;
+
 /// Splits a byte stream into lines, enforcing the max-line guard on the line itself.
 #[derive(Debug)]
 pub struct LineSplitter {
@@ -56,6 +59,10 @@ impl LineSplitter {
                 let result = on_line(self.line, trim_cr(&carried));
                 self.carry = carried;
                 self.carry.clear();
+                // One huge line must not pin its buffer for the rest of the file.
+                if self.carry.capacity() > KEEP_CARRY_BYTES {
+                    self.carry.shrink_to(KEEP_CARRY_BYTES);
+                }
                 result?;
             }
             start = nl + 1;
@@ -112,11 +119,23 @@ pub enum LineKind {
     Resource,
 }
 
-/// Validate one line: a JSON object whose `resourceType` is `expected` and that has an `id`.
-/// Bundles (the `deleted` files) need no `id`.
-pub fn validate_line(line_no: u64, line: &[u8], expected: &str) -> Result<LineKind, LineError> {
-    if line.iter().all(u8::is_ascii_whitespace) {
+/// Validate one line: a JSON object whose `resourceType` is `expected` and, when `require_id`,
+/// that has an `id` (provider OperationOutcomes and `deleted` Bundles often have none).
+pub fn validate_line(
+    line_no: u64,
+    line: &[u8],
+    expected: &str,
+    require_id: bool,
+) -> Result<LineKind, LineError> {
+    let Some(first) = line.iter().find(|b| !b.is_ascii_whitespace()) else {
         return Ok(LineKind::Blank);
+    };
+    // serde would also read the struct from an array; a resource line is an object.
+    if *first != b'{' {
+        return Err(LineError::NotJson {
+            line: line_no,
+            reason: "a resource line must be a JSON object".into(),
+        });
     }
     if std::str::from_utf8(line).is_err() {
         return Err(LineError::NotUtf8 { line: line_no });
@@ -131,7 +150,7 @@ pub fn validate_line(line_no: u64, line: &[u8], expected: &str) -> Result<LineKi
             found: found.into_owned(),
         });
     }
-    if found != "Bundle" && head.id.is_none_or(|id| id.is_empty()) {
+    if require_id && head.id.is_none_or(|id| id.is_empty()) {
         return Err(LineError::NoId { line: line_no, resource_type: found.into_owned() });
     }
     Ok(LineKind::Resource)
@@ -178,30 +197,41 @@ mod tests {
     #[test]
     fn validation_names_the_line_and_the_reason() {
         assert_eq!(
-            validate_line(1, br#"{"resourceType":"Patient","id":"1"}"#, "Patient"),
+            validate_line(1, br#"{"resourceType":"Patient","id":"1"}"#, "Patient", true),
             Ok(LineKind::Resource)
         );
-        assert_eq!(validate_line(2, b"   ", "Patient"), Ok(LineKind::Blank));
+        assert_eq!(validate_line(2, b"   ", "Patient", true), Ok(LineKind::Blank));
         assert!(matches!(
-            validate_line(3, b"{\"resourceType\":", "Patient"),
+            validate_line(3, b"{\"resourceType\":", "Patient", true),
             Err(LineError::NotJson { line: 3, .. })
         ));
-        assert!(matches!(validate_line(4, b"[1,2]", "Patient"), Err(LineError::NotJson { .. })));
-        assert_eq!(validate_line(5, br#"{"id":"1"}"#, "Patient"), Err(LineError::NoResourceType { line: 5 }));
+        assert!(matches!(validate_line(4, b"[1,2]", "Patient", true), Err(LineError::NotJson { .. })));
         assert!(matches!(
-            validate_line(6, br#"{"resourceType":"Observation","id":"1"}"#, "Patient"),
+            validate_line(4, br#"["Patient","1"]"#, "Patient", true),
+            Err(LineError::NotJson { .. })
+        ));
+        assert_eq!(
+            validate_line(4, br#"{"resourceType":"OperationOutcome"}"#, "OperationOutcome", false),
+            Ok(LineKind::Resource)
+        );
+        assert_eq!(
+            validate_line(5, br#"{"id":"1"}"#, "Patient", true),
+            Err(LineError::NoResourceType { line: 5 })
+        );
+        assert!(matches!(
+            validate_line(6, br#"{"resourceType":"Observation","id":"1"}"#, "Patient", true),
             Err(LineError::WrongType { line: 6, .. })
         ));
         assert!(matches!(
-            validate_line(7, br#"{"resourceType":"Patient"}"#, "Patient"),
+            validate_line(7, br#"{"resourceType":"Patient"}"#, "Patient", true),
             Err(LineError::NoId { .. })
         ));
         assert_eq!(
-            validate_line(8, br#"{"resourceType":"Bundle","type":"transaction"}"#, "Bundle"),
+            validate_line(8, br#"{"resourceType":"Bundle","type":"transaction"}"#, "Bundle", false),
             Ok(LineKind::Resource)
         );
         assert_eq!(
-            validate_line(9, b"{\"resourceType\":\"Patient\",\"id\":\"\xff\"}", "Patient"),
+            validate_line(9, b"{\"resourceType\":\"Patient\",\"id\":\"\xff\"}", "Patient", true),
             Err(LineError::NotUtf8 { line: 9 })
         );
     }

@@ -1,29 +1,47 @@
 //! One import job from start (or resume) to a final state: export or manifest, plan, download.
 //! Every step is persisted first, so a restart continues where the job stopped.
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use url::Url;
 
-use super::{download, export, provider_client::ProviderClient, JobError};
+use super::{
+    download, export,
+    provider_client::{Auth, ProviderClient},
+    JobError,
+};
 use crate::{
     auth::provider_base::ProviderBase,
     destination::file_name::{FileNameTemplate, FileNameVars},
     fhir::{manifest::FileKind, parameters::ExportType},
     state::AppState,
-    store::jobs::{FileState, Job, JobFile, JobState},
+    store::{
+        jobs::{FileState, Job, JobFile, JobState},
+        providers::Provider,
+    },
     time_util::now_unix,
 };
 
-/// Run a job; failures are stored on it, cancellation leaves it as it is.
+/// Run a job; failures are stored on it, cancellation leaves it as it is. A panic inside the job
+/// is caught and recorded as a failure, so no job stays "running" forever.
 pub async fn run_job(app: AppState, id: String, cancel: CancellationToken) {
     let span = tracing::info_span!("job", job_id = %id);
     async {
-        match run(&app, &id, &cancel).await {
+        let work = std::panic::AssertUnwindSafe(with_heartbeat(&app, &id, run(&app, &id, &cancel))).catch_unwind();
+        let outcome = match work.await {
+            Ok(result) => result,
+            Err(_) => Err(JobError::Provider("the import stopped on an internal error (a bug); see the server log".into())),
+        };
+        match outcome {
             Ok(()) => tracing::info!("job finished"),
-            Err(JobError::Cancelled) => tracing::info!("job stopped"),
+            Err(JobError::Cancelled) => {
+                tracing::info!("job stopped");
+                if !app.jobs.shutdown.is_cancelled() {
+                    release_export(&app, &id).await;
+                }
+            }
             Err(e) => {
                 let reason = crate::routes::error::chain(&e);
                 tracing::warn!(%reason, "job failed");
@@ -36,11 +54,56 @@ pub async fn run_job(app: AppState, id: String, cancel: CancellationToken) {
                 if let Err(e) = app.store.fail_job(&id, &message, now_unix()).await {
                     tracing::error!(error = %crate::routes::error::chain(&e), "could not record the job failure");
                 }
+                release_export(&app, &id).await;
             }
         }
     }
     .instrument(span)
     .await
+}
+
+/// Run `work` while recording a sign of life, so the reaper tells a long job from a stuck one.
+async fn with_heartbeat<T>(app: &AppState, id: &str, work: impl std::future::Future<Output = T>) -> T {
+    let every = (app.config.jobs_max_age / 4).clamp(Duration::from_millis(200), Duration::from_secs(60));
+    let beat = async {
+        loop {
+            if let Err(e) = app.store.touch(id, now_unix()).await {
+                tracing::warn!(error = %crate::routes::error::chain(&e), "could not record job heartbeat");
+            }
+            tokio::time::sleep(every).await;
+        }
+    };
+    tokio::select! {
+        out = work => out,
+        never = beat => never,
+    }
+}
+
+fn provider_client(app: &AppState, provider: &Provider) -> Result<ProviderClient, JobError> {
+    let base = ProviderBase::parse(&provider.aud).map_err(JobError::Provider)?;
+    Ok(ProviderClient::new(
+        app.http.clone(),
+        app.provider_tokens.clone(),
+        base,
+        provider.consumer_client_id.clone(),
+        provider.scope.clone().unwrap_or_else(|| app.config.provider_scope.clone()),
+        app.config.limits.clone(),
+    ))
+}
+
+/// Best effort: DELETE the provider's export status URL (Bulk Data v2+: "done with the files" or
+/// "cancel"), bounded in time so it never holds up a cancel or shutdown.
+async fn release_export(app: &AppState, id: &str) {
+    let Ok(Some(job)) = app.store.job(id).await else { return };
+    let Some(status) = job.status_url.as_deref().and_then(|s| Url::parse(s).ok()) else { return };
+    let Ok(Some(provider)) = app.store.provider(&job.client_id).await else { return };
+    let Ok(client) = provider_client(app, &provider) else { return };
+    let delete = |http: &reqwest::Client, url: Url| http.delete(url);
+    let sent =
+        tokio::time::timeout(RELEASE_TIMEOUT, client.send_once(Auth::WithToken, &delete, &status)).await;
+    if !matches!(sent, Ok(Ok(ref r)) if r.status().is_success()) {
+        tracing::info!("could not release the provider's export (it expires on its own)");
+    }
 }
 
 async fn run(app: &AppState, id: &str, cancel: &CancellationToken) -> Result<(), JobError> {
@@ -53,20 +116,11 @@ async fn run(app: &AppState, id: &str, cancel: &CancellationToken) -> Result<(),
     let provider = app.store.provider(&job.client_id).await?.ok_or_else(|| {
         JobError::Provider("the provider's registration was revoked; the job cannot continue".into())
     })?;
-    let base = ProviderBase::parse(&provider.aud).map_err(JobError::Provider)?;
-    let client = ProviderClient::new(
-        app.http.clone(),
-        app.provider_tokens.clone(),
-        base,
-        provider.consumer_client_id.clone(),
-        provider.scope.clone().unwrap_or_else(|| app.config.provider_scope.clone()),
-        app.config.limits.clone(),
-    );
+    let client = provider_client(app, &provider)?;
 
     if matches!(job.state, JobState::Queued | JobState::Exporting) {
         plan(app, &client, &job, cancel).await?;
     }
-    let job = app.store.job(id).await?.ok_or(JobError::Cancelled)?;
     let pending: Vec<JobFile> =
         app.store.files(id).await?.into_iter().filter(|f| f.state == FileState::Pending).collect();
     tracing::info!(files = pending.len(), "importing files");
@@ -76,9 +130,7 @@ async fn run(app: &AppState, id: &str, cancel: &CancellationToken) -> Result<(),
             let client = &client;
             let destination = destination.clone();
             async move {
-                let result =
-                    download::import_file(client, &*destination, &file, job.requires_access_token, cancel)
-                        .await;
+                let result = download::import_file(client, &*destination, &file, cancel).await;
                 (file, result)
             }
         })
@@ -92,14 +144,12 @@ async fn run(app: &AppState, id: &str, cancel: &CancellationToken) -> Result<(),
         return Err(JobError::Cancelled);
     }
     app.store.complete_job(id, now_unix()).await?;
-    if let Some(status) = job.status_url.as_deref().and_then(|s| Url::parse(s).ok()) {
-        // Bulk Data v2+: DELETE after completion tells the provider we are done with the files.
-        let _ = client
-            .send_once(super::provider_client::Auth::WithToken, &|| client.http.delete(status.clone()))
-            .await;
-    }
+    release_export(app, id).await;
     Ok(())
 }
+
+/// Longest we wait for a provider to acknowledge a release DELETE.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Get the manifest (static GET, or dynamic kick-off and poll) and persist the file plan.
 async fn plan(
@@ -176,9 +226,11 @@ fn name_files(
             if f.kind != FileKind::Output {
                 name = format!("{}-{name}", f.kind.as_str());
             }
-            if !used.insert(name.clone()) {
-                name = format!("{idx}-{name}");
-                used.insert(name.clone());
+            let original = name.clone();
+            let mut n = idx;
+            while !used.insert(name.clone()) {
+                name = format!("{n}-{original}");
+                n += 1;
             }
             JobFile {
                 job_id: job_id.to_string(),
@@ -186,6 +238,7 @@ fn name_files(
                 kind: f.kind,
                 resource_type: f.resource_type,
                 url: f.url,
+                requires_token: f.requires_token,
                 name,
                 state: FileState::Pending,
                 resources: 0,
@@ -194,4 +247,28 @@ fn name_files(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fhir::manifest::PlannedFile;
+
+    #[test]
+    fn destination_names_never_collide() {
+        let template = FileNameTemplate::parse("{originalName}").unwrap();
+        let planned =
+            ["http://p/2-a.ndjson", "http://p/x/a.ndjson", "http://p/y/a.ndjson", "http://p/z/a.ndjson"]
+                .iter()
+                .map(|u| PlannedFile {
+                    kind: FileKind::Output,
+                    resource_type: "Patient".into(),
+                    url: u.to_string(),
+                    requires_token: true,
+                })
+                .collect();
+        let names: Vec<String> = name_files(&template, "job", planned).into_iter().map(|f| f.name).collect();
+        let unique: HashSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+    }
 }

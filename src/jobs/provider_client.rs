@@ -1,11 +1,12 @@
 //! Requests to one provider on behalf of one job: the Bearer token when needed (refreshed once on a
-//! 401), and bounded retries of transient failures (connection errors, 429, 5xx, all-transient
-//! OperationOutcomes), honouring `Retry-After`.
-use std::sync::Arc;
+//! 401), redirects followed by hand without the token, and bounded retries of transient failures
+//! (connection errors, 429, 5xx, token endpoint trouble), honouring `Retry-After`.
+use std::{net::IpAddr, sync::Arc};
 
-use reqwest::{header::AUTHORIZATION, RequestBuilder, Response, StatusCode};
+use reqwest::{header::AUTHORIZATION, Method, RequestBuilder, Response, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
+use url::Url;
 
 use super::{retry, JobError};
 use crate::{
@@ -16,7 +17,11 @@ use crate::{
     config::Limits,
 };
 
+/// Redirect hops we follow for one request.
+const MAX_REDIRECTS: usize = 5;
+
 pub struct ProviderClient {
+    /// Never follows redirects by itself: `send_once` does, so the token never crosses one.
     pub http: reqwest::Client,
     pub base: ProviderBase,
     pub limits: Limits,
@@ -31,6 +36,49 @@ pub enum Auth {
     WithToken,
     /// Capability URLs (`requiresAccessToken: false`): the spec forbids sending the token.
     Without,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Token(JobError),
+    #[error("request failed")]
+    Http(#[from] reqwest::Error),
+    #[error("{0}")]
+    Redirect(String),
+}
+
+impl SendError {
+    /// A description without URLs (capability URLs and presigned queries are credentials).
+    pub fn describe(self) -> String {
+        match self {
+            SendError::Token(e) => crate::routes::error::chain(&e),
+            SendError::Http(e) => crate::routes::error::chain(&e.without_url()),
+            SendError::Redirect(m) => m,
+        }
+    }
+}
+
+/// Loopback, private, link-local and unspecified addresses, and `localhost`.
+fn is_internal(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => internal_ip(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => internal_ip(IpAddr::V6(ip)),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost"),
+        None => true,
+    }
+}
+
+fn internal_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
 }
 
 impl ProviderClient {
@@ -57,20 +105,53 @@ impl ProviderClient {
         }
     }
 
-    /// Send once (plus one retry with a fresh token after a 401).
+    /// Send once (plus one retry with a fresh token after a 401), following GET redirects without
+    /// the token, and never from a public provider into an internal address.
     pub async fn send_once(
         &self,
         auth: Auth,
-        make: &impl Fn() -> RequestBuilder,
+        make: &impl Fn(&reqwest::Client, Url) -> RequestBuilder,
+        url: &Url,
     ) -> Result<Response, SendError> {
         let token = match auth {
             Auth::WithToken => self.token(false).await.map_err(SendError::Token)?,
             Auth::Without => None,
         };
-        let resp = Self::attach(make(), &token).send().await?;
-        if resp.status() == StatusCode::UNAUTHORIZED && token.is_some() {
+        let mut resp = Self::attach(make(&self.http, url.clone()), &token).send().await?;
+        if resp.status() == StatusCode::UNAUTHORIZED && auth == Auth::WithToken {
+            // A fresh token, or (for a provider that looked open) a fresh look for its token endpoint.
             let fresh = self.token(true).await.map_err(SendError::Token)?;
-            return Ok(Self::attach(make(), &fresh).send().await?);
+            if fresh.is_some() {
+                resp = Self::attach(make(&self.http, url.clone()), &fresh).send().await?;
+            }
+        }
+        let method = make(&self.http, url.clone()).build().map(|r| r.method().clone()).unwrap_or(Method::GET);
+        let mut current = url.clone();
+        for _ in 0..MAX_REDIRECTS {
+            if !resp.status().is_redirection() || method != Method::GET {
+                return Ok(resp);
+            }
+            let Some(location) = resp.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok())
+            else {
+                return Ok(resp);
+            };
+            let next = current
+                .join(location)
+                .map_err(|_| SendError::Redirect("the provider redirected to an invalid URL".into()))?;
+            if !matches!(next.scheme(), "http" | "https")
+                || (is_internal(&next) && !is_internal(self.base.url()))
+            {
+                return Err(SendError::Redirect(format!(
+                    "the provider redirected to {}, an internal or non-HTTP address; not followed",
+                    next.host_str().unwrap_or("?")
+                )));
+            }
+            // Redirects never carry our token (Bulk Data: output URLs may redirect to storage).
+            resp = make(&self.http, next.clone()).send().await?;
+            current = next;
+        }
+        if resp.status().is_redirection() {
+            return Err(SendError::Redirect(format!("more than {MAX_REDIRECTS} redirects")));
         }
         Ok(resp)
     }
@@ -81,33 +162,29 @@ impl ProviderClient {
         &self,
         auth: Auth,
         cancel: &CancellationToken,
-        make: impl Fn() -> RequestBuilder,
+        url: &Url,
+        make: impl Fn(&reqwest::Client, Url) -> RequestBuilder,
     ) -> Result<Response, JobError> {
         let mut attempt = 0;
         loop {
             let result = tokio::select! {
                 _ = cancel.cancelled() => return Err(JobError::Cancelled),
-                r = self.send_once(auth, &make) => r,
+                r = self.send_once(auth, &make, url) => r,
             };
+            let last = attempt >= self.limits.max_retries;
             let wait = match result {
-                Ok(resp) if !is_transient_status(resp.status()) => return Ok(resp),
-                Ok(resp) if attempt >= self.limits.max_retries => return Ok(resp),
-                Ok(resp) => {
-                    retry::retry_after(resp.headers(), self.limits.max_retry_after).unwrap_or_else(|| {
-                        retry::backoff(self.limits.poll_interval, attempt, self.limits.max_retry_after)
-                    })
-                }
-                Err(SendError::Token(e)) => return Err(e),
-                Err(SendError::Http(e)) if attempt >= self.limits.max_retries => {
+                Ok(resp) if !is_transient_status(resp.status()) || last => return Ok(resp),
+                Ok(resp) => self.wait_for(&resp, attempt),
+                Err(SendError::Token(e)) if last => return Err(e),
+                Err(e @ SendError::Redirect(_)) => return Err(JobError::Provider(e.describe())),
+                Err(e) if last => {
                     return Err(JobError::Provider(format!(
                         "the provider could not be reached after {} attempts: {}",
                         attempt + 1,
-                        crate::routes::error::chain(&e)
+                        e.describe()
                     )))
                 }
-                Err(SendError::Http(_)) => {
-                    retry::backoff(self.limits.poll_interval, attempt, self.limits.max_retry_after)
-                }
+                Err(_) => retry::backoff(self.limits.poll_interval, attempt, self.limits.max_retry_after),
             };
             attempt += 1;
             tracing::warn!(
@@ -118,17 +195,38 @@ impl ProviderClient {
             retry::sleep(wait, cancel).await?;
         }
     }
-}
 
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    #[error(transparent)]
-    Token(JobError),
-    #[error("request failed")]
-    Http(#[from] reqwest::Error),
+    /// How long to wait after a transient response: its `Retry-After`, else backoff.
+    pub fn wait_for(&self, resp: &Response, attempt: u32) -> std::time::Duration {
+        retry::retry_after(resp.headers(), self.limits.poll_interval, self.limits.max_retry_after)
+            .unwrap_or_else(|| {
+                retry::backoff(self.limits.poll_interval, attempt, self.limits.max_retry_after)
+            })
+    }
 }
 
 /// 429 and 5xx are worth another try (Bulk Data: 5xx on status/file requests are commonly transient).
 pub fn is_transient_status(s: StatusCode) -> bool {
     s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_addresses_are_recognised() {
+        for u in [
+            "http://127.0.0.1/x",
+            "http://10.1.2.3/",
+            "http://169.254.169.254/latest",
+            "http://[::1]/",
+            "http://localhost:8080/",
+        ] {
+            assert!(is_internal(&Url::parse(u).unwrap()), "{u}");
+        }
+        for u in ["https://s3.amazonaws.com/b/k", "http://93.184.216.34/"] {
+            assert!(!is_internal(&Url::parse(u).unwrap()), "{u}");
+        }
+    }
 }

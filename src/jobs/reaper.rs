@@ -10,18 +10,27 @@ pub async fn remove_job(app: &AppState, id: &str) -> Result<(), super::JobError>
     Ok(())
 }
 
-/// One pass; returns how many jobs were removed.
+/// One pass; returns how many jobs were removed. One job that cannot be removed (its files, say)
+/// is logged and skipped, so it never blocks the others.
 pub async fn reap_once(app: &AppState) -> Result<usize, super::JobError> {
     let max_age = app.config.jobs_max_age.as_secs_f64();
     let now = now_unix();
     let finished_before = now - max_age.ceil() as i64;
-    let created_before = now - (2.0 * max_age).ceil() as i64;
-    let ids = app.store.expired_jobs(finished_before, created_before).await?;
+    let silent_since = now - (2.0 * max_age).ceil() as i64;
+    let ids = app.store.expired_jobs(finished_before, silent_since).await?;
+    let mut removed = 0;
     for id in &ids {
-        remove_job(app, id).await?;
-        tracing::info!(job_id = %id, "reaped expired job");
+        match remove_job(app, id).await {
+            Ok(()) => {
+                removed += 1;
+                tracing::info!(job_id = %id, "reaped expired job");
+            }
+            Err(e) => {
+                tracing::error!(job_id = %id, error = %crate::routes::error::chain(&e), "could not reap a job")
+            }
+        }
     }
-    Ok(ids.len())
+    Ok(removed)
 }
 
 /// Run until shutdown.

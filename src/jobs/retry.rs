@@ -7,8 +7,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::JobError;
 
-/// The provider's `Retry-After`, if it sent a usable one, capped at `cap`.
-pub fn retry_after(headers: &HeaderMap, cap: Duration) -> Option<Duration> {
+/// The provider's `Retry-After`, if it sent a usable one, kept within `floor..=cap` (a zero or
+/// past date must not make us poll in a tight loop).
+pub fn retry_after(headers: &HeaderMap, floor: Duration, cap: Duration) -> Option<Duration> {
     let raw = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     let wait = if let Ok(secs) = raw.parse::<u64>() {
         Duration::from_secs(secs)
@@ -16,7 +17,7 @@ pub fn retry_after(headers: &HeaderMap, cap: Duration) -> Option<Duration> {
         let at = httpdate::parse_http_date(raw).ok()?;
         at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
     };
-    Some(wait.min(cap))
+    Some(wait.max(floor).min(cap))
 }
 
 /// Exponential backoff: `base * 2^attempt`, capped.
@@ -42,15 +43,20 @@ mod tests {
         let cap = Duration::from_secs(120);
         let mut h = HeaderMap::new();
         h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
-        assert_eq!(retry_after(&h, cap), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after(&h, Duration::ZERO, cap), Some(Duration::from_secs(7)));
         h.insert(RETRY_AFTER, HeaderValue::from_static("86400"));
-        assert_eq!(retry_after(&h, cap), Some(cap));
+        assert_eq!(retry_after(&h, Duration::ZERO, cap), Some(cap));
         let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
         h.insert(RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
-        let w = retry_after(&h, cap).unwrap();
+        let w = retry_after(&h, Duration::ZERO, cap).unwrap();
         assert!(w > Duration::from_secs(25) && w <= Duration::from_secs(30), "{w:?}");
         h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
-        assert_eq!(retry_after(&h, cap), None);
+        assert_eq!(retry_after(&h, Duration::ZERO, cap), None);
+        h.insert(RETRY_AFTER, HeaderValue::from_static("0"));
+        assert_eq!(retry_after(&h, Duration::from_secs(1), cap), Some(Duration::from_secs(1)));
+        let past = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(30));
+        h.insert(RETRY_AFTER, HeaderValue::from_str(&past).unwrap());
+        assert_eq!(retry_after(&h, Duration::from_secs(1), cap), Some(Duration::from_secs(1)));
     }
 
     #[test]

@@ -30,6 +30,10 @@ impl Runner {
 
     /// Start (or resume) a job in the background.
     pub async fn spawn(&self, app: AppState, id: String) {
+        // A sign of life now, so a job waiting for a slot is not mistaken for a stuck one.
+        if let Err(e) = app.store.touch(&id, crate::time_util::now_unix()).await {
+            tracing::warn!(error = %crate::routes::error::chain(&e), "could not record job start");
+        }
         let cancel = self.shutdown.child_token();
         let (done_tx, done_rx) = watch::channel(());
         self.running.lock().await.insert(id.clone(), (cancel.clone(), done_rx));

@@ -91,13 +91,7 @@ async fn import(
     base.under(&request.export_url).map_err(|e| {
         ApiError::BadRequest(format!("exportUrl is not under the registered provider's base URL: {e}"))
     })?;
-    let running = app.store.count_unfinished_jobs().await?;
-    if running >= app.config.limits.max_concurrent_jobs as i64 {
-        return Err(ApiError::TooManyRequests {
-            message: format!("{running} imports are already running (MAX_CONCURRENT_JOBS); try again later"),
-            retry_after_secs: BUSY_RETRY_AFTER_SECS,
-        });
-    }
+
     let job = Job {
         id: random_hex(app.config.jobs_id_length),
         client_id: caller.provider.client_id.clone(),
@@ -113,7 +107,13 @@ async fn import(
         created_at: now_unix(),
         completed_at: None,
     };
-    app.store.insert_job(&job).await?;
+    let max = app.config.limits.max_concurrent_jobs;
+    if !app.store.insert_job_if_room(&job, max as i64).await? {
+        return Err(ApiError::TooManyRequests {
+            message: format!("{max} imports are already running (MAX_CONCURRENT_JOBS); try again later"),
+            retry_after_secs: BUSY_RETRY_AFTER_SECS,
+        });
+    }
     tracing::info!(job_id = %job.id, client_id = %job.client_id, scope = %caller.claims.scope, export_type = job.export_type.as_str(), "import job accepted");
     app.jobs.spawn(app.clone(), job.id.clone()).await;
     let location = format!("{}/job/{}", super::base_url(&app, &headers), job.id);

@@ -14,7 +14,7 @@ use crate::{
     fhir::operation_outcome::{IssueCode, OperationOutcome},
     jobs::reaper::remove_job,
     state::AppState,
-    store::jobs::{FileState, Job, JobState},
+    store::jobs::{Job, JobState},
     time_util::instant,
 };
 
@@ -53,16 +53,14 @@ async fn status(
     let outcome_url = format!("{}/job/{}/import-outcome.ndjson", super::base_url(&app, &headers), job.id);
     let res = match job.state {
         JobState::Completed => {
-            let lines = outcome_lines(&app, &job).await?;
-            let files = app.store.files(&job.id).await?;
-            let resources: i64 = files.iter().map(|f| f.resources).sum();
-            let failed = files.iter().filter(|f| f.state == FileState::Failed).count();
+            let count = outcome_lines(&app, &job).await?.len();
+            let (files, failed, resources) = app.store.file_totals(&job.id).await?;
             Json(json!({
                 "transactionTime": instant(job.created_at),
                 "requiresAccessToken": false,
-                "outcome": [{ "type": "OperationOutcome", "url": outcome_url, "count": lines.len() }],
+                "outcome": [{ "type": "OperationOutcome", "url": outcome_url, "count": count }],
                 "extension": {
-                    "files": files.len(),
+                    "files": files,
                     "failedFiles": failed,
                     "resources": resources,
                     "completedAt": job.completed_at.map(instant),
@@ -114,8 +112,7 @@ async fn status(
 
 /// One OperationOutcome per finished file, plus the job's failure; never empty once finished.
 async fn outcome_lines(app: &AppState, job: &Job) -> Result<Vec<String>, ApiError> {
-    let files = app.store.files(&job.id).await?;
-    let mut lines: Vec<String> = files.into_iter().filter_map(|f| f.outcome).collect();
+    let mut lines = app.store.file_outcomes(&job.id).await?;
     if let Some(reason) = &job.failure {
         let oo = OperationOutcome::error(IssueCode::Exception, format!("import failed: {reason}"));
         lines.push(serde_json::to_string(&oo).unwrap_or_default());

@@ -123,6 +123,7 @@ struct FileRow {
     kind: String,
     resource_type: String,
     url: String,
+    requires_token: bool,
     name: String,
     state: String,
     resources: i64,
@@ -137,6 +138,8 @@ pub struct JobFile {
     pub kind: FileKind,
     pub resource_type: String,
     pub url: String,
+    /// Whether the manifest page listing this file said `requiresAccessToken: true`.
+    pub requires_token: bool,
     /// Name at the destination.
     pub name: String,
     pub state: FileState,
@@ -154,6 +157,7 @@ impl From<FileRow> for JobFile {
             kind: FileKind::parse(&r.kind),
             resource_type: r.resource_type,
             url: r.url,
+            requires_token: r.requires_token,
             name: r.name,
             state: match r.state.as_str() {
                 "done" => FileState::Done,
@@ -175,6 +179,28 @@ pub struct FileCounts {
 }
 
 impl Store {
+    /// Insert a job unless `max_unfinished` jobs are already unfinished; false when there is no room.
+    /// One statement, so a burst of pings cannot overshoot the limit.
+    pub async fn insert_job_if_room(&self, job: &Job, max_unfinished: i64) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "INSERT INTO jobs (id, client_id, export_type, export_url, kickoff, state, created_at, touched_at)
+             SELECT ?, ?, ?, ?, ?, ?, ?, ?
+             WHERE (SELECT COUNT(*) FROM jobs WHERE state NOT IN ('completed', 'failed')) < ?",
+        )
+        .bind(&job.id)
+        .bind(&job.client_id)
+        .bind(job.export_type.as_str())
+        .bind(&job.export_url)
+        .bind(serde_json::to_string(&job.kickoff)?)
+        .bind(job.state.as_str())
+        .bind(job.created_at)
+        .bind(job.created_at)
+        .bind(max_unfinished)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     pub async fn insert_job(&self, job: &Job) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO jobs (id, client_id, export_type, export_url, kickoff, state, created_at)
@@ -219,19 +245,51 @@ impl Store {
             .await?)
     }
 
-    /// Ids of finished jobs older than `finished_before`, and unfinished ones created before `created_before`.
+    /// Ids of jobs finished before `finished_before`, and of unfinished ones with no sign of life
+    /// since `silent_since`.
     pub async fn expired_jobs(
         &self,
         finished_before: i64,
-        created_before: i64,
+        silent_since: i64,
     ) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT id FROM jobs
              WHERE (completed_at IS NOT NULL AND completed_at < ?)
-                OR (completed_at IS NULL AND created_at < ?)",
+                OR (completed_at IS NULL AND MAX(created_at, touched_at) < ?)",
         )
         .bind(finished_before)
-        .bind(created_before)
+        .bind(silent_since)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Record a sign of life of a running job.
+    pub async fn touch(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET touched_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Totals over a job's files: (files, failed files, resources).
+    pub async fn file_totals(&self, job_id: &str) -> Result<(i64, i64, i64), StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT COUNT(*), COALESCE(SUM(state = 'failed'), 0), COALESCE(SUM(resources), 0)
+             FROM job_files WHERE job_id = ?",
+        )
+        .bind(job_id)
+        .fetch_one(self.pool())
+        .await?)
+    }
+
+    /// Outcome lines of finished files, in manifest order.
+    pub async fn file_outcomes(&self, job_id: &str) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT outcome FROM job_files WHERE job_id = ? AND outcome IS NOT NULL ORDER BY idx",
+        )
+        .bind(job_id)
         .fetch_all(self.pool())
         .await?)
     }
@@ -275,14 +333,15 @@ impl Store {
         sqlx::query("DELETE FROM job_files WHERE job_id = ?").bind(id).execute(&mut *tx).await?;
         for f in files {
             sqlx::query(
-                "INSERT INTO job_files (job_id, idx, kind, resource_type, url, name, state)
-                 VALUES (?, ?, ?, ?, ?, ?, 'pending')",
+                "INSERT INTO job_files (job_id, idx, kind, resource_type, url, requires_token, name, state)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')",
             )
             .bind(id)
             .bind(f.idx)
             .bind(f.kind.as_str())
             .bind(&f.resource_type)
             .bind(&f.url)
+            .bind(f.requires_token)
             .bind(&f.name)
             .execute(&mut *tx)
             .await?;

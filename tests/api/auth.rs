@@ -160,6 +160,14 @@ async fn token_requests_that_break_a_rule_are_refused_with_the_oauth_error() {
             "invalid_client",
         ),
         (
+            "exp beyond any clock",
+            TestApp::token_form(&app.assertion(|c, _| {
+                c.set_claim("exp", Some(json!(1e300))).unwrap();
+            })),
+            401,
+            "invalid_client",
+        ),
+        (
             "nbf in the future",
             TestApp::token_form(
                 &app.assertion(|c, _| c.set_not_before(&(SystemTime::now() + Duration::from_secs(600)))),

@@ -80,6 +80,7 @@ struct Inner {
     redirects: HashMap<String, String>,
     page_size: Option<usize>,
     held: Vec<String>,
+    kickoff_script: VecDeque<u16>,
 }
 
 #[derive(Clone)]
@@ -183,6 +184,10 @@ impl FakeProvider {
     /// Keep this file's body from being sent until `release_files()`.
     pub fn hold_file(&self, name: &str) {
         self.with(|i| i.held.push(name.into()));
+    }
+    /// Answer the next kick-offs with these statuses (empty body) before accepting.
+    pub fn script_kickoff(&self, statuses: Vec<u16>) {
+        self.with(|i| i.kickoff_script = statuses.into());
     }
     pub fn release_files(&self) {
         self.with(|i| i.held.clear());
@@ -372,6 +377,12 @@ async fn kickoff(
     }
     if !f.authorized(&headers) {
         return (StatusCode::UNAUTHORIZED, Json(oo("token required"))).into_response();
+    }
+    if let Some(code) = f.with(|i| i.kickoff_script.pop_front()) {
+        let mut res =
+            (StatusCode::from_u16(code).unwrap(), Json(oo("scripted kick-off answer"))).into_response();
+        res.headers_mut().insert("retry-after", "1".parse().unwrap());
+        return res;
     }
     if headers.get("prefer").and_then(|v| v.to_str().ok()) != Some("respond-async") {
         return (StatusCode::BAD_REQUEST, Json(oo("Prefer: respond-async required"))).into_response();

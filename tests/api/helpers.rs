@@ -44,6 +44,7 @@ pub fn test_config(dir: &Path) -> Config {
     c.limits.poll_interval = Duration::from_millis(20);
     c.limits.max_retry_after = Duration::from_secs(2);
     c.limits.max_retries = 3;
+    c.limits.status_error_budget = Duration::ZERO;
     c.reaper_interval = Duration::from_secs(3600);
     c
 }

@@ -140,8 +140,23 @@ async fn a_5xx_storm_on_the_status_url_fails_the_job_after_bounded_retries() {
     assert_eq!(res.status(), 500);
     let text = res.json::<Value>().await.unwrap()["issue"][0]["diagnostics"].as_str().unwrap().to_string();
     assert!(text.contains("503"), "{text}");
-    // max_retries = 3 in tests: 4 attempts, no more.
-    assert_eq!(app.provider.requests_to("/fhir/status/").len(), 4);
+    // max_retries = 3 in tests: 4 attempts, no more; then we release the export at the provider.
+    let status = app.provider.requests_to("/fhir/status/");
+    assert_eq!(status.iter().filter(|r| r.method == Method::GET).count(), 4);
+    assert_eq!(status.iter().filter(|r| r.method == Method::DELETE).count(), 1);
+}
+
+#[tokio::test]
+async fn status_errors_within_the_error_budget_are_ridden_out() {
+    let app = spawn_app_with(|c| c.limits.status_error_budget = Duration::from_secs(30)).await;
+    app.provider.add_file("p.ndjson", "Patient", patients(2));
+    app.provider.script_status(vec![StatusStep::Unavailable; 6]);
+    let id = app.start_import(&app.provider.export_url(), "dynamic").await;
+    completed(&app, &id).await;
+    assert_eq!(
+        app.provider.requests_to("/fhir/status/").iter().filter(|r| r.method == Method::GET).count(),
+        7
+    );
 }
 
 #[tokio::test]
@@ -268,7 +283,8 @@ async fn manifest_next_pages_and_error_files_are_all_imported() {
     for i in 0..5 {
         app.provider.add_file(&format!("p{i}.ndjson"), "Patient", patients(i + 1));
     }
-    let provider_errors = "{\"resourceType\":\"OperationOutcome\",\"id\":\"e1\",\"issue\":[{\"severity\":\"warning\",\"code\":\"processing\"}]}\n";
+    // Provider OperationOutcomes often have no id; they are imported all the same.
+    let provider_errors = "{\"resourceType\":\"OperationOutcome\",\"issue\":[{\"severity\":\"warning\",\"code\":\"processing\"}]}\n";
     app.provider.add_error_file("errors.ndjson", provider_errors);
     app.provider.page_size(2);
     let id = app.start_import(&app.provider.manifest_url(), "static").await;
@@ -347,4 +363,58 @@ async fn concurrent_jobs_for_one_provider_share_one_token_request() {
         completed(&app, id).await;
     }
     assert_eq!(app.provider.requests_to("/auth/token").len(), 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_file_fails_alone_and_the_job_completes() {
+    let app = spawn_app().await;
+    app.provider.add_file("good.ndjson", "Patient", patients(2));
+    app.provider.add_file("dead.ndjson", "Patient", "");
+    app.provider.redirect_file("dead.ndjson", "http://127.0.0.1:9/nothing-listens-here");
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    let body = completed(&app, &id).await;
+    assert_eq!(body["extension"]["failedFiles"], 1);
+    let outcomes = app.get_outcomes(&id).await;
+    let dead = outcomes[1]["issue"][0]["diagnostics"].as_str().unwrap();
+    assert!(dead.contains("dead.ndjson") && dead.contains("could not be reached"), "{dead}");
+    assert_eq!(read(&app, &id, "Patient.1.ndjson"), patients(2));
+}
+
+#[tokio::test]
+async fn a_same_host_redirect_does_not_carry_our_token_either() {
+    let app = spawn_app().await;
+    app.provider.add_file("start.ndjson", "Patient", "");
+    app.provider.redirect_file("start.ndjson", &format!("{}/fhir/moved/start.ndjson", app.provider.origin()));
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    completed(&app, &id).await;
+    let start = &app.provider.requests_to("/fhir/files/start.ndjson")[0];
+    assert!(start.authorization.is_some());
+    let hop = &app.provider.requests_to("/fhir/moved/")[0];
+    assert!(hop.authorization.is_none(), "the token followed a redirect");
+}
+
+#[tokio::test]
+async fn a_failed_kickoff_is_not_retried_but_a_busy_provider_is_waited_for() {
+    let app = spawn_app().await;
+    app.provider.script_kickoff(vec![500]);
+    let id = app.start_import(&app.provider.export_url(), "dynamic").await;
+    let res = app.wait_for_job(&id).await;
+    assert_eq!(res.status(), 500);
+    assert_eq!(app.provider.requests_to("/fhir/$export").len(), 1, "a 500 may have started an export");
+
+    let app = spawn_app().await;
+    app.provider.add_file("p.ndjson", "Patient", patients(1));
+    app.provider.script_kickoff(vec![429, 503]);
+    let id = app.start_import(&app.provider.export_url(), "dynamic").await;
+    completed(&app, &id).await;
+    assert_eq!(app.provider.requests_to("/fhir/$export").len(), 3);
+}
+
+#[tokio::test]
+async fn an_absurd_token_lifetime_from_a_provider_is_clamped_not_a_crash() {
+    let app = spawn_app().await;
+    app.provider.set_token_lifetime(u64::MAX);
+    app.provider.add_file("p.ndjson", "Patient", patients(1));
+    let id = app.start_import(&app.provider.export_url(), "dynamic").await;
+    completed(&app, &id).await;
 }
