@@ -35,7 +35,8 @@ impl App {
             .await
             .with_context(|| format!("opening the database {}", config.sqlite_path().display()))?;
         let http = http_client::build(&config.limits).context("building the HTTP client")?;
-        let destination = config.destination.build(config.jobs_path.clone());
+        let destination =
+            config.destination.build(config.jobs_path.clone()).await.context("setting up the destination")?;
         let shutdown = CancellationToken::new();
         let jobs = Arc::new(Runner::new(shutdown.clone(), config.limits.max_concurrent_jobs));
         let addr = format!("{}:{}", config.host, config.port);

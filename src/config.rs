@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 use secrecy::SecretString;
 use url::Url;
 
-use crate::destination::DestinationKind;
+use crate::destination::{s3::S3Config, DestinationKind};
 
 pub const DEFAULT_PORT: u16 = 3001;
 pub const DEFAULT_HOST: &str = "127.0.0.1";
@@ -166,13 +166,7 @@ impl Config {
         let destination = match r.string("DESTINATION_TYPE", "dev-null").as_str() {
             "dev-null" => DestinationKind::DevNull,
             "tmp-fs" => DestinationKind::TmpFs,
-            "s3" => {
-                r.problems.push(
-                    "DESTINATION_TYPE: 's3' is not available in this build yet; use 'dev-null' or 'tmp-fs'"
-                        .into(),
-                );
-                DestinationKind::DevNull
-            }
+            "s3" => DestinationKind::S3(s3_config(&mut r)),
             other => {
                 r.problems.push(format!("DESTINATION_TYPE: '{other}' is not one of dev-null, tmp-fs, s3"));
                 DestinationKind::DevNull
@@ -245,6 +239,51 @@ impl Config {
 
     pub fn sqlite_path(&self) -> PathBuf {
         self.data_dir.join("bulk-import.sqlite")
+    }
+}
+
+/// The S3 destination's settings (`DESTINATION_TYPE=s3`).
+fn s3_config(r: &mut Reader<'_>) -> S3Config {
+    use crate::destination::s3::{DEFAULT_PART_SIZE, MIN_PART_SIZE};
+    let bucket = r.opt("AWS_S3_BUCKET_NAME").unwrap_or_else(|| {
+        r.problems.push("AWS_S3_BUCKET_NAME: required when DESTINATION_TYPE is s3".into());
+        String::new()
+    });
+    let endpoint_url = r.opt("S3_ENDPOINT_URL").or_else(|| r.opt("AWS_ENDPOINT_URL"));
+    if let Some(raw) = &endpoint_url {
+        if !matches!(url::Url::parse(raw), Ok(u) if matches!(u.scheme(), "http" | "https")) {
+            r.problems.push(format!("S3_ENDPOINT_URL: '{raw}' is not an http(s) URL"));
+        }
+    }
+    let force_path_style = match r.opt("S3_FORCE_PATH_STYLE").as_deref() {
+        None => endpoint_url.is_some(),
+        Some("true" | "1") => true,
+        Some("false" | "0") => false,
+        Some(other) => {
+            r.problems.push(format!("S3_FORCE_PATH_STYLE: '{other}' must be true or false"));
+            false
+        }
+    };
+    let prefix = r.string("S3_PREFIX", "");
+    if prefix.starts_with('/') || prefix.split('/').any(|s| s == "..") {
+        r.problems.push(format!("S3_PREFIX: '{prefix}' must not start with '/' or contain '..'"));
+    }
+    let credentials = match (r.opt("AWS_ACCESS_KEY_ID"), r.opt("AWS_SECRET_ACCESS_KEY")) {
+        (Some(k), Some(s)) => Some((k, s)),
+        (None, None) => None,
+        _ => {
+            r.problems.push("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY: set both or neither".into());
+            None
+        }
+    };
+    S3Config {
+        bucket,
+        region: r.string("AWS_REGION", "us-east-1"),
+        endpoint_url,
+        force_path_style,
+        prefix,
+        part_size: r.num("S3_PART_SIZE", DEFAULT_PART_SIZE, MIN_PART_SIZE, 5 * 1024 * 1024 * 1024),
+        credentials,
     }
 }
 
@@ -323,6 +362,29 @@ mod tests {
         assert_eq!(c.jobs_max_age, Duration::from_secs(300));
         assert_eq!(c.limits.max_line_bytes, 10 * 1024 * 1024);
         assert_eq!(c.destination, DestinationKind::DevNull);
+    }
+
+    #[test]
+    fn s3_settings_are_read_and_checked() {
+        let c = with(&[
+            ("DESTINATION_TYPE", "s3"),
+            ("AWS_S3_BUCKET_NAME", "b"),
+            ("S3_ENDPOINT_URL", "http://127.0.0.1:9000"),
+            ("AWS_ACCESS_KEY_ID", "k"),
+            ("AWS_SECRET_ACCESS_KEY", "s"),
+        ])
+        .unwrap();
+        let DestinationKind::S3(s3) = c.destination else { panic!("not s3") };
+        assert!(s3.force_path_style, "an endpoint implies path style");
+        assert_eq!(s3.credentials, Some(("k".into(), "s".into())));
+        assert!(!format!("{s3:?}").contains("\"s\""), "the secret stays out of Debug");
+        let err = with(&[("DESTINATION_TYPE", "s3"), ("AWS_ACCESS_KEY_ID", "k"), ("S3_PART_SIZE", "1024")])
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("AWS_S3_BUCKET_NAME") && text.contains("set both") && text.contains("S3_PART_SIZE"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{Destination, DestinationError, FileWriter, Receipt};
+use super::{Destination, DestinationError, FileTarget, FileWriter, Receipt};
 
 pub struct DevNull;
 
@@ -14,7 +14,7 @@ impl FileWriter for Counter {
         self.0 += chunk.len() as u64;
         Ok(())
     }
-    async fn finish(self: Box<Self>) -> Result<Receipt, DestinationError> {
+    async fn finish(self: Box<Self>, _resources: u64) -> Result<Receipt, DestinationError> {
         Ok(Receipt { location: "dev-null".into(), bytes: self.0 })
     }
     async fn abort(self: Box<Self>) -> Result<(), DestinationError> {
@@ -24,7 +24,7 @@ impl FileWriter for Counter {
 
 #[async_trait]
 impl Destination for DevNull {
-    async fn open(&self, _job: &str, _name: &str) -> Result<Box<dyn FileWriter>, DestinationError> {
+    async fn open(&self, _file: FileTarget<'_>) -> Result<Box<dyn FileWriter>, DestinationError> {
         Ok(Box::new(Counter(0)))
     }
     async fn delete_job(&self, _job: &str) -> Result<(), DestinationError> {

@@ -2,6 +2,7 @@
 //! behave: open → write… → finish (commit) or abort (nothing half-written stays visible).
 pub mod dev_null;
 pub mod file_name;
+pub mod s3;
 pub mod tmp_fs;
 
 use std::{path::PathBuf, sync::Arc};
@@ -9,10 +10,11 @@ use std::{path::PathBuf, sync::Arc};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DestinationKind {
     DevNull,
     TmpFs,
+    S3(s3::S3Config),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +23,16 @@ pub enum DestinationError {
     Io(#[from] std::io::Error),
     #[error("file name '{0}' is not a safe single path component")]
     UnsafeName(String),
+    #[error("S3 request failed: {0}")]
+    S3(String),
+}
+
+/// The file being written: where it goes and what it holds (object metadata on S3).
+#[derive(Debug, Clone, Copy)]
+pub struct FileTarget<'a> {
+    pub job: &'a str,
+    pub name: &'a str,
+    pub resource_type: &'a str,
 }
 
 /// What a committed file looks like.
@@ -34,14 +46,15 @@ pub struct Receipt {
 #[async_trait]
 pub trait FileWriter: Send {
     async fn write(&mut self, chunk: Bytes) -> Result<(), DestinationError>;
-    async fn finish(self: Box<Self>) -> Result<Receipt, DestinationError>;
+    /// Commit the file; `resources` is its validated line count, recorded where the backend can.
+    async fn finish(self: Box<Self>, resources: u64) -> Result<Receipt, DestinationError>;
     async fn abort(self: Box<Self>) -> Result<(), DestinationError>;
 }
 
 #[async_trait]
 pub trait Destination: Send + Sync {
-    /// Start writing `name` for `job`; any earlier partial write of the same file is replaced.
-    async fn open(&self, job: &str, name: &str) -> Result<Box<dyn FileWriter>, DestinationError>;
+    /// Start writing a file; any earlier partial write of the same file is replaced.
+    async fn open(&self, file: FileTarget<'_>) -> Result<Box<dyn FileWriter>, DestinationError>;
     /// Remove everything stored for `job`.
     async fn delete_job(&self, job: &str) -> Result<(), DestinationError>;
     /// One line for `/info` and logs.
@@ -49,10 +62,12 @@ pub trait Destination: Send + Sync {
 }
 
 impl DestinationKind {
-    pub fn build(self, jobs_path: PathBuf) -> Arc<dyn Destination> {
-        match self {
+    /// Build the backend; S3 checks at once that its bucket is reachable.
+    pub async fn build(&self, jobs_path: PathBuf) -> Result<Arc<dyn Destination>, DestinationError> {
+        Ok(match self {
             DestinationKind::DevNull => Arc::new(dev_null::DevNull),
             DestinationKind::TmpFs => Arc::new(tmp_fs::TmpFs::new(jobs_path)),
-        }
+            DestinationKind::S3(config) => Arc::new(s3::S3::connect(config).await?),
+        })
     }
 }

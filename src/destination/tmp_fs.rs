@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::{fs, io::AsyncWriteExt};
 
-use super::{file_name::is_safe_component, Destination, DestinationError, FileWriter, Receipt};
+use super::{file_name::is_safe_component, Destination, DestinationError, FileTarget, FileWriter, Receipt};
 
 /// Write buffer per open file: large enough to batch small network chunks into few syscalls.
 const WRITE_BUFFER_BYTES: usize = 1024 * 1024;
@@ -45,7 +45,7 @@ impl FileWriter for TmpFile {
         Ok(())
     }
 
-    async fn finish(mut self: Box<Self>) -> Result<Receipt, DestinationError> {
+    async fn finish(mut self: Box<Self>, _resources: u64) -> Result<Receipt, DestinationError> {
         self.out.flush().await?;
         self.out.get_ref().sync_all().await?;
         fs::rename(&self.part, &self.target).await?;
@@ -67,7 +67,8 @@ async fn remove_if_exists(path: &Path) -> Result<(), DestinationError> {
 
 #[async_trait]
 impl Destination for TmpFs {
-    async fn open(&self, job: &str, name: &str) -> Result<Box<dyn FileWriter>, DestinationError> {
+    async fn open(&self, file: FileTarget<'_>) -> Result<Box<dyn FileWriter>, DestinationError> {
+        let (job, name) = (file.job, file.name);
         if !is_safe_component(name) {
             return Err(DestinationError::UnsafeName(name.into()));
         }

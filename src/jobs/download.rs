@@ -14,7 +14,7 @@ use super::{
     retry, JobError,
 };
 use crate::{
-    destination::{Destination, FileWriter},
+    destination::{Destination, FileTarget, FileWriter},
     fhir::{
         manifest::FileKind,
         operation_outcome::{IssueCode, OperationOutcome, Severity},
@@ -83,7 +83,8 @@ pub async fn import_file(
     let auth = if file.requires_token { Auth::WithToken } else { Auth::Without };
     let mut attempt = 0;
     loop {
-        let writer = destination.open(&file.job_id, &file.name).await?;
+        let target = FileTarget { job: &file.job_id, name: &file.name, resource_type: &file.resource_type };
+        let writer = destination.open(target).await?;
         match attempt_file(client, &url, auth, file, writer, cancel).await {
             Ok((resources, bytes, location)) => {
                 return Ok(FileResult {
@@ -136,7 +137,7 @@ async fn attempt_file(
     let result = stream_into(client, url, auth, file, &mut *writer, cancel).await;
     match result {
         Ok(resources) => {
-            let receipt = writer.finish().await.map_err(JobError::from)?;
+            let receipt = writer.finish(resources as u64).await.map_err(JobError::from)?;
             Ok((resources, receipt.bytes as i64, receipt.location))
         }
         Err(e) => {

@@ -1,28 +1,46 @@
 //! Destination conformance: open → write → finish lands the exact bytes; abort leaves nothing;
 //! a reopened file replaces an earlier partial one; delete removes the job.
-use bulk_import::destination::{dev_null::DevNull, tmp_fs::TmpFs, Destination};
-use bytes::Bytes;
+use std::time::Duration;
 
-use super::helpers::observations;
+use bulk_import::destination::{dev_null::DevNull, s3::S3, tmp_fs::TmpFs, Destination, FileTarget};
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::{
+    fake_provider::FakeFile,
+    helpers::{observations, spawn_app_with},
+    s3_server::S3Server,
+};
+
+fn target<'a>(job: &'a str, name: &'a str) -> FileTarget<'a> {
+    FileTarget { job, name, resource_type: "Observation" }
+}
 
 /// Runs the conformance steps; `read` returns a stored file's bytes (None when absent).
 async fn assert_destination_round_trip(dest: &dyn Destination, read: impl Fn(&str, &str) -> Option<Vec<u8>>) {
-    let body = observations(50);
+    assert_round_trip_of(dest, &read, observations(50)).await;
+}
+
+async fn assert_round_trip_of(
+    dest: &dyn Destination,
+    read: &impl Fn(&str, &str) -> Option<Vec<u8>>,
+    body: String,
+) {
     let (head, tail) = body.as_bytes().split_at(body.len() / 3);
 
     // A partial write that is aborted leaves nothing.
-    let mut w = dest.open("job1", "a.ndjson").await.unwrap();
+    let mut w = dest.open(target("job1", "a.ndjson")).await.unwrap();
     w.write(Bytes::copy_from_slice(head)).await.unwrap();
     w.abort().await.unwrap();
     assert_eq!(read("job1", "a.ndjson"), None);
 
     // A full write lands byte for byte, whatever the chunking.
-    let mut w = dest.open("job1", "a.ndjson").await.unwrap();
+    let mut w = dest.open(target("job1", "a.ndjson")).await.unwrap();
     w.write(Bytes::copy_from_slice(head)).await.unwrap();
     for c in tail.chunks(5) {
         w.write(Bytes::copy_from_slice(c)).await.unwrap();
     }
-    let receipt = w.finish().await.unwrap();
+    let receipt = w.finish(50).await.unwrap();
     assert_eq!(receipt.bytes, body.len() as u64);
     if let Some(stored) = read("job1", "a.ndjson") {
         assert_eq!(stored, body.as_bytes());
@@ -30,7 +48,7 @@ async fn assert_destination_round_trip(dest: &dyn Destination, read: impl Fn(&st
 
     // Names that could escape are refused.
     for bad in ["../x", ".hidden", "a/b", ""] {
-        assert!(dest.open("job1", bad).await.is_err() || read("job1", bad).is_none(), "{bad}");
+        assert!(dest.open(target("job1", bad)).await.is_err() || read("job1", bad).is_none(), "{bad}");
     }
 
     dest.delete_job("job1").await.unwrap();
@@ -59,7 +77,115 @@ async fn tmp_fs_refuses_unsafe_names_outright() {
     let dir = tempfile::TempDir::new().unwrap();
     let dest = TmpFs::new(dir.path().to_path_buf());
     for bad in ["../x", ".hidden", "a/b", ""] {
-        assert!(dest.open("job1", bad).await.is_err(), "{bad}");
+        assert!(dest.open(target("job1", bad)).await.is_err(), "{bad}");
     }
-    assert!(dest.open("../job", "a.ndjson").await.is_err());
+    assert!(dest.open(target("../job", "a.ndjson")).await.is_err());
+}
+
+#[tokio::test]
+async fn s3_passes_the_destination_conformance_suite_with_single_puts_and_multipart_uploads() {
+    let server = S3Server::start().await;
+    let part = 5 * 1024 * 1024;
+    let dest = S3::connect(&server.config(part)).await.expect("the bucket is reachable");
+    let read = |job: &str, name: &str| server.object(&format!("bulk/{job}/{name}"));
+    assert_destination_round_trip(&dest, read).await;
+    // More than two parts, and an aborted multipart upload leaves nothing open.
+    let big = observations(70_000);
+    assert!(big.len() > 2 * part + 1, "{} bytes", big.len());
+    assert_round_trip_of(&dest, &read, big).await;
+    assert_eq!(server.open_uploads(), Vec::<String>::new());
+    let all = server.all_files();
+    assert!(all.iter().all(|f| !f.starts_with("imports/bulk/job1/")), "{all:?}");
+}
+
+#[tokio::test]
+async fn s3_refuses_to_start_when_the_bucket_is_unreachable() {
+    let server = S3Server::start().await;
+    let mut config = server.config(5 * 1024 * 1024);
+    config.bucket = "no-such-bucket".into();
+    let err = S3::connect(&config).await.err().expect("a missing bucket is an error");
+    assert!(err.to_string().contains("no-such-bucket"), "{err}");
+    config.endpoint_url = Some("http://127.0.0.1:9".into());
+    assert!(S3::connect(&config).await.is_err());
+}
+
+#[tokio::test]
+async fn a_static_import_to_s3_lands_byte_identical_objects_and_a_failed_file_leaves_nothing() {
+    let server = S3Server::start().await;
+    let config = server.config(5 * 1024 * 1024);
+    let app = spawn_app_with(|c| {
+        c.destination = bulk_import::destination::DestinationKind::S3(config);
+        c.limits.max_retries = 1;
+    })
+    .await;
+    let good = observations(40_000);
+    let mut bad = observations(40_000);
+    bad.push_str("{\"resourceType\":\"Observation\",\"id\":\"x\"\n");
+    app.provider.set_chunk_size(64 * 1024);
+    app.provider.push_file(FakeFile::new("good.ndjson", "Observation", good.clone()));
+    app.provider.push_file(FakeFile::new("bad.ndjson", "Observation", bad));
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    let res = app.wait_for_job(&id).await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["extension"]["failedFiles"], 1);
+    assert_eq!(server.object(&format!("bulk/{id}/Observation.1.ndjson")).as_deref(), Some(good.as_bytes()));
+    assert_eq!(
+        server.object(&format!("bulk/{id}/Observation.2.ndjson")),
+        None,
+        "the failed file left an object"
+    );
+    assert_eq!(server.open_uploads(), Vec::<String>::new(), "the failed file left a multipart upload open");
+    let outcomes = app.get_outcomes(&id).await;
+    let text = outcomes[0]["issue"][0]["diagnostics"].as_str().unwrap();
+    assert!(text.contains(&format!("s3://imports/bulk/{id}/Observation.1.ndjson")), "{text}");
+    let head = server
+        .client()
+        .await
+        .head_object()
+        .bucket("imports")
+        .key(format!("bulk/{id}/Observation.1.ndjson"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_type(), Some("application/fhir+ndjson"));
+    let meta = head.metadata().unwrap();
+    assert_eq!(meta.get("job-id"), Some(&id));
+    assert_eq!(meta.get("resource-type").map(String::as_str), Some("Observation"));
+    assert_eq!(meta.get("resources").map(String::as_str), Some("40000"));
+
+    // DELETE removes the job's objects.
+    assert_eq!(app.delete_job(&id).await.status(), 202);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.object(&format!("bulk/{id}/Observation.1.ndjson")).is_some() {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_s3_failure_mid_upload_fails_the_file_and_leaves_no_object_or_open_upload() {
+    let server = S3Server::start_failing_parts().await;
+    let dest = S3::connect(&server.config(5 * 1024 * 1024)).await.unwrap();
+    let body = observations(50_000);
+    let mut w = dest.open(target("job9", "big.ndjson")).await.unwrap();
+    let mut failed = None;
+    for chunk in body.as_bytes().chunks(256 * 1024) {
+        if let Err(e) = w.write(Bytes::copy_from_slice(chunk)).await {
+            failed = Some(e);
+            break;
+        }
+    }
+    let err = match failed {
+        // As the downloader does: a writer that failed in write() is aborted.
+        Some(e) => {
+            w.abort().await.unwrap();
+            e
+        }
+        // finish() cleans up after itself.
+        None => w.finish(50_000).await.expect_err("the upload cannot complete"),
+    };
+    assert!(err.to_string().contains("UploadPart"), "{err}");
+    assert_eq!(server.open_uploads(), Vec::<String>::new());
+    assert_eq!(server.object("bulk/job9/big.ndjson"), None);
 }

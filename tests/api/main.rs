@@ -8,3 +8,4 @@ mod import;
 mod jobs;
 mod jwks_url;
 mod pull;
+mod s3_server;
