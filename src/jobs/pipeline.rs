@@ -1,6 +1,6 @@
 //! One import job from start (or resume) to a final state: export or manifest, plan, download.
 //! Every step is persisted first, so a restart continues where the job stopped.
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -124,18 +124,27 @@ async fn run(app: &AppState, id: &str, cancel: &CancellationToken) -> Result<(),
     let pending: Vec<JobFile> =
         app.store.files(id).await?.into_iter().filter(|f| f.state == FileState::Pending).collect();
     tracing::info!(files = pending.len(), "importing files");
-    let destination = app.destination.clone();
+    // Each download is its own task, so validation of several files uses every core. Leaving
+    // this function (error or cancel) cancels the ones still running.
+    let client = Arc::new(client);
+    let downloads = cancel.child_token();
+    let _stop_downloads = downloads.clone().drop_guard();
     let mut results = futures::stream::iter(pending)
         .map(|file| {
-            let client = &client;
-            let destination = destination.clone();
-            async move {
-                let result = download::import_file(client, &*destination, &file, cancel).await;
-                (file, result)
-            }
+            let (client, destination, cancel) = (client.clone(), app.destination.clone(), downloads.clone());
+            let task = tokio::spawn(
+                async move {
+                    let result = download::import_file(&client, &*destination, &file, &cancel).await;
+                    (file, result)
+                }
+                .instrument(tracing::Span::current()),
+            );
+            async move { task.await }
         })
         .buffer_unordered(app.config.limits.parallel_downloads);
-    while let Some((file, result)) = results.next().await {
+    while let Some(joined) = results.next().await {
+        let (file, result) =
+            joined.map_err(|e| JobError::Provider(format!("a download stopped on an internal error: {e}")))?;
         let r = result?;
         let outcome = serde_json::to_string(&r.outcome).map_err(crate::store::StoreError::from)?;
         app.store.finish_file(id, file.idx, r.state, r.resources, r.bytes, &outcome).await?;
