@@ -9,3 +9,4 @@ mod import;
 mod jobs;
 mod jwks_url;
 mod pull;
+mod ui;
