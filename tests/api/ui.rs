@@ -274,7 +274,7 @@ async fn flow(c: &Client, app: &TestApp, shots: &Shots) -> Result<()> {
     type_into(c, "#reg-aud", &app.provider.base()).await?;
     type_into(c, "#reg-consumer", "consumer-at-fake").await?;
     let mut without_kid: Value = serde_json::from_str(&jwks_text)?;
-    without_kid["keys"][0].as_object_mut().unwrap().remove("kid");
+    without_kid["keys"][0].as_object_mut().context("the form holds a JWKS")?.remove("kid");
     type_into(c, "#reg-jwk", &without_kid["keys"][0].to_string()).await?;
     click(c, "#register-submit").await?;
     wait_text(c, "#register-error", "has no 'kid'").await?;
