@@ -64,10 +64,14 @@ async fn serve(set: PathBuf, names: Vec<String>) -> String {
             .map(|n| json!({"type": "Observation", "url": format!("{o}/fhir/data/{n}")}))
             .collect();
         async move {
-            Json(json!({"transactionTime": "2026-01-01T00:00:00Z", "requiresAccessToken": false, "output": output, "error": []}))
+            Json(
+                json!({"transactionTime": "2026-01-01T00:00:00Z", "requiresAccessToken": false, "output": output, "error": []}),
+            )
         }
     };
-    let app = Router::new().route("/fhir/manifest.json", get(manifest)).nest_service("/fhir/data", ServeDir::new(set));
+    let app = Router::new()
+        .route("/fhir/manifest.json", get(manifest))
+        .nest_service("/fhir/data", ServeDir::new(set));
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     origin
 }
@@ -173,7 +177,8 @@ async fn import(origin: &str, dest: &str, files: usize, set: &Path, work: &Path)
     claims.set_audience(vec![format!("{base}/auth/token")]);
     claims.set_expires_at(&(now + Duration::from_secs(60)));
     claims.set_jwt_id("bench-1");
-    let assertion = jwt::encode_with_signer(&claims, &JwsHeader::new(), &ES384.signer_from_jwk(&key).unwrap()).unwrap();
+    let assertion =
+        jwt::encode_with_signer(&claims, &JwsHeader::new(), &ES384.signer_from_jwk(&key).unwrap()).unwrap();
     let token: Value = http
         .post(format!("{base}/auth/token"))
         .form(&[
@@ -233,7 +238,13 @@ async fn import(origin: &str, dest: &str, files: usize, set: &Path, work: &Path)
         out.len() == src.len() && out.iter().zip(&src).all(|(a, b)| same_bytes(a, b))
     });
     let _ = std::fs::remove_dir_all(work.join("jobs"));
-    Run { seconds, resources: body["extension"]["resources"].as_i64().unwrap_or(0), peak_rss_mib, polls, identical }
+    Run {
+        seconds,
+        resources: body["extension"]["resources"].as_i64().unwrap_or(0),
+        peak_rss_mib,
+        polls,
+        identical,
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -263,7 +274,10 @@ async fn main() {
     }
     let curl = curl_baseline(&origin, &names, &root.join("curl-out"));
     let curl_mbs = mb / curl.as_secs_f64();
-    println!("\ndata set: {size} in {files} files ({mb:.0} MB), machine: {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "\ndata set: {size} in {files} files ({mb:.0} MB), machine: {} cores",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
     println!("| run | seconds | MB/s | resources/s | vs curl | peak RSS MiB | poll p50 ms | poll p99 ms | byte-identical |");
     println!("|---|---|---|---|---|---|---|---|---|");
     println!("| parallel curl → disk | {:.2} | {curl_mbs:.0} | | 100 % | | | | |", curl.as_secs_f64());

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Install the system packages the build needs (OpenSSL headers for josekit/reqwest, pkg-config),
-# only when they are missing. Safe to run repeatedly.
+# Install the system packages the build needs (OpenSSL headers for josekit/reqwest, pkg-config)
+# and the browser the UI test drives (Debian's chromium and chromium-driver), only when they are
+# missing. Safe to run repeatedly.
 set -euo pipefail
 
 missing=()
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 dpkg -s pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+dpkg -s chromium >/dev/null 2>&1 || missing+=(chromium)
+dpkg -s chromium-driver >/dev/null 2>&1 || missing+=(chromium-driver)
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   SUDO=""

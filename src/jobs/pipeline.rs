@@ -143,8 +143,8 @@ async fn run(app: &AppState, id: &str, cancel: &CancellationToken) -> Result<(),
         })
         .buffer_unordered(app.config.limits.parallel_downloads);
     while let Some(joined) = results.next().await {
-        let (file, result) =
-            joined.map_err(|e| JobError::Provider(format!("a download stopped on an internal error: {e}")))?;
+        let (file, result) = joined
+            .map_err(|e| JobError::Provider(format!("a download stopped on an internal error: {e}")))?;
         let r = result?;
         let outcome = serde_json::to_string(&r.outcome).map_err(crate::store::StoreError::from)?;
         app.store.finish_file(id, file.idx, r.state, r.resources, r.bytes, &outcome).await?;

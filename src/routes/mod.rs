@@ -1,5 +1,6 @@
 //! HTTP routes: each module owns its paths; static UI files are the fallback.
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod health;
 pub mod import;
@@ -28,6 +29,7 @@ pub fn router(state: AppState) -> Router {
         .merge(jwks::routes())
         .merge(info::routes())
         .merge(health::routes())
+        .merge(dashboard::routes())
         .fallback_service(ServeDir::new(STATIC_DIR))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TraceLayer::new_for_http())

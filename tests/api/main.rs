@@ -1,6 +1,7 @@
 //! API tests: a spawned app and an in-process fake provider, over real HTTP on loopback.
 mod auth;
 mod binary;
+mod dashboard;
 mod destinations;
 mod fake_provider;
 mod helpers;
@@ -9,3 +10,4 @@ mod jobs;
 mod jwks_url;
 mod pull;
 mod s3_server;
+mod ui;

@@ -1,0 +1,134 @@
+//! `GET /admin/jobs` and `GET /admin/jobs/{id}`: the browser UI's jobs dashboard and job page.
+//! They list every provider's jobs, so they need the admin credential; errors are RFC 6749 JSON
+//! like the other admin endpoints.
+use axum::{
+    extract::{Path, State},
+    http::{header, HeaderValue},
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use serde_json::{json, Value};
+
+use crate::{
+    auth::{admin::Admin, AuthError},
+    state::AppState,
+    store::{
+        dashboard::JobSummary,
+        jobs::{FileState, JobFile},
+    },
+    time_util::instant,
+};
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/admin/jobs", get(list)).route("/admin/jobs/{id}", get(show))
+}
+
+fn no_store(body: Value) -> Response {
+    let mut res = Json(body).into_response();
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// Percent done, as `GET /job/{id}` reports it: finished files over listed files while importing.
+fn percent(state: &str, finished: i64, total: i64) -> f64 {
+    match state {
+        "completed" => 100.0,
+        "importing" | "failed" if total > 0 => (finished * 1000 / total) as f64 / 10.0,
+        // An import with no files left to list is only finishing up.
+        "importing" => 100.0,
+        _ => 0.0,
+    }
+}
+
+fn describe_job(j: &JobSummary) -> Value {
+    json!({
+        "id": j.id,
+        "client_id": j.client_id,
+        "provider_aud": j.provider_aud,
+        "export_type": j.export_type,
+        "export_url": j.export_url,
+        "state": j.state,
+        "status_text": j.progress,
+        "progress_percent": percent(&j.state, j.files_finished, j.files_total),
+        "files_finished": j.files_finished,
+        "files_total": j.files_total,
+        "files_failed": j.files_failed,
+        "bytes": j.bytes,
+        "resources": j.resources,
+        "failure": j.failure,
+        "created_at": instant(j.created_at),
+        "finished_at": j.completed_at.map(instant),
+    })
+}
+
+/// The diagnostics of a stored OperationOutcome line, joined; `None` while the file is pending.
+fn diagnostics(outcome: Option<&str>) -> Option<String> {
+    let oo: Value = serde_json::from_str(outcome?).ok()?;
+    let texts: Vec<&str> =
+        oo["issue"].as_array()?.iter().filter_map(|i| i.get("diagnostics").and_then(Value::as_str)).collect();
+    (!texts.is_empty()).then(|| texts.join("; "))
+}
+
+fn describe_file(f: &JobFile) -> Value {
+    json!({
+        "index": f.idx,
+        "kind": f.kind.as_str(),
+        "resource_type": f.resource_type,
+        "url": f.url,
+        "name": f.name,
+        "state": match f.state {
+            FileState::Pending => "pending",
+            FileState::Done => "done",
+            FileState::Failed => "failed",
+        },
+        "resources": f.resources,
+        "bytes": f.bytes,
+        "diagnostics": diagnostics(f.outcome.as_deref()),
+    })
+}
+
+async fn list(State(app): State<AppState>, _admin: Admin) -> Result<Response, AuthError> {
+    let jobs: Vec<Value> = app.store.job_summaries().await?.iter().map(describe_job).collect();
+    Ok(no_store(json!({ "jobs": jobs })))
+}
+
+async fn show(
+    State(app): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Response, AuthError> {
+    let not_found = || AuthError::NotFound(format!("no import job with id '{id}'"));
+    // Ids are hex; anything else cannot exist and never reaches the database.
+    if id.len() > 128 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(not_found());
+    }
+    let job = app.store.job_summary(&id).await?.ok_or_else(not_found)?;
+    let files: Vec<Value> = app.store.files(&job.id).await?.iter().map(describe_file).collect();
+    let mut body = describe_job(&job);
+    body["files"] = Value::Array(files);
+    Ok(no_store(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_follows_the_status_endpoint() {
+        assert_eq!(percent("completed", 0, 0), 100.0);
+        assert_eq!(percent("importing", 1, 3), 33.3);
+        assert_eq!(percent("importing", 0, 0), 100.0);
+        assert_eq!(percent("failed", 1, 2), 50.0);
+        assert_eq!(percent("exporting", 0, 0), 0.0);
+        assert_eq!(percent("queued", 0, 0), 0.0);
+    }
+
+    #[test]
+    fn diagnostics_joins_every_issue_and_skips_pending_files() {
+        let oo = r#"{"resourceType":"OperationOutcome","issue":[{"diagnostics":"a"},{"code":"x"},{"diagnostics":"b"}]}"#;
+        assert_eq!(diagnostics(Some(oo)).as_deref(), Some("a; b"));
+        assert_eq!(diagnostics(None), None);
+        assert_eq!(diagnostics(Some("not json")), None);
+    }
+}

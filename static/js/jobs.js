@@ -1,0 +1,241 @@
+// Jobs dashboard (GET /admin/jobs) and job page (GET /admin/jobs/{id}, DELETE /job/{id}).
+// Both poll while shown. Rows are keyed and updated in place, so a focused link or button keeps
+// its focus across refreshes.
+import { api } from './api.js';
+import { $, alertBox, badge, confirmAction, flashNext, formatBytes, formatCount, h, setContent, setText, timeEl } from './dom.js';
+
+/** How often the screens refresh while shown. */
+const POLL_MS = 1500;
+
+/** A refresh loop that never overlaps itself and stops for good when the screen is left. */
+function poller(tick) {
+  let timer = null;
+  let generation = 0;
+  return {
+    start() {
+      const mine = ++generation;
+      const run = async () => {
+        const again = await tick();
+        if (mine === generation && again !== false) timer = setTimeout(run, POLL_MS);
+      };
+      run();
+    },
+    stop() {
+      generation += 1;
+      clearTimeout(timer);
+    },
+  };
+}
+
+const finished = (job) => job.state === 'completed' || job.state === 'failed';
+const percentText = (job) => `${Number(job.progress_percent).toFixed(job.progress_percent % 1 ? 1 : 0)} %`;
+
+function progressCell(job, label) {
+  return h(
+    'span',
+    { class: 'progress-cell' },
+    h('progress', { max: 100, value: job.progress_percent, 'aria-label': label }),
+    h('span', {}, percentText(job)),
+  );
+}
+
+function filesText(job) {
+  const failed = job.files_failed ? `, ${job.files_failed} failed` : '';
+  return `${job.files_finished} / ${job.files_total}${failed}`;
+}
+
+// ---- Dashboard -------------------------------------------------------------------------------
+
+const COLUMNS = ['Job', 'Provider', 'Type', 'State', 'Progress', 'Files', 'Bytes', 'Resources', 'Started', 'Finished', 'Errors'];
+
+function jobCells(job) {
+  const short = job.id.slice(0, 8);
+  return [
+    [h('a', { href: `#/jobs/${job.id}`, class: 'job-link', 'aria-label': `Job ${job.id}` }, h('code', {}, `${short}…`))],
+    [job.provider_aud || '(registration removed)', h('span', { class: 'sub' }, job.client_id)],
+    [job.export_type],
+    [badge(job.state), job.status_text && !finished(job) ? h('span', { class: 'sub' }, job.status_text) : null],
+    [progressCell(job, `Progress of job ${short}`)],
+    [filesText(job)],
+    [formatBytes(job.bytes)],
+    [formatCount(job.resources)],
+    [timeEl(job.created_at)],
+    [timeEl(job.finished_at)],
+    [job.failure ? h('span', { class: 'error-text' }, job.failure) : job.files_failed ? `${job.files_failed} file(s) failed` : ''],
+  ];
+}
+
+const NUMERIC = new Set(['Files', 'Bytes', 'Resources']);
+
+function renderJobs(jobs) {
+  const body = $('jobs-table').tBodies[0];
+  const existing = new Map([...body.rows].map((tr) => [tr.dataset.jobId, tr]));
+  let previous = null;
+  for (const job of jobs) {
+    let tr = existing.get(job.id);
+    existing.delete(job.id);
+    if (!tr) {
+      tr = h('tr', { 'data-job-id': job.id }, COLUMNS.map((c) => h('td', { 'data-label': c, class: NUMERIC.has(c) ? 'num' : null })));
+    }
+    jobCells(job).forEach((content, i) => setContent(tr.cells[i], ...content));
+    tr.dataset.state = job.state;
+    // Move a row only when it is out of place: moving a node drops the focus inside it.
+    const expected = previous ? previous.nextSibling : body.firstChild;
+    if (tr !== expected) body.insertBefore(tr, expected);
+    previous = tr;
+  }
+  for (const gone of existing.values()) gone.remove();
+  $('jobs-empty').hidden = jobs.length > 0;
+  $('jobs-table').hidden = jobs.length === 0;
+}
+
+const dashboardPoller = poller(async () => {
+  try {
+    const { jobs } = await api('/admin/jobs', { admin: true });
+    alertBox($('jobs-error'), '');
+    renderJobs(jobs);
+    setText($('jobs-updated'), `Updated ${new Date().toLocaleTimeString()}.`);
+    return true;
+  } catch (e) {
+    if (e.handled) return false;
+    alertBox($('jobs-error'), `The jobs could not be loaded: ${e.message}. Retrying…`);
+    return true;
+  }
+});
+
+export const dashboard = {
+  section: 'screen-jobs',
+  nav: 'jobs',
+  title: 'Import jobs',
+  admin: true,
+  enter: () => dashboardPoller.start(),
+  leave: () => dashboardPoller.stop(),
+};
+
+// ---- Job page --------------------------------------------------------------------------------
+
+let jobId = null;
+let lastJob = null;
+
+const FILE_COLUMNS = ['#', 'Resource type', 'Name', 'URL', 'State', 'Resources', 'Bytes', 'Outcome'];
+const FILE_CELL_CLASS = { Name: 'wrap', URL: 'wrap', Resources: 'num', Bytes: 'num', Outcome: 'wrap' };
+
+function fileCells(f) {
+  return [
+    [String(f.index + 1), f.kind !== 'output' ? h('span', { class: 'sub' }, f.kind) : null],
+    [f.resource_type],
+    [h('code', {}, f.name)],
+    [f.url],
+    [badge(f.state)],
+    [formatCount(f.resources)],
+    [formatBytes(f.bytes)],
+    [f.diagnostics ? h('span', { class: f.state === 'failed' ? 'error-text' : null }, f.diagnostics) : ''],
+  ];
+}
+
+function summaryPairs(job) {
+  return [
+    ['State', [badge(job.state), job.status_text && !finished(job) ? ` ${job.status_text}` : null]],
+    ['Provider', [job.provider_aud || '(registration removed)', h('span', { class: 'sub' }, `client_id ${job.client_id}`)]],
+    ['Export', [job.export_type, ' ', h('code', {}, job.export_url)]],
+    ['Files', [filesText(job)]],
+    ['Resources', [formatCount(job.resources)]],
+    ['Bytes', [formatBytes(job.bytes)]],
+    ['Started', [timeEl(job.created_at)]],
+    ['Finished', [job.finished_at ? timeEl(job.finished_at) : 'not yet']],
+    ...(job.failure ? [['Failure', [h('span', { class: 'error-text' }, job.failure)]]] : []),
+  ];
+}
+
+function renderJob(job) {
+  lastJob = job;
+  $('job-body').hidden = false;
+  $('job-progress').value = job.progress_percent;
+  setText($('job-progress-label'), `${percentText(job)} done`);
+  setContent($('job-summary'), summaryPairs(job).map(([k, v]) => [h('dt', {}, k), h('dd', {}, ...v)]));
+  setText($('job-delete'), finished(job) ? 'Delete job and its files' : 'Cancel import and delete');
+
+  const body = $('job-files').tBodies[0];
+  const rows = new Map([...body.rows].map((tr) => [tr.dataset.index, tr]));
+  for (const f of job.files) {
+    let tr = rows.get(String(f.index));
+    if (!tr) {
+      tr = h('tr', { 'data-index': f.index }, FILE_COLUMNS.map((c) => h('td', { 'data-label': c, class: FILE_CELL_CLASS[c] })));
+      body.append(tr);
+    }
+    fileCells(f).forEach((content, i) => setContent(tr.cells[i], ...content));
+    tr.dataset.state = f.state;
+  }
+  $('job-files-empty').hidden = job.files.length > 0;
+  $('job-files').hidden = job.files.length === 0;
+}
+
+const jobPoller = poller(async () => {
+  const id = jobId;
+  try {
+    const job = await api(`/admin/jobs/${id}`, { admin: true });
+    if (id !== jobId) return false;
+    alertBox($('job-error'), '');
+    renderJob(job);
+    // A finished job no longer changes.
+    return !finished(job);
+  } catch (e) {
+    if (e.handled) return false;
+    if (e.status === 404) {
+      $('job-body').hidden = true;
+      alertBox($('job-error'), 'This import job does not exist (any more): it was deleted or removed after its retention time.');
+      return false;
+    }
+    alertBox($('job-error'), `The job could not be loaded: ${e.message}. Retrying…`);
+    return true;
+  }
+});
+
+export const jobPage = {
+  section: 'screen-job',
+  nav: 'jobs',
+  title: 'Import job',
+  admin: true,
+  enter(id) {
+    jobId = id;
+    lastJob = null;
+    $('job-id').textContent = id;
+    $('job-body').hidden = true;
+    $('job-files').tBodies[0].replaceChildren();
+    $('job-outcome-link').href = `/job/${id}/import-outcome.ndjson`;
+    alertBox($('job-error'), '');
+    jobPoller.start();
+  },
+  leave() {
+    jobPoller.stop();
+    jobId = null;
+  },
+};
+
+export function wireJobPage() {
+  $('job-delete').addEventListener('click', async () => {
+    const id = jobId;
+    const running = lastJob && !finished(lastJob);
+    const ok = await confirmAction({
+      title: running ? 'Cancel this import?' : 'Delete this job?',
+      message: running
+        ? 'The import stops now and every file it stored so far is removed. The provider would have to ping again.'
+        : 'The job, its outcomes and every file it stored are removed.',
+      confirmLabel: running ? 'Cancel import' : 'Delete job',
+    });
+    if (!ok || id !== jobId) {
+      $('job-delete').focus();
+      return;
+    }
+    // Stop polling first: the job is about to disappear.
+    jobPoller.stop();
+    try {
+      await api(`/job/${id}`, { method: 'DELETE' });
+      flashNext(`Import job ${id} was ${running ? 'cancelled and ' : ''}deleted.`);
+      location.hash = '#/jobs';
+    } catch (e) {
+      alertBox($('job-error'), `The job was not deleted: ${e.message}`);
+      jobPoller.start();
+    }
+  });
+}

@@ -1,0 +1,78 @@
+// Registrations list (GET /auth/registrations) with revoke (DELETE /auth/registrations/{client_id}).
+import { api } from './api.js';
+import { $, alertBox, badge, confirmAction, h, timeEl } from './dom.js';
+
+function jwksSource(r) {
+  if (r.jwks_uri) return ['URL ', h('code', {}, r.jwks_uri)];
+  const keys = (r.jwks && r.jwks.keys) || [];
+  const kids = keys.map((k) => k.kid).filter(Boolean);
+  const count = `${keys.length} inline key${keys.length === 1 ? '' : 's'}`;
+  return [count, kids.length ? h('span', { class: 'sub' }, `kid ${kids.join(', ')}`) : null];
+}
+
+function row(r) {
+  const revoked = r.revoked_at !== null && r.revoked_at !== undefined;
+  const action = revoked
+    ? ''
+    : h('button', { type: 'button', class: 'small danger', 'data-revoke': r.client_id }, 'Revoke');
+  if (action) action.setAttribute('aria-label', `Revoke the registration of ${r.aud}`);
+  return h(
+    'tr',
+    { 'data-client-id': r.client_id },
+    h('td', { 'data-label': 'Provider', class: 'wrap' }, r.aud,
+      h('span', { class: 'sub' }, `our id there: ${r.consumer_client_id}`)),
+    h('td', { 'data-label': 'client_id', class: 'wrap' }, h('code', {}, r.client_id)),
+    h('td', { 'data-label': 'Created' }, timeEl(r.created_at)),
+    h('td', { 'data-label': 'JWKS source', class: 'wrap' }, jwksSource(r)),
+    h('td', { 'data-label': 'Scope' }, r.scope ? h('code', {}, r.scope) : h('span', { class: 'muted' }, 'default')),
+    h('td', { 'data-label': 'Status' }, revoked ? [badge('revoked'), ' ', timeEl(r.revoked_at)] : badge('active')),
+    h('td', { 'data-label': 'Actions' }, action),
+  );
+}
+
+async function load() {
+  try {
+    const { registrations } = await api('/auth/registrations', { admin: true });
+    alertBox($('registrations-error'), '');
+    $('registrations-empty').hidden = registrations.length > 0;
+    $('registrations-table').hidden = registrations.length === 0;
+    $('registrations-table').tBodies[0].replaceChildren(...registrations.map(row));
+  } catch (e) {
+    if (!e.handled) alertBox($('registrations-error'), `The registrations could not be loaded: ${e.message}`);
+  }
+}
+
+export const screen = {
+  section: 'screen-registrations',
+  nav: 'registrations',
+  title: 'Registrations',
+  admin: true,
+  enter: load,
+  leave() {},
+};
+
+export function wireRegistrations() {
+  $('registrations-refresh').addEventListener('click', load);
+  $('registrations-table').addEventListener('click', async (event) => {
+    const button = event.target.closest('button[data-revoke]');
+    if (!button) return;
+    const clientId = button.dataset.revoke;
+    const provider = button.closest('tr').cells[0].firstChild.textContent;
+    const ok = await confirmAction({
+      title: 'Revoke this registration?',
+      message: `${provider} will no longer get tokens with client_id ${clientId}; tokens it holds stop working at once. This cannot be undone: the provider would have to register again.`,
+      confirmLabel: 'Revoke',
+    });
+    if (!ok) {
+      button.focus();
+      return;
+    }
+    try {
+      await api(`/auth/registrations/${encodeURIComponent(clientId)}`, { method: 'DELETE', admin: true });
+      await load();
+      $('registrations-title').focus();
+    } catch (e) {
+      if (!e.handled) alertBox($('registrations-error'), `The registration was not revoked: ${e.message}`);
+    }
+  });
+}

@@ -1,0 +1,397 @@
+//! The browser UI end to end in real headless Chromium (Debian's `chromium` and `chromium-driver`,
+//! which `scripts/setup.sh` installs): credential prompt, key generator, registration, a running
+//! and a finished import on the dashboard, the job page and its delete, registrations and revoke,
+//! server info. A screenshot of each screen goes to `target/ui-screenshots/`. The test fails, never
+//! skips, when the browser or its driver is missing, and fails on any browser console error.
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use axum::http::Method;
+use fantoccini::{
+    elements::Element, key::Key, wd::WebDriverCompatibleCommand, Client, ClientBuilder, Locator,
+};
+use josekit::jwk::Jwk;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+
+use super::helpers::{observations, patients, ping, sign_assertion, spawn_app, TestApp, ADMIN_TOKEN};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// Longest wait for anything the page should show; polling refreshes every 1.5 s.
+const WAIT: Duration = Duration::from_secs(20);
+/// The whole browser session, so a wedged browser fails the test instead of hanging it.
+const SESSION_LIMIT: Duration = Duration::from_secs(120);
+const DESKTOP: (u32, u32) = (1280, 900);
+const PHONE: (u32, u32) = (390, 844);
+/// Tallest full-page screenshot, in CSS pixels.
+const MAX_SHOT_HEIGHT: u64 = 4000;
+
+/// chromedriver on a free loopback port, killed when dropped.
+async fn start_chromedriver() -> (Child, String) {
+    for path in [CHROMIUM, CHROMEDRIVER] {
+        assert!(
+            Path::new(path).exists(),
+            "{path} is missing: run `bash scripts/setup.sh`, which installs Debian's chromium and chromium-driver"
+        );
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("chromedriver starts");
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ready = match reqwest::get(format!("{url}/status")).await {
+            Ok(res) => res.json::<Value>().await.is_ok_and(|v| v["value"]["ready"] == true),
+            Err(_) => false,
+        };
+        if ready {
+            return (child, url);
+        }
+        assert!(Instant::now() < deadline, "chromedriver did not become ready on port {port}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn open_browser(driver_url: &str, profile: &Path) -> Client {
+    let args = vec![
+        "--headless".to_string(),
+        "--no-sandbox".into(),
+        "--disable-gpu".into(),
+        "--disable-background-networking".into(),
+        "--disable-component-update".into(),
+        "--disable-sync".into(),
+        "--no-first-run".into(),
+        format!("--user-data-dir={}", profile.display()),
+        format!("--window-size={},{}", DESKTOP.0, DESKTOP.1),
+    ];
+    let caps = json!({
+        "browserName": "chrome",
+        "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
+        "goog:loggingPrefs": { "browser": "ALL" },
+    });
+    let Value::Object(caps) = caps else { unreachable!() };
+    ClientBuilder::native().capabilities(caps).connect(driver_url).await.expect("a Chromium session starts")
+}
+
+/// chromedriver's console log (`POST /session/{id}/se/log`); reading it empties it.
+#[derive(Debug)]
+struct BrowserLog;
+
+impl WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(&self, base: &url::Url, session: Option<&str>) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
+    }
+    fn method_and_body(&self, _: &url::Url) -> (Method, Option<String>) {
+        (Method::POST, Some(r#"{"type":"browser"}"#.into()))
+    }
+}
+
+/// Console errors since the last call, except failed loads whose message contains `expected`
+/// (the deliberate 401 and 400 the test provokes).
+async fn console_errors(c: &Client, expected: &[&str]) -> Result<Vec<String>> {
+    let entries = c.issue_cmd(BrowserLog).await.context("reading the browser log")?;
+    let entries = entries.as_array().cloned().unwrap_or_default();
+    Ok(entries
+        .iter()
+        .filter(|e| e["level"] == "SEVERE")
+        .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+        .filter(|m| !expected.iter().any(|x| m.contains(x)))
+        .collect())
+}
+
+struct Shots {
+    dir: PathBuf,
+}
+
+impl Shots {
+    fn new() -> Self {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("ui-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let _ = std::fs::remove_file(dir.join("failure.png"));
+        Self { dir }
+    }
+
+    /// The whole page: the window grows to the page's height for the shot, then shrinks back.
+    async fn take(&self, c: &Client, name: &str) -> Result<()> {
+        let (width, height) = c.get_window_size().await?;
+        let sizes =
+            c.execute("return [document.documentElement.scrollHeight, window.innerHeight]", vec![]).await?;
+        let page = sizes[0].as_u64().unwrap_or(height);
+        let chrome = height.saturating_sub(sizes[1].as_u64().unwrap_or(height));
+        let full = (page + chrome).clamp(height, MAX_SHOT_HEIGHT);
+        c.set_window_size(width as u32, full as u32).await?;
+        let png = c.screenshot().await.with_context(|| format!("screenshot {name}"))?;
+        c.set_window_size(width as u32, height as u32).await?;
+        std::fs::write(self.dir.join(format!("{name}.png")), png)?;
+        Ok(())
+    }
+}
+
+async fn find(c: &Client, css: &str) -> Result<Element> {
+    c.wait().at_most(WAIT).for_element(Locator::Css(css)).await.with_context(|| format!("no element {css}"))
+}
+
+/// Wait until the element's visible text contains `needle`; returns the text.
+async fn wait_text(c: &Client, css: &str, needle: &str) -> Result<String> {
+    let deadline = Instant::now() + WAIT;
+    let mut last = String::new();
+    loop {
+        if let Ok(el) = c.find(Locator::Css(css)).await {
+            if let Ok(text) = el.text().await {
+                if text.contains(needle) {
+                    return Ok(text);
+                }
+                last = text;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{css} never showed {needle:?}; last text: {last:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_value(c: &Client, css: &str, needle: &str) -> Result<String> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let value = find(c, css).await?.prop("value").await?.unwrap_or_default();
+        if value.contains(needle) {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("{css} never held {needle:?}; last value: {value:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_gone(c: &Client, css: &str) -> Result<()> {
+    let deadline = Instant::now() + WAIT;
+    while !c.find_all(Locator::Css(css)).await?.is_empty() {
+        ensure!(Instant::now() < deadline, "{css} is still there");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+async fn type_into(c: &Client, css: &str, text: &str) -> Result<()> {
+    let el = find(c, css).await?;
+    el.clear().await?;
+    el.send_keys(text).await?;
+    Ok(())
+}
+
+async fn click(c: &Client, css: &str) -> Result<()> {
+    find(c, css).await?.click().await.with_context(|| format!("click {css}"))
+}
+
+/// Open a screen from the main navigation and wait for it to show.
+async fn nav(c: &Client, screen: &str, section: &str) -> Result<()> {
+    click(c, &format!("a[data-nav={screen}]")).await?;
+    find(c, &format!("#{section}:not([hidden])")).await?;
+    Ok(())
+}
+
+/// Confirm (or, with `false`, cancel by pressing Escape) the open confirmation dialog.
+async fn answer_dialog(c: &Client, confirm: bool) -> Result<()> {
+    find(c, "dialog#confirm-dialog[open]").await?;
+    if confirm {
+        click(c, "#confirm-ok").await?;
+    } else {
+        c.active_element().await?.send_keys(&char::from(Key::Escape).to_string()).await?;
+    }
+    wait_gone(c, "dialog#confirm-dialog[open]").await
+}
+
+/// Get a token as the provider registered in the browser would, and ping a static import.
+async fn import_as(app: &TestApp, private: &Jwk, client_id: &str) -> Result<String> {
+    let kid = private.key_id().ok_or_else(|| anyhow!("the generated key has no kid"))?.to_string();
+    let assertion =
+        sign_assertion(private, client_id, &format!("{}/auth/token", app.base), |_, h| h.set_key_id(&kid));
+    let form = TestApp::token_form(&assertion);
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let res = app.post_token(&form).await;
+    ensure!(res.status() == 200, "token with the browser-made key: {}", res.text().await?);
+    let token = res.json::<Value>().await?["access_token"].as_str().unwrap_or_default().to_string();
+    let body = ping(&app.provider.manifest_url(), "static").to_string();
+    let res = app.post_import_raw(Some(&token), "application/fhir+json", body).await;
+    ensure!(res.status() == 202, "ping: {}", res.text().await?);
+    let location = res.headers()["content-location"].to_str()?.to_string();
+    Ok(location.rsplit('/').next().unwrap_or_default().to_string())
+}
+
+async fn flow(c: &Client, app: &TestApp, shots: &Shots) -> Result<()> {
+    // Credential prompt: a wrong credential is refused on the spot, the right one is kept.
+    c.goto(&format!("{}/", app.base)).await?;
+    find(c, "#screen-credential:not([hidden])").await?;
+    shots.take(c, "01-credential").await?;
+    let enter = char::from(Key::Enter);
+    type_into(c, "#admin-token", &format!("not-the-admin-token{enter}")).await?;
+    wait_text(c, "#admin-token-error", "refused").await?;
+    let unexpected = console_errors(c, &["/auth/registrations - Failed to load resource"]).await?;
+    ensure!(unexpected.is_empty(), "console errors: {unexpected:?}");
+    type_into(c, "#admin-token", &format!("{ADMIN_TOKEN}{enter}")).await?;
+    find(c, "#screen-jobs:not([hidden])").await?;
+    wait_text(c, "#session-state", "entered").await?;
+
+    // Key generator: JWK and PEM views, then carry the public key to the registration form.
+    nav(c, "keys", "screen-keys").await?;
+    ensure!(find(c, "#key-alg").await?.text().await?.contains("ES384 — recommended"));
+    click(c, "#key-generate").await?;
+    let public = wait_value(c, "#key-public", "\"kty\"").await?;
+    let private = find(c, "#key-private").await?.prop("value").await?.unwrap_or_default();
+    let private: Jwk = Jwk::from_bytes(private.as_bytes()).context("the private JWK parses")?;
+    ensure!(private.parameter("d").is_some() && !public.contains("\"d\""), "public view leaks d");
+    click(c, "#key-format-pem").await?;
+    wait_value(c, "#key-public", "BEGIN PUBLIC KEY").await?;
+    wait_value(c, "#key-private", "PRIVATE KEY").await?;
+    wait_text(c, "#screen-keys .alert.warning", "Store the private key safely").await?;
+    shots.take(c, "02-key-generator").await?;
+    click(c, "#key-format-jwk").await?;
+    click(c, "#key-use").await?;
+    find(c, "#screen-register:not([hidden])").await?;
+    let kid = private.key_id().unwrap_or_default().to_string();
+    let jwks_text = wait_value(c, "#reg-jwk", &kid).await?;
+
+    // Registration: inline validation, then a server refusal shown next to the field.
+    type_into(c, "#reg-aud", "ehr.example/fhir").await?;
+    click(c, "#register-submit").await?;
+    wait_text(c, "#reg-aud-error", "not a complete URL").await?;
+    wait_text(c, "#reg-consumer-error", "client id").await?;
+    ensure!(find(c, "#reg-aud").await?.attr("aria-invalid").await?.as_deref() == Some("true"));
+    shots.take(c, "03-register-validation").await?;
+    type_into(c, "#reg-aud", &app.provider.base()).await?;
+    type_into(c, "#reg-consumer", "consumer-at-fake").await?;
+    let mut without_kid: Value = serde_json::from_str(&jwks_text)?;
+    without_kid["keys"][0].as_object_mut().context("the form holds a JWKS")?.remove("kid");
+    type_into(c, "#reg-jwk", &without_kid["keys"][0].to_string()).await?;
+    click(c, "#register-submit").await?;
+    wait_text(c, "#register-error", "has no 'kid'").await?;
+    wait_text(c, "#reg-jwk-error", "has no 'kid'").await?;
+    shots.take(c, "04-register-server-error").await?;
+    let unexpected = console_errors(c, &["/auth/register - Failed to load resource"]).await?;
+    ensure!(unexpected.is_empty(), "console errors: {unexpected:?}");
+    type_into(c, "#reg-jwk", &jwks_text).await?;
+    click(c, "#register-submit").await?;
+    find(c, "#register-result:not([hidden])").await?;
+    let client_id = find(c, "#result-client-id").await?.text().await?;
+    ensure!(uuid::Uuid::parse_str(&client_id).is_ok(), "client_id {client_id:?}");
+    wait_text(c, "#result-token-endpoint", &format!("{}/auth/token", app.base)).await?;
+    click(c, "button[data-copy=result-client-id]").await?;
+    wait_text(c, "button[data-copy=result-client-id]", "Cop").await?;
+    shots.take(c, "05-registered").await?;
+
+    // An import by the provider just registered, held half-way so the dashboard shows it running.
+    app.provider.add_file("o.ndjson", "Observation", observations(20));
+    app.provider.add_file("p.ndjson", "Patient", patients(10));
+    app.provider.hold_file("p.ndjson");
+    let job_id = import_as(app, &private, &client_id).await?;
+    nav(c, "jobs", "screen-jobs").await?;
+    let row = format!("#jobs-table tr[data-job-id='{job_id}']");
+    wait_text(c, &row, "50 %").await?;
+    wait_text(c, &row, "importing").await?;
+    shots.take(c, "06-jobs-importing").await?;
+    app.provider.release_files();
+    find(c, &format!("{row}[data-state=completed]")).await?;
+    let text = wait_text(c, &row, "100 %").await?;
+    for expected in ["static", "2 / 2", "30", &app.provider.base()] {
+        ensure!(text.contains(expected), "dashboard row lacks {expected:?}: {text}");
+    }
+    shots.take(c, "07-jobs-completed").await?;
+    c.set_window_size(PHONE.0, PHONE.1).await?;
+    shots.take(c, "08-jobs-phone").await?;
+    c.set_window_size(DESKTOP.0, DESKTOP.1).await?;
+
+    // Job page: per-file outcomes; Escape keeps the job, confirming deletes it.
+    click(c, &format!("{row} a")).await?;
+    find(c, "#screen-job:not([hidden])").await?;
+    wait_text(c, "#job-files tr[data-index='0']", "20 resources").await?;
+    wait_text(c, "#job-files tr[data-index='1']", "10 resources").await?;
+    wait_text(c, "#job-summary", "completed").await?;
+    shots.take(c, "09-job").await?;
+    click(c, "#job-delete").await?;
+    find(c, "dialog#confirm-dialog[open]").await?;
+    shots.take(c, "10-job-delete-confirm").await?;
+    answer_dialog(c, false).await?;
+    ensure!(app.get_job(&job_id).await.status() == 200, "Escape must keep the job");
+    click(c, "#job-delete").await?;
+    answer_dialog(c, true).await?;
+    find(c, "#screen-jobs:not([hidden])").await?;
+    wait_text(c, "#flash", "deleted").await?;
+    wait_gone(c, &row).await?;
+    ensure!(app.get_job(&job_id).await.status() == 404, "the job is gone");
+
+    // Registrations: the browser-made registration, then revoke it.
+    nav(c, "registrations", "screen-registrations").await?;
+    let reg_row = format!("#registrations-table tr[data-client-id='{client_id}']");
+    wait_text(c, &reg_row, &kid).await?;
+    wait_text(c, &reg_row, "1 inline key").await?;
+    shots.take(c, "11-registrations").await?;
+    click(c, &format!("{reg_row} button[data-revoke]")).await?;
+    answer_dialog(c, true).await?;
+    wait_text(c, &reg_row, "revoked").await?;
+
+    // Server info.
+    nav(c, "info", "screen-info").await?;
+    wait_text(c, "#info-list", "Token Endpoint").await?;
+    wait_text(c, "#info-list", &format!("{}/auth/token", app.base)).await?;
+    shots.take(c, "12-server-info").await?;
+
+    let unexpected = console_errors(c, &[]).await?;
+    ensure!(unexpected.is_empty(), "console errors: {unexpected:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_person_registers_a_provider_and_follows_its_import_in_headless_chromium() {
+    // Arrange
+    let app = spawn_app().await;
+    let (mut driver, driver_url) = start_chromedriver().await;
+    let profile = TempDir::new().unwrap();
+    let client = open_browser(&driver_url, profile.path()).await;
+    let shots = Shots::new();
+
+    // Act
+    let outcome = tokio::time::timeout(SESSION_LIMIT, flow(&client, &app, &shots)).await;
+    if !matches!(outcome, Ok(Ok(()))) {
+        let _ = shots.take(&client, "failure").await;
+    }
+    let _ = client.close().await;
+    let _ = driver.kill().await;
+
+    // Assert
+    match outcome {
+        Ok(result) => result.unwrap(),
+        Err(_) => panic!("the browser flow took longer than {SESSION_LIMIT:?}"),
+    }
+    // The registration made in the browser is stored as shown, and now revoked.
+    let res = app
+        .http
+        .get(format!("{}/auth/registrations", app.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let all: Value = res.json().await.unwrap();
+    let made = all["registrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["client_id"] != app.client_id.as_str())
+        .cloned()
+        .expect("the browser registered a provider");
+    assert_eq!(made["aud"], app.provider.base());
+    assert_eq!(made["consumer_client_id"], "consumer-at-fake");
+    assert!(made["revoked_at"].is_i64());
+}
