@@ -139,7 +139,7 @@ async fn run(app: &AppState, id: &str, cancel: &CancellationToken) -> Result<(),
                 }
                 .instrument(tracing::Span::current()),
             );
-            async move { task.await }
+            task
         })
         .buffer_unordered(app.config.limits.parallel_downloads);
     while let Some(joined) = results.next().await {
