@@ -38,7 +38,10 @@ impl App {
         let destination =
             config.destination.build(config.jobs_path.clone()).await.context("setting up the destination")?;
         let shutdown = CancellationToken::new();
-        let jobs = Arc::new(Runner::new(shutdown.clone(), config.limits.max_concurrent_jobs));
+        let jobs = Arc::new(
+            Runner::new(shutdown.clone(), config.limits.max_concurrent_jobs)
+                .context("starting the job runtime")?,
+        );
         let addr = format!("{}:{}", config.host, config.port);
         let listener = TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let state = AppState {
@@ -65,6 +68,8 @@ impl App {
     /// Serve until `signal` resolves, then stop jobs and the reaper gracefully.
     pub async fn run(self, signal: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let Self { listener, state, shutdown } = self;
+        // If this future is dropped (an embedding test ends), jobs still stop.
+        let _stop_jobs_on_drop = shutdown.clone().drop_guard();
         tracing::info!(
             address = %listener.local_addr()?,
             destination = %state.destination.describe(),

@@ -26,7 +26,7 @@ impl FromRequestParts<AppState> for Admin {
             .map(|(_, t)| t.trim().to_string())
             .ok_or_else(|| {
                 AuthError::InvalidToken(
-                    "registration needs the admin credential: 'Authorization: Bearer <ADMIN_TOKEN>' (see DATA_DIR/admin-token)".into(),
+                    "this endpoint needs the admin credential: 'Authorization: Bearer <ADMIN_TOKEN>' (see DATA_DIR/admin-token)".into(),
                 )
             })?;
         if same(presented.as_bytes(), app.keys.admin_token().expose_secret().as_bytes()) {

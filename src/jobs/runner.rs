@@ -1,5 +1,8 @@
 //! Running jobs: each on a `TaskTracker`, with its own `CancellationToken` (a child of shutdown),
 //! at most `MAX_CONCURRENT_JOBS` at once. Runtime handles only; job state lives in the store.
+//!
+//! Jobs run on their own tokio runtime whose threads have a lower OS priority, so while imports
+//! keep every core busy validating lines, the API (status polls above all) still answers at once.
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use tokio::sync::{watch, Mutex, Semaphore};
@@ -11,21 +14,35 @@ use crate::state::AppState;
 /// How long a DELETE waits for a cancelled job to let go of its files.
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
+/// `nice` of the job threads: below the API's, so the kernel schedules API work first.
+const JOB_THREAD_NICE: i32 = 10;
+
 pub struct Runner {
     pub tracker: TaskTracker,
+    runtime: std::sync::Mutex<Option<tokio::runtime::Runtime>>,
+    handle: tokio::runtime::Handle,
     pub shutdown: CancellationToken,
     running: Mutex<HashMap<String, (CancellationToken, watch::Receiver<()>)>>,
     slots: Arc<Semaphore>,
 }
 
 impl Runner {
-    pub fn new(shutdown: CancellationToken, max_concurrent_jobs: usize) -> Self {
-        Self {
+    pub fn new(shutdown: CancellationToken, max_concurrent_jobs: usize) -> std::io::Result<Self> {
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("bulk-import-jobs")
+            .on_thread_start(lower_thread_priority)
+            .enable_all()
+            .build()?;
+        Ok(Self {
+            handle: runtime.handle().clone(),
+            runtime: std::sync::Mutex::new(Some(runtime)),
             tracker: TaskTracker::new(),
             shutdown,
             running: Mutex::default(),
             slots: Arc::new(Semaphore::new(max_concurrent_jobs)),
-        }
+        })
     }
 
     /// Start (or resume) a job in the background.
@@ -38,17 +55,20 @@ impl Runner {
         let (done_tx, done_rx) = watch::channel(());
         self.running.lock().await.insert(id.clone(), (cancel.clone(), done_rx));
         let slots = self.slots.clone();
-        self.tracker.spawn(async move {
-            let permit = tokio::select! {
-                _ = cancel.cancelled() => None,
-                p = slots.acquire_owned() => p.ok(),
-            };
-            if permit.is_some() {
-                run_job(app.clone(), id.clone(), cancel).await;
-            }
-            app.jobs.running.lock().await.remove(&id);
-            drop(done_tx);
-        });
+        self.tracker.spawn_on(
+            async move {
+                let permit = tokio::select! {
+                    _ = cancel.cancelled() => None,
+                    p = slots.acquire_owned() => p.ok(),
+                };
+                if permit.is_some() {
+                    run_job(app.clone(), id.clone(), cancel).await;
+                }
+                app.jobs.running.lock().await.remove(&id);
+                drop(done_tx);
+            },
+            &self.handle,
+        );
     }
 
     /// Cancel a job if it runs, and wait until it has stopped touching its files.
@@ -64,3 +84,22 @@ impl Runner {
         self.running.lock().await.len()
     }
 }
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        // Never blocks, so it is safe wherever the last reference goes (even inside a runtime).
+        if let Some(runtime) = self.runtime.lock().ok().and_then(|mut r| r.take()) {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn lower_thread_priority() {
+    // With PRIO_PROCESS and who = 0, Linux changes the calling thread only.
+    // SAFETY: setpriority has no memory effects; a failure just leaves the priority as it was.
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, JOB_THREAD_NICE) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_thread_priority() {}
