@@ -32,6 +32,9 @@ pub const DEFAULT_MAX_CONCURRENT_JOBS: usize = 16;
 pub const DEFAULT_MAX_MANIFEST_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_MANIFEST_PAGES: usize = 1000;
 pub const DEFAULT_MAX_FILES_PER_JOB: usize = 50_000;
+/// 100 GiB: far above real export files (providers split at a few GB), low enough to stop a
+/// gzip bomb before it fills a disk.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 100 * 1024 * 1024 * 1024;
 /// Largest request body on `/$import` and `/auth/*`.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Longest wait we honour from a provider's `Retry-After` (Cerner has sent hours).
@@ -62,6 +65,8 @@ pub struct Limits {
     pub max_manifest_bytes: usize,
     pub max_manifest_pages: usize,
     pub max_files_per_job: usize,
+    /// Largest file we accept, counted after gzip decoding (so a gzip bomb is cut off).
+    pub max_file_bytes: u64,
     pub max_body_bytes: usize,
     pub max_retry_after: Duration,
     pub poll_interval: Duration,
@@ -84,6 +89,7 @@ impl Default for Limits {
             max_manifest_bytes: DEFAULT_MAX_MANIFEST_BYTES,
             max_manifest_pages: DEFAULT_MAX_MANIFEST_PAGES,
             max_files_per_job: DEFAULT_MAX_FILES_PER_JOB,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_retry_after: secs(DEFAULT_MAX_RETRY_AFTER_SECS),
             poll_interval: secs(DEFAULT_POLL_INTERVAL_SECS),
@@ -152,6 +158,7 @@ impl Config {
             max_manifest_bytes: r.num("MAX_MANIFEST_BYTES", DEFAULT_MAX_MANIFEST_BYTES, 1024, usize::MAX),
             max_manifest_pages: r.num("MAX_MANIFEST_PAGES", DEFAULT_MAX_MANIFEST_PAGES, 1, 1_000_000),
             max_files_per_job: r.num("MAX_FILES_PER_JOB", DEFAULT_MAX_FILES_PER_JOB, 1, 10_000_000),
+            max_file_bytes: r.num("MAX_FILE_BYTES", DEFAULT_MAX_FILE_BYTES, 1, u64::MAX),
             max_body_bytes: r.num("MAX_REQUEST_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, usize::MAX),
             max_retry_after: r.secs("MAX_RETRY_AFTER", DEFAULT_MAX_RETRY_AFTER_SECS),
             poll_interval: r.secs("POLL_INTERVAL", DEFAULT_POLL_INTERVAL_SECS),

@@ -191,6 +191,7 @@ async fn stream_into(
         }
         Ok(())
     };
+    let mut received = 0u64;
     let mut body = resp.bytes_stream();
     loop {
         let next = tokio::select! {
@@ -204,6 +205,16 @@ async fn stream_into(
                 crate::routes::error::chain(&e.without_url())
             ))
         })?;
+        received += chunk.len() as u64;
+        if received > client.limits.max_file_bytes {
+            return Err(AttemptError::Permanent(
+                IssueCode::TooCostly,
+                format!(
+                    "the file is larger than {} bytes after decoding (MAX_FILE_BYTES)",
+                    client.limits.max_file_bytes
+                ),
+            ));
+        }
         splitter.feed(&chunk, &mut on_line).map_err(line_failure)?;
         writer.write(chunk).await.map_err(JobError::from)?;
     }

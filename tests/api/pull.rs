@@ -418,3 +418,21 @@ async fn an_absurd_token_lifetime_from_a_provider_is_clamped_not_a_crash() {
     let id = app.start_import(&app.provider.export_url(), "dynamic").await;
     completed(&app, &id).await;
 }
+
+#[tokio::test]
+async fn a_gzip_bomb_is_cut_off_at_the_decoded_size_limit() {
+    let app = spawn_app_with(|c| c.limits.max_file_bytes = 64 * 1024).await;
+    // 10,000 lines compress to a few KB but decode to well over the limit.
+    let mut bomb = FakeFile::new("bomb.ndjson", "Observation", observations(10_000));
+    bomb.gzip = true;
+    app.provider.set_chunk_size(4096);
+    app.provider.push_file(bomb);
+    app.provider.add_file("ok.ndjson", "Patient", patients(2));
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    let body = completed(&app, &id).await;
+    assert_eq!(body["extension"]["failedFiles"], 1);
+    let outcomes = app.get_outcomes(&id).await;
+    let text = outcomes[0]["issue"][0]["diagnostics"].as_str().unwrap();
+    assert!(text.contains("MAX_FILE_BYTES"), "{text}");
+    assert!(!app.jobs_dir(&id).join("Observation.1.ndjson").exists());
+}
