@@ -18,6 +18,15 @@ use axum::{
 };
 use serde_json::{json, Value};
 
+/// A scripted failure of one file download.
+#[derive(Debug, Clone, Copy)]
+pub enum FileFault {
+    /// Half the body, then the connection breaks.
+    BreakHalfway,
+    /// Half the body, then silence for this many milliseconds, then the rest.
+    StallHalfway(u64),
+}
+
 /// One scripted answer of the export status endpoint.
 #[derive(Debug, Clone)]
 pub enum StatusStep {
@@ -81,6 +90,7 @@ struct Inner {
     page_size: Option<usize>,
     held: Vec<String>,
     kickoff_script: VecDeque<u16>,
+    file_faults: HashMap<String, VecDeque<FileFault>>,
 }
 
 #[derive(Clone)]
@@ -184,6 +194,10 @@ impl FakeProvider {
     /// Keep this file's body from being sent until `release_files()`.
     pub fn hold_file(&self, name: &str) {
         self.with(|i| i.held.push(name.into()));
+    }
+    /// Fail the next downloads of `name` in these ways, one per attempt.
+    pub fn fault_file(&self, name: &str, faults: Vec<FileFault>) {
+        self.with(|i| i.file_faults.insert(name.into(), faults.into()));
     }
     /// Answer the next kick-offs with these statuses (empty body) before accepting.
     pub fn script_kickoff(&self, statuses: Vec<u16>) {
@@ -496,6 +510,13 @@ async fn file(
     } else {
         file.bytes.clone()
     };
+    let fault = f.with(|i| i.file_faults.get_mut(&name).and_then(|q| q.pop_front()));
+    if let Some(fault) = fault {
+        let half = bytes.len() / 2;
+        let (head, tail) = (bytes.slice(..half), bytes.slice(half..));
+        let stream = async_stream(head, tail, fault);
+        return Response::new(Body::from_stream(stream));
+    }
     // Small chunks so lines and multi-byte characters are split across network reads.
     let chunks: Vec<Result<Bytes, std::io::Error>> =
         bytes.chunks(chunk.max(1)).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
@@ -505,4 +526,28 @@ async fn file(
         res.headers_mut().insert("content-encoding", "gzip".parse().unwrap());
     }
     res
+}
+
+/// The body of a faulty download: the head, then a break or a stall, then (for a stall) the tail.
+fn async_stream(
+    head: Bytes,
+    tail: Bytes,
+    fault: FileFault,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    futures::stream::unfold(0u8, move |step| {
+        let (head, tail) = (head.clone(), tail.clone());
+        async move {
+            match (step, fault) {
+                (0, _) => Some((Ok(head), 1)),
+                (1, FileFault::BreakHalfway) => {
+                    Some((Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "scripted break")), 2))
+                }
+                (1, FileFault::StallHalfway(ms)) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    Some((Ok(tail), 2))
+                }
+                _ => None,
+            }
+        }
+    })
 }

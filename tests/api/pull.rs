@@ -6,7 +6,7 @@ use axum::http::Method;
 use serde_json::Value;
 
 use super::{
-    fake_provider::{FakeFile, StatusStep},
+    fake_provider::{FakeFile, FileFault, StatusStep},
     helpers::{observations, patients, spawn_app, spawn_app_with, TestApp},
 };
 
@@ -435,4 +435,31 @@ async fn a_gzip_bomb_is_cut_off_at_the_decoded_size_limit() {
     let text = outcomes[0]["issue"][0]["diagnostics"].as_str().unwrap();
     assert!(text.contains("MAX_FILE_BYTES"), "{text}");
     assert!(!app.jobs_dir(&id).join("Observation.1.ndjson").exists());
+}
+
+#[tokio::test]
+async fn a_connection_broken_mid_file_and_a_stalled_body_are_retried_to_success() {
+    let app = spawn_app_with(|c| c.limits.read_timeout = Duration::from_millis(500)).await;
+    let obs = observations(300);
+    app.provider.add_file("o.ndjson", "Observation", obs.clone());
+    app.provider.fault_file("o.ndjson", vec![FileFault::BreakHalfway, FileFault::StallHalfway(3000)]);
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    let body = completed(&app, &id).await;
+    assert_eq!(body["extension"]["failedFiles"], 0);
+    assert_eq!(app.provider.requests_to("/fhir/files/o.ndjson").len(), 3, "break, stall, success");
+    assert_eq!(read(&app, &id, "Observation.1.ndjson"), obs, "no duplicate or missing line");
+}
+
+#[tokio::test]
+async fn a_file_that_keeps_breaking_fails_with_the_reason_after_bounded_attempts() {
+    let app = spawn_app().await;
+    app.provider.add_file("o.ndjson", "Observation", observations(100));
+    app.provider.fault_file("o.ndjson", vec![FileFault::BreakHalfway; 10]);
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    let body = completed(&app, &id).await;
+    assert_eq!(body["extension"]["failedFiles"], 1);
+    let text = app.get_outcomes(&id).await[0]["issue"][0]["diagnostics"].as_str().unwrap().to_string();
+    // Depending on when the break lands, it surfaces while sending or while reading the body.
+    assert!(text.contains("after 4 attempts"), "{text}");
+    assert_eq!(app.provider.requests_to("/fhir/files/o.ndjson").len(), 4);
 }
