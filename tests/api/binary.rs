@@ -126,14 +126,113 @@ async fn no_secret_or_token_reaches_the_debug_log_during_a_full_import() {
         dir.path(),
         &[("RUST_LOG", "debug"), ("DESTINATION_TYPE", "tmp-fs"), ("POLL_INTERVAL", "0.05")],
     );
-    let base = server.base();
-    provider.set_consumer_jwks_url(format!("{base}/jwks"));
+    provider.set_consumer_jwks_url(format!("{}/jwks", server.base()));
     let http = reqwest::Client::new();
-    let admin = std::fs::read_to_string(dir.path().join("data/admin-token")).unwrap();
+    let Pinged { status_url, access_token: access, assertion, admin } =
+        ping_static(&server.base(), dir.path(), &provider).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.get(&status_url).send().await.unwrap().status() == 202 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(http.get(&status_url).send().await.unwrap().status(), 200);
+    let log = server.stop().await;
 
+    let ours: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("data/private-key.jwk.json")).unwrap())
+            .unwrap();
+    let jwt_secret = std::fs::read_to_string(dir.path().join("data/jwt-secret")).unwrap();
+    let mut secrets = vec![
+        ("admin token", admin),
+        ("JWT secret", jwt_secret.trim().to_string()),
+        ("our private key", ours["d"].as_str().unwrap().to_string()),
+        ("access token we issued", access.clone()),
+        ("client assertion", assertion.clone()),
+    ];
+    let provider_tokens = provider.issued_tokens();
+    assert!(!provider_tokens.is_empty());
+    for t in provider_tokens {
+        secrets.push(("provider token", t));
+    }
+    assert!(log.lines().count() > 10, "debug logging was on: {log}");
+    for (what, secret) in secrets {
+        assert!(!log.contains(&secret), "the {what} reached the log");
+        // Not even its signature part (a JWT split across fields).
+        if let Some(sig) = secret.rsplit('.').next().filter(|s| s.len() > 20) {
+            assert!(!log.contains(sig), "part of the {what} reached the log");
+        }
+    }
+}
+
+#[tokio::test]
+async fn after_kill_9_mid_import_a_restart_resumes_without_refetching_finished_files() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let provider = FakeProvider::start().await;
+    let obs = super::helpers::observations(2_000);
+    provider.add_file("a.ndjson", "Observation", obs.clone());
+    provider.add_file("b.ndjson", "Observation", obs.clone());
+    provider.hold_file("b.ndjson");
+    let env = [
+        ("RUST_LOG", "bulk_import=info"),
+        ("DESTINATION_TYPE", "tmp-fs"),
+        ("POLL_INTERVAL", "0.05"),
+        ("PARALLEL_DOWNLOADS", "1"),
+    ];
+    let mut server = Server::start(dir.path(), &env);
+    provider.set_consumer_jwks_url(format!("{}/jwks", server.base()));
+    let pinged = ping_static(&server.base(), dir.path(), &provider).await;
+    let id = pinged.status_url.rsplit('/').next().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while provider.requests_to("/fhir/files/b.ndjson").is_empty() {
+        assert!(Instant::now() < deadline, "the second file was never requested");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // SIGKILL: no shutdown path runs.
+    assert!(Command::new("kill").args(["-KILL", &server.child.id().to_string()]).status().unwrap().success());
+    let _ = server.child.wait();
+    provider.release_files();
+
+    let server = Server::start(dir.path(), &env);
+    provider.set_consumer_jwks_url(format!("{}/jwks", server.base()));
+    let status_url = format!("{}/job/{id}", server.base());
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let res = http.get(&status_url).send().await.unwrap();
+        if res.status() == 200 {
+            break;
+        }
+        assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
+        assert!(Instant::now() < deadline, "the job did not resume");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(server);
+    assert_eq!(provider.requests_to("/fhir/files/a.ndjson").len(), 1, "a finished file was fetched again");
+    assert_eq!(provider.requests_to("/fhir/files/b.ndjson").len(), 2, "the interrupted file restarts");
+    let out = dir.path().join("jobs").join(&id);
+    let mut names: Vec<String> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, vec!["Observation.1.ndjson", "Observation.2.ndjson"], "no partial file is left");
+    for n in &names {
+        assert_eq!(std::fs::read_to_string(out.join(n)).unwrap(), obs, "{n}: a missing or duplicated line");
+    }
+}
+
+/// What a provider used to start an import: for checks that none of it leaks.
+struct Pinged {
+    status_url: String,
+    access_token: String,
+    assertion: String,
+    admin: String,
+}
+
+/// Register a provider key, get a token and ping a static import.
+async fn ping_static(base: &str, dir: &Path, provider: &FakeProvider) -> Pinged {
+    let http = reqwest::Client::new();
+    let admin = std::fs::read_to_string(dir.join("data/admin-token")).unwrap();
     let mut key = ES384.generate_key_pair().unwrap().to_jwk_key_pair();
     key.set_key_id("provider-key-1");
-    key.set_algorithm("ES384");
     let mut public = key.to_public_key().unwrap();
     public.set_key_id("provider-key-1");
     let reg: Value = http
@@ -162,47 +261,19 @@ async fn no_secret_or_token_reaches_the_debug_log_during_a_full_import() {
         .json()
         .await
         .unwrap();
-    let access = token["access_token"].as_str().unwrap().to_string();
     let res = http
         .post(format!("{base}/$import"))
-        .bearer_auth(&access)
+        .bearer_auth(token["access_token"].as_str().unwrap())
         .header("content-type", "application/fhir+json")
         .body(ping(&provider.manifest_url(), "static").to_string())
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 202);
-    let status_url = res.headers()["content-location"].to_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http.get(&status_url).send().await.unwrap().status() == 202 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(http.get(&status_url).send().await.unwrap().status(), 200);
-    let log = server.stop().await;
-
-    let ours: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("data/private-key.jwk.json")).unwrap())
-            .unwrap();
-    let jwt_secret = std::fs::read_to_string(dir.path().join("data/jwt-secret")).unwrap();
-    let mut secrets = vec![
-        ("admin token", admin.trim().to_string()),
-        ("JWT secret", jwt_secret.trim().to_string()),
-        ("our private key", ours["d"].as_str().unwrap().to_string()),
-        ("access token we issued", access.clone()),
-        ("client assertion", assertion.clone()),
-    ];
-    let provider_tokens = provider.issued_tokens();
-    assert!(!provider_tokens.is_empty());
-    for t in provider_tokens {
-        secrets.push(("provider token", t));
-    }
-    assert!(log.lines().count() > 10, "debug logging was on: {log}");
-    for (what, secret) in secrets {
-        assert!(!log.contains(&secret), "the {what} reached the log");
-        // Not even its signature part (a JWT split across fields).
-        if let Some(sig) = secret.rsplit('.').next().filter(|s| s.len() > 20) {
-            assert!(!log.contains(sig), "part of the {what} reached the log");
-        }
+    Pinged {
+        status_url: res.headers()["content-location"].to_str().unwrap().to_string(),
+        access_token: token["access_token"].as_str().unwrap().to_string(),
+        assertion,
+        admin: admin.trim().to_string(),
     }
 }
