@@ -39,8 +39,12 @@ impl App {
             config.destination.build(config.jobs_path.clone()).await.context("setting up the destination")?;
         let shutdown = CancellationToken::new();
         let jobs = Arc::new(
-            Runner::new(shutdown.clone(), config.limits.max_concurrent_jobs)
-                .context("starting the job runtime")?,
+            Runner::new(
+                shutdown.clone(),
+                config.limits.max_concurrent_jobs,
+                config.limits.max_total_downloads,
+            )
+            .context("starting the job runtime")?,
         );
         let addr = format!("{}:{}", config.host, config.port);
         let listener = TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;

@@ -28,6 +28,9 @@ pub const DEFAULT_DOWNLOAD_FILE_NAME: &str = "{resourceType}.{fileNumber}.ndjson
 pub const DEFAULT_PROVIDER_SCOPE: &str = "system/*.read";
 pub const DEFAULT_PARALLEL_DOWNLOADS: usize = 4;
 pub const DEFAULT_MAX_CONCURRENT_JOBS: usize = 16;
+/// Downloads across all jobs: enough to fill the cores and the network, few enough that memory
+/// (a carried line and buffers per download) stays bounded when many jobs run.
+pub const DEFAULT_MAX_TOTAL_DOWNLOADS: usize = 16;
 /// Largest export manifest we read (one page).
 pub const DEFAULT_MAX_MANIFEST_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_MANIFEST_PAGES: usize = 1000;
@@ -61,6 +64,8 @@ pub const MAX_JWKS_BYTES: usize = 64 * 1024;
 pub struct Limits {
     pub max_line_bytes: usize,
     pub parallel_downloads: usize,
+    /// Downloads at once across all jobs.
+    pub max_total_downloads: usize,
     pub max_concurrent_jobs: usize,
     pub max_manifest_bytes: usize,
     pub max_manifest_pages: usize,
@@ -85,6 +90,7 @@ impl Default for Limits {
         Self {
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             parallel_downloads: DEFAULT_PARALLEL_DOWNLOADS,
+            max_total_downloads: DEFAULT_MAX_TOTAL_DOWNLOADS,
             max_concurrent_jobs: DEFAULT_MAX_CONCURRENT_JOBS,
             max_manifest_bytes: DEFAULT_MAX_MANIFEST_BYTES,
             max_manifest_pages: DEFAULT_MAX_MANIFEST_PAGES,
@@ -154,6 +160,7 @@ impl Config {
         let limits = Limits {
             max_line_bytes: r.num("NDJSON_MAX_LINE_LENGTH", DEFAULT_MAX_LINE_BYTES, 1, usize::MAX),
             parallel_downloads: r.num("PARALLEL_DOWNLOADS", DEFAULT_PARALLEL_DOWNLOADS, 1, 64),
+            max_total_downloads: r.num("MAX_TOTAL_DOWNLOADS", DEFAULT_MAX_TOTAL_DOWNLOADS, 1, 1024),
             max_concurrent_jobs: r.num("MAX_CONCURRENT_JOBS", DEFAULT_MAX_CONCURRENT_JOBS, 1, 10_000),
             max_manifest_bytes: r.num("MAX_MANIFEST_BYTES", DEFAULT_MAX_MANIFEST_BYTES, 1024, usize::MAX),
             max_manifest_pages: r.num("MAX_MANIFEST_PAGES", DEFAULT_MAX_MANIFEST_PAGES, 1, 1_000_000),

@@ -132,8 +132,13 @@ async fn run(app: &AppState, id: &str, cancel: &CancellationToken) -> Result<(),
     let mut results = futures::stream::iter(pending)
         .map(|file| {
             let (client, destination, cancel) = (client.clone(), app.destination.clone(), downloads.clone());
+            let slots = app.jobs.download_slots.clone();
             let task = tokio::spawn(
                 async move {
+                    let _slot = tokio::select! {
+                        slot = slots.acquire_owned() => slot.ok(),
+                        _ = cancel.cancelled() => return (file, Err(JobError::Cancelled)),
+                    };
                     let result = download::import_file(&client, &*destination, &file, &cancel).await;
                     (file, result)
                 }

@@ -24,10 +24,16 @@ pub struct Runner {
     pub shutdown: CancellationToken,
     running: Mutex<HashMap<String, (CancellationToken, watch::Receiver<()>)>>,
     slots: Arc<Semaphore>,
+    /// Download slots shared by every job (`MAX_TOTAL_DOWNLOADS`).
+    pub download_slots: Arc<Semaphore>,
 }
 
 impl Runner {
-    pub fn new(shutdown: CancellationToken, max_concurrent_jobs: usize) -> std::io::Result<Self> {
+    pub fn new(
+        shutdown: CancellationToken,
+        max_concurrent_jobs: usize,
+        max_total_downloads: usize,
+    ) -> std::io::Result<Self> {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
@@ -42,6 +48,7 @@ impl Runner {
             shutdown,
             running: Mutex::default(),
             slots: Arc::new(Semaphore::new(max_concurrent_jobs)),
+            download_slots: Arc::new(Semaphore::new(max_total_downloads)),
         })
     }
 

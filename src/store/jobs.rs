@@ -201,23 +201,6 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
-    pub async fn insert_job(&self, job: &Job) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO jobs (id, client_id, export_type, export_url, kickoff, state, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&job.id)
-        .bind(&job.client_id)
-        .bind(job.export_type.as_str())
-        .bind(&job.export_url)
-        .bind(serde_json::to_string(&job.kickoff)?)
-        .bind(job.state.as_str())
-        .bind(job.created_at)
-        .execute(self.pool())
-        .await?;
-        Ok(())
-    }
-
     pub async fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
         sqlx::query_as::<_, JobRow>("SELECT * FROM jobs WHERE id = ?")
             .bind(id)
@@ -237,12 +220,6 @@ impl Store {
         .into_iter()
         .map(Job::try_from)
         .collect()
-    }
-
-    pub async fn count_unfinished_jobs(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE state NOT IN ('completed', 'failed')")
-            .fetch_one(self.pool())
-            .await?)
     }
 
     /// Ids of jobs finished before `finished_before`, and of unfinished ones with no sign of life

@@ -38,6 +38,8 @@ pub enum StatusStep {
     Unavailable,
     /// 400 with an OperationOutcome: the export failed.
     Fatal(&'static str),
+    /// Any status with an OperationOutcome body (e.g. 404 when the export vanished).
+    Status(u16),
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +59,8 @@ pub struct FakeFile {
     pub gzip: bool,
     /// Listed in the manifest but answering 404.
     pub missing: bool,
+    /// Sent with `Content-Encoding: gzip` but not gzip at all.
+    pub corrupt_gzip: bool,
 }
 
 impl FakeFile {
@@ -67,6 +71,7 @@ impl FakeFile {
             bytes: bytes.into(),
             gzip: false,
             missing: false,
+            corrupt_gzip: false,
         }
     }
 }
@@ -435,6 +440,9 @@ async fn status(
         }
         Some(StatusStep::Unavailable) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
         Some(StatusStep::Fatal(text)) => (StatusCode::BAD_REQUEST, Json(oo(text))).into_response(),
+        Some(StatusStep::Status(code)) => {
+            (StatusCode::from_u16(code).unwrap(), Json(oo("scripted status"))).into_response()
+        }
     }
 }
 
@@ -522,7 +530,7 @@ async fn file(
         bytes.chunks(chunk.max(1)).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
     let mut res = Response::new(Body::from_stream(futures::stream::iter(chunks)));
     res.headers_mut().insert("content-type", "application/fhir+ndjson".parse().unwrap());
-    if file.gzip {
+    if file.gzip || file.corrupt_gzip {
         res.headers_mut().insert("content-encoding", "gzip".parse().unwrap());
     }
     res

@@ -212,7 +212,11 @@ impl TestApp {
 
     /// Poll until the job leaves 202, with a deadline; returns the final response.
     pub async fn wait_for_job(&self, id: &str) -> Response {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        self.wait_for_job_within(id, Duration::from_secs(30)).await
+    }
+
+    pub async fn wait_for_job_within(&self, id: &str, limit: Duration) -> Response {
+        let deadline = Instant::now() + limit;
         loop {
             let res = self.get_job(id).await;
             if res.status() != StatusCode::ACCEPTED {

@@ -131,21 +131,24 @@ async fn the_reaper_removes_a_job_with_no_sign_of_life_past_twice_the_max_age() 
     let id = "00ff".repeat(8);
     let long_ago = bulk_import::time_util::now_unix() - 3600;
     store
-        .insert_job(&bulk_import::store::jobs::Job {
-            id: id.clone(),
-            client_id: app.client_id.clone(),
-            export_type: bulk_import::fhir::parameters::ExportType::Dynamic,
-            export_url: app.provider.export_url(),
-            kickoff: vec![],
-            state: bulk_import::store::jobs::JobState::Exporting,
-            status_url: None,
-            requires_access_token: false,
-            transaction_time: None,
-            progress: None,
-            failure: None,
-            created_at: long_ago,
-            completed_at: None,
-        })
+        .insert_job_if_room(
+            &bulk_import::store::jobs::Job {
+                id: id.clone(),
+                client_id: app.client_id.clone(),
+                export_type: bulk_import::fhir::parameters::ExportType::Dynamic,
+                export_url: app.provider.export_url(),
+                kickoff: vec![],
+                state: bulk_import::store::jobs::JobState::Exporting,
+                status_url: None,
+                requires_access_token: false,
+                transaction_time: None,
+                progress: None,
+                failure: None,
+                created_at: long_ago,
+                completed_at: None,
+            },
+            1000,
+        )
         .await
         .unwrap();
     assert_eq!(app.get_job(&id).await.status(), 202);

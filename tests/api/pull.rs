@@ -173,13 +173,7 @@ async fn bad_files_fail_alone_with_file_line_and_reason_while_good_files_land() 
     app.provider.add_file("wrong.ndjson", "Observation", wrong_type);
     app.provider.add_file("noid.ndjson", "Observation", no_id);
     app.provider.add_file("long.ndjson", "Observation", too_long);
-    app.provider.push_file(FakeFile {
-        name: "gone.ndjson".into(),
-        resource_type: "Observation".into(),
-        bytes: "".into(),
-        gzip: false,
-        missing: true,
-    });
+    app.provider.push_file(FakeFile { missing: true, ..FakeFile::new("gone.ndjson", "Observation", "") });
     app.provider.add_manifest_url("Observation", "http://127.0.0.1:9/elsewhere.ndjson");
     let id = app.start_import(&app.provider.manifest_url(), "static").await;
     let body = completed(&app, &id).await;
@@ -213,13 +207,7 @@ async fn gzip_files_are_decoded_and_stored_as_the_original_bytes() {
     let app = spawn_app().await;
     let obs = observations(100);
     app.provider.set_chunk_size(3);
-    app.provider.push_file(FakeFile {
-        name: "o.ndjson".into(),
-        resource_type: "Observation".into(),
-        bytes: obs.clone().into(),
-        gzip: true,
-        missing: false,
-    });
+    app.provider.push_file(FakeFile { gzip: true, ..FakeFile::new("o.ndjson", "Observation", obs.clone()) });
     let id = app.start_import(&app.provider.manifest_url(), "static").await;
     completed(&app, &id).await;
     assert_eq!(read(&app, &id, "Observation.1.ndjson"), obs);
@@ -462,4 +450,82 @@ async fn a_file_that_keeps_breaking_fails_with_the_reason_after_bounded_attempts
     // Depending on when the break lands, it surfaces while sending or while reading the body.
     assert!(text.contains("after 4 attempts"), "{text}");
     assert_eq!(app.provider.requests_to("/fhir/files/o.ndjson").len(), 4);
+}
+
+#[tokio::test]
+async fn a_token_endpoint_that_is_down_for_a_while_is_retried_to_success() {
+    let app = spawn_app().await;
+    app.provider.add_file("p.ndjson", "Patient", patients(2));
+    app.provider.fail_token(2);
+    let id = app.start_import(&app.provider.export_url(), "dynamic").await;
+    completed(&app, &id).await;
+    assert_eq!(app.provider.requests_to("/auth/token").len(), 3);
+}
+
+#[tokio::test]
+async fn a_status_url_that_vanishes_mid_export_fails_the_job_with_a_clear_reason() {
+    let app = spawn_app().await;
+    app.provider.script_status(vec![StatusStep::Pending(None), StatusStep::Status(404)]);
+    let id = app.start_import(&app.provider.export_url(), "dynamic").await;
+    let res = app.wait_for_job(&id).await;
+    assert_eq!(res.status(), 500);
+    let text = res.json::<Value>().await.unwrap()["issue"][0]["diagnostics"].as_str().unwrap().to_string();
+    assert!(text.contains("status URL answered 404"), "{text}");
+}
+
+#[tokio::test]
+async fn a_corrupt_gzip_file_fails_alone_and_duplicate_urls_are_both_imported() {
+    let app = spawn_app().await;
+    app.provider
+        .push_file(FakeFile { corrupt_gzip: true, ..FakeFile::new("bad.ndjson", "Patient", patients(50)) });
+    app.provider.add_file("p.ndjson", "Patient", patients(3));
+    app.provider.add_manifest_url("Patient", &format!("{}/fhir/files/p.ndjson", app.provider.origin()));
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    let body = completed(&app, &id).await;
+    assert_eq!(body["extension"]["failedFiles"], 1);
+    let bad = app.get_outcomes(&id).await[0]["issue"][0]["diagnostics"].as_str().unwrap().to_string();
+    assert!(bad.contains("bad.ndjson") && bad.contains("decod"), "{bad}");
+    assert_eq!(read(&app, &id, "Patient.2.ndjson"), patients(3));
+    assert_eq!(read(&app, &id, "Patient.3.ndjson"), patients(3));
+}
+
+#[tokio::test]
+async fn a_manifest_of_ten_thousand_files_is_imported_completely() {
+    let app = spawn_app_with(|c| c.limits.parallel_downloads = 16).await;
+    for i in 0..10_000 {
+        app.provider.add_file(
+            &format!("f{i}.ndjson"),
+            "Patient",
+            format!("{{\"resourceType\":\"Patient\",\"id\":\"p{i}\"}}\n"),
+        );
+    }
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    let res = app.wait_for_job_within(&id, Duration::from_secs(120)).await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["extension"]["files"], 10_000);
+    assert_eq!(body["extension"]["failedFiles"], 0);
+    assert_eq!(body["extension"]["resources"], 10_000);
+}
+
+#[tokio::test]
+async fn downloads_across_jobs_share_the_global_limit() {
+    let app = spawn_app_with(|c| c.limits.max_total_downloads = 1).await;
+    app.provider.add_file("a.ndjson", "Patient", patients(1));
+    app.provider.hold_file("a.ndjson");
+    let first = app.start_import(&app.provider.manifest_url(), "static").await;
+    while app.provider.requests_to("/fhir/files/a.ndjson").is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let second = app.start_import(&app.provider.manifest_url(), "static").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        app.provider.requests_to("/fhir/files/a.ndjson").len(),
+        1,
+        "the second job waited for the slot"
+    );
+    app.provider.release_files();
+    completed(&app, &first).await;
+    completed(&app, &second).await;
+    assert_eq!(app.provider.requests_to("/fhir/files/a.ndjson").len(), 2);
 }
