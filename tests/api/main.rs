@@ -8,6 +8,7 @@ mod helpers;
 mod import;
 mod jobs;
 mod jwks_url;
+mod load;
 mod pull;
 mod s3_server;
 mod ui;
