@@ -199,9 +199,11 @@ where
                 retry::backoff(limits.poll_interval, failures, limits.max_retry_after)
             }
             Ok(resp) if resp.status() == StatusCode::OK => {
-                return read_limited(resp, limits.max_manifest_bytes)
-                    .await
-                    .map_err(|e| JobError::Provider(format!("the export manifest could not be read: {e}")));
+                return read_limited(resp, limits.max_manifest_bytes).await.map_err(|e| {
+                    JobError::Provider(format!(
+                        "the export manifest could not be read: {e} (MAX_MANIFEST_BYTES)"
+                    ))
+                });
             }
             Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
                 (failures, failing_since) = (0, None);
@@ -258,9 +260,9 @@ pub async fn fetch_manifest(
     if resp.status() != StatusCode::OK {
         return Err(JobError::Provider(describe_failure("the export manifest URL", resp).await));
     }
-    read_limited(resp, client.limits.max_manifest_bytes)
-        .await
-        .map_err(|e| JobError::Provider(format!("the export manifest could not be read: {e}")))
+    read_limited(resp, client.limits.max_manifest_bytes).await.map_err(|e| {
+        JobError::Provider(format!("the export manifest could not be read: {e} (MAX_MANIFEST_BYTES)"))
+    })
 }
 
 /// Parse the first page and follow `link` next pages, collecting every file.

@@ -92,9 +92,15 @@ async fn a_dynamic_import_kicks_off_polls_with_retry_after_and_imports() {
     let polls: Vec<_> =
         app.provider.requests_to("/fhir/status/").into_iter().filter(|r| r.method == Method::GET).collect();
     assert_eq!(polls.len(), 5);
+    // The release follows the completion, so wait for it rather than race it.
     let deletes =
-        app.provider.requests_to("/fhir/status/").into_iter().filter(|r| r.method == Method::DELETE).count();
-    assert_eq!(deletes, 1);
+        || app.provider.requests_to("/fhir/status/").iter().filter(|r| r.method == Method::DELETE).count();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while deletes() == 0 {
+        assert!(Instant::now() < deadline, "the export was never released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(deletes(), 1);
 }
 
 #[tokio::test]
@@ -140,10 +146,18 @@ async fn a_5xx_storm_on_the_status_url_fails_the_job_after_bounded_retries() {
     assert_eq!(res.status(), 500);
     let text = res.json::<Value>().await.unwrap()["issue"][0]["diagnostics"].as_str().unwrap().to_string();
     assert!(text.contains("503"), "{text}");
-    // max_retries = 3 in tests: 4 attempts, no more; then we release the export at the provider.
+    // max_retries = 3 in tests: 4 attempts, no more; then (just after the failure is recorded)
+    // we release the export at the provider.
+    let deletes =
+        || app.provider.requests_to("/fhir/status/").iter().filter(|r| r.method == Method::DELETE).count();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while deletes() == 0 {
+        assert!(Instant::now() < deadline, "the export was never released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let status = app.provider.requests_to("/fhir/status/");
     assert_eq!(status.iter().filter(|r| r.method == Method::GET).count(), 4);
-    assert_eq!(status.iter().filter(|r| r.method == Method::DELETE).count(), 1);
+    assert_eq!(deletes(), 1);
 }
 
 #[tokio::test]
@@ -528,4 +542,41 @@ async fn downloads_across_jobs_share_the_global_limit() {
     completed(&app, &first).await;
     completed(&app, &second).await;
     assert_eq!(app.provider.requests_to("/fhir/files/a.ndjson").len(), 2);
+}
+
+#[tokio::test]
+async fn an_hour_long_retry_after_is_capped_and_the_status_says_we_are_waiting() {
+    let app = spawn_app_with(|c| c.limits.max_retry_after = Duration::from_secs(2)).await;
+    app.provider.add_file("p.ndjson", "Patient", patients(1));
+    app.provider.script_status(vec![StatusStep::TooMany(3600)]);
+    let started = Instant::now();
+    let id = app.start_import(&app.provider.export_url(), "dynamic").await;
+    let mut saw_waiting = false;
+    loop {
+        let res = app.get_job(&id).await;
+        if res.status() != 202 {
+            assert_eq!(res.status(), 200);
+            break;
+        }
+        let status =
+            res.headers().get("x-status").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        saw_waiting |= status.contains("slow down; waiting 2 s");
+        assert!(started.elapsed() < Duration::from_secs(20), "the Retry-After was not capped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(saw_waiting, "the status never said the job was waiting");
+}
+
+#[tokio::test]
+async fn an_oversized_manifest_fails_the_job_with_the_limit_named() {
+    let app = spawn_app_with(|c| c.limits.max_manifest_bytes = 2048).await;
+    for i in 0..100 {
+        app.provider.add_file(&format!("file-with-a-long-name-{i}.ndjson"), "Patient", patients(1));
+    }
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    let res = app.wait_for_job(&id).await;
+    assert_eq!(res.status(), 500);
+    let text = res.json::<Value>().await.unwrap()["issue"][0]["diagnostics"].as_str().unwrap().to_string();
+    assert!(text.contains("larger than 2048 bytes") && text.contains("MAX_MANIFEST_BYTES"), "{text}");
+    assert!(app.provider.requests_to("/fhir/files/").is_empty());
 }
