@@ -512,3 +512,15 @@ async fn an_assertion_without_kid_is_refused_when_several_keys_fit() {
     let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
     assert_eq!(app.post_token(&pairs).await.status(), 200);
 }
+
+#[tokio::test]
+async fn oversized_auth_bodies_are_refused_with_oauth_json() {
+    let app = super::helpers::spawn_app_with(|c| c.limits.max_body_bytes = 4096).await;
+    let big = json!({"jwks_uri": format!("https://ehr.example/{}", "x".repeat(10_000)), "consumer_client_id": "c", "aud": "https://ehr.example/fhir"});
+    let res = app.register(&big).await;
+    assert_eq!(res.status(), 400);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"], "invalid_request");
+    let res = app.post_token(&[("grant_type", &"x".repeat(10_000))]).await;
+    assert_eq!(res.status(), 400);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"], "invalid_request");
+}

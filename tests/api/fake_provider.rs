@@ -25,6 +25,8 @@ pub enum FileFault {
     BreakHalfway,
     /// Half the body, then silence for this many milliseconds, then the rest.
     StallHalfway(u64),
+    /// `Content-Length` of the whole file, but only half the bytes, then a clean end.
+    Truncated,
 }
 
 /// One scripted answer of the export status endpoint.
@@ -522,6 +524,12 @@ async fn file(
     if let Some(fault) = fault {
         let half = bytes.len() / 2;
         let (head, tail) = (bytes.slice(..half), bytes.slice(half..));
+        if let FileFault::Truncated = fault {
+            let stream = futures::stream::iter([Ok::<_, std::io::Error>(head)]);
+            let mut res = Response::new(Body::from_stream(stream));
+            res.headers_mut().insert("content-length", bytes.len().to_string().parse().unwrap());
+            return res;
+        }
         let stream = async_stream(head, tail, fault);
         return Response::new(Body::from_stream(stream));
     }
@@ -550,6 +558,7 @@ fn async_stream(
                 (1, FileFault::BreakHalfway) => {
                     Some((Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "scripted break")), 2))
                 }
+                (1, FileFault::Truncated) => None,
                 (1, FileFault::StallHalfway(ms)) => {
                     tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
                     Some((Ok(tail), 2))

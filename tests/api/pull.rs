@@ -580,3 +580,16 @@ async fn an_oversized_manifest_fails_the_job_with_the_limit_named() {
     assert!(text.contains("larger than 2048 bytes") && text.contains("MAX_MANIFEST_BYTES"), "{text}");
     assert!(app.provider.requests_to("/fhir/files/").is_empty());
 }
+
+#[tokio::test]
+async fn a_body_shorter_than_its_content_length_is_fetched_again() {
+    let app = spawn_app().await;
+    let obs = observations(300);
+    app.provider.add_file("o.ndjson", "Observation", obs.clone());
+    app.provider.fault_file("o.ndjson", vec![FileFault::Truncated]);
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    let body = completed(&app, &id).await;
+    assert_eq!(body["extension"]["failedFiles"], 0);
+    assert_eq!(app.provider.requests_to("/fhir/files/o.ndjson").len(), 2);
+    assert_eq!(read(&app, &id, "Observation.1.ndjson"), obs);
+}
