@@ -18,8 +18,6 @@ CREATE TABLE jobs (
     kickoff               TEXT NOT NULL,
     state                 TEXT NOT NULL,
     status_url            TEXT,
-    requires_access_token INTEGER NOT NULL DEFAULT 0,
-    transaction_time      TEXT,
     progress              TEXT,
     failure               TEXT,
     created_at            INTEGER NOT NULL,

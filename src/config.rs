@@ -156,7 +156,6 @@ impl Config {
     /// Read from any lookup; tests pass a map.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut r = Reader { get: &get, problems: Vec::new() };
-        let defaults = Limits::default();
         let limits = Limits {
             max_line_bytes: r.num("NDJSON_MAX_LINE_LENGTH", DEFAULT_MAX_LINE_BYTES, 1, usize::MAX),
             parallel_downloads: r.num("PARALLEL_DOWNLOADS", DEFAULT_PARALLEL_DOWNLOADS, 1, 64),
@@ -176,7 +175,6 @@ impl Config {
             jwks_fetch_timeout: r.secs("JWKS_FETCH_TIMEOUT", DEFAULT_JWKS_FETCH_TIMEOUT_SECS),
             status_error_budget: r.secs_or_zero("STATUS_ERROR_BUDGET", DEFAULT_STATUS_ERROR_BUDGET_SECS),
         };
-        let _ = defaults;
         let destination = match r.string("DESTINATION_TYPE", "dev-null").as_str() {
             "dev-null" => DestinationKind::DevNull,
             "tmp-fs" => DestinationKind::TmpFs,

@@ -28,8 +28,6 @@ pub enum AuthError {
     Jose(#[from] josekit::JoseError),
     #[error("storage failed")]
     Store(#[from] crate::store::StoreError),
-    #[error("provider request failed")]
-    Http(#[from] reqwest::Error),
     #[error("{0}")]
     Provider(String),
 }
@@ -44,7 +42,7 @@ impl AuthError {
             AuthError::UnsupportedGrantType(_) => ("unsupported_grant_type", StatusCode::BAD_REQUEST),
             AuthError::InvalidToken(_) => ("invalid_token", StatusCode::UNAUTHORIZED),
             AuthError::NotFound(_) => ("not_found", StatusCode::NOT_FOUND),
-            AuthError::Jose(_) | AuthError::Store(_) | AuthError::Http(_) | AuthError::Provider(_) => {
+            AuthError::Jose(_) | AuthError::Store(_) | AuthError::Provider(_) => {
                 ("server_error", StatusCode::INTERNAL_SERVER_ERROR)
             }
         }

@@ -98,14 +98,6 @@ impl Keys {
         Ok(Self { private, alg, kid, public, previous, hmac_secret, admin_token })
     }
 
-    pub fn alg(&self) -> &str {
-        &self.alg
-    }
-
-    pub fn kid(&self) -> &str {
-        &self.kid
-    }
-
     /// `{"keys": [current, previous...]}`, public members only.
     pub fn jwks(&self) -> Value {
         let keys: Vec<&serde_json::Map<String, Value>> =

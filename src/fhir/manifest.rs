@@ -18,7 +18,6 @@ pub struct ManifestLink {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
-    pub transaction_time: Option<String>,
     #[serde(default)]
     pub requires_access_token: bool,
     pub output: Vec<ManifestFile>,

@@ -28,14 +28,6 @@ use crate::{
 /// Longest provider error body we quote.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 
-/// Everything the manifest (all pages) told us.
-#[derive(Debug)]
-pub struct ManifestPlan {
-    pub files: Vec<PlannedFile>,
-    pub requires_access_token: bool,
-    pub transaction_time: Option<String>,
-}
-
 /// A person-readable account of a provider's error response.
 pub async fn describe_failure(what: &str, resp: reqwest::Response) -> String {
     let status = resp.status();
@@ -271,19 +263,14 @@ pub async fn read_manifest(
     first: Bytes,
     first_url: &Url,
     cancel: &CancellationToken,
-) -> Result<ManifestPlan, JobError> {
+) -> Result<Vec<PlannedFile>, JobError> {
     let bad = |e: crate::fhir::manifest::ManifestError| JobError::Provider(e.to_string());
     let mut manifest = Manifest::parse(&first).map_err(bad)?;
-    let mut plan = ManifestPlan {
-        files: Vec::new(),
-        requires_access_token: false,
-        transaction_time: manifest.transaction_time.clone(),
-    };
+    let mut files = Vec::new();
     let mut page_url = first_url.clone();
     for page in 1.. {
-        plan.requires_access_token |= manifest.requires_access_token;
-        plan.files.extend(manifest.planned_files().map_err(bad)?);
-        if plan.files.len() > client.limits.max_files_per_job {
+        files.extend(manifest.planned_files().map_err(bad)?);
+        if files.len() > client.limits.max_files_per_job {
             return Err(JobError::Provider(format!(
                 "the export lists more than {} files (MAX_FILES_PER_JOB)",
                 client.limits.max_files_per_job
@@ -305,5 +292,5 @@ pub async fn read_manifest(
         let body = fetch_manifest(client, &page_url, cancel).await?;
         manifest = Manifest::parse(&body).map_err(bad)?;
     }
-    Ok(plan)
+    Ok(files)
 }

@@ -36,11 +36,6 @@ impl LineSplitter {
         Self { carry: Vec::new(), max: max_line_bytes, line: 0 }
     }
 
-    /// Lines seen so far (blank ones included, so numbers match a text editor's).
-    pub fn lines_seen(&self) -> u64 {
-        self.line
-    }
-
     /// Feed one chunk; `on_line(number, bytes)` runs for each complete line (without `\n`/`\r`).
     pub fn feed<F>(&mut self, chunk: &[u8], mut on_line: F) -> Result<(), LineError>
     where

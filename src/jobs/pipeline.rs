@@ -205,15 +205,9 @@ async fn plan(
     };
     let manifest = export::read_manifest(client, body, &manifest_url, cancel).await?;
     let template = FileNameTemplate::parse(&app.config.download_file_name).map_err(JobError::Provider)?;
-    let files = name_files(&template, &job.id, manifest.files);
-    tracing::info!(
-        files = files.len(),
-        requires_access_token = manifest.requires_access_token,
-        "manifest read"
-    );
-    app.store
-        .save_plan(&job.id, manifest.requires_access_token, manifest.transaction_time.as_deref(), &files)
-        .await?;
+    let files = name_files(&template, &job.id, manifest);
+    tracing::info!(files = files.len(), "manifest read");
+    app.store.save_plan(&job.id, &files).await?;
     Ok(())
 }
 

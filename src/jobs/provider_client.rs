@@ -117,7 +117,9 @@ impl ProviderClient {
             Auth::WithToken => self.token(false).await.map_err(SendError::Token)?,
             Auth::Without => None,
         };
-        let mut resp = Self::attach(make(&self.http, url.clone()), &token).send().await?;
+        let first = Self::attach(make(&self.http, url.clone()), &token).build()?;
+        let method = first.method().clone();
+        let mut resp = self.http.execute(first).await?;
         if resp.status() == StatusCode::UNAUTHORIZED && auth == Auth::WithToken {
             // A fresh token, or (for a provider that looked open) a fresh look for its token endpoint.
             let fresh = self.token(true).await.map_err(SendError::Token)?;
@@ -125,7 +127,6 @@ impl ProviderClient {
                 resp = Self::attach(make(&self.http, url.clone()), &fresh).send().await?;
             }
         }
-        let method = make(&self.http, url.clone()).build().map(|r| r.method().clone()).unwrap_or(Method::GET);
         let mut current = url.clone();
         for _ in 0..MAX_REDIRECTS {
             if !resp.status().is_redirection() || method != Method::GET {

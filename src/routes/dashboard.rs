@@ -15,7 +15,7 @@ use crate::{
     state::AppState,
     store::{
         dashboard::JobSummary,
-        jobs::{FileState, JobFile},
+        jobs::{FileCounts, FileState, JobFile},
     },
     time_util::instant,
 };
@@ -32,11 +32,11 @@ fn no_store(body: Value) -> Response {
 
 /// Percent done, as `GET /job/{id}` reports it: finished files over listed files while importing.
 fn percent(state: &str, finished: i64, total: i64) -> f64 {
+    let counts = FileCounts { total, finished };
     match state {
         "completed" => 100.0,
-        "importing" | "failed" if total > 0 => (finished * 1000 / total) as f64 / 10.0,
-        // An import with no files left to list is only finishing up.
-        "importing" => 100.0,
+        "importing" => counts.percent(),
+        "failed" if total > 0 => counts.percent(),
         _ => 0.0,
     }
 }

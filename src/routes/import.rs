@@ -100,8 +100,6 @@ async fn import(
         kickoff: request.kickoff,
         state: JobState::Queued,
         status_url: None,
-        requires_access_token: false,
-        transaction_time: None,
         progress: None,
         failure: None,
         created_at: now_unix(),

@@ -53,8 +53,9 @@ async fn status(
     let outcome_url = format!("{}/job/{}/import-outcome.ndjson", super::base_url(&app, &headers), job.id);
     let res = match job.state {
         JobState::Completed => {
-            let count = outcome_lines(&app, &job).await?.len();
-            let (files, failed, resources) = app.store.file_totals(&job.id).await?;
+            let totals = app.store.file_totals(&job.id).await?;
+            let (files, failed, resources) = (totals.files, totals.failed, totals.resources);
+            let count = outcome_count(&job, totals.outcomes);
             Json(json!({
                 "transactionTime": instant(job.created_at),
                 "requiresAccessToken": false,
@@ -82,12 +83,14 @@ async fn status(
             outcome_response(StatusCode::INTERNAL_SERVER_ERROR, &oo)
         }
         JobState::Queued | JobState::Exporting | JobState::Importing => {
-            let counts = app.store.file_counts(&job.id).await?;
-            let (percent, text) = if job.state == JobState::Importing && counts.total > 0 {
-                let pct = (counts.finished * 1000 / counts.total) as f64 / 10.0;
-                (pct, format!("importing: {} of {} files done", counts.finished, counts.total))
-            } else if job.state == JobState::Importing {
-                (100.0, "finishing".to_string())
+            let (percent, text) = if job.state == JobState::Importing {
+                let counts = app.store.file_counts(&job.id).await?;
+                let text = if counts.total > 0 {
+                    format!("importing: {} of {} files done", counts.finished, counts.total)
+                } else {
+                    "finishing".to_string()
+                };
+                (counts.percent(), text)
             } else {
                 (0.0, job.progress.clone().unwrap_or_else(|| "waiting for the provider's export".into()))
             };
@@ -108,6 +111,16 @@ async fn status(
         }
     };
     Ok(no_store(res))
+}
+
+/// How many lines `outcome_lines` gives, from counts alone (no outcome text is read).
+fn outcome_count(job: &Job, file_outcomes: i64) -> i64 {
+    let lines = file_outcomes + i64::from(job.failure.is_some());
+    if lines == 0 && job.state == JobState::Completed {
+        1
+    } else {
+        lines
+    }
 }
 
 /// One OperationOutcome per finished file, plus the job's failure; never empty once finished.

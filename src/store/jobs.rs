@@ -50,8 +50,6 @@ struct JobRow {
     kickoff: String,
     state: String,
     status_url: Option<String>,
-    requires_access_token: bool,
-    transaction_time: Option<String>,
     progress: Option<String>,
     failure: Option<String>,
     created_at: i64,
@@ -67,8 +65,6 @@ pub struct Job {
     pub kickoff: Vec<KickoffParam>,
     pub state: JobState,
     pub status_url: Option<String>,
-    pub requires_access_token: bool,
-    pub transaction_time: Option<String>,
     /// The provider's last `X-Progress`, for people.
     pub progress: Option<String>,
     /// Why the job failed, for people.
@@ -89,8 +85,6 @@ impl TryFrom<JobRow> for Job {
             client_id: r.client_id,
             export_url: r.export_url,
             status_url: r.status_url,
-            requires_access_token: r.requires_access_token,
-            transaction_time: r.transaction_time,
             progress: r.progress,
             failure: r.failure,
             created_at: r.created_at,
@@ -178,6 +172,28 @@ pub struct FileCounts {
     pub finished: i64,
 }
 
+impl FileCounts {
+    /// Percent of listed files finished, to one decimal; a job with no files left to list is
+    /// only finishing up (100).
+    pub fn percent(&self) -> f64 {
+        if self.total > 0 {
+            (self.finished * 1000 / self.total) as f64 / 10.0
+        } else {
+            100.0
+        }
+    }
+}
+
+/// Totals over a job's files.
+#[derive(Debug, Clone, Copy, Default, sqlx::FromRow)]
+pub struct FileTotals {
+    pub files: i64,
+    pub failed: i64,
+    pub resources: i64,
+    /// Files with an outcome line (finished or failed).
+    pub outcomes: i64,
+}
+
 impl Store {
     /// Insert a job unless `max_unfinished` jobs are already unfinished; false when there is no room.
     /// One statement, so a burst of pings cannot overshoot the limit.
@@ -250,10 +266,11 @@ impl Store {
         Ok(())
     }
 
-    /// Totals over a job's files: (files, failed files, resources).
-    pub async fn file_totals(&self, job_id: &str) -> Result<(i64, i64, i64), StoreError> {
+    /// Totals over a job's files, in one query (status polls of a finished job use it).
+    pub async fn file_totals(&self, job_id: &str) -> Result<FileTotals, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT COUNT(*), COALESCE(SUM(state = 'failed'), 0), COALESCE(SUM(resources), 0)
+            "SELECT COUNT(*) AS files, COALESCE(SUM(state = 'failed'), 0) AS failed,
+                    COALESCE(SUM(resources), 0) AS resources, COUNT(outcome) AS outcomes
              FROM job_files WHERE job_id = ?",
         )
         .bind(job_id)
@@ -299,13 +316,7 @@ impl Store {
     }
 
     /// Store the planned files and move to `importing`, atomically, so a restart never sees half a plan.
-    pub async fn save_plan(
-        &self,
-        id: &str,
-        requires_access_token: bool,
-        transaction_time: Option<&str>,
-        files: &[JobFile],
-    ) -> Result<(), StoreError> {
+    pub async fn save_plan(&self, id: &str, files: &[JobFile]) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
         sqlx::query("DELETE FROM job_files WHERE job_id = ?").bind(id).execute(&mut *tx).await?;
         for f in files {
@@ -323,14 +334,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query(
-            "UPDATE jobs SET state = 'importing', requires_access_token = ?, transaction_time = ? WHERE id = ?",
-        )
-        .bind(requires_access_token)
-        .bind(transaction_time)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("UPDATE jobs SET state = 'importing' WHERE id = ?").bind(id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
     }

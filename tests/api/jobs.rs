@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::{
     fake_provider::StatusStep,
-    helpers::{observations, spawn_app, spawn_app_with, start, test_config, TestApp},
+    helpers::{observations, spawn_app, spawn_app_with, start, test_config},
 };
 
 async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
@@ -116,7 +116,6 @@ async fn a_restart_resumes_a_job_without_a_second_kickoff_and_delete_works_after
     let _ = app.token().await;
     assert_eq!(app.delete_job(&id).await.status(), 202);
     assert_eq!(app.get_job(&id).await.status(), 404);
-    let _: &TestApp = &app;
 }
 
 #[tokio::test]
@@ -140,8 +139,6 @@ async fn the_reaper_removes_a_job_with_no_sign_of_life_past_twice_the_max_age() 
                 kickoff: vec![],
                 state: bulk_import::store::jobs::JobState::Exporting,
                 status_url: None,
-                requires_access_token: false,
-                transaction_time: None,
                 progress: None,
                 failure: None,
                 created_at: long_ago,

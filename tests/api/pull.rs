@@ -16,6 +16,25 @@ async fn completed(app: &TestApp, id: &str) -> Value {
     res.json().await.unwrap()
 }
 
+/// Wait for the job to fail; returns its OperationOutcome's first diagnostics.
+async fn failed(app: &TestApp, id: &str) -> String {
+    let res = app.wait_for_job(id).await;
+    assert_eq!(res.status(), 500);
+    res.json::<Value>().await.unwrap()["issue"][0]["diagnostics"].as_str().unwrap().to_string()
+}
+
+/// The release DELETE follows the job's end, so wait for it rather than race it; returns how many.
+async fn wait_for_release(app: &TestApp) -> usize {
+    let deletes =
+        || app.provider.requests_to("/fhir/status/").iter().filter(|r| r.method == Method::DELETE).count();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while deletes() == 0 {
+        assert!(Instant::now() < deadline, "the export was never released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    deletes()
+}
+
 fn read(app: &TestApp, id: &str, name: &str) -> String {
     std::fs::read_to_string(app.jobs_dir(id).join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
@@ -93,14 +112,8 @@ async fn a_dynamic_import_kicks_off_polls_with_retry_after_and_imports() {
         app.provider.requests_to("/fhir/status/").into_iter().filter(|r| r.method == Method::GET).collect();
     assert_eq!(polls.len(), 5);
     // The release follows the completion, so wait for it rather than race it.
-    let deletes =
-        || app.provider.requests_to("/fhir/status/").iter().filter(|r| r.method == Method::DELETE).count();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while deletes() == 0 {
-        assert!(Instant::now() < deadline, "the export was never released");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(deletes(), 1);
+    let deletes = wait_for_release(&app).await;
+    assert_eq!(deletes, 1);
 }
 
 #[tokio::test]
@@ -142,22 +155,14 @@ async fn a_5xx_storm_on_the_status_url_fails_the_job_after_bounded_retries() {
     let app = spawn_app().await;
     app.provider.script_status(vec![StatusStep::Unavailable; 10]);
     let id = app.start_import(&app.provider.export_url(), "dynamic").await;
-    let res = app.wait_for_job(&id).await;
-    assert_eq!(res.status(), 500);
-    let text = res.json::<Value>().await.unwrap()["issue"][0]["diagnostics"].as_str().unwrap().to_string();
+    let text = failed(&app, &id).await;
     assert!(text.contains("503"), "{text}");
     // max_retries = 3 in tests: 4 attempts, no more; then (just after the failure is recorded)
     // we release the export at the provider.
-    let deletes =
-        || app.provider.requests_to("/fhir/status/").iter().filter(|r| r.method == Method::DELETE).count();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while deletes() == 0 {
-        assert!(Instant::now() < deadline, "the export was never released");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let deletes = wait_for_release(&app).await;
     let status = app.provider.requests_to("/fhir/status/");
     assert_eq!(status.iter().filter(|r| r.method == Method::GET).count(), 4);
-    assert_eq!(deletes(), 1);
+    assert_eq!(deletes, 1);
 }
 
 #[tokio::test]
@@ -260,9 +265,7 @@ async fn a_provider_token_failure_fails_the_job_with_a_fix() {
     let app = spawn_app().await;
     app.provider.fail_token(100);
     let id = app.start_import(&app.provider.export_url(), "dynamic").await;
-    let res = app.wait_for_job(&id).await;
-    assert_eq!(res.status(), 500);
-    let text = res.json::<Value>().await.unwrap()["issue"][0]["diagnostics"].as_str().unwrap().to_string();
+    let text = failed(&app, &id).await;
     assert!(text.contains("refused us") && text.contains("invalid_client"), "{text}");
     assert!(app.provider.requests_to("/fhir/$export").is_empty());
 }
@@ -481,9 +484,7 @@ async fn a_status_url_that_vanishes_mid_export_fails_the_job_with_a_clear_reason
     let app = spawn_app().await;
     app.provider.script_status(vec![StatusStep::Pending(None), StatusStep::Status(404)]);
     let id = app.start_import(&app.provider.export_url(), "dynamic").await;
-    let res = app.wait_for_job(&id).await;
-    assert_eq!(res.status(), 500);
-    let text = res.json::<Value>().await.unwrap()["issue"][0]["diagnostics"].as_str().unwrap().to_string();
+    let text = failed(&app, &id).await;
     assert!(text.contains("status URL answered 404"), "{text}");
 }
 
@@ -574,9 +575,7 @@ async fn an_oversized_manifest_fails_the_job_with_the_limit_named() {
         app.provider.add_file(&format!("file-with-a-long-name-{i}.ndjson"), "Patient", patients(1));
     }
     let id = app.start_import(&app.provider.manifest_url(), "static").await;
-    let res = app.wait_for_job(&id).await;
-    assert_eq!(res.status(), 500);
-    let text = res.json::<Value>().await.unwrap()["issue"][0]["diagnostics"].as_str().unwrap().to_string();
+    let text = failed(&app, &id).await;
     assert!(text.contains("larger than 2048 bytes") && text.contains("MAX_MANIFEST_BYTES"), "{text}");
     assert!(app.provider.requests_to("/fhir/files/").is_empty());
 }
