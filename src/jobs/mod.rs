@@ -3,6 +3,7 @@
 pub mod download;
 pub mod error;
 pub mod export;
+pub mod json_scan;
 pub mod ndjson;
 pub mod pipeline;
 pub mod provider_client;

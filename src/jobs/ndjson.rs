@@ -1,7 +1,7 @@
 //! NDJSON line splitting with a max-line guard, and per-line validation (Bulk Data "Output File
 //! Request": one resource per line). Pure: it sees bytes and never copies a line that sits whole
 //! inside one network chunk; only a line split across chunks is carried.
-use serde::Deserialize;
+use super::json_scan::scan_object;
 
 /// Why a line (and so its file) is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,15 +98,6 @@ fn trim_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-/// The only members we look at; every other member is parsed (so the line is valid JSON) but not kept.
-#[derive(Deserialize)]
-struct Head<'a> {
-    #[serde(rename = "resourceType", borrow)]
-    resource_type: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow)]
-    id: Option<std::borrow::Cow<'a, str>>,
-}
-
 /// What a valid line held.
 #[derive(Debug, PartialEq, Eq)]
 pub enum LineKind {
@@ -122,31 +113,23 @@ pub fn validate_line(
     expected: &str,
     require_id: bool,
 ) -> Result<LineKind, LineError> {
-    let Some(first) = line.iter().find(|b| !b.is_ascii_whitespace()) else {
+    if line.iter().all(u8::is_ascii_whitespace) {
         return Ok(LineKind::Blank);
-    };
-    // serde would also read the struct from an array; a resource line is an object.
-    if *first != b'{' {
-        return Err(LineError::NotJson {
-            line: line_no,
-            reason: "a resource line must be a JSON object".into(),
-        });
     }
     if std::str::from_utf8(line).is_err() {
         return Err(LineError::NotUtf8 { line: line_no });
     }
-    let head: Head = serde_json::from_slice(line)
-        .map_err(|e| LineError::NotJson { line: line_no, reason: e.to_string() })?;
-    let found = head.resource_type.ok_or(LineError::NoResourceType { line: line_no })?;
-    if found != expected {
+    let top = scan_object(line).map_err(|e| LineError::NotJson { line: line_no, reason: e.to_string() })?;
+    let found = top.resource_type.ok_or(LineError::NoResourceType { line: line_no })?;
+    if !found.equals(expected) {
         return Err(LineError::WrongType {
             line: line_no,
             expected: expected.into(),
-            found: found.into_owned(),
+            found: found.decode().map_or_else(|| "(not valid Unicode)".into(), |s| s.into_owned()),
         });
     }
-    if require_id && head.id.is_none_or(|id| id.is_empty()) {
-        return Err(LineError::NoId { line: line_no, resource_type: found.into_owned() });
+    if require_id && top.id.is_none_or(|id| id.is_empty()) {
+        return Err(LineError::NoId { line: line_no, resource_type: expected.into() });
     }
     Ok(LineKind::Resource)
 }
