@@ -2,8 +2,11 @@
 //! `resourceType` and `id` members. It builds nothing and allocates nothing: the line is checked
 //! in one pass and the two members come back as slices of it. It replaced serde_json with
 //! `IgnoredAny`, which spent most of its time per string and per ignored value (see README,
-//! Benchmark). The caller checks UTF-8 for the whole line first; this scanner checks the rest.
+//! Benchmark). Non-ASCII bytes are checked as UTF-8 where they stand, so no separate pass is needed.
 use std::borrow::Cow;
+
+/// The reason given for a byte sequence that is not UTF-8.
+pub const NOT_UTF8: &str = "not valid UTF-8";
 
 /// Nesting bound. FHIR resources nest a few dozen levels at most; the bound keeps the depth stack
 /// a fixed 64-byte bitset.
@@ -23,18 +26,19 @@ impl<'a> RawStr<'a> {
     }
 
     /// Whether it equals `text` once decoded.
+    #[inline]
     pub fn equals(&self, text: &str) -> bool {
-        if self.escaped {
-            self.decode().is_some_and(|s| s == text)
-        } else {
+        if !self.escaped {
             self.raw == text.as_bytes()
+        } else {
+            self.decode().is_some_and(|s| s == text)
         }
     }
 
     /// The decoded text; `None` only for an escape that is not a Unicode scalar (a lone surrogate).
     pub fn decode(&self) -> Option<Cow<'a, str>> {
         if !self.escaped {
-            // The caller checked the line is UTF-8, and a quote never splits a character.
+            // The scanner checked every character, and a quote never splits one.
             return std::str::from_utf8(self.raw).ok().map(Cow::Borrowed);
         }
         let mut quoted = Vec::with_capacity(self.raw.len() + 2);
@@ -327,9 +331,29 @@ impl<'a> Scanner<'a> {
                     escaped = true;
                     self.escape()?;
                 }
+                Some(0x80..) => self.character()?,
                 Some(_) => return Err(self.error("control character in a string")),
                 None => return Err(self.error("the line ends inside a string")),
             }
+        }
+    }
+
+    /// One multi-byte UTF-8 character. Outside strings any such byte is already a grammar error, so
+    /// checking them here checks the whole line.
+    fn character(&mut self) -> Result<(), ScanError> {
+        let width = match self.b[self.i] {
+            0xC2..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF4 => 4,
+            _ => 0,
+        };
+        // std rejects overlong forms, surrogates and code points past U+10FFFF.
+        match self.b.get(self.i..self.i + width) {
+            Some(c) if width > 0 && std::str::from_utf8(c).is_ok() => {
+                self.i += width;
+                Ok(())
+            }
+            _ => Err(self.error(NOT_UTF8)),
         }
     }
 
@@ -349,7 +373,7 @@ impl<'a> Scanner<'a> {
     }
 }
 
-/// Index of the first `"`, `\` or control character at or after `i`, or the length.
+/// Index of the first `"`, `\`, control character or non-ASCII byte at or after `i`, or the length.
 #[inline(always)]
 fn next_special(b: &[u8], mut i: usize) -> usize {
     while let Some(block) = b.get(i..i + 16) {
@@ -369,10 +393,10 @@ fn next_special(b: &[u8], mut i: usize) -> usize {
 }
 
 fn is_special(c: u8) -> bool {
-    c == b'"' || c == b'\\' || c < 0x20
+    c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c)
 }
 
-/// One bit per byte of `block` that `is_special`: three SSE2 compares instead of sixteen bytes one by one.
+/// One bit per byte of `block` that `is_special`: a few SSE2 operations instead of sixteen bytes one by one.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn special_mask(block: &[u8; 16]) -> u32 {
@@ -387,7 +411,8 @@ fn special_mask(block: &[u8; 16]) -> u32 {
         let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
         // c < 0x20 exactly when max(c, 0x1f) == 0x1f, unsigned.
         let control = _mm_cmpeq_epi8(_mm_max_epu8(v, _mm_set1_epi8(0x1f)), _mm_set1_epi8(0x1f));
-        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)) as u32
+        // The sign bit of each byte is set exactly for non-ASCII bytes, so `v` joins the mask as is.
+        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), _mm_or_si128(control, v))) as u32
     }
 }
 
@@ -400,9 +425,11 @@ fn special_mask(block: &[u8; 16]) -> u32 {
 mod tests {
     use super::*;
 
-    /// The rule this scanner replaced: valid JSON (serde_json) whose first token is an object.
+    /// The rule this scanner replaced: UTF-8 (std) and valid JSON (serde_json) whose first token is
+    /// an object.
     fn oracle(line: &[u8]) -> bool {
         line.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+            && std::str::from_utf8(line).is_ok()
             && serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok()
     }
 
@@ -461,6 +488,17 @@ mod tests {
             br#"1"#,
             br#"{"#,
             br#""#,
+            "{\"a\":\"é 😀 漢字 \u{10FFFF}\"}".as_bytes(),
+            b"{\"a\":\"\x80\"}",
+            b"{\"a\":\"\xC3\"}",
+            b"{\"a\":\"\xC3\xA9\xA9\"}",
+            b"{\"a\":\"\xC0\x80\"}",
+            b"{\"a\":\"\xED\xA0\x80\"}",
+            b"{\"a\":\"\xF4\x90\x80\x80\"}",
+            b"{\"a\":\"\xE2\x82",
+            b"{\"a\":\"\xFF\"}",
+            b"{\"a\":1\xC3\xA9}",
+            b"{\"\xC3\xA9\":1}",
         ];
         for case in cases {
             assert_eq!(accepts(case), oracle(case), "{}", String::from_utf8_lossy(case));
@@ -473,7 +511,7 @@ mod tests {
             br#"{"resourceType":"Observation","id":"o-1","valueQuantity":{"value":5.7e-1,"unit":"mg/dL"},"note":[{"text":"a \"quoted\" \u00e9 note"}],"flag":true,"n":null,"x":[-0,1E+2,[]]}"#,
             br#"{"resourceType":"Patient","id":"p","name":[{"given":["A","B"]}],"deceasedBoolean":false}"#,
         ];
-        let alphabet = b"{}[]:,\"\\ 0123456789-+.eEtrufalsn\t\x01ux";
+        let alphabet = b"{}[]:,\"\\ 0123456789-+.eEtrufalsn\t\x01ux\xC3\xA9\xE2\x82\xAC\xF0\x9F\xFF\xED\xA0";
         // A fixed xorshift sequence: the same cases on every run.
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         let mut next = move || {
@@ -547,13 +585,13 @@ mod tests {
     #[test]
     fn the_fast_string_scan_finds_the_first_special_byte_in_every_position() {
         for len in 0..40 {
-            for special in [b'"', b'\\', b'\n', 0x1f] {
+            for special in [b'"', b'\\', b'\n', 0x1f, 0x80, 0xff] {
                 for at in 0..len {
                     let mut b = vec![b'a'; len];
                     b[at] = special;
                     assert_eq!(next_special(&b, 0), at);
                 }
-                assert_eq!(next_special(&vec![0xC3u8; len], 0), len);
+                assert_eq!(next_special(&vec![b'a'; len], 0), len);
             }
         }
     }

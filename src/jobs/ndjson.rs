@@ -1,7 +1,7 @@
 //! NDJSON line splitting with a max-line guard, and per-line validation (Bulk Data "Output File
 //! Request": one resource per line). Pure: it sees bytes and never copies a line that sits whole
 //! inside one network chunk; only a line split across chunks is carried.
-use super::json_scan::scan_object;
+use super::json_scan::{scan_object, NOT_UTF8};
 
 /// Why a line (and so its file) is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -116,10 +116,14 @@ pub fn validate_line(
     if line.iter().all(u8::is_ascii_whitespace) {
         return Ok(LineKind::Blank);
     }
-    if std::str::from_utf8(line).is_err() {
-        return Err(LineError::NotUtf8 { line: line_no });
-    }
-    let top = scan_object(line).map_err(|e| LineError::NotJson { line: line_no, reason: e.to_string() })?;
+    // The scanner checks UTF-8 as it goes; on a failure, bad UTF-8 anywhere is named first.
+    let top = scan_object(line).map_err(|e| {
+        if e.reason == NOT_UTF8 || std::str::from_utf8(line).is_err() {
+            LineError::NotUtf8 { line: line_no }
+        } else {
+            LineError::NotJson { line: line_no, reason: e.to_string() }
+        }
+    })?;
     let found = top.resource_type.ok_or(LineError::NoResourceType { line: line_no })?;
     if !found.equals(expected) {
         return Err(LineError::WrongType {

@@ -79,10 +79,13 @@ async fn tmp_fs_passes_the_destination_conformance_suite() {
     let dir = tempfile::TempDir::new().unwrap();
     let root = dir.path().to_path_buf();
     let dest = TmpFs::new(root.clone());
-    assert_destination_round_trip(&dest, Keeps::Bytes, |job, name| {
-        std::fs::read(root.join(job).join(name)).ok()
-    })
-    .await;
+    let read = |job: &str, name: &str| std::fs::read(root.join(job).join(name)).ok();
+    assert_destination_round_trip(&dest, Keeps::Bytes, read).await;
+    // Several write buffers' worth: the aborted head and the kept file both pass through the
+    // buffer drains and their write-back, not only the final flush.
+    let body = observations(20_000);
+    assert!(body.len() > 3 * 1024 * 1024, "{} bytes", body.len());
+    assert_round_trip_of(&dest, Keeps::Bytes, &read, body).await;
     // Nothing but the (removed) job directory was ever created.
     assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
 }
