@@ -1,14 +1,14 @@
 //! End-to-end import benchmark (issue: performance targets). Run with `cargo bench --bench import`.
 //!
 //! It generates (or reuses) a `make_ndjson.py` Observation data set, serves it from an in-process
-//! axum/tower-http static file server on loopback, downloads it with parallel `curl` to disk as
-//! the baseline, then runs the release `bulk-import` binary as a child process against the same
+//! axum/tower-http static file server on loopback (on its own runtime), downloads it with
+//! parallel `curl` to disk as the baseline (timed once written and again once fsynced), then runs the release `bulk-import` binary as a child process against the same
 //! server (static export, one file per download slot) for each destination. It prints MB/s,
 //! resources/s, the ratio to curl, the importer's peak RSS (VmHWM) and status-poll latency, and
 //! checks that tmp-fs output is byte-identical to the source.
 //!
 //! Settings (environment): BENCH_SIZE (default 1GiB), BENCH_FILES (8), BENCH_DESTS
-//! (tmp-fs,dev-null), BENCH_DIR (target/bench-data).
+//! (tmp-fs,dev-null), BENCH_DIR (target/bench-data), BENCH_LOG (show the server's log).
 use std::{
     io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
@@ -87,7 +87,9 @@ async fn serve(set: PathBuf, names: Vec<String>) -> String {
     origin
 }
 
-fn curl_baseline(origin: &str, names: &[String], out: &Path) -> Duration {
+/// Parallel curl to disk: the time until every file is written, and until every file is also
+/// fsynced (what tmp-fs does before it calls a file done).
+fn curl_baseline(origin: &str, names: &[String], out: &Path) -> (Duration, Duration) {
     std::fs::create_dir_all(out).unwrap();
     let started = Instant::now();
     let children: Vec<_> = names
@@ -102,9 +104,13 @@ fn curl_baseline(origin: &str, names: &[String], out: &Path) -> Duration {
     for mut c in children {
         assert!(c.wait().unwrap().success());
     }
-    let took = started.elapsed();
+    let written = started.elapsed();
+    for n in names {
+        std::fs::File::open(out.join(n)).unwrap().sync_all().unwrap();
+    }
+    let durable = started.elapsed();
     let _ = std::fs::remove_dir_all(out);
-    took
+    (written, durable)
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -291,25 +297,32 @@ async fn main() {
     for n in &names {
         let _ = std::fs::read(set.join(n)).map(|v| v.len());
     }
-    let curl = curl_baseline(&origin, &names, &root.join("curl-out"));
+    let (curl, curl_fsync) = curl_baseline(&origin, &names, &root.join("curl-out"));
     let curl_mbs = mb / curl.as_secs_f64();
+    let fsync_mbs = mb / curl_fsync.as_secs_f64();
     println!(
         "\ndata set: {size} in {files} files ({mb:.0} MB), machine: {} cores",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
-    println!("| run | seconds | MB/s | resources/s | vs curl | peak RSS MiB | poll p50 ms | poll p99 ms | byte-identical |");
-    println!("|---|---|---|---|---|---|---|---|---|");
-    println!("| parallel curl → disk | {:.2} | {curl_mbs:.0} | | 100 % | | | | |", curl.as_secs_f64());
+    println!("| run | seconds | MB/s | resources/s | vs curl | vs curl + fsync | peak RSS MiB | poll p50 ms | poll p99 ms | byte-identical |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| parallel curl → disk | {:.2} | {curl_mbs:.0} | | 100 % | | | | | |", curl.as_secs_f64());
+    println!(
+        "| parallel curl → disk, then fsync | {:.2} | {fsync_mbs:.0} | | {:.0} % | 100 % | | | | |",
+        curl_fsync.as_secs_f64(),
+        100.0 * fsync_mbs / curl_mbs
+    );
     for dest in dests.split(',') {
         let run = import(&origin, dest, files, &set, &root.join("work")).await;
         let mut polls = run.polls.clone();
         polls.sort();
         let mbs = mb / run.seconds;
         println!(
-            "| bulk-import → {dest} | {:.2} | {mbs:.0} | {:.0} | {:.0} % | {:.1} | {:.2} | {:.2} | {} |",
+            "| bulk-import → {dest} | {:.2} | {mbs:.0} | {:.0} | {:.0} % | {:.0} % | {:.1} | {:.2} | {:.2} | {} |",
             run.seconds,
             run.resources as f64 / run.seconds,
             100.0 * mbs / curl_mbs,
+            100.0 * mbs / fsync_mbs,
             run.peak_rss_mib,
             percentile(&polls, 0.5),
             percentile(&polls, 0.99),

@@ -6,6 +6,7 @@ pub mod export;
 pub mod json_scan;
 pub mod ndjson;
 pub mod pipeline;
+pub mod progress;
 pub mod provider_client;
 pub mod reaper;
 pub mod retry;

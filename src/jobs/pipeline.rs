@@ -9,6 +9,7 @@ use url::Url;
 
 use super::{
     download, export,
+    progress::Progress,
     provider_client::{Auth, ProviderClient},
     JobError,
 };
@@ -18,7 +19,7 @@ use crate::{
     fhir::{manifest::FileKind, parameters::ExportType},
     state::AppState,
     store::{
-        jobs::{FileState, Job, JobFile, JobState},
+        jobs::{FileCounts, FileState, Job, JobFile, JobState},
         providers::Provider,
     },
     time_util::now_unix,
@@ -26,10 +27,10 @@ use crate::{
 
 /// Run a job; failures are stored on it, cancellation leaves it as it is. A panic inside the job
 /// is caught and recorded as a failure, so no job stays "running" forever.
-pub async fn run_job(app: AppState, id: String, cancel: CancellationToken) {
+pub async fn run_job(app: AppState, id: String, cancel: CancellationToken, progress: Arc<Progress>) {
     let span = tracing::info_span!("job", job_id = %id);
     async {
-        let work = std::panic::AssertUnwindSafe(with_heartbeat(&app, &id, run(&app, &id, &cancel))).catch_unwind();
+        let work = std::panic::AssertUnwindSafe(with_heartbeat(&app, &id, run(&app, &id, &cancel, &progress))).catch_unwind();
         let outcome = match work.await {
             Ok(result) => result,
             Err(_) => Err(JobError::Provider("the import stopped on an internal error (a bug); see the server log".into())),
@@ -106,23 +107,31 @@ async fn release_export(app: &AppState, id: &str) {
     }
 }
 
-async fn run(app: &AppState, id: &str, cancel: &CancellationToken) -> Result<(), JobError> {
+async fn run(
+    app: &AppState,
+    id: &str,
+    cancel: &CancellationToken,
+    progress: &Progress,
+) -> Result<(), JobError> {
     let Some(job) = app.store.job(id).await? else {
         return Err(JobError::Cancelled);
     };
     if job.state.is_finished() {
         return Ok(());
     }
+    progress.set_state(job.state, job.progress.clone());
     let provider = app.store.provider(&job.client_id).await?.ok_or_else(|| {
         JobError::Provider("the provider's registration was revoked; the job cannot continue".into())
     })?;
     let client = provider_client(app, &provider)?;
 
     if matches!(job.state, JobState::Queued | JobState::Exporting) {
-        plan(app, &client, &job, cancel).await?;
+        plan(app, &client, &job, cancel, progress).await?;
     }
-    let pending: Vec<JobFile> =
-        app.store.files(id).await?.into_iter().filter(|f| f.state == FileState::Pending).collect();
+    let files = app.store.files(id).await?;
+    let total = files.len() as i64;
+    let pending: Vec<JobFile> = files.into_iter().filter(|f| f.state == FileState::Pending).collect();
+    progress.importing(FileCounts { total, finished: total - pending.len() as i64 });
     tracing::info!(files = pending.len(), "importing files");
     // Each download is its own task, so validation of several files uses every core. Leaving
     // this function (error or cancel) cancels the ones still running.
@@ -153,6 +162,7 @@ async fn run(app: &AppState, id: &str, cancel: &CancellationToken) -> Result<(),
         let r = result?;
         let outcome = serde_json::to_string(&r.outcome).map_err(crate::store::StoreError::from)?;
         app.store.finish_file(id, file.idx, r.state, r.resources, r.bytes, &outcome).await?;
+        progress.file_finished();
     }
     if cancel.is_cancelled() {
         return Err(JobError::Cancelled);
@@ -171,6 +181,7 @@ async fn plan(
     client: &ProviderClient,
     job: &Job,
     cancel: &CancellationToken,
+    progress: &Progress,
 ) -> Result<(), JobError> {
     let export_url = client
         .base
@@ -179,6 +190,7 @@ async fn plan(
     let (body, manifest_url) = match job.export_type {
         ExportType::Static => {
             app.store.set_state(&job.id, JobState::Exporting).await?;
+            progress.set_state(JobState::Exporting, None);
             (export::fetch_manifest(client, &export_url, cancel).await?, export_url)
         }
         ExportType::Dynamic => {
@@ -187,6 +199,7 @@ async fn plan(
                 None => {
                     let u = export::kick_off(client, &export_url, &job.kickoff, cancel).await?;
                     app.store.set_status_url(&job.id, u.as_str()).await?;
+                    progress.set_state(JobState::Exporting, None);
                     u
                 }
             };
@@ -195,6 +208,7 @@ async fn plan(
             let body = export::poll(client, &status_url, cancel, |text| {
                 let store = store.clone();
                 let id = id.clone();
+                progress.set_text(text.clone());
                 async move {
                     let _ = store.set_progress(&id, &text).await;
                 }

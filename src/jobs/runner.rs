@@ -8,7 +8,10 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use tokio::sync::{watch, Mutex, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::pipeline::run_job;
+use super::{
+    pipeline::run_job,
+    progress::{Progress, Snapshot},
+};
 use crate::state::AppState;
 
 /// How long a DELETE waits for a cancelled job to let go of its files.
@@ -17,12 +20,20 @@ const CANCEL_WAIT: Duration = Duration::from_secs(10);
 /// `nice` of the job threads: below the API's, so the kernel schedules API work first.
 const JOB_THREAD_NICE: i32 = 10;
 
+/// A job this process runs: how to stop it, how to learn it stopped, and what polls show of it.
+#[derive(Clone)]
+struct Running {
+    cancel: CancellationToken,
+    done: watch::Receiver<()>,
+    progress: Arc<Progress>,
+}
+
 pub struct Runner {
     pub tracker: TaskTracker,
     runtime: std::sync::Mutex<Option<tokio::runtime::Runtime>>,
     handle: tokio::runtime::Handle,
     pub shutdown: CancellationToken,
-    running: Mutex<HashMap<String, (CancellationToken, watch::Receiver<()>)>>,
+    running: Mutex<HashMap<String, Running>>,
     slots: Arc<Semaphore>,
     /// Download slots shared by every job (`MAX_TOTAL_DOWNLOADS`).
     pub download_slots: Arc<Semaphore>,
@@ -59,8 +70,12 @@ impl Runner {
             tracing::warn!(error = %crate::routes::error::chain(&e), "could not record job start");
         }
         let cancel = self.shutdown.child_token();
-        let (done_tx, done_rx) = watch::channel(());
-        self.running.lock().await.insert(id.clone(), (cancel.clone(), done_rx));
+        let (done_tx, done) = watch::channel(());
+        let progress = Arc::new(Progress::default());
+        self.running
+            .lock()
+            .await
+            .insert(id.clone(), Running { cancel: cancel.clone(), done, progress: progress.clone() });
         let slots = self.slots.clone();
         self.tracker.spawn_on(
             async move {
@@ -69,7 +84,7 @@ impl Runner {
                     p = slots.acquire_owned() => p.ok(),
                 };
                 if permit.is_some() {
-                    run_job(app.clone(), id.clone(), cancel).await;
+                    run_job(app.clone(), id.clone(), cancel, progress).await;
                 }
                 app.jobs.running.lock().await.remove(&id);
                 drop(done_tx);
@@ -81,10 +96,15 @@ impl Runner {
     /// Cancel a job if it runs, and wait until it has stopped touching its files.
     pub async fn cancel_and_wait(&self, id: &str) {
         let entry = self.running.lock().await.get(id).cloned();
-        if let Some((cancel, mut done)) = entry {
+        if let Some(Running { cancel, mut done, .. }) = entry {
             cancel.cancel();
             let _ = tokio::time::timeout(CANCEL_WAIT, done.changed()).await;
         }
+    }
+
+    /// What a poll shows of a job running here; `None` sends the poll to the store.
+    pub async fn progress(&self, id: &str) -> Option<Snapshot> {
+        self.running.lock().await.get(id)?.progress.snapshot()
     }
 
     pub async fn running_count(&self) -> usize {

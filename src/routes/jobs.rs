@@ -14,7 +14,7 @@ use crate::{
     fhir::operation_outcome::{IssueCode, OperationOutcome},
     jobs::reaper::remove_job,
     state::AppState,
-    store::jobs::{Job, JobState},
+    store::jobs::{FileCounts, Job, JobState},
     time_util::instant,
 };
 
@@ -49,6 +49,9 @@ async fn status(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    if let Some(live) = app.jobs.progress(&id).await {
+        return Ok(no_store(in_progress(live.state, live.text, live.files)));
+    }
     let job = find(&app, &id).await?;
     let outcome_url = format!("{}/job/{}/import-outcome.ndjson", super::base_url(&app, &headers), job.id);
     let res = match job.state {
@@ -83,34 +86,42 @@ async fn status(
             outcome_response(StatusCode::INTERNAL_SERVER_ERROR, &oo)
         }
         JobState::Queued | JobState::Exporting | JobState::Importing => {
-            let (percent, text) = if job.state == JobState::Importing {
-                let counts = app.store.file_counts(&job.id).await?;
-                let text = if counts.total > 0 {
-                    format!("importing: {} of {} files done", counts.finished, counts.total)
-                } else {
-                    "finishing".to_string()
-                };
-                (counts.percent(), text)
+            let files = if job.state == JobState::Importing {
+                app.store.file_counts(&job.id).await?
             } else {
-                (0.0, job.progress.clone().unwrap_or_else(|| "waiting for the provider's export".into()))
+                FileCounts::default()
             };
-            let mut res = StatusCode::ACCEPTED.into_response();
-            let h = res.headers_mut();
-            // X-Progress stays a bare number: the sample pinger parseFloat()s it.
-            h.insert(
-                HeaderName::from_static("x-progress"),
-                HeaderValue::from_str(&percent.to_string()).expect("a number is a header"),
-            );
-            let text: String =
-                text.chars().filter(|c| c.is_ascii() && !c.is_ascii_control()).take(100).collect();
-            if let Ok(v) = HeaderValue::from_str(&text) {
-                h.insert(HeaderName::from_static("x-status"), v);
-            }
-            h.insert(header::RETRY_AFTER, HeaderValue::from(POLL_RETRY_AFTER_SECS));
-            res
+            in_progress(job.state, job.progress, files)
         }
     };
     Ok(no_store(res))
+}
+
+/// 202 with `X-Progress` (percent) and `X-Status` (text), from memory or from the store alike.
+fn in_progress(state: JobState, provider_text: Option<String>, files: FileCounts) -> Response {
+    let (percent, text) = if state == JobState::Importing {
+        let text = if files.total > 0 {
+            format!("importing: {} of {} files done", files.finished, files.total)
+        } else {
+            "finishing".to_string()
+        };
+        (files.percent(), text)
+    } else {
+        (0.0, provider_text.unwrap_or_else(|| "waiting for the provider's export".into()))
+    };
+    let mut res = StatusCode::ACCEPTED.into_response();
+    let h = res.headers_mut();
+    // X-Progress stays a bare number: the sample pinger parseFloat()s it.
+    h.insert(
+        HeaderName::from_static("x-progress"),
+        HeaderValue::from_str(&percent.to_string()).expect("a number is a header"),
+    );
+    let text: String = text.chars().filter(|c| c.is_ascii() && !c.is_ascii_control()).take(100).collect();
+    if let Ok(v) = HeaderValue::from_str(&text) {
+        h.insert(HeaderName::from_static("x-status"), v);
+    }
+    h.insert(header::RETRY_AFTER, HeaderValue::from(POLL_RETRY_AFTER_SECS));
+    res
 }
 
 /// How many lines `outcome_lines` gives, from counts alone (no outcome text is read).

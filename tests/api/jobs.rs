@@ -51,6 +51,32 @@ async fn a_running_job_answers_202_with_progress_and_no_store() {
 }
 
 #[tokio::test]
+async fn a_running_import_counts_its_finished_files_while_others_still_download() {
+    let app = spawn_app().await;
+    app.provider.add_file("a.ndjson", "Observation", observations(3));
+    app.provider.add_file("b.ndjson", "Observation", observations(3));
+    app.provider.hold_file("b.ndjson");
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    let status = async || {
+        let res = app.get_job(&id).await;
+        let text = res.headers().get("x-status").map(|v| v.to_str().unwrap().to_string());
+        (res.status(), text, res.headers().get("x-progress").map(|v| v.to_str().unwrap().to_string()))
+    };
+    wait_until("one of two files done", async || {
+        status().await.1.as_deref() == Some("importing: 1 of 2 files done")
+    })
+    .await;
+    assert_eq!(
+        status().await,
+        (reqwest::StatusCode::ACCEPTED, Some("importing: 1 of 2 files done".into()), Some("50".into()))
+    );
+    app.provider.release_files();
+    let done = app.wait_for_job(&id).await;
+    assert_eq!(done.status(), 200);
+    assert_eq!(done.json::<Value>().await.unwrap()["extension"]["files"], 2);
+}
+
+#[tokio::test]
 async fn delete_cancels_a_running_job_and_later_polls_are_404() {
     let app = spawn_app().await;
     app.provider.script_status(vec![StatusStep::Pending(Some(1)); 50]);
