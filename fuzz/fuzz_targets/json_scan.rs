@@ -1,7 +1,8 @@
-//! The JSON scanner against serde_json on arbitrary bytes: the same grammar accepted, and the same
-//! top-level `resourceType` and `id` as the serde struct the scanner replaced.
+//! The JSON scanner against std and serde_json on arbitrary bytes: the same lines accepted (UTF-8,
+//! grammar, one object), each refusal for a true reason, and the same top-level `resourceType` and
+//! `id` as the serde struct the scanner replaced.
 #![no_main]
-use bulk_import::jobs::json_scan::{scan_object, RawStr, MAX_DEPTH};
+use bulk_import::jobs::json_scan::{scan_object, RawStr, ScanFault, MAX_DEPTH};
 use libfuzzer_sys::fuzz_target;
 use serde::{de::IgnoredAny, Deserialize};
 
@@ -18,32 +19,29 @@ fn decoded(s: Option<RawStr>) -> Option<String> {
 }
 
 fuzz_target!(|line: &[u8]| {
-    // The scanner's caller checks UTF-8 for the whole line first.
-    let Ok(text) = std::str::from_utf8(line) else { return };
     let ours = scan_object(line);
-    if ours.as_ref().is_err_and(|e| e.reason.starts_with("nested deeper")) {
-        assert!(line.iter().filter(|b| matches!(b, b'[' | b'{')).count() > MAX_DEPTH);
-        return;
-    }
-    let object = text.trim_start_matches([' ', '\t', '\r', '\n']).starts_with('{');
-    let grammar = object && serde_json::from_slice::<IgnoredAny>(line).is_ok();
-    let head = serde_json::from_slice::<Head>(line).ok().filter(|_| object);
+    let utf8 = std::str::from_utf8(line).is_ok();
+    let object = line.trim_ascii_start().starts_with(b"{");
+    let grammar = utf8 && object && serde_json::from_slice::<IgnoredAny>(line).is_ok();
+    let head = serde_json::from_slice::<Head>(line).ok().filter(|_| utf8 && object);
     match ours {
         Ok(top) => {
-            assert!(grammar, "accepted what serde_json refuses: {text:?}");
+            assert!(grammar, "accepted what std or serde_json refuses: {line:?}");
             if let Some(head) = head {
-                assert_eq!(decoded(top.resource_type), head.resource_type, "{text:?}");
-                assert_eq!(decoded(top.id), head.id, "{text:?}");
+                assert_eq!(decoded(top.resource_type), head.resource_type, "{line:?}");
+                assert_eq!(decoded(top.id), head.id, "{line:?}");
             }
         }
-        Err(e) if e.reason.ends_with("must be a string") => {
-            // serde reads `null` as absent; anything else that is not a string fails it too.
-            if let Some(head) = head {
-                let field = if e.reason.starts_with("id") { head.id } else { head.resource_type };
-                assert_eq!(field, None, "{e}: {text:?}");
+        Err(e) => match e.fault {
+            ScanFault::TooDeep => {
+                assert!(line.iter().filter(|b| matches!(b, b'[' | b'{')).count() > MAX_DEPTH)
             }
-        }
-        Err(e) => assert!(head.is_none() && (!grammar || e.reason.ends_with("appears twice")),
-            "refused what serde_json accepts ({e}): {text:?}"),
+            ScanFault::NotUtf8 => assert!(!utf8, "refused valid UTF-8 ({e}): {line:?}"),
+            // Found before the rest of the line is read, so only serde's struct is sure to agree.
+            ScanFault::NotString(_) | ScanFault::Duplicate(_) => {
+                assert!(head.is_none(), "refused what serde reads ({e}): {line:?}")
+            }
+            ScanFault::Grammar(_) => assert!(!grammar, "refused what serde_json accepts ({e}): {line:?}"),
+        },
     }
 });

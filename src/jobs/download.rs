@@ -225,9 +225,10 @@ async fn stream_into(
 fn line_failure(e: LineError) -> AttemptError {
     let code = match e {
         LineError::TooLong { .. } => IssueCode::TooLong,
-        LineError::WrongType { .. } | LineError::NoResourceType { .. } | LineError::NoId { .. } => {
-            IssueCode::Invalid
-        }
+        LineError::WrongType { .. }
+        | LineError::NoResourceType { .. }
+        | LineError::NoId { .. }
+        | LineError::BadMember { .. } => IssueCode::Invalid,
         LineError::NotUtf8 { .. } | LineError::NotJson { .. } => IssueCode::Structure,
     };
     AttemptError::Permanent(code, e.to_string())

@@ -5,9 +5,6 @@
 //! Benchmark). Non-ASCII bytes are checked as UTF-8 where they stand, so no separate pass is needed.
 use std::borrow::Cow;
 
-/// The reason given for a byte sequence that is not UTF-8.
-pub const NOT_UTF8: &str = "not valid UTF-8";
-
 /// Nesting bound. FHIR resources nest a few dozen levels at most; the bound keeps the depth stack
 /// a fixed 64-byte bitset.
 pub const MAX_DEPTH: usize = 512;
@@ -56,30 +53,58 @@ pub struct TopLevel<'a> {
     pub id: Option<RawStr<'a>>,
 }
 
-/// Where and why a line is not the JSON object it should be.
+/// Why a line is not the JSON object it should be.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{reason} at column {column}")]
+pub enum ScanFault {
+    /// Not JSON at all; the text says what was expected.
+    #[error("{0}")]
+    Grammar(&'static str),
+    #[error("not valid UTF-8")]
+    NotUtf8,
+    #[error("nested deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    /// Valid JSON, but a watched member holds something other than a string or `null`.
+    #[error("{0} must be a string")]
+    NotString(&'static str),
+    #[error("{0} appears twice")]
+    Duplicate(&'static str),
+}
+
+/// A fault and where it was found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{fault} at column {column}")]
 pub struct ScanError {
     pub column: usize,
-    pub reason: &'static str,
+    pub fault: ScanFault,
 }
 
 /// Check that `line` is exactly one JSON object (surrounding whitespace allowed) and return its
-/// top-level `resourceType` and `id`, which must be strings and appear at most once.
+/// top-level `resourceType` and `id`, which must be strings (`null` reads as absent, as serde reads
+/// an `Option`) and appear at most once.
 pub fn scan_object(line: &[u8]) -> Result<TopLevel<'_>, ScanError> {
-    Scanner { b: line, i: 0, top: TopLevel::default(), stack: Stack::default() }.run()
+    Scanner { b: line, i: 0, top: TopLevel::default(), seen: 0, stack: Stack::default() }.run()
 }
 
+/// A watched top-level member; the value is its bit in `Scanner::seen`.
 #[derive(Clone, Copy)]
 enum Field {
-    ResourceType,
-    Id,
+    ResourceType = 1,
+    Id = 2,
+}
+
+impl Field {
+    fn name(self) -> &'static str {
+        match self {
+            Field::ResourceType => "resourceType",
+            Field::Id => "id",
+        }
+    }
 }
 
 /// Open containers, one bit each: set for an object, clear for an array.
 #[derive(Default)]
 struct Stack {
-    bits: [u64; MAX_DEPTH / 64],
+    bits: [u64; MAX_DEPTH.div_ceil(64)],
     depth: usize,
 }
 
@@ -113,6 +138,8 @@ struct Scanner<'a> {
     b: &'a [u8],
     i: usize,
     top: TopLevel<'a>,
+    /// Watched members met so far, `null` included, so a repeat is refused.
+    seen: u8,
     stack: Stack,
 }
 
@@ -120,7 +147,7 @@ impl<'a> Scanner<'a> {
     fn run(mut self) -> Result<TopLevel<'a>, ScanError> {
         self.skip_ws();
         if self.peek() != Some(b'{') {
-            return Err(self.error("a resource line must be a JSON object"));
+            return Err(self.grammar("a resource line must be a JSON object"));
         }
         let mut field = None;
         // Each turn reads one value; containers are walked with the explicit stack, not recursion.
@@ -153,18 +180,29 @@ impl<'a> Scanner<'a> {
                 Some(b'"') => {
                     let s = self.string()?;
                     if let Some(f) = field {
-                        self.keep(f, s)?;
+                        self.keep(f, Some(s))?;
                     }
                 }
                 Some(b'-' | b'0'..=b'9') => {
                     self.reject_field(field)?;
                     self.number()?;
                 }
-                Some(b't') => self.literal(field, b"true")?,
-                Some(b'f') => self.literal(field, b"false")?,
-                Some(b'n') => self.literal(field, b"null")?,
-                Some(_) => return Err(self.error("expected a JSON value")),
-                None => return Err(self.error("the line ends where a value should be")),
+                Some(b't') => {
+                    self.reject_field(field)?;
+                    self.literal(b"true")?;
+                }
+                Some(b'f') => {
+                    self.reject_field(field)?;
+                    self.literal(b"false")?;
+                }
+                Some(b'n') => {
+                    self.literal(b"null")?;
+                    if let Some(f) = field {
+                        self.keep(f, None)?;
+                    }
+                }
+                Some(_) => return Err(self.grammar("expected a JSON value")),
+                None => return Err(self.grammar("the line ends where a value should be")),
             }
             field = None;
             // After a value: a separator, or closers until one is found.
@@ -174,7 +212,7 @@ impl<'a> Scanner<'a> {
                     return if self.i == self.b.len() {
                         Ok(self.top)
                     } else {
-                        Err(self.error("unexpected text after the JSON object"))
+                        Err(self.grammar("unexpected text after the JSON object"))
                     };
                 };
                 match (self.peek(), object) {
@@ -192,8 +230,8 @@ impl<'a> Scanner<'a> {
                         self.i += 1;
                         self.stack.pop();
                     }
-                    (_, true) => return Err(self.error("expected ',' or '}' after an object member")),
-                    (_, false) => return Err(self.error("expected ',' or ']' after an array element")),
+                    (_, true) => return Err(self.grammar("expected ',' or '}' after an object member")),
+                    (_, false) => return Err(self.grammar("expected ',' or ']' after an array element")),
                 }
             }
         }
@@ -204,8 +242,12 @@ impl<'a> Scanner<'a> {
         self.b.get(self.i).copied()
     }
 
-    fn error(&self, reason: &'static str) -> ScanError {
-        ScanError { column: self.i + 1, reason }
+    fn fault(&self, fault: ScanFault) -> ScanError {
+        ScanError { column: self.i + 1, fault }
+    }
+
+    fn grammar(&self, expected: &'static str) -> ScanError {
+        self.fault(ScanFault::Grammar(expected))
     }
 
     #[inline(always)]
@@ -217,7 +259,7 @@ impl<'a> Scanner<'a> {
 
     fn open(&mut self, object: bool) -> Result<(), ScanError> {
         if !self.stack.push(object) {
-            return Err(self.error("nested deeper than 512 levels"));
+            return Err(self.fault(ScanFault::TooDeep));
         }
         self.i += 1;
         Ok(())
@@ -227,12 +269,12 @@ impl<'a> Scanner<'a> {
     #[inline(always)]
     fn key(&mut self) -> Result<Option<Field>, ScanError> {
         if self.peek() != Some(b'"') {
-            return Err(self.error("expected a string key"));
+            return Err(self.grammar("expected a string key"));
         }
         let key = self.string()?;
         self.skip_ws();
         if self.peek() != Some(b':') {
-            return Err(self.error("expected ':' after an object key"));
+            return Err(self.grammar("expected ':' after an object key"));
         }
         self.i += 1;
         if self.stack.depth != 1 {
@@ -247,29 +289,28 @@ impl<'a> Scanner<'a> {
         })
     }
 
-    fn keep(&mut self, field: Field, value: RawStr<'a>) -> Result<(), ScanError> {
-        let (slot, duplicate) = match field {
-            Field::ResourceType => (&mut self.top.resource_type, "resourceType appears twice"),
-            Field::Id => (&mut self.top.id, "id appears twice"),
-        };
-        if slot.replace(value).is_some() {
-            return Err(self.error(duplicate));
+    fn keep(&mut self, field: Field, value: Option<RawStr<'a>>) -> Result<(), ScanError> {
+        if self.seen & field as u8 != 0 {
+            return Err(self.fault(ScanFault::Duplicate(field.name())));
+        }
+        self.seen |= field as u8;
+        match field {
+            Field::ResourceType => self.top.resource_type = value,
+            Field::Id => self.top.id = value,
         }
         Ok(())
     }
 
     fn reject_field(&self, field: Option<Field>) -> Result<(), ScanError> {
         match field {
-            Some(Field::ResourceType) => Err(self.error("resourceType must be a string")),
-            Some(Field::Id) => Err(self.error("id must be a string")),
+            Some(f) => Err(self.fault(ScanFault::NotString(f.name()))),
             None => Ok(()),
         }
     }
 
-    fn literal(&mut self, field: Option<Field>, word: &[u8]) -> Result<(), ScanError> {
-        self.reject_field(field)?;
+    fn literal(&mut self, word: &[u8]) -> Result<(), ScanError> {
         if !self.b[self.i..].starts_with(word) {
-            return Err(self.error("expected true, false or null"));
+            return Err(self.grammar("expected true, false or null"));
         }
         self.i += word.len();
         Ok(())
@@ -293,12 +334,12 @@ impl<'a> Scanner<'a> {
             Some(b'1'..=b'9') => {
                 self.digits();
             }
-            _ => return Err(self.error("expected a digit")),
+            _ => return Err(self.grammar("expected a digit")),
         }
         if self.peek() == Some(b'.') {
             self.i += 1;
             if self.digits() == 0 {
-                return Err(self.error("expected a digit after the decimal point"));
+                return Err(self.grammar("expected a digit after the decimal point"));
             }
         }
         if let Some(b'e' | b'E') = self.peek() {
@@ -307,7 +348,7 @@ impl<'a> Scanner<'a> {
                 self.i += 1;
             }
             if self.digits() == 0 {
-                return Err(self.error("expected a digit in the exponent"));
+                return Err(self.grammar("expected a digit in the exponent"));
             }
         }
         Ok(())
@@ -332,8 +373,8 @@ impl<'a> Scanner<'a> {
                     self.escape()?;
                 }
                 Some(0x80..) => self.character()?,
-                Some(_) => return Err(self.error("control character in a string")),
-                None => return Err(self.error("the line ends inside a string")),
+                Some(_) => return Err(self.grammar("control character in a string")),
+                None => return Err(self.grammar("the line ends inside a string")),
             }
         }
     }
@@ -353,7 +394,7 @@ impl<'a> Scanner<'a> {
                 self.i += width;
                 Ok(())
             }
-            _ => Err(self.error(NOT_UTF8)),
+            _ => Err(self.fault(ScanFault::NotUtf8)),
         }
     }
 
@@ -363,11 +404,11 @@ impl<'a> Scanner<'a> {
             Some(b'u') => {
                 let hex = self.b.get(self.i + 2..self.i + 6);
                 if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-                    return Err(self.error("expected four hex digits after \\u"));
+                    return Err(self.grammar("expected four hex digits after \\u"));
                 }
                 self.i += 6;
             }
-            _ => return Err(self.error("invalid escape in a string")),
+            _ => return Err(self.grammar("invalid escape in a string")),
         }
         Ok(())
     }
@@ -558,12 +599,19 @@ mod tests {
         let nested_only = scan_object(br#"{"contained":[{"resourceType":"Patient","id":"x"}]}"#).unwrap();
         assert_eq!(nested_only, TopLevel::default());
 
-        let reason = |line: &[u8]| scan_object(line).unwrap_err().reason;
-        assert_eq!(reason(br#"{"resourceType":"A","resourceType":"B"}"#), "resourceType appears twice");
-        assert_eq!(reason(br#"{"id":"1","id":"1"}"#), "id appears twice");
-        assert_eq!(reason(br#"{"resourceType":1}"#), "resourceType must be a string");
-        assert_eq!(reason(br#"{"id":{"a":1}}"#), "id must be a string");
-        assert_eq!(reason(br#"{"id":null}"#), "id must be a string");
+        let fault = |line: &[u8]| scan_object(line).unwrap_err().fault;
+        assert_eq!(
+            fault(br#"{"resourceType":"A","resourceType":"B"}"#),
+            ScanFault::Duplicate("resourceType")
+        );
+        assert_eq!(fault(br#"{"id":"1","id":"1"}"#), ScanFault::Duplicate("id"));
+        assert_eq!(fault(br#"{"id":null,"id":"1"}"#), ScanFault::Duplicate("id"));
+        assert_eq!(fault(br#"{"resourceType":1}"#), ScanFault::NotString("resourceType"));
+        assert_eq!(fault(br#"{"id":{"a":1}}"#), ScanFault::NotString("id"));
+        assert_eq!(fault(br#"{"id":true}"#), ScanFault::NotString("id"));
+        // `null` reads as absent, as it did through serde's `Option`.
+        assert_eq!(scan_object(br#"{"resourceType":null,"id":null}"#), Ok(TopLevel::default()));
+        assert_eq!(fault(b"{\"a\":\"\xC3\"}"), ScanFault::NotUtf8);
         assert_eq!(scan_object(br#"{"a":1,}"#).unwrap_err().column, 8);
     }
 
@@ -577,7 +625,7 @@ mod tests {
             line
         };
         assert!(scan_object(&deep(MAX_DEPTH)).is_ok());
-        assert_eq!(scan_object(&deep(MAX_DEPTH + 1)).unwrap_err().reason, "nested deeper than 512 levels");
+        assert_eq!(scan_object(&deep(MAX_DEPTH + 1)).unwrap_err().fault, ScanFault::TooDeep);
         // Far past the bound, on a line of a few hundred kilobytes, is an error and not a stack overflow.
         assert!(scan_object(&deep(200_000)).is_err());
     }

@@ -1,7 +1,7 @@
 //! NDJSON line splitting with a max-line guard, and per-line validation (Bulk Data "Output File
 //! Request": one resource per line). Pure: it sees bytes and never copies a line that sits whole
 //! inside one network chunk; only a line split across chunks is carried.
-use super::json_scan::{scan_object, NOT_UTF8};
+use super::json_scan::{scan_object, ScanFault};
 
 /// Why a line (and so its file) is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -12,6 +12,9 @@ pub enum LineError {
     NotUtf8 { line: u64 },
     #[error("line {line} is not a JSON object: {reason}")]
     NotJson { line: u64, reason: String },
+    /// Valid JSON, but `resourceType` or `id` is not a single string of Unicode text.
+    #[error("line {line}: {reason}")]
+    BadMember { line: u64, reason: String },
     #[error("line {line} has no resourceType")]
     NoResourceType { line: u64 },
     #[error("line {line} has resourceType '{found}' but the manifest lists this file as '{expected}'")]
@@ -117,10 +120,13 @@ pub fn validate_line(
         return Ok(LineKind::Blank);
     }
     // The scanner checks UTF-8 as it goes; on a failure, bad UTF-8 anywhere is named first.
-    let top = scan_object(line).map_err(|e| {
-        if e.reason == NOT_UTF8 || std::str::from_utf8(line).is_err() {
-            LineError::NotUtf8 { line: line_no }
-        } else {
+    let top = scan_object(line).map_err(|e| match e.fault {
+        _ if std::str::from_utf8(line).is_err() => LineError::NotUtf8 { line: line_no },
+        ScanFault::NotUtf8 => LineError::NotUtf8 { line: line_no },
+        ScanFault::NotString(_) | ScanFault::Duplicate(_) => {
+            LineError::BadMember { line: line_no, reason: e.to_string() }
+        }
+        ScanFault::Grammar(_) | ScanFault::TooDeep => {
             LineError::NotJson { line: line_no, reason: e.to_string() }
         }
     })?;
@@ -134,6 +140,10 @@ pub fn validate_line(
     }
     if require_id && top.id.is_none_or(|id| id.is_empty()) {
         return Err(LineError::NoId { line: line_no, resource_type: expected.into() });
+    }
+    // An escape can spell a lone surrogate: valid JSON grammar, but no id.
+    if top.id.is_some_and(|id| id.decode().is_none()) {
+        return Err(LineError::BadMember { line: line_no, reason: "id is not valid Unicode".into() });
     }
     Ok(LineKind::Resource)
 }
@@ -215,6 +225,27 @@ mod tests {
         assert_eq!(
             validate_line(9, b"{\"resourceType\":\"Patient\",\"id\":\"\xff\"}", "Patient", true),
             Err(LineError::NotUtf8 { line: 9 })
+        );
+        // `null` is absent, as before; a repeated or non-string member is named as such.
+        assert_eq!(
+            validate_line(10, br#"{"resourceType":"OperationOutcome","id":null}"#, "OperationOutcome", false),
+            Ok(LineKind::Resource)
+        );
+        assert_eq!(
+            validate_line(11, br#"{"resourceType":null}"#, "Patient", true),
+            Err(LineError::NoResourceType { line: 11 })
+        );
+        assert!(matches!(
+            validate_line(12, br#"{"resourceType":"Patient","id":"1","id":"2"}"#, "Patient", true),
+            Err(LineError::BadMember { line: 12, reason }) if reason.starts_with("id appears twice")
+        ));
+        assert!(matches!(
+            validate_line(13, br#"{"resourceType":"Patient","id":7}"#, "Patient", true),
+            Err(LineError::BadMember { line: 13, reason }) if reason.starts_with("id must be a string")
+        ));
+        assert_eq!(
+            validate_line(14, br#"{"resourceType":"Patient","id":"\ud800"}"#, "Patient", true),
+            Err(LineError::BadMember { line: 14, reason: "id is not valid Unicode".into() })
         );
     }
 }
