@@ -39,13 +39,24 @@ struct TmpFile {
     label: String,
     part: PathBuf,
     target: PathBuf,
-    /// Lent to a blocking task during each write; `None` only if that task panicked.
+    /// Lent to a blocking task during each write; `None` after a write that failed.
     file: Option<std::fs::File>,
     buf: Vec<u8>,
     bytes: u64,
 }
 
 impl TmpFile {
+    /// Write what is buffered, make it durable, and move it into place.
+    async fn close(&mut self) -> Result<Receipt, DestinationError> {
+        self.drain().await?;
+        let file = self.take_file()?;
+        let started = std::time::Instant::now();
+        fs::File::from_std(file).sync_all().await?;
+        tracing::debug!(file = %self.label, took_ms = started.elapsed().as_millis() as u64, "file synced to disk");
+        fs::rename(&self.part, &self.target).await?;
+        Ok(Receipt { location: self.label.clone(), bytes: self.bytes })
+    }
+
     fn take_file(&mut self) -> Result<std::fs::File, DestinationError> {
         self.file.take().ok_or_else(|| std::io::Error::other("an earlier write to this file failed").into())
     }
@@ -90,22 +101,25 @@ fn start_write_back(_file: &std::fs::File, _offset: u64, _len: u64) {}
 #[async_trait]
 impl FileWriter for TmpFile {
     async fn write(&mut self, chunk: Bytes) -> Result<(), DestinationError> {
-        self.bytes += chunk.len() as u64;
-        self.buf.extend_from_slice(&chunk);
-        if self.buf.len() >= WRITE_BUFFER_BYTES {
+        // Drain first rather than let the buffer grow past its capacity (Vec would double it).
+        if self.buf.len() + chunk.len() > WRITE_BUFFER_BYTES {
             self.drain().await?;
         }
+        self.bytes += chunk.len() as u64;
+        self.buf.extend_from_slice(&chunk);
         Ok(())
     }
 
     async fn finish(mut self: Box<Self>, _resources: u64) -> Result<Receipt, DestinationError> {
-        self.drain().await?;
-        let file = self.take_file()?;
-        let started = std::time::Instant::now();
-        fs::File::from_std(file).sync_all().await?;
-        tracing::debug!(file = %self.label, took_ms = started.elapsed().as_millis() as u64, "file synced to disk");
-        fs::rename(&self.part, &self.target).await?;
-        Ok(Receipt { location: self.label.clone(), bytes: self.bytes })
+        let result = self.close().await;
+        if result.is_err() {
+            // `finish` consumes the writer, so no `abort` follows: remove the partial file here.
+            drop(self.file.take());
+            if let Err(e) = remove_if_exists(&self.part).await {
+                tracing::warn!(error = %crate::routes::error::chain(&e), "could not remove a partial file");
+            }
+        }
+        result
     }
 
     async fn abort(mut self: Box<Self>) -> Result<(), DestinationError> {

@@ -38,6 +38,7 @@ pub async fn run_job(app: AppState, id: String, cancel: CancellationToken, progr
         match outcome {
             Ok(()) => tracing::info!("job finished"),
             Err(JobError::Cancelled) => {
+                progress.close();
                 tracing::info!("job stopped");
                 if !app.jobs.shutdown.is_cancelled() {
                     release_export(&app, &id).await;
@@ -55,6 +56,7 @@ pub async fn run_job(app: AppState, id: String, cancel: CancellationToken, progr
                 if let Err(e) = app.store.fail_job(&id, &message, now_unix()).await {
                     tracing::error!(error = %crate::routes::error::chain(&e), "could not record the job failure");
                 }
+                progress.close();
                 release_export(&app, &id).await;
             }
         }
@@ -119,7 +121,10 @@ async fn run(
     if job.state.is_finished() {
         return Ok(());
     }
-    progress.set_state(job.state, job.progress.clone());
+    // A resumed import publishes its state once its file counts are loaded, below.
+    if job.state != JobState::Importing {
+        progress.set_state(job.state, job.progress.clone());
+    }
     let provider = app.store.provider(&job.client_id).await?.ok_or_else(|| {
         JobError::Provider("the provider's registration was revoked; the job cannot continue".into())
     })?;
@@ -168,6 +173,7 @@ async fn run(
         return Err(JobError::Cancelled);
     }
     app.store.complete_job(id, now_unix()).await?;
+    progress.close();
     release_export(app, id).await;
     Ok(())
 }

@@ -15,24 +15,42 @@ pub struct Snapshot {
     pub files: FileCounts,
 }
 
-/// Updated by the pipeline where it writes the same facts to the store; empty until the job has
-/// loaded its row, so a poll before that falls back to the store.
+/// Updated by the pipeline where it writes the same facts to the store. Polls read the store
+/// instead until the job has published its state, and again from the moment it is closed.
 #[derive(Debug, Default)]
-pub struct Progress(Mutex<Option<Snapshot>>);
+pub struct Progress(Mutex<Live>);
+
+#[derive(Debug, Default)]
+enum Live {
+    #[default]
+    NotYet,
+    Known(Snapshot),
+    /// The job's last word is in the store (finished, failed, cancelled); later updates are dropped.
+    Closed,
+}
 
 impl Progress {
     pub fn snapshot(&self) -> Option<Snapshot> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        match &*self.0.lock().unwrap_or_else(PoisonError::into_inner) {
+            Live::Known(s) => Some(s.clone()),
+            Live::NotYet | Live::Closed => None,
+        }
+    }
+
+    /// Call right after the job's final store write, so no poll reports it running after that.
+    pub fn close(&self) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Live::Closed;
     }
 
     fn update(&self, f: impl FnOnce(&mut Snapshot)) {
-        let mut guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let snapshot = guard.get_or_insert_with(|| Snapshot {
-            state: JobState::Queued,
-            text: None,
-            files: FileCounts::default(),
-        });
-        f(snapshot);
+        let mut live = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Live::NotYet = *live {
+            *live =
+                Live::Known(Snapshot { state: JobState::Queued, text: None, files: FileCounts::default() });
+        }
+        if let Live::Known(snapshot) = &mut *live {
+            f(snapshot);
+        }
     }
 
     pub fn set_state(&self, state: JobState, text: Option<String>) {

@@ -3,9 +3,13 @@
 //!
 //! Jobs run on their own tokio runtime whose threads have a lower OS priority, so while imports
 //! keep every core busy validating lines, the API (status polls above all) still answers at once.
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
-use tokio::sync::{watch, Mutex, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
@@ -33,6 +37,7 @@ pub struct Runner {
     runtime: std::sync::Mutex<Option<tokio::runtime::Runtime>>,
     handle: tokio::runtime::Handle,
     pub shutdown: CancellationToken,
+    /// Never held across an await, so a plain mutex, which a drop guard can also take.
     running: Mutex<HashMap<String, Running>>,
     slots: Arc<Semaphore>,
     /// Download slots shared by every job (`MAX_TOTAL_DOWNLOADS`).
@@ -72,43 +77,60 @@ impl Runner {
         let cancel = self.shutdown.child_token();
         let (done_tx, done) = watch::channel(());
         let progress = Arc::new(Progress::default());
-        self.running
-            .lock()
-            .await
+        self.running_jobs()
             .insert(id.clone(), Running { cancel: cancel.clone(), done, progress: progress.clone() });
         let slots = self.slots.clone();
         self.tracker.spawn_on(
             async move {
+                // However the task ends (a panic included), the job leaves the map.
+                let _deregister = Deregister { app: app.clone(), id: id.clone(), _done: done_tx };
                 let permit = tokio::select! {
                     _ = cancel.cancelled() => None,
                     p = slots.acquire_owned() => p.ok(),
                 };
                 if permit.is_some() {
-                    run_job(app.clone(), id.clone(), cancel, progress).await;
+                    run_job(app, id, cancel, progress).await;
                 }
-                app.jobs.running.lock().await.remove(&id);
-                drop(done_tx);
             },
             &self.handle,
         );
     }
 
+    fn running_jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Cancel a job if it runs, and wait until it has stopped touching its files.
     pub async fn cancel_and_wait(&self, id: &str) {
-        let entry = self.running.lock().await.get(id).cloned();
-        if let Some(Running { cancel, mut done, .. }) = entry {
+        let entry = self.running_jobs().get(id).cloned();
+        if let Some(Running { cancel, mut done, progress }) = entry {
             cancel.cancel();
+            // Polls go to the store from now on, even if the job takes longer than we wait.
+            progress.close();
             let _ = tokio::time::timeout(CANCEL_WAIT, done.changed()).await;
         }
     }
 
     /// What a poll shows of a job running here; `None` sends the poll to the store.
-    pub async fn progress(&self, id: &str) -> Option<Snapshot> {
-        self.running.lock().await.get(id)?.progress.snapshot()
+    pub fn progress(&self, id: &str) -> Option<Snapshot> {
+        self.running_jobs().get(id)?.progress.snapshot()
     }
 
-    pub async fn running_count(&self) -> usize {
-        self.running.lock().await.len()
+    pub fn running_count(&self) -> usize {
+        self.running_jobs().len()
+    }
+}
+
+/// Removes a job from the running map when its task ends, and so tells `cancel_and_wait`.
+struct Deregister {
+    app: AppState,
+    id: String,
+    _done: watch::Sender<()>,
+}
+
+impl Drop for Deregister {
+    fn drop(&mut self) {
+        self.app.jobs.running_jobs().remove(&self.id);
     }
 }
 

@@ -11,5 +11,5 @@ pub fn routes() -> Router<AppState> {
 
 async fn health(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
     sqlx::query("SELECT 1").execute(app.store.pool()).await.map_err(crate::store::StoreError::from)?;
-    Ok(Json(json!({ "status": "ok", "runningJobs": app.jobs.running_count().await })))
+    Ok(Json(json!({ "status": "ok", "runningJobs": app.jobs.running_count() })))
 }

@@ -49,7 +49,7 @@ async fn status(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if let Some(live) = app.jobs.progress(&id).await {
+    if let Some(live) = app.jobs.progress(&id) {
         return Ok(no_store(in_progress(live.state, live.text, live.files)));
     }
     let job = find(&app, &id).await?;

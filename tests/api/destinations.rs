@@ -106,6 +106,20 @@ async fn tmp_fs_refuses_unsafe_names_outright() {
 }
 
 #[tokio::test]
+async fn a_tmp_fs_file_that_cannot_be_put_in_place_leaves_no_partial_file() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let dest = TmpFs::new(dir.path().to_path_buf());
+    let mut w = dest.open(target("job1", "a.ndjson")).await.unwrap();
+    w.write(Bytes::from(observations(3))).await.unwrap();
+    // A non-empty directory where the file should land makes the closing rename fail.
+    std::fs::create_dir_all(dir.path().join("job1/a.ndjson/in-the-way")).unwrap();
+    assert!(w.finish(3).await.is_err());
+    let left: Vec<_> =
+        std::fs::read_dir(dir.path().join("job1")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("a.ndjson")], "only the obstacle remains");
+}
+
+#[tokio::test]
 async fn s3_passes_the_destination_conformance_suite_with_single_puts_and_multipart_uploads() {
     let server = S3Server::start().await;
     let part = 5 * 1024 * 1024;

@@ -202,6 +202,20 @@ impl FakeProvider {
     pub fn hold_file(&self, name: &str) {
         self.with(|i| i.held.push(name.into()));
     }
+    /// Wait while `name` is held.
+    async fn wait_unless_held(&self, name: &str) {
+        loop {
+            let wait = self.release.notified();
+            if !self.with(|i| i.held.iter().any(|h| h == name)) {
+                return;
+            }
+            wait.await;
+        }
+    }
+    /// Keep the answer to an export's release DELETE back until `release_files()`.
+    pub fn hold_release(&self) {
+        self.hold_file(RELEASE);
+    }
     /// Fail the next downloads of `name` in these ways, one per attempt.
     pub fn fault_file(&self, name: &str, faults: Vec<FileFault>) {
         self.with(|i| i.file_faults.insert(name.into(), faults.into()));
@@ -448,6 +462,9 @@ async fn status(
     }
 }
 
+/// The `held` entry that stands for the release DELETE.
+const RELEASE: &str = "(release DELETE)";
+
 async fn status_delete(
     State(f): State<FakeProvider>,
     method: Method,
@@ -455,6 +472,7 @@ async fn status_delete(
     headers: HeaderMap,
 ) -> Response {
     f.record(&method, &uri, &headers, b"");
+    f.wait_unless_held(RELEASE).await;
     StatusCode::ACCEPTED.into_response()
 }
 
@@ -503,13 +521,7 @@ async fn file(
         res.headers_mut().insert("location", to.parse().unwrap());
         return res;
     }
-    loop {
-        let wait = f.release.notified();
-        if !f.with(|i| i.held.contains(&name)) {
-            break;
-        }
-        wait.await;
-    }
+    f.wait_unless_held(&name).await;
     let Some(file) = file.filter(|f| !f.missing) else {
         return (StatusCode::NOT_FOUND, Json(oo("no such file"))).into_response();
     };

@@ -77,6 +77,21 @@ async fn a_running_import_counts_its_finished_files_while_others_still_download(
 }
 
 #[tokio::test]
+async fn a_finished_job_reports_completed_while_the_provider_is_slow_to_release_its_export() {
+    let app = spawn_app().await;
+    app.provider.add_file("a.ndjson", "Observation", observations(2));
+    app.provider.hold_release();
+    let id = app.start_import(&app.provider.export_url(), "dynamic").await;
+    let release = |r: &super::fake_provider::Recorded| r.method == reqwest::Method::DELETE;
+    wait_until("the release DELETE", async || app.provider.requests_to("/fhir/status/").iter().any(release))
+        .await;
+    // The job is done in the store; its in-memory progress must not say otherwise.
+    let res = app.get_job(&id).await;
+    assert_eq!(res.status(), 200);
+    app.provider.release_files();
+}
+
+#[tokio::test]
 async fn delete_cancels_a_running_job_and_later_polls_are_404() {
     let app = spawn_app().await;
     app.provider.script_status(vec![StatusStep::Pending(Some(1)); 50]);
