@@ -109,8 +109,15 @@ fn curl_baseline(origin: &str, names: &[String], out: &Path) -> (Duration, Durat
         std::fs::File::open(out.join(n)).unwrap().sync_all().unwrap();
     }
     let durable = started.elapsed();
-    let _ = std::fs::remove_dir_all(out);
+    remove_and_settle(out);
     (written, durable)
+}
+
+/// Remove a run's output and let the disk finish with it (ext4 here discards freed blocks), so the
+/// next run does not pay for this one.
+fn remove_and_settle(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = Command::new("sync").status();
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -262,7 +269,7 @@ async fn import(origin: &str, dest: &str, files: usize, set: &Path, work: &Path)
         src.sort();
         out.len() == src.len() && out.iter().zip(&src).all(|(a, b)| same_bytes(a, b))
     });
-    let _ = std::fs::remove_dir_all(work.join("jobs"));
+    remove_and_settle(&work.join("jobs"));
     Run {
         seconds,
         resources: body["extension"]["resources"].as_i64().unwrap_or(0),
