@@ -9,7 +9,10 @@ use josekit::{
 };
 use secrecy::ExposeSecret;
 
-use super::keys::{random_hex, Keys};
+use super::{
+    bearer::{bearer_token, BearerProblem},
+    keys::{random_hex, Keys},
+};
 use crate::{routes::error::ApiError, state::AppState, store::providers::Provider};
 
 /// Claims of a verified access token.
@@ -63,24 +66,18 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let header = parts.headers.get(axum::http::header::AUTHORIZATION).ok_or_else(|| {
+        let token = bearer_token(&parts.headers).map_err(|problem| {
             ApiError::Unauthorized(
-                "authorization is required: send 'Authorization: Bearer <token>' from /auth/token".into(),
+                match problem {
+                    BearerProblem::Missing => {
+                        "authorization is required: send 'Authorization: Bearer <token>' from /auth/token"
+                    }
+                    BearerProblem::NotText => "the authorization header is not text",
+                    BearerProblem::NotBearer => "the authorization header must be 'Bearer <token>'",
+                }
+                .into(),
             )
         })?;
-        let value = header
-            .to_str()
-            .map_err(|_| ApiError::Unauthorized("the authorization header is not text".into()))?;
-        // The sample pinger sends lowercase "bearer": the scheme is case-insensitive (RFC 7235 §2.1).
-        let token = value
-            .trim()
-            .split_once(char::is_whitespace)
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim())
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                ApiError::Unauthorized("the authorization header must be 'Bearer <token>'".into())
-            })?;
         let claims = verify(&app.keys, token).map_err(ApiError::Unauthorized)?;
         if !super::scope::allows_import(&claims.scope) {
             return Err(ApiError::Forbidden(format!(

@@ -2,7 +2,7 @@
 use axum::{extract::FromRequestParts, http::request::Parts};
 use secrecy::ExposeSecret;
 
-use super::AuthError;
+use super::{bearer::bearer_token, AuthError};
 use crate::state::AppState;
 
 /// Proof that the request carries the admin token.
@@ -17,18 +17,11 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = AuthError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, AuthError> {
-        let presented = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().split_once(char::is_whitespace))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim().to_string())
-            .ok_or_else(|| {
-                AuthError::InvalidToken(
-                    "this endpoint needs the admin credential: 'Authorization: Bearer <ADMIN_TOKEN>' (see DATA_DIR/admin-token)".into(),
-                )
-            })?;
+        let presented = bearer_token(&parts.headers).map_err(|_| {
+            AuthError::InvalidToken(
+                "this endpoint needs the admin credential: 'Authorization: Bearer <ADMIN_TOKEN>' (see DATA_DIR/admin-token)".into(),
+            )
+        })?;
         if same(presented.as_bytes(), app.keys.admin_token().expose_secret().as_bytes()) {
             Ok(Admin)
         } else {

@@ -1,7 +1,7 @@
 //! Our token endpoint's check of a provider's client assertion (SMART Backend Services
 //! "authenticating to the token endpoint"; RFC 7523 §3): alg allow-list, key selection by `kid`,
 //! `jku` binding, `iss == sub == client_id`, `aud`, `exp` ≤ 5 minutes ahead, `jti` not replayed.
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use josekit::{jwk::Jwk, jwt};
@@ -37,10 +37,6 @@ fn decode_part<T: for<'de> Deserialize<'de>>(part: Option<&str>) -> Result<T, Au
     let bytes =
         base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part.ok_or_else(bad)?).map_err(|_| bad())?;
     serde_json::from_slice(&bytes).map_err(|_| bad())
-}
-
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// Check a token request and, if every rule holds, issue an access token.
@@ -132,7 +128,7 @@ pub async fn exchange(app: &AppState, token_url: &str, form: TokenForm) -> Resul
     let (payload, _) = jwt::decode_with_verifier(&assertion, &*verifier)
         .map_err(|_| AuthError::InvalidClient("the client_assertion signature is not valid".into()))?;
 
-    let now = unix(SystemTime::now());
+    let now = crate::time_util::now_unix();
     let audiences = payload.audience().unwrap_or_default();
     if !audiences.contains(&token_url) {
         return Err(AuthError::InvalidClient(format!(

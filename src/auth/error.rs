@@ -14,8 +14,6 @@ pub enum AuthError {
     #[error("{0}")]
     InvalidClient(String),
     #[error("{0}")]
-    InvalidGrant(String),
-    #[error("{0}")]
     InvalidScope(String),
     #[error("{0}")]
     UnsupportedGrantType(String),
@@ -37,7 +35,6 @@ impl AuthError {
         match self {
             AuthError::InvalidRequest(_) => ("invalid_request", StatusCode::BAD_REQUEST),
             AuthError::InvalidClient(_) => ("invalid_client", StatusCode::UNAUTHORIZED),
-            AuthError::InvalidGrant(_) => ("invalid_grant", StatusCode::BAD_REQUEST),
             AuthError::InvalidScope(_) => ("invalid_scope", StatusCode::BAD_REQUEST),
             AuthError::UnsupportedGrantType(_) => ("unsupported_grant_type", StatusCode::BAD_REQUEST),
             AuthError::InvalidToken(_) => ("invalid_token", StatusCode::UNAUTHORIZED),
@@ -58,10 +55,8 @@ impl IntoResponse for AuthError {
         } else {
             self.to_string()
         };
-        let mut res =
-            (status, Json(json!({ "error": error, "error_description": description }))).into_response();
-        res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        res.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        let res = (status, Json(json!({ "error": error, "error_description": description }))).into_response();
+        let mut res = crate::routes::no_store(res);
         if error == "invalid_token" {
             res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

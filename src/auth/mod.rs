@@ -4,6 +4,7 @@
 pub mod access_token;
 pub mod admin;
 pub mod algorithms;
+pub mod bearer;
 pub mod client_assertion;
 pub mod error;
 pub mod jwks_cache;

@@ -4,7 +4,7 @@ use axum::{
     body::Bytes,
     extract::Path,
     extract::{rejection::BytesRejection, State},
-    http::{header, HeaderMap, HeaderValue},
+    http::HeaderMap,
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
@@ -12,6 +12,7 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::{media_type, no_store};
 use crate::{
     auth::{
         admin::Admin,
@@ -35,19 +36,8 @@ pub fn routes() -> Router<AppState> {
         .route("/auth/registrations/{client_id}", get(show).delete(revoke))
 }
 
-fn no_store(mut res: Response) -> Response {
-    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    res
-}
-
 fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, AuthError> {
     body.map_err(|_| AuthError::InvalidRequest("the request body is too large or could not be read".into()))
-}
-
-fn content_type(headers: &HeaderMap) -> String {
-    let raw = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    raw.split(';').next().unwrap_or_default().trim().to_ascii_lowercase()
 }
 
 #[derive(Deserialize)]
@@ -97,7 +87,7 @@ async fn register(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AuthError> {
-    if content_type(&headers) != "application/json" {
+    if media_type(&headers) != "application/json" {
         return Err(AuthError::InvalidRequest("the content type must be application/json".into()));
     }
     let body = body_or_error(body)?;
@@ -149,7 +139,7 @@ async fn token(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AuthError> {
-    if content_type(&headers) != "application/x-www-form-urlencoded" {
+    if media_type(&headers) != "application/x-www-form-urlencoded" {
         return Err(AuthError::InvalidRequest(
             "the content type must be application/x-www-form-urlencoded".into(),
         ));

@@ -3,31 +3,25 @@
 //! like the other admin endpoints.
 use axum::{
     extract::{Path, State},
-    http::{header, HeaderValue},
     response::{IntoResponse, Response},
     routing::get,
     Json, Router,
 };
 use serde_json::{json, Value};
 
+use super::no_store;
 use crate::{
     auth::{admin::Admin, AuthError},
     state::AppState,
     store::{
         dashboard::JobSummary,
-        jobs::{FileCounts, FileState, JobFile},
+        jobs::{is_job_id, FileCounts, JobFile},
     },
     time_util::instant,
 };
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/admin/jobs", get(list)).route("/admin/jobs/{id}", get(show))
-}
-
-fn no_store(body: Value) -> Response {
-    let mut res = Json(body).into_response();
-    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
 }
 
 /// Percent done, as `GET /job/{id}` reports it: finished files over listed files while importing.
@@ -77,11 +71,7 @@ fn describe_file(f: &JobFile) -> Value {
         "resource_type": f.resource_type,
         "url": f.url,
         "name": f.name,
-        "state": match f.state {
-            FileState::Pending => "pending",
-            FileState::Done => "done",
-            FileState::Failed => "failed",
-        },
+        "state": f.state.as_str(),
         "resources": f.resources,
         "bytes": f.bytes,
         "diagnostics": diagnostics(f.outcome.as_deref()),
@@ -90,7 +80,7 @@ fn describe_file(f: &JobFile) -> Value {
 
 async fn list(State(app): State<AppState>, _admin: Admin) -> Result<Response, AuthError> {
     let jobs: Vec<Value> = app.store.job_summaries().await?.iter().map(describe_job).collect();
-    Ok(no_store(json!({ "jobs": jobs })))
+    Ok(no_store(Json(json!({ "jobs": jobs })).into_response()))
 }
 
 async fn show(
@@ -99,15 +89,14 @@ async fn show(
     Path(id): Path<String>,
 ) -> Result<Response, AuthError> {
     let not_found = || AuthError::NotFound(format!("no import job with id '{id}'"));
-    // Ids are hex; anything else cannot exist and never reaches the database.
-    if id.len() > 128 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+    if !is_job_id(&id) {
         return Err(not_found());
     }
     let job = app.store.job_summary(&id).await?.ok_or_else(not_found)?;
     let files: Vec<Value> = app.store.files(&job.id).await?.iter().map(describe_file).collect();
     let mut body = describe_job(&job);
     body["files"] = Value::Array(files);
-    Ok(no_store(body))
+    Ok(no_store(Json(body).into_response()))
 }
 
 #[cfg(test)]

@@ -9,7 +9,10 @@ use axum::{
     Router,
 };
 
-use super::error::{outcome_response, ApiError};
+use super::{
+    error::{outcome_response, ApiError},
+    media_type,
+};
 use crate::{
     auth::{access_token::Caller, keys::random_hex, provider_base::ProviderBase},
     fhir::{operation_outcome::OperationOutcome, parameters::ImportRequest},
@@ -57,14 +60,13 @@ fn check_prefer(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 fn check_content_type(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let raw = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let essence = raw.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    if app.config.json_content_types.contains(&essence) {
+    if app.config.json_content_types.contains(&media_type(headers)) {
         Ok(())
     } else {
         Err(ApiError::UnsupportedMediaType(format!(
-            "the body must be a FHIR Parameters resource sent as one of: {} (Content-Type was: '{raw}')",
-            app.config.json_content_types.join(", ")
+            "the body must be a FHIR Parameters resource sent as one of: {} (Content-Type was: '{}')",
+            app.config.json_content_types.join(", "),
+            headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default()
         )))
     }
 }

@@ -9,12 +9,15 @@ use axum::{
 };
 use serde_json::json;
 
-use super::error::{outcome_response, ApiError};
+use super::{
+    error::{outcome_response, ApiError},
+    no_store,
+};
 use crate::{
     fhir::operation_outcome::{IssueCode, OperationOutcome},
     jobs::reaper::remove_job,
     state::AppState,
-    store::jobs::{FileCounts, Job, JobState},
+    store::jobs::{is_job_id, FileCounts, Job, JobState},
     time_util::instant,
 };
 
@@ -28,20 +31,8 @@ pub fn routes() -> Router<AppState> {
 }
 
 async fn find(app: &AppState, id: &str) -> Result<Job, ApiError> {
-    // Ids are hex; anything else cannot exist and never reaches the database.
-    let found = if id.len() <= 128 && id.chars().all(|c| c.is_ascii_hexdigit()) {
-        app.store.job(id).await?
-    } else {
-        None
-    };
+    let found = if is_job_id(id) { app.store.job(id).await? } else { None };
     found.ok_or_else(|| ApiError::NotFound(format!("cannot find import job with id \"{id}\"")))
-}
-
-fn no_store(mut res: Response) -> Response {
-    let h = res.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    res
 }
 
 async fn status(
@@ -75,14 +66,7 @@ async fn status(
         JobState::Failed => {
             let reason = job.failure.clone().unwrap_or_else(|| "the import failed".into());
             let mut oo = OperationOutcome::error(IssueCode::Exception, format!("import failed: {reason}"));
-            oo.issue.extend(
-                OperationOutcome::single(
-                    crate::fhir::operation_outcome::Severity::Information,
-                    IssueCode::Informational,
-                    format!("per-file outcomes: {outcome_url}"),
-                )
-                .issue,
-            );
+            oo.issue.extend(OperationOutcome::information(format!("per-file outcomes: {outcome_url}")).issue);
             outcome_response(StatusCode::INTERNAL_SERVER_ERROR, &oo)
         }
         JobState::Queued | JobState::Exporting | JobState::Importing => {

@@ -35,7 +35,7 @@ struct GeneratorQuery {
 }
 
 async fn generator(Query(q): Query<GeneratorQuery>) -> Result<Response, ApiError> {
-    let alg = q.alg.unwrap_or_else(|| "ES384".into()).to_ascii_uppercase();
+    let alg = q.alg.unwrap_or_else(|| keys::GENERATED_KEY_ALG.into()).to_ascii_uppercase();
     if !GENERATOR_ALGORITHMS.contains(&alg.as_str()) {
         return Err(ApiError::BadRequest(format!("alg must be one of {}", GENERATOR_ALGORITHMS.join(", "))));
     }

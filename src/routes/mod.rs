@@ -10,7 +10,8 @@ pub mod jwks;
 
 use axum::{
     extract::DefaultBodyLimit,
-    http::{header, HeaderMap},
+    http::{header, HeaderMap, HeaderValue},
+    response::Response,
     Router,
 };
 use tower_http::{services::ServeDir, trace::TraceLayer};
@@ -34,6 +35,20 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Mark a response as never to be cached (status, tokens, registrations, job details).
+pub fn no_store(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    res
+}
+
+/// The media type of the request body, lowercased, without parameters.
+pub fn media_type(headers: &HeaderMap) -> String {
+    let raw = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    raw.split(';').next().unwrap_or_default().trim().to_ascii_lowercase()
 }
 
 /// Our externally visible base URL, without a trailing slash: `PUBLIC_URL`, else the request's Host.

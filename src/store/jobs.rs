@@ -93,6 +93,11 @@ impl TryFrom<JobRow> for Job {
     }
 }
 
+/// Whether `id` can be a job id (hex, as `$import` makes them with `random_hex`), checked before any query.
+pub fn is_job_id(id: &str) -> bool {
+    id.len() <= 128 && id.chars().all(|c| c.is_ascii_hexdigit())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileState {
     Pending,
@@ -101,7 +106,7 @@ pub enum FileState {
 }
 
 impl FileState {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             FileState::Pending => "pending",
             FileState::Done => "done",
