@@ -335,5 +335,6 @@ async fn main() {
             percentile(&polls, 0.99),
             run.identical.map(|b| if b { "yes" } else { "NO" }).unwrap_or("n/a"),
         );
+        assert_ne!(run.identical, Some(false), "the {dest} output differs from the source");
     }
 }

@@ -420,6 +420,7 @@ mod tests {
 
     #[test]
     fn a_short_jwt_secret_is_refused() {
-        assert!(with(&[("JWT_SECRET", "short")]).is_err());
+        let err = with(&[("JWT_SECRET", "short")]).unwrap_err();
+        assert!(err.to_string().contains("JWT_SECRET: must be at least 32"), "{err}");
     }
 }

@@ -136,6 +136,8 @@ mod tests {
         let files = m.planned_files().unwrap();
         assert_eq!(files.len(), 4);
         assert_eq!(files[1].kind, FileKind::Error);
+        assert_eq!(files[2].kind, FileKind::Error);
+        assert_eq!(files[3].kind, FileKind::Deleted);
         assert_eq!(files[3].resource_type, "Bundle");
         assert_eq!(m.next_page(), Some("http://p/page2"));
     }

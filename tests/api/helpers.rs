@@ -278,3 +278,12 @@ pub fn sign_assertion(
     signer.remove_key_id();
     jwt::encode_with_signer(&claims, &header, &signer).unwrap()
 }
+
+/// Poll `check` until it holds; fail after 20 s instead of hanging.
+pub async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

@@ -1,20 +1,12 @@
 //! Status, outcome, DELETE, the reaper and restarts.
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use super::{
     fake_provider::StatusStep,
-    helpers::{observations, spawn_app, spawn_app_with, start, test_config},
+    helpers::{observations, spawn_app, spawn_app_with, start, test_config, wait_until},
 };
-
-async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 #[tokio::test]
 async fn an_unknown_job_is_a_404_operation_outcome() {
@@ -88,6 +80,7 @@ async fn a_finished_job_reports_completed_while_the_provider_is_slow_to_release_
     // The job is done in the store; its in-memory progress must not say otherwise.
     let res = app.get_job(&id).await;
     assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["extension"]["files"], 1);
     app.provider.release_files();
 }
 

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::{
     fake_provider::{FakeFile, FileFault, StatusStep},
-    helpers::{observations, patients, spawn_app, spawn_app_with, TestApp},
+    helpers::{observations, patients, spawn_app, spawn_app_with, wait_until, TestApp},
 };
 
 async fn completed(app: &TestApp, id: &str) -> Value {
@@ -267,6 +267,7 @@ async fn a_provider_token_failure_fails_the_job_with_a_fix() {
     let id = app.start_import(&app.provider.export_url(), "dynamic").await;
     let text = failed(&app, &id).await;
     assert!(text.contains("refused us") && text.contains("invalid_client"), "{text}");
+    assert!(text.contains("check our registration"), "{text}");
     assert!(app.provider.requests_to("/fhir/$export").is_empty());
 }
 
@@ -339,14 +340,15 @@ async fn provider_tokens_are_refreshed_before_expiry_and_once_after_a_401() {
     app.provider.add_file("p.ndjson", "Patient", patients(2));
     app.provider.script_status(vec![StatusStep::Pending(Some(1))]);
     let id = app.start_import(&app.provider.export_url(), "dynamic").await;
-    while app.provider.requests_to("/fhir/status/").is_empty() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("the first poll", async || !app.provider.requests_to("/fhir/status/").is_empty()).await;
     app.provider.revoke_tokens();
     completed(&app, &id).await;
     assert_eq!(app.provider.requests_to("/auth/token").len(), 2);
     // A 401 poll, the same poll again with the fresh token, then the 200.
     assert!(app.provider.requests_to("/fhir/status/").len() >= 3);
+    let polls =
+        app.provider.requests_to("/fhir/status/").into_iter().filter(|r| r.method == Method::GET).count();
+    assert_eq!(polls, 3);
 }
 
 #[tokio::test]
@@ -529,9 +531,8 @@ async fn downloads_across_jobs_share_the_global_limit() {
     app.provider.add_file("a.ndjson", "Patient", patients(1));
     app.provider.hold_file("a.ndjson");
     let first = app.start_import(&app.provider.manifest_url(), "static").await;
-    while app.provider.requests_to("/fhir/files/a.ndjson").is_empty() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("the first download", async || !app.provider.requests_to("/fhir/files/a.ndjson").is_empty())
+        .await;
     let second = app.start_import(&app.provider.manifest_url(), "static").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(

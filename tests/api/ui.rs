@@ -243,7 +243,7 @@ async fn flow(c: &Client, app: &TestApp, shots: &Shots) -> Result<()> {
     ensure!(unexpected.is_empty(), "console errors: {unexpected:?}");
     type_into(c, "#admin-token", &format!("{ADMIN_TOKEN}{enter}")).await?;
     find(c, "#screen-jobs:not([hidden])").await?;
-    wait_text(c, "#session-state", "entered").await?;
+    wait_text(c, "#session-state", "Admin credential entered").await?;
 
     // Key generator: JWK and PEM views, then carry the public key to the registration form.
     nav(c, "keys", "screen-keys").await?;
@@ -290,6 +290,12 @@ async fn flow(c: &Client, app: &TestApp, shots: &Shots) -> Result<()> {
     wait_text(c, "#result-token-endpoint", &format!("{}/auth/token", app.base)).await?;
     click(c, "button[data-copy=result-client-id]").await?;
     wait_text(c, "button[data-copy=result-client-id]", "Cop").await?;
+    // Only the copy handler sets data-label (it keeps the label to restore after "Copied ✓").
+    let copy = find(c, "button[data-copy=result-client-id]").await?;
+    ensure!(
+        copy.attr("data-label").await?.as_deref() == Some("Copy client_id"),
+        "the copy handler did not run"
+    );
     shots.take(c, "05-registered").await?;
 
     // An import by the provider just registered, held half-way so the dashboard shows it running.
