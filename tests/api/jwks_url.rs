@@ -5,7 +5,7 @@ use std::{
 };
 
 use axum::{extract::State, http::HeaderValue, response::IntoResponse, routing::get, Json, Router};
-use josekit::jws::ES384;
+use josekit::jws::{ES384, RS384};
 use serde_json::{json, Value};
 
 use super::helpers::{spawn_app, spawn_app_with, TestApp};
@@ -141,4 +141,13 @@ async fn a_registered_jwks_url_with_no_keys_for_the_alg_refuses_the_assertion() 
     let (_server, url) = JwksServer::start(json!({"keys": []})).await;
     register_by_url(&mut app, &url).await;
     assert_eq!(token_status(&app).await, 401);
+
+    // The right kid, but an RSA key: our ES384 assertion must not verify against it.
+    let mut app = spawn_app().await;
+    let mut rsa = RS384.generate_key_pair(2048).unwrap().to_jwk_public_key();
+    rsa.set_key_id("provider-key-1");
+    let (server, url) = JwksServer::start(json!({"keys": [rsa.as_ref()]})).await;
+    register_by_url(&mut app, &url).await;
+    assert_eq!(token_status(&app).await, 401);
+    assert!(server.hits() >= 1, "the JWKS was consulted");
 }
