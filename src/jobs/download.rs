@@ -113,16 +113,14 @@ pub async fn import_file(
             Err(AttemptError::Transient(reason)) => {
                 attempt += 1;
                 tracing::warn!(file = %redact(&url), attempt, %reason, "file download interrupted; starting it again");
-                let wait =
-                    retry::backoff(client.limits.poll_interval, attempt, client.limits.max_retry_after);
-                retry::sleep(wait, cancel).await?;
+                retry::sleep(client.backoff(attempt), cancel).await?;
             }
         }
     }
 }
 
 /// Origin and path only: queries of file URLs can be signatures.
-pub fn redact(url: &url::Url) -> String {
+fn redact(url: &url::Url) -> String {
     format!("{}{}", url.origin().ascii_serialization(), url.path())
 }
 
@@ -159,26 +157,14 @@ async fn stream_into(
 ) -> Result<i64, AttemptError> {
     let get = |http: &reqwest::Client, url: url::Url| http.get(url).header(ACCEPT, "application/fhir+ndjson");
     let resp = client.send(auth, cancel, url, get).await?;
-    match resp.status() {
-        StatusCode::OK => {}
-        StatusCode::NOT_FOUND | StatusCode::GONE => {
-            return Err(AttemptError::Permanent(
-                IssueCode::NotFound,
-                describe_failure("the provider", resp).await,
-            ))
-        }
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-            return Err(AttemptError::Permanent(
-                IssueCode::Security,
-                describe_failure("the provider", resp).await,
-            ))
-        }
-        _ => {
-            return Err(AttemptError::Permanent(
-                IssueCode::Exception,
-                describe_failure("the provider", resp).await,
-            ))
-        }
+    let refused = match resp.status() {
+        StatusCode::OK => None,
+        StatusCode::NOT_FOUND | StatusCode::GONE => Some(IssueCode::NotFound),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Some(IssueCode::Security),
+        _ => Some(IssueCode::Exception),
+    };
+    if let Some(code) = refused {
+        return Err(AttemptError::Permanent(code, describe_failure("the provider", resp).await));
     }
     let expected = file.resource_type.as_str();
     // Provider OperationOutcomes and `deleted` Bundles often carry no id.

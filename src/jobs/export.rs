@@ -128,12 +128,8 @@ async fn kick_off_once(
                 client.wait_for(&resp, attempt)
             }
             Ok(resp) => return Ok(resp),
-            Err(SendError::Http(e)) if e.is_connect() && !last => {
-                retry::backoff(client.limits.poll_interval, attempt, client.limits.max_retry_after)
-            }
-            Err(SendError::Token(_)) if !last => {
-                retry::backoff(client.limits.poll_interval, attempt, client.limits.max_retry_after)
-            }
+            Err(SendError::Http(e)) if e.is_connect() && !last => client.backoff(attempt),
+            Err(SendError::Token(_)) if !last => client.backoff(attempt),
             Err(SendError::Token(e)) => return Err(e),
             Err(e) => {
                 return Err(JobError::Provider(format!("the export kick-off failed: {}", e.describe())))
@@ -188,14 +184,10 @@ where
                     )));
                 }
                 on_progress(format!("status request failed; retry {failures}")).await;
-                retry::backoff(limits.poll_interval, failures, limits.max_retry_after)
+                client.backoff(failures)
             }
             Ok(resp) if resp.status() == StatusCode::OK => {
-                return read_limited(resp, limits.max_manifest_bytes).await.map_err(|e| {
-                    JobError::Provider(format!(
-                        "the export manifest could not be read: {e} (MAX_MANIFEST_BYTES)"
-                    ))
-                });
+                return read_manifest_body(client, resp).await;
             }
             Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
                 (failures, failing_since) = (0, None);
@@ -228,7 +220,7 @@ where
                 let body = read_limited(resp, MAX_ERROR_BODY_BYTES).await.unwrap_or_default();
                 // Bulk Data: an all-`transient` OperationOutcome means "try later", not failure.
                 if OperationOutcome::is_transient(&body) && !give_up() {
-                    retry::backoff(limits.poll_interval, failures, limits.max_retry_after)
+                    client.backoff(failures)
                 } else {
                     let detail = OperationOutcome::summarize(&body).unwrap_or_else(|| "no details".into());
                     return Err(JobError::Provider(format!(
@@ -252,6 +244,10 @@ pub async fn fetch_manifest(
     if resp.status() != StatusCode::OK {
         return Err(JobError::Provider(describe_failure("the export manifest URL", resp).await));
     }
+    read_manifest_body(client, resp).await
+}
+
+async fn read_manifest_body(client: &ProviderClient, resp: reqwest::Response) -> Result<Bytes, JobError> {
     read_limited(resp, client.limits.max_manifest_bytes).await.map_err(|e| {
         JobError::Provider(format!("the export manifest could not be read: {e} (MAX_MANIFEST_BYTES)"))
     })

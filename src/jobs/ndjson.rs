@@ -53,9 +53,7 @@ impl LineSplitter {
             } else {
                 self.check_len(self.carry.len() + nl - start)?;
                 self.carry.extend_from_slice(&chunk[start..nl]);
-                let carried = std::mem::take(&mut self.carry);
-                let result = on_line(self.line, trim_cr(&carried));
-                self.carry = carried;
+                let result = on_line(self.line, trim_cr(&self.carry));
                 self.carry.clear();
                 // One huge line must not pin its buffer for the rest of the file.
                 if self.carry.capacity() > KEEP_CARRY_BYTES {

@@ -209,14 +209,12 @@ async fn plan(
                     u
                 }
             };
-            let store = app.store.clone();
-            let id = job.id.clone();
             let body = export::poll(client, &status_url, cancel, |text| {
-                let store = store.clone();
-                let id = id.clone();
                 progress.set_text(text.clone());
                 async move {
-                    let _ = store.set_progress(&id, &text).await;
+                    if let Err(e) = app.store.set_progress(&job.id, &text).await {
+                        tracing::warn!(error = %crate::routes::error::chain(&e), "could not record export progress");
+                    }
                 }
             })
             .await?;

@@ -185,7 +185,7 @@ impl ProviderClient {
                         e.describe()
                     )))
                 }
-                Err(_) => retry::backoff(self.limits.poll_interval, attempt, self.limits.max_retry_after),
+                Err(_) => self.backoff(attempt),
             };
             attempt += 1;
             tracing::warn!(
@@ -200,9 +200,12 @@ impl ProviderClient {
     /// How long to wait after a transient response: its `Retry-After`, else backoff.
     pub fn wait_for(&self, resp: &Response, attempt: u32) -> std::time::Duration {
         retry::retry_after(resp.headers(), self.limits.poll_interval, self.limits.max_retry_after)
-            .unwrap_or_else(|| {
-                retry::backoff(self.limits.poll_interval, attempt, self.limits.max_retry_after)
-            })
+            .unwrap_or_else(|| self.backoff(attempt))
+    }
+
+    /// Capped exponential backoff from `POLL_INTERVAL` for the `attempt`-th retry.
+    pub fn backoff(&self, attempt: u32) -> std::time::Duration {
+        retry::backoff(self.limits.poll_interval, attempt, self.limits.max_retry_after)
     }
 }
 

@@ -12,7 +12,7 @@ pub async fn remove_job(app: &AppState, id: &str) -> Result<(), super::JobError>
 
 /// One pass; returns how many jobs were removed. One job that cannot be removed (its files, say)
 /// is logged and skipped, so it never blocks the others.
-pub async fn reap_once(app: &AppState) -> Result<usize, super::JobError> {
+async fn reap_once(app: &AppState) -> Result<usize, super::JobError> {
     let max_age = app.config.jobs_max_age.as_secs_f64();
     let now = now_unix();
     let finished_before = now - max_age.ceil() as i64;
