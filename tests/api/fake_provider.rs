@@ -10,8 +10,9 @@ use std::{
 
 use axum::{
     body::{Body, Bytes},
-    extract::{Path, State},
+    extract::{Path, Request, State},
     http::{HeaderMap, Method, StatusCode, Uri},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
@@ -128,6 +129,7 @@ impl FakeProvider {
             .route("/fhir/manifest-page/{n}", get(manifest_page))
             .route("/fhir/files/{name}", get(file))
             .fallback(not_found)
+            .layer(middleware::from_fn_with_state(fake.clone(), record))
             .with_state(fake.clone());
         tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
         fake
@@ -302,22 +304,27 @@ impl FakeProvider {
     }
 }
 
+fn unauthorized() -> Response {
+    (StatusCode::UNAUTHORIZED, Json(oo("token required"))).into_response()
+}
+
+/// Every request is recorded here, body included, before its handler runs.
+async fn record(State(f): State<FakeProvider>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    f.record(&parts.method, &parts.uri, &parts.headers, &bytes);
+    next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
+
 fn oo(text: &str) -> Value {
     json!({"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"processing","diagnostics":text}]})
 }
 
-async fn not_found(State(f): State<FakeProvider>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
-    f.record(&method, &uri, &headers, b"");
+async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, Json(oo("not found"))).into_response()
 }
 
-async fn smart_configuration(
-    State(f): State<FakeProvider>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    f.record(&method, &uri, &headers, b"");
+async fn smart_configuration(State(f): State<FakeProvider>) -> Response {
     if !f.with(|i| i.auth) {
         return StatusCode::NOT_FOUND.into_response();
     }
@@ -332,14 +339,7 @@ async fn smart_configuration(
 }
 
 /// Verify our client assertion against our published JWKS, as a real provider does.
-async fn token(
-    State(f): State<FakeProvider>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    f.record(&method, &uri, &headers, &body);
+async fn token(State(f): State<FakeProvider>, body: Bytes) -> Response {
     let fail = f.with(|i| {
         if i.fail_token > 0 {
             i.fail_token -= 1;
@@ -399,19 +399,12 @@ async fn token(
     Json(json!({"access_token": token, "token_type": "bearer", "expires_in": lifetime, "scope": form.get("scope")})).into_response()
 }
 
-async fn kickoff(
-    State(f): State<FakeProvider>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    f.record(&method, &uri, &headers, &body);
+async fn kickoff(State(f): State<FakeProvider>, method: Method, headers: HeaderMap) -> Response {
     if method == Method::POST && f.with(|i| i.refuse_post_kickoff) {
         return StatusCode::METHOD_NOT_ALLOWED.into_response();
     }
     if !f.authorized(&headers) {
-        return (StatusCode::UNAUTHORIZED, Json(oo("token required"))).into_response();
+        return unauthorized();
     }
     if let Some(code) = f.with(|i| i.kickoff_script.pop_front()) {
         let mut res =
@@ -427,16 +420,9 @@ async fn kickoff(
     res
 }
 
-async fn status(
-    State(f): State<FakeProvider>,
-    Path(_n): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    f.record(&method, &uri, &headers, b"");
+async fn status(State(f): State<FakeProvider>, Path(_n): Path<String>, headers: HeaderMap) -> Response {
     if !f.authorized(&headers) {
-        return (StatusCode::UNAUTHORIZED, Json(oo("token required"))).into_response();
+        return unauthorized();
     }
     let step = f.with(|i| i.status_script.pop_front());
     match step {
@@ -465,56 +451,30 @@ async fn status(
 /// The `held` entry that stands for the release DELETE.
 const RELEASE: &str = "(release DELETE)";
 
-async fn status_delete(
-    State(f): State<FakeProvider>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    f.record(&method, &uri, &headers, b"");
+async fn status_delete(State(f): State<FakeProvider>) -> Response {
     f.wait_unless_held(RELEASE).await;
     StatusCode::ACCEPTED.into_response()
 }
 
-async fn static_manifest(
-    State(f): State<FakeProvider>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    f.record(&method, &uri, &headers, b"");
+async fn static_manifest(State(f): State<FakeProvider>, headers: HeaderMap) -> Response {
     if !f.authorized(&headers) {
-        return (StatusCode::UNAUTHORIZED, Json(oo("token required"))).into_response();
+        return unauthorized();
     }
     Json(f.manifest()).into_response()
 }
 
-async fn manifest_page(
-    State(f): State<FakeProvider>,
-    Path(n): Path<usize>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    f.record(&method, &uri, &headers, b"");
+async fn manifest_page(State(f): State<FakeProvider>, Path(n): Path<usize>, headers: HeaderMap) -> Response {
     if !f.authorized(&headers) {
-        return (StatusCode::UNAUTHORIZED, Json(oo("token required"))).into_response();
+        return unauthorized();
     }
     Json(f.manifest_page(n)).into_response()
 }
 
-async fn file(
-    State(f): State<FakeProvider>,
-    Path(name): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    f.record(&method, &uri, &headers, b"");
+async fn file(State(f): State<FakeProvider>, Path(name): Path<String>, headers: HeaderMap) -> Response {
     let (requires, file, chunk) =
         f.with(|i| (i.requires_access_token, i.files.iter().find(|x| x.name == name).cloned(), i.chunk_size));
     if requires && !f.authorized(&headers) {
-        return (StatusCode::UNAUTHORIZED, Json(oo("token required"))).into_response();
+        return unauthorized();
     }
     if let Some(to) = f.with(|i| i.redirects.get(&name).cloned()) {
         let mut res = StatusCode::TEMPORARY_REDIRECT.into_response();
