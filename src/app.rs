@@ -65,10 +65,6 @@ impl App {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
-    pub fn state(&self) -> &AppState {
-        &self.state
-    }
-
     /// Serve until `signal` resolves, then stop jobs and the reaper gracefully.
     pub async fn run(self, signal: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let Self { listener, state, shutdown } = self;

@@ -85,30 +85,6 @@ pub struct Limits {
     pub jwks_fetch_timeout: Duration,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
-            parallel_downloads: DEFAULT_PARALLEL_DOWNLOADS,
-            max_total_downloads: DEFAULT_MAX_TOTAL_DOWNLOADS,
-            max_concurrent_jobs: DEFAULT_MAX_CONCURRENT_JOBS,
-            max_manifest_bytes: DEFAULT_MAX_MANIFEST_BYTES,
-            max_manifest_pages: DEFAULT_MAX_MANIFEST_PAGES,
-            max_files_per_job: DEFAULT_MAX_FILES_PER_JOB,
-            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            max_retry_after: secs(DEFAULT_MAX_RETRY_AFTER_SECS),
-            poll_interval: secs(DEFAULT_POLL_INTERVAL_SECS),
-            max_retries: DEFAULT_MAX_RETRIES,
-            export_timeout: secs(DEFAULT_EXPORT_TIMEOUT_SECS),
-            connect_timeout: secs(DEFAULT_CONNECT_TIMEOUT_SECS),
-            read_timeout: secs(DEFAULT_READ_TIMEOUT_SECS),
-            jwks_fetch_timeout: secs(DEFAULT_JWKS_FETCH_TIMEOUT_SECS),
-            status_error_budget: secs(DEFAULT_STATUS_ERROR_BUDGET_SECS),
-        }
-    }
-}
-
 /// The whole configuration, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -230,11 +206,12 @@ impl Config {
             provider_scope: r.string("PROVIDER_SCOPE", DEFAULT_PROVIDER_SCOPE),
             limits,
         };
-        if let Some(secret) = &config.jwt_secret {
+        for (name, secret) in [("JWT_SECRET", &config.jwt_secret), ("ADMIN_TOKEN", &config.admin_token)] {
             use secrecy::ExposeSecret;
-            if secret.expose_secret().len() < 32 {
-                r.problems
-                    .push("JWT_SECRET: must be at least 32 characters (or unset, to generate one)".into());
+            if secret.as_ref().is_some_and(|s| s.expose_secret().len() < MIN_SECRET_CHARS) {
+                r.problems.push(format!(
+                    "{name}: must be at least {MIN_SECRET_CHARS} characters (or unset, to generate one)"
+                ));
             }
         }
         if r.problems.is_empty() {
@@ -422,5 +399,7 @@ mod tests {
     fn a_short_jwt_secret_is_refused() {
         let err = with(&[("JWT_SECRET", "short")]).unwrap_err();
         assert!(err.to_string().contains("JWT_SECRET: must be at least 32"), "{err}");
+        let err = with(&[("ADMIN_TOKEN", "short")]).unwrap_err();
+        assert!(err.to_string().contains("ADMIN_TOKEN: must be at least 32"), "{err}");
     }
 }

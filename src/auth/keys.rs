@@ -16,15 +16,13 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
 use super::algorithms;
-use crate::config::Config;
+use crate::config::{Config, MIN_SECRET_CHARS};
 
 /// Algorithm of a generated key: ES384 is one of the two SMART requires and is fast.
 pub const GENERATED_KEY_ALG: &str = "ES384";
 const PRIVATE_KEY_FILE: &str = "private-key.jwk.json";
 const JWT_SECRET_FILE: &str = "jwt-secret";
 const ADMIN_TOKEN_FILE: &str = "admin-token";
-/// Shortest secret we accept from a file (the generated ones are 96 hex characters).
-const MIN_SECRET_CHARS: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeysError {
@@ -135,6 +133,7 @@ fn secret_or_generate(
         return Ok(s.clone());
     }
     match std::fs::read_to_string(path) {
+        // The generated ones are 96 hex characters.
         Ok(s) if s.trim().len() >= MIN_SECRET_CHARS => Ok(SecretString::from(s.trim().to_string())),
         Ok(_) => Err(KeysError::BadPrivateKey(format!(
             "{} is shorter than {MIN_SECRET_CHARS} characters",

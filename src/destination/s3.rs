@@ -265,10 +265,17 @@ impl S3Writer {
 impl FileWriter for S3Writer {
     async fn write(&mut self, chunk: Bytes) -> Result<(), DestinationError> {
         self.bytes += chunk.len() as u64;
-        self.buf.extend_from_slice(&chunk);
-        while self.buf.len() >= self.part_size {
-            let part = self.buf.split_to(self.part_size).freeze();
-            self.start_part(part).await?;
+        let mut rest = &chunk[..];
+        while !rest.is_empty() {
+            let (now, later) = rest.split_at((self.part_size - self.buf.len()).min(rest.len()));
+            self.buf.extend_from_slice(now);
+            rest = later;
+            if self.buf.len() == self.part_size {
+                // A fresh buffer per part: a split-off part would share (and keep alive) one
+                // ever-growing allocation with the part being filled.
+                let part = std::mem::replace(&mut self.buf, BytesMut::with_capacity(self.part_size));
+                self.start_part(part.freeze()).await?;
+            }
         }
         Ok(())
     }

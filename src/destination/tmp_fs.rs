@@ -54,6 +54,11 @@ impl TmpFile {
         fs::File::from_std(file).sync_all().await?;
         tracing::debug!(file = %self.label, took_ms = started.elapsed().as_millis() as u64, "file synced to disk");
         fs::rename(&self.part, &self.target).await?;
+        // The rename is durable only once the directory is: the store marks the file done next,
+        // and a resume after a power cut must not find it missing.
+        if let Some(dir) = self.target.parent() {
+            fs::File::open(dir).await?.sync_all().await?;
+        }
         Ok(Receipt { location: self.label.clone(), bytes: self.bytes })
     }
 

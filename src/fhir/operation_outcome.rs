@@ -1,6 +1,5 @@
 //! OperationOutcome (FHIR R4 §OperationOutcome): every error body and every per-file outcome line.
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -41,10 +40,27 @@ pub struct Issue {
     pub code: IssueCode,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub diagnostics: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expression: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub extension: Option<Vec<Value>>,
+}
+
+/// A provider's OperationOutcome as sent: any issue code FHIR defines, not only the ones we emit.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Received {
+    resource_type: String,
+    #[serde(default)]
+    issue: Vec<ReceivedIssue>,
+}
+
+#[derive(Deserialize)]
+struct ReceivedIssue {
+    code: String,
+    diagnostics: Option<String>,
+}
+
+impl Received {
+    fn parse(body: &[u8]) -> Option<Self> {
+        serde_json::from_slice::<Self>(body).ok().filter(|oo| oo.resource_type == "OperationOutcome")
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,13 +78,7 @@ impl OperationOutcome {
         Self {
             resource_type: "OperationOutcome".into(),
             id: None,
-            issue: vec![Issue {
-                severity,
-                code,
-                diagnostics: Some(diagnostics.into()),
-                expression: None,
-                extension: None,
-            }],
+            issue: vec![Issue { severity, code, diagnostics: Some(diagnostics.into()) }],
         }
     }
 
@@ -82,22 +92,33 @@ impl OperationOutcome {
 
     /// The first diagnostic of a provider's OperationOutcome JSON, if the body is one.
     pub fn summarize(body: &[u8]) -> Option<String> {
-        let oo: OperationOutcome = serde_json::from_slice(body).ok()?;
-        if oo.resource_type != "OperationOutcome" {
-            return None;
-        }
-        let texts: Vec<String> = oo
-            .issue
-            .iter()
-            .map(|i| i.diagnostics.clone().unwrap_or_else(|| format!("{:?}", i.code).to_lowercase()))
-            .collect();
+        let texts: Vec<String> =
+            Received::parse(body)?.issue.into_iter().map(|i| i.diagnostics.unwrap_or(i.code)).collect();
         (!texts.is_empty()).then(|| texts.join("; "))
     }
 
     /// True when every issue is `transient`: the provider says "try again later".
     pub fn is_transient(body: &[u8]) -> bool {
-        serde_json::from_slice::<OperationOutcome>(body)
-            .map(|oo| !oo.issue.is_empty() && oo.issue.iter().all(|i| i.code == IssueCode::Transient))
-            .unwrap_or(false)
+        Received::parse(body)
+            .is_some_and(|oo| !oo.issue.is_empty() && oo.issue.iter().all(|i| i.code == "transient"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_providers_outcome_is_read_whatever_its_issue_codes() {
+        let body = br#"{"resourceType":"OperationOutcome","issue":[
+            {"severity":"error","code":"business-rule","diagnostics":"export window closed"},
+            {"severity":"fatal","code":"not-found"}]}"#;
+        assert_eq!(OperationOutcome::summarize(body).as_deref(), Some("export window closed; not-found"));
+        assert!(!OperationOutcome::is_transient(body));
+        let later =
+            br#"{"resourceType":"OperationOutcome","issue":[{"severity":"warning","code":"transient"}]}"#;
+        assert!(OperationOutcome::is_transient(later));
+        assert_eq!(OperationOutcome::summarize(br#"{"resourceType":"Patient"}"#), None);
+        assert!(!OperationOutcome::is_transient(br#"{"resourceType":"OperationOutcome","issue":[]}"#));
     }
 }
