@@ -8,7 +8,8 @@
 //! checks that tmp-fs output is byte-identical to the source.
 //!
 //! Settings (environment): BENCH_SIZE (default 1GiB), BENCH_FILES (8), BENCH_DESTS
-//! (tmp-fs,dev-null), BENCH_DIR (target/bench-data), BENCH_LOG (show the server's log).
+//! (tmp-fs,dev-null), BENCH_DIR (target/bench-data), BENCH_LOG (show the server's log),
+//! BENCH_GENERATOR (the shared tools' make_ndjson.py beside this repository).
 use std::{
     io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
@@ -35,7 +36,9 @@ fn env(key: &str, default: &str) -> String {
 fn data_set(dir: &Path, size: &str, files: usize) -> Vec<(String, u64)> {
     let set = dir.join(format!("{size}-{files}"));
     if !set.join("dataset.json").exists() {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/make_ndjson.py");
+        let default = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/tools/make_ndjson.py");
+        let script = PathBuf::from(env("BENCH_GENERATOR", default));
+        assert!(script.exists(), "{}: no data generator; set BENCH_GENERATOR", script.display());
         eprintln!("generating {size} in {files} files with {} ...", script.display());
         let status = Command::new("python3")
             .arg(&script)

@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
-# Install the system packages the build needs (OpenSSL headers for josekit/reqwest, pkg-config)
-# and the browser the UI test drives (Debian's chromium and chromium-driver), only when they are
-# missing. Safe to run repeatedly.
+# Install the system packages the build and tests need (listed below) and the browser the UI
+# test drives (Debian's chromium and chromium-driver), only when they are missing. Safe to run
+# repeatedly.
 set -euo pipefail
 
 missing=()
-dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
-dpkg -s pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+# A C toolchain (aws-lc-sys, libsqlite3-sys, openssl-sys and the linker), `kill` for the
+# binary tests, curl for the README walkthrough and the benchmark, python3 for its data set.
+for pkg in build-essential libssl-dev pkg-config procps curl python3; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
 dpkg -s chromium >/dev/null 2>&1 || missing+=(chromium)
 dpkg -s chromium-driver >/dev/null 2>&1 || missing+=(chromium-driver)
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   SUDO=""
-  if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+  if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null || { echo "run this script as root (no sudo here)" >&2; exit 1; }
+    SUDO=sudo
+  fi
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
 fi
