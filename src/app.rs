@@ -9,7 +9,7 @@ use crate::{
     auth::{jwks_cache::JwksCache, keys::Keys, provider_token::ProviderTokens},
     config::Config,
     http_client,
-    jobs::{reaper, runner::Runner},
+    jobs::{reaper, request_budget::RequestBudget, runner::Runner},
     routes,
     state::AppState,
     store::Store,
@@ -34,7 +34,11 @@ impl App {
         let store = Store::open(&config.sqlite_path())
             .await
             .with_context(|| format!("opening the database {}", config.sqlite_path().display()))?;
-        let http = http_client::build(&config.limits).context("building the HTTP client")?;
+        let outbound = Arc::new(
+            http_client::Outbound::new(&config.limits, config.dns_overrides.clone())
+                .context("building the HTTP client")?,
+        );
+        let http = outbound.trusted();
         let destination =
             config.destination.build(config.jobs_path.clone()).await.context("setting up the destination")?;
         let shutdown = CancellationToken::new();
@@ -50,6 +54,8 @@ impl App {
         let listener = TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let state = AppState {
             provider_tokens: Arc::new(ProviderTokens::new(http.clone(), keys.clone())),
+            request_budget: Arc::new(RequestBudget::new(config.limits.provider_requests_per_minute)),
+            outbound,
             jwks: Arc::new(JwksCache::new(config.limits.jwks_fetch_timeout)),
             config: Arc::new(config),
             store,

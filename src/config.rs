@@ -5,7 +5,10 @@ use std::{path::PathBuf, time::Duration};
 use secrecy::SecretString;
 use url::Url;
 
-use crate::destination::{s3::S3Config, DestinationKind};
+use crate::{
+    address_guard::{AddressClass, Allowed, Overrides},
+    destination::{s3::S3Config, DestinationKind},
+};
 
 pub const DEFAULT_PORT: u16 = 3001;
 pub const DEFAULT_HOST: &str = "127.0.0.1";
@@ -44,6 +47,16 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_RETRY_AFTER_SECS: f64 = 120.0;
 /// First wait between status polls when the provider names none; it doubles up to the cap.
 pub const DEFAULT_POLL_INTERVAL_SECS: f64 = 1.0;
+/// Longest wait between two status polls of a running export that we choose ourselves (the
+/// provider's `Retry-After` may ask for longer): the spec asks for exponential backoff, and the
+/// SMART reference server's `Retry-After: 1` would otherwise have us poll 60 times a minute.
+pub const DEFAULT_MAX_POLL_INTERVAL_SECS: f64 = 60.0;
+/// Kick-off and status requests per minute to one provider origin, across all jobs: half the
+/// SMART reference server's 60/min per-client limit, so concurrent jobs never trip it.
+pub const DEFAULT_PROVIDER_REQUESTS_PER_MINUTE: u32 = 30;
+/// Internal address classes files and token endpoints off the provider's origin may be on:
+/// `provider` means the classes the provider itself is on.
+pub const DEFAULT_ALLOW_INTERNAL_ADDRESSES: &str = "provider";
 /// Attempts for one request that fails transiently (5xx, 429, connection) before giving up.
 pub const DEFAULT_MAX_RETRIES: u32 = 5;
 pub const DEFAULT_EXPORT_TIMEOUT_SECS: f64 = 6.0 * 3600.0;
@@ -75,6 +88,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     pub max_retry_after: Duration,
     pub poll_interval: Duration,
+    pub max_poll_interval: Duration,
+    pub provider_requests_per_minute: u32,
     pub max_retries: u32,
     pub export_timeout: Duration,
     pub connect_timeout: Duration,
@@ -109,7 +124,40 @@ pub struct Config {
     pub destination: DestinationKind,
     pub download_file_name: String,
     pub provider_scope: String,
+    pub internal_addresses: InternalAddresses,
+    /// Fixed DNS answers, checked by the SSRF guard like any other (no variable: tests set it).
+    pub dns_overrides: Overrides,
     pub limits: Limits,
+}
+
+/// `ALLOW_INTERNAL_ADDRESSES`: which internal address classes a URL off the provider's own
+/// origins may reach (file hosts, redirects, a discovered token endpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InternalAddresses {
+    /// Whatever classes the provider's own host is on (an intranet provider's file server).
+    pub same_as_provider: bool,
+    pub always: Allowed,
+}
+
+impl InternalAddresses {
+    fn parse(raw: &str) -> Result<Self, String> {
+        let mut out = InternalAddresses { same_as_provider: false, always: Allowed::NONE };
+        for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match item {
+                "provider" => out.same_as_provider = true,
+                "none" => {}
+                other => match AddressClass::parse_allowable(other) {
+                    Some(c) => out.always = out.always.with(c),
+                    None => {
+                        return Err(format!(
+                            "'{other}' is not one of provider, none, loopback, private, link-local, shared"
+                        ))
+                    }
+                },
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Every bad variable, one line each.
@@ -144,6 +192,13 @@ impl Config {
             max_body_bytes: r.num("MAX_REQUEST_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, usize::MAX),
             max_retry_after: r.secs("MAX_RETRY_AFTER", DEFAULT_MAX_RETRY_AFTER_SECS),
             poll_interval: r.secs("POLL_INTERVAL", DEFAULT_POLL_INTERVAL_SECS),
+            max_poll_interval: r.secs("MAX_POLL_INTERVAL", DEFAULT_MAX_POLL_INTERVAL_SECS),
+            provider_requests_per_minute: r.num(
+                "PROVIDER_REQUESTS_PER_MINUTE",
+                DEFAULT_PROVIDER_REQUESTS_PER_MINUTE,
+                1,
+                60_000,
+            ),
             max_retries: r.num("MAX_RETRIES", DEFAULT_MAX_RETRIES, 0, 100),
             export_timeout: r.secs("EXPORT_TIMEOUT", DEFAULT_EXPORT_TIMEOUT_SECS),
             connect_timeout: r.secs("HTTP_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT_SECS),
@@ -176,6 +231,12 @@ impl Config {
         if json_content_types.is_empty() {
             r.problems.push("JSON_CONTENT_TYPES: must list at least one media type".into());
         }
+        let internal_addresses =
+            InternalAddresses::parse(&r.string("ALLOW_INTERNAL_ADDRESSES", DEFAULT_ALLOW_INTERNAL_ADDRESSES))
+                .unwrap_or_else(|e| {
+                    r.problems.push(format!("ALLOW_INTERNAL_ADDRESSES: {e}"));
+                    InternalAddresses { same_as_provider: true, always: Allowed::NONE }
+                });
         let download_file_name = r.string("DOWNLOAD_FILE_NAME", DEFAULT_DOWNLOAD_FILE_NAME);
         if let Err(e) = crate::destination::file_name::FileNameTemplate::parse(&download_file_name) {
             r.problems.push(format!("DOWNLOAD_FILE_NAME: {e}"));
@@ -204,6 +265,8 @@ impl Config {
             destination,
             download_file_name,
             provider_scope: r.string("PROVIDER_SCOPE", DEFAULT_PROVIDER_SCOPE),
+            internal_addresses,
+            dns_overrides: Overrides::default(),
             limits,
         };
         for (name, secret) in [("JWT_SECRET", &config.jwt_secret), ("ADMIN_TOKEN", &config.admin_token)] {

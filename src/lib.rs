@@ -1,4 +1,5 @@
 //! bulk-import: a FHIR Bulk Data import consumer ("ping and pull").
+pub mod address_guard;
 pub mod app;
 pub mod auth;
 pub mod config;

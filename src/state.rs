@@ -5,7 +5,8 @@ use crate::{
     auth::{jwks_cache::JwksCache, keys::Keys, provider_token::ProviderTokens},
     config::Config,
     destination::Destination,
-    jobs::runner::Runner,
+    http_client::Outbound,
+    jobs::{request_budget::RequestBudget, runner::Runner},
     store::Store,
 };
 
@@ -13,7 +14,12 @@ use crate::{
 pub struct AppState {
     pub config: Arc<Config>,
     pub store: Store,
+    /// For URLs the operator chose (registered JWKS URLs, provider origins).
     pub http: reqwest::Client,
+    /// Clients per SSRF-guard setting, for URLs providers hand us.
+    pub outbound: Arc<Outbound>,
+    /// Kick-off and status requests per provider origin, shared by every job.
+    pub request_budget: Arc<RequestBudget>,
     pub keys: Arc<Keys>,
     pub provider_tokens: Arc<ProviderTokens>,
     /// Cache of registered providers' JWKS URLs.

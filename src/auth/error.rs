@@ -26,8 +26,12 @@ pub enum AuthError {
     Jose(#[from] josekit::JoseError),
     #[error("storage failed")]
     Store(#[from] crate::store::StoreError),
+    /// A provider's token endpoint could not be used just now (unreachable, 5xx, 429).
     #[error("{0}")]
     Provider(String),
+    /// A provider's token endpoint refused us, or may not be contacted: retrying cannot help.
+    #[error("{0}")]
+    ProviderRefused(String),
 }
 
 impl AuthError {
@@ -39,9 +43,10 @@ impl AuthError {
             AuthError::UnsupportedGrantType(_) => ("unsupported_grant_type", StatusCode::BAD_REQUEST),
             AuthError::InvalidToken(_) => ("invalid_token", StatusCode::UNAUTHORIZED),
             AuthError::NotFound(_) => ("not_found", StatusCode::NOT_FOUND),
-            AuthError::Jose(_) | AuthError::Store(_) | AuthError::Provider(_) => {
-                ("server_error", StatusCode::INTERNAL_SERVER_ERROR)
-            }
+            AuthError::Jose(_)
+            | AuthError::Store(_)
+            | AuthError::Provider(_)
+            | AuthError::ProviderRefused(_) => ("server_error", StatusCode::INTERNAL_SERVER_ERROR),
         }
     }
 }

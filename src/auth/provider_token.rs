@@ -2,6 +2,8 @@
 //! (`.well-known/smart-configuration`, then the CapabilityStatement `oauth-uris` extension), sign a
 //! client assertion with our key, and cache the access token per provider and scope, refreshing
 //! ahead of expiry. A provider that advertises no token endpoint is treated as open (no auth).
+//! A registration may pin the endpoint instead. A discovered endpoint off the provider's trusted
+//! origins must be https and passes the SSRF guard: our signed assertion goes nowhere else.
 use std::{
     collections::HashMap,
     sync::Arc,
@@ -15,7 +17,7 @@ use tokio::sync::Mutex;
 use url::Url;
 
 use super::{keys::Keys, provider_base::ProviderBase, AuthError};
-use crate::http_client::read_limited;
+use crate::http_client::{read_limited, GuardedClient};
 
 /// How long a discovered token endpoint is trusted before we look again.
 const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
@@ -42,6 +44,8 @@ struct Cached {
 struct Endpoint {
     url: Url,
     aud: String,
+    /// On a trusted origin of the provider (or pinned by the operator): no SSRF guard needed.
+    trusted: bool,
 }
 
 /// Who we are at a provider.
@@ -50,6 +54,10 @@ pub struct ProviderIdentity<'a> {
     /// Our client id at the provider.
     pub client_id: &'a str,
     pub scope: &'a str,
+    /// The registration's pinned token endpoint, if any.
+    pub pinned_endpoint: Option<&'a str>,
+    /// For a discovered endpoint off the provider's trusted origins.
+    pub guarded: &'a GuardedClient,
 }
 
 type Slot = Arc<Mutex<Option<Cached>>>;
@@ -74,7 +82,11 @@ impl ProviderTokens {
         who: &ProviderIdentity<'_>,
         refresh: bool,
     ) -> Result<Option<SecretString>, AuthError> {
-        let Some(endpoint) = self.token_endpoint(who.base, refresh).await? else { return Ok(None) };
+        let endpoint = match who.pinned_endpoint {
+            Some(raw) => Some(Self::pinned(raw)?),
+            None => self.token_endpoint(who.base, refresh).await?,
+        };
+        let Some(endpoint) = endpoint else { return Ok(None) };
         let key = format!("{}|{}|{}", who.base.url(), who.client_id, who.scope);
         let slot = self.tokens.lock().await.entry(key).or_default().clone();
         // Held across the request: concurrent jobs for one provider share one token request,
@@ -104,8 +116,15 @@ impl ProviderTokens {
         crate::time_util::set_times(&mut claims, now, now + ASSERTION_LIFETIME)?;
         claims.set_jwt_id(uuid::Uuid::new_v4().to_string());
         let assertion = self.keys.sign(&claims)?;
-        let resp = self
-            .http
+        let http = if endpoint.trusted {
+            &self.http
+        } else {
+            who.guarded.check(&endpoint.url).map_err(|e| {
+                AuthError::ProviderRefused(format!("the provider's token endpoint was not contacted: {e}"))
+            })?;
+            &who.guarded.client
+        };
+        let resp = http
             .post(endpoint.url.clone())
             .header(reqwest::header::ACCEPT, "application/json")
             .form(&[
@@ -131,10 +150,16 @@ impl ProviderTokens {
         if !status.is_success() {
             let error = json.get("error").and_then(Value::as_str).unwrap_or("no error code");
             let description = json.get("error_description").and_then(Value::as_str).unwrap_or("");
-            return Err(AuthError::Provider(format!(
+            let message = format!(
                 "the provider's token endpoint {} refused us with {status} ({error}: {description}); check our registration there (client id, JWKS URL, scope '{}')",
                 endpoint.aud, who.scope
-            )));
+            );
+            // RFC 6749 §5.2 errors (400/401) do not heal by retrying; 429 and 5xx may.
+            return Err(if status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS {
+                AuthError::ProviderRefused(message)
+            } else {
+                AuthError::Provider(message)
+            });
         }
         let token =
             json.get("access_token").and_then(Value::as_str).filter(|t| !t.is_empty()).ok_or_else(|| {
@@ -203,16 +228,41 @@ impl ProviderTokens {
         Ok(serde_json::from_slice(&body).ok())
     }
 
-    fn endpoint(base: &ProviderBase, raw: &str) -> Option<Endpoint> {
-        let url = base.url().join(raw).ok()?;
+    fn pinned(raw: &str) -> Result<Endpoint, AuthError> {
+        let url = Url::parse(raw).map_err(|_| {
+            AuthError::ProviderRefused(format!("the pinned token endpoint '{raw}' is not a URL"))
+        })?;
+        Ok(Endpoint { url, aud: raw.to_string(), trusted: true })
+    }
+
+    /// A discovered endpoint: on a trusted origin as it is; elsewhere only over https.
+    fn endpoint(base: &ProviderBase, raw: &str) -> Result<Option<Endpoint>, AuthError> {
+        let Ok(url) = base.url().join(raw) else { return Ok(None) };
         let aud = if Url::parse(raw).is_ok() { raw.to_string() } else { url.to_string() };
-        Some(Endpoint { url, aud })
+        let trusted = base.is_trusted(&url);
+        if !trusted && url.scheme() != "https" {
+            return Err(AuthError::ProviderRefused(format!(
+                "the provider's discovery names the token endpoint {}, on another origin than {} and not https; our assertion is not sent there (pin token_endpoint on the registration if it is right)",
+                super::provider_base::redact(&url),
+                base.origin()
+            )));
+        }
+        Ok(Some(Endpoint { url, aud, trusted }))
+    }
+
+    /// The endpoint discovery last found for this provider, for the registration view.
+    pub async fn discovered_endpoint(&self, base: &ProviderBase) -> Option<String> {
+        let endpoints = self.endpoints.lock().await;
+        endpoints.get(&base.url().to_string()).and_then(|(e, _)| e.as_ref()).map(|e| e.aud.clone())
     }
 
     async fn via_smart_configuration(&self, base: &ProviderBase) -> Result<Option<Endpoint>, AuthError> {
         let url = base.url().join(".well-known/smart-configuration").expect("a constant relative path joins");
         let Some(json) = self.get_json(url).await? else { return Ok(None) };
-        Ok(json.get("token_endpoint").and_then(Value::as_str).and_then(|t| Self::endpoint(base, t)))
+        match json.get("token_endpoint").and_then(Value::as_str) {
+            Some(t) => Self::endpoint(base, t),
+            None => Ok(None),
+        }
     }
 
     async fn via_capability_statement(&self, base: &ProviderBase) -> Result<Option<Endpoint>, AuthError> {
@@ -230,6 +280,9 @@ impl ProviderTokens {
             .filter(|e| e.get("url").and_then(Value::as_str) == Some("token"))
             .find_map(|e| ["valueUri", "valueUrl", "valueString"].iter().find_map(|k| e.get(*k)?.as_str()))
             .map(str::to_string);
-        Ok(token.and_then(|t| Self::endpoint(base, &t)))
+        match token {
+            Some(t) => Self::endpoint(base, &t),
+            None => Ok(None),
+        }
     }
 }

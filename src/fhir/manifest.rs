@@ -1,5 +1,6 @@
 //! The Bulk Data export manifest ("Complete Status" body, Bulk Data v2/v3 and STU4): we accept both
-//! `error` (v1–v3) and `outcome` (STU4), `deleted`, and `link` next pages.
+//! `error` (v1–v3) and `outcome` (STU4), `deleted`, `link` next pages, and output entries without
+//! `type` (v3 `organizeOutputBy`: each file mixes resource types).
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -61,6 +62,7 @@ impl FileKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedFile {
     pub kind: FileKind,
+    /// The type every line must have; empty for an untyped (`organizeOutputBy`) entry.
     pub resource_type: String,
     pub url: String,
     /// `requiresAccessToken` of the page that listed the file.
@@ -71,8 +73,6 @@ pub struct PlannedFile {
 pub enum ManifestError {
     #[error("the export manifest is not valid JSON of the expected shape: {0}")]
     Shape(String),
-    #[error("output entry {0} has no resource type")]
-    MissingType(usize),
 }
 
 impl Manifest {
@@ -88,9 +88,9 @@ impl Manifest {
     /// Files of this page in manifest order: output, then error/outcome, then deleted.
     pub fn planned_files(&self) -> Result<Vec<PlannedFile>, ManifestError> {
         let mut files = Vec::new();
-        for (i, f) in self.output.iter().enumerate() {
-            let resource_type =
-                f.resource_type.clone().filter(|t| !t.is_empty()).ok_or(ManifestError::MissingType(i))?;
+        for f in &self.output {
+            // No type: an `organizeOutputBy` file, whose lines may be of any type ("").
+            let resource_type = f.resource_type.clone().unwrap_or_default();
             files.push(PlannedFile {
                 kind: FileKind::Output,
                 resource_type,
@@ -143,8 +143,8 @@ mod tests {
     }
 
     #[test]
-    fn an_output_entry_without_type_is_refused() {
+    fn an_output_entry_without_type_takes_any_type() {
         let m = Manifest::parse(br#"{"output":[{"url":"http://p/1.ndjson"}]}"#).unwrap();
-        assert!(matches!(m.planned_files(), Err(ManifestError::MissingType(0))));
+        assert_eq!(m.planned_files().unwrap()[0].resource_type, "");
     }
 }

@@ -14,7 +14,12 @@ pub const KICKOFF_PARAMETERS: &[&str] = &[
     "patient",
     "includeAssociatedData",
     "allowPartialManifests",
+    "organizeOutputBy",
 ];
+
+/// `_outputFormat` values that mean NDJSON (Bulk Data: the full type and its abbreviations); any
+/// other format (the reference server writes CSV for `text/csv`) could only fail after the export.
+pub const NDJSON_OUTPUT_FORMATS: &[&str] = &["application/fhir+ndjson", "application/ndjson", "ndjson"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -68,6 +73,8 @@ pub enum ParametersError {
     BadValue(String),
     #[error("parameter '{0}' is not supported; supported: exportUrl, exportType, {list}", list = KICKOFF_PARAMETERS.join(", "))]
     Unsupported(String),
+    #[error("_outputFormat '{0}' cannot be imported; supported values: {list}", list = NDJSON_OUTPUT_FORMATS.join(", "))]
+    OutputFormat(String),
 }
 
 #[derive(Deserialize)]
@@ -129,6 +136,14 @@ impl ImportRequest {
                         .ok_or_else(|| ParametersError::BadValue(name.into()))?;
                     let value =
                         if reference.contains('/') { reference } else { format!("Patient/{reference}") };
+                    kickoff.push(KickoffParam { name: name.into(), value });
+                }
+                "_outputFormat" => {
+                    let value = primitive(p).ok_or_else(|| ParametersError::BadValue(name.into()))?;
+                    let media = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+                    if !NDJSON_OUTPUT_FORMATS.contains(&media.as_str()) {
+                        return Err(ParametersError::OutputFormat(value));
+                    }
                     kickoff.push(KickoffParam { name: name.into(), value });
                 }
                 n if KICKOFF_PARAMETERS.contains(&n) => {
@@ -194,5 +209,19 @@ mod tests {
             Err(ParametersError::Unsupported(_))
         ));
         assert!(matches!(ImportRequest::parse(b"{not json"), Err(ParametersError::Json(_))));
+    }
+
+    #[test]
+    fn only_ndjson_output_formats_are_accepted() {
+        let with = |format: &str| {
+            parse(json!({"resourceType":"Parameters","parameter":[
+                {"name":"exportUrl","valueUrl":"http://x/y"},{"name":"_outputFormat","valueString":format}]}))
+        };
+        for ok in ["application/fhir+ndjson", "application/ndjson", "ndjson", "Application/FHIR+NDJSON"] {
+            assert!(with(ok).is_ok(), "{ok}");
+        }
+        let err = with("text/csv").unwrap_err();
+        assert_eq!(err, ParametersError::OutputFormat("text/csv".into()));
+        assert!(err.to_string().contains("supported values: application/fhir+ndjson"), "{err}");
     }
 }

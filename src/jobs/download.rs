@@ -2,22 +2,27 @@
 //! page requires it; gzip accepted), split into lines under the max-line guard, validate each
 //! line, and stream the received bytes unchanged to the destination. A broken connection restarts
 //! the file; a bad line fails it with the line number and reason. Only cancellation, storage and
-//! destination errors reach the job: every provider problem is this file's outcome.
+//! destination errors reach the job: every provider problem is this file's outcome. Files the
+//! manifest lists as the provider's own errors are read into the outcome and never stored as data.
+use std::collections::BTreeMap;
+
 use futures::StreamExt;
 use reqwest::{header::ACCEPT, StatusCode};
 use tokio_util::sync::CancellationToken;
 
 use super::{
     export::describe_failure,
-    ndjson::{validate_line, LineError, LineKind, LineSplitter},
+    ndjson::{validate_any_line, validate_line, AnyLine, LineError, LineKind, LineSplitter},
     provider_client::{Auth, ProviderClient},
+    provider_report::{ProviderReport, MAX_KEPT_ISSUES},
     retry, JobError,
 };
 use crate::{
+    auth::provider_base::{redact, ProviderBase},
     destination::{Destination, FileTarget, FileWriter},
     fhir::{
         manifest::FileKind,
-        operation_outcome::{IssueCode, OperationOutcome, Severity},
+        operation_outcome::{Issue, IssueCode, OperationOutcome, Severity},
     },
     store::jobs::{FileState, JobFile},
 };
@@ -29,6 +34,10 @@ pub struct FileResult {
     pub resources: i64,
     pub bytes: i64,
     pub outcome: OperationOutcome,
+    /// Error and fatal issues the provider reported in this file (its `error[]` files).
+    pub provider_errors: i64,
+    /// Resources per type, for a file whose manifest entry named no type (`organizeOutputBy`).
+    pub type_counts: Option<BTreeMap<String, i64>>,
 }
 
 impl FileResult {
@@ -37,12 +46,82 @@ impl FileResult {
             state: FileState::Failed,
             resources: 0,
             bytes: 0,
-            outcome: OperationOutcome::error(
-                code,
-                format!("file {} ({}): {reason}", file.url, file.resource_type),
-            ),
+            outcome: OperationOutcome::error(code, format!("file {}: {reason}", describe(file))),
+            provider_errors: 0,
+            type_counts: None,
         }
     }
+
+    fn stored(file: &JobFile, streamed: Streamed, bytes: i64, location: String) -> Self {
+        let resources = streamed.resources;
+        Self {
+            state: FileState::Done,
+            resources,
+            bytes,
+            outcome: OperationOutcome::single(
+                Severity::Information,
+                IssueCode::Informational,
+                format!(
+                    "file {} imported: {resources} resources, {bytes} bytes, stored as {location}",
+                    describe(file)
+                ),
+            ),
+            provider_errors: 0,
+            type_counts: streamed.by_type,
+        }
+    }
+
+    /// An `error[]` file read: one issue saying what it held, then the provider's own issues.
+    fn reported(file: &JobFile, report: ProviderReport) -> Self {
+        let summary = format!(
+            "the provider reported {} error(s), {} warning(s) and {} other issue(s) about its export in {}",
+            report.errors, report.warnings, report.others, file.url
+        );
+        let severity = if report.errors > 0 { Severity::Error } else { Severity::Information };
+        let mut issue = vec![Issue { severity, code: IssueCode::Processing, diagnostics: Some(summary) }];
+        let left_out = report.total() - report.kept.len() as i64;
+        issue.extend(report.kept);
+        if left_out > 0 {
+            let more = format!("{left_out} more issue(s) not shown (the first {MAX_KEPT_ISSUES} are)");
+            issue.push(Issue {
+                severity: Severity::Information,
+                code: IssueCode::Informational,
+                diagnostics: Some(more),
+            });
+        }
+        Self {
+            state: FileState::Done,
+            resources: 0,
+            bytes: 0,
+            outcome: OperationOutcome { resource_type: "OperationOutcome".into(), id: None, issue },
+            provider_errors: report.errors,
+            type_counts: None,
+        }
+    }
+}
+
+/// "URL (Type)", or the URL alone for an untyped (`organizeOutputBy`) entry.
+fn describe(file: &JobFile) -> String {
+    if file.resource_type.is_empty() {
+        file.url.clone()
+    } else {
+        format!("{} ({})", file.url, file.resource_type)
+    }
+}
+
+/// What a file held, counted while it streamed.
+#[derive(Debug, Default)]
+struct Streamed {
+    resources: i64,
+    by_type: Option<BTreeMap<String, i64>>,
+}
+
+/// Where a file's lines go.
+enum Sink<'a> {
+    /// Data: the received bytes, unchanged, to the destination.
+    Store(&'a mut dyn FileWriter),
+    /// The provider's own OperationOutcomes: read into our outcome, stored nowhere.
+    Report(&'a mut ProviderReport),
 }
 
 /// Why one attempt at a file stopped.
@@ -60,9 +139,10 @@ impl From<JobError> for AttemptError {
             JobError::Cancelled | JobError::Store(_) | JobError::Destination(_) => AttemptError::Job(e),
             // `send` already retried these: the file fails, the job goes on.
             JobError::Provider(m) => AttemptError::Permanent(IssueCode::Transient, m),
-            JobError::Auth(e) => {
-                AttemptError::Transient(format!("authorization at the provider failed: {e}"))
+            e @ JobError::Auth(_) if e.is_permanent() => {
+                AttemptError::Permanent(IssueCode::Security, crate::routes::error::chain(&e))
             }
+            e @ JobError::Auth(_) => AttemptError::Transient(crate::routes::error::chain(&e)),
         }
     }
 }
@@ -74,33 +154,26 @@ pub async fn import_file(
     file: &JobFile,
     cancel: &CancellationToken,
 ) -> Result<FileResult, JobError> {
-    let url = match client.base.under(&file.url) {
-        Ok(u) => u,
-        Err(reason) => {
-            return Ok(FileResult::failed(file, IssueCode::Security, format!("{reason}; not fetched")))
-        }
+    let (url, auth) = match file_url(&client.base, file) {
+        Ok(found) => found,
+        Err(reason) => return Ok(FileResult::failed(file, IssueCode::Security, reason)),
     };
-    let auth = if file.requires_token { Auth::WithToken } else { Auth::Without };
     let mut attempt = 0;
     loop {
-        let target = FileTarget { job: &file.job_id, name: &file.name, resource_type: &file.resource_type };
-        let writer = destination.open(target).await?;
-        match attempt_file(client, &url, auth, file, writer, cancel).await {
-            Ok((resources, bytes, location)) => {
-                return Ok(FileResult {
-                    state: FileState::Done,
-                    resources,
-                    bytes,
-                    outcome: OperationOutcome::single(
-                        Severity::Information,
-                        IssueCode::Informational,
-                        format!(
-                        "file {} ({}) imported: {resources} resources, {bytes} bytes, stored as {location}",
-                        file.url, file.resource_type
-                    ),
-                    ),
-                })
+        let result = if file.kind == FileKind::Error {
+            let mut report = ProviderReport::default();
+            match stream_into(client, &url, auth, file, Sink::Report(&mut report), cancel).await {
+                Ok(_) => Ok(FileResult::reported(file, report)),
+                Err(e) => Err(e),
             }
+        } else {
+            let target =
+                FileTarget { job: &file.job_id, name: &file.name, resource_type: &file.resource_type };
+            let writer = destination.open(target).await?;
+            attempt_file(client, &url, auth, file, writer, cancel).await
+        };
+        match result {
+            Ok(done) => return Ok(done),
             Err(AttemptError::Job(e)) => return Err(e),
             Err(AttemptError::Permanent(code, reason)) => return Ok(FileResult::failed(file, code, reason)),
             Err(AttemptError::Transient(reason)) if attempt >= client.limits.max_retries => {
@@ -119,9 +192,27 @@ pub async fn import_file(
     }
 }
 
-/// Origin and path only: queries of file URLs can be signatures.
-fn redact(url: &url::Url) -> String {
-    format!("{}{}", url.origin().ascii_serialization(), url.path())
+/// The file's URL and whether it gets our token. A file that needs the token must be on a trusted
+/// origin; one that does not may be anywhere the SSRF guard and `file_origins` allow (pre-signed
+/// object-store URLs, CDNs), checked again on every redirect hop.
+fn file_url(base: &ProviderBase, file: &JobFile) -> Result<(url::Url, Auth), String> {
+    let url =
+        url::Url::parse(&file.url).map_err(|_| "the URL is not an absolute URL; not fetched".to_string())?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("the URL is not http(s); not fetched".into());
+    }
+    if !file.requires_token {
+        base.file_host_allowed(&url)?;
+        return Ok((url, Auth::Without));
+    }
+    if !base.is_trusted(&url) {
+        return Err(format!(
+            "the manifest says this file requires our access token, but {} is not {}; the token was not sent and the file was not fetched (list that origin in the registration's token_origins if it belongs to the provider)",
+            url.origin().ascii_serialization(),
+            base.trusted_list()
+        ));
+    }
+    Ok((url, Auth::WithToken))
 }
 
 async fn attempt_file(
@@ -131,12 +222,12 @@ async fn attempt_file(
     file: &JobFile,
     mut writer: Box<dyn FileWriter>,
     cancel: &CancellationToken,
-) -> Result<(i64, i64, String), AttemptError> {
-    let result = stream_into(client, url, auth, file, &mut *writer, cancel).await;
+) -> Result<FileResult, AttemptError> {
+    let result = stream_into(client, url, auth, file, Sink::Store(&mut *writer), cancel).await;
     match result {
-        Ok(resources) => {
-            let receipt = writer.finish(resources as u64).await.map_err(JobError::from)?;
-            Ok((resources, receipt.bytes as i64, receipt.location))
+        Ok(streamed) => {
+            let receipt = writer.finish(streamed.resources as u64).await.map_err(JobError::from)?;
+            Ok(FileResult::stored(file, streamed, receipt.bytes as i64, receipt.location))
         }
         Err(e) => {
             if let Err(abort) = writer.abort().await {
@@ -152,9 +243,9 @@ async fn stream_into(
     url: &url::Url,
     auth: Auth,
     file: &JobFile,
-    writer: &mut dyn FileWriter,
+    sink: Sink<'_>,
     cancel: &CancellationToken,
-) -> Result<i64, AttemptError> {
+) -> Result<Streamed, AttemptError> {
     let get = |http: &reqwest::Client, url: url::Url| http.get(url).header(ACCEPT, "application/fhir+ndjson");
     let resp = client.send(auth, cancel, url, get).await?;
     let refused = match resp.status() {
@@ -170,10 +261,22 @@ async fn stream_into(
     // Provider OperationOutcomes and `deleted` Bundles often carry no id.
     let require_id = file.kind == FileKind::Output;
     let mut splitter = LineSplitter::new(client.limits.max_line_bytes);
-    let mut resources = 0i64;
+    let mut counted = Streamed { resources: 0, by_type: expected.is_empty().then(BTreeMap::new) };
+    let (mut writer, mut report) = match sink {
+        Sink::Store(w) => (Some(w), None),
+        Sink::Report(r) => (None, Some(r)),
+    };
     let mut on_line = |n: u64, line: &[u8]| -> Result<(), LineError> {
-        if validate_line(n, line, expected, require_id)? == LineKind::Resource {
-            resources += 1;
+        if let Some(by_type) = &mut counted.by_type {
+            if let AnyLine::Resource(t) = validate_any_line(n, line, require_id)? {
+                counted.resources += 1;
+                *by_type.entry(t.into_owned()).or_default() += 1;
+            }
+        } else if validate_line(n, line, expected, require_id)? == LineKind::Resource {
+            counted.resources += 1;
+            if let Some(r) = report.as_deref_mut() {
+                r.add(line);
+            }
         }
         Ok(())
     };
@@ -202,10 +305,12 @@ async fn stream_into(
             ));
         }
         splitter.feed(&chunk, &mut on_line).map_err(line_failure)?;
-        writer.write(chunk).await.map_err(JobError::from)?;
+        if let Some(w) = writer.as_deref_mut() {
+            w.write(chunk).await.map_err(JobError::from)?;
+        }
     }
     splitter.finish(&mut on_line).map_err(line_failure)?;
-    Ok(resources)
+    Ok(counted)
 }
 
 fn line_failure(e: LineError) -> AttemptError {

@@ -6,7 +6,8 @@ pub enum JobError {
     /// The provider or its data made the job impossible; the text tells a person what happened.
     #[error("{0}")]
     Provider(String),
-    #[error("authorization at the provider failed: {0}")]
+    /// The message comes from the source (see `chain`), so it is not repeated here.
+    #[error("authorization at the provider failed")]
     Auth(#[from] AuthError),
     #[error("storage failed")]
     Store(#[from] StoreError),
@@ -15,4 +16,11 @@ pub enum JobError {
     /// Deleted by a user or stopped by shutdown; not a failure.
     #[error("cancelled")]
     Cancelled,
+}
+
+impl JobError {
+    /// Whether trying the same request again may help (token endpoint trouble that may pass).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, JobError::Auth(AuthError::ProviderRefused(_) | AuthError::Jose(_)))
+    }
 }

@@ -28,17 +28,64 @@ use crate::{
 /// Longest provider error body we quote.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 
-/// A person-readable account of a provider's error response.
+/// Longest piece of a provider's non-FHIR error text we quote.
+const MAX_QUOTED_CHARS: usize = 200;
+
+/// A person-readable account of a provider's error response: its OperationOutcome, else a short
+/// plain text (an HTML error page is reduced to its title or text, never quoted as markup).
 pub async fn describe_failure(what: &str, resp: reqwest::Response) -> String {
     let status = resp.status();
     let body = read_limited(resp, MAX_ERROR_BODY_BYTES).await.unwrap_or_default();
-    let detail = OperationOutcome::summarize(&body)
-        .or_else(|| {
-            let text = String::from_utf8_lossy(&body).trim().chars().take(300).collect::<String>();
-            (!text.is_empty()).then_some(text)
-        })
-        .unwrap_or_else(|| "no details".into());
-    format!("{what} answered {status}: {detail}")
+    match OperationOutcome::summarize(&body).or_else(|| plain_text(&body)) {
+        // A page titled "404 Not Found" says nothing the status did not.
+        Some(detail)
+            if !detail.eq_ignore_ascii_case(status.canonical_reason().unwrap_or_default())
+                && !detail.eq_ignore_ascii_case(&status.to_string()) =>
+        {
+            format!("{what} answered {status}: {detail}")
+        }
+        _ => format!("{what} answered {status}"),
+    }
+}
+
+/// A short plain-text form of an error body: an HTML page's `<title>` (else its text without
+/// tags), or the body itself, whitespace collapsed and cut to `MAX_QUOTED_CHARS`.
+fn plain_text(body: &[u8]) -> Option<String> {
+    let raw = String::from_utf8_lossy(body);
+    let lower = raw.to_ascii_lowercase();
+    let text = if lower.contains("<html") || lower.contains("<!doctype") || lower.contains("<body") {
+        let title = lower.find("<title").and_then(|at| {
+            let open = at + lower[at..].find('>')? + 1;
+            let close = open + lower[open..].find("</title")?;
+            Some(raw[open..close].to_string())
+        });
+        title.filter(|t| !t.trim().is_empty()).unwrap_or_else(|| strip_tags(&raw))
+    } else {
+        raw.into_owned()
+    };
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let mut out: String = words.join(" ").chars().take(MAX_QUOTED_CHARS).collect();
+    if out.chars().count() == MAX_QUOTED_CHARS {
+        out.push('…');
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+fn strip_tags(html: &str) -> String {
+    let mut out = String::new();
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => {
+                in_tag = false;
+                out.push(' ');
+            }
+            c if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out
 }
 
 fn kickoff_body(params: &[KickoffParam]) -> Value {
@@ -100,7 +147,7 @@ pub async fn kick_off(
     })?;
     client
         .base
-        .same_origin_url(location, export_url)
+        .trusted_url(location, export_url)
         .map_err(|e| JobError::Provider(format!("the export status URL was refused: {e}")))
 }
 
@@ -112,6 +159,7 @@ async fn kick_off_once(
 ) -> Result<reqwest::Response, JobError> {
     let mut attempt = 0;
     loop {
+        client.pace(url, cancel, |_| async {}).await?;
         let result = tokio::select! {
             _ = cancel.cancelled() => return Err(JobError::Cancelled),
             r = client.send_once(Auth::WithToken, make, url) => r,
@@ -129,7 +177,7 @@ async fn kick_off_once(
             }
             Ok(resp) => return Ok(resp),
             Err(SendError::Http(e)) if e.is_connect() && !last => client.backoff(attempt),
-            Err(SendError::Token(_)) if !last => client.backoff(attempt),
+            Err(SendError::Token(e)) if !last && !e.is_permanent() => client.backoff(attempt),
             Err(SendError::Token(e)) => return Err(e),
             Err(e) => {
                 return Err(JobError::Provider(format!("the export kick-off failed: {}", e.describe())))
@@ -165,6 +213,7 @@ where
                 limits.export_timeout.as_secs()
             )));
         }
+        client.pace(status_url, cancel, &mut on_progress).await?;
         let result = tokio::select! {
             _ = cancel.cancelled() => return Err(JobError::Cancelled),
             r = client.send_once(Auth::WithToken, &get, status_url) => r,
@@ -176,6 +225,9 @@ where
             failures > limits.max_retries && since.elapsed() >= limits.status_error_budget
         };
         let wait = match result {
+            Err(e) if e.is_permanent() => {
+                return Err(JobError::Provider(format!("the export status request failed: {}", e.describe())))
+            }
             Err(e) => {
                 if give_up() {
                     return Err(JobError::Provider(format!(
@@ -197,9 +249,19 @@ where
                     .and_then(|v| v.to_str().ok())
                     .map(|s| s.chars().take(100).collect::<String>())
                     .unwrap_or_else(|| "in progress".into());
-                on_progress(format!("provider export: {progress}")).await;
-                let wait = client.wait_for(&resp, in_progress_polls);
+                let asked = retry::retry_after(resp.headers(), limits.poll_interval, limits.max_retry_after);
+                let wait = retry::poll_wait(
+                    asked,
+                    limits.poll_interval,
+                    in_progress_polls,
+                    limits.max_poll_interval,
+                );
                 in_progress_polls += 1;
+                on_progress(format!(
+                    "provider export: {progress}; next check in {} s",
+                    wait.as_secs_f64().ceil()
+                ))
+                .await;
                 wait
             }
             Ok(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS => {
@@ -240,6 +302,7 @@ pub async fn fetch_manifest(
     cancel: &CancellationToken,
 ) -> Result<Bytes, JobError> {
     let get = |http: &reqwest::Client, url: Url| http.get(url).header(ACCEPT, "application/json");
+    client.pace(url, cancel, |_| async {}).await?;
     let resp = client.send(Auth::WithToken, cancel, url, get).await?;
     if resp.status() != StatusCode::OK {
         return Err(JobError::Provider(describe_failure("the export manifest URL", resp).await));
@@ -283,7 +346,7 @@ pub async fn read_manifest(
         }
         page_url = client
             .base
-            .same_origin_url(next, &page_url)
+            .trusted_url(next, &page_url)
             .map_err(|e| JobError::Provider(format!("the manifest's next page was refused: {e}")))?;
         let body = fetch_manifest(client, &page_url, cancel).await?;
         manifest = Manifest::parse(&body).map_err(bad)?;

@@ -8,7 +8,9 @@ pub mod ndjson;
 pub mod pipeline;
 pub mod progress;
 pub mod provider_client;
+pub mod provider_report;
 pub mod reaper;
+pub mod request_budget;
 pub mod retry;
 pub mod runner;
 

@@ -1,7 +1,9 @@
 //! NDJSON line splitting with a max-line guard, and per-line validation (Bulk Data "Output File
 //! Request": one resource per line). Pure: it sees bytes and never copies a line that sits whole
 //! inside one network chunk; only a line split across chunks is carried.
-use super::json_scan::{scan_object, ScanFault};
+use std::borrow::Cow;
+
+use super::json_scan::{scan_object, ScanFault, TopLevel};
 
 /// Why a line (and so its file) is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -106,19 +108,22 @@ pub enum LineKind {
     Resource,
 }
 
-/// Validate one line: a JSON object whose `resourceType` is `expected` and, when `require_id`,
-/// that has an `id` (provider OperationOutcomes and `deleted` Bundles often have none).
-pub fn validate_line(
-    line_no: u64,
-    line: &[u8],
-    expected: &str,
-    require_id: bool,
-) -> Result<LineKind, LineError> {
+/// What a valid line of a file whose manifest entry names no type held (`organizeOutputBy`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum AnyLine<'a> {
+    Blank,
+    /// A `Parameters` line that opens a stratum (Bulk Data v3 `organizeOutputBy`), not data.
+    Header,
+    Resource(Cow<'a, str>),
+}
+
+/// The top level of a non-blank line, with scanner faults named for people.
+fn scan(line_no: u64, line: &[u8]) -> Result<Option<TopLevel<'_>>, LineError> {
     if line.iter().all(u8::is_ascii_whitespace) {
-        return Ok(LineKind::Blank);
+        return Ok(None);
     }
     // The scanner checks UTF-8 as it goes; on a failure, bad UTF-8 anywhere is named first.
-    let top = scan_object(line).map_err(|e| match e.fault {
+    scan_object(line).map(Some).map_err(|e| match e.fault {
         _ if std::str::from_utf8(line).is_err() => LineError::NotUtf8 { line: line_no },
         ScanFault::NotUtf8 => LineError::NotUtf8 { line: line_no },
         ScanFault::NotString(_) | ScanFault::Duplicate(_) => {
@@ -127,7 +132,34 @@ pub fn validate_line(
         ScanFault::Grammar(_) | ScanFault::TooDeep => {
             LineError::NotJson { line: line_no, reason: e.to_string() }
         }
-    })?;
+    })
+}
+
+fn check_id(
+    line_no: u64,
+    top: &TopLevel<'_>,
+    resource_type: &str,
+    require_id: bool,
+) -> Result<(), LineError> {
+    if require_id && top.id.is_none_or(|id| id.is_empty()) {
+        return Err(LineError::NoId { line: line_no, resource_type: resource_type.into() });
+    }
+    // An escape can spell a lone surrogate: valid JSON grammar, but no id.
+    if top.id.is_some_and(|id| id.decode().is_none()) {
+        return Err(LineError::BadMember { line: line_no, reason: "id is not valid Unicode".into() });
+    }
+    Ok(())
+}
+
+/// Validate one line: a JSON object whose `resourceType` is `expected` and, when `require_id`,
+/// that has an `id` (provider OperationOutcomes and `deleted` Bundles often have none).
+pub fn validate_line(
+    line_no: u64,
+    line: &[u8],
+    expected: &str,
+    require_id: bool,
+) -> Result<LineKind, LineError> {
+    let Some(top) = scan(line_no, line)? else { return Ok(LineKind::Blank) };
     let found = top.resource_type.ok_or(LineError::NoResourceType { line: line_no })?;
     if !found.equals(expected) {
         return Err(LineError::WrongType {
@@ -136,14 +168,23 @@ pub fn validate_line(
             found: found.decode().map_or_else(|| "(not valid Unicode)".into(), |s| s.into_owned()),
         });
     }
-    if require_id && top.id.is_none_or(|id| id.is_empty()) {
-        return Err(LineError::NoId { line: line_no, resource_type: expected.into() });
-    }
-    // An escape can spell a lone surrogate: valid JSON grammar, but no id.
-    if top.id.is_some_and(|id| id.decode().is_none()) {
-        return Err(LineError::BadMember { line: line_no, reason: "id is not valid Unicode".into() });
-    }
+    check_id(line_no, &top, expected, require_id)?;
     Ok(LineKind::Resource)
+}
+
+/// Validate a line of any resource type, as `organizeOutputBy` files mix them.
+pub fn validate_any_line(line_no: u64, line: &[u8], require_id: bool) -> Result<AnyLine<'_>, LineError> {
+    let Some(top) = scan(line_no, line)? else { return Ok(AnyLine::Blank) };
+    let found = top.resource_type.ok_or(LineError::NoResourceType { line: line_no })?;
+    let name = found
+        .decode()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| LineError::BadMember { line: line_no, reason: "resourceType is not a name".into() })?;
+    if name == "Parameters" {
+        return Ok(AnyLine::Header);
+    }
+    check_id(line_no, &top, &name, require_id)?;
+    Ok(AnyLine::Resource(name))
 }
 
 #[cfg(test)]
@@ -245,5 +286,24 @@ mod tests {
             validate_line(14, br#"{"resourceType":"Patient","id":"\ud800"}"#, "Patient", true),
             Err(LineError::BadMember { line: 14, reason: "id is not valid Unicode".into() })
         );
+    }
+
+    #[test]
+    fn untyped_files_take_any_resource_type_and_parameters_headers() {
+        let header = br#"{"resourceType":"Parameters","parameter":[{"name":"header"}]}"#;
+        assert_eq!(validate_any_line(1, header, true), Ok(AnyLine::Header));
+        assert_eq!(
+            validate_any_line(2, br#"{"resourceType":"Condition","id":"c"}"#, true),
+            Ok(AnyLine::Resource("Condition".into()))
+        );
+        assert_eq!(validate_any_line(3, b" ", true), Ok(AnyLine::Blank));
+        assert!(matches!(
+            validate_any_line(4, br#"{"resourceType":"Patient"}"#, true),
+            Err(LineError::NoId { line: 4, .. })
+        ));
+        assert!(matches!(
+            validate_any_line(5, br#"{"id":"x"}"#, true),
+            Err(LineError::NoResourceType { .. })
+        ));
     }
 }

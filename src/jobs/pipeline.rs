@@ -10,16 +10,17 @@ use url::Url;
 use super::{
     download, export,
     progress::Progress,
-    provider_client::{Auth, ProviderClient},
+    provider_client::{Auth, ProviderClient, Who},
     JobError,
 };
 use crate::{
+    address_guard::classes_of,
     auth::provider_base::ProviderBase,
     destination::file_name::{FileNameTemplate, FileNameVars},
     fhir::{manifest::FileKind, parameters::ExportType},
     state::AppState,
     store::{
-        jobs::{FileCounts, FileState, Job, JobFile, JobState},
+        jobs::{FileCounts, FileState, FinishedFile, Job, JobFile, JobState},
         providers::Provider,
     },
     time_util::now_unix,
@@ -36,7 +37,8 @@ pub async fn run_job(app: AppState, id: String, cancel: CancellationToken, progr
             Err(_) => Err(JobError::Provider("the import stopped on an internal error (a bug); see the server log".into())),
         };
         match outcome {
-            Ok(()) => tracing::info!("job finished"),
+            // Logged where it completed, with or without errors.
+            Ok(()) => {}
             Err(JobError::Cancelled) => {
                 progress.close();
                 tracing::info!("job stopped");
@@ -82,14 +84,32 @@ async fn with_heartbeat<T>(app: &AppState, id: &str, work: impl std::future::Fut
     }
 }
 
-fn provider_client(app: &AppState, provider: &Provider) -> Result<ProviderClient, JobError> {
-    let base = ProviderBase::parse(&provider.aud).map_err(JobError::Provider)?;
+/// The job's view of its provider: trusted origins from the registration, and the internal
+/// address classes the SSRF guard lets through for everything else.
+async fn provider_client(app: &AppState, provider: &Provider) -> Result<ProviderClient, JobError> {
+    let base = ProviderBase::parse(&provider.aud)
+        .map_err(JobError::Provider)?
+        .with_origins(&provider.token_origin_list(), provider.file_origin_list());
+    let policy = app.config.internal_addresses;
+    let mut allowed = policy.always;
+    if let (true, Some(host)) = (policy.same_as_provider, base.url().host()) {
+        allowed = allowed.union(classes_of(&host.to_owned(), app.outbound.overrides()).await);
+    }
+    let guarded = app
+        .outbound
+        .guarded(allowed)
+        .map_err(|e| JobError::Provider(format!("the HTTP client could not be built: {e}")))?;
+    let who = Who {
+        client_id: provider.consumer_client_id.clone(),
+        scope: provider.scope.clone().unwrap_or_else(|| app.config.provider_scope.clone()),
+        token_endpoint: provider.token_endpoint.clone(),
+    };
     Ok(ProviderClient::new(
-        app.http.clone(),
+        (app.http.clone(), guarded),
         app.provider_tokens.clone(),
+        app.request_budget.clone(),
         base,
-        provider.consumer_client_id.clone(),
-        provider.scope.clone().unwrap_or_else(|| app.config.provider_scope.clone()),
+        who,
         app.config.limits.clone(),
     ))
 }
@@ -100,10 +120,13 @@ async fn release_export(app: &AppState, id: &str) {
     let Ok(Some(job)) = app.store.job(id).await else { return };
     let Some(status) = job.status_url.as_deref().and_then(|s| Url::parse(s).ok()) else { return };
     let Ok(Some(provider)) = app.store.provider(&job.client_id).await else { return };
-    let Ok(client) = provider_client(app, &provider) else { return };
+    let Ok(client) = provider_client(app, &provider).await else { return };
     let delete = |http: &reqwest::Client, url: Url| http.delete(url);
-    let sent =
-        tokio::time::timeout(RELEASE_TIMEOUT, client.send_once(Auth::WithToken, &delete, &status)).await;
+    let release = async {
+        tokio::time::sleep(client.reserve_slot(&status)).await;
+        client.send_once(Auth::WithToken, &delete, &status).await
+    };
+    let sent = tokio::time::timeout(RELEASE_TIMEOUT, release).await;
     if !matches!(sent, Ok(Ok(ref r)) if r.status().is_success()) {
         tracing::info!("could not release the provider's export (it expires on its own)");
     }
@@ -128,7 +151,7 @@ async fn run(
     let provider = app.store.provider(&job.client_id).await?.ok_or_else(|| {
         JobError::Provider("the provider's registration was revoked; the job cannot continue".into())
     })?;
-    let client = provider_client(app, &provider)?;
+    let client = provider_client(app, &provider).await?;
 
     if matches!(job.state, JobState::Queued | JobState::Exporting) {
         plan(app, &client, &job, cancel, progress).await?;
@@ -166,7 +189,21 @@ async fn run(
             .map_err(|e| JobError::Provider(format!("a download stopped on an internal error: {e}")))?;
         let r = result?;
         let outcome = serde_json::to_string(&r.outcome).map_err(crate::store::StoreError::from)?;
-        app.store.finish_file(id, file.idx, r.state, r.resources, r.bytes, &outcome).await?;
+        let type_counts = r
+            .type_counts
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(crate::store::StoreError::from)?;
+        let done = FinishedFile {
+            state: r.state,
+            resources: r.resources,
+            bytes: r.bytes,
+            outcome: &outcome,
+            provider_errors: r.provider_errors,
+            type_counts: type_counts.as_deref(),
+        };
+        app.store.finish_file(id, file.idx, &done).await?;
         progress.file_finished();
     }
     if cancel.is_cancelled() {
@@ -174,6 +211,16 @@ async fn run(
     }
     app.store.complete_job(id, now_unix()).await?;
     progress.close();
+    let totals = app.store.file_totals(id).await?;
+    if totals.has_errors() {
+        tracing::warn!(
+            failed_files = totals.failed,
+            provider_errors = totals.provider_errors,
+            "job completed with errors"
+        );
+    } else {
+        tracing::info!(files = totals.files, resources = totals.resources, "job completed");
+    }
     release_export(app, id).await;
     Ok(())
 }
@@ -229,6 +276,9 @@ async fn plan(
     Ok(())
 }
 
+/// `{resourceType}` in destination names of untyped (`organizeOutputBy`) files.
+const UNTYPED_NAME: &str = "Mixed";
+
 /// Destination names: the template, with error/deleted files prefixed and collisions numbered.
 fn name_files(
     template: &FileNameTemplate,
@@ -245,7 +295,7 @@ fn name_files(
             *n += 1;
             let mut name = template.render(&FileNameVars {
                 job_id,
-                resource_type: &f.resource_type,
+                resource_type: if f.resource_type.is_empty() { UNTYPED_NAME } else { &f.resource_type },
                 file_number: *n,
                 url: &f.url,
             });
@@ -270,6 +320,8 @@ fn name_files(
                 resources: 0,
                 bytes: 0,
                 outcome: None,
+                provider_errors: 0,
+                type_counts: None,
             }
         })
         .collect()

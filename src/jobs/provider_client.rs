@@ -1,33 +1,47 @@
-//! Requests to one provider on behalf of one job: the Bearer token when needed (refreshed once on a
-//! 401), redirects followed by hand without the token, and bounded retries of transient failures
-//! (connection errors, 429, 5xx, token endpoint trouble), honouring `Retry-After`.
-use std::{net::IpAddr, sync::Arc};
+//! Requests to one provider on behalf of one job: the Bearer token only to the provider's trusted
+//! origins (refreshed once on a 401), redirects followed by hand without the token, every URL off
+//! those origins through the SSRF guard, kick-off and status requests paced by the shared
+//! per-origin budget, and bounded retries of transient failures honouring `Retry-After`.
+use std::{sync::Arc, time::Duration};
 
 use reqwest::{header::AUTHORIZATION, Method, RequestBuilder, Response, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use super::{retry, JobError};
+use super::{request_budget::RequestBudget, retry, JobError};
 use crate::{
+    address_guard::Refused,
     auth::{
-        provider_base::ProviderBase,
+        provider_base::{redact, ProviderBase},
         provider_token::{ProviderIdentity, ProviderTokens},
     },
     config::Limits,
+    http_client::GuardedClient,
+    routes::error::chain,
 };
 
 /// Redirect hops we follow for one request.
 const MAX_REDIRECTS: usize = 5;
 
+/// What a job needs to reach its provider, built once per job.
 pub struct ProviderClient {
-    /// Never follows redirects by itself: `send_once` does, so the token never crosses one.
-    pub http: reqwest::Client,
+    /// For the provider's trusted origins (chosen by the operator).
+    trusted: reqwest::Client,
+    /// For everything else the provider points us at.
+    guarded: GuardedClient,
     pub base: ProviderBase,
     pub limits: Limits,
     tokens: Arc<ProviderTokens>,
-    client_id: String,
-    scope: String,
+    budget: Arc<RequestBudget>,
+    who: Who,
+}
+
+/// Who we are at the provider: our client id, the scope we ask for, a pinned token endpoint.
+pub struct Who {
+    pub client_id: String,
+    pub scope: String,
+    pub token_endpoint: Option<String>,
 }
 
 /// Whether a request carries our token.
@@ -44,57 +58,63 @@ pub enum SendError {
     Token(JobError),
     #[error("request failed")]
     Http(#[from] reqwest::Error),
+    /// A redirect or address we do not follow; retrying cannot help.
     #[error("{0}")]
-    Redirect(String),
+    Refused(String),
 }
 
 impl SendError {
     /// A description without URLs (capability URLs and presigned queries are credentials).
     pub fn describe(self) -> String {
         match self {
-            SendError::Token(e) => crate::routes::error::chain(&e),
-            SendError::Http(e) => crate::routes::error::chain(&e.without_url()),
-            SendError::Redirect(m) => m,
+            SendError::Token(e) => chain(&e),
+            SendError::Http(e) => chain(&e.without_url()),
+            SendError::Refused(m) => m,
         }
     }
-}
 
-/// Loopback, private, link-local and unspecified addresses, and `localhost`.
-fn is_internal(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => internal_ip(IpAddr::V4(ip)),
-        Some(url::Host::Ipv6(ip)) => internal_ip(IpAddr::V6(ip)),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost"),
-        None => true,
-    }
-}
-
-fn internal_ip(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
+    /// Whether sending again may help.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            SendError::Token(e) => e.is_permanent(),
+            SendError::Http(_) => false,
+            SendError::Refused(_) => true,
         }
+    }
+
+    /// A connection the SSRF guard's resolver refused reads as that refusal, not a network error.
+    fn from_http(e: reqwest::Error, url: &Url) -> Self {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = source {
+            if let Some(r) = s.downcast_ref::<Refused>() {
+                return SendError::Refused(format!("{} was not fetched: {r}", redact(url)));
+            }
+            source = s.source();
+        }
+        SendError::Http(e)
     }
 }
 
 impl ProviderClient {
     pub fn new(
-        http: reqwest::Client,
+        (trusted, guarded): (reqwest::Client, GuardedClient),
         tokens: Arc<ProviderTokens>,
+        budget: Arc<RequestBudget>,
         base: ProviderBase,
-        client_id: String,
-        scope: String,
+        who: Who,
         limits: Limits,
     ) -> Self {
-        Self { http, base, limits, tokens, client_id, scope }
+        Self { trusted, guarded, base, limits, tokens, budget, who }
     }
 
     async fn token(&self, refresh: bool) -> Result<Option<SecretString>, JobError> {
-        let who = ProviderIdentity { base: &self.base, client_id: &self.client_id, scope: &self.scope };
+        let who = ProviderIdentity {
+            base: &self.base,
+            client_id: &self.who.client_id,
+            scope: &self.who.scope,
+            pinned_endpoint: self.who.token_endpoint.as_deref(),
+            guarded: &self.guarded,
+        };
         Ok(self.tokens.token(&who, refresh).await?)
     }
 
@@ -105,26 +125,85 @@ impl ProviderClient {
         }
     }
 
+    /// The client for `url`: trusted origins as registered, anything else through the guard.
+    fn client_for(&self, url: &Url) -> Result<&reqwest::Client, SendError> {
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(SendError::Refused(format!("{} is not an http(s) URL; not fetched", redact(url))));
+        }
+        if self.base.is_trusted(url) {
+            return Ok(&self.trusted);
+        }
+        self.guarded
+            .check(url)
+            .map_err(|r| SendError::Refused(format!("{} was not fetched: {r}", redact(url))))?;
+        Ok(&self.guarded.client)
+    }
+
+    async fn execute(&self, req: RequestBuilder, url: &Url) -> Result<Response, SendError> {
+        req.send().await.map_err(|e| SendError::from_http(e, url))
+    }
+
+    /// How long until the shared budget lets us send a kick-off or status request to `url`'s
+    /// origin; the slot is ours once this returns, so the caller must wait it out.
+    pub fn reserve_slot(&self, url: &Url) -> Duration {
+        self.budget.reserve(&url.origin().ascii_serialization())
+    }
+
+    /// Wait for a budget slot, telling `on_wait` when the wait is long enough to show.
+    pub async fn pace<F, Fut>(
+        &self,
+        url: &Url,
+        cancel: &CancellationToken,
+        on_wait: F,
+    ) -> Result<(), JobError>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let wait = self.reserve_slot(url);
+        if wait >= Duration::from_secs(2) {
+            on_wait(format!(
+                "waiting {} s to stay within our request budget for {} (PROVIDER_REQUESTS_PER_MINUTE)",
+                wait.as_secs(),
+                url.origin().ascii_serialization()
+            ))
+            .await;
+        }
+        retry::sleep(wait, cancel).await
+    }
+
     /// Send once (plus one retry with a fresh token after a 401), following GET redirects without
-    /// the token, and never from a public provider into an internal address.
+    /// the token. The token only ever goes to a trusted origin; every other hop passes the guard
+    /// (and the registration's `file_origins`, for requests without the token).
     pub async fn send_once(
         &self,
         auth: Auth,
         make: &impl Fn(&reqwest::Client, Url) -> RequestBuilder,
         url: &Url,
     ) -> Result<Response, SendError> {
+        let http = self.client_for(url)?;
         let token = match auth {
+            Auth::WithToken if !self.base.is_trusted(url) => {
+                return Err(SendError::Refused(format!(
+                    "{} needs our access token, but it is not on {}; the token was not sent",
+                    redact(url),
+                    self.base.trusted_list()
+                )))
+            }
             Auth::WithToken => self.token(false).await.map_err(SendError::Token)?,
-            Auth::Without => None,
+            Auth::Without => {
+                self.base.file_host_allowed(url).map_err(SendError::Refused)?;
+                None
+            }
         };
-        let first = Self::attach(make(&self.http, url.clone()), &token).build()?;
+        let first = Self::attach(make(http, url.clone()), &token).build()?;
         let method = first.method().clone();
-        let mut resp = self.http.execute(first).await?;
+        let mut resp = http.execute(first).await.map_err(|e| SendError::from_http(e, url))?;
         if resp.status() == StatusCode::UNAUTHORIZED && auth == Auth::WithToken {
             // A fresh token, or (for a provider that looked open) a fresh look for its token endpoint.
             let fresh = self.token(true).await.map_err(SendError::Token)?;
             if fresh.is_some() {
-                resp = Self::attach(make(&self.http, url.clone()), &fresh).send().await?;
+                resp = self.execute(Self::attach(make(http, url.clone()), &fresh), url).await?;
             }
         }
         let mut current = url.clone();
@@ -138,21 +217,21 @@ impl ProviderClient {
             };
             let next = current
                 .join(location)
-                .map_err(|_| SendError::Redirect("the provider redirected to an invalid URL".into()))?;
-            if !matches!(next.scheme(), "http" | "https")
-                || (is_internal(&next) && !is_internal(self.base.url()))
-            {
-                return Err(SendError::Redirect(format!(
-                    "the provider redirected to {}, an internal or non-HTTP address; not followed",
-                    next.host_str().unwrap_or("?")
-                )));
+                .map_err(|_| SendError::Refused("the provider redirected to an invalid URL".into()))?;
+            let hop = |e: SendError| match e {
+                SendError::Refused(m) => SendError::Refused(format!("a redirect was not followed: {m}")),
+                other => other,
+            };
+            let http = self.client_for(&next).map_err(hop)?;
+            if auth == Auth::Without {
+                self.base.file_host_allowed(&next).map_err(|m| hop(SendError::Refused(m)))?;
             }
             // Redirects never carry our token (Bulk Data: output URLs may redirect to storage).
-            resp = make(&self.http, next.clone()).send().await?;
+            resp = self.execute(make(http, next.clone()), &next).await.map_err(hop)?;
             current = next;
         }
         if resp.status().is_redirection() {
-            return Err(SendError::Redirect(format!("more than {MAX_REDIRECTS} redirects")));
+            return Err(SendError::Refused(format!("more than {MAX_REDIRECTS} redirects")));
         }
         Ok(resp)
     }
@@ -176,8 +255,8 @@ impl ProviderClient {
             let wait = match result {
                 Ok(resp) if !is_transient_status(resp.status()) || last => return Ok(resp),
                 Ok(resp) => self.wait_for(&resp, attempt),
-                Err(SendError::Token(e)) if last => return Err(e),
-                Err(e @ SendError::Redirect(_)) => return Err(JobError::Provider(e.describe())),
+                Err(SendError::Token(e)) if last || e.is_permanent() => return Err(e),
+                Err(e @ SendError::Refused(_)) => return Err(JobError::Provider(e.describe())),
                 Err(e) if last => {
                     return Err(JobError::Provider(format!(
                         "the provider could not be reached after {} attempts: {}",
@@ -212,25 +291,4 @@ impl ProviderClient {
 /// 429 and 5xx are worth another try (Bulk Data: 5xx on status/file requests are commonly transient).
 pub fn is_transient_status(s: StatusCode) -> bool {
     s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn internal_addresses_are_recognised() {
-        for u in [
-            "http://127.0.0.1/x",
-            "http://10.1.2.3/",
-            "http://169.254.169.254/latest",
-            "http://[::1]/",
-            "http://localhost:8080/",
-        ] {
-            assert!(is_internal(&Url::parse(u).unwrap()), "{u}");
-        }
-        for u in ["https://s3.amazonaws.com/b/k", "http://93.184.216.34/"] {
-            assert!(!is_internal(&Url::parse(u).unwrap()), "{u}");
-        }
-    }
 }

@@ -1,4 +1,5 @@
-//! Waiting between attempts: `Retry-After` (seconds or HTTP-date, RFC 9110 §10.2.3) capped by
+//! Waiting between attempts: `Retry-After` (seconds or HTTP-date, RFC 9110 §10.2.3, or the absolute
+//! Unix time in seconds or milliseconds that the SMART reference server sends on 429) capped by
 //! configuration, else exponential backoff; every wait is cancellable.
 use std::time::{Duration, SystemTime};
 
@@ -11,13 +12,34 @@ use super::JobError;
 /// past date must not make us poll in a tight loop).
 pub fn retry_after(headers: &HeaderMap, floor: Duration, cap: Duration) -> Option<Duration> {
     let raw = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    let wait = if let Ok(secs) = raw.parse::<u64>() {
-        Duration::from_secs(secs)
+    let wait = if let Ok(n) = raw.parse::<u64>() {
+        match n {
+            // No delay is 30 years long: a number this large is a point in time.
+            n if n >= UNIX_MILLIS_FROM => until(SystemTime::UNIX_EPOCH + Duration::from_millis(n)),
+            n if n >= UNIX_SECONDS_FROM => until(SystemTime::UNIX_EPOCH + Duration::from_secs(n)),
+            n => Duration::from_secs(n),
+        }
     } else {
-        let at = httpdate::parse_http_date(raw).ok()?;
-        at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
+        until(httpdate::parse_http_date(raw).ok()?)
     };
     Some(wait.max(floor).min(cap))
+}
+
+/// Numbers from here on read as Unix seconds (2001-09-09) ...
+const UNIX_SECONDS_FROM: u64 = 1_000_000_000;
+/// ... and from here on as Unix milliseconds (the same instant in ms).
+const UNIX_MILLIS_FROM: u64 = 1_000_000_000_000;
+
+fn until(at: SystemTime) -> Duration {
+    at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
+}
+
+/// The wait before the next status poll of an export still running (Bulk Data: "exponential
+/// backoff"): the provider's `Retry-After` (else `start`) doubled per poll up to `cap`, but never
+/// shorter than what the provider asked for.
+pub fn poll_wait(asked: Option<Duration>, start: Duration, polls: u32, cap: Duration) -> Duration {
+    let grown = backoff(asked.unwrap_or(start).max(start), polls, cap);
+    asked.map_or(grown, |a| grown.max(a))
 }
 
 /// Exponential backoff: `base * 2^attempt`, capped.
@@ -57,6 +79,35 @@ mod tests {
         let past = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(30));
         h.insert(RETRY_AFTER, HeaderValue::from_str(&past).unwrap());
         assert_eq!(retry_after(&h, Duration::from_secs(1), cap), Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn retry_after_as_an_absolute_unix_time_is_a_point_in_time() {
+        let cap = Duration::from_secs(600);
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        let mut h = HeaderMap::new();
+        let secs = (now + Duration::from_secs(253)).as_secs();
+        h.insert(RETRY_AFTER, HeaderValue::from_str(&secs.to_string()).unwrap());
+        let w = retry_after(&h, Duration::ZERO, cap).unwrap();
+        assert!(w > Duration::from_secs(250) && w <= Duration::from_secs(253), "{w:?}");
+        let millis = (now + Duration::from_secs(40)).as_millis();
+        h.insert(RETRY_AFTER, HeaderValue::from_str(&millis.to_string()).unwrap());
+        let w = retry_after(&h, Duration::ZERO, cap).unwrap();
+        assert!(w > Duration::from_secs(38) && w <= Duration::from_secs(40), "{w:?}");
+        let past = (now - Duration::from_secs(5)).as_secs();
+        h.insert(RETRY_AFTER, HeaderValue::from_str(&past.to_string()).unwrap());
+        assert_eq!(retry_after(&h, Duration::from_secs(1), cap), Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn polls_back_off_from_the_providers_retry_after_to_the_cap() {
+        let (start, cap) = (Duration::from_secs(1), Duration::from_secs(60));
+        let one = Some(Duration::from_secs(1));
+        let waits: Vec<u64> = (0..8).map(|n| poll_wait(one, start, n, cap).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(poll_wait(None, start, 2, cap), Duration::from_secs(4));
+        // A provider asking for more than our cap gets what it asked for.
+        assert_eq!(poll_wait(Some(Duration::from_secs(90)), start, 0, cap), Duration::from_secs(90));
     }
 
     #[test]

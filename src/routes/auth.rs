@@ -17,7 +17,7 @@ use crate::{
     auth::{
         admin::Admin,
         client_assertion::{self, TokenForm},
-        provider_base::ProviderBase,
+        provider_base::{parse_origin, ProviderBase},
         AuthError,
     },
     state::AppState,
@@ -47,6 +47,24 @@ struct Registration {
     consumer_client_id: Option<String>,
     aud: Option<String>,
     scope: Option<String>,
+    /// Extra origins that may receive our provider token (e.g. a separate file host).
+    token_origins: Option<Vec<String>>,
+    /// A strict allow-list of origins files may come from.
+    file_origins: Option<Vec<String>>,
+    /// The provider's token endpoint, pinned instead of discovered.
+    token_endpoint: Option<String>,
+}
+
+/// Most origins one list of a registration may hold.
+const MAX_ORIGINS: usize = 20;
+
+fn origin_list(name: &str, raw: Vec<String>) -> Result<Vec<String>, AuthError> {
+    if raw.len() > MAX_ORIGINS {
+        return Err(AuthError::InvalidRequest(format!("{name}: at most {MAX_ORIGINS} origins")));
+    }
+    raw.iter()
+        .map(|o| parse_origin(o).map_err(|e| AuthError::InvalidRequest(format!("{name}: {e}"))))
+        .collect()
 }
 
 /// Public JWKS only: each key RSA or EC with its public members and no private ones.
@@ -111,7 +129,29 @@ async fn register(
             return Err(AuthError::InvalidRequest("either 'jwks' or 'jwks_uri' parameter is required".into()))
         }
     };
+    let token_origins = origin_list("token_origins", r.token_origins.unwrap_or_default())?;
+    let file_origins = r.file_origins.map(|l| origin_list("file_origins", l)).transpose()?;
+    let token_endpoint = match r.token_endpoint.filter(|s| !s.trim().is_empty()) {
+        None => None,
+        Some(raw) => match url::Url::parse(raw.trim()) {
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.username().is_empty() =>
+            {
+                Some(raw.trim().to_string())
+            }
+            _ => {
+                return Err(AuthError::InvalidRequest(format!(
+                    "token_endpoint: '{raw}' must be an absolute http(s) URL"
+                )))
+            }
+        },
+    };
     let provider = Provider {
+        token_origins: serde_json::to_string(&token_origins).unwrap_or_else(|_| "[]".into()),
+        file_origins: file_origins.map(|l| serde_json::to_string(&l).unwrap_or_else(|_| "[]".into())),
+        token_endpoint,
         client_id: uuid::Uuid::new_v4().to_string(),
         consumer_client_id,
         aud: base.url().as_str().trim_end_matches('/').to_string(),
@@ -169,9 +209,21 @@ fn serde_urlencoded_form(body: &[u8]) -> Result<TokenForm, AuthError> {
     Ok(form)
 }
 
-/// A registration as management shows it (keys included: they are public).
-fn describe(p: &Provider) -> Value {
+/// A registration as management shows it (keys included: they are public), with the provider
+/// token endpoint in use (pinned, or as last discovered).
+async fn describe(app: &AppState, p: &Provider) -> Value {
+    let in_use = match &p.token_endpoint {
+        Some(pinned) => Some(pinned.clone()),
+        None => match ProviderBase::parse(&p.aud) {
+            Ok(base) => app.provider_tokens.discovered_endpoint(&base).await,
+            Err(_) => None,
+        },
+    };
     json!({
+        "token_origins": p.token_origin_list(),
+        "file_origins": p.file_origin_list(),
+        "token_endpoint": p.token_endpoint,
+        "token_endpoint_in_use": in_use,
         "client_id": p.client_id,
         "consumer_client_id": p.consumer_client_id,
         "aud": p.aud,
@@ -184,7 +236,10 @@ fn describe(p: &Provider) -> Value {
 }
 
 async fn list(State(app): State<AppState>, _admin: Admin) -> Result<Response, AuthError> {
-    let all: Vec<Value> = app.store.providers().await?.iter().map(describe).collect();
+    let mut all = Vec::new();
+    for p in app.store.providers().await? {
+        all.push(describe(&app, &p).await);
+    }
     Ok(no_store(Json(json!({ "registrations": all })).into_response()))
 }
 
@@ -198,7 +253,7 @@ async fn show(
         .provider_any(&client_id)
         .await?
         .ok_or_else(|| AuthError::NotFound(format!("no registration with client_id '{client_id}'")))?;
-    Ok(no_store(Json(describe(&p)).into_response()))
+    Ok(no_store(Json(describe(&app, &p).await).into_response()))
 }
 
 async fn revoke(
@@ -212,5 +267,5 @@ async fn revoke(
     tracing::info!(%client_id, "registration revoked");
     let p =
         app.store.provider_any(&client_id).await?.ok_or_else(|| AuthError::NotFound(client_id.clone()))?;
-    Ok(no_store(Json(describe(&p)).into_response()))
+    Ok(no_store(Json(describe(&app, &p).await).into_response()))
 }

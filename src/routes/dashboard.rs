@@ -36,14 +36,18 @@ fn percent(state: &str, finished: i64, total: i64) -> f64 {
 }
 
 fn describe_job(j: &JobSummary) -> Value {
+    // A partial import must not look like a clean one: its own state, not a green "completed".
+    let partial = j.state == "completed" && (j.files_failed > 0 || j.provider_errors > 0);
+    let state = if partial { "completed-with-errors" } else { j.state.as_str() };
     json!({
         "id": j.id,
         "client_id": j.client_id,
         "provider_aud": j.provider_aud,
         "export_type": j.export_type,
         "export_url": j.export_url,
-        "state": j.state,
+        "state": state,
         "status_text": j.progress,
+        "provider_errors": j.provider_errors,
         "progress_percent": percent(&j.state, j.files_finished, j.files_total),
         "files_finished": j.files_finished,
         "files_total": j.files_total,

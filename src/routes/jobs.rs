@@ -17,7 +17,7 @@ use crate::{
     fhir::operation_outcome::{IssueCode, OperationOutcome},
     jobs::reaper::remove_job,
     state::AppState,
-    store::jobs::{is_job_id, FileCounts, Job, JobState},
+    store::jobs::{is_job_id, FileCounts, FileTotals, Job, JobState},
     time_util::instant,
 };
 
@@ -48,20 +48,27 @@ async fn status(
     let res = match job.state {
         JobState::Completed => {
             let totals = app.store.file_totals(&job.id).await?;
-            let (files, failed, resources) = (totals.files, totals.failed, totals.resources);
             let count = outcome_count(&job, totals.outcomes);
-            Json(json!({
+            let result = completion_text(&totals);
+            let mut res = Json(json!({
                 "transactionTime": instant(job.created_at),
                 "requiresAccessToken": false,
                 "outcome": [{ "type": "OperationOutcome", "url": outcome_url, "count": count }],
                 "extension": {
-                    "files": files,
-                    "failedFiles": failed,
-                    "resources": resources,
+                    "result": if totals.has_errors() { "completed-with-errors" } else { "completed" },
+                    "files": totals.files,
+                    "failedFiles": totals.failed,
+                    "providerErrors": totals.provider_errors,
+                    "resources": totals.resources,
+                    "resourcesByType": app.store.type_counts(&job.id).await?,
                     "completedAt": job.completed_at.map(instant),
                 }
             }))
-            .into_response()
+            .into_response();
+            if let Ok(v) = HeaderValue::from_str(&result) {
+                res.headers_mut().insert(HeaderName::from_static("x-status"), v);
+            }
+            res
         }
         JobState::Failed => {
             let reason = job.failure.clone().unwrap_or_else(|| "the import failed".into());
@@ -106,6 +113,21 @@ fn in_progress(state: JobState, provider_text: Option<String>, files: FileCounts
     }
     h.insert(header::RETRY_AFTER, HeaderValue::from(POLL_RETRY_AFTER_SECS));
     res
+}
+
+/// "completed", or "completed with errors: …" saying what went wrong, for `X-Status` and people.
+pub fn completion_text(totals: &FileTotals) -> String {
+    if !totals.has_errors() {
+        return "completed".into();
+    }
+    let mut parts = Vec::new();
+    if totals.failed > 0 {
+        parts.push(format!("{} of {} files failed", totals.failed, totals.files));
+    }
+    if totals.provider_errors > 0 {
+        parts.push(format!("the provider reported {} error(s)", totals.provider_errors));
+    }
+    format!("completed with errors: {}", parts.join("; "))
 }
 
 /// How many lines `outcome_lines` gives, from counts alone (no outcome text is read).

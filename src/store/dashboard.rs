@@ -26,6 +26,8 @@ pub struct JobSummary {
     pub files_failed: i64,
     pub bytes: i64,
     pub resources: i64,
+    /// Error issues providers reported in the job's `error[]` files.
+    pub provider_errors: i64,
 }
 
 const SUMMARY_SELECT: &str = "
@@ -35,7 +37,8 @@ const SUMMARY_SELECT: &str = "
            COALESCE(SUM(f.state != 'pending'), 0) AS files_finished,
            COALESCE(SUM(f.state = 'failed'), 0) AS files_failed,
            COALESCE(SUM(f.bytes), 0) AS bytes,
-           COALESCE(SUM(f.resources), 0) AS resources
+           COALESCE(SUM(f.resources), 0) AS resources,
+           COALESCE(SUM(f.provider_errors), 0) AS provider_errors
     FROM jobs j
     LEFT JOIN providers p ON p.client_id = j.client_id
     LEFT JOIN job_files f ON f.job_id = j.id";

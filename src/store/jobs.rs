@@ -128,6 +128,8 @@ struct FileRow {
     resources: i64,
     bytes: i64,
     outcome: Option<String>,
+    provider_errors: i64,
+    type_counts: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -146,6 +148,10 @@ pub struct JobFile {
     pub bytes: i64,
     /// The OperationOutcome line for this file, once it is done or failed.
     pub outcome: Option<String>,
+    /// Error issues the provider reported in this file (an `error[]` file).
+    pub provider_errors: i64,
+    /// JSON object of resources per type, for an untyped (`organizeOutputBy`) file.
+    pub type_counts: Option<String>,
 }
 
 impl From<FileRow> for JobFile {
@@ -166,6 +172,8 @@ impl From<FileRow> for JobFile {
             resources: r.resources,
             bytes: r.bytes,
             outcome: r.outcome,
+            provider_errors: r.provider_errors,
+            type_counts: r.type_counts,
         }
     }
 }
@@ -189,6 +197,17 @@ impl FileCounts {
     }
 }
 
+/// What is recorded when a file finishes.
+#[derive(Debug)]
+pub struct FinishedFile<'a> {
+    pub state: FileState,
+    pub resources: i64,
+    pub bytes: i64,
+    pub outcome: &'a str,
+    pub provider_errors: i64,
+    pub type_counts: Option<&'a str>,
+}
+
 /// Totals over a job's files.
 #[derive(Debug, Clone, Copy, Default, sqlx::FromRow)]
 pub struct FileTotals {
@@ -197,6 +216,15 @@ pub struct FileTotals {
     pub resources: i64,
     /// Files with an outcome line (finished or failed).
     pub outcomes: i64,
+    /// Error issues providers reported in `error[]` files.
+    pub provider_errors: i64,
+}
+
+impl FileTotals {
+    /// Failed files or provider-reported errors: the import is partial.
+    pub fn has_errors(&self) -> bool {
+        self.failed > 0 || self.provider_errors > 0
+    }
 }
 
 impl Store {
@@ -275,7 +303,8 @@ impl Store {
     pub async fn file_totals(&self, job_id: &str) -> Result<FileTotals, StoreError> {
         Ok(sqlx::query_as(
             "SELECT COUNT(*) AS files, COALESCE(SUM(state = 'failed'), 0) AS failed,
-                    COALESCE(SUM(resources), 0) AS resources, COUNT(outcome) AS outcomes
+                    COALESCE(SUM(resources), 0) AS resources, COUNT(outcome) AS outcomes,
+                    COALESCE(SUM(provider_errors), 0) AS provider_errors
              FROM job_files WHERE job_id = ?",
         )
         .bind(job_id)
@@ -354,6 +383,33 @@ impl Store {
             .collect())
     }
 
+    /// Resources per type over a job's finished data files (typed entries and untyped ones alike).
+    pub async fn type_counts(
+        &self,
+        job_id: &str,
+    ) -> Result<std::collections::BTreeMap<String, i64>, StoreError> {
+        let rows: Vec<(String, i64, Option<String>)> = sqlx::query_as(
+            "SELECT resource_type, resources, type_counts FROM job_files
+             WHERE job_id = ? AND kind = 'output' AND state = 'done'",
+        )
+        .bind(job_id)
+        .fetch_all(self.pool())
+        .await?;
+        let mut out = std::collections::BTreeMap::new();
+        for (resource_type, resources, by_type) in rows {
+            match by_type {
+                Some(json) => {
+                    let counts: std::collections::BTreeMap<String, i64> = serde_json::from_str(&json)?;
+                    for (t, n) in counts {
+                        *out.entry(t).or_default() += n;
+                    }
+                }
+                None => *out.entry(resource_type).or_default() += resources,
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn file_counts(&self, job_id: &str) -> Result<FileCounts, StoreError> {
         let (total, finished): (i64, i64) = sqlx::query_as(
             "SELECT COUNT(*), COALESCE(SUM(state != 'pending'), 0) FROM job_files WHERE job_id = ?",
@@ -368,18 +424,18 @@ impl Store {
         &self,
         job_id: &str,
         idx: i64,
-        state: FileState,
-        resources: i64,
-        bytes: i64,
-        outcome: &str,
+        done: &FinishedFile<'_>,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE job_files SET state = ?, resources = ?, bytes = ?, outcome = ? WHERE job_id = ? AND idx = ?",
+            "UPDATE job_files SET state = ?, resources = ?, bytes = ?, outcome = ?, provider_errors = ?, type_counts = ?
+             WHERE job_id = ? AND idx = ?",
         )
-        .bind(state.as_str())
-        .bind(resources)
-        .bind(bytes)
-        .bind(outcome)
+        .bind(done.state.as_str())
+        .bind(done.resources)
+        .bind(done.bytes)
+        .bind(done.outcome)
+        .bind(done.provider_errors)
+        .bind(done.type_counts)
         .bind(job_id)
         .bind(idx)
         .execute(self.pool())

@@ -16,19 +16,34 @@ pub struct Provider {
     pub scope: Option<String>,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
+    /// JSON array of extra origins that may receive our token.
+    pub token_origins: String,
+    /// JSON array: when set, the only origins (besides trusted ones) files may come from.
+    pub file_origins: Option<String>,
+    /// A pinned token endpoint (instead of discovery), exactly as the provider spells it.
+    pub token_endpoint: Option<String>,
 }
 
 impl Provider {
     pub fn jwks_value(&self) -> Option<Value> {
         self.jwks.as_deref().and_then(|s| serde_json::from_str(s).ok())
     }
+
+    pub fn token_origin_list(&self) -> Vec<String> {
+        serde_json::from_str(&self.token_origins).unwrap_or_default()
+    }
+
+    pub fn file_origin_list(&self) -> Option<Vec<String>> {
+        self.file_origins.as_deref().and_then(|s| serde_json::from_str(s).ok())
+    }
 }
 
 impl Store {
     pub async fn insert_provider(&self, p: &Provider) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO providers (client_id, consumer_client_id, aud, jwks, jwks_uri, scope, created_at, revoked_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO providers (client_id, consumer_client_id, aud, jwks, jwks_uri, scope, created_at, revoked_at,
+                                    token_origins, file_origins, token_endpoint)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&p.client_id)
         .bind(&p.consumer_client_id)
@@ -38,6 +53,9 @@ impl Store {
         .bind(&p.scope)
         .bind(p.created_at)
         .bind(p.revoked_at)
+        .bind(&p.token_origins)
+        .bind(&p.file_origins)
+        .bind(&p.token_endpoint)
         .execute(self.pool())
         .await?;
         Ok(())

@@ -27,7 +27,7 @@ function poller(tick) {
   };
 }
 
-const finished = (job) => job.state === 'completed' || job.state === 'failed';
+const finished = (job) => ['completed', 'completed-with-errors', 'failed'].includes(job.state);
 const percentText = (job) => `${Number(job.progress_percent).toFixed(job.progress_percent % 1 ? 1 : 0)} %`;
 
 function progressCell(job, label) {
@@ -37,6 +37,14 @@ function progressCell(job, label) {
     h('progress', { max: 100, value: job.progress_percent, 'aria-label': label }),
     h('span', {}, percentText(job)),
   );
+}
+
+/** What went wrong in a finished job, in words; empty for a clean one. */
+function errorsText(job) {
+  const parts = [];
+  if (job.files_failed) parts.push(`${job.files_failed} file(s) failed`);
+  if (job.provider_errors) parts.push(`${job.provider_errors} error(s) reported by the provider`);
+  return parts.join('; ');
 }
 
 function filesText(job) {
@@ -61,7 +69,7 @@ function jobCells(job) {
     [formatCount(job.resources)],
     [timeEl(job.created_at)],
     [timeEl(job.finished_at)],
-    [job.failure ? h('span', { class: 'error-text' }, job.failure) : job.files_failed ? `${job.files_failed} file(s) failed` : ''],
+    [job.failure ? h('span', { class: 'error-text' }, job.failure) : errorsText(job) ? h('span', { class: 'warn-text' }, errorsText(job)) : ''],
   ];
 }
 

@@ -72,7 +72,9 @@ async fn the_dashboard_shows_a_finished_static_import_with_totals_and_per_file_o
     assert_eq!(job["provider_aud"], app.provider.base());
     assert_eq!(job["export_type"], "static");
     assert_eq!(job["export_url"], app.provider.manifest_url());
-    assert_eq!(job["state"], "completed");
+    // One file failed: the import is partial and must not look like a clean one.
+    assert_eq!(job["state"], "completed-with-errors");
+    assert_eq!(job["provider_errors"], 0);
     assert_eq!(job["progress_percent"], 100.0);
     assert_eq!(job["files_finished"], 3);
     assert_eq!(job["files_total"], 3);

@@ -6,6 +6,7 @@ use std::{
     io::Write,
     net::SocketAddr,
     sync::{Arc, Mutex},
+    time::SystemTime,
 };
 
 use axum::{
@@ -37,12 +38,19 @@ pub enum StatusStep {
     Pending(Option<u64>),
     /// 429 with a `Retry-After` (seconds).
     TooMany(u64),
+    /// 429 with a `Retry-After` that is an absolute Unix time this many seconds ahead, in
+    /// milliseconds (`true`) or seconds, as the SMART reference server sends it.
+    TooManyUntil(u64, bool),
+    /// 202 with an HTTP-date `Retry-After` this many seconds ahead.
+    PendingUntilDate(u64),
     /// 503 with no body.
     Unavailable,
     /// 400 with an OperationOutcome: the export failed.
     Fatal(&'static str),
     /// Any status with an OperationOutcome body (e.g. 404 when the export vanished).
     Status(u16),
+    /// 500 whose OperationOutcome says `transient` (the reference server's first-poll failure).
+    TransientError,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +72,10 @@ pub struct FakeFile {
     pub missing: bool,
     /// Sent with `Content-Encoding: gzip` but not gzip at all.
     pub corrupt_gzip: bool,
+    /// Expired: answers 410 Gone.
+    pub expired: bool,
+    /// Answers 404 with a web server's HTML error page.
+    pub html_404: bool,
 }
 
 impl FakeFile {
@@ -75,12 +87,58 @@ impl FakeFile {
             gzip: false,
             missing: false,
             corrupt_gzip: false,
+            expired: false,
+            html_404: false,
         }
     }
 }
 
+/// How the provider lays out its URLs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// Everything under `ROOT/fhir/`.
+    #[default]
+    Plain,
+    /// The SMART reference server: base `ROOT/<sim>/fhir`, status `ROOT/fhir/bulkstatus/<id>`
+    /// (the sim segment dropped), files `ROOT/<file-sim>/fhir/bulkfiles/<name>`, pages `?page=N`.
+    Reference,
+}
+
+/// The reference server's base64url JSON "sim" segments (here `{"secure":1}` and `{"id":"f"}`).
+pub const BASE_SIM: &str = "eyJzZWN1cmUiOjF9";
+pub const FILE_SIM: &str = "eyJpZCI6ImYifQ";
+
+/// A request limiter like the reference server's: `max` requests per `window` on a route group,
+/// then 429 for `block` (per client address; on loopback that is every client).
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    pub max: usize,
+    pub window: std::time::Duration,
+    pub block: std::time::Duration,
+}
+
+#[derive(Default)]
+struct Limiter {
+    window_start: Option<std::time::Instant>,
+    count: usize,
+    blocked_until: Option<std::time::Instant>,
+    refused: usize,
+}
+
 #[derive(Default)]
 struct Inner {
+    layout: Layout,
+    files_on_alt_origin: bool,
+    refuse_scope_containing: Option<String>,
+    token_error: Option<(u16, &'static str)>,
+    rate_limit: Option<RateLimit>,
+    limiters: HashMap<&'static str, Limiter>,
+    no_types: bool,
+    wrong_counts: bool,
+    hide_discovery: bool,
+    token_endpoint_override: Option<String>,
+    reject_all_tokens: bool,
+    deleted_files: Vec<String>,
     auth: bool,
     requires_access_token: bool,
     refuse_post_kickoff: bool,
@@ -104,6 +162,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct FakeProvider {
     pub addr: SocketAddr,
+    /// A second listener serving the same provider: another origin (a file host, a CDN).
+    pub alt_addr: SocketAddr,
     inner: Arc<Mutex<Inner>>,
     release: Arc<tokio::sync::Notify>,
 }
@@ -118,21 +178,122 @@ impl FakeProvider {
             ..Default::default()
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let alt = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let fake = FakeProvider { addr, inner, release: Arc::new(tokio::sync::Notify::new()) };
+        let alt_addr = alt.local_addr().unwrap();
+        let fake = FakeProvider { addr, alt_addr, inner, release: Arc::new(tokio::sync::Notify::new()) };
         let router = Router::new()
             .route("/fhir/.well-known/smart-configuration", get(smart_configuration))
+            .route("/{sim}/fhir/.well-known/smart-configuration", get(smart_configuration))
             .route("/auth/token", post(token))
             .route("/fhir/$export", get(kickoff).post(kickoff))
+            .route("/{sim}/fhir/$export", get(kickoff).post(kickoff))
             .route("/fhir/status/{n}", get(status).delete(status_delete))
+            .route("/fhir/bulkstatus/{n}", get(status).delete(status_delete))
             .route("/fhir/manifest.json", get(static_manifest))
             .route("/fhir/manifest-page/{n}", get(manifest_page))
             .route("/fhir/files/{name}", get(file))
+            .route("/{sim}/fhir/bulkfiles/{name}", get(sim_file))
             .fallback(not_found)
             .layer(middleware::from_fn_with_state(fake.clone(), record))
             .with_state(fake.clone());
+        let alt_router = router.clone();
         tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        tokio::spawn(async move { axum::serve(alt, alt_router).await.unwrap() });
         fake
+    }
+
+    /// The second listener's origin.
+    pub fn alt_origin(&self) -> String {
+        format!("http://{}", self.alt_addr)
+    }
+
+    /// Lay URLs out like the SMART reference server (see `Layout::Reference`).
+    pub fn reference_layout(&self) {
+        self.with(|i| i.layout = Layout::Reference);
+    }
+    /// The reference layout's FHIR base (`ROOT/<sim>/fhir`).
+    pub fn sim_base(&self) -> String {
+        format!("{}/{BASE_SIM}/fhir", self.origin())
+    }
+    /// List files on the second listener's origin.
+    pub fn files_on_alt_origin(&self) {
+        self.with(|i| i.files_on_alt_origin = true);
+    }
+    /// Refuse token requests whose scope contains this (the reference server: `*.*`).
+    pub fn refuse_scope_containing(&self, s: &str) {
+        self.with(|i| i.refuse_scope_containing = Some(s.into()));
+    }
+    /// Answer every token request with this status and OAuth error code.
+    pub fn token_error(&self, status: u16, error: &'static str) {
+        self.with(|i| i.token_error = Some((status, error)));
+    }
+    /// Limit kick-off and status requests (each group separately) like the reference server.
+    pub fn rate_limit(&self, limit: RateLimit) {
+        self.with(|i| i.rate_limit = Some(limit));
+    }
+    /// How many requests the limiter refused with 429.
+    pub fn rate_limited(&self) -> usize {
+        self.with(|i| i.limiters.values().map(|l| l.refused).sum())
+    }
+    /// Manifest entries carry a `count` that is wrong (the reference server's race).
+    pub fn wrong_counts(&self) {
+        self.with(|i| i.wrong_counts = true);
+    }
+    /// Publish no discovery document (the token endpoint must be pinned).
+    pub fn hide_discovery(&self) {
+        self.with(|i| i.hide_discovery = true);
+    }
+    /// Name this token endpoint in the discovery document.
+    pub fn advertise_token_endpoint(&self, url: &str) {
+        self.with(|i| i.token_endpoint_override = Some(url.into()));
+    }
+    /// Refuse every token on FHIR requests with 401 "Invalid token".
+    pub fn reject_all_tokens(&self) {
+        self.with(|i| i.reject_all_tokens = true);
+    }
+    /// Listed under the manifest's `deleted` array (transaction Bundles of DELETE entries).
+    pub fn add_deleted_file(&self, name: &str, bytes: impl Into<Bytes>) {
+        self.push_file(FakeFile::new(name, "Bundle", bytes));
+        self.with(|i| i.deleted_files.push(name.into()));
+    }
+    /// `organizeOutputBy`: manifest entries carry no `type`.
+    pub fn untyped_entries(&self) {
+        self.with(|i| i.no_types = true);
+    }
+
+    /// `Some(429 response)` when the route group is over its limit.
+    fn limited(&self, group: &'static str) -> Option<Response> {
+        self.with(|i| {
+            let limit = i.rate_limit?;
+            let now = std::time::Instant::now();
+            let l = i.limiters.entry(group).or_default();
+            if let Some(until) = l.blocked_until.filter(|u| *u > now) {
+                l.refused += 1;
+                // Milliseconds on the first refusal, seconds after, as observed.
+                let at = SystemTime::now() + (until - now);
+                let epoch = at.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+                let value =
+                    if l.refused == 1 { epoch.as_millis().to_string() } else { epoch.as_secs().to_string() };
+                let mut res = (StatusCode::TOO_MANY_REQUESTS, Json(oo("Too many requests"))).into_response();
+                res.headers_mut().insert("retry-after", value.parse().unwrap());
+                return Some(res);
+            }
+            if l.window_start.is_none_or(|s| now - s >= limit.window) {
+                l.window_start = Some(now);
+                l.count = 0;
+            }
+            l.count += 1;
+            if l.count > limit.max {
+                l.blocked_until = Some(now + limit.block);
+                l.refused += 1;
+                let mut res = (StatusCode::TOO_MANY_REQUESTS, Json(oo("Too many requests"))).into_response();
+                let epoch = (SystemTime::now() + limit.block).duration_since(SystemTime::UNIX_EPOCH).unwrap();
+                res.headers_mut().insert("retry-after", epoch.as_millis().to_string().parse().unwrap());
+                return Some(res);
+            }
+            None
+        })
     }
 
     pub fn origin(&self) -> String {
@@ -264,6 +425,9 @@ impl FakeProvider {
         if !auth {
             return true;
         }
+        if self.with(|i| i.reject_all_tokens) {
+            return false;
+        }
         let Some(h) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
             return false;
         };
@@ -276,20 +440,45 @@ impl FakeProvider {
 
     fn manifest_page(&self, page: usize) -> Value {
         let origin = self.origin();
+        let alt = self.alt_origin();
         self.with(|i| {
-            let entry = |f: &FakeFile| json!({"type": f.resource_type, "url": format!("{origin}/fhir/files/{}", f.name)});
-            let mut output: Vec<Value> =
-                i.files.iter().filter(|f| !i.error_files.contains(&f.name)).map(entry).collect();
+            let host = if i.files_on_alt_origin { &alt } else { &origin };
+            let path = match i.layout {
+                Layout::Plain => "fhir/files".to_string(),
+                Layout::Reference => format!("{FILE_SIM}/fhir/bulkfiles"),
+            };
+            let entry = |f: &FakeFile| {
+                let url = format!("{host}/{path}/{}", f.name);
+                let mut e = if i.no_types {
+                    json!({"url": url})
+                } else {
+                    json!({"type": f.resource_type, "url": url})
+                };
+                if i.wrong_counts {
+                    e["count"] = json!(999);
+                }
+                e
+            };
+            let special =
+                |f: &&FakeFile| i.error_files.contains(&f.name) || i.deleted_files.contains(&f.name);
+            let mut output: Vec<Value> = i.files.iter().filter(|f| !special(f)).map(entry).collect();
+            let deleted: Vec<Value> =
+                i.files.iter().filter(|f| i.deleted_files.contains(&f.name)).map(entry).collect();
             for (t, u) in &i.extra_manifest_urls {
                 output.push(json!({"type": t, "url": u}));
             }
-            let error: Vec<Value> = i.files.iter().filter(|f| i.error_files.contains(&f.name)).map(entry).collect();
+            let error: Vec<Value> =
+                i.files.iter().filter(|f| i.error_files.contains(&f.name)).map(entry).collect();
             let mut link = Vec::new();
             if let Some(n) = i.page_size {
                 let total = output.len();
                 output = output.into_iter().skip(page * n).take(n).collect();
                 if (page + 1) * n < total {
-                    link.push(json!({"relation": "next", "url": format!("{origin}/fhir/manifest-page/{}", page + 1)}));
+                    let next = match i.layout {
+                        Layout::Plain => format!("{origin}/fhir/manifest-page/{}", page + 1),
+                        Layout::Reference => format!("{origin}/fhir/bulkstatus/1?page={}", page + 1),
+                    };
+                    link.push(json!({"relation": "next", "url": next}));
                 }
             }
             json!({
@@ -298,6 +487,7 @@ impl FakeProvider {
                 "requiresAccessToken": i.requires_access_token,
                 "output": output,
                 "error": if page == 0 { error } else { vec![] },
+                "deleted": if page == 0 { deleted } else { vec![] },
                 "link": link
             })
         })
@@ -325,11 +515,13 @@ async fn not_found() -> Response {
 }
 
 async fn smart_configuration(State(f): State<FakeProvider>) -> Response {
-    if !f.with(|i| i.auth) {
+    if !f.with(|i| i.auth) || f.with(|i| i.hide_discovery) {
         return StatusCode::NOT_FOUND.into_response();
     }
+    let endpoint =
+        f.with(|i| i.token_endpoint_override.clone()).unwrap_or(format!("{}/auth/token", f.origin()));
     Json(json!({
-        "token_endpoint": format!("{}/auth/token", f.origin()),
+        "token_endpoint": endpoint,
         "grant_types_supported": ["client_credentials"],
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
@@ -349,13 +541,20 @@ async fn token(State(f): State<FakeProvider>, body: Bytes) -> Response {
         }
     });
     if fail {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"error":"invalid_client","error_description":"scripted failure"})),
-        )
+        // Down for a while: a 503, which a client may retry (unlike an OAuth refusal).
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error":"temporarily_unavailable"})))
             .into_response();
     }
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    if let Some((status, error)) = f.with(|i| i.token_error) {
+        let body = json!({"error": error, "error_description": "scripted token failure"});
+        return (StatusCode::from_u16(status).unwrap(), Json(body)).into_response();
+    }
+    let scope = form.get("scope").cloned().unwrap_or_default();
+    if f.with(|i| i.refuse_scope_containing.clone()).is_some_and(|bad| scope.contains(&bad)) {
+        let body = json!({"error": "invalid_scope", "error_description": format!("Invalid scope: {scope}")});
+        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+    }
     let refuse = |why: &str| {
         (StatusCode::BAD_REQUEST, Json(json!({"error":"invalid_client","error_description":why})))
             .into_response()
@@ -403,6 +602,9 @@ async fn kickoff(State(f): State<FakeProvider>, method: Method, headers: HeaderM
     if method == Method::POST && f.with(|i| i.refuse_post_kickoff) {
         return StatusCode::METHOD_NOT_ALLOWED.into_response();
     }
+    if let Some(res) = f.limited("kickoff") {
+        return res;
+    }
     if !f.authorized(&headers) {
         return unauthorized();
     }
@@ -416,17 +618,49 @@ async fn kickoff(State(f): State<FakeProvider>, method: Method, headers: HeaderM
         return (StatusCode::BAD_REQUEST, Json(oo("Prefer: respond-async required"))).into_response();
     }
     let mut res = StatusCode::ACCEPTED.into_response();
-    res.headers_mut().insert("content-location", format!("{}/fhir/status/1", f.origin()).parse().unwrap());
+    let status = match f.with(|i| i.layout) {
+        Layout::Plain => format!("{}/fhir/status/1", f.origin()),
+        Layout::Reference => format!("{}/fhir/bulkstatus/1", f.origin()),
+    };
+    res.headers_mut().insert("content-location", status.parse().unwrap());
     res
 }
 
-async fn status(State(f): State<FakeProvider>, Path(_n): Path<String>, headers: HeaderMap) -> Response {
+async fn status(
+    State(f): State<FakeProvider>,
+    Path(_n): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(res) = f.limited("status") {
+        return res;
+    }
     if !f.authorized(&headers) {
         return unauthorized();
+    }
+    // Reference layout: later manifest pages are the status URL with `?page=N`.
+    let page = uri.query().and_then(|q| q.strip_prefix("page=")).and_then(|n| n.parse().ok());
+    if let Some(page) = page {
+        return Json(f.manifest_page(page)).into_response();
     }
     let step = f.with(|i| i.status_script.pop_front());
     match step {
         None => Json(f.manifest()).into_response(),
+        Some(StatusStep::TooManyUntil(ahead, millis)) => {
+            let at = (SystemTime::now() + std::time::Duration::from_secs(ahead))
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap();
+            let value = if millis { at.as_millis().to_string() } else { at.as_secs().to_string() };
+            let mut res = (StatusCode::TOO_MANY_REQUESTS, Json(oo("Too many requests"))).into_response();
+            res.headers_mut().insert("retry-after", value.parse().unwrap());
+            res
+        }
+        Some(StatusStep::PendingUntilDate(ahead)) => {
+            let mut res = StatusCode::ACCEPTED.into_response();
+            let date = httpdate::fmt_http_date(SystemTime::now() + std::time::Duration::from_secs(ahead));
+            res.headers_mut().insert("retry-after", date.parse().unwrap());
+            res
+        }
         Some(StatusStep::Pending(retry)) => {
             let mut res = StatusCode::ACCEPTED.into_response();
             res.headers_mut().insert("x-progress", "50% done".parse().unwrap());
@@ -441,6 +675,10 @@ async fn status(State(f): State<FakeProvider>, Path(_n): Path<String>, headers: 
             res
         }
         Some(StatusStep::Unavailable) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        Some(StatusStep::TransientError) => {
+            let body = json!({"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"transient","diagnostics":"try again"}]});
+            (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
+        }
         Some(StatusStep::Fatal(text)) => (StatusCode::BAD_REQUEST, Json(oo(text))).into_response(),
         Some(StatusStep::Status(code)) => {
             (StatusCode::from_u16(code).unwrap(), Json(oo("scripted status"))).into_response()
@@ -470,6 +708,14 @@ async fn manifest_page(State(f): State<FakeProvider>, Path(n): Path<usize>, head
     Json(f.manifest_page(n)).into_response()
 }
 
+async fn sim_file(
+    State(f): State<FakeProvider>,
+    Path((_sim, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    file(State(f), Path(name), headers).await
+}
+
 async fn file(State(f): State<FakeProvider>, Path(name): Path<String>, headers: HeaderMap) -> Response {
     let (requires, file, chunk) =
         f.with(|i| (i.requires_access_token, i.files.iter().find(|x| x.name == name).cloned(), i.chunk_size));
@@ -485,6 +731,16 @@ async fn file(State(f): State<FakeProvider>, Path(name): Path<String>, headers: 
     let Some(file) = file.filter(|f| !f.missing) else {
         return (StatusCode::NOT_FOUND, Json(oo("no such file"))).into_response();
     };
+    if file.expired {
+        return (StatusCode::GONE, Json(oo("File expired"))).into_response();
+    }
+    if file.html_404 {
+        let page = format!(
+            "<!DOCTYPE html>\n<html><head><title>404 Not Found</title><style>body{{margin:0}}</style></head>\n<body><h1>Not Found</h1><p>The requested URL was not found on this server.</p>{}</body></html>",
+            "<div class=\"pad\"></div>".repeat(200)
+        );
+        return (StatusCode::NOT_FOUND, [("content-type", "text/html")], page).into_response();
+    }
     let bytes = if file.gzip {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         enc.write_all(&file.bytes).unwrap();

@@ -42,6 +42,9 @@ pub fn test_config(dir: &Path) -> Config {
     c.jobs_path = dir.join("jobs");
     c.destination = DestinationKind::TmpFs;
     c.limits.poll_interval = Duration::from_millis(20);
+    c.limits.max_poll_interval = Duration::from_millis(200);
+    // 10 ms apart: tests that measure the budget set their own.
+    c.limits.provider_requests_per_minute = 6000;
     c.limits.max_retry_after = Duration::from_secs(2);
     c.limits.max_retries = 3;
     c.limits.status_error_budget = Duration::ZERO;
@@ -142,6 +145,18 @@ impl TestApp {
         assert_eq!(res.status(), 200);
         let body: Value = res.json().await.unwrap();
         self.client_id = body["client_id"].as_str().unwrap().to_string();
+    }
+
+    /// Register the provider again with `fields` over the defaults (e.g. another `aud`, or
+    /// `token_origins`), and use that registration from now on.
+    pub async fn reregister(&mut self, fields: Value) {
+        let mut body = json!({"jwks": self.public_jwks(), "consumer_client_id": "consumer-at-fake", "aud": self.provider.base()});
+        for (k, v) in fields.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let res = self.register(&body).await;
+        assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+        self.client_id = res.json::<Value>().await.unwrap()["client_id"].as_str().unwrap().to_string();
     }
 
     /// A client assertion as the provider would sign it; `tweak` edits claims before signing.

@@ -10,5 +10,6 @@ mod jobs;
 mod jwks_url;
 mod load;
 mod pull;
+mod real_providers;
 mod s3_server;
 mod ui;

@@ -207,7 +207,11 @@ async fn bad_files_fail_alone_with_file_line_and_reason_while_good_files_land() 
         (3, "noid.ndjson", "line 4 (Observation) has no id"),
         (4, "long.ndjson", "line 2 is longer than the 1000-byte limit"),
         (5, "gone.ndjson", "404"),
-        (6, "elsewhere.ndjson", "not under the registered provider's base URL"),
+        (
+            6,
+            "elsewhere.ndjson",
+            "requires our access token, but http://127.0.0.1:9 is not the provider's origin",
+        ),
     ];
     for (i, file, reason) in expectations {
         assert_eq!(outcomes[i]["issue"][0]["severity"], "error");
@@ -261,14 +265,17 @@ async fn a_provider_without_auth_is_pulled_without_a_token() {
 }
 
 #[tokio::test]
-async fn a_provider_token_failure_fails_the_job_with_a_fix() {
+async fn a_provider_token_refusal_fails_the_job_at_once_with_a_fix() {
     let app = spawn_app().await;
-    app.provider.fail_token(100);
+    app.provider.token_error(401, "invalid_client");
     let id = app.start_import(&app.provider.export_url(), "dynamic").await;
     let text = failed(&app, &id).await;
     assert!(text.contains("refused us") && text.contains("invalid_client"), "{text}");
     assert!(text.contains("check our registration"), "{text}");
+    assert_eq!(text.matches("refused us").count(), 1, "the cause is said once: {text}");
     assert!(app.provider.requests_to("/fhir/$export").is_empty());
+    // An OAuth refusal does not heal by asking again.
+    assert_eq!(app.provider.requests_to("/auth/token").len(), 1);
 }
 
 #[tokio::test]
@@ -289,7 +296,7 @@ async fn manifest_next_pages_and_error_files_are_all_imported() {
     for i in 0..5 {
         app.provider.add_file(&format!("p{i}.ndjson"), "Patient", patients(i + 1));
     }
-    // Provider OperationOutcomes often have no id; they are imported all the same.
+    // Provider OperationOutcomes often have no id; a warning alone is no error of the import.
     let provider_errors = "{\"resourceType\":\"OperationOutcome\",\"issue\":[{\"severity\":\"warning\",\"code\":\"processing\"}]}\n";
     app.provider.add_error_file("errors.ndjson", provider_errors);
     app.provider.page_size(2);
@@ -297,10 +304,21 @@ async fn manifest_next_pages_and_error_files_are_all_imported() {
     let body = completed(&app, &id).await;
     assert_eq!(body["extension"]["files"], 6);
     assert_eq!(body["extension"]["failedFiles"], 0);
+    assert_eq!(body["extension"]["providerErrors"], 0);
+    assert_eq!(body["extension"]["result"], "completed");
     for i in 0..5 {
         assert_eq!(read(&app, &id, &format!("Patient.{}.ndjson", i + 1)), patients(i + 1));
     }
-    assert_eq!(read(&app, &id, "error-OperationOutcome.1.ndjson"), provider_errors);
+    // The provider's own outcomes are reported, not stored as data.
+    assert!(!app.jobs_dir(&id).join("error-OperationOutcome.1.ndjson").exists());
+    let outcomes = app.get_outcomes(&id).await;
+    let report = outcomes
+        .iter()
+        .map(|o| o["issue"].as_array().unwrap().clone())
+        .find(|issues| issues.len() > 1)
+        .expect("the error file's report");
+    assert_eq!(report[1]["severity"], "warning");
+    assert_eq!(report[1]["diagnostics"], "the provider reported: processing");
     assert_eq!(app.provider.requests_to("/fhir/manifest-page/").len(), 2);
 }
 
