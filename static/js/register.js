@@ -85,6 +85,9 @@ function fieldFor(message) {
   if (/^jwks_uri|jwks_uri must/.test(message)) return 'reg-jwks-uri';
   if (/^jwks:|'jwks'/.test(message)) return source() === 'jwk' ? 'reg-jwk' : 'reg-jwks-uri';
   if (/consumer_client_id/.test(message)) return 'reg-consumer';
+  if (/^token_origins/.test(message)) return 'reg-token-origins';
+  if (/^file_origins/.test(message)) return 'reg-file-origins';
+  if (/^token_endpoint/.test(message)) return 'reg-token-endpoint';
   if (/^aud:|'aud'|base URL/.test(message)) return 'reg-aud';
   return null;
 }
@@ -146,6 +149,11 @@ export function wireRegisterForm() {
     else body.jwks_uri = $('reg-jwks-uri').value.trim();
     const scope = $('reg-scope').value.trim();
     if (scope) body.scope = scope;
+    const origins = (id) => $(id).value.split(/[\s,]+/).filter(Boolean);
+    if (origins('reg-token-origins').length) body.token_origins = origins('reg-token-origins');
+    if (origins('reg-file-origins').length) body.file_origins = origins('reg-file-origins');
+    const endpoint = $('reg-token-endpoint').value.trim();
+    if (endpoint) body.token_endpoint = endpoint;
 
     const button = $('register-submit');
     button.disabled = true;

@@ -20,7 +20,11 @@ function row(r) {
     'tr',
     { 'data-client-id': r.client_id },
     h('td', { 'data-label': 'Provider', class: 'wrap' }, r.aud,
-      h('span', { class: 'sub' }, `our id there: ${r.consumer_client_id}`)),
+      h('span', { class: 'sub' }, `our id there: ${r.consumer_client_id}`),
+      h('span', { class: 'sub' }, `token endpoint: ${r.token_endpoint_in_use || 'not discovered yet'}`),
+      r.token_origins && r.token_origins.length
+        ? h('span', { class: 'sub' }, `token also to: ${r.token_origins.join(', ')}`) : null,
+      r.file_origins ? h('span', { class: 'sub' }, `files only from: ${r.file_origins.join(', ')}`) : null),
     h('td', { 'data-label': 'client_id', class: 'wrap' }, h('code', {}, r.client_id)),
     h('td', { 'data-label': 'Created' }, timeEl(r.created_at)),
     h('td', { 'data-label': 'JWKS source', class: 'wrap' }, jwksSource(r)),

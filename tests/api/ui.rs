@@ -283,6 +283,14 @@ async fn flow(c: &Client, app: &TestApp, shots: &Shots) -> Result<()> {
     let unexpected = console_errors(c, &["/auth/register - Failed to load resource"]).await?;
     ensure!(unexpected.is_empty(), "console errors: {unexpected:?}");
     type_into(c, "#reg-jwk", &jwks_text).await?;
+    // The optional origins sit behind a disclosure; a bad one is named beside its field.
+    click(c, "#register-form details summary").await?;
+    type_into(c, "#reg-token-origins", "https://files.example/path").await?;
+    click(c, "#register-submit").await?;
+    wait_text(c, "#reg-token-origins-error", "origin only").await?;
+    let unexpected = console_errors(c, &["/auth/register - Failed to load resource"]).await?;
+    ensure!(unexpected.is_empty(), "console errors: {unexpected:?}");
+    type_into(c, "#reg-token-origins", &app.provider.alt_origin()).await?;
     click(c, "#register-submit").await?;
     find(c, "#register-result:not([hidden])").await?;
     let client_id = find(c, "#result-client-id").await?.text().await?;
@@ -343,6 +351,7 @@ async fn flow(c: &Client, app: &TestApp, shots: &Shots) -> Result<()> {
     let reg_row = format!("#registrations-table tr[data-client-id='{client_id}']");
     wait_text(c, &reg_row, &kid).await?;
     wait_text(c, &reg_row, "1 inline key").await?;
+    wait_text(c, &reg_row, &format!("token also to: {}", app.provider.alt_origin())).await?;
     shots.take(c, "11-registrations").await?;
     click(c, &format!("{reg_row} button[data-revoke]")).await?;
     answer_dialog(c, true).await?;
