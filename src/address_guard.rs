@@ -113,6 +113,10 @@ fn classify_v6(ip: Ipv6Addr) -> AddressClass {
     if let Some(v4) = ip.to_ipv4_mapped() {
         return classify_v4(v4);
     }
+    // The SIIT "IPv4-translated" form, ::ffff:0:a.b.c.d.
+    if s[0..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0 {
+        return classify_v4(embedded(s[6], s[7]));
+    }
     if s[0] == 0x64 && s[1] == 0xff9b && (s[2..6] == [0, 0, 0, 0] || s[2] == 1) {
         return classify_v4(embedded(s[6], s[7]));
     }
@@ -130,6 +134,9 @@ fn classify_v6(ip: Ipv6Addr) -> AddressClass {
         return if ip.is_unspecified() { AddressClass::Reserved } else { classify_v4(embedded(s[6], s[7])) };
     }
     if (s[0] & 0xfe00) == 0xfc00 {
+        AddressClass::Private
+    } else if (s[0] & 0xffc0) == 0xfec0 {
+        // Deprecated site-local: private in practice.
         AddressClass::Private
     } else if (s[0] & 0xffc0) == 0xfe80 {
         AddressClass::LinkLocal
@@ -295,6 +302,8 @@ mod tests {
             ("192.168.1.1", AddressClass::Private),
             ("::ffff:10.0.0.1", AddressClass::Private),
             ("fd12::1", AddressClass::Private),
+            ("fec0::1", AddressClass::Private),
+            ("::ffff:0:7f00:1", AddressClass::Loopback),
             ("169.254.1.1", AddressClass::LinkLocal),
             ("fe80::1", AddressClass::LinkLocal),
             ("100.64.0.1", AddressClass::Shared),

@@ -17,7 +17,22 @@ use tokio::sync::Mutex;
 use url::Url;
 
 use super::{keys::Keys, provider_base::ProviderBase, AuthError};
-use crate::http_client::{read_limited, GuardedClient};
+use crate::{
+    address_guard::Refused,
+    http_client::{read_limited, GuardedClient},
+};
+
+/// The SSRF guard's refusal inside a connection error, if that is what it was.
+pub fn refusal_in(e: &reqwest::Error) -> Option<&Refused> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(r) = s.downcast_ref::<Refused>() {
+            return Some(r);
+        }
+        source = s.source();
+    }
+    None
+}
 
 /// How long a discovered token endpoint is trusted before we look again.
 const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
@@ -44,8 +59,8 @@ struct Cached {
 struct Endpoint {
     url: Url,
     aud: String,
-    /// On a trusted origin of the provider (or pinned by the operator): no SSRF guard needed.
-    trusted: bool,
+    /// Pinned by the operator on the registration (trusted as it is).
+    pinned: bool,
 }
 
 /// Who we are at a provider.
@@ -87,7 +102,17 @@ impl ProviderTokens {
             None => self.token_endpoint(who.base, refresh).await?,
         };
         let Some(endpoint) = endpoint else { return Ok(None) };
-        let key = format!("{}|{}|{}", who.base.url(), who.client_id, who.scope);
+        // Trust is judged for this registration on every call: the discovery cache is shared by
+        // registrations of one base URL, whose `token_origins` may differ.
+        let trusted = endpoint.pinned || who.base.is_trusted(&endpoint.url);
+        if !trusted && endpoint.url.scheme() != "https" {
+            return Err(AuthError::ProviderRefused(format!(
+                "the provider's discovery names the token endpoint {}, on another origin than {} and not https; our assertion is not sent there (pin token_endpoint on the registration if it is right)",
+                super::provider_base::redact(&endpoint.url),
+                who.base.origin()
+            )));
+        }
+        let key = format!("{}|{}|{}|{}", who.base.url(), who.client_id, who.scope, endpoint.url);
         let slot = self.tokens.lock().await.entry(key).or_default().clone();
         // Held across the request: concurrent jobs for one provider share one token request,
         // while other providers are not held up.
@@ -97,7 +122,7 @@ impl ProviderTokens {
                 return Ok(Some(c.token.clone()));
             }
         }
-        let (token, lifetime) = self.request_token(&endpoint, who).await?;
+        let (token, lifetime) = self.request_token(&endpoint, trusted, who).await?;
         let ahead = REFRESH_AHEAD.min(lifetime / 2);
         *cached = Some(Cached { token: token.clone(), refresh_at: Instant::now() + (lifetime - ahead) });
         Ok(Some(token))
@@ -106,6 +131,7 @@ impl ProviderTokens {
     async fn request_token(
         &self,
         endpoint: &Endpoint,
+        trusted: bool,
         who: &ProviderIdentity<'_>,
     ) -> Result<(SecretString, Duration), AuthError> {
         let now = SystemTime::now();
@@ -116,7 +142,7 @@ impl ProviderTokens {
         crate::time_util::set_times(&mut claims, now, now + ASSERTION_LIFETIME)?;
         claims.set_jwt_id(uuid::Uuid::new_v4().to_string());
         let assertion = self.keys.sign(&claims)?;
-        let http = if endpoint.trusted {
+        let http = if trusted {
             &self.http
         } else {
             who.guarded.check(&endpoint.url).map_err(|e| {
@@ -136,11 +162,15 @@ impl ProviderTokens {
             .timeout(AUTH_REQUEST_TIMEOUT)
             .send()
             .await
-            .map_err(|e| {
-                AuthError::Provider(format!(
+            .map_err(|e| match refusal_in(&e) {
+                // The SSRF guard said no: asking again cannot change that.
+                Some(r) => AuthError::ProviderRefused(format!(
+                    "the provider's token endpoint was not contacted: {r}"
+                )),
+                None => AuthError::Provider(format!(
                     "the provider's token endpoint could not be reached: {}",
                     crate::routes::error::chain(&e.without_url())
-                ))
+                )),
             })?;
         let status = resp.status();
         let body = read_limited(resp, MAX_AUTH_BODY_BYTES).await.map_err(|e| {
@@ -232,22 +262,14 @@ impl ProviderTokens {
         let url = Url::parse(raw).map_err(|_| {
             AuthError::ProviderRefused(format!("the pinned token endpoint '{raw}' is not a URL"))
         })?;
-        Ok(Endpoint { url, aud: raw.to_string(), trusted: true })
+        Ok(Endpoint { url, aud: raw.to_string(), pinned: true })
     }
 
-    /// A discovered endpoint: on a trusted origin as it is; elsewhere only over https.
+    /// A discovered endpoint; whether it may get our assertion is judged per registration.
     fn endpoint(base: &ProviderBase, raw: &str) -> Result<Option<Endpoint>, AuthError> {
         let Ok(url) = base.url().join(raw) else { return Ok(None) };
         let aud = if Url::parse(raw).is_ok() { raw.to_string() } else { url.to_string() };
-        let trusted = base.is_trusted(&url);
-        if !trusted && url.scheme() != "https" {
-            return Err(AuthError::ProviderRefused(format!(
-                "the provider's discovery names the token endpoint {}, on another origin than {} and not https; our assertion is not sent there (pin token_endpoint on the registration if it is right)",
-                super::provider_base::redact(&url),
-                base.origin()
-            )));
-        }
-        Ok(Some(Endpoint { url, aud, trusted }))
+        Ok(Some(Endpoint { url, aud, pinned: false }))
     }
 
     /// The endpoint discovery last found for this provider, for the registration view.

@@ -102,11 +102,17 @@ impl FileResult {
 
 /// "URL (Type)", or the URL alone for an untyped (`organizeOutputBy`) entry.
 fn describe(file: &JobFile) -> String {
+    let url = shown_url(&file.url);
     if file.resource_type.is_empty() {
-        file.url.clone()
+        url
     } else {
-        format!("{} ({})", file.url, file.resource_type)
+        format!("{url} ({})", file.resource_type)
     }
+}
+
+/// A file URL as outcomes show it: without its query, which is a signature on pre-signed URLs.
+fn shown_url(raw: &str) -> String {
+    url::Url::parse(raw).map_or_else(|_| raw.to_string(), |u| redact(&u))
 }
 
 /// What a file held, counted while it streamed.
@@ -139,6 +145,7 @@ impl From<JobError> for AttemptError {
             JobError::Cancelled | JobError::Store(_) | JobError::Destination(_) => AttemptError::Job(e),
             // `send` already retried these: the file fails, the job goes on.
             JobError::Provider(m) => AttemptError::Permanent(IssueCode::Transient, m),
+            JobError::Refused(m) => AttemptError::Permanent(IssueCode::Security, m),
             e @ JobError::Auth(_) if e.is_permanent() => {
                 AttemptError::Permanent(IssueCode::Security, crate::routes::error::chain(&e))
             }

@@ -7,6 +7,9 @@ pub enum JobError {
     #[error("{0}")]
     Provider(String),
     /// The message comes from the source (see `chain`), so it is not repeated here.
+    /// A URL or address we do not fetch (origin binding, SSRF guard, `file_origins`, redirects).
+    #[error("{0}")]
+    Refused(String),
     #[error("authorization at the provider failed")]
     Auth(#[from] AuthError),
     #[error("storage failed")]

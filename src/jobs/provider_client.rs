@@ -11,10 +11,9 @@ use url::Url;
 
 use super::{request_budget::RequestBudget, retry, JobError};
 use crate::{
-    address_guard::Refused,
     auth::{
         provider_base::{redact, ProviderBase},
-        provider_token::{ProviderIdentity, ProviderTokens},
+        provider_token::{refusal_in, ProviderIdentity, ProviderTokens},
     },
     config::Limits,
     http_client::GuardedClient,
@@ -84,14 +83,10 @@ impl SendError {
 
     /// A connection the SSRF guard's resolver refused reads as that refusal, not a network error.
     fn from_http(e: reqwest::Error, url: &Url) -> Self {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        while let Some(s) = source {
-            if let Some(r) = s.downcast_ref::<Refused>() {
-                return SendError::Refused(format!("{} was not fetched: {r}", redact(url)));
-            }
-            source = s.source();
+        match refusal_in(&e) {
+            Some(r) => SendError::Refused(format!("{} was not fetched: {r}", redact(url))),
+            None => SendError::Http(e),
         }
-        SendError::Http(e)
     }
 }
 
@@ -223,9 +218,8 @@ impl ProviderClient {
                 other => other,
             };
             let http = self.client_for(&next).map_err(hop)?;
-            if auth == Auth::Without {
-                self.base.file_host_allowed(&next).map_err(|m| hop(SendError::Refused(m)))?;
-            }
+            // The pin holds on every hop, whatever the first request carried.
+            self.base.file_host_allowed(&next).map_err(|m| hop(SendError::Refused(m)))?;
             // Redirects never carry our token (Bulk Data: output URLs may redirect to storage).
             resp = self.execute(make(http, next.clone()), &next).await.map_err(hop)?;
             current = next;
@@ -256,7 +250,7 @@ impl ProviderClient {
                 Ok(resp) if !is_transient_status(resp.status()) || last => return Ok(resp),
                 Ok(resp) => self.wait_for(&resp, attempt),
                 Err(SendError::Token(e)) if last || e.is_permanent() => return Err(e),
-                Err(e @ SendError::Refused(_)) => return Err(JobError::Provider(e.describe())),
+                Err(e @ SendError::Refused(_)) => return Err(JobError::Refused(e.describe())),
                 Err(e) if last => {
                     return Err(JobError::Provider(format!(
                         "the provider could not be reached after {} attempts: {}",

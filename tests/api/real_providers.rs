@@ -200,6 +200,9 @@ async fn a_public_looking_name_that_resolves_to_loopback_is_refused_by_the_guard
     for t in &texts[1..] {
         assert!(!t.contains("attempts"), "a refusal is not retried: {t}");
     }
+    let codes: Vec<Value> =
+        app.get_outcomes(&id).await.iter().map(|o| o["issue"][0]["code"].clone()).collect();
+    assert!(codes[1..].iter().all(|c| c == "security"), "a refusal is no transient failure: {codes:?}");
     assert_eq!(app.provider.requests_to("/fhir/files/p.ndjson").len(), 1);
 }
 
@@ -230,6 +233,25 @@ async fn a_discovered_token_endpoint_on_another_origin_over_http_gets_no_asserti
     let text = failed(&app, &id).await;
     assert!(text.contains("not https") && text.contains("pin token_endpoint"), "{text}");
     assert!(app.provider.requests_to("/auth/token").is_empty(), "our assertion was sent");
+}
+
+#[tokio::test]
+async fn an_https_token_endpoint_on_another_origin_passes_the_guard_and_a_refusal_is_final() {
+    // Cerner-style: the authorization host is elsewhere. Here its name resolves to loopback,
+    // which the strict guard refuses: one refusal, no retries, no assertion sent.
+    let app = spawn_app_with(|c| {
+        c.internal_addresses.same_as_provider = false;
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        c.dns_overrides = Arc::new([("auth.example.test".to_string(), vec![loopback])].into());
+    })
+    .await;
+    let port = app.provider.alt_addr.port();
+    app.provider.advertise_token_endpoint(&format!("https://auth.example.test:{port}/auth/token"));
+    let id = app.start_import(&app.provider.export_url(), "dynamic").await;
+    let text = failed(&app, &id).await;
+    assert!(text.contains("auth.example.test resolves to 127.0.0.1, a loopback address"), "{text}");
+    assert_eq!(app.provider.requests_to("/fhir/.well-known/").len(), 1, "discovery ran once: not retried");
+    assert!(app.provider.requests_to("/auth/token").is_empty());
 }
 
 #[tokio::test]
