@@ -4,11 +4,15 @@
 //! the file; a bad line fails it with the line number and reason. Only cancellation, storage and
 //! destination errors reach the job: every provider problem is this file's outcome.
 use futures::StreamExt;
-use reqwest::{header::ACCEPT, StatusCode};
+use reqwest::{
+    header::{ACCEPT, ACCEPT_ENCODING},
+    StatusCode,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::{
     export::describe_failure,
+    gzip::{decoded_body, ACCEPTED},
     ndjson::{validate_line, LineError, LineKind, LineSplitter},
     provider_client::{Auth, ProviderClient},
     retry, JobError,
@@ -155,7 +159,9 @@ async fn stream_into(
     writer: &mut dyn FileWriter,
     cancel: &CancellationToken,
 ) -> Result<i64, AttemptError> {
-    let get = |http: &reqwest::Client, url: url::Url| http.get(url).header(ACCEPT, "application/fhir+ndjson");
+    let get = |http: &reqwest::Client, url: url::Url| {
+        http.get(url).header(ACCEPT, "application/fhir+ndjson").header(ACCEPT_ENCODING, ACCEPTED)
+    };
     let resp = client.send(auth, cancel, url, get).await?;
     let refused = match resp.status() {
         StatusCode::OK => None,
@@ -178,7 +184,8 @@ async fn stream_into(
         Ok(())
     };
     let mut received = 0u64;
-    let mut body = resp.bytes_stream();
+    let mut body =
+        decoded_body(resp).map_err(|e| AttemptError::Permanent(IssueCode::NotSupported, e.to_string()))?;
     loop {
         let next = tokio::select! {
             _ = cancel.cancelled() => return Err(JobError::Cancelled.into()),
@@ -186,10 +193,7 @@ async fn stream_into(
         };
         let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| {
-            AttemptError::Transient(format!(
-                "the download broke off: {}",
-                crate::routes::error::chain(&e.without_url())
-            ))
+            AttemptError::Transient(format!("the download broke off: {}", crate::routes::error::chain(&e)))
         })?;
         received += chunk.len() as u64;
         if received > client.limits.max_file_bytes {
