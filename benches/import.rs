@@ -5,19 +5,26 @@
 //! parallel `curl` to disk as the baseline (timed once written and again once fsynced), then runs the release `bulk-import` binary as a child process against the same
 //! server (static export, one file per download slot) for each destination. It prints MB/s,
 //! resources/s, the ratio to curl, the importer's peak RSS (VmHWM) and status-poll latency, and
-//! checks that tmp-fs output is byte-identical to the source.
+//! checks that tmp-fs output is byte-identical to the source. In gzip mode the server sends each
+//! file's pre-compressed `.gz` twin (as nginx `gzip_static` does), curl runs with `--compressed`, and
+//! CPU seconds per decoded GB are shown for curl and the importer.
 //!
-//! Settings (environment): BENCH_SIZE (default 1GiB), BENCH_FILES (8), BENCH_DESTS
-//! (tmp-fs,dev-null), BENCH_DIR (target/bench-data), BENCH_LOG (show the server's log),
-//! BENCH_GENERATOR (the shared tools' make_ndjson.py beside this repository).
+//! Settings (environment): BENCH_SIZE (default 1GiB), BENCH_FILES (8), BENCH_MODES (plain,gzip),
+//! BENCH_DESTS (tmp-fs,dev-null), BENCH_DIR (target/bench-data), BENCH_LOG (show the server's log),
+//! BENCH_GENERATOR (the shared tools' make_ndjson.py beside this repository), BENCH_BIN (another
+//! build of the importer, to compare builds in one session).
 use std::{
     io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::{Duration, Instant, SystemTime},
 };
 
-use axum::{routing::get, Json, Router};
+use axum::{extract::Request, middleware::Next, response::Response, routing::get, Json, Router};
 use josekit::{
     jws::{JwsHeader, ES384},
     jwt::{self, JwtPayload},
@@ -28,6 +35,10 @@ use tower_http::services::ServeDir;
 /// Often enough for a p99 from a few hundred samples, and to see the end within 10 ms.
 const POLL_EVERY: Duration = Duration::from_millis(10);
 const ADMIN: &str = "bench-admin-token-0123456789abcdef0123456789";
+/// What nginx's `gzip_comp_level` and `gzip` default to.
+const GZIP_LEVEL: u32 = 6;
+/// Compressing 1 GiB takes a while; the machine has two cores.
+const GZIP_JOBS: usize = 2;
 
 fn env(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_string())
@@ -58,8 +69,41 @@ fn data_set(dir: &Path, size: &str, files: usize) -> Vec<(String, u64)> {
     out
 }
 
-/// Static file server: `/fhir/data/*` from disk and a manifest naming every file.
-async fn serve(set: PathBuf, names: Vec<String>) -> String {
+/// Make each file's `.gz` twin once, with python3's gzip (the system zlib, whatever backend this
+/// build decodes with) at level 6, as nginx and gzip default to; returns their total size.
+fn gzip_twins(set: &Path, names: &[String]) -> u64 {
+    // Renamed only when whole, so an interrupted run never leaves a short twin.
+    const SCRIPT: &str = "import gzip, os, shutil, sys
+src, level = sys.argv[1], int(sys.argv[2])
+with open(src, 'rb') as i, gzip.open(src + '.gz.tmp', 'wb', level) as o:
+    shutil.copyfileobj(i, o, 1 << 20)
+os.rename(src + '.gz.tmp', src + '.gz')";
+    let todo: Vec<&String> = names.iter().filter(|n| !set.join(format!("{n}.gz")).exists()).collect();
+    if !todo.is_empty() {
+        eprintln!("compressing {} files at level {GZIP_LEVEL} ...", todo.len());
+    }
+    for batch in todo.chunks(GZIP_JOBS) {
+        let children: Vec<_> = batch
+            .iter()
+            .map(|n| {
+                Command::new("python3")
+                    .args(["-c", SCRIPT])
+                    .arg(set.join(n))
+                    .arg(GZIP_LEVEL.to_string())
+                    .spawn()
+                    .expect("python3 runs")
+            })
+            .collect();
+        for mut c in children {
+            assert!(c.wait().unwrap().success(), "compressing a data file failed");
+        }
+    }
+    names.iter().map(|n| std::fs::metadata(set.join(format!("{n}.gz"))).unwrap().len()).sum()
+}
+
+/// Static file server: `/fhir/data/*` from disk and a manifest naming every file. With `gzip` it
+/// sends the `.gz` twin to clients that accept gzip and counts those responses in `gzipped`.
+async fn serve(set: PathBuf, names: Vec<String>, gzip: bool, gzipped: Arc<AtomicUsize>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let origin = format!("http://{}", listener.local_addr().unwrap());
     let o = origin.clone();
@@ -74,9 +118,21 @@ async fn serve(set: PathBuf, names: Vec<String>) -> String {
             )
         }
     };
+    let files = if gzip { ServeDir::new(set).precompressed_gzip() } else { ServeDir::new(set) };
+    let count = move |req: Request, next: Next| {
+        let gzipped = gzipped.clone();
+        async move {
+            let res: Response = next.run(req).await;
+            if res.headers().get("content-encoding").is_some_and(|e| e == "gzip") {
+                gzipped.fetch_add(1, Ordering::Relaxed);
+            }
+            res
+        }
+    };
     let app = Router::new()
         .route("/fhir/manifest.json", get(manifest))
-        .nest_service("/fhir/data", ServeDir::new(set));
+        .nest_service("/fhir/data", files)
+        .layer(axum::middleware::from_fn(count));
     let listener = listener.into_std().unwrap();
     // The provider gets its own runtime, as it would its own machine: its busy file-serving tasks
     // must not queue in front of the status polls this process times.
@@ -90,16 +146,45 @@ async fn serve(set: PathBuf, names: Vec<String>) -> String {
     origin
 }
 
+/// CPU seconds (user + sys) of `who`: RUSAGE_CHILDREN (waited-for children) or RUSAGE_THREAD.
+fn rusage_cpu_seconds(who: libc::c_int) -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(who, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// CPU seconds (user + sys, all threads) a live process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised name; utime and stime are the 14th and 15th of the line.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<u64>().ok()).sum();
+    // SAFETY: sysconf reads a constant.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+struct Baseline {
+    written: Duration,
+    durable: Duration,
+    cpu_seconds: f64,
+    /// The bench's own fsync calls, which tmp-fs pays for in its process.
+    fsync_cpu_seconds: f64,
+}
+
 /// Parallel curl to disk: the time until every file is written, and until every file is also
-/// fsynced (what tmp-fs does before it calls a file done).
-fn curl_baseline(origin: &str, names: &[String], out: &Path) -> (Duration, Duration) {
+/// fsynced (what tmp-fs does before it calls a file done), with the CPU time of each.
+fn curl_baseline(origin: &str, names: &[String], out: &Path, gzip: bool) -> Baseline {
     std::fs::create_dir_all(out).unwrap();
+    let cpu_before = rusage_cpu_seconds(libc::RUSAGE_CHILDREN);
     let started = Instant::now();
     let children: Vec<_> = names
         .iter()
         .map(|n| {
             Command::new("curl")
                 .args(["-sS", "-o", out.join(n).to_str().unwrap(), &format!("{origin}/fhir/data/{n}")])
+                .args(gzip.then_some("--compressed"))
                 .spawn()
                 .expect("curl is installed")
         })
@@ -108,12 +193,15 @@ fn curl_baseline(origin: &str, names: &[String], out: &Path) -> (Duration, Durat
         assert!(c.wait().unwrap().success());
     }
     let written = started.elapsed();
+    let cpu_seconds = rusage_cpu_seconds(libc::RUSAGE_CHILDREN) - cpu_before;
+    let fsync_before = rusage_cpu_seconds(libc::RUSAGE_THREAD);
     for n in names {
         std::fs::File::open(out.join(n)).unwrap().sync_all().unwrap();
     }
     let durable = started.elapsed();
+    let fsync_cpu_seconds = rusage_cpu_seconds(libc::RUSAGE_THREAD) - fsync_before;
     remove_and_settle(out);
-    (written, durable)
+    Baseline { written, durable, cpu_seconds, fsync_cpu_seconds }
 }
 
 /// Remove a run's output and let the disk finish with it (ext4 here discards freed blocks), so the
@@ -151,6 +239,7 @@ struct Run {
     seconds: f64,
     resources: i64,
     peak_rss_mib: f64,
+    cpu_seconds: f64,
     polls: Vec<Duration>,
     identical: Option<bool>,
 }
@@ -158,7 +247,8 @@ struct Run {
 async fn import(origin: &str, dest: &str, files: usize, set: &Path, work: &Path) -> Run {
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(work).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bulk-import"))
+    let bin = std::env::var("BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_bulk-import").into());
+    let mut child = Command::new(bin)
         .current_dir(work)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -255,6 +345,7 @@ async fn import(origin: &str, dest: &str, files: usize, set: &Path, work: &Path)
     };
     let seconds = started.elapsed().as_secs_f64();
     let peak_rss_mib = peak_rss_kib(child.id()) as f64 / 1024.0;
+    let cpu_seconds = cpu_seconds(child.id());
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(body["extension"]["failedFiles"], 0, "{body}");
@@ -277,6 +368,7 @@ async fn import(origin: &str, dest: &str, files: usize, set: &Path, work: &Path)
         seconds,
         resources: body["extension"]["resources"].as_i64().unwrap_or(0),
         peak_rss_mib,
+        cpu_seconds,
         polls,
         identical,
     }
@@ -294,6 +386,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 async fn main() {
     let size = env("BENCH_SIZE", "1GiB");
     let files: usize = env("BENCH_FILES", "8").parse().unwrap();
+    let modes = env("BENCH_MODES", "plain,gzip");
     let dests = env("BENCH_DESTS", "tmp-fs,dev-null");
     let root = PathBuf::from(env("BENCH_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-data")));
     let data = data_set(&root, &size, files);
@@ -301,43 +394,83 @@ async fn main() {
     let names: Vec<String> = data.iter().map(|(n, _)| n.clone()).collect();
     let total: u64 = data.iter().map(|(_, s)| s).sum();
     let mb = total as f64 / 1e6;
-    let origin = serve(set.clone(), names.clone()).await;
+    let gb = total as f64 / 1e9;
+    println!(
+        "\ndata set: {size} in {files} files ({mb:.0} MB), machine: {} cores, load average: {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
 
-    // Warm the page cache so every run reads the source from memory.
-    for n in &names {
-        let _ = std::fs::read(set.join(n)).map(|v| v.len());
-    }
-    let (curl, curl_fsync) = curl_baseline(&origin, &names, &root.join("curl-out"));
-    let curl_mbs = mb / curl.as_secs_f64();
-    let fsync_mbs = mb / curl_fsync.as_secs_f64();
-    println!(
-        "\ndata set: {size} in {files} files ({mb:.0} MB), machine: {} cores",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-    );
-    println!("| run | seconds | MB/s | resources/s | vs curl | vs curl + fsync | peak RSS MiB | poll p50 ms | poll p99 ms | byte-identical |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    println!("| parallel curl → disk | {:.2} | {curl_mbs:.0} | | 100 % | | | | | |", curl.as_secs_f64());
-    println!(
-        "| parallel curl → disk, then fsync | {:.2} | {fsync_mbs:.0} | | {:.0} % | 100 % | | | | |",
-        curl_fsync.as_secs_f64(),
-        100.0 * fsync_mbs / curl_mbs
-    );
-    for dest in dests.split(',') {
-        let run = import(&origin, dest, files, &set, &root.join("work")).await;
-        let mut polls = run.polls.clone();
-        polls.sort();
-        let mbs = mb / run.seconds;
-        println!(
-            "| bulk-import → {dest} | {:.2} | {mbs:.0} | {:.0} | {:.0} % | {:.0} % | {:.1} | {:.2} | {:.2} | {} |",
-            run.seconds,
-            run.resources as f64 / run.seconds,
-            100.0 * mbs / curl_mbs,
-            100.0 * mbs / fsync_mbs,
-            run.peak_rss_mib,
-            percentile(&polls, 0.5),
-            percentile(&polls, 0.99),
-            run.identical.map(|b| if b { "yes" } else { "NO" }).unwrap_or("n/a"),
+    for mode in modes.split(',') {
+        let gzip = match mode {
+            "plain" => false,
+            "gzip" => true,
+            other => panic!("BENCH_MODES: unknown mode {other} (plain, gzip)"),
+        };
+        let wire = if gzip { gzip_twins(&set, &names) } else { total };
+        let gzipped = Arc::new(AtomicUsize::new(0));
+        let origin = serve(set.clone(), names.clone(), gzip, gzipped.clone()).await;
+        // Warm the page cache so every run reads the source from memory.
+        for n in &names {
+            let sent = if gzip { format!("{n}.gz") } else { n.clone() };
+            let _ = std::fs::read(set.join(sent)).map(|v| v.len());
+        }
+        let curl = curl_baseline(&origin, &names, &root.join("curl-out"), gzip);
+        assert_eq!(
+            gzipped.load(Ordering::Relaxed),
+            if gzip { files } else { 0 },
+            "curl got the wrong encoding"
         );
-        assert_ne!(run.identical, Some(false), "the {dest} output differs from the source");
+        let curl_mbs = mb / curl.written.as_secs_f64();
+        let fsync_mbs = mb / curl.durable.as_secs_f64();
+        let (label, flag) = if gzip { ("gzip", " --compressed") } else { ("plain", "") };
+        println!(
+            "\n{label}: {:.0} MB on the wire ({:.1} : 1); MB/s and CPU-s/GB count decoded bytes",
+            wire as f64 / 1e6,
+            total as f64 / wire as f64
+        );
+        println!("| run | seconds | MB/s | resources/s | vs curl | vs curl + fsync | CPU-s/GB | peak RSS MiB | poll p50 ms | poll p99 ms | byte-identical |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        println!(
+            "| parallel curl{flag} → disk | {:.2} | {curl_mbs:.0} | | 100 % | | {:.2} | | | | |",
+            curl.written.as_secs_f64(),
+            curl.cpu_seconds / gb
+        );
+        println!(
+            "| parallel curl{flag} → disk, then fsync | {:.2} | {fsync_mbs:.0} | | {:.0} % | 100 % | {:.2} | | | | |",
+            curl.durable.as_secs_f64(),
+            100.0 * fsync_mbs / curl_mbs,
+            (curl.cpu_seconds + curl.fsync_cpu_seconds) / gb
+        );
+        for dest in dests.split(',') {
+            let before = gzipped.load(Ordering::Relaxed);
+            let run = import(&origin, dest, files, &set, &root.join("work")).await;
+            assert_eq!(
+                gzipped.load(Ordering::Relaxed) - before,
+                if gzip { files } else { 0 },
+                "the importer got the wrong encoding"
+            );
+            let mut polls = run.polls.clone();
+            polls.sort();
+            let mbs = mb / run.seconds;
+            println!(
+                "| bulk-import → {dest} | {:.2} | {mbs:.0} | {:.0} | {:.0} % | {:.0} % | {:.2} | {:.1} | {:.2} | {:.2} | {} |",
+                run.seconds,
+                run.resources as f64 / run.seconds,
+                100.0 * mbs / curl_mbs,
+                100.0 * mbs / fsync_mbs,
+                run.cpu_seconds / gb,
+                run.peak_rss_mib,
+                percentile(&polls, 0.5),
+                percentile(&polls, 0.99),
+                run.identical.map(|b| if b { "yes" } else { "NO" }).unwrap_or("n/a"),
+            );
+            assert_ne!(run.identical, Some(false), "the {dest} output differs from the source");
+        }
     }
 }

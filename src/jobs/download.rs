@@ -7,11 +7,15 @@
 use std::collections::BTreeMap;
 
 use futures::StreamExt;
-use reqwest::{header::ACCEPT, StatusCode};
+use reqwest::{
+    header::{ACCEPT, ACCEPT_ENCODING},
+    StatusCode,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::{
     export::describe_failure,
+    gzip::{decoded_body, ACCEPTED},
     ndjson::{validate_any_line, validate_line, AnyLine, LineError, LineKind, LineSplitter},
     provider_client::{Auth, ProviderClient},
     provider_report::{ProviderReport, MAX_KEPT_ISSUES},
@@ -253,7 +257,9 @@ async fn stream_into(
     sink: Sink<'_>,
     cancel: &CancellationToken,
 ) -> Result<Streamed, AttemptError> {
-    let get = |http: &reqwest::Client, url: url::Url| http.get(url).header(ACCEPT, "application/fhir+ndjson");
+    let get = |http: &reqwest::Client, url: url::Url| {
+        http.get(url).header(ACCEPT, "application/fhir+ndjson").header(ACCEPT_ENCODING, ACCEPTED)
+    };
     let resp = client.send(auth, cancel, url, get).await?;
     let refused = match resp.status() {
         StatusCode::OK => None,
@@ -288,7 +294,8 @@ async fn stream_into(
         Ok(())
     };
     let mut received = 0u64;
-    let mut body = resp.bytes_stream();
+    let mut body =
+        decoded_body(resp).map_err(|e| AttemptError::Permanent(IssueCode::NotSupported, e.to_string()))?;
     loop {
         let next = tokio::select! {
             _ = cancel.cancelled() => return Err(JobError::Cancelled.into()),
@@ -296,10 +303,7 @@ async fn stream_into(
         };
         let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| {
-            AttemptError::Transient(format!(
-                "the download broke off: {}",
-                crate::routes::error::chain(&e.without_url())
-            ))
+            AttemptError::Transient(format!("the download broke off: {}", crate::routes::error::chain(&e)))
         })?;
         received += chunk.len() as u64;
         if received > client.limits.max_file_bytes {
