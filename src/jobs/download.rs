@@ -283,7 +283,13 @@ async fn stream_into(
         if let Some(by_type) = &mut counted.by_type {
             if let AnyLine::Resource(t) = validate_any_line(n, line, require_id)? {
                 counted.resources += 1;
-                *by_type.entry(t.into_owned()).or_default() += 1;
+                // A new type is rare: only then is its name copied.
+                match by_type.get_mut(t.as_ref()) {
+                    Some(n) => *n += 1,
+                    None => {
+                        by_type.insert(t.into_owned(), 1);
+                    }
+                }
             }
         } else if validate_line(n, line, expected, require_id)? == LineKind::Resource {
             counted.resources += 1;

@@ -59,6 +59,7 @@ pub struct Recorded {
     pub path: String,
     pub query: Option<String>,
     pub authorization: Option<String>,
+    pub accept_encoding: Option<String>,
     pub body: String,
 }
 
@@ -414,6 +415,7 @@ impl FakeProvider {
             path: uri.path().to_string(),
             query: uri.query().map(str::to_string),
             authorization: headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string),
+            accept_encoding: headers.get("accept-encoding").and_then(|v| v.to_str().ok()).map(str::to_string),
             body: String::from_utf8_lossy(body).into_owned(),
         };
         self.with(|i| i.requests.push(r));

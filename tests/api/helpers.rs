@@ -230,6 +230,33 @@ impl TestApp {
         self.wait_for_job_within(id, Duration::from_secs(30)).await
     }
 
+    /// Wait for the job to complete (200); returns the status body.
+    pub async fn completed(&self, id: &str) -> Value {
+        let res = self.wait_for_job(id).await;
+        assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+        res.json().await.unwrap()
+    }
+
+    /// Wait for the job to fail; returns its OperationOutcome's first diagnostics.
+    pub async fn failed(&self, id: &str) -> String {
+        let res = self.wait_for_job(id).await;
+        assert_eq!(res.status(), 500);
+        res.json::<Value>().await.unwrap()["issue"][0]["diagnostics"].as_str().unwrap().to_string()
+    }
+
+    /// A file the tmp-fs destination wrote for the job.
+    pub fn read(&self, id: &str, name: &str) -> String {
+        std::fs::read_to_string(self.jobs_dir(id).join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    /// GET an admin endpoint with the admin credential; returns its JSON.
+    pub async fn admin_get(&self, path: &str) -> Value {
+        let res =
+            self.http.get(format!("{}{path}", self.base)).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        res.json().await.unwrap()
+    }
+
     pub async fn wait_for_job_within(&self, id: &str, limit: Duration) -> Response {
         let deadline = Instant::now() + limit;
         loop {

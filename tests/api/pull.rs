@@ -10,19 +10,6 @@ use super::{
     helpers::{observations, patients, spawn_app, spawn_app_with, wait_until, TestApp},
 };
 
-async fn completed(app: &TestApp, id: &str) -> Value {
-    let res = app.wait_for_job(id).await;
-    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
-    res.json().await.unwrap()
-}
-
-/// Wait for the job to fail; returns its OperationOutcome's first diagnostics.
-async fn failed(app: &TestApp, id: &str) -> String {
-    let res = app.wait_for_job(id).await;
-    assert_eq!(res.status(), 500);
-    res.json::<Value>().await.unwrap()["issue"][0]["diagnostics"].as_str().unwrap().to_string()
-}
-
 /// The release DELETE follows the job's end, so wait for it rather than race it; returns how many.
 async fn wait_for_release(app: &TestApp) -> usize {
     let deletes =
@@ -35,10 +22,6 @@ async fn wait_for_release(app: &TestApp) -> usize {
     deletes()
 }
 
-fn read(app: &TestApp, id: &str, name: &str) -> String {
-    std::fs::read_to_string(app.jobs_dir(id).join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
 #[tokio::test]
 async fn a_static_import_writes_byte_identical_files_and_reports_each_one() {
     let app = spawn_app().await;
@@ -47,13 +30,13 @@ async fn a_static_import_writes_byte_identical_files_and_reports_each_one() {
     app.provider.add_file("obs.ndjson", "Observation", obs.clone());
     app.provider.add_file("pat.ndjson", "Patient", pts.clone());
     let id = app.start_import(&app.provider.manifest_url(), "static").await;
-    let body = completed(&app, &id).await;
+    let body = app.completed(&id).await;
     assert_eq!(body["requiresAccessToken"], false);
     assert!(body["transactionTime"].as_str().unwrap().ends_with('Z'));
     assert_eq!(body["outcome"][0]["url"], format!("{}/job/{id}/import-outcome.ndjson", app.base));
     assert_eq!(body["outcome"][0]["count"], 2);
-    assert_eq!(read(&app, &id, "Observation.1.ndjson"), obs);
-    assert_eq!(read(&app, &id, "Patient.1.ndjson"), pts);
+    assert_eq!(app.read(&id, "Observation.1.ndjson"), obs);
+    assert_eq!(app.read(&id, "Patient.1.ndjson"), pts);
     let outcomes = app.get_outcomes(&id).await;
     assert_eq!(outcomes.len(), 2);
     for o in &outcomes {
@@ -91,11 +74,11 @@ async fn a_dynamic_import_kicks_off_polls_with_retry_after_and_imports() {
         .await;
     assert_eq!(res.status(), 202);
     let id = res.headers()["content-location"].to_str().unwrap().rsplit('/').next().unwrap().to_string();
-    completed(&app, &id).await;
+    app.completed(&id).await;
     // Two Retry-After: 1 waits were honoured.
     assert!(started.elapsed() >= Duration::from_secs(2), "{:?}", started.elapsed());
-    assert_eq!(read(&app, &id, "Observation.1.ndjson"), obs);
-    assert_eq!(read(&app, &id, "Observation.2.ndjson"), obs);
+    assert_eq!(app.read(&id, "Observation.1.ndjson"), obs);
+    assert_eq!(app.read(&id, "Observation.2.ndjson"), obs);
     let kickoffs = app.provider.requests_to("/fhir/$export");
     assert_eq!(kickoffs.len(), 1);
     assert_eq!(kickoffs[0].method, Method::POST);
@@ -127,7 +110,7 @@ async fn a_provider_that_refuses_post_kickoff_gets_a_get_with_query_parameters()
             {"name":"_type","valueString":"Patient"}]}))
         .await;
     let id = res.headers()["content-location"].to_str().unwrap().rsplit('/').next().unwrap().to_string();
-    completed(&app, &id).await;
+    app.completed(&id).await;
     let kickoffs = app.provider.requests_to("/fhir/$export");
     assert_eq!(
         kickoffs.iter().map(|r| r.method.clone()).collect::<Vec<_>>(),
@@ -155,7 +138,7 @@ async fn a_5xx_storm_on_the_status_url_fails_the_job_after_bounded_retries() {
     let app = spawn_app().await;
     app.provider.script_status(vec![StatusStep::Unavailable; 10]);
     let id = app.start_import(&app.provider.export_url(), "dynamic").await;
-    let text = failed(&app, &id).await;
+    let text = app.failed(&id).await;
     assert!(text.contains("503"), "{text}");
     // max_retries = 3 in tests: 4 attempts, no more; then (just after the failure is recorded)
     // we release the export at the provider.
@@ -171,7 +154,7 @@ async fn status_errors_within_the_error_budget_are_ridden_out() {
     app.provider.add_file("p.ndjson", "Patient", patients(2));
     app.provider.script_status(vec![StatusStep::Unavailable; 6]);
     let id = app.start_import(&app.provider.export_url(), "dynamic").await;
-    completed(&app, &id).await;
+    app.completed(&id).await;
     assert_eq!(
         app.provider.requests_to("/fhir/status/").iter().filter(|r| r.method == Method::GET).count(),
         7
@@ -195,9 +178,9 @@ async fn bad_files_fail_alone_with_file_line_and_reason_while_good_files_land() 
     app.provider.push_file(FakeFile { missing: true, ..FakeFile::new("gone.ndjson", "Observation", "") });
     app.provider.add_manifest_url("Observation", "http://127.0.0.1:9/elsewhere.ndjson");
     let id = app.start_import(&app.provider.manifest_url(), "static").await;
-    let body = completed(&app, &id).await;
+    let body = app.completed(&id).await;
     assert_eq!(body["extension"]["failedFiles"], 6);
-    assert_eq!(read(&app, &id, "Observation.1.ndjson"), good);
+    assert_eq!(app.read(&id, "Observation.1.ndjson"), good);
     let outcomes = app.get_outcomes(&id).await;
     let text = |i: usize| outcomes[i]["issue"][0]["diagnostics"].as_str().unwrap().to_string();
     assert_eq!(outcomes[0]["issue"][0]["severity"], "information");
@@ -232,8 +215,11 @@ async fn gzip_files_are_decoded_and_stored_as_the_original_bytes() {
     app.provider.set_chunk_size(3);
     app.provider.push_file(FakeFile { gzip: true, ..FakeFile::new("o.ndjson", "Observation", obs.clone()) });
     let id = app.start_import(&app.provider.manifest_url(), "static").await;
-    completed(&app, &id).await;
-    assert_eq!(read(&app, &id, "Observation.1.ndjson"), obs);
+    app.completed(&id).await;
+    assert_eq!(app.read(&id, "Observation.1.ndjson"), obs);
+    // Real providers compress only when asked (the reference server: 36 MB → 2.1 MB).
+    let asked = app.provider.requests_to("/fhir/files/")[0].accept_encoding.clone();
+    assert!(asked.is_some_and(|a| a.contains("gzip")), "file requests must ask for gzip");
 }
 
 #[tokio::test]
@@ -243,7 +229,7 @@ async fn the_token_goes_to_file_urls_only_when_the_manifest_requires_it() {
         app.provider.requires_access_token(requires);
         app.provider.add_file("p.ndjson", "Patient", patients(2));
         let id = app.start_import(&app.provider.manifest_url(), "static").await;
-        completed(&app, &id).await;
+        app.completed(&id).await;
         let files = app.provider.requests_to("/fhir/files/");
         assert_eq!(files.len(), 1);
         assert_eq!(files[0].authorization.is_some(), requires, "requiresAccessToken {requires}");
@@ -259,7 +245,7 @@ async fn a_provider_without_auth_is_pulled_without_a_token() {
     app.provider.requires_access_token(false);
     app.provider.add_file("p.ndjson", "Patient", patients(2));
     let id = app.start_import(&app.provider.export_url(), "dynamic").await;
-    completed(&app, &id).await;
+    app.completed(&id).await;
     assert!(app.provider.requests_to("/auth/token").is_empty());
     assert!(app.provider.requests().iter().all(|r| r.authorization.is_none()));
 }
@@ -269,7 +255,7 @@ async fn a_provider_token_refusal_fails_the_job_at_once_with_a_fix() {
     let app = spawn_app().await;
     app.provider.token_error(401, "invalid_client");
     let id = app.start_import(&app.provider.export_url(), "dynamic").await;
-    let text = failed(&app, &id).await;
+    let text = app.failed(&id).await;
     assert!(text.contains("refused us") && text.contains("invalid_client"), "{text}");
     assert!(text.contains("check our registration"), "{text}");
     assert_eq!(text.matches("refused us").count(), 1, "the cause is said once: {text}");
@@ -286,7 +272,7 @@ async fn one_provider_token_serves_the_whole_job() {
     }
     app.provider.script_status(vec![StatusStep::Pending(None); 3]);
     let id = app.start_import(&app.provider.export_url(), "dynamic").await;
-    completed(&app, &id).await;
+    app.completed(&id).await;
     assert_eq!(app.provider.requests_to("/auth/token").len(), 1);
 }
 
@@ -301,13 +287,13 @@ async fn manifest_next_pages_and_error_files_are_all_imported() {
     app.provider.add_error_file("errors.ndjson", provider_errors);
     app.provider.page_size(2);
     let id = app.start_import(&app.provider.manifest_url(), "static").await;
-    let body = completed(&app, &id).await;
+    let body = app.completed(&id).await;
     assert_eq!(body["extension"]["files"], 6);
     assert_eq!(body["extension"]["failedFiles"], 0);
     assert_eq!(body["extension"]["providerErrors"], 0);
     assert_eq!(body["extension"]["result"], "completed");
     for i in 0..5 {
-        assert_eq!(read(&app, &id, &format!("Patient.{}.ndjson", i + 1)), patients(i + 1));
+        assert_eq!(app.read(&id, &format!("Patient.{}.ndjson", i + 1)), patients(i + 1));
     }
     // The provider's own outcomes are reported, not stored as data.
     assert!(!app.jobs_dir(&id).join("error-OperationOutcome.1.ndjson").exists());
@@ -331,8 +317,8 @@ async fn a_redirect_to_another_host_never_carries_our_token() {
     app.provider.add_file("here.ndjson", "Patient", "");
     app.provider.redirect_file("here.ndjson", &format!("{}/fhir/files/there.ndjson", other.origin()));
     let id = app.start_import(&app.provider.manifest_url(), "static").await;
-    completed(&app, &id).await;
-    assert_eq!(read(&app, &id, "Patient.1.ndjson"), patients(4));
+    app.completed(&id).await;
+    assert_eq!(app.read(&id, "Patient.1.ndjson"), patients(4));
     assert!(app.provider.requests_to("/fhir/files/")[0].authorization.is_some());
     let there = other.requests_to("/fhir/files/");
     assert_eq!(there.len(), 1);
@@ -347,7 +333,7 @@ async fn provider_tokens_are_refreshed_before_expiry_and_once_after_a_401() {
     app.provider.set_token_lifetime(1);
     app.provider.script_status(vec![StatusStep::Pending(Some(1)); 3]);
     let id = app.start_import(&app.provider.export_url(), "dynamic").await;
-    completed(&app, &id).await;
+    app.completed(&id).await;
     assert!(
         app.provider.requests_to("/auth/token").len() >= 3,
         "{}",
@@ -360,7 +346,7 @@ async fn provider_tokens_are_refreshed_before_expiry_and_once_after_a_401() {
     let id = app.start_import(&app.provider.export_url(), "dynamic").await;
     wait_until("the first poll", async || !app.provider.requests_to("/fhir/status/").is_empty()).await;
     app.provider.revoke_tokens();
-    completed(&app, &id).await;
+    app.completed(&id).await;
     assert_eq!(app.provider.requests_to("/auth/token").len(), 2);
     // A 401 poll, the same poll again with the fresh token, then the 200.
     assert!(app.provider.requests_to("/fhir/status/").len() >= 3);
@@ -385,7 +371,7 @@ async fn concurrent_jobs_for_one_provider_share_one_token_request() {
         })
         .collect();
     for id in &ids {
-        completed(&app, id).await;
+        app.completed(id).await;
     }
     assert_eq!(app.provider.requests_to("/auth/token").len(), 1);
 }
@@ -397,12 +383,12 @@ async fn an_unreachable_file_fails_alone_and_the_job_completes() {
     app.provider.add_file("dead.ndjson", "Patient", "");
     app.provider.redirect_file("dead.ndjson", "http://127.0.0.1:9/nothing-listens-here");
     let id = app.start_import(&app.provider.manifest_url(), "static").await;
-    let body = completed(&app, &id).await;
+    let body = app.completed(&id).await;
     assert_eq!(body["extension"]["failedFiles"], 1);
     let outcomes = app.get_outcomes(&id).await;
     let dead = outcomes[1]["issue"][0]["diagnostics"].as_str().unwrap();
     assert!(dead.contains("dead.ndjson") && dead.contains("could not be reached"), "{dead}");
-    assert_eq!(read(&app, &id, "Patient.1.ndjson"), patients(2));
+    assert_eq!(app.read(&id, "Patient.1.ndjson"), patients(2));
 }
 
 #[tokio::test]
@@ -411,7 +397,7 @@ async fn a_same_host_redirect_does_not_carry_our_token_either() {
     app.provider.add_file("start.ndjson", "Patient", "");
     app.provider.redirect_file("start.ndjson", &format!("{}/fhir/moved/start.ndjson", app.provider.origin()));
     let id = app.start_import(&app.provider.manifest_url(), "static").await;
-    completed(&app, &id).await;
+    app.completed(&id).await;
     let start = &app.provider.requests_to("/fhir/files/start.ndjson")[0];
     assert!(start.authorization.is_some());
     let hop = &app.provider.requests_to("/fhir/moved/")[0];
@@ -431,7 +417,7 @@ async fn a_failed_kickoff_is_not_retried_but_a_busy_provider_is_waited_for() {
     app.provider.add_file("p.ndjson", "Patient", patients(1));
     app.provider.script_kickoff(vec![429, 503]);
     let id = app.start_import(&app.provider.export_url(), "dynamic").await;
-    completed(&app, &id).await;
+    app.completed(&id).await;
     assert_eq!(app.provider.requests_to("/fhir/$export").len(), 3);
 }
 
@@ -441,7 +427,7 @@ async fn an_absurd_token_lifetime_from_a_provider_is_clamped_not_a_crash() {
     app.provider.set_token_lifetime(u64::MAX);
     app.provider.add_file("p.ndjson", "Patient", patients(1));
     let id = app.start_import(&app.provider.export_url(), "dynamic").await;
-    completed(&app, &id).await;
+    app.completed(&id).await;
 }
 
 #[tokio::test]
@@ -454,7 +440,7 @@ async fn a_gzip_bomb_is_cut_off_at_the_decoded_size_limit() {
     app.provider.push_file(bomb);
     app.provider.add_file("ok.ndjson", "Patient", patients(2));
     let id = app.start_import(&app.provider.manifest_url(), "static").await;
-    let body = completed(&app, &id).await;
+    let body = app.completed(&id).await;
     assert_eq!(body["extension"]["failedFiles"], 1);
     let outcomes = app.get_outcomes(&id).await;
     let text = outcomes[0]["issue"][0]["diagnostics"].as_str().unwrap();
@@ -469,10 +455,10 @@ async fn a_connection_broken_mid_file_and_a_stalled_body_are_retried_to_success(
     app.provider.add_file("o.ndjson", "Observation", obs.clone());
     app.provider.fault_file("o.ndjson", vec![FileFault::BreakHalfway, FileFault::StallHalfway(3000)]);
     let id = app.start_import(&app.provider.manifest_url(), "static").await;
-    let body = completed(&app, &id).await;
+    let body = app.completed(&id).await;
     assert_eq!(body["extension"]["failedFiles"], 0);
     assert_eq!(app.provider.requests_to("/fhir/files/o.ndjson").len(), 3, "break, stall, success");
-    assert_eq!(read(&app, &id, "Observation.1.ndjson"), obs, "no duplicate or missing line");
+    assert_eq!(app.read(&id, "Observation.1.ndjson"), obs, "no duplicate or missing line");
 }
 
 #[tokio::test]
@@ -481,7 +467,7 @@ async fn a_file_that_keeps_breaking_fails_with_the_reason_after_bounded_attempts
     app.provider.add_file("o.ndjson", "Observation", observations(100));
     app.provider.fault_file("o.ndjson", vec![FileFault::BreakHalfway; 10]);
     let id = app.start_import(&app.provider.manifest_url(), "static").await;
-    let body = completed(&app, &id).await;
+    let body = app.completed(&id).await;
     assert_eq!(body["extension"]["failedFiles"], 1);
     let text = app.get_outcomes(&id).await[0]["issue"][0]["diagnostics"].as_str().unwrap().to_string();
     // Depending on when the break lands, it surfaces while sending or while reading the body.
@@ -495,7 +481,7 @@ async fn a_token_endpoint_that_is_down_for_a_while_is_retried_to_success() {
     app.provider.add_file("p.ndjson", "Patient", patients(2));
     app.provider.fail_token(2);
     let id = app.start_import(&app.provider.export_url(), "dynamic").await;
-    completed(&app, &id).await;
+    app.completed(&id).await;
     assert_eq!(app.provider.requests_to("/auth/token").len(), 3);
 }
 
@@ -504,7 +490,7 @@ async fn a_status_url_that_vanishes_mid_export_fails_the_job_with_a_clear_reason
     let app = spawn_app().await;
     app.provider.script_status(vec![StatusStep::Pending(None), StatusStep::Status(404)]);
     let id = app.start_import(&app.provider.export_url(), "dynamic").await;
-    let text = failed(&app, &id).await;
+    let text = app.failed(&id).await;
     assert!(text.contains("status URL answered 404"), "{text}");
 }
 
@@ -516,12 +502,12 @@ async fn a_corrupt_gzip_file_fails_alone_and_duplicate_urls_are_both_imported() 
     app.provider.add_file("p.ndjson", "Patient", patients(3));
     app.provider.add_manifest_url("Patient", &format!("{}/fhir/files/p.ndjson", app.provider.origin()));
     let id = app.start_import(&app.provider.manifest_url(), "static").await;
-    let body = completed(&app, &id).await;
+    let body = app.completed(&id).await;
     assert_eq!(body["extension"]["failedFiles"], 1);
     let bad = app.get_outcomes(&id).await[0]["issue"][0]["diagnostics"].as_str().unwrap().to_string();
     assert!(bad.contains("bad.ndjson") && bad.contains("decod"), "{bad}");
-    assert_eq!(read(&app, &id, "Patient.2.ndjson"), patients(3));
-    assert_eq!(read(&app, &id, "Patient.3.ndjson"), patients(3));
+    assert_eq!(app.read(&id, "Patient.2.ndjson"), patients(3));
+    assert_eq!(app.read(&id, "Patient.3.ndjson"), patients(3));
 }
 
 #[tokio::test]
@@ -559,8 +545,8 @@ async fn downloads_across_jobs_share_the_global_limit() {
         "the second job waited for the slot"
     );
     app.provider.release_files();
-    completed(&app, &first).await;
-    completed(&app, &second).await;
+    app.completed(&first).await;
+    app.completed(&second).await;
     assert_eq!(app.provider.requests_to("/fhir/files/a.ndjson").len(), 2);
 }
 
@@ -594,7 +580,7 @@ async fn an_oversized_manifest_fails_the_job_with_the_limit_named() {
         app.provider.add_file(&format!("file-with-a-long-name-{i}.ndjson"), "Patient", patients(1));
     }
     let id = app.start_import(&app.provider.manifest_url(), "static").await;
-    let text = failed(&app, &id).await;
+    let text = app.failed(&id).await;
     assert!(text.contains("larger than 2048 bytes") && text.contains("MAX_MANIFEST_BYTES"), "{text}");
     assert!(app.provider.requests_to("/fhir/files/").is_empty());
 }
@@ -606,8 +592,8 @@ async fn a_body_shorter_than_its_content_length_is_fetched_again() {
     app.provider.add_file("o.ndjson", "Observation", obs.clone());
     app.provider.fault_file("o.ndjson", vec![FileFault::Truncated]);
     let id = app.start_import(&app.provider.manifest_url(), "static").await;
-    let body = completed(&app, &id).await;
+    let body = app.completed(&id).await;
     assert_eq!(body["extension"]["failedFiles"], 0);
     assert_eq!(app.provider.requests_to("/fhir/files/o.ndjson").len(), 2);
-    assert_eq!(read(&app, &id, "Observation.1.ndjson"), obs);
+    assert_eq!(app.read(&id, "Observation.1.ndjson"), obs);
 }

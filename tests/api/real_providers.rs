@@ -11,20 +11,8 @@ use serde_json::{json, Value};
 
 use super::{
     fake_provider::{FakeFile, RateLimit, StatusStep, FILE_SIM},
-    helpers::{observations, patients, ping, spawn_app, spawn_app_with, TestApp, ADMIN_TOKEN},
+    helpers::{observations, patients, ping, spawn_app, spawn_app_with, TestApp},
 };
-
-async fn completed(app: &TestApp, id: &str) -> Value {
-    let res = app.wait_for_job(id).await;
-    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
-    res.json().await.unwrap()
-}
-
-async fn failed(app: &TestApp, id: &str) -> String {
-    let res = app.wait_for_job(id).await;
-    assert_eq!(res.status(), 500);
-    res.json::<Value>().await.unwrap()["issue"][0]["diagnostics"].as_str().unwrap().to_string()
-}
 
 /// The diagnostics of each file's outcome, in manifest order.
 async fn outcome_texts(app: &TestApp, id: &str) -> Vec<String> {
@@ -33,10 +21,6 @@ async fn outcome_texts(app: &TestApp, id: &str) -> Vec<String> {
         .iter()
         .map(|o| o["issue"][0]["diagnostics"].as_str().unwrap_or_default().to_string())
         .collect()
-}
-
-fn read(app: &TestApp, id: &str, name: &str) -> String {
-    std::fs::read_to_string(app.jobs_dir(id).join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 fn lines_of(resource_type: &str, n: usize) -> String {
@@ -73,7 +57,7 @@ async fn an_authenticated_dynamic_import_from_the_reference_layout_gives_exact_c
 
     // Act
     let id = app.start_import(&format!("{}/$export", app.provider.sim_base()), "dynamic").await;
-    let body = completed(&app, &id).await;
+    let body = app.completed(&id).await;
 
     // Assert: every type, counted by us (the manifest said 999 each), byte for byte.
     let want: Value =
@@ -81,7 +65,7 @@ async fn an_authenticated_dynamic_import_from_the_reference_layout_gives_exact_c
     assert_eq!(body["extension"]["resourcesByType"], want);
     assert_eq!(body["extension"]["resources"], 21);
     assert_eq!(body["extension"]["result"], "completed");
-    assert_eq!(read(&app, &id, "Condition.1.ndjson"), lines_of("Condition", 5));
+    assert_eq!(app.read(&id, "Condition.1.ndjson"), lines_of("Condition", 5));
     let files = app.provider.requests_to(&format!("/{FILE_SIM}/fhir/bulkfiles/"));
     assert_eq!(files.len(), 5);
     assert!(files.iter().all(|r| r.authorization.as_deref().is_some_and(|a| a.starts_with("Bearer "))));
@@ -105,8 +89,8 @@ async fn files_on_another_host_without_requires_access_token_come_without_our_to
     app.provider.requires_access_token(false);
     app.provider.add_file("p.ndjson", "Patient", patients(3));
     let id = app.start_import(&app.provider.manifest_url(), "static").await;
-    completed(&app, &id).await;
-    assert_eq!(read(&app, &id, "Patient.1.ndjson"), patients(3));
+    app.completed(&id).await;
+    assert_eq!(app.read(&id, "Patient.1.ndjson"), patients(3));
     let files = app.provider.requests_to("/fhir/files/");
     assert_eq!(files.len(), 1);
     assert!(files[0].authorization.is_none(), "our token went to a file host");
@@ -121,7 +105,7 @@ async fn a_file_needing_our_token_on_another_origin_fails_saying_why_until_the_o
 
     // Act / Assert: refused without contacting that origin at all.
     let id = app.start_import(&app.provider.manifest_url(), "static").await;
-    let body = completed(&app, &id).await;
+    let body = app.completed(&id).await;
     assert_eq!(body["extension"]["failedFiles"], 1);
     assert_eq!(body["extension"]["result"], "completed-with-errors");
     let text = &outcome_texts(&app, &id).await[0];
@@ -132,7 +116,7 @@ async fn a_file_needing_our_token_on_another_origin_fails_saying_why_until_the_o
     // Listed as a token origin, it gets the token and the file imports.
     app.reregister(json!({"token_origins": [app.provider.alt_origin()]})).await;
     let id = app.start_import(&app.provider.manifest_url(), "static").await;
-    let body = completed(&app, &id).await;
+    let body = app.completed(&id).await;
     assert_eq!(body["extension"]["failedFiles"], 0);
     assert!(app.provider.requests_to("/fhir/files/")[0].authorization.is_some());
 }
@@ -148,7 +132,7 @@ async fn pinned_file_origins_refuse_other_hosts_and_redirect_hops_to_them() {
     app.provider.redirect_file("hop.ndjson", &format!("{alt}/fhir/files/here.ndjson"));
     app.provider.add_manifest_url("Patient", &format!("{alt}/fhir/files/here.ndjson"));
     let id = app.start_import(&app.provider.manifest_url(), "static").await;
-    let body = completed(&app, &id).await;
+    let body = app.completed(&id).await;
     // The provider's own origin is always allowed; the other origin never, even by redirect.
     assert_eq!(body["extension"]["failedFiles"], 2);
     let texts = outcome_texts(&app, &id).await;
@@ -178,7 +162,7 @@ async fn a_public_looking_name_that_resolves_to_loopback_is_refused_by_the_guard
 
     // Act
     let id = app.start_import(&app.provider.manifest_url(), "static").await;
-    let body = completed(&app, &id).await;
+    let body = app.completed(&id).await;
 
     // Assert: the provider's own file imports; the name, the mapped literal, the redirect to
     // the name and the metadata address are refused, and nothing reached the other listener.
@@ -220,7 +204,7 @@ async fn an_intranet_provider_may_serve_files_from_its_own_class_of_address() {
         .add_manifest_url("Patient", &format!("http://files.example.test:{port}/fhir/files/p.ndjson"));
     app.provider.add_file("p.ndjson", "Patient", patients(2));
     let id = app.start_import(&app.provider.manifest_url(), "static").await;
-    let body = completed(&app, &id).await;
+    let body = app.completed(&id).await;
     assert_eq!(body["extension"]["failedFiles"], 0, "{body}");
     assert_eq!(app.provider.requests_to("/fhir/files/p.ndjson").len(), 2);
 }
@@ -230,7 +214,7 @@ async fn a_discovered_token_endpoint_on_another_origin_over_http_gets_no_asserti
     let app = spawn_app().await;
     app.provider.advertise_token_endpoint(&format!("{}/auth/token", app.provider.alt_origin()));
     let id = app.start_import(&app.provider.export_url(), "dynamic").await;
-    let text = failed(&app, &id).await;
+    let text = app.failed(&id).await;
     assert!(text.contains("not https") && text.contains("pin token_endpoint"), "{text}");
     assert!(app.provider.requests_to("/auth/token").is_empty(), "our assertion was sent");
 }
@@ -248,7 +232,7 @@ async fn an_https_token_endpoint_on_another_origin_passes_the_guard_and_a_refusa
     let port = app.provider.alt_addr.port();
     app.provider.advertise_token_endpoint(&format!("https://auth.example.test:{port}/auth/token"));
     let id = app.start_import(&app.provider.export_url(), "dynamic").await;
-    let text = failed(&app, &id).await;
+    let text = app.failed(&id).await;
     assert!(text.contains("auth.example.test resolves to 127.0.0.1, a loopback address"), "{text}");
     assert_eq!(app.provider.requests_to("/fhir/.well-known/").len(), 1, "discovery ran once: not retried");
     assert!(app.provider.requests_to("/auth/token").is_empty());
@@ -265,21 +249,12 @@ async fn a_pinned_token_endpoint_serves_a_provider_without_discovery_and_is_show
 
     // Act
     let id = app.start_import(&app.provider.export_url(), "dynamic").await;
-    completed(&app, &id).await;
+    app.completed(&id).await;
 
     // Assert
     assert_eq!(app.provider.requests_to("/auth/token").len(), 1);
     assert!(app.provider.requests_to("/fhir/$export")[0].authorization.is_some());
-    let shown: Value = app
-        .http
-        .get(format!("{}/auth/registrations/{}", app.base, app.client_id))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let shown = app.admin_get(&format!("/auth/registrations/{}", app.client_id)).await;
     assert_eq!(shown["token_endpoint"], endpoint);
     assert_eq!(shown["token_endpoint_in_use"], endpoint);
 }
@@ -289,17 +264,8 @@ async fn the_discovered_token_endpoint_is_shown_on_the_registration() {
     let app = spawn_app().await;
     app.provider.add_file("p.ndjson", "Patient", patients(1));
     let id = app.start_import(&app.provider.export_url(), "dynamic").await;
-    completed(&app, &id).await;
-    let shown: Value = app
-        .http
-        .get(format!("{}/auth/registrations/{}", app.base, app.client_id))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    app.completed(&id).await;
+    let shown = app.admin_get(&format!("/auth/registrations/{}", app.client_id)).await;
     assert_eq!(shown["token_endpoint"], Value::Null);
     assert_eq!(shown["token_endpoint_in_use"], format!("{}/auth/token", app.provider.origin()));
 }
@@ -353,16 +319,7 @@ async fn provider_reported_errors_are_errors_of_the_import_and_never_data() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(names, ["Patient.1.ndjson"]);
-    let jobs: Value = app
-        .http
-        .get(format!("{}/admin/jobs/{id}", app.base))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jobs = app.admin_get(&format!("/admin/jobs/{id}")).await;
     assert_eq!(jobs["state"], "completed-with-errors", "{jobs}");
 }
 
@@ -373,9 +330,9 @@ async fn deleted_files_are_imported_as_bundles() {
     app.provider.add_file("p.ndjson", "Patient", patients(1));
     app.provider.add_deleted_file("del.ndjson", bundle);
     let id = app.start_import(&app.provider.manifest_url(), "static").await;
-    let body = completed(&app, &id).await;
+    let body = app.completed(&id).await;
     assert_eq!(body["extension"]["failedFiles"], 0);
-    assert_eq!(read(&app, &id, "deleted-Bundle.1.ndjson"), bundle);
+    assert_eq!(app.read(&id, "deleted-Bundle.1.ndjson"), bundle);
 }
 
 #[tokio::test]
@@ -404,7 +361,7 @@ async fn polls_of_a_running_export_back_off_from_its_retry_after() {
     app.provider.script_status(vec![StatusStep::Pending(Some(0)); 5]);
     let started = Instant::now();
     let id = app.start_import(&app.provider.export_url(), "dynamic").await;
-    completed(&app, &id).await;
+    app.completed(&id).await;
     // 20 ms doubling five times: 20 + 40 + 80 + 160 + 320 ms, where a literal reading waits ~0.
     assert!(started.elapsed() >= Duration::from_millis(600), "{:?}", started.elapsed());
     let polls: Vec<_> =
@@ -467,10 +424,10 @@ async fn an_organized_by_patient_export_imports_mixed_files_with_counts_per_type
         .await;
     assert_eq!(res.status(), 202);
     let id = res.headers()["content-location"].to_str().unwrap().rsplit('/').next().unwrap().to_string();
-    let body = completed(&app, &id).await;
+    let body = app.completed(&id).await;
     assert_eq!(body["extension"]["resourcesByType"], json!({"Condition": 3, "Observation": 2, "Patient": 2}));
     assert_eq!(body["extension"]["resources"], 7, "headers are not resources");
-    assert_eq!(read(&app, &id, "Mixed.1.ndjson"), stratum);
+    assert_eq!(app.read(&id, "Mixed.1.ndjson"), stratum);
     let kickoff: Value = serde_json::from_str(&app.provider.requests_to("/fhir/$export")[0].body).unwrap();
     assert!(kickoff["parameter"].as_array().unwrap().iter().any(|p| p["name"] == "organizeOutputBy"));
 }
@@ -497,13 +454,13 @@ async fn a_refused_scope_fails_at_once_and_read_scopes_are_asked_for_by_default(
     app.provider.add_file("p.ndjson", "Patient", patients(1));
     // Our default (system/*.read) is granted.
     let id = app.start_import(&app.provider.export_url(), "dynamic").await;
-    completed(&app, &id).await;
+    app.completed(&id).await;
     assert!(app.provider.requests_to("/auth/token")[0].body.contains("scope=system%2F*.read"));
     // A registration asking for system/*.* is refused, once, with the provider's words.
     app.reregister(json!({"scope": "system/*.*"})).await;
     let before = app.provider.requests_to("/auth/token").len();
     let id = app.start_import(&app.provider.export_url(), "dynamic").await;
-    let text = failed(&app, &id).await;
+    let text = app.failed(&id).await;
     assert!(text.contains("invalid_scope") && text.contains("system/*.*"), "{text}");
     assert_eq!(app.provider.requests_to("/auth/token").len(), before + 1);
 }
@@ -513,7 +470,7 @@ async fn a_token_every_request_refuses_fails_after_one_fresh_token() {
     let app = spawn_app().await;
     app.provider.reject_all_tokens();
     let id = app.start_import(&app.provider.export_url(), "dynamic").await;
-    let text = failed(&app, &id).await;
+    let text = app.failed(&id).await;
     assert!(text.contains("401"), "{text}");
     // The kick-off, then once more with a fresh token; then it stops.
     assert_eq!(app.provider.requests_to("/auth/token").len(), 2);
@@ -526,7 +483,7 @@ async fn a_transient_first_status_failure_is_retried() {
     app.provider.add_file("p.ndjson", "Patient", patients(1));
     app.provider.script_status(vec![StatusStep::TransientError]);
     let id = app.start_import(&app.provider.export_url(), "dynamic").await;
-    completed(&app, &id).await;
+    app.completed(&id).await;
     assert_eq!(
         app.provider.requests_to("/fhir/status/").iter().filter(|r| r.method == Method::GET).count(),
         2
@@ -540,7 +497,7 @@ async fn an_expired_file_and_an_html_error_page_fail_alone_with_short_messages()
     app.provider.push_file(FakeFile { expired: true, ..FakeFile::new("old.ndjson", "Observation", "") });
     app.provider.push_file(FakeFile { html_404: true, ..FakeFile::new("html.ndjson", "Observation", "") });
     let id = app.start_import(&app.provider.manifest_url(), "static").await;
-    let body = completed(&app, &id).await;
+    let body = app.completed(&id).await;
     assert_eq!(body["extension"]["failedFiles"], 2);
     let texts = outcome_texts(&app, &id).await;
     assert!(texts[1].contains("410 Gone: File expired"), "{}", texts[1]);
