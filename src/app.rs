@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     auth::{jwks_cache::JwksCache, keys::Keys, provider_token::ProviderTokens},
     config::Config,
-    http_client,
+    http_client, http_server,
     jobs::{reaper, request_budget::RequestBudget, runner::Runner},
     routes,
     state::AppState,
@@ -17,6 +17,8 @@ use crate::{
 
 /// How long shutdown waits for running jobs to stop (they resume on the next start).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+/// How long open connections get to finish their request at shutdown.
+const CONNECTION_DRAIN: Duration = Duration::from_secs(5);
 
 pub struct App {
     listener: TcpListener,
@@ -50,6 +52,12 @@ impl App {
             )
             .context("starting the job runtime")?,
         );
+        // Checked before anything listens: connections must fit beside the jobs' descriptors.
+        let mut config = config;
+        http_server::fit_to_descriptors(
+            &mut config.server,
+            http_server::reserved_descriptors(config.limits.max_total_downloads),
+        )?;
         let addr = format!("{}:{}", config.host, config.port);
         let listener = TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let state = AppState {
@@ -103,10 +111,8 @@ impl App {
             signal.await;
             stop.cancel();
         });
-        let serve_stop = shutdown.clone();
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { serve_stop.cancelled().await })
-            .await?;
+        http_server::serve(listener, router, state.config.server.clone(), shutdown.clone(), CONNECTION_DRAIN)
+            .await;
         state.jobs.tracker.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, state.jobs.tracker.wait()).await.is_err() {
             tracing::warn!("jobs did not stop in time; they resume on the next start");

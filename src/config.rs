@@ -8,6 +8,7 @@ use url::Url;
 use crate::{
     address_guard::{AddressClass, Allowed, Overrides},
     destination::{s3::S3Config, DestinationKind},
+    http_server::ServerLimits,
 };
 
 pub const DEFAULT_PORT: u16 = 3001;
@@ -31,6 +32,8 @@ pub const DEFAULT_DOWNLOAD_FILE_NAME: &str = "{resourceType}.{fileNumber}.ndjson
 pub const DEFAULT_PROVIDER_SCOPE: &str = "system/*.read";
 pub const DEFAULT_PARALLEL_DOWNLOADS: usize = 4;
 pub const DEFAULT_MAX_CONCURRENT_JOBS: usize = 16;
+/// A quarter of all job slots: one provider's slow exports cannot starve the others.
+pub const DEFAULT_MAX_JOBS_PER_PROVIDER: usize = 4;
 /// Downloads across all jobs: enough to fill the cores and the network, few enough that memory
 /// (a carried line and buffers per download) stays bounded when many jobs run.
 pub const DEFAULT_MAX_TOTAL_DOWNLOADS: usize = 16;
@@ -41,6 +44,15 @@ pub const DEFAULT_MAX_FILES_PER_JOB: usize = 50_000;
 /// 100 GiB: far above real export files (providers split at a few GB), low enough to stop a
 /// gzip bomb before it fills a disk.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 100 * 1024 * 1024 * 1024;
+/// 1 TiB: the decoded bytes of one job's files together.
+pub const DEFAULT_MAX_JOB_BYTES: u64 = 1024 * 1024 * 1024 * 1024;
+/// Real NDJSON compresses 5–20 : 1 (the reference server: 17 : 1); 200 : 1 is a bomb.
+pub const DEFAULT_MAX_GZIP_RATIO: u64 = 200;
+/// Blank lines are legal but carry nothing; a few are normal (a trailing one), thousands are not.
+pub const DEFAULT_MAX_BLANK_LINES: u64 = 1000;
+/// 1 KiB/s over a minute: far below any real transfer, far above a drip.
+pub const DEFAULT_MIN_TRANSFER_RATE: u64 = 1024;
+pub const DEFAULT_MIN_TRANSFER_RATE_WINDOW_SECS: f64 = 60.0;
 /// Largest request body on `/$import` and `/auth/*`.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Longest wait we honour from a provider's `Retry-After` (Cerner has sent hours).
@@ -60,6 +72,9 @@ pub const DEFAULT_ALLOW_INTERNAL_ADDRESSES: &str = "provider";
 /// Attempts for one request that fails transiently (5xx, 429, connection) before giving up.
 pub const DEFAULT_MAX_RETRIES: u32 = 5;
 pub const DEFAULT_EXPORT_TIMEOUT_SECS: f64 = 6.0 * 3600.0;
+/// A whole job, from its ping: the export's 6 hours plus a day's downloading is generous; a
+/// provider that keeps a job alive longer is holding a slot, not sending data.
+pub const DEFAULT_MAX_JOB_DURATION_MINUTES: f64 = 30.0 * 60.0;
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: f64 = 10.0;
 /// Longest silence on a response body before the download counts as stalled.
 pub const DEFAULT_READ_TIMEOUT_SECS: f64 = 60.0;
@@ -71,6 +86,17 @@ pub const DEFAULT_JWKS_FETCH_TIMEOUT_SECS: f64 = 10.0;
 pub const DEFAULT_STATUS_ERROR_BUDGET_SECS: f64 = 900.0;
 /// Largest JWKS we fetch from a registered `jwks_uri`.
 pub const MAX_JWKS_BYTES: usize = 64 * 1024;
+/// A client's whole header block within 10 s: real clients send it at once, slowloris never does.
+pub const DEFAULT_SERVER_HEADER_TIMEOUT_SECS: f64 = 10.0;
+pub const DEFAULT_SERVER_IDLE_TIMEOUT_SECS: f64 = 60.0;
+/// Our handlers answer in milliseconds; the longest (a cancel) waits a few seconds.
+pub const DEFAULT_SERVER_REQUEST_TIMEOUT_SECS: f64 = 30.0;
+/// Well under the usual 1024 open files, with room for jobs (lowered at start to fit the limit).
+pub const DEFAULT_SERVER_MAX_CONNECTIONS: usize = 512;
+/// Enough for a provider's pings and polls and a few browser tabs; one address cannot take all.
+pub const DEFAULT_SERVER_MAX_CONNECTIONS_PER_ADDRESS: usize = 128;
+/// Headers of real requests are a few KiB (a bearer token included); hyper's default is ~400 KB.
+pub const DEFAULT_SERVER_MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// Bounds on work, sizes and time; each one named, each one configurable.
 #[derive(Debug, Clone)]
@@ -80,11 +106,20 @@ pub struct Limits {
     /// Downloads at once across all jobs.
     pub max_total_downloads: usize,
     pub max_concurrent_jobs: usize,
+    /// Unfinished jobs of one provider at once.
+    pub max_jobs_per_provider: usize,
     pub max_manifest_bytes: usize,
     pub max_manifest_pages: usize,
     pub max_files_per_job: usize,
     /// Largest file we accept, counted after gzip decoding (so a gzip bomb is cut off).
     pub max_file_bytes: u64,
+    pub max_job_bytes: u64,
+    /// Decoded bytes per byte on the wire a gzip body may reach (checked past the first MiBs).
+    pub max_gzip_ratio: u64,
+    pub max_blank_lines: u64,
+    /// Bytes per second a file body must keep up over each window.
+    pub min_transfer_rate: u64,
+    pub min_transfer_rate_window: Duration,
     pub max_body_bytes: usize,
     pub max_retry_after: Duration,
     pub poll_interval: Duration,
@@ -92,6 +127,7 @@ pub struct Limits {
     pub provider_requests_per_minute: u32,
     pub max_retries: u32,
     pub export_timeout: Duration,
+    pub max_job_duration: Duration,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     /// How long a provider's export status URL may keep failing before the job fails.
@@ -128,6 +164,8 @@ pub struct Config {
     /// Fixed DNS answers, checked by the SSRF guard like any other (no variable: tests set it).
     pub dns_overrides: Overrides,
     pub limits: Limits,
+    /// Bounds of our own listener.
+    pub server: ServerLimits,
 }
 
 /// `ALLOW_INTERNAL_ADDRESSES`: which internal address classes a URL off the provider's own
@@ -185,10 +223,17 @@ impl Config {
             parallel_downloads: r.num("PARALLEL_DOWNLOADS", DEFAULT_PARALLEL_DOWNLOADS, 1, 64),
             max_total_downloads: r.num("MAX_TOTAL_DOWNLOADS", DEFAULT_MAX_TOTAL_DOWNLOADS, 1, 1024),
             max_concurrent_jobs: r.num("MAX_CONCURRENT_JOBS", DEFAULT_MAX_CONCURRENT_JOBS, 1, 10_000),
+            max_jobs_per_provider: r.num("MAX_JOBS_PER_PROVIDER", DEFAULT_MAX_JOBS_PER_PROVIDER, 1, 10_000),
             max_manifest_bytes: r.num("MAX_MANIFEST_BYTES", DEFAULT_MAX_MANIFEST_BYTES, 1024, usize::MAX),
             max_manifest_pages: r.num("MAX_MANIFEST_PAGES", DEFAULT_MAX_MANIFEST_PAGES, 1, 1_000_000),
             max_files_per_job: r.num("MAX_FILES_PER_JOB", DEFAULT_MAX_FILES_PER_JOB, 1, 10_000_000),
             max_file_bytes: r.num("MAX_FILE_BYTES", DEFAULT_MAX_FILE_BYTES, 1, u64::MAX),
+            max_job_bytes: r.num("MAX_JOB_BYTES", DEFAULT_MAX_JOB_BYTES, 1, u64::MAX),
+            max_gzip_ratio: r.num("MAX_GZIP_RATIO", DEFAULT_MAX_GZIP_RATIO, 2, 1_000_000),
+            max_blank_lines: r.num("MAX_BLANK_LINES", DEFAULT_MAX_BLANK_LINES, 0, u64::MAX),
+            min_transfer_rate: r.num("MIN_TRANSFER_RATE", DEFAULT_MIN_TRANSFER_RATE, 0, u64::MAX),
+            min_transfer_rate_window: r
+                .secs("MIN_TRANSFER_RATE_WINDOW", DEFAULT_MIN_TRANSFER_RATE_WINDOW_SECS),
             max_body_bytes: r.num("MAX_REQUEST_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, usize::MAX),
             max_retry_after: r.secs("MAX_RETRY_AFTER", DEFAULT_MAX_RETRY_AFTER_SECS),
             poll_interval: r.secs("POLL_INTERVAL", DEFAULT_POLL_INTERVAL_SECS),
@@ -201,10 +246,29 @@ impl Config {
             ),
             max_retries: r.num("MAX_RETRIES", DEFAULT_MAX_RETRIES, 0, 100),
             export_timeout: r.secs("EXPORT_TIMEOUT", DEFAULT_EXPORT_TIMEOUT_SECS),
+            max_job_duration: r.minutes("MAX_JOB_DURATION", DEFAULT_MAX_JOB_DURATION_MINUTES),
             connect_timeout: r.secs("HTTP_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT_SECS),
             read_timeout: r.secs("HTTP_READ_TIMEOUT", DEFAULT_READ_TIMEOUT_SECS),
             jwks_fetch_timeout: r.secs("JWKS_FETCH_TIMEOUT", DEFAULT_JWKS_FETCH_TIMEOUT_SECS),
             status_error_budget: r.secs_or_zero("STATUS_ERROR_BUDGET", DEFAULT_STATUS_ERROR_BUDGET_SECS),
+        };
+        let server = ServerLimits {
+            header_read_timeout: r.secs("SERVER_HEADER_TIMEOUT", DEFAULT_SERVER_HEADER_TIMEOUT_SECS),
+            idle_timeout: r.secs("SERVER_IDLE_TIMEOUT", DEFAULT_SERVER_IDLE_TIMEOUT_SECS),
+            request_timeout: r.secs("SERVER_REQUEST_TIMEOUT", DEFAULT_SERVER_REQUEST_TIMEOUT_SECS),
+            max_connections: r.num("SERVER_MAX_CONNECTIONS", DEFAULT_SERVER_MAX_CONNECTIONS, 1, 1_000_000),
+            max_connections_per_address: r.num(
+                "SERVER_MAX_CONNECTIONS_PER_ADDRESS",
+                DEFAULT_SERVER_MAX_CONNECTIONS_PER_ADDRESS,
+                0,
+                1_000_000,
+            ),
+            max_header_bytes: r.num(
+                "SERVER_MAX_HEADER_BYTES",
+                DEFAULT_SERVER_MAX_HEADER_BYTES,
+                8192,
+                16 << 20,
+            ),
         };
         let destination = match r.string("DESTINATION_TYPE", "dev-null").as_str() {
             "dev-null" => DestinationKind::DevNull,
@@ -268,6 +332,7 @@ impl Config {
             internal_addresses,
             dns_overrides: Overrides::default(),
             limits,
+            server,
         };
         for (name, secret) in [("JWT_SECRET", &config.jwt_secret), ("ADMIN_TOKEN", &config.admin_token)] {
             use secrecy::ExposeSecret;

@@ -6,6 +6,7 @@ pub mod config;
 pub mod destination;
 pub mod fhir;
 pub mod http_client;
+pub mod http_server;
 pub mod jobs;
 pub mod routes;
 pub mod state;

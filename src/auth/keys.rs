@@ -36,6 +36,8 @@ pub enum KeysError {
     BadPreviousKeys(String),
     #[error("key operation failed")]
     Jose(#[from] josekit::JoseError),
+    #[error("{path} ({what}) cannot be used: {problem}. If an earlier start was interrupted before it finished writing the file, delete it and a new one is generated; otherwise restore it from a backup (a new key must then be registered with every provider)")]
+    Unusable { path: PathBuf, what: String, problem: String },
 }
 
 pub struct Keys {
@@ -64,7 +66,13 @@ impl Keys {
             None => {
                 let path = dir.join(PRIVATE_KEY_FILE);
                 match std::fs::read_to_string(&path) {
-                    Ok(raw) => parse_private(&raw)?,
+                    Ok(raw) if raw.trim().is_empty() => {
+                        return Err(unusable(&path, "our signing key", "the file is empty"))
+                    }
+                    Ok(raw) => parse_private(&raw).map_err(|e| match e {
+                        KeysError::BadPrivateKey(why) => unusable(&path, "our signing key", &why),
+                        other => other,
+                    })?,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         let jwk = generate(GENERATED_KEY_ALG)?;
                         write_secret_file(&path, jwk.to_string().as_bytes())?;
@@ -135,10 +143,7 @@ fn secret_or_generate(
     match std::fs::read_to_string(path) {
         // The generated ones are 96 hex characters.
         Ok(s) if s.trim().len() >= MIN_SECRET_CHARS => Ok(SecretString::from(s.trim().to_string())),
-        Ok(_) => Err(KeysError::BadPrivateKey(format!(
-            "{} is shorter than {MIN_SECRET_CHARS} characters",
-            path.display()
-        ))),
+        Ok(_) => Err(unusable(path, variable, &format!("it holds fewer than {MIN_SECRET_CHARS} characters"))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let secret = random_hex(48);
             write_secret_file(path, secret.as_bytes())?;
@@ -274,19 +279,36 @@ pub fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
+/// Write a generated secret so that a crash or a full disk at any point leaves either no file or
+/// the whole file: a temporary file (0600), fsynced, renamed into place, and the directory fsynced.
+/// A temporary file left by a crash is overwritten the next time.
 fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), KeysError> {
     let io = |source| KeysError::Io { path: path.to_path_buf(), source };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temp = dir.join(format!(".{name}.tmp"));
+    let written = (|| {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(&temp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
     }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path).map_err(io)?;
-    file.write_all(contents).map_err(io)?;
-    file.sync_all().map_err(io)
+    written.map_err(io)
+}
+
+/// What to do about a stored key or secret that cannot be used.
+fn unusable(path: &Path, what: &str, problem: &str) -> KeysError {
+    KeysError::Unusable { path: path.to_path_buf(), what: what.to_string(), problem: problem.to_string() }
 }

@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     export::describe_failure,
-    gzip::{decoded_body, ACCEPTED},
+    file_bounds::{Exceeded, FileMeter, JobBytes},
+    gzip::{decoded_body, DecodeError, ACCEPTED},
     ndjson::{validate_any_line, validate_line, AnyLine, LineError, LineKind, LineSplitter},
     provider_client::{Auth, ProviderClient},
     provider_report::{ProviderReport, MAX_KEPT_ISSUES},
@@ -146,7 +147,11 @@ enum AttemptError {
 impl From<JobError> for AttemptError {
     fn from(e: JobError) -> Self {
         match e {
-            JobError::Cancelled | JobError::Store(_) | JobError::Destination(_) => AttemptError::Job(e),
+            JobError::Cancelled
+            | JobError::Store(_)
+            | JobError::Destination(_)
+            | JobError::Bound(_)
+            | JobError::TimeLimit(_) => AttemptError::Job(e),
             // `send` already retried these: the file fails, the job goes on.
             JobError::Provider(m) => AttemptError::Permanent(IssueCode::Transient, m),
             JobError::Refused(m) => AttemptError::Permanent(IssueCode::Security, m),
@@ -163,6 +168,7 @@ pub async fn import_file(
     client: &ProviderClient,
     destination: &dyn Destination,
     file: &JobFile,
+    job_bytes: &JobBytes,
     cancel: &CancellationToken,
 ) -> Result<FileResult, JobError> {
     let (url, auth) = match file_url(&client.base, file) {
@@ -173,7 +179,8 @@ pub async fn import_file(
     loop {
         let result = if file.kind == FileKind::Error {
             let mut report = ProviderReport::default();
-            match stream_into(client, &url, auth, file, Sink::Report(&mut report), cancel).await {
+            let mut meter = FileMeter::new(job_bytes, &client.limits);
+            match stream_into(client, &url, auth, file, Sink::Report(&mut report), &mut meter, cancel).await {
                 Ok(_) => Ok(FileResult::reported(file, report)),
                 Err(e) => Err(e),
             }
@@ -181,7 +188,8 @@ pub async fn import_file(
             let target =
                 FileTarget { job: &file.job_id, name: &file.name, resource_type: &file.resource_type };
             let writer = destination.open(target).await?;
-            attempt_file(client, &url, auth, file, writer, cancel).await
+            attempt_file(client, &url, auth, file, writer, FileMeter::new(job_bytes, &client.limits), cancel)
+                .await
         };
         match result {
             Ok(done) => return Ok(done),
@@ -232,12 +240,14 @@ async fn attempt_file(
     auth: Auth,
     file: &JobFile,
     mut writer: Box<dyn FileWriter>,
+    mut meter: FileMeter<'_>,
     cancel: &CancellationToken,
 ) -> Result<FileResult, AttemptError> {
-    let result = stream_into(client, url, auth, file, Sink::Store(&mut *writer), cancel).await;
+    let result = stream_into(client, url, auth, file, Sink::Store(&mut *writer), &mut meter, cancel).await;
     match result {
         Ok(streamed) => {
             let receipt = writer.finish(streamed.resources as u64).await.map_err(JobError::from)?;
+            meter.keep();
             Ok(FileResult::stored(file, streamed, receipt.bytes as i64, receipt.location))
         }
         Err(e) => {
@@ -255,6 +265,7 @@ async fn stream_into(
     auth: Auth,
     file: &JobFile,
     sink: Sink<'_>,
+    meter: &mut FileMeter<'_>,
     cancel: &CancellationToken,
 ) -> Result<Streamed, AttemptError> {
     let get = |http: &reqwest::Client, url: url::Url| {
@@ -268,7 +279,12 @@ async fn stream_into(
         _ => Some(IssueCode::Exception),
     };
     if let Some(code) = refused {
-        return Err(AttemptError::Permanent(code, describe_failure("the provider", resp).await));
+        // The error page is read under the same cancellation as the body.
+        let reason = tokio::select! {
+            _ = cancel.cancelled() => return Err(JobError::Cancelled.into()),
+            reason = describe_failure("the provider", resp) => reason,
+        };
+        return Err(AttemptError::Permanent(code, reason));
     }
     let expected = file.resource_type.as_str();
     // Provider OperationOutcomes and `deleted` Bundles often carry no id.
@@ -279,9 +295,22 @@ async fn stream_into(
         Sink::Store(w) => (Some(w), None),
         Sink::Report(r) => (None, Some(r)),
     };
+    let max_blank = client.limits.max_blank_lines;
+    let mut blank = 0u64;
+    let mut on_blank = move |line: u64| {
+        blank += 1;
+        if blank > max_blank {
+            return Err(LineError::TooManyBlank { line, max: max_blank });
+        }
+        Ok(())
+    };
     let mut on_line = |n: u64, line: &[u8]| -> Result<(), LineError> {
         if let Some(by_type) = &mut counted.by_type {
-            if let AnyLine::Resource(t) = validate_any_line(n, line, require_id)? {
+            let kind = validate_any_line(n, line, require_id)?;
+            if kind == AnyLine::Blank {
+                on_blank(n)?;
+            }
+            if let AnyLine::Resource(t) = kind {
                 counted.resources += 1;
                 // A new type is rare: only then is its name copied.
                 match by_type.get_mut(t.as_ref()) {
@@ -291,36 +320,39 @@ async fn stream_into(
                     }
                 }
             }
-        } else if validate_line(n, line, expected, require_id)? == LineKind::Resource {
-            counted.resources += 1;
-            if let Some(r) = report.as_deref_mut() {
-                r.add(line);
+        } else {
+            match validate_line(n, line, expected, require_id)? {
+                LineKind::Resource => {
+                    counted.resources += 1;
+                    if let Some(r) = report.as_deref_mut() {
+                        r.add(line);
+                    }
+                }
+                LineKind::Blank => on_blank(n)?,
             }
         }
         Ok(())
     };
-    let mut received = 0u64;
-    let mut body =
-        decoded_body(resp).map_err(|e| AttemptError::Permanent(IssueCode::NotSupported, e.to_string()))?;
+    let mut body = decoded_body(resp, client.limits.max_gzip_ratio)
+        .map_err(|e| AttemptError::Permanent(IssueCode::NotSupported, e.to_string()))?;
     loop {
         let next = tokio::select! {
             _ = cancel.cancelled() => return Err(JobError::Cancelled.into()),
             next = body.next() => next,
         };
         let Some(chunk) = next else { break };
-        let chunk = chunk.map_err(|e| {
-            AttemptError::Transient(format!("the download broke off: {}", crate::routes::error::chain(&e)))
+        let chunk = chunk.map_err(|e| match e {
+            e @ DecodeError::Bomb(_) => AttemptError::Permanent(IssueCode::TooCostly, e.to_string()),
+            e => AttemptError::Transient(format!(
+                "the download broke off: {}",
+                crate::routes::error::chain(&e)
+            )),
         })?;
-        received += chunk.len() as u64;
-        if received > client.limits.max_file_bytes {
-            return Err(AttemptError::Permanent(
-                IssueCode::TooCostly,
-                format!(
-                    "the file is larger than {} bytes after decoding (MAX_FILE_BYTES)",
-                    client.limits.max_file_bytes
-                ),
-            ));
-        }
+        meter.chunk(chunk.len() as u64).map_err(|e| match e {
+            e @ Exceeded::JobBytes(_) => AttemptError::Job(JobError::Bound(e)),
+            e @ Exceeded::TooSlow { .. } => AttemptError::Transient(e.to_string()),
+            e @ Exceeded::FileBytes(_) => AttemptError::Permanent(IssueCode::TooCostly, e.to_string()),
+        })?;
         splitter.feed(&chunk, &mut on_line).map_err(line_failure)?;
         if let Some(w) = writer.as_deref_mut() {
             w.write(chunk).await.map_err(JobError::from)?;
@@ -333,6 +365,7 @@ async fn stream_into(
 fn line_failure(e: LineError) -> AttemptError {
     let code = match e {
         LineError::TooLong { .. } => IssueCode::TooLong,
+        LineError::TooManyBlank { .. } => IssueCode::TooCostly,
         LineError::WrongType { .. }
         | LineError::NoResourceType { .. }
         | LineError::NoId { .. }

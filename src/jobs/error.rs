@@ -16,6 +16,12 @@ pub enum JobError {
     Store(#[from] StoreError),
     #[error("destination failed")]
     Destination(#[from] DestinationError),
+    /// A bound on the whole job (`MAX_JOB_BYTES`).
+    #[error(transparent)]
+    Bound(#[from] super::file_bounds::Exceeded),
+    /// The job ran past `MAX_JOB_DURATION`, counted from its ping.
+    #[error("the import ran longer than {} minutes (MAX_JOB_DURATION) and was stopped", .0.as_secs() / 60)]
+    TimeLimit(std::time::Duration),
     /// Deleted by a user or stopped by shutdown; not a failure.
     #[error("cancelled")]
     Cancelled,

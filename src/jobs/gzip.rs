@@ -25,18 +25,24 @@ pub enum DecodeError {
     Truncated,
     #[error("content-encoding {0:?} was not asked for (only gzip is)")]
     Unsupported(String),
+    #[error("the gzip body expands more than {0} times (MAX_GZIP_RATIO): a compression bomb, not an export")]
+    Bomb(u64),
 }
+
+/// Decoded bytes before the ratio is judged: small files of repeated lines may compress far.
+const RATIO_FLOOR_BYTES: u64 = 8 * 1024 * 1024;
 
 /// The decoded body of a file response.
 pub fn decoded_body(
     resp: reqwest::Response,
+    max_ratio: u64,
 ) -> Result<BoxStream<'static, Result<Bytes, DecodeError>>, DecodeError> {
     let coding =
         resp.headers().get(CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
     let raw = resp.bytes_stream().map_err(|e| DecodeError::Http(e.without_url()));
     match coding.as_deref() {
         None | Some("identity") => Ok(raw.boxed()),
-        Some("gzip" | "x-gzip") => Ok(gunzip(raw).boxed()),
+        Some("gzip" | "x-gzip") => Ok(gunzip(raw, max_ratio).boxed()),
         Some(other) => Err(DecodeError::Unsupported(other.into())),
     }
 }
@@ -47,10 +53,14 @@ struct Gunzip<S> {
     inflate: Decompress,
     input_done: bool,
     member_done: bool,
+    /// Compressed bytes consumed and decoded bytes produced, over all members.
+    wire: u64,
+    decoded: u64,
+    max_ratio: u64,
 }
 
 /// Inflate a gzip stream of one or more members (RFC 1952 §2.2) into full-size chunks.
-fn gunzip<S>(input: S) -> impl Stream<Item = Result<Bytes, DecodeError>>
+fn gunzip<S>(input: S, max_ratio: u64) -> impl Stream<Item = Result<Bytes, DecodeError>>
 where
     S: Stream<Item = Result<Bytes, DecodeError>> + Unpin,
 {
@@ -60,6 +70,9 @@ where
         inflate: Decompress::new_gzip(WINDOW_BITS),
         input_done: false,
         member_done: false,
+        wire: 0,
+        decoded: 0,
+        max_ratio,
     };
     futures::stream::try_unfold(state, |mut s| async move {
         let chunk = s.next_chunk().await?;
@@ -95,8 +108,14 @@ where
             }
             let before = self.inflate.total_in();
             let status = self.inflate.decompress_vec(&self.pending, &mut out, FlushDecompress::None)?;
-            self.pending.advance((self.inflate.total_in() - before) as usize);
+            let consumed = self.inflate.total_in() - before;
+            self.pending.advance(consumed as usize);
+            self.wire += consumed;
             self.member_done = status == Status::StreamEnd;
+        }
+        self.decoded += out.len() as u64;
+        if self.decoded > RATIO_FLOOR_BYTES && self.decoded > self.max_ratio.saturating_mul(self.wire) {
+            return Err(DecodeError::Bomb(self.max_ratio));
         }
         Ok((!out.is_empty()).then(|| Bytes::from(out)))
     }
@@ -118,7 +137,7 @@ mod tests {
     async fn decode(body: &[u8], piece: usize) -> Result<Vec<Bytes>, DecodeError> {
         let pieces: Vec<Result<Bytes, DecodeError>> =
             body.chunks(piece).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
-        gunzip(futures::stream::iter(pieces)).try_collect().await
+        gunzip(futures::stream::iter(pieces), 1000).try_collect().await
     }
 
     fn sample(len: usize) -> Vec<u8> {
@@ -140,6 +159,14 @@ mod tests {
         let (a, b) = (sample(70_000), sample(5));
         let body = [gz(&a), gz(&b)].concat();
         assert_eq!(decode(&body, 1000).await.unwrap().concat(), [a, b].concat());
+    }
+
+    #[tokio::test]
+    async fn a_body_that_expands_past_the_ratio_is_a_bomb_once_past_the_floor() {
+        let small = gz(&vec![b'\n'; 1024 * 1024]);
+        assert_eq!(decode(&small, 4096).await.unwrap().concat().len(), 1024 * 1024, "under the floor");
+        let bomb = gz(&vec![b'\n'; 64 * 1024 * 1024]);
+        assert!(matches!(decode(&bomb, 4096).await, Err(DecodeError::Bomb(1000))));
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 pub mod download;
 pub mod error;
 pub mod export;
+pub mod file_bounds;
 pub mod gzip;
 pub mod json_scan;
 pub mod ndjson;

@@ -23,6 +23,10 @@ pub enum LineError {
     WrongType { line: u64, expected: String, found: String },
     #[error("line {line} ({resource_type}) has no id")]
     NoId { line: u64, resource_type: String },
+    #[error(
+        "line {line}: the file has more than {max} blank lines (MAX_BLANK_LINES); blank lines are not data"
+    )]
+    TooManyBlank { line: u64, max: u64 },
 }
 
 /// Carry capacity kept between lines; more is released after a long line.

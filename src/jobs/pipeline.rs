@@ -9,6 +9,7 @@ use url::Url;
 
 use super::{
     download, export,
+    file_bounds::JobBytes,
     progress::Progress,
     provider_client::{Auth, ProviderClient, Who},
     JobError,
@@ -31,7 +32,12 @@ use crate::{
 pub async fn run_job(app: AppState, id: String, cancel: CancellationToken, progress: Arc<Progress>) {
     let span = tracing::info_span!("job", job_id = %id);
     async {
-        let work = std::panic::AssertUnwindSafe(with_heartbeat(&app, &id, run(&app, &id, &cancel, &progress))).catch_unwind();
+        // Every await of the job (a manifest trickling in, a status body, a token) ends when it is
+        // cancelled: the whole run is dropped, not only the steps that check.
+        let run = async {
+            cancel.run_until_cancelled(run(&app, &id, &cancel, &progress)).await.unwrap_or(Err(JobError::Cancelled))
+        };
+        let work = std::panic::AssertUnwindSafe(with_heartbeat(&app, &id, run)).catch_unwind();
         let outcome = match work.await {
             Ok(result) => result,
             Err(_) => Err(JobError::Provider("the import stopped on an internal error (a bug); see the server log".into())),
@@ -43,7 +49,10 @@ pub async fn run_job(app: AppState, id: String, cancel: CancellationToken, progr
                 progress.close();
                 tracing::info!("job stopped");
                 if !app.jobs.shutdown.is_cancelled() {
-                    release_export(&app, &id).await;
+                    // On its own task: the cancel (a DELETE waiting) need not wait for the provider.
+                    let (app, id) = (app.clone(), id.clone());
+                    let span = tracing::Span::current();
+                    app.jobs.tracker.clone().spawn(async move { release_export(&app, &id).await }.instrument(span));
                 }
             }
             Err(e) => {
@@ -151,24 +160,42 @@ async fn run(
     let provider = app.store.provider(&job.client_id).await?.ok_or_else(|| {
         JobError::Provider("the provider's registration was revoked; the job cannot continue".into())
     })?;
-    let client = provider_client(app, &provider).await?;
+    let client = Arc::new(provider_client(app, &provider).await?);
+    // Counted from the ping, so a restart does not grant a job a fresh allowance.
+    let limit = app.config.limits.max_job_duration;
+    let left = (job.created_at as f64 + limit.as_secs_f64() - now_unix() as f64).max(0.0);
+    tokio::time::timeout(Duration::from_secs_f64(left), plan_and_import(app, &client, &job, cancel, progress))
+        .await
+        .map_err(|_| JobError::TimeLimit(limit))?
+}
 
+async fn plan_and_import(
+    app: &AppState,
+    client: &Arc<ProviderClient>,
+    job: &Job,
+    cancel: &CancellationToken,
+    progress: &Progress,
+) -> Result<(), JobError> {
+    let id = job.id.as_str();
     if matches!(job.state, JobState::Queued | JobState::Exporting) {
-        plan(app, &client, &job, cancel, progress).await?;
+        plan(app, client, job, cancel, progress).await?;
     }
     let files = app.store.files(id).await?;
+    let stored: u64 =
+        files.iter().filter(|f| f.state == FileState::Done).map(|f| f.bytes.max(0) as u64).sum();
+    let job_bytes = Arc::new(JobBytes::new(app.config.limits.max_job_bytes, stored));
     let total = files.len() as i64;
     let pending: Vec<JobFile> = files.into_iter().filter(|f| f.state == FileState::Pending).collect();
     progress.importing(FileCounts { total, finished: total - pending.len() as i64 });
     tracing::info!(files = pending.len(), "importing files");
     // Each download is its own task, so validation of several files uses every core. Leaving
     // this function (error or cancel) cancels the ones still running.
-    let client = Arc::new(client);
     let downloads = cancel.child_token();
     let _stop_downloads = downloads.clone().drop_guard();
     let mut results = futures::stream::iter(pending)
         .map(|file| {
             let (client, destination, cancel) = (client.clone(), app.destination.clone(), downloads.clone());
+            let job_bytes = job_bytes.clone();
             let slots = app.jobs.download_slots.clone();
             let task = tokio::spawn(
                 async move {
@@ -176,7 +203,8 @@ async fn run(
                         slot = slots.acquire_owned() => slot.ok(),
                         _ = cancel.cancelled() => return (file, Err(JobError::Cancelled)),
                     };
-                    let result = download::import_file(&client, &*destination, &file, &cancel).await;
+                    let result =
+                        download::import_file(&client, &*destination, &file, &job_bytes, &cancel).await;
                     (file, result)
                 }
                 .instrument(tracing::Span::current()),

@@ -17,7 +17,7 @@ use crate::{
     auth::{access_token::Caller, keys::random_hex, provider_base::ProviderBase},
     fhir::{operation_outcome::OperationOutcome, parameters::ImportRequest},
     state::AppState,
-    store::jobs::{Job, JobState},
+    store::jobs::{Admission, Job, JobCaps, JobState},
     time_util::now_unix,
 };
 
@@ -107,12 +107,22 @@ async fn import(
         created_at: now_unix(),
         completed_at: None,
     };
-    let max = app.config.limits.max_concurrent_jobs;
-    if !app.store.insert_job_if_room(&job, max as i64).await? {
-        return Err(ApiError::TooManyRequests {
-            message: format!("{max} imports are already running (MAX_CONCURRENT_JOBS); try again later"),
-            retry_after_secs: BUSY_RETRY_AFTER_SECS,
-        });
+    let limits = &app.config.limits;
+    let caps =
+        JobCaps { all: limits.max_concurrent_jobs as i64, per_provider: limits.max_jobs_per_provider as i64 };
+    let message = match app.store.insert_job_if_room(&job, caps).await? {
+        Admission::Admitted => None,
+        Admission::Full => Some(format!(
+            "{} imports are already running (MAX_CONCURRENT_JOBS); try again later",
+            caps.all
+        )),
+        Admission::ProviderFull => Some(format!(
+            "this provider already has {} imports running (MAX_JOBS_PER_PROVIDER); try again when one has finished",
+            caps.per_provider
+        )),
+    };
+    if let Some(message) = message {
+        return Err(ApiError::TooManyRequests { message, retry_after_secs: BUSY_RETRY_AFTER_SECS });
     }
     tracing::info!(job_id = %job.id, client_id = %job.client_id, scope = %caller.claims.scope, export_type = job.export_type.as_str(), "import job accepted");
     app.jobs.spawn(app.clone(), job.id.clone()).await;

@@ -7,6 +7,7 @@ pub mod import;
 pub mod info;
 pub mod jobs;
 pub mod jwks;
+pub mod response_policy;
 
 use axum::{
     extract::DefaultBodyLimit,
@@ -23,7 +24,8 @@ pub const STATIC_DIR: &str = "static";
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.limits.max_body_bytes;
-    Router::new()
+    let request_timeout = state.config.server.request_timeout;
+    let routes = Router::new()
         .merge(import::routes())
         .merge(jobs::routes())
         .merge(auth::routes())
@@ -32,9 +34,8 @@ pub fn router(state: AppState) -> Router {
         .merge(health::routes())
         .merge(dashboard::routes())
         .fallback_service(ServeDir::new(STATIC_DIR))
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(body_limit));
+    response_policy::apply(routes, request_timeout).layer(TraceLayer::new_for_http()).with_state(state)
 }
 
 /// Mark a response as never to be cached (status, tokens, registrations, job details).

@@ -227,14 +227,32 @@ impl FileTotals {
     }
 }
 
+/// Caps on unfinished jobs (`MAX_CONCURRENT_JOBS`, `MAX_JOBS_PER_PROVIDER`).
+#[derive(Debug, Clone, Copy)]
+pub struct JobCaps {
+    pub all: i64,
+    pub per_provider: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Admitted,
+    /// Every slot is taken.
+    Full,
+    /// The provider has its share; others may still start jobs.
+    ProviderFull,
+}
+
 impl Store {
     /// Insert a job unless `max_unfinished` jobs are already unfinished; false when there is no room.
     /// One statement, so a burst of pings cannot overshoot the limit.
-    pub async fn insert_job_if_room(&self, job: &Job, max_unfinished: i64) -> Result<bool, StoreError> {
+    /// Insert a job unless `caps` are reached: unfinished jobs in all, and of the job's provider.
+    pub async fn insert_job_if_room(&self, job: &Job, caps: JobCaps) -> Result<Admission, StoreError> {
         let r = sqlx::query(
             "INSERT INTO jobs (id, client_id, export_type, export_url, kickoff, state, created_at, touched_at)
              SELECT ?, ?, ?, ?, ?, ?, ?, ?
-             WHERE (SELECT COUNT(*) FROM jobs WHERE state NOT IN ('completed', 'failed')) < ?",
+             WHERE (SELECT COUNT(*) FROM jobs WHERE state NOT IN ('completed', 'failed')) < ?
+               AND (SELECT COUNT(*) FROM jobs WHERE client_id = ? AND state NOT IN ('completed', 'failed')) < ?",
         )
         .bind(&job.id)
         .bind(&job.client_id)
@@ -244,10 +262,21 @@ impl Store {
         .bind(job.state.as_str())
         .bind(job.created_at)
         .bind(job.created_at)
-        .bind(max_unfinished)
+        .bind(caps.all)
+        .bind(&job.client_id)
+        .bind(caps.per_provider)
         .execute(self.pool())
         .await?;
-        Ok(r.rows_affected() == 1)
+        if r.rows_affected() == 1 {
+            return Ok(Admission::Admitted);
+        }
+        let theirs: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobs WHERE client_id = ? AND state NOT IN ('completed', 'failed')",
+        )
+        .bind(&job.client_id)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(if theirs >= caps.per_provider { Admission::ProviderFull } else { Admission::Full })
     }
 
     pub async fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {

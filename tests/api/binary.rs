@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use super::{
     fake_provider::FakeProvider,
     helpers::{patients, ping, sign_assertion},
+    listener::{assert_health_is_fast, connect_from, ATTACKER},
 };
 
 struct Server {
@@ -24,7 +25,17 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path, env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bulk-import"));
+        Self::start_cmd(Command::new(env!("CARGO_BIN_EXE_bulk-import")), dir, env)
+    }
+
+    /// Started under `ulimit -n files` (soft and hard, so the server cannot raise it).
+    fn start_with_open_file_limit(dir: &Path, env: &[(&str, &str)], files: u32) -> Self {
+        let mut cmd = Command::new("bash");
+        cmd.args(["-c", &format!("ulimit -n {files} && exec \"$0\""), env!("CARGO_BIN_EXE_bulk-import")]);
+        Self::start_cmd(cmd, dir, env)
+    }
+
+    fn start_cmd(mut cmd: Command, dir: &Path, env: &[(&str, &str)]) -> Self {
         cmd.current_dir(dir)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -217,6 +228,106 @@ async fn after_kill_9_mid_import_a_restart_resumes_without_refetching_finished_f
     for n in &names {
         assert_eq!(std::fs::read_to_string(out.join(n)).unwrap(), obs, "{n}: a missing or duplicated line");
     }
+}
+
+#[tokio::test]
+async fn a_connection_flood_under_a_low_open_file_limit_stops_neither_health_nor_a_running_import() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let provider = FakeProvider::start().await;
+    let obs = super::helpers::observations(500);
+    provider.add_file("a.ndjson", "Observation", obs.clone());
+    provider.hold_file("a.ndjson");
+    let env = [("RUST_LOG", "bulk_import=info"), ("DESTINATION_TYPE", "tmp-fs"), ("POLL_INTERVAL", "0.05")];
+    // 400 descriptors: 192 are kept for jobs, so 208 connections in all and 104 per address.
+    let server = Server::start_with_open_file_limit(dir.path(), &env, 400);
+    provider.set_consumer_jwks_url(format!("{}/jwks", server.base()));
+    let pinged = ping_static(&server.base(), dir.path(), &provider).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while provider.requests_to("/fhir/files/a.ndjson").is_empty() {
+        assert!(Instant::now() < deadline, "the file was never requested");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // 600 silent connections from one address, held open: more than the server has descriptors.
+    let server_addr = server.address.parse().unwrap();
+    let mut flood = Vec::new();
+    for _ in 0..600 {
+        flood.push(connect_from(ATTACKER, server_addr).await);
+    }
+    assert_health_is_fast(&server.base()).await;
+    provider.release_files();
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body: Value = loop {
+        let res = http.get(&pinged.status_url).send().await.unwrap();
+        if res.status() == 200 {
+            break res.json().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "the import did not finish under the flood");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_health_is_fast(&server.base()).await;
+    drop(flood);
+    let log = server.stop().await;
+    assert_eq!(body["extension"]["result"], "completed", "{body}");
+    assert_eq!(body["extension"]["resources"], 500, "{body}");
+    let id = pinged.status_url.rsplit('/').next().unwrap();
+    let stored =
+        std::fs::read_to_string(dir.path().join("jobs").join(id).join("Observation.1.ndjson")).unwrap();
+    assert_eq!(stored, obs);
+    assert!(log.contains("connection refused: over a cap"), "{log}");
+    assert!(!log.contains("Too many open files"), "{log}");
+}
+
+/// Run the binary until it exits by itself (it is expected to refuse to start); its status and log.
+fn run_to_exit(dir: &Path, env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bulk-import"));
+    cmd.current_dir(dir).env_clear().env("PORT", "0").env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started instead of refusing to");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status, log)
+}
+
+#[tokio::test]
+async fn a_full_disk_at_first_start_leaves_no_broken_key_file_and_a_broken_one_is_named() {
+    let Some(disk) = super::small_disk::SmallDisk::mount(8 << 20, "a_full_disk_at_first_start") else {
+        return;
+    };
+    let data = disk.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    disk.fill();
+    let work = tempfile::TempDir::new().unwrap();
+    let env = [("DATA_DIR", data.to_str().unwrap()), ("RUST_LOG", "bulk_import=info")];
+    let (status, log) = run_to_exit(work.path(), &env);
+    assert!(!status.success());
+    assert!(log.contains("private-key.jwk.json"), "{log}");
+    let left: Vec<_> = std::fs::read_dir(&data).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "a failed first start left {left:?}");
+    // With room again, the next start generates everything.
+    disk.free();
+    let server = Server::start(work.path(), &env);
+    drop(server);
+    assert!(std::fs::metadata(data.join("private-key.jwk.json")).unwrap().len() > 100);
+
+    // A key file emptied some other way stops the start with a message that says what to do.
+    std::fs::write(data.join("private-key.jwk.json"), "").unwrap();
+    let (status, log) = run_to_exit(work.path(), &env);
+    assert!(!status.success());
+    assert!(
+        log.contains("private-key.jwk.json") && log.contains("is empty") && log.contains("delete it"),
+        "{log}"
+    );
 }
 
 /// What a provider used to start an import: for checks that none of it leaks.

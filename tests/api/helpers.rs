@@ -179,7 +179,14 @@ impl TestApp {
 
     /// An access token for the registered provider.
     pub async fn token(&self) -> String {
-        let form = Self::token_form(&self.assertion(|_, _| {}));
+        self.token_for(&self.client_id).await
+    }
+
+    /// An access token for another registration made with the same provider key.
+    pub async fn token_for(&self, client_id: &str) -> String {
+        let assertion =
+            sign_assertion(&self.provider_key, client_id, &format!("{}/auth/token", self.base), |_, _| {});
+        let form = Self::token_form(&assertion);
         let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let res = self.post_token(&form).await;
         assert_eq!(res.status(), 200);

@@ -119,6 +119,36 @@ async fn an_oversized_body_is_refused_with_413() {
 }
 
 #[tokio::test]
+async fn a_provider_at_its_job_cap_gets_429_while_another_provider_is_still_admitted() {
+    let app = spawn_app_with(|c| c.limits.max_jobs_per_provider = 2).await;
+    app.provider.script_status(vec![super::fake_provider::StatusStep::Pending(Some(1)); 100]);
+    for _ in 0..2 {
+        app.start_import(&app.provider.export_url(), "dynamic").await;
+    }
+    let res = app.post_import(&ping(&app.provider.export_url(), "dynamic")).await;
+    assert!(res.headers().contains_key("retry-after"));
+    let (status, text) = outcome(res).await;
+    assert_eq!(status, 429);
+    assert!(text.contains("MAX_JOBS_PER_PROVIDER"), "{text}");
+
+    let other = super::fake_provider::FakeProvider::start().await;
+    other.set_consumer_jwks_url(format!("{}/jwks", app.base));
+    other.add_file("p.ndjson", "Patient", super::helpers::patients(3));
+    let client_id = super::load::register(&app, &other).await;
+    let token = app.token_for(&client_id).await;
+    let res = app
+        .post_import_raw(
+            Some(&token),
+            "application/fhir+json",
+            ping(&other.manifest_url(), "static").to_string(),
+        )
+        .await;
+    assert_eq!(res.status(), 202, "another provider is not held up by the first one's jobs");
+    let id = res.headers()["content-location"].to_str().unwrap().rsplit('/').next().unwrap().to_string();
+    assert_eq!(app.completed(&id).await["extension"]["resources"], 3);
+}
+
+#[tokio::test]
 async fn pings_beyond_the_concurrent_job_limit_get_429_with_retry_after() {
     let app = spawn_app_with(|c| c.limits.max_concurrent_jobs = 1).await;
     app.provider.script_status(vec![super::fake_provider::StatusStep::Pending(Some(1)); 100]);

@@ -178,7 +178,7 @@ async fn the_reaper_removes_a_job_with_no_sign_of_life_past_twice_the_max_age() 
                 created_at: long_ago,
                 completed_at: None,
             },
-            1000,
+            bulk_import::store::jobs::JobCaps { all: 1000, per_provider: 1000 },
         )
         .await
         .unwrap();

@@ -13,7 +13,7 @@ use super::{
 const PROVIDERS: usize = 20;
 const PINGS_EACH: usize = 10;
 
-async fn register(app: &TestApp, provider: &FakeProvider) -> String {
+pub async fn register(app: &TestApp, provider: &FakeProvider) -> String {
     let res = app
         .register(&json!({"jwks": app.public_jwks(), "consumer_client_id": "consumer-at-fake", "aud": provider.base()}))
         .await;
@@ -24,6 +24,9 @@ async fn register(app: &TestApp, provider: &FakeProvider) -> String {
 async fn two_hundred_pings_from_twenty_providers_all_complete() {
     let app = spawn_app_with(|c| {
         c.limits.max_concurrent_jobs = PROVIDERS * PINGS_EACH;
+        c.limits.max_jobs_per_provider = PINGS_EACH;
+        // Twenty providers, all on 127.0.0.1 here.
+        c.server.max_connections_per_address = 0;
         c.destination = bulk_import::destination::DestinationKind::DevNull;
     })
     .await;

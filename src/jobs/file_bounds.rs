@@ -1,0 +1,161 @@
+//! What one provider may cost us per file and per job, beyond the line guard: decoded bytes per
+//! file and per job, and a minimum transfer rate (a body trickled at 1 B/s is never
+//! silent long enough for the read timeout, yet never ends).
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use crate::config::Limits;
+
+/// Why a file (or its job) went over a bound.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Exceeded {
+    #[error("the file is larger than {0} bytes after decoding (MAX_FILE_BYTES)")]
+    FileBytes(u64),
+    #[error("the export's files add up to more than {0} bytes (MAX_JOB_BYTES)")]
+    JobBytes(u64),
+    #[error("the download ran slower than {rate} bytes/s over {window_secs} s (MIN_TRANSFER_RATE, MIN_TRANSFER_RATE_WINDOW)")]
+    TooSlow { rate: u64, window_secs: u64 },
+}
+
+/// Decoded bytes of a whole job, shared by its downloads. A file's bytes are taken as they arrive
+/// and given back if its attempt fails, so retries are not counted twice.
+#[derive(Debug)]
+pub struct JobBytes {
+    used: AtomicU64,
+    max: u64,
+}
+
+impl JobBytes {
+    /// `already`: bytes of the job's files finished before (a resumed job).
+    pub fn new(max: u64, already: u64) -> Self {
+        Self { used: AtomicU64::new(already), max }
+    }
+
+    fn take(&self, n: u64) -> Result<(), Exceeded> {
+        let before = self.used.fetch_add(n, Ordering::Relaxed);
+        if before + n > self.max {
+            self.give_back(n);
+            return Err(Exceeded::JobBytes(self.max));
+        }
+        Ok(())
+    }
+
+    fn give_back(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// One attempt at one file, counted as it streams.
+pub struct FileMeter<'a> {
+    job: &'a JobBytes,
+    /// Bytes of this attempt counted against the job.
+    taken: u64,
+    bytes: u64,
+    max_bytes: u64,
+    min_rate: u64,
+    window: Duration,
+    window_start: Instant,
+    window_bytes: u64,
+    kept: bool,
+}
+
+impl<'a> FileMeter<'a> {
+    pub fn new(job: &'a JobBytes, limits: &Limits) -> Self {
+        Self {
+            job,
+            taken: 0,
+            bytes: 0,
+            max_bytes: limits.max_file_bytes,
+            min_rate: limits.min_transfer_rate,
+            window: limits.min_transfer_rate_window,
+            window_start: Instant::now(),
+            window_bytes: 0,
+            kept: false,
+        }
+    }
+
+    /// Count a decoded chunk that just arrived.
+    pub fn chunk(&mut self, n: u64) -> Result<(), Exceeded> {
+        self.bytes += n;
+        if self.bytes > self.max_bytes {
+            return Err(Exceeded::FileBytes(self.max_bytes));
+        }
+        self.job.take(n)?;
+        self.taken += n;
+        self.window_bytes += n;
+        let elapsed = self.window_start.elapsed();
+        if elapsed >= self.window {
+            if (self.window_bytes as f64) < self.min_rate as f64 * elapsed.as_secs_f64() {
+                return Err(Exceeded::TooSlow { rate: self.min_rate, window_secs: self.window.as_secs() });
+            }
+            self.window_start = Instant::now();
+            self.window_bytes = 0;
+        }
+        Ok(())
+    }
+
+    /// The file was stored: its bytes stay counted against the job.
+    pub fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for FileMeter<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.job.give_back(self.taken);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        let mut l = crate::config::Config::defaults().limits;
+        l.max_file_bytes = 100;
+        l.min_transfer_rate = 1;
+        l.min_transfer_rate_window = Duration::from_secs(3600);
+        l
+    }
+
+    #[test]
+    fn a_file_over_its_size_fails_and_a_failed_attempt_gives_its_bytes_back() {
+        let job = JobBytes::new(1000, 0);
+        let mut m = FileMeter::new(&job, &limits());
+        assert_eq!(m.chunk(60), Ok(()));
+        assert_eq!(m.chunk(60), Err(Exceeded::FileBytes(100)));
+        drop(m);
+        assert_eq!(job.used.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn the_job_total_spans_files_and_only_stored_files_keep_their_share() {
+        let job = JobBytes::new(150, 20);
+        let mut a = FileMeter::new(&job, &limits());
+        a.chunk(90).unwrap();
+        a.keep();
+        let mut b = FileMeter::new(&job, &limits());
+        assert_eq!(b.chunk(50), Err(Exceeded::JobBytes(150)));
+        drop(b);
+        assert_eq!(job.used.load(Ordering::Relaxed), 110);
+    }
+
+    #[test]
+    fn a_slow_window_fails_and_a_fast_one_starts_the_next() {
+        let job = JobBytes::new(u64::MAX, 0);
+        let mut l = limits();
+        l.max_file_bytes = u64::MAX;
+        l.min_transfer_rate = 1_000_000;
+        l.min_transfer_rate_window = Duration::from_millis(20);
+        let mut m = FileMeter::new(&job, &l);
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(matches!(m.chunk(10), Err(Exceeded::TooSlow { .. })));
+        let mut fast = FileMeter::new(&job, &l);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(fast.chunk(1_000_000), Ok(()));
+    }
+}
