@@ -6,7 +6,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    auth::{jwks_cache::JwksCache, keys::Keys, provider_token::ProviderTokens},
+    auth::{failure_limit::AuthFailures, jwks_cache::JwksCache, keys::Keys, provider_token::ProviderTokens},
     config::Config,
     http_client, http_server,
     jobs::{reaper, request_budget::RequestBudget, runner::Runner},
@@ -64,7 +64,8 @@ impl App {
             provider_tokens: Arc::new(ProviderTokens::new(http.clone(), keys.clone())),
             request_budget: Arc::new(RequestBudget::new(config.limits.provider_requests_per_minute)),
             outbound,
-            jwks: Arc::new(JwksCache::new(config.limits.jwks_fetch_timeout)),
+            jwks: Arc::new(JwksCache::new(config.limits.jwks_fetch_timeout, config.limits.jwks_min_refetch)),
+            auth_failures: Arc::new(AuthFailures::new(config.limits.max_auth_failures)),
             config: Arc::new(config),
             store,
             http,

@@ -84,6 +84,10 @@ pub const DEFAULT_JWKS_FETCH_TIMEOUT_SECS: f64 = 10.0;
 /// 15 minutes of consecutive status errors (retried with backoff) before a job fails: outages of
 /// a few minutes are common, and cumulus-etl retries status 5xx for about as long.
 pub const DEFAULT_STATUS_ERROR_BUDGET_SECS: f64 = 900.0;
+/// Least time between two fetches of one registered JWKS URL (whatever its cache headers say).
+pub const DEFAULT_JWKS_MIN_REFETCH_SECS: f64 = 5.0;
+/// Failed credentials per minute from one client id or address before it is refused unchecked.
+pub const DEFAULT_MAX_AUTH_FAILURES: u32 = 20;
 /// Largest JWKS we fetch from a registered `jwks_uri`.
 pub const MAX_JWKS_BYTES: usize = 64 * 1024;
 /// A client's whole header block within 10 s: real clients send it at once, slowloris never does.
@@ -134,6 +138,9 @@ pub struct Limits {
     pub status_error_budget: Duration,
     /// Longest wait for a registered provider's JWKS URL.
     pub jwks_fetch_timeout: Duration,
+    pub jwks_min_refetch: Duration,
+    /// Failed client assertions or admin tokens per minute per client id or address.
+    pub max_auth_failures: u32,
 }
 
 /// The whole configuration, validated.
@@ -250,6 +257,8 @@ impl Config {
             connect_timeout: r.secs("HTTP_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT_SECS),
             read_timeout: r.secs("HTTP_READ_TIMEOUT", DEFAULT_READ_TIMEOUT_SECS),
             jwks_fetch_timeout: r.secs("JWKS_FETCH_TIMEOUT", DEFAULT_JWKS_FETCH_TIMEOUT_SECS),
+            jwks_min_refetch: r.secs("JWKS_MIN_REFETCH", DEFAULT_JWKS_MIN_REFETCH_SECS),
+            max_auth_failures: r.num("MAX_AUTH_FAILURES", DEFAULT_MAX_AUTH_FAILURES, 1, 1_000_000),
             status_error_budget: r.secs_or_zero("STATUS_ERROR_BUDGET", DEFAULT_STATUS_ERROR_BUDGET_SECS),
         };
         let server = ServerLimits {

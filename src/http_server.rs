@@ -353,7 +353,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
     }
 }
 
-/// The address a request came from (set by `serve` on every request).
-pub fn peer(req_extensions: &axum::http::Extensions) -> Option<SocketAddr> {
-    req_extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0)
+/// The address a request came from (set by `serve` on every request), as a key for limits and
+/// logs; "unknown" where the router is served some other way.
+pub fn peer_key(extensions: &axum::http::Extensions) -> String {
+    extensions.get::<ConnectInfo<SocketAddr>>().map_or_else(|| "unknown".into(), |c| c.0.ip().to_string())
 }

@@ -2,7 +2,7 @@
 use std::sync::Arc;
 
 use crate::{
-    auth::{jwks_cache::JwksCache, keys::Keys, provider_token::ProviderTokens},
+    auth::{failure_limit::AuthFailures, jwks_cache::JwksCache, keys::Keys, provider_token::ProviderTokens},
     config::Config,
     destination::Destination,
     http_client::Outbound,
@@ -24,6 +24,8 @@ pub struct AppState {
     pub provider_tokens: Arc<ProviderTokens>,
     /// Cache of registered providers' JWKS URLs.
     pub jwks: Arc<JwksCache>,
+    /// Failed client assertions and admin tokens, per client and address.
+    pub auth_failures: Arc<AuthFailures>,
     pub destination: Arc<dyn Destination>,
     pub jobs: Arc<Runner>,
 }

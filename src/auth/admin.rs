@@ -17,6 +17,9 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = AuthError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, AuthError> {
+        let address = crate::http_server::peer_key(&parts.extensions);
+        let failures = &app.auth_failures.admin_address;
+        failures.check(&address).map_err(|wait| AuthError::TooManyFailures(wait.as_secs()))?;
         let presented = bearer_token(&parts.headers).map_err(|_| {
             AuthError::InvalidToken(
                 "this endpoint needs the admin credential: 'Authorization: Bearer <ADMIN_TOKEN>' (see DATA_DIR/admin-token)".into(),
@@ -25,6 +28,7 @@ impl FromRequestParts<AppState> for Admin {
         if same(presented.as_bytes(), app.keys.admin_token().expose_secret().as_bytes()) {
             Ok(Admin)
         } else {
+            failures.failed(&address, "wrong admin token");
             Err(AuthError::InvalidToken("the admin credential is not valid".into()))
         }
     }

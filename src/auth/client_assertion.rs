@@ -39,6 +39,17 @@ fn decode_part<T: for<'de> Deserialize<'de>>(part: Option<&str>) -> Result<T, Au
     serde_json::from_slice(&bytes).map_err(|_| bad())
 }
 
+/// The client id an assertion claims (`iss`), unverified: only a key for failure limits and logs.
+/// Bounded, so a forged claim cannot grow the log or the limit table.
+pub fn claimed_client(assertion: &str) -> Option<String> {
+    let claims: Value = decode_part(assertion.split('.').nth(1)).ok()?;
+    let iss = claims.get("iss")?.as_str()?;
+    Some(iss.chars().take(MAX_CLIENT_ID_CHARS).collect())
+}
+
+/// Longest claimed client id kept (ours are 32 hex characters).
+const MAX_CLIENT_ID_CHARS: usize = 64;
+
 /// Check a token request and, if every rule holds, issue an access token.
 pub async fn exchange(app: &AppState, token_url: &str, form: TokenForm) -> Result<Value, AuthError> {
     let grant_type =

@@ -26,6 +26,9 @@ pub enum AuthError {
     Jose(#[from] josekit::JoseError),
     #[error("storage failed")]
     Store(#[from] crate::store::StoreError),
+    /// Too many failed credentials from this client or address (`MAX_AUTH_FAILURES`).
+    #[error("too many failed attempts in the last minute (MAX_AUTH_FAILURES); retry in {0} s")]
+    TooManyFailures(u64),
     /// A provider's token endpoint could not be used just now (unreachable, 5xx, 429).
     #[error("{0}")]
     Provider(String),
@@ -43,6 +46,7 @@ impl AuthError {
             AuthError::UnsupportedGrantType(_) => ("unsupported_grant_type", StatusCode::BAD_REQUEST),
             AuthError::InvalidToken(_) => ("invalid_token", StatusCode::UNAUTHORIZED),
             AuthError::NotFound(_) => ("not_found", StatusCode::NOT_FOUND),
+            AuthError::TooManyFailures(_) => ("temporarily_unavailable", StatusCode::TOO_MANY_REQUESTS),
             AuthError::Jose(_)
             | AuthError::Store(_)
             | AuthError::Provider(_)
@@ -64,6 +68,9 @@ impl IntoResponse for AuthError {
         let mut res = crate::routes::no_store(res);
         if error == "invalid_token" {
             res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let AuthError::TooManyFailures(secs) = self {
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         res
     }

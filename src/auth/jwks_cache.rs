@@ -3,6 +3,7 @@
 //! longer than it says, never longer than our cap, bounded in entries).
 use std::{
     collections::HashMap,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -12,7 +13,11 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 use super::AuthError;
-use crate::{config::MAX_JWKS_BYTES, http_client::read_limited};
+use crate::{
+    address_guard::{check_url, Allowed},
+    config::MAX_JWKS_BYTES,
+    http_client::read_limited,
+};
 
 /// Longest we keep a JWKS, whatever its `max-age` says.
 pub const MAX_CACHE_TTL: Duration = Duration::from_secs(3600);
@@ -20,19 +25,28 @@ pub const MAX_CACHE_TTL: Duration = Duration::from_secs(3600);
 const MAX_ENTRIES: usize = 1000;
 
 struct Entry {
-    keys: Vec<Jwk>,
+    /// The keys, or why the URL could not be used (a negative result is kept too).
+    result: Result<Vec<Jwk>, String>,
+    fetched: Instant,
+    /// The last fetch made past the cache for an unknown `kid`.
+    forced: Option<Instant>,
+    /// Until when `Cache-Control` lets us reuse the keys.
     expires: Instant,
 }
 
-pub struct JwksCache {
-    entries: Mutex<HashMap<String, Entry>>,
-    /// When each URL was last fetched past its cache: unknown kids cannot make us hammer it.
-    forced: Mutex<HashMap<String, Instant>>,
-    timeout: Duration,
-}
+/// One URL's cache slot; its lock is held across a fetch, so concurrent assertions for one URL
+/// wait for one answer while other URLs go on.
+type Slot = Arc<Mutex<Option<Entry>>>;
 
-/// Least time between two cache-skipping fetches of one JWKS URL.
-pub const MIN_FORCED_REFETCH: Duration = Duration::from_secs(5);
+/// Fetches of one URL are spaced by `min_refetch` whatever its cache headers (`no-store`, none)
+/// or the assertions say (unknown kids, failures): within it the last answer, keys or error, is
+/// used again, and at most one extra fetch for an unknown `kid` is made. So a flood of forged
+/// assertions for one client makes at most two fetches per interval.
+pub struct JwksCache {
+    slots: std::sync::Mutex<HashMap<String, Slot>>,
+    timeout: Duration,
+    min_refetch: Duration,
+}
 
 /// Public keys only: a JWK with private members is ignored, as is anything that is not a JWK.
 pub fn public_keys(set: &Value) -> Vec<Jwk> {
@@ -56,67 +70,84 @@ fn cache_ttl(cache_control: Option<&str>) -> Option<Duration> {
 }
 
 impl JwksCache {
-    pub fn new(timeout: Duration) -> Self {
-        Self { entries: Mutex::default(), forced: Mutex::default(), timeout }
+    pub fn new(timeout: Duration, min_refetch: Duration) -> Self {
+        Self { slots: std::sync::Mutex::default(), timeout, min_refetch }
+    }
+
+    fn slot(&self, uri: &str) -> Slot {
+        let mut slots = self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slots.len() >= MAX_ENTRIES && !slots.contains_key(uri) {
+            // Forget the oldest entry nobody is fetching.
+            let oldest = slots
+                .iter()
+                .filter_map(|(k, slot)| Some((k, slot.try_lock().ok()?.as_ref().map(|e| e.fetched))))
+                .min_by_key(|(_, fetched)| *fetched)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                slots.remove(&k);
+            }
+        }
+        slots.entry(uri.to_string()).or_default().clone()
     }
 
     /// The keys at `uri`; `fresh` skips the cache (an unknown `kid` may mean the client rotated).
-    pub async fn keys(
-        &self,
-        http: &reqwest::Client,
-        uri: &str,
-        mut fresh: bool,
-    ) -> Result<Vec<Jwk>, AuthError> {
-        if fresh {
-            let mut forced = self.forced.lock().await;
-            if forced.len() >= MAX_ENTRIES {
-                forced.retain(|_, at| at.elapsed() < MIN_FORCED_REFETCH);
+    pub async fn keys(&self, http: &reqwest::Client, uri: &str, fresh: bool) -> Result<Vec<Jwk>, AuthError> {
+        let slot = self.slot(uri);
+        let mut entry = slot.lock().await;
+        let mut forced = None;
+        if let Some(e) = entry.as_ref() {
+            let recent = |t: Instant| t.elapsed() < self.min_refetch;
+            let reuse = if fresh {
+                e.forced.is_some_and(recent)
+            } else {
+                (e.result.is_ok() && e.expires > Instant::now()) || recent(e.fetched)
+            };
+            if reuse {
+                return e.result.clone().map_err(AuthError::InvalidClient);
             }
-            match forced.get(uri) {
-                Some(at) if at.elapsed() < MIN_FORCED_REFETCH => fresh = false,
-                _ => {
-                    forced.insert(uri.to_string(), Instant::now());
-                }
-            }
+            forced = e.forced;
         }
-        if !fresh {
-            if let Some(e) = self.entries.lock().await.get(uri).filter(|e| e.expires > Instant::now()) {
-                return Ok(e.keys.clone());
-            }
+        let (result, ttl) = self.fetch(http, uri).await;
+        if let Err(reason) = &result {
+            tracing::warn!(%reason, "a registered JWKS URL could not be used");
         }
-        let resp =
-            http.get(uri).header(ACCEPT, "application/json").timeout(self.timeout).send().await.map_err(
-                |_| AuthError::InvalidClient("the registered JWKS URL could not be fetched".into()),
-            )?;
-        if !resp.status().is_success() {
-            return Err(AuthError::InvalidClient(format!(
-                "the registered JWKS URL answered {}",
-                resp.status()
-            )));
+        let now = Instant::now();
+        *entry = Some(Entry {
+            result: result.clone(),
+            fetched: now,
+            forced: if fresh { Some(now) } else { forced },
+            expires: now + ttl.unwrap_or_default(),
+        });
+        result.map_err(AuthError::InvalidClient)
+    }
+
+    /// One GET of a JWKS URL: its keys (or what went wrong, for the client) and its cache lifetime.
+    async fn fetch(&self, http: &reqwest::Client, uri: &str) -> (Result<Vec<Jwk>, String>, Option<Duration>) {
+        // Names are checked by the client's resolver; an IP literal never reaches it.
+        let checked = url::Url::parse(uri)
+            .map_err(|_| "the registered JWKS URL is not a URL".to_string())
+            .and_then(|u| {
+                check_url(&u, Allowed::ALL_INTERNAL)
+                    .map_err(|e| format!("the registered JWKS URL is refused: {e}"))
+            });
+        if let Err(reason) = checked {
+            return (Err(reason), None);
         }
+        let sent = http.get(uri).header(ACCEPT, "application/json").timeout(self.timeout).send().await;
+        let resp = match sent {
+            Ok(r) if r.status().is_success() => r,
+            Ok(r) => return (Err(format!("the registered JWKS URL answered {}", r.status())), None),
+            Err(_) => return (Err("the registered JWKS URL could not be fetched".into()), None),
+        };
         let ttl = cache_ttl(resp.headers().get(CACHE_CONTROL).and_then(|v| v.to_str().ok()));
-        let body = read_limited(resp, MAX_JWKS_BYTES)
-            .await
-            .map_err(|e| AuthError::InvalidClient(format!("the registered JWKS could not be read: {e}")))?;
-        let set: Value = serde_json::from_slice(&body)
-            .map_err(|_| AuthError::InvalidClient("the registered JWKS is not JSON".into()))?;
-        let keys = public_keys(&set);
-        let mut entries = self.entries.lock().await;
-        match ttl {
-            Some(ttl) if !ttl.is_zero() => {
-                if entries.len() >= MAX_ENTRIES && !entries.contains_key(uri) {
-                    let oldest = entries.iter().min_by_key(|(_, e)| e.expires).map(|(k, _)| k.clone());
-                    if let Some(k) = oldest {
-                        entries.remove(&k);
-                    }
-                }
-                entries.insert(uri.to_string(), Entry { keys: keys.clone(), expires: Instant::now() + ttl });
-            }
-            _ => {
-                entries.remove(uri);
-            }
+        let body = match read_limited(resp, MAX_JWKS_BYTES).await {
+            Ok(b) => b,
+            Err(e) => return (Err(format!("the registered JWKS could not be read: {e}")), None),
+        };
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(set) => (Ok(public_keys(&set)), ttl),
+            Err(_) => (Err("the registered JWKS is not JSON".into()), None),
         }
-        Ok(keys)
     }
 }
 

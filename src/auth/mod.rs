@@ -7,6 +7,7 @@ pub mod algorithms;
 pub mod bearer;
 pub mod client_assertion;
 pub mod error;
+pub mod failure_limit;
 pub mod jwks_cache;
 pub mod keys;
 pub mod provider_base;

@@ -177,8 +177,14 @@ async fn register(
 async fn token(
     State(app): State<AppState>,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AuthError> {
+    // Refused before anything is parsed or fetched: a flood of bad assertions costs us nothing
+    // and never reaches a provider's JWKS URL.
+    let address = crate::http_server::peer_key(&extensions);
+    let failures = &app.auth_failures;
+    failures.token_address.check(&address).map_err(|wait| AuthError::TooManyFailures(wait.as_secs()))?;
     if media_type(&headers) != "application/x-www-form-urlencoded" {
         return Err(AuthError::InvalidRequest(
             "the content type must be application/x-www-form-urlencoded".into(),
@@ -186,9 +192,20 @@ async fn token(
     }
     let body = body_or_error(body)?;
     let form: TokenForm = serde_urlencoded_form(&body)?;
+    let client =
+        form.client_assertion.as_deref().and_then(client_assertion::claimed_client).unwrap_or_default();
+    failures.token_client.check(&client).map_err(|wait| AuthError::TooManyFailures(wait.as_secs()))?;
     let token_url = format!("{}/auth/token", crate::routes::base_url(&app, &headers));
-    let response = client_assertion::exchange(&app, &token_url, form).await?;
-    Ok(no_store(Json(response).into_response()))
+    match client_assertion::exchange(&app, &token_url, form).await {
+        Ok(response) => Ok(no_store(Json(response).into_response())),
+        Err(e @ AuthError::InvalidClient(_)) => {
+            let reason = e.to_string();
+            failures.token_address.failed(&address, &reason);
+            failures.token_client.failed(&client, &reason);
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn serde_urlencoded_form(body: &[u8]) -> Result<TokenForm, AuthError> {

@@ -2,6 +2,7 @@
 use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::helpers::{ping, spawn_app, test_config, TestApp, ADMIN_TOKEN};
 
@@ -523,4 +524,34 @@ async fn oversized_auth_bodies_are_refused_with_oauth_json() {
     let res = app.post_token(&[("grant_type", &"x".repeat(10_000))]).await;
     assert_eq!(res.status(), 400);
     assert_eq!(res.json::<Value>().await.unwrap()["error"], "invalid_request");
+}
+
+#[tokio::test]
+async fn wrong_admin_tokens_are_throttled_per_address() {
+    let app = super::helpers::spawn_app_with(|c| c.limits.max_auth_failures = 5).await;
+    let list = |token: &'static str| {
+        let http = app.http.clone();
+        let url = format!("{}/auth/registrations", app.base);
+        async move { http.get(url).bearer_auth(token).send().await.unwrap() }
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..50 {
+        statuses.push(list("wrong-token-wrong-token-wrong-token-0000").await.status().as_u16());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 5, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 45);
+    let res = list(ADMIN_TOKEN).await;
+    assert_eq!(res.status(), 429, "the address is refused unchecked until its minute ends");
+    assert!(res.headers().contains_key("retry-after"));
+    // Another address is not.
+    let mut other =
+        super::listener::connect_from(super::listener::ATTACKER, app.base[7..].parse().unwrap()).await;
+    let req = format!(
+        "GET /auth/registrations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        ADMIN_TOKEN
+    );
+    other.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    other.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }

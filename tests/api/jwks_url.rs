@@ -69,13 +69,46 @@ async fn a_jwks_url_is_cached_as_long_as_its_cache_control_allows() {
     assert_eq!(token_status(&app).await, 200);
     assert_eq!(server.hits(), 1, "max-age=60 lets the second request use the cache");
 
-    let mut app2 = spawn_app().await;
+    let mut app2 = spawn_app_with(|c| c.limits.jwks_min_refetch = Duration::from_millis(300)).await;
     let (server2, url2) = JwksServer::start(app2.public_jwks()).await;
     *server2.cache_control.lock().unwrap() = Some("no-store");
     register_by_url(&mut app2, &url2).await;
     assert_eq!(token_status(&app2).await, 200);
     assert_eq!(token_status(&app2).await, 200);
-    assert_eq!(server2.hits(), 2, "no-store means fetch every time");
+    assert_eq!(server2.hits(), 1, "no-store, but fetches are spaced by JWKS_MIN_REFETCH");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(token_status(&app2).await, 200);
+    assert_eq!(server2.hits(), 2, "no-store: fetched again once the spacing has passed");
+}
+
+#[tokio::test]
+async fn a_flood_of_forged_assertions_makes_few_jwks_fetches_and_is_then_refused_unchecked() {
+    let mut app = spawn_app_with(|c| c.limits.max_auth_failures = 20).await;
+    // No Cache-Control at all: what let 200 forged assertions make 200 fetches.
+    let (server, url) = JwksServer::start(app.public_jwks()).await;
+    register_by_url(&mut app, &url).await;
+    let forged = {
+        let good = app.assertion(|_, h| h.set_key_id("unknown-kid"));
+        let (head, _) = good.rsplit_once('.').unwrap();
+        format!("{head}.c2lnbmF0dXJl")
+    };
+    let form = TestApp::token_form(&forged);
+    let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut statuses = Vec::new();
+    for _ in 0..200 {
+        let res = app.post_token(&pairs).await;
+        let status = res.status().as_u16();
+        if status == 429 {
+            assert!(res.headers().contains_key("retry-after"));
+            assert_eq!(res.json::<Value>().await.unwrap()["error"], "temporarily_unavailable");
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 20, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 180);
+    assert!(server.hits() <= 2, "{} JWKS fetches for 200 forged assertions", server.hits());
+    // That address and client id stay refused, even with a valid assertion, until the minute ends.
+    assert_eq!(token_status(&app).await, 429);
 }
 
 #[tokio::test]
