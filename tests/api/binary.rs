@@ -278,6 +278,27 @@ async fn a_connection_flood_under_a_low_open_file_limit_stops_neither_health_nor
     assert!(!log.contains("Too many open files"), "{log}");
 }
 
+#[tokio::test]
+async fn sigterm_during_a_manifest_dripped_a_byte_at_a_time_exits_within_two_seconds() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let provider = FakeProvider::start().await;
+    provider.add_file("p.ndjson", "Patient", patients(3));
+    provider.drip_manifest(100);
+    let server = Server::start(dir.path(), &[("RUST_LOG", "bulk_import=info"), ("POLL_INTERVAL", "0.05")]);
+    provider.set_consumer_jwks_url(format!("{}/jwks", server.base()));
+    ping_static(&server.base(), dir.path(), &provider).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while provider.requests_to("/fhir/manifest.json").is_empty() {
+        assert!(Instant::now() < deadline, "the manifest was never requested");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let log = server.stop().await;
+    assert!(started.elapsed() < Duration::from_secs(2), "SIGTERM took {:?}:\n{log}", started.elapsed());
+    assert!(!log.contains("did not stop in time"), "{log}");
+}
+
 /// Run the binary until it exits by itself (it is expected to refuse to start); its status and log.
 fn run_to_exit(dir: &Path, env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_bulk-import"));

@@ -29,6 +29,28 @@ pub enum FileFault {
     StallHalfway(u64),
     /// `Content-Length` of the whole file, but only half the bytes, then a clean end.
     Truncated,
+    /// One byte every this many milliseconds (a body that is never silent and never ends).
+    Drip(u64),
+    /// The body again and again, up to 1 GiB (a file with no end).
+    Endless,
+}
+
+/// Most bytes an endless file sends before it ends after all (every loop is bounded).
+const ENDLESS_BYTES: usize = 1 << 30;
+
+/// `bytes` one at a time, `every` milliseconds apart.
+pub fn drip(bytes: Bytes, every: u64) -> Body {
+    let stream = futures::stream::unfold(0usize, move |at| {
+        let bytes = bytes.clone();
+        async move {
+            if at >= bytes.len() {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(every)).await;
+            Some((Ok::<_, std::io::Error>(bytes.slice(at..at + 1)), at + 1))
+        }
+    });
+    Body::from_stream(stream)
 }
 
 /// One scripted answer of the export status endpoint.
@@ -158,6 +180,7 @@ struct Inner {
     held: Vec<String>,
     kickoff_script: VecDeque<u16>,
     file_faults: HashMap<String, VecDeque<FileFault>>,
+    drip_manifest: Option<u64>,
 }
 
 #[derive(Clone)]
@@ -381,6 +404,11 @@ impl FakeProvider {
         self.hold_file(RELEASE);
     }
     /// Fail the next downloads of `name` in these ways, one per attempt.
+    /// Send the static manifest one byte every `ms` milliseconds.
+    pub fn drip_manifest(&self, ms: u64) {
+        self.with(|i| i.drip_manifest = Some(ms));
+    }
+
     pub fn fault_file(&self, name: &str, faults: Vec<FileFault>) {
         self.with(|i| i.file_faults.insert(name.into(), faults.into()));
     }
@@ -700,6 +728,9 @@ async fn static_manifest(State(f): State<FakeProvider>, headers: HeaderMap) -> R
     if !f.authorized(&headers) {
         return unauthorized();
     }
+    if let Some(ms) = f.with(|i| i.drip_manifest) {
+        return Response::new(drip(Bytes::from(f.manifest().to_string()), ms));
+    }
     Json(f.manifest()).into_response()
 }
 
@@ -751,6 +782,14 @@ async fn file(State(f): State<FakeProvider>, Path(name): Path<String>, headers: 
         file.bytes.clone()
     };
     let fault = f.with(|i| i.file_faults.get_mut(&name).and_then(|q| q.pop_front()));
+    if let Some(FileFault::Drip(ms)) = fault {
+        return Response::new(drip(bytes, ms));
+    }
+    if let Some(FileFault::Endless) = fault {
+        let repeats = ENDLESS_BYTES / bytes.len().max(1);
+        let stream = futures::stream::iter((0..repeats).map(move |_| Ok::<_, std::io::Error>(bytes.clone())));
+        return Response::new(Body::from_stream(stream));
+    }
     if let Some(fault) = fault {
         let half = bytes.len() / 2;
         let (head, tail) = (bytes.slice(..half), bytes.slice(half..));

@@ -1,0 +1,120 @@
+//! What a hostile or broken provider may cost: a gzip bomb by ratio, blank-line padding, a body
+//! dripped at a few bytes a second, an endless file, an export larger than the job's budget, a
+//! job kept alive forever, a manifest that never finishes (cancelled within a second or two).
+use std::time::{Duration, Instant};
+
+use super::{
+    fake_provider::{FakeFile, FileFault, StatusStep},
+    helpers::{observations, patients, spawn_app_with, TestApp},
+    listener::assert_health_is_fast,
+};
+
+/// The first outcome's text of a completed job whose only file failed.
+async fn only_failure(app: &TestApp, id: &str) -> String {
+    let body = app.completed(id).await;
+    assert_eq!(body["extension"]["failedFiles"], 1, "{body}");
+    let outcomes = app.get_outcomes(id).await;
+    let failed = outcomes.iter().find(|o| o["issue"][0]["severity"] == "error").expect("an error outcome");
+    failed["issue"][0]["diagnostics"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_gzip_body_that_expands_past_the_ratio_fails_before_it_fills_the_disk() {
+    let app = spawn_app_with(|c| c.limits.max_gzip_ratio = 20).await;
+    // Valid lines, so only the ratio can stop it: 16 MiB of one line compresses ~100 : 1.
+    let line = "{\"resourceType\":\"Patient\",\"id\":\"same\"}\n";
+    let mut bomb = FakeFile::new("bomb.ndjson", "Patient", line.repeat((16 << 20) / line.len()));
+    bomb.gzip = true;
+    app.provider.set_chunk_size(64 * 1024);
+    app.provider.push_file(bomb);
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    let text = only_failure(&app, &id).await;
+    assert!(text.contains("MAX_GZIP_RATIO"), "{text}");
+    assert_eq!(app.provider.requests_to("/fhir/files/bomb.ndjson").len(), 1, "a bomb is not retried");
+    assert!(!app.jobs_dir(&id).join("Patient.1.ndjson").exists());
+}
+
+#[tokio::test]
+async fn a_file_padded_with_blank_lines_fails_at_the_blank_line_limit() {
+    let app = spawn_app_with(|c| c.limits.max_blank_lines = 100).await;
+    app.provider.set_chunk_size(4096);
+    let padded = format!("{}{}", patients(2), "\n".repeat(5_000));
+    app.provider.add_file("p.ndjson", "Patient", padded);
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    let text = only_failure(&app, &id).await;
+    assert!(text.contains("MAX_BLANK_LINES") && text.contains("line 103"), "{text}");
+}
+
+#[tokio::test]
+async fn a_dripped_body_fails_at_the_minimum_rate_while_others_are_served() {
+    let app = spawn_app_with(|c| {
+        c.limits.min_transfer_rate = 1000;
+        c.limits.min_transfer_rate_window = Duration::from_millis(300);
+        c.limits.max_retries = 1;
+    })
+    .await;
+    app.provider.add_file("o.ndjson", "Observation", observations(100));
+    // 50 bytes a second, never silent for long: the read timeout alone would wait for ever.
+    app.provider.fault_file("o.ndjson", vec![FileFault::Drip(20); 2]);
+    let started = Instant::now();
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    assert_health_is_fast(&app.base).await;
+    let text = only_failure(&app, &id).await;
+    assert!(text.contains("MIN_TRANSFER_RATE") && text.contains("2 attempts"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn an_endless_file_stops_at_the_file_size_limit_and_leaves_nothing_behind() {
+    let app = spawn_app_with(|c| c.limits.max_file_bytes = 4 << 20).await;
+    app.provider.add_file("o.ndjson", "Observation", observations(1000));
+    app.provider.fault_file("o.ndjson", vec![FileFault::Endless]);
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    let text = only_failure(&app, &id).await;
+    assert!(text.contains("MAX_FILE_BYTES"), "{text}");
+    let left: Vec<_> = std::fs::read_dir(app.jobs_dir(&id)).map(|d| d.collect()).unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn an_export_larger_than_the_job_budget_fails_the_job_by_name() {
+    let obs = observations(1000);
+    let budget = obs.len() as u64 * 2 + obs.len() as u64 / 2;
+    let app = spawn_app_with(|c| {
+        c.limits.max_job_bytes = budget;
+        c.limits.parallel_downloads = 1;
+    })
+    .await;
+    for n in 0..3 {
+        app.provider.add_file(&format!("o{n}.ndjson"), "Observation", obs.clone());
+    }
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    let text = app.failed(&id).await;
+    assert!(text.contains("MAX_JOB_BYTES"), "{text}");
+}
+
+#[tokio::test]
+async fn a_job_kept_pending_forever_fails_at_the_job_duration_limit() {
+    let app = spawn_app_with(|c| c.limits.max_job_duration = Duration::from_secs(1)).await;
+    app.provider.script_status(vec![StatusStep::Pending(Some(1)); 1000]);
+    let started = Instant::now();
+    let id = app.start_import(&app.provider.export_url(), "dynamic").await;
+    let text = app.failed(&id).await;
+    assert!(text.contains("MAX_JOB_DURATION"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_manifest_sent_at_a_byte_a_tenth_of_a_second_is_cancelled_at_once() {
+    let app = spawn_app_with(|_| {}).await;
+    app.provider.add_file("p.ndjson", "Patient", patients(5));
+    app.provider.drip_manifest(100);
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    // Let the job get into the manifest body.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let res = app.delete_job(&id).await;
+    assert!(res.status().is_success(), "{}", res.status());
+    assert!(started.elapsed() < Duration::from_secs(2), "DELETE took {:?}", started.elapsed());
+    assert_eq!(app.get_job(&id).await.status(), 404);
+}
