@@ -9,6 +9,7 @@ use crate::{
     auth::{failure_limit::AuthFailures, jwks_cache::JwksCache, keys::Keys, provider_token::ProviderTokens},
     config::Config,
     http_client, http_server,
+    owner_only,
     jobs::{reaper, request_budget::RequestBudget, runner::Runner},
     routes,
     state::AppState,
@@ -28,11 +29,15 @@ pub struct App {
 
 impl App {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.data_dir)
+        // Owner-only whatever the umask: the database holds export and file URLs, JOBS_PATH the
+        // imported health data. SQLite gives its -wal and -shm files the database file's mode.
+        owner_only::dir(&config.data_dir)
             .with_context(|| format!("cannot create DATA_DIR {}", config.data_dir.display()))?;
-        std::fs::create_dir_all(&config.jobs_path)
+        owner_only::dir(&config.jobs_path)
             .with_context(|| format!("cannot create JOBS_PATH {}", config.jobs_path.display()))?;
         let keys = Arc::new(Keys::load_or_generate(&config).context("loading keys")?);
+        owner_only::file(&config.sqlite_path())
+            .with_context(|| format!("cannot create the database {}", config.sqlite_path().display()))?;
         let store = Store::open(&config.sqlite_path())
             .await
             .with_context(|| format!("opening the database {}", config.sqlite_path().display()))?;

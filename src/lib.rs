@@ -8,6 +8,7 @@ pub mod fhir;
 pub mod http_client;
 pub mod http_server;
 pub mod jobs;
+pub mod owner_only;
 pub mod routes;
 pub mod state;
 pub mod store;

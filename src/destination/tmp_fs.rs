@@ -15,6 +15,7 @@ use bytes::Bytes;
 use tokio::fs;
 
 use super::{file_name::is_safe_component, Destination, DestinationError, FileTarget, FileWriter, Receipt};
+use crate::owner_only::{DIR_MODE, FILE_MODE};
 
 /// Write buffer per open file: large enough to batch small network chunks into few syscalls, and
 /// the unit of each direct write (or of write-back started).
@@ -22,9 +23,6 @@ const WRITE_BUFFER_BYTES: usize = 1024 * 1024;
 /// Alignment of direct writes: buffer address, file offset and length. 4096 covers every logical
 /// block size Linux filesystems use.
 const DIRECT_ALIGN: usize = 4096;
-/// Modes of what tmp-fs creates.
-pub const FILE_MODE: u32 = 0o600;
-pub const DIR_MODE: u32 = 0o700;
 
 pub struct TmpFs {
     root: PathBuf,

@@ -30,8 +30,13 @@ impl Server {
 
     /// Started under `ulimit -n files` (soft and hard, so the server cannot raise it).
     fn start_with_open_file_limit(dir: &Path, env: &[(&str, &str)], files: u32) -> Self {
+        Self::start_after(&format!("ulimit -n {files}"), dir, env)
+    }
+
+    /// Started by a shell that runs `setup` first (a ulimit, a umask).
+    fn start_after(setup: &str, dir: &Path, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new("bash");
-        cmd.args(["-c", &format!("ulimit -n {files} && exec \"$0\""), env!("CARGO_BIN_EXE_bulk-import")]);
+        cmd.args(["-c", &format!("{setup} && exec \"$0\""), env!("CARGO_BIN_EXE_bulk-import")]);
         Self::start_cmd(cmd, dir, env)
     }
 
@@ -173,6 +178,44 @@ async fn no_secret_or_token_reaches_the_debug_log_during_a_full_import() {
             assert!(!log.contains(sig), "part of the {what} reached the log");
         }
     }
+}
+
+#[tokio::test]
+async fn imported_data_the_database_and_their_directories_are_owner_only_under_umask_022() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::TempDir::new().unwrap();
+    let provider = FakeProvider::start().await;
+    provider.add_file("p.ndjson", "Patient", patients(3));
+    let env = [("RUST_LOG", "bulk_import=info"), ("DESTINATION_TYPE", "tmp-fs"), ("POLL_INTERVAL", "0.05")];
+    let server = Server::start_after("umask 022", dir.path(), &env);
+    provider.set_consumer_jwks_url(format!("{}/jwks", server.base()));
+    let pinged = ping_static(&server.base(), dir.path(), &provider).await;
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.get(&pinged.status_url).send().await.unwrap().status() == 202 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let id = pinged.status_url.rsplit('/').next().unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let data = dir.path().join("data");
+    let jobs = dir.path().join("jobs");
+    let mut checked = vec![
+        (data.clone(), 0o700),
+        (data.join("bulk-import.sqlite"), 0o600),
+        (jobs.clone(), 0o700),
+        (jobs.join(id), 0o700),
+        (jobs.join(id).join("Patient.1.ndjson"), 0o600),
+    ];
+    for extra in ["bulk-import.sqlite-wal", "bulk-import.sqlite-shm"] {
+        if data.join(extra).exists() {
+            checked.push((data.join(extra), 0o600));
+        }
+    }
+    for (path, want) in checked {
+        assert_eq!(mode(&path), want, "{}", path.display());
+    }
+    drop(server);
 }
 
 #[tokio::test]
