@@ -9,9 +9,8 @@ use crate::{
     auth::{failure_limit::AuthFailures, jwks_cache::JwksCache, keys::Keys, provider_token::ProviderTokens},
     config::Config,
     http_client, http_server,
-    owner_only,
     jobs::{reaper, request_budget::RequestBudget, runner::Runner},
-    routes,
+    owner_only, routes,
     state::AppState,
     store::Store,
 };

@@ -30,7 +30,7 @@ use crate::{
 /// Run a job; failures are stored on it, cancellation leaves it as it is. A panic inside the job
 /// is caught and recorded as a failure, so no job stays "running" forever.
 pub async fn run_job(app: AppState, id: String, cancel: CancellationToken, progress: Arc<Progress>) {
-    let span = tracing::info_span!("job", job_id = %id);
+    let span = tracing::info_span!("job", job = %crate::telemetry::shown_id(&id));
     async {
         // Every await of the job (a manifest trickling in, a status body, a token) ends when it is
         // cancelled: the whole run is dropped, not only the steps that check.

@@ -181,7 +181,7 @@ async fn no_secret_or_token_reaches_the_debug_log_during_a_full_import() {
 }
 
 #[tokio::test]
-async fn imported_data_the_database_and_their_directories_are_owner_only_under_umask_022() {
+async fn imported_data_and_the_database_are_owner_only_under_umask_022_and_info_logs_hide_job_ids() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::TempDir::new().unwrap();
     let provider = FakeProvider::start().await;
@@ -215,7 +215,10 @@ async fn imported_data_the_database_and_their_directories_are_owner_only_under_u
     for (path, want) in checked {
         assert_eq!(mode(&path), want, "{}", path.display());
     }
-    drop(server);
+    // The job id is a capability: INFO logs show a prefix only.
+    let log = server.stop().await;
+    assert!(!log.contains(id), "the full job id reached an INFO log:\n{log}");
+    assert!(log.contains(&format!("job={}…", &id[..8])), "{log}");
 }
 
 #[tokio::test]
