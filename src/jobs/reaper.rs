@@ -23,10 +23,10 @@ async fn reap_once(app: &AppState) -> Result<usize, super::JobError> {
         match remove_job(app, id).await {
             Ok(()) => {
                 removed += 1;
-                tracing::info!(job = %crate::telemetry::shown_id(&id), "reaped expired job");
+                tracing::info!(job = %crate::telemetry::shown_id(id), "reaped expired job");
             }
             Err(e) => {
-                tracing::error!(job = %crate::telemetry::shown_id(&id), error = %crate::routes::error::chain(&e), "could not reap a job")
+                tracing::error!(job = %crate::telemetry::shown_id(id), error = %crate::routes::error::chain(&e), "could not reap a job")
             }
         }
     }
