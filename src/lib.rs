@@ -4,6 +4,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod destination;
+pub mod error_text;
 pub mod fhir;
 pub mod http_client;
 pub mod http_server;

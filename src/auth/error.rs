@@ -59,7 +59,7 @@ impl IntoResponse for AuthError {
     fn into_response(self) -> Response {
         let (error, status) = self.code();
         let description = if status.is_server_error() {
-            tracing::error!(error = %crate::routes::error::chain(&self), "auth request failed");
+            tracing::error!(error = %crate::error_text::chain(&self), "auth request failed");
             "the server could not process the request; try again later".to_string()
         } else {
             self.to_string()

@@ -169,7 +169,7 @@ impl ProviderTokens {
                 )),
                 None => AuthError::Provider(format!(
                     "the provider's token endpoint could not be reached: {}",
-                    crate::routes::error::chain(&e.without_url())
+                    crate::error_text::chain(&e.without_url())
                 )),
             })?;
         let status = resp.status();
@@ -242,7 +242,7 @@ impl ProviderTokens {
             .map_err(|e| {
                 AuthError::Provider(format!(
                     "cannot reach the provider for discovery: {}",
-                    crate::routes::error::chain(&e.without_url())
+                    crate::error_text::chain(&e.without_url())
                 ))
             })?;
         let status = resp.status();

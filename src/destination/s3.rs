@@ -10,7 +10,6 @@ use aws_sdk_s3::{
     config::{
         retry::RetryConfig, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
     },
-    error::DisplayErrorContext,
     primitives::ByteStream,
     types::{CompletedMultipartUpload, CompletedPart, Delete, MetadataDirective, ObjectIdentifier},
     Client,
@@ -19,6 +18,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::task::JoinHandle;
 
 use super::{file_name::is_safe_component, Destination, DestinationError, FileTarget, FileWriter, Receipt};
+use crate::error_text::chain;
 
 /// S3's smallest part (all but the last); also our smallest `S3_PART_SIZE`.
 pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
@@ -62,8 +62,8 @@ impl std::fmt::Debug for S3Config {
     }
 }
 
-fn s3_error<E: std::error::Error>(what: &str, e: E) -> DestinationError {
-    DestinationError::S3(format!("{what}: {}", DisplayErrorContext(e)))
+fn s3_error<E: std::error::Error + 'static>(what: &str, e: E) -> DestinationError {
+    DestinationError::S3(format!("{what}: {}", chain(&e)))
 }
 
 pub struct S3 {
@@ -184,7 +184,8 @@ impl S3Writer {
         let Some(upload_id) = self.upload_id.clone() else {
             // Small file: one PUT carries the data and all the metadata.
             let body = std::mem::take(&mut self.buf).freeze();
-            self.client
+            let put = self
+                .client
                 .put_object()
                 .bucket(&self.bucket)
                 .key(&self.key)
@@ -194,8 +195,13 @@ impl S3Writer {
                 .metadata("resources", &count)
                 .body(ByteStream::from(body))
                 .send()
-                .await
-                .map_err(|e| s3_error("PutObject failed", e))?;
+                .await;
+            if let Err(e) = put {
+                if !self.stored_as_sent().await {
+                    return Err(s3_error("PutObject failed", e));
+                }
+                tracing::warn!(error = %chain(&e), "S3's answer to PutObject could not be read, but the object is stored whole");
+            }
             return Ok(Receipt { location: self.location(), bytes: self.bytes });
         };
         if !self.buf.is_empty() {
@@ -207,15 +213,23 @@ impl S3Writer {
         }
         let mut parts = std::mem::take(&mut self.done);
         parts.sort_by_key(|p| p.part_number());
-        self.client
+        let completed = self
+            .client
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(&self.key)
             .upload_id(&upload_id)
             .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
             .send()
-            .await
-            .map_err(|e| s3_error("CompleteMultipartUpload failed", e))?;
+            .await;
+        if let Err(e) = completed {
+            // An answer we could not read (or none) may still be a completed upload: aborting it
+            // would fail, and calling the file failed would leave its object behind.
+            if !self.stored_as_sent().await {
+                return Err(s3_error("CompleteMultipartUpload failed", e));
+            }
+            tracing::warn!(error = %chain(&e), "S3's answer to CompleteMultipartUpload could not be read, but the object is stored whole");
+        }
         self.upload_id = None;
         // The line count is known only now: record it with a server-side copy onto itself.
         if self.bytes <= MAX_COPY_BYTES {
@@ -233,10 +247,20 @@ impl S3Writer {
                 .send()
                 .await;
             if let Err(e) = copied {
-                tracing::warn!(error = %DisplayErrorContext(e), "could not record the line count on the object");
+                tracing::warn!(error = %chain(&e), "could not record the line count on the object");
             }
         }
         Ok(Receipt { location: self.location(), bytes: self.bytes })
+    }
+
+    /// After an ambiguous commit: whether the object is there as we sent it (our size and our job
+    /// id in its metadata). Any doubt counts as not stored.
+    async fn stored_as_sent(&self) -> bool {
+        let Ok(head) = self.client.head_object().bucket(&self.bucket).key(&self.key).send().await else {
+            return false;
+        };
+        let ours = head.metadata().and_then(|m| m.get("job-id")).is_some_and(|j| *j == self.job);
+        head.content_length() == Some(self.bytes as i64) && ours
     }
 
     async fn abort_upload(&mut self) -> Result<(), DestinationError> {

@@ -250,7 +250,7 @@ impl FileWriter for TmpFile {
             // `finish` consumes the writer, so no `abort` follows: remove the partial file here.
             drop(self.out.take());
             if let Err(e) = remove_if_exists(&self.part).await {
-                tracing::warn!(error = %crate::routes::error::chain(&e), "could not remove a partial file");
+                tracing::warn!(error = %crate::error_text::chain(&e), "could not remove a partial file");
             }
         }
         result

@@ -156,9 +156,9 @@ impl From<JobError> for AttemptError {
             JobError::Provider(m) => AttemptError::Permanent(IssueCode::Transient, m),
             JobError::Refused(m) => AttemptError::Permanent(IssueCode::Security, m),
             e @ JobError::Auth(_) if e.is_permanent() => {
-                AttemptError::Permanent(IssueCode::Security, crate::routes::error::chain(&e))
+                AttemptError::Permanent(IssueCode::Security, crate::error_text::chain(&e))
             }
-            e @ JobError::Auth(_) => AttemptError::Transient(crate::routes::error::chain(&e)),
+            e @ JobError::Auth(_) => AttemptError::Transient(crate::error_text::chain(&e)),
         }
     }
 }
@@ -252,7 +252,7 @@ async fn attempt_file(
         }
         Err(e) => {
             if let Err(abort) = writer.abort().await {
-                tracing::warn!(error = %crate::routes::error::chain(&abort), "could not remove a partial file");
+                tracing::warn!(error = %crate::error_text::chain(&abort), "could not remove a partial file");
             }
             Err(e)
         }
@@ -343,10 +343,7 @@ async fn stream_into(
         let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| match e {
             e @ DecodeError::Bomb(_) => AttemptError::Permanent(IssueCode::TooCostly, e.to_string()),
-            e => AttemptError::Transient(format!(
-                "the download broke off: {}",
-                crate::routes::error::chain(&e)
-            )),
+            e => AttemptError::Transient(format!("the download broke off: {}", crate::error_text::chain(&e))),
         })?;
         meter.chunk(chunk.len() as u64).map_err(|e| match e {
             e @ Exceeded::JobBytes(_) => AttemptError::Job(JobError::Bound(e)),

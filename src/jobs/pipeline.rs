@@ -56,7 +56,7 @@ pub async fn run_job(app: AppState, id: String, cancel: CancellationToken, progr
                 }
             }
             Err(e) => {
-                let reason = crate::routes::error::chain(&e);
+                let reason = crate::error_text::chain(&e);
                 tracing::warn!(%reason, "job failed");
                 let message = match e {
                     JobError::Store(_) | JobError::Destination(_) => {
@@ -65,7 +65,7 @@ pub async fn run_job(app: AppState, id: String, cancel: CancellationToken, progr
                     _ => reason,
                 };
                 if let Err(e) = app.store.fail_job(&id, &message, now_unix()).await {
-                    tracing::error!(error = %crate::routes::error::chain(&e), "could not record the job failure");
+                    tracing::error!(error = %crate::error_text::chain(&e), "could not record the job failure");
                 }
                 progress.close();
                 release_export(&app, &id).await;
@@ -82,7 +82,7 @@ async fn with_heartbeat<T>(app: &AppState, id: &str, work: impl std::future::Fut
     let beat = async {
         loop {
             if let Err(e) = app.store.touch(id, now_unix()).await {
-                tracing::warn!(error = %crate::routes::error::chain(&e), "could not record job heartbeat");
+                tracing::warn!(error = %crate::error_text::chain(&e), "could not record job heartbeat");
             }
             tokio::time::sleep(every).await;
         }
@@ -288,7 +288,7 @@ async fn plan(
                 progress.set_text(text.clone());
                 async move {
                     if let Err(e) = app.store.set_progress(&job.id, &text).await {
-                        tracing::warn!(error = %crate::routes::error::chain(&e), "could not record export progress");
+                        tracing::warn!(error = %crate::error_text::chain(&e), "could not record export progress");
                     }
                 }
             })

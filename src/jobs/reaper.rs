@@ -26,7 +26,7 @@ async fn reap_once(app: &AppState) -> Result<usize, super::JobError> {
                 tracing::info!(job = %crate::telemetry::shown_id(id), "reaped expired job");
             }
             Err(e) => {
-                tracing::error!(job = %crate::telemetry::shown_id(id), error = %crate::routes::error::chain(&e), "could not reap a job")
+                tracing::error!(job = %crate::telemetry::shown_id(id), error = %crate::error_text::chain(&e), "could not reap a job")
             }
         }
     }
@@ -38,7 +38,7 @@ pub async fn run(app: AppState) {
     let shutdown = app.jobs.shutdown.clone();
     loop {
         if let Err(e) = reap_once(&app).await {
-            tracing::error!(error = %crate::routes::error::chain(&e), "reaper pass failed; will try again");
+            tracing::error!(error = %crate::error_text::chain(&e), "reaper pass failed; will try again");
         }
         if shutdown.run_until_cancelled(tokio::time::sleep(app.config.reaper_interval)).await.is_none() {
             break;

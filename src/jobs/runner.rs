@@ -72,7 +72,7 @@ impl Runner {
     pub async fn spawn(&self, app: AppState, id: String) {
         // A sign of life now, so a job waiting for a slot is not mistaken for a stuck one.
         if let Err(e) = app.store.touch(&id, crate::time_util::now_unix()).await {
-            tracing::warn!(error = %crate::routes::error::chain(&e), "could not record job start");
+            tracing::warn!(error = %crate::error_text::chain(&e), "could not record job start");
         }
         let cancel = self.shutdown.child_token();
         let (done_tx, done) = watch::channel(());

@@ -36,17 +36,7 @@ pub enum ApiError {
     Internal(String),
 }
 
-/// An error and its sources, joined for one log line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
+pub use crate::error_text::chain;
 
 /// An OperationOutcome body with the FHIR media type.
 pub fn outcome_response(status: StatusCode, outcome: &OperationOutcome) -> Response {

@@ -223,6 +223,24 @@ async fn an_s3_failure_mid_upload_fails_the_file_and_leaves_no_object_or_open_up
         None => w.finish(50_000).await.expect_err("the upload cannot complete"),
     };
     assert!(err.to_string().contains("UploadPart"), "{err}");
+    // One readable line, not the SDK's Debug dump of the raw response.
+    assert!(!err.to_string().contains("SdkBody") && err.to_string().len() < 400, "{err}");
     assert_eq!(server.open_uploads(), Vec::<String>::new());
     assert_eq!(server.object("bulk/job9/big.ndjson"), None);
+}
+
+#[tokio::test]
+async fn a_completed_upload_whose_answer_cannot_be_read_is_checked_and_kept_not_aborted() {
+    let server = S3Server::start_with_unreadable_completions().await;
+    let dest = S3::connect(&server.config(5 * 1024 * 1024)).await.unwrap();
+    let body = observations(120_000);
+    assert!(body.len() > 6 * 1024 * 1024, "two parts at least: {}", body.len());
+    let mut w = dest.open(target("job10", "big.ndjson")).await.unwrap();
+    for chunk in body.as_bytes().chunks(256 * 1024) {
+        w.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+    }
+    let receipt = w.finish(50_000).await.expect("the stored object is checked, not called failed");
+    assert_eq!(receipt.bytes, body.len() as u64);
+    assert_eq!(server.object("bulk/job10/big.ndjson").as_deref(), Some(body.as_bytes()));
+    assert_eq!(server.open_uploads(), Vec::<String>::new());
 }

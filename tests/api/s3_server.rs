@@ -61,15 +61,21 @@ impl S3 for FailsAfterFirstPart {
 
 impl S3Server {
     pub async fn start() -> Self {
-        Self::start_with(|fs| fs).await
+        Self::start_with(|fs| fs, false).await
     }
 
     /// A server whose multipart uploads break after the first part.
     pub async fn start_failing_parts() -> Self {
-        Self::start_with(FailsAfterFirstPart).await
+        Self::start_with(FailsAfterFirstPart, false).await
     }
 
-    async fn start_with<T: S3>(wrap: impl FnOnce(s3s_fs::FileSystem) -> T) -> Self {
+    /// A server that completes multipart uploads but answers with a body the SDK cannot read (as
+    /// moto_server 5.2.1 does with its `CompleteMultipartUploadResponse` root).
+    pub async fn start_with_unreadable_completions() -> Self {
+        Self::start_with(|fs| fs, true).await
+    }
+
+    async fn start_with<T: S3>(wrap: impl FnOnce(s3s_fs::FileSystem) -> T, garble_completions: bool) -> Self {
         let root = TempDir::new().unwrap();
         std::fs::create_dir(root.path().join(BUCKET)).unwrap();
         let fs = s3s_fs::FileSystem::new(root.path()).expect("the S3 test server starts");
@@ -82,7 +88,23 @@ impl S3Server {
             let http = ConnBuilder::new(TokioExecutor::new());
             loop {
                 let Ok((socket, _)) = listener.accept().await else { continue };
-                let conn = http.serve_connection(TokioIo::new(socket), service.clone()).into_owned();
+                let service = service.clone();
+                let answer = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let completion = req.method() == hyper::Method::POST
+                        && req.uri().query().is_some_and(|q| q.contains("uploadId"));
+                    let service = service.clone();
+                    async move {
+                        let res = hyper::service::Service::call(&service, req).await?;
+                        if !(garble_completions && completion && res.status().is_success()) {
+                            return Ok(res);
+                        }
+                        let (mut parts, _) = res.into_parts();
+                        parts.headers.remove(hyper::header::CONTENT_LENGTH);
+                        let body = "<CompleteMultipartUploadResponse><Bucket>imports</Bucket>".to_string();
+                        Ok::<_, s3s::HttpError>(hyper::Response::from_parts(parts, s3s::Body::from(body)))
+                    }
+                });
+                let conn = http.serve_connection(TokioIo::new(socket), answer).into_owned();
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
