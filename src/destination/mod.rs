@@ -27,6 +27,31 @@ pub enum DestinationError {
     S3(String),
 }
 
+impl DestinationError {
+    /// What a person reading the job's status should know and do. The full cause goes to the
+    /// log; this names the setting to look at.
+    pub fn advice(&self) -> String {
+        match self {
+            DestinationError::Io(e) => match e.raw_os_error() {
+                Some(libc::ENOSPC | libc::EDQUOT) => format!(
+                    "the destination is full ({e}) on the disk holding JOBS_PATH: free space there or set JOBS_PATH to a larger disk, then have the provider ping again"
+                ),
+                Some(libc::EACCES | libc::EPERM | libc::EROFS) => format!(
+                    "the destination cannot be written ({e}) under JOBS_PATH: fix its permissions or set JOBS_PATH, then have the provider ping again"
+                ),
+                Some(libc::EMFILE | libc::ENFILE) => format!(
+                    "the server ran out of open files ({e}): raise its open-file limit (ulimit -n, LimitNOFILE=)"
+                ),
+                _ => format!("writing to the destination failed ({e}); the server log has the details"),
+            },
+            DestinationError::S3(_) => {
+                "the S3 destination failed the upload; the server log names the request and S3's answer".into()
+            }
+            DestinationError::UnsafeName(_) => self.to_string(),
+        }
+    }
+}
+
 /// The file being written: where it goes and what it holds (object metadata on S3).
 #[derive(Debug, Clone, Copy)]
 pub struct FileTarget<'a> {

@@ -106,7 +106,7 @@ impl FileResult {
 }
 
 /// "URL (Type)", or the URL alone for an untyped (`organizeOutputBy`) entry.
-fn describe(file: &JobFile) -> String {
+pub fn describe(file: &JobFile) -> String {
     let url = shown_url(&file.url);
     if file.resource_type.is_empty() {
         url

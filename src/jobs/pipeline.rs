@@ -18,7 +18,11 @@ use crate::{
     address_guard::classes_of,
     auth::provider_base::ProviderBase,
     destination::file_name::{FileNameTemplate, FileNameVars},
-    fhir::{manifest::FileKind, parameters::ExportType},
+    fhir::{
+        manifest::FileKind,
+        operation_outcome::{IssueCode, OperationOutcome},
+        parameters::ExportType,
+    },
     state::AppState,
     store::{
         jobs::{FileCounts, FileState, FinishedFile, Job, JobFile, JobState},
@@ -58,13 +62,8 @@ pub async fn run_job(app: AppState, id: String, cancel: CancellationToken, progr
             Err(e) => {
                 let reason = crate::error_text::chain(&e);
                 tracing::warn!(%reason, "job failed");
-                let message = match e {
-                    JobError::Store(_) | JobError::Destination(_) => {
-                        "the import failed inside bulk-import (storage); an operator can find the cause in the server log".to_string()
-                    }
-                    _ => reason,
-                };
-                if let Err(e) = app.store.fail_job(&id, &message, now_unix()).await {
+                let message = failure_text(&e, reason);
+                if let Err(e) = record_failure(&app, &id, message).await {
                     tracing::error!(error = %crate::error_text::chain(&e), "could not record the job failure");
                 }
                 progress.close();
@@ -74,6 +73,50 @@ pub async fn run_job(app: AppState, id: String, cancel: CancellationToken, progr
     }
     .instrument(span)
     .await
+}
+
+/// The failure as the job's status tells it: storage trouble says what to do; the rest is the
+/// error's own text.
+fn failure_text(e: &JobError, reason: String) -> String {
+    match e {
+        JobError::Destination(d) => d.advice(),
+        JobError::Store(_) => {
+            "the import failed inside bulk-import (its database); the server log has the cause".into()
+        }
+        _ => reason,
+    }
+}
+
+/// A failed job keeps nothing half-imported: what it stored is removed (the import is incomplete,
+/// and on a full disk it would make the next job fail too), and every file still pending gets an
+/// outcome saying why it was not imported.
+async fn record_failure(app: &AppState, id: &str, message: String) -> Result<(), crate::store::StoreError> {
+    let mut message = message;
+    let files = app.store.files(id).await?;
+    if files.iter().any(|f| f.state == FileState::Done && f.bytes > 0) {
+        match app.destination.delete_job(id).await {
+            Ok(()) => message
+                .push_str("; files stored before the failure were removed, as the import is incomplete"),
+            Err(e) => {
+                tracing::warn!(error = %crate::error_text::chain(&e), "could not remove a failed job's files")
+            }
+        }
+    } else if let Err(e) = app.destination.delete_job(id).await {
+        // Partial files of the attempts that were cut off.
+        tracing::warn!(error = %crate::error_text::chain(&e), "could not remove a failed job's files");
+    }
+    let pending: Vec<(i64, String)> = files
+        .iter()
+        .filter(|f| f.state == FileState::Pending)
+        .map(|f| {
+            let text =
+                format!("file {}: not imported: the job failed first ({message})", download::describe(f));
+            let outcome = OperationOutcome::error(IssueCode::Incomplete, text);
+            (f.idx, serde_json::to_string(&outcome).unwrap_or_default())
+        })
+        .collect();
+    app.store.fail_pending_files(id, &pending).await?;
+    app.store.fail_job(id, &message, now_unix()).await
 }
 
 /// Run `work` while recording a sign of life, so the reaper tells a long job from a stuck one.

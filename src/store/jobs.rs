@@ -481,6 +481,27 @@ impl Store {
         Ok(())
     }
 
+    /// Give every file still pending an outcome (and the failed state), in one transaction.
+    pub async fn fail_pending_files(
+        &self,
+        job_id: &str,
+        outcomes: &[(i64, String)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        for (idx, outcome) in outcomes {
+            sqlx::query(
+                "UPDATE job_files SET state = 'failed', outcome = ? WHERE job_id = ? AND idx = ? AND state = 'pending'",
+            )
+            .bind(outcome)
+            .bind(job_id)
+            .bind(idx)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn fail_job(&self, id: &str, reason: &str, now: i64) -> Result<(), StoreError> {
         sqlx::query("UPDATE jobs SET state = 'failed', failure = ?, completed_at = ? WHERE id = ?")
             .bind(reason)

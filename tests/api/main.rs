@@ -15,4 +15,5 @@ mod pull;
 mod real_providers;
 mod s3_server;
 mod small_disk;
+mod storage_faults;
 mod ui;
