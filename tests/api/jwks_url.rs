@@ -184,3 +184,19 @@ async fn a_registered_jwks_url_with_no_keys_for_the_alg_refuses_the_assertion() 
     assert_eq!(token_status(&app).await, 401);
     assert!(server.hits() >= 1, "the JWKS was consulted");
 }
+
+#[tokio::test]
+async fn a_jwks_url_on_a_cloud_metadata_address_is_never_fetched() {
+    let mut app = spawn_app().await;
+    for url in ["http://169.254.169.254/latest/meta-data/jwks.json", "http://[::ffff:169.254.169.254]/jwks.json"] {
+        register_by_url(&mut app, url).await;
+        let form = TestApp::token_form(&app.assertion(|_, _| {}));
+        let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let started = std::time::Instant::now();
+        let res = app.post_token(&pairs).await;
+        assert_eq!(res.status(), 401);
+        let text = res.json::<Value>().await.unwrap()["error_description"].as_str().unwrap().to_string();
+        assert!(text.contains("refused") && text.contains("metadata"), "{url}: {text}");
+        assert!(started.elapsed() < Duration::from_secs(1), "no connection was tried");
+    }
+}

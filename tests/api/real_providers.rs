@@ -191,6 +191,28 @@ async fn a_public_looking_name_that_resolves_to_loopback_is_refused_by_the_guard
 }
 
 #[tokio::test]
+async fn a_provider_on_one_internal_class_cannot_redirect_us_into_another() {
+    // The default policy: the provider is on loopback, so loopback is allowed, but not the private
+    // network a name of its choosing points at (the connection is never tried).
+    let app = spawn_app_with(|c| {
+        let private: IpAddr = "10.0.0.5".parse().unwrap();
+        c.dns_overrides = Arc::new([("intranet.example.test".to_string(), vec![private])].into());
+    })
+    .await;
+    app.provider.requires_access_token(false);
+    app.provider.add_file("hop.ndjson", "Patient", "");
+    app.provider.redirect_file("hop.ndjson", "http://intranet.example.test/secret.ndjson");
+    app.provider.add_file("lit.ndjson", "Patient", "");
+    app.provider.redirect_file("lit.ndjson", "http://[::ffff:10.0.0.5]/secret.ndjson");
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    let body = app.completed(&id).await;
+    assert_eq!(body["extension"]["failedFiles"], 2, "{body}");
+    let texts = outcome_texts(&app, &id).await;
+    assert!(texts[0].contains("10.0.0.5, a private address"), "{}", texts[0]);
+    assert!(texts[1].contains("::ffff:10.0.0.5 is a private address"), "{}", texts[1]);
+}
+
+#[tokio::test]
 async fn an_intranet_provider_may_serve_files_from_its_own_class_of_address() {
     // The default policy: the provider is on loopback, so a loopback file host is allowed.
     let app = spawn_app_with(|c| {
