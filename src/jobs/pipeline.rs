@@ -321,8 +321,17 @@ async fn plan(
             let status_url = match job.status_url.as_deref().and_then(|s| Url::parse(s).ok()) {
                 Some(u) => u,
                 None => {
+                    if app.store.kickoff_started(&job.id).await?.is_some() {
+                        // No status URL was stored: the provider's answer never reached us.
+                        tracing::warn!("an earlier kick-off of this job was interrupted before the provider's answer was recorded; if the provider started that export, its status URL is unknown, so it cannot be released and expires at the provider on its own");
+                    }
+                    app.store.mark_kickoff_started(&job.id, now_unix()).await?;
                     let u = export::kick_off(client, &export_url, &job.kickoff, cancel).await?;
-                    app.store.set_status_url(&job.id, u.as_str()).await?;
+                    // On its own task: a cancel arriving now must not lose the URL the release needs.
+                    let (store, id, url) = (app.store.clone(), job.id.clone(), u.to_string());
+                    tokio::spawn(async move { store.set_status_url(&id, &url).await }).await.map_err(
+                        |e| JobError::Provider(format!("recording the export status URL stopped: {e}")),
+                    )??;
                     progress.set_state(JobState::Exporting, None);
                     u
                 }

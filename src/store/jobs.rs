@@ -360,6 +360,25 @@ impl Store {
         Ok(())
     }
 
+    /// Record that a kick-off is about to be sent.
+    pub async fn mark_kickoff_started(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET kickoff_started_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// When the job last started a kick-off, if ever.
+    pub async fn kickoff_started(&self, id: &str) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT kickoff_started_at FROM jobs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .flatten())
+    }
+
     pub async fn set_state(&self, id: &str, state: JobState) -> Result<(), StoreError> {
         sqlx::query("UPDATE jobs SET state = ? WHERE id = ?")
             .bind(state.as_str())

@@ -345,6 +345,41 @@ async fn sigterm_during_a_manifest_dripped_a_byte_at_a_time_exits_within_two_sec
     assert!(!log.contains("did not stop in time"), "{log}");
 }
 
+#[tokio::test]
+async fn kill_9_during_a_kick_off_is_noticed_on_restart_and_the_job_kicks_off_once_more() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let provider = FakeProvider::start().await;
+    provider.add_file("p.ndjson", "Patient", patients(3));
+    provider.delay_kickoff(60_000);
+    let env = [("RUST_LOG", "bulk_import=info"), ("POLL_INTERVAL", "0.05")];
+    let mut server = Server::start(dir.path(), &env);
+    provider.set_consumer_jwks_url(format!("{}/jwks", server.base()));
+    let pinged = ping_dynamic(&server.base(), dir.path(), &provider).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while provider.requests_to("/fhir/$export").is_empty() {
+        assert!(Instant::now() < deadline, "the kick-off was never sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(Command::new("kill").args(["-KILL", &server.child.id().to_string()]).status().unwrap().success());
+    let _ = server.child.wait();
+    provider.delay_kickoff(0);
+
+    let server = Server::start(dir.path(), &env);
+    provider.set_consumer_jwks_url(format!("{}/jwks", server.base()));
+    let id = pinged.status_url.rsplit('/').next().unwrap();
+    let status_url = format!("{}/job/{id}", server.base());
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.get(&status_url).send().await.unwrap().status() == 202 {
+        assert!(Instant::now() < deadline, "the job did not finish after the restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(http.get(&status_url).send().await.unwrap().status(), 200);
+    let log = server.stop().await;
+    assert!(log.contains("an earlier kick-off of this job was interrupted"), "{log}");
+    assert_eq!(provider.requests_to("/fhir/$export").len(), 2);
+}
+
 /// Run the binary until it exits by itself (it is expected to refuse to start); its status and log.
 fn run_to_exit(dir: &Path, env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_bulk-import"));
@@ -407,6 +442,14 @@ struct Pinged {
 
 /// Register a provider key, get a token and ping a static import.
 async fn ping_static(base: &str, dir: &Path, provider: &FakeProvider) -> Pinged {
+    ping_with(base, dir, provider, &provider.manifest_url(), "static").await
+}
+
+async fn ping_dynamic(base: &str, dir: &Path, provider: &FakeProvider) -> Pinged {
+    ping_with(base, dir, provider, &provider.export_url(), "dynamic").await
+}
+
+async fn ping_with(base: &str, dir: &Path, provider: &FakeProvider, url: &str, kind: &str) -> Pinged {
     let http = reqwest::Client::new();
     let admin = std::fs::read_to_string(dir.join("data/admin-token")).unwrap();
     let mut key = ES384.generate_key_pair().unwrap().to_jwk_key_pair();
@@ -443,7 +486,7 @@ async fn ping_static(base: &str, dir: &Path, provider: &FakeProvider) -> Pinged 
         .post(format!("{base}/$import"))
         .bearer_auth(token["access_token"].as_str().unwrap())
         .header("content-type", "application/fhir+json")
-        .body(ping(&provider.manifest_url(), "static").to_string())
+        .body(ping(url, kind).to_string())
         .send()
         .await
         .unwrap();

@@ -181,6 +181,7 @@ struct Inner {
     kickoff_script: VecDeque<u16>,
     file_faults: HashMap<String, VecDeque<FileFault>>,
     drip_manifest: Option<u64>,
+    kickoff_delay: Option<u64>,
 }
 
 #[derive(Clone)]
@@ -404,6 +405,11 @@ impl FakeProvider {
         self.hold_file(RELEASE);
     }
     /// Fail the next downloads of `name` in these ways, one per attempt.
+    /// Answer an accepted kick-off only after `ms` milliseconds (the export exists meanwhile).
+    pub fn delay_kickoff(&self, ms: u64) {
+        self.with(|i| i.kickoff_delay = Some(ms));
+    }
+
     /// Send the static manifest one byte every `ms` milliseconds.
     pub fn drip_manifest(&self, ms: u64) {
         self.with(|i| i.drip_manifest = Some(ms));
@@ -646,6 +652,9 @@ async fn kickoff(State(f): State<FakeProvider>, method: Method, headers: HeaderM
     }
     if headers.get("prefer").and_then(|v| v.to_str().ok()) != Some("respond-async") {
         return (StatusCode::BAD_REQUEST, Json(oo("Prefer: respond-async required"))).into_response();
+    }
+    if let Some(ms) = f.with(|i| i.kickoff_delay) {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
     let mut res = StatusCode::ACCEPTED.into_response();
     let status = match f.with(|i| i.layout) {

@@ -188,7 +188,9 @@ async fn a_registered_jwks_url_with_no_keys_for_the_alg_refuses_the_assertion() 
 #[tokio::test]
 async fn a_jwks_url_on_a_cloud_metadata_address_is_never_fetched() {
     let mut app = spawn_app().await;
-    for url in ["http://169.254.169.254/latest/meta-data/jwks.json", "http://[::ffff:169.254.169.254]/jwks.json"] {
+    for url in
+        ["http://169.254.169.254/latest/meta-data/jwks.json", "http://[::ffff:169.254.169.254]/jwks.json"]
+    {
         register_by_url(&mut app, url).await;
         let form = TestApp::token_form(&app.assertion(|_, _| {}));
         let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
