@@ -533,6 +533,41 @@ mod tests {
     }
 
     #[test]
+    fn example_env_documents_every_variable_and_its_values_are_the_defaults() {
+        let text = include_str!("../example.env");
+        let mut active = HashMap::new();
+        let mut mentioned = Vec::new();
+        for line in text.lines() {
+            let (commented, rest) = match line.strip_prefix('#') {
+                Some(r) => (true, r.trim_start()),
+                None => (false, line),
+            };
+            let Some((key, value)) = rest.split_once('=') else { continue };
+            if key.is_empty() || !key.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') {
+                continue;
+            }
+            mentioned.push(key.to_string());
+            if !commented {
+                active.insert(key.to_string(), value.trim().to_string());
+            }
+        }
+        let asked = std::cell::RefCell::new(Vec::new());
+        let defaults = Config::from_lookup(|k| {
+            asked.borrow_mut().push(k.to_string());
+            None
+        })
+        .unwrap();
+        for key in asked.borrow().iter() {
+            assert!(mentioned.contains(key), "{key} is read but not in example.env");
+        }
+        let from_file = Config::from_lookup(|k| active.get(k).cloned()).unwrap();
+        assert_eq!(format!("{:?}", from_file.limits), format!("{:?}", defaults.limits));
+        assert_eq!(format!("{:?}", from_file.server), format!("{:?}", defaults.server));
+        assert_eq!(from_file.jobs_max_age, defaults.jobs_max_age);
+        assert_eq!(from_file.destination, defaults.destination);
+    }
+
+    #[test]
     fn a_short_jwt_secret_is_refused() {
         let err = with(&[("JWT_SECRET", "short")]).unwrap_err();
         assert!(err.to_string().contains("JWT_SECRET: must be at least 32"), "{err}");
