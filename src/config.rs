@@ -543,7 +543,9 @@ mod tests {
                 None => (false, line),
             };
             let Some((key, value)) = rest.split_once('=') else { continue };
-            if key.is_empty() || !key.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') {
+            if key.is_empty()
+                || !key.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            {
                 continue;
             }
             mentioned.push(key.to_string());

@@ -83,6 +83,8 @@ pub struct Recorded {
     pub authorization: Option<String>,
     pub accept_encoding: Option<String>,
     pub body: String,
+    /// When the request arrived.
+    pub at: std::time::Instant,
 }
 
 #[derive(Debug, Clone)]
@@ -451,6 +453,7 @@ impl FakeProvider {
             authorization: headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string),
             accept_encoding: headers.get("accept-encoding").and_then(|v| v.to_str().ok()).map(str::to_string),
             body: String::from_utf8_lossy(body).into_owned(),
+            at: std::time::Instant::now(),
         };
         self.with(|i| i.requests.push(r));
     }

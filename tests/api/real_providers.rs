@@ -367,12 +367,24 @@ async fn an_absolute_unix_time_retry_after_is_a_point_in_time_not_57_years() {
         StatusStep::TooManyUntil(2, false),
         StatusStep::PendingUntilDate(2),
     ]);
-    let started = Instant::now();
     let id = app.start_import(&app.provider.export_url(), "dynamic").await;
     let res = app.wait_for_job_within(&id, Duration::from_secs(20)).await;
     assert_eq!(res.status(), 200);
-    // Each wait was honoured (1-2 s each, as seconds round down), none taken literally.
-    assert!(started.elapsed() >= Duration::from_secs(3), "{:?}", started.elapsed());
+    // Each wait was honoured on its own: about 2 s after the millisecond time, 1-2 s after the
+    // ones in whole seconds (they round down), none taken literally (57 years) or ignored.
+    let polls: Vec<Instant> = app
+        .provider
+        .requests_to("/fhir/status/")
+        .into_iter()
+        .filter(|r| r.method == Method::GET)
+        .map(|r| r.at)
+        .collect();
+    assert_eq!(polls.len(), 4, "three answers to wait after, then the manifest");
+    let waits: Vec<Duration> = polls.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(waits[0] >= Duration::from_millis(1800) && waits[0] < Duration::from_secs(4), "{waits:?}");
+    for w in &waits[1..] {
+        assert!(*w >= Duration::from_millis(900) && *w < Duration::from_secs(4), "{waits:?}");
+    }
 }
 
 #[tokio::test]
