@@ -94,10 +94,16 @@ async fn delete_cancels_a_running_job_and_later_polls_are_404() {
     assert_eq!(res.status(), 202);
     assert_eq!(res.json::<Value>().await.unwrap()["resourceType"], "OperationOutcome");
     assert_eq!(app.get_job(&id).await.status(), 404);
-    // The job stopped polling.
-    let polls = app.provider.requests_to("/fhir/status/").len();
+    // The job stopped polling, and released the export at the provider.
+    let gets = || {
+        app.provider.requests_to("/fhir/status/").iter().filter(|r| r.method == reqwest::Method::GET).count()
+    };
+    let polls = gets();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(app.provider.requests_to("/fhir/status/").len(), polls);
+    assert_eq!(gets(), polls);
+    let released =
+        app.provider.requests_to("/fhir/status/").iter().any(|r| r.method == reqwest::Method::DELETE);
+    assert!(released, "the cancelled export was released");
 }
 
 #[tokio::test]
