@@ -244,3 +244,26 @@ async fn a_completed_upload_whose_answer_cannot_be_read_is_checked_and_kept_not_
     assert_eq!(server.object("bulk/job10/big.ndjson").as_deref(), Some(body.as_bytes()));
     assert_eq!(server.open_uploads(), Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn a_job_failed_by_its_s3_destination_leaves_no_object_behind() {
+    let server = S3Server::start_failing_parts().await;
+    let config = server.config(5 * 1024 * 1024);
+    let app = spawn_app_with(|c| {
+        c.destination = bulk_import::destination::DestinationKind::S3(config);
+        c.limits.parallel_downloads = 1;
+    })
+    .await;
+    app.provider.set_chunk_size(64 * 1024);
+    // A small file (one PutObject, stored), then a large one whose second part fails.
+    app.provider.push_file(FakeFile::new("small.ndjson", "Observation", observations(100)));
+    app.provider.push_file(FakeFile::new("big.ndjson", "Observation", observations(120_000)));
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    let text = app.failed(&id).await;
+    assert!(text.contains("the S3 destination failed") && text.contains("were removed"), "{text}");
+    assert!(!text.contains("SdkBody"), "{text}");
+    let objects: Vec<String> =
+        server.all_files().into_iter().filter(|f| f.contains(&id) && !f.contains(".upload")).collect();
+    assert_eq!(objects, Vec::<String>::new(), "a failed job's objects stayed in the bucket");
+    assert_eq!(server.open_uploads(), Vec::<String>::new());
+}

@@ -57,6 +57,21 @@ impl S3 for FailsAfterFirstPart {
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         self.0.abort_multipart_upload(req).await
     }
+    async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+        self.0.head_object(req).await
+    }
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        self.0.list_objects_v2(req).await
+    }
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        self.0.delete_objects(req).await
+    }
 }
 
 impl S3Server {
