@@ -1,19 +1,13 @@
-//! Access tokens we issue at `/auth/token` (HS256 JWTs, short-lived, bound to a registration), and
-//! the Bearer extractor that protects `/$import`.
+//! Access tokens we issue at `/auth/token` (HS256 JWTs, short-lived, bound to a registration).
 use std::time::{Duration, SystemTime};
 
-use axum::{extract::FromRequestParts, http::request::Parts};
 use josekit::{
     jws::{JwsHeader, HS256},
     jwt::{self, JwtPayload},
 };
 use secrecy::ExposeSecret;
 
-use super::{
-    bearer::{bearer_token, BearerProblem},
-    keys::{random_hex, Keys},
-};
-use crate::{routes::error::ApiError, state::AppState, store::providers::Provider};
+use super::keys::{random_hex, Keys};
 
 /// Claims of a verified access token.
 #[derive(Debug, Clone)]
@@ -54,40 +48,4 @@ pub fn verify(keys: &Keys, token: &str) -> Result<AccessClaims, String> {
     let client_id = payload.subject().ok_or("the access token has no subject")?.to_string();
     let scope = payload.claim("scope").and_then(|v| v.as_str()).unwrap_or_default().to_string();
     Ok(AccessClaims { client_id, scope })
-}
-
-/// A verified caller of `/$import`: the Bearer token is ours, unexpired, and its registration active.
-pub struct Caller {
-    pub claims: AccessClaims,
-    pub provider: Provider,
-}
-
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let token = bearer_token(&parts.headers).map_err(|problem| {
-            ApiError::Unauthorized(
-                match problem {
-                    BearerProblem::Missing => {
-                        "authorization is required: send 'Authorization: Bearer <token>' from /auth/token"
-                    }
-                    BearerProblem::NotText => "the authorization header is not text",
-                    BearerProblem::NotBearer => "the authorization header must be 'Bearer <token>'",
-                }
-                .into(),
-            )
-        })?;
-        let claims = verify(&app.keys, token).map_err(ApiError::Unauthorized)?;
-        if !super::scope::allows_import(&claims.scope) {
-            return Err(ApiError::Forbidden(format!(
-                "the access token's scope '{}' does not allow $import; request 'system/*.write' (or v2 'system/*.cud')",
-                claims.scope
-            )));
-        }
-        let provider = app.store.provider(&claims.client_id).await?.ok_or_else(|| {
-            ApiError::Unauthorized("the registration behind this token is unknown or revoked".into())
-        })?;
-        Ok(Caller { claims, provider })
-    }
 }

@@ -1,10 +1,5 @@
-//! OAuth 2.0 errors (RFC 6749 §5.2), rendered as `{error, error_description}` with `no-store`.
-use axum::{
-    http::{header, HeaderValue, StatusCode},
-    response::{IntoResponse, Response},
-    Json,
-};
-use serde_json::json;
+//! OAuth 2.0 errors (RFC 6749 §5.2); `routes::oauth_error` renders them.
+use axum::http::StatusCode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -38,7 +33,8 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    fn code(&self) -> (&'static str, StatusCode) {
+    /// The OAuth `error` code and HTTP status of this error.
+    pub fn code(&self) -> (&'static str, StatusCode) {
         match self {
             AuthError::InvalidRequest(_) => ("invalid_request", StatusCode::BAD_REQUEST),
             AuthError::InvalidClient(_) => ("invalid_client", StatusCode::UNAUTHORIZED),
@@ -52,26 +48,5 @@ impl AuthError {
             | AuthError::Provider(_)
             | AuthError::ProviderRefused(_) => ("server_error", StatusCode::INTERNAL_SERVER_ERROR),
         }
-    }
-}
-
-impl IntoResponse for AuthError {
-    fn into_response(self) -> Response {
-        let (error, status) = self.code();
-        let description = if status.is_server_error() {
-            tracing::error!(error = %crate::error_text::chain(&self), "auth request failed");
-            "the server could not process the request; try again later".to_string()
-        } else {
-            self.to_string()
-        };
-        let res = (status, Json(json!({ "error": error, "error_description": description }))).into_response();
-        let mut res = crate::routes::no_store(res);
-        if error == "invalid_token" {
-            res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        if let AuthError::TooManyFailures(secs) = self {
-            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-        }
-        res
     }
 }

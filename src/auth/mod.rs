@@ -2,7 +2,6 @@
 //! our key pair and JWKS, the token endpoint providers use to ping us, the access tokens we issue,
 //! and the tokens we obtain from providers to pull their exports.
 pub mod access_token;
-pub mod admin;
 pub mod algorithms;
 pub mod bearer;
 pub mod client_assertion;

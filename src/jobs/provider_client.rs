@@ -16,8 +16,8 @@ use crate::{
         provider_token::{refusal_in, ProviderIdentity, ProviderTokens},
     },
     config::Limits,
+    error_text::chain,
     http_client::GuardedClient,
-    routes::error::chain,
 };
 
 /// Redirect hops we follow for one request.

@@ -12,10 +12,9 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{media_type, no_store};
+use super::{admin::Admin, media_type, no_store};
 use crate::{
     auth::{
-        admin::Admin,
         client_assertion::{self, TokenForm},
         provider_base::{parse_origin, ProviderBase},
         AuthError,

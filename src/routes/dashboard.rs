@@ -9,9 +9,9 @@ use axum::{
 };
 use serde_json::{json, Value};
 
-use super::no_store;
+use super::{admin::Admin, no_store};
 use crate::{
-    auth::{admin::Admin, AuthError},
+    auth::AuthError,
     state::AppState,
     store::{
         dashboard::JobSummary,

@@ -10,11 +10,12 @@ use axum::{
 };
 
 use super::{
+    caller::Caller,
     error::{outcome_response, ApiError},
     media_type,
 };
 use crate::{
-    auth::{access_token::Caller, keys::random_hex, provider_base::ProviderBase},
+    auth::{keys::random_hex, provider_base::ProviderBase},
     fhir::{operation_outcome::OperationOutcome, parameters::ImportRequest},
     state::AppState,
     store::jobs::{Admission, Job, JobCaps, JobState},

@@ -1,5 +1,7 @@
 //! HTTP routes: each module owns its paths; static UI files are the fallback.
+pub mod admin;
 pub mod auth;
+pub mod caller;
 pub mod dashboard;
 pub mod error;
 pub mod health;
@@ -7,6 +9,7 @@ pub mod import;
 pub mod info;
 pub mod jobs;
 pub mod jwks;
+pub mod oauth_error;
 pub mod response_policy;
 
 use axum::{

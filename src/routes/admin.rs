@@ -2,8 +2,10 @@
 use axum::{extract::FromRequestParts, http::request::Parts};
 use secrecy::ExposeSecret;
 
-use super::{bearer::bearer_token, AuthError};
-use crate::state::AppState;
+use crate::{
+    auth::{bearer::bearer_token, AuthError},
+    state::AppState,
+};
 
 /// Proof that the request carries the admin token.
 pub struct Admin;
