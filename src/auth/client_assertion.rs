@@ -8,8 +8,13 @@ use josekit::{jwk::Jwk, jwt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{access_token, algorithms, jwks_cache, AuthError};
-use crate::state::AppState;
+use super::{
+    access_token, algorithms,
+    jwks_cache::{self, JwksCache},
+    keys::Keys,
+    AuthError,
+};
+use crate::store::Store;
 
 pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// The longest assertion lifetime SMART allows ("no more than five minutes in the future").
@@ -50,8 +55,19 @@ pub fn claimed_client(assertion: &str) -> Option<String> {
 /// Longest claimed client id kept (ours are 32 hex characters).
 const MAX_CLIENT_ID_CHARS: usize = 64;
 
+/// What our token endpoint needs: registrations and the replay cache, providers' JWKS, our keys.
+pub struct TokenEndpoint<'a> {
+    pub store: &'a Store,
+    pub jwks: &'a JwksCache,
+    /// For registered JWKS URLs.
+    pub http: &'a reqwest::Client,
+    pub keys: &'a Keys,
+    /// `ACCESS_TOKEN_EXPIRE_IN`.
+    pub lifetime: Duration,
+}
+
 /// Check a token request and, if every rule holds, issue an access token.
-pub async fn exchange(app: &AppState, token_url: &str, form: TokenForm) -> Result<Value, AuthError> {
+pub async fn exchange(app: &TokenEndpoint<'_>, token_url: &str, form: TokenForm) -> Result<Value, AuthError> {
     let grant_type =
         form.grant_type.ok_or_else(|| AuthError::InvalidRequest("grant_type is required".into()))?;
     if grant_type != "client_credentials" {
@@ -121,11 +137,11 @@ pub async fn exchange(app: &AppState, token_url: &str, form: TokenForm) -> Resul
     let key = match (&provider.jwks_uri, provider.jwks_value()) {
         (_, Some(set)) => pick(&jwks_cache::public_keys(&set))?,
         (Some(uri), None) => {
-            let cached = app.jwks.keys(&app.http, uri, false).await?;
+            let cached = app.jwks.keys(app.http, uri, false).await?;
             match pick(&cached) {
                 Ok(k) => k,
                 // An unknown kid may be a key the client just rotated in: fetch once more.
-                Err(_) => pick(&app.jwks.keys(&app.http, uri, true).await?)?,
+                Err(_) => pick(&app.jwks.keys(app.http, uri, true).await?)?,
             }
         }
         (None, None) => return Err(AuthError::InvalidClient("the registration has no keys".into())),
@@ -184,8 +200,8 @@ pub async fn exchange(app: &AppState, token_url: &str, form: TokenForm) -> Resul
         return Err(AuthError::InvalidClient("this client_assertion was already used ('jti' replay)".into()));
     }
 
-    let lifetime = app.config.access_token_lifetime;
-    let token = access_token::issue(&app.keys, &provider.client_id, &scope, lifetime)?;
+    let lifetime = app.lifetime;
+    let token = access_token::issue(app.keys, &provider.client_id, &scope, lifetime)?;
     Ok(json!({
         "token_type": "bearer",
         "access_token": token,

@@ -195,7 +195,14 @@ async fn token(
         form.client_assertion.as_deref().and_then(client_assertion::claimed_client).unwrap_or_default();
     failures.token_client.check(&client).map_err(|wait| AuthError::TooManyFailures(wait.as_secs()))?;
     let token_url = format!("{}/auth/token", crate::routes::base_url(&app, &headers));
-    match client_assertion::exchange(&app, &token_url, form).await {
+    let endpoint = client_assertion::TokenEndpoint {
+        store: &app.store,
+        jwks: &app.jwks,
+        http: &app.http,
+        keys: &app.keys,
+        lifetime: app.config.access_token_lifetime,
+    };
+    match client_assertion::exchange(&endpoint, &token_url, form).await {
         Ok(response) => Ok(no_store(Json(response).into_response())),
         Err(e @ AuthError::InvalidClient(_)) => {
             let reason = e.to_string();
