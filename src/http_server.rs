@@ -114,6 +114,7 @@ pub async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let caps = Caps::new(&limits);
     let mut accept_errors = Throttle::new(Duration::from_secs(10));
+    let draining = Arc::new(Semaphore::new(MAX_DRAINING));
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
@@ -131,8 +132,8 @@ pub async fn serve(
                 continue;
             }
         };
-        let Some(slot) = caps.admit(peer.ip()) else {
-            refuse(stream);
+        let Some(slot) = caps.admit(client_of(peer.ip())) else {
+            refuse(stream, &draining);
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -165,10 +166,36 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 /// hyper's smallest read buffer.
 const MIN_HEADER_BUFFER: usize = 8192;
 
-/// Answer a connection over a cap without reading it: one write that cannot block, then close.
-fn refuse(stream: TcpStream) {
+/// Refused connections whose request is read out before closing, so the client sees the 503
+/// rather than a reset; past this many at once they are just closed (a flood must not hold
+/// descriptors).
+const MAX_DRAINING: usize = 64;
+const DRAIN_FOR: Duration = Duration::from_millis(500);
+const DRAIN_BYTES: usize = 64 * 1024;
+
+/// Answer a connection over a cap: one write that cannot block, then a short, bounded read of
+/// what the client sent (closing with unread data would reset the connection), then close.
+fn refuse(stream: TcpStream, draining: &Arc<Semaphore>) {
     const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
     let _ = stream.try_write(BUSY);
+    let Ok(permit) = draining.clone().try_acquire_owned() else { return };
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = stream;
+        let _ = stream.shutdown().await;
+        let mut buf = [0u8; 4096];
+        let mut read = 0;
+        let drain = async {
+            while read < DRAIN_BYTES {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => read += n,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_FOR, drain).await;
+        drop(permit);
+    });
 }
 
 /// Open connections per client address.
@@ -356,5 +383,38 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
 /// The address a request came from (set by `serve` on every request), as a key for limits and
 /// logs; "unknown" where the router is served some other way.
 pub fn peer_key(extensions: &axum::http::Extensions) -> String {
-    extensions.get::<ConnectInfo<SocketAddr>>().map_or_else(|| "unknown".into(), |c| c.0.ip().to_string())
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(|| "unknown".into(), |c| client_of(c.0.ip()).to_string())
+}
+
+/// The client an address stands for: itself for IPv4 (and IPv4-mapped IPv6), its /64 for IPv6
+/// (one host is routinely given a whole /64, so counting /128s would let it take any number of
+/// slots).
+pub fn client_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_count_by_their_64_and_mapped_ones_as_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_of(a), client_of(b));
+        assert_ne!(client_of(a), client_of(other));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(client_of(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(client_of(v4), v4);
+    }
 }

@@ -24,10 +24,52 @@ pub fn file(file: &Path) -> io::Result<()> {
 }
 
 fn narrow(path: &Path, mode: u32) -> io::Result<()> {
-    let current = std::fs::metadata(path)?.permissions().mode() & 0o777;
-    if current & 0o077 != 0 {
-        std::fs::set_permissions(path, Permissions::from_mode(mode))?;
-        tracing::warn!(path = %path.display(), was = format!("{current:o}"), now = format!("{mode:o}"), "narrowed the permissions of a place holding health data or secrets");
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    let current = meta.permissions().mode() & 0o7777;
+    if current & 0o077 == 0 {
+        return Ok(());
     }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let ours = meta.uid() == unsafe { libc::geteuid() };
+    // A shared directory (sticky, like /tmp) or someone else's is left alone: narrowing it would
+    // break its other users. What we create inside it is still owner-only.
+    if current & 0o1000 != 0 || !ours {
+        tracing::warn!(path = %path.display(), mode = format!("{current:o}"), "a place holding health data or secrets is readable by others and is not ours to narrow; what bulk-import creates inside it is owner-only");
+        return Ok(());
+    }
+    let narrowed = (current & 0o6000) | mode;
+    std::fs::set_permissions(path, Permissions::from_mode(narrowed))?;
+    tracing::warn!(path = %path.display(), was = format!("{current:o}"), now = format!("{narrowed:o}"), "narrowed the permissions of a place holding health data or secrets");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode_of(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn our_wide_directory_is_narrowed_and_a_sticky_shared_one_is_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wide = tmp.path().join("wide");
+        std::fs::create_dir(&wide).unwrap();
+        std::fs::set_permissions(&wide, Permissions::from_mode(0o755)).unwrap();
+        dir(&wide).unwrap();
+        assert_eq!(mode_of(&wide), 0o700);
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, Permissions::from_mode(0o1777)).unwrap();
+        dir(&shared).unwrap();
+        assert_eq!(mode_of(&shared), 0o1777);
+        let db = tmp.path().join("db");
+        std::fs::write(&db, b"x").unwrap();
+        std::fs::set_permissions(&db, Permissions::from_mode(0o644)).unwrap();
+        file(&db).unwrap();
+        assert_eq!(mode_of(&db), 0o600);
+        assert_eq!(std::fs::read(&db).unwrap(), b"x", "never truncated");
+    }
 }

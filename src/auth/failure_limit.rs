@@ -56,10 +56,9 @@ impl FailureLimit {
     /// `Err(wait)` while `key` is over the limit.
     pub fn check(&self, key: &str) -> Result<(), Duration> {
         let keys = self.keys();
-        match keys.get(key) {
-            Some(w) if w.failures >= self.max && w.started.elapsed() < self.window => {
-                Err(self.window - w.started.elapsed())
-            }
+        let Some(w) = keys.get(key).filter(|w| w.failures >= self.max) else { return Ok(()) };
+        match self.window.checked_sub(w.started.elapsed()) {
+            Some(left) if !left.is_zero() => Err(left),
             _ => Ok(()),
         }
     }

@@ -331,8 +331,15 @@ mod tests {
     async fn files_are_byte_exact_at_any_length_and_chunking() {
         let dir = tempfile::tempdir().unwrap();
         let dest = TmpFs::new(dir.path().to_path_buf());
-        let lengths =
-            [0, 1, DIRECT_ALIGN - 1, DIRECT_ALIGN, WRITE_BUFFER_BYTES + 1, 3 * WRITE_BUFFER_BYTES + 777];
+        let lengths = [
+            0,
+            1,
+            DIRECT_ALIGN - 1,
+            DIRECT_ALIGN,
+            WRITE_BUFFER_BYTES,
+            WRITE_BUFFER_BYTES + 1,
+            3 * WRITE_BUFFER_BYTES + 777,
+        ];
         for (i, len) in lengths.into_iter().enumerate() {
             for piece in [1000, 65_536, 5 * WRITE_BUFFER_BYTES] {
                 if len > 100_000 && piece == 1000 {
@@ -345,6 +352,17 @@ mod tests {
                 let read = std::fs::read(dir.path().join("job").join(&name)).unwrap();
                 assert!(read == data, "length {len}, pieces of {piece}: content differs");
             }
+        }
+    }
+
+    #[test]
+    fn files_on_a_filesystem_that_allows_it_are_written_direct() {
+        // The temporary directory the other tests write to is on ext4 here and in CI, which takes
+        // O_DIRECT: the direct path must be the one they exercise, not a silent fallback.
+        let dir = tempfile::tempdir().unwrap();
+        let out = Output::create(&dir.path().join("probe.part")).unwrap();
+        if cfg!(target_os = "linux") {
+            assert!(out.direct, "O_DIRECT was refused on {}", dir.path().display());
         }
     }
 

@@ -333,6 +333,7 @@ async fn stream_into(
         }
         Ok(())
     };
+    meter.body_started();
     let mut body = decoded_body(resp, client.limits.max_gzip_ratio)
         .map_err(|e| AttemptError::Permanent(IssueCode::NotSupported, e.to_string()))?;
     loop {
@@ -352,7 +353,9 @@ async fn stream_into(
         })?;
         splitter.feed(&chunk, &mut on_line).map_err(line_failure)?;
         if let Some(w) = writer.as_deref_mut() {
+            let started = std::time::Instant::now();
             w.write(chunk).await.map_err(JobError::from)?;
+            meter.paused(started.elapsed());
         }
     }
     splitter.finish(&mut on_line).map_err(line_failure)?;

@@ -140,7 +140,9 @@ pub async fn kick_off(
         resp = kick_off_once(client, &url, &get, cancel).await?;
     }
     if !resp.status().is_success() {
-        return Err(JobError::Provider(describe_failure("the provider's export kick-off", resp).await));
+        let reason =
+            retry::unless_cancelled(cancel, describe_failure("the provider's export kick-off", resp)).await?;
+        return Err(JobError::Provider(reason));
     }
     let location = resp.headers().get(CONTENT_LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| {
         JobError::Provider("the provider accepted the export but sent no Content-Location status URL".into())
@@ -239,7 +241,7 @@ where
                 client.backoff(failures)
             }
             Ok(resp) if resp.status() == StatusCode::OK => {
-                return read_manifest_body(client, resp).await;
+                return read_manifest_body(client, resp, cancel).await;
             }
             Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
                 (failures, failing_since) = (0, None);
@@ -272,14 +274,19 @@ where
             }
             Ok(resp) if is_transient_status(resp.status()) => {
                 if give_up() {
-                    return Err(JobError::Provider(describe_failure("the export status URL", resp).await));
+                    let reason =
+                        retry::unless_cancelled(cancel, describe_failure("the export status URL", resp))
+                            .await?;
+                    return Err(JobError::Provider(reason));
                 }
                 on_progress(format!("provider status error {}; retry {failures}", resp.status())).await;
                 client.wait_for(&resp, failures)
             }
             Ok(resp) => {
                 let status = resp.status();
-                let body = read_limited(resp, MAX_ERROR_BODY_BYTES).await.unwrap_or_default();
+                let body = retry::unless_cancelled(cancel, read_limited(resp, MAX_ERROR_BODY_BYTES))
+                    .await?
+                    .unwrap_or_default();
                 // Bulk Data: an all-`transient` OperationOutcome means "try later", not failure.
                 if OperationOutcome::is_transient(&body) && !give_up() {
                     client.backoff(failures)
@@ -305,15 +312,21 @@ pub async fn fetch_manifest(
     client.pace(url, cancel, |_| async {}).await?;
     let resp = client.send(Auth::WithToken, cancel, url, get).await?;
     if resp.status() != StatusCode::OK {
-        return Err(JobError::Provider(describe_failure("the export manifest URL", resp).await));
+        let reason =
+            retry::unless_cancelled(cancel, describe_failure("the export manifest URL", resp)).await?;
+        return Err(JobError::Provider(reason));
     }
-    read_manifest_body(client, resp).await
+    read_manifest_body(client, resp, cancel).await
 }
 
-async fn read_manifest_body(client: &ProviderClient, resp: reqwest::Response) -> Result<Bytes, JobError> {
-    read_limited(resp, client.limits.max_manifest_bytes).await.map_err(|e| {
-        JobError::Provider(format!("the export manifest could not be read: {e} (MAX_MANIFEST_BYTES)"))
-    })
+async fn read_manifest_body(
+    client: &ProviderClient,
+    resp: reqwest::Response,
+    cancel: &CancellationToken,
+) -> Result<Bytes, JobError> {
+    retry::unless_cancelled(cancel, read_limited(resp, client.limits.max_manifest_bytes)).await?.map_err(
+        |e| JobError::Provider(format!("the export manifest could not be read: {e} (MAX_MANIFEST_BYTES)")),
+    )
 }
 
 /// Parse the first page and follow `link` next pages, collecting every file.

@@ -76,6 +76,19 @@ impl<'a> FileMeter<'a> {
         }
     }
 
+    /// The body begins now: time spent before (retries, waits, the provider's time to answer)
+    /// is not transfer time.
+    pub fn body_started(&mut self) {
+        self.window_start = Instant::now();
+        self.window_bytes = 0;
+    }
+
+    /// Time spent on our side (the destination's write) is not the provider's: the window
+    /// moves on by that much.
+    pub fn paused(&mut self, took: Duration) {
+        self.window_start += took;
+    }
+
     /// Count a decoded chunk that just arrived.
     pub fn chunk(&mut self, n: u64) -> Result<(), Exceeded> {
         self.bytes += n;
@@ -85,7 +98,7 @@ impl<'a> FileMeter<'a> {
         self.job.take(n)?;
         self.taken += n;
         self.window_bytes += n;
-        let elapsed = self.window_start.elapsed();
+        let elapsed = Instant::now().saturating_duration_since(self.window_start);
         if elapsed >= self.window {
             if (self.window_bytes as f64) < self.min_rate as f64 * elapsed.as_secs_f64() {
                 return Err(Exceeded::TooSlow { rate: self.min_rate, window_secs: self.window.as_secs() });
@@ -157,5 +170,16 @@ mod tests {
         let mut fast = FileMeter::new(&job, &l);
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(fast.chunk(1_000_000), Ok(()));
+        // The next window starts afresh: a slow one after a fast one still fails.
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(matches!(fast.chunk(10), Err(Exceeded::TooSlow { .. })));
+        // Waiting before the body, or on our own writes, is not counted.
+        let mut waited = FileMeter::new(&job, &l);
+        std::thread::sleep(Duration::from_millis(30));
+        waited.body_started();
+        assert_eq!(waited.chunk(10), Ok(()));
+        std::thread::sleep(Duration::from_millis(30));
+        waited.paused(Duration::from_millis(30));
+        assert_eq!(waited.chunk(10), Ok(()));
     }
 }

@@ -36,36 +36,37 @@ use crate::{
 pub async fn run_job(app: AppState, id: String, cancel: CancellationToken, progress: Arc<Progress>) {
     let span = tracing::info_span!("job", job = %crate::telemetry::shown_id(&id));
     async {
-        // Every await of the job (a manifest trickling in, a status body, a token) ends when it is
-        // cancelled: the whole run is dropped, not only the steps that check.
-        let run = async {
-            cancel.run_until_cancelled(run(&app, &id, &cancel, &progress)).await.unwrap_or(Err(JobError::Cancelled))
-        };
+        // Every step of the job checks `cancel` (body reads included), so nothing is dropped
+        // half-way: downloads abort their writers, and a kick-off's status URL is always recorded.
+        let run = run(&app, &id, &cancel, &progress);
         let work = std::panic::AssertUnwindSafe(with_heartbeat(&app, &id, run)).catch_unwind();
         let outcome = match work.await {
             Ok(result) => result,
-            Err(_) => Err(JobError::Provider("the import stopped on an internal error (a bug); see the server log".into())),
+            Err(_) => Err(JobError::Provider(
+                "the import stopped on an internal error (a bug); see the server log".into(),
+            )),
         };
         match outcome {
             // Logged where it completed, with or without errors.
-            Ok(()) => {}
+            Ok(Ran::Completed) => release_export(&app, &id).await,
+            Ok(Ran::AlreadyFinished) => {}
             Err(JobError::Cancelled) => {
                 progress.close();
                 tracing::info!("job stopped");
                 if !app.jobs.shutdown.is_cancelled() {
-                    // On its own task: the cancel (a DELETE waiting) need not wait for the provider.
-                    let (app, id) = (app.clone(), id.clone());
-                    let span = tracing::Span::current();
-                    app.jobs.tracker.clone().spawn(async move { release_export(&app, &id).await }.instrument(span));
+                    // What the release needs is read now: a DELETE removes the job right after.
+                    // The release itself runs on its own task, so the DELETE need not wait for it.
+                    if let Some(target) = release_target(&app, &id).await {
+                        let span = tracing::Span::current();
+                        app.jobs.tracker.spawn(release(target).instrument(span));
+                    }
                 }
             }
             Err(e) => {
                 let reason = crate::error_text::chain(&e);
                 tracing::warn!(%reason, "job failed");
                 let message = failure_text(&e, reason);
-                if let Err(e) = record_failure(&app, &id, message).await {
-                    tracing::error!(error = %crate::error_text::chain(&e), "could not record the job failure");
-                }
+                record_failure(&app, &id, message).await;
                 progress.close();
                 release_export(&app, &id).await;
             }
@@ -90,20 +91,28 @@ fn failure_text(e: &JobError, reason: String) -> String {
 /// A failed job keeps nothing half-imported: what it stored is removed (the import is incomplete,
 /// and on a full disk it would make the next job fail too), and every file still pending gets an
 /// outcome saying why it was not imported.
-async fn record_failure(app: &AppState, id: &str, message: String) -> Result<(), crate::store::StoreError> {
-    let mut message = message;
-    let files = app.store.files(id).await?;
-    if files.iter().any(|f| f.state == FileState::Done && f.bytes > 0) {
-        match app.destination.delete_job(id).await {
-            Ok(()) => message
-                .push_str("; files stored before the failure were removed, as the import is incomplete"),
-            Err(e) => {
-                tracing::warn!(error = %crate::error_text::chain(&e), "could not remove a failed job's files")
-            }
+async fn record_failure(app: &AppState, id: &str, message: String) {
+    let log = |e: &dyn std::error::Error, what: &str| tracing::error!(error = %crate::error_text::chain(e), "could not record the job failure: {what}");
+    let files = match app.store.files(id).await {
+        Ok(files) => files,
+        Err(e) => {
+            log(&e, "its files");
+            Vec::new()
         }
-    } else if let Err(e) = app.destination.delete_job(id).await {
-        // Partial files of the attempts that were cut off.
-        tracing::warn!(error = %crate::error_text::chain(&e), "could not remove a failed job's files");
+    };
+    let mut message = message;
+    match app.destination.delete_job(id).await {
+        Ok(()) if files.iter().any(|f| f.state == FileState::Done && f.bytes > 0) => {
+            message.push_str("; files stored before the failure were removed, as the import is incomplete")
+        }
+        Ok(()) => {}
+        Err(e) => {
+            tracing::warn!(error = %crate::error_text::chain(&e), "could not remove a failed job's files")
+        }
+    }
+    // The job's state first: whatever fails after, the job no longer looks as if it runs.
+    if let Err(e) = app.store.fail_job(id, &message, now_unix()).await {
+        log(&e, "its state");
     }
     let pending: Vec<(i64, String)> = files
         .iter()
@@ -115,8 +124,9 @@ async fn record_failure(app: &AppState, id: &str, message: String) -> Result<(),
             (f.idx, serde_json::to_string(&outcome).unwrap_or_default())
         })
         .collect();
-    app.store.fail_pending_files(id, &pending).await?;
-    app.store.fail_job(id, &message, now_unix()).await
+    if let Err(e) = app.store.fail_pending_files(id, &pending).await {
+        log(&e, "outcomes of its pending files");
+    }
 }
 
 /// Run `work` while recording a sign of life, so the reaper tells a long job from a stuck one.
@@ -166,13 +176,29 @@ async fn provider_client(app: &AppState, provider: &Provider) -> Result<Provider
     ))
 }
 
+/// What releasing a job's export needs: its status URL and a client for its provider.
+struct ReleaseTarget {
+    status: Url,
+    client: ProviderClient,
+}
+
+async fn release_target(app: &AppState, id: &str) -> Option<ReleaseTarget> {
+    let job = app.store.job(id).await.ok()??;
+    let status = Url::parse(job.status_url.as_deref()?).ok()?;
+    let provider = app.store.provider(&job.client_id).await.ok()??;
+    let client = provider_client(app, &provider).await.ok()?;
+    Some(ReleaseTarget { status, client })
+}
+
 /// Best effort: DELETE the provider's export status URL (Bulk Data v2+: "done with the files" or
 /// "cancel"), bounded in time so it never holds up a cancel or shutdown.
 async fn release_export(app: &AppState, id: &str) {
-    let Ok(Some(job)) = app.store.job(id).await else { return };
-    let Some(status) = job.status_url.as_deref().and_then(|s| Url::parse(s).ok()) else { return };
-    let Ok(Some(provider)) = app.store.provider(&job.client_id).await else { return };
-    let Ok(client) = provider_client(app, &provider).await else { return };
+    if let Some(target) = release_target(app, id).await {
+        release(target).await;
+    }
+}
+
+async fn release(ReleaseTarget { status, client }: ReleaseTarget) {
     let delete = |http: &reqwest::Client, url: Url| http.delete(url);
     let release = async {
         tokio::time::sleep(client.reserve_slot(&status)).await;
@@ -184,17 +210,24 @@ async fn release_export(app: &AppState, id: &str) {
     }
 }
 
+/// How a run ended well.
+enum Ran {
+    Completed,
+    /// Nothing to do: the job had finished before (a resume after its end).
+    AlreadyFinished,
+}
+
 async fn run(
     app: &AppState,
     id: &str,
     cancel: &CancellationToken,
     progress: &Progress,
-) -> Result<(), JobError> {
+) -> Result<Ran, JobError> {
     let Some(job) = app.store.job(id).await? else {
         return Err(JobError::Cancelled);
     };
     if job.state.is_finished() {
-        return Ok(());
+        return Ok(Ran::AlreadyFinished);
     }
     // A resumed import publishes its state once its file counts are loaded, below.
     if job.state != JobState::Importing {
@@ -207,9 +240,20 @@ async fn run(
     // Counted from the ping, so a restart does not grant a job a fresh allowance.
     let limit = app.config.limits.max_job_duration;
     let left = (job.created_at as f64 + limit.as_secs_f64() - now_unix() as f64).max(0.0);
-    tokio::time::timeout(Duration::from_secs_f64(left), plan_and_import(app, &client, &job, cancel, progress))
-        .await
-        .map_err(|_| JobError::TimeLimit(limit))?
+    // At the limit the job is cancelled like any other, so it stops cleanly, then it fails.
+    let stop = cancel.child_token();
+    let work = plan_and_import(app, &client, &job, &stop, progress);
+    tokio::pin!(work);
+    tokio::select! {
+        result = &mut work => result.map(|()| Ran::Completed),
+        _ = tokio::time::sleep(Duration::from_secs_f64(left)) => {
+            stop.cancel();
+            match work.await {
+                Err(JobError::Cancelled) if !cancel.is_cancelled() => Err(JobError::TimeLimit(limit)),
+                other => other.map(|()| Ran::Completed),
+            }
+        }
+    }
 }
 
 async fn plan_and_import(
@@ -231,8 +275,9 @@ async fn plan_and_import(
     let pending: Vec<JobFile> = files.into_iter().filter(|f| f.state == FileState::Pending).collect();
     progress.importing(FileCounts { total, finished: total - pending.len() as i64 });
     tracing::info!(files = pending.len(), "importing files");
-    // Each download is its own task, so validation of several files uses every core. Leaving
-    // this function (error or cancel) cancels the ones still running.
+    // Each download is its own task, so validation of several files uses every core. On a job
+    // error the others are cancelled, and every task is awaited before the job returns: none may
+    // still write when the job's files are removed.
     let downloads = cancel.child_token();
     let _stop_downloads = downloads.clone().drop_guard();
     let mut results = futures::stream::iter(pending)
@@ -255,27 +300,26 @@ async fn plan_and_import(
             task
         })
         .buffer_unordered(app.config.limits.parallel_downloads);
+    let mut first_error: Option<JobError> = None;
     while let Some(joined) = results.next().await {
-        let (file, result) = joined
-            .map_err(|e| JobError::Provider(format!("a download stopped on an internal error: {e}")))?;
-        let r = result?;
-        let outcome = serde_json::to_string(&r.outcome).map_err(crate::store::StoreError::from)?;
-        let type_counts = r
-            .type_counts
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(crate::store::StoreError::from)?;
-        let done = FinishedFile {
-            state: r.state,
-            resources: r.resources,
-            bytes: r.bytes,
-            outcome: &outcome,
-            provider_errors: r.provider_errors,
-            type_counts: type_counts.as_deref(),
+        let recorded = match joined {
+            Err(e) => Err(JobError::Provider(format!("a download stopped on an internal error: {e}"))),
+            Ok((file, Ok(r))) => record_file(app, id, &file, r).await,
+            Ok((_, Err(e))) => Err(e),
         };
-        app.store.finish_file(id, file.idx, &done).await?;
-        progress.file_finished();
+        match recorded {
+            Ok(()) => progress.file_finished(),
+            Err(e) => {
+                downloads.cancel();
+                // A cancelled sibling is the consequence, not the cause.
+                if first_error.is_none() || matches!(first_error, Some(JobError::Cancelled)) {
+                    first_error = Some(e);
+                }
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
     }
     if cancel.is_cancelled() {
         return Err(JobError::Cancelled);
@@ -292,7 +336,32 @@ async fn plan_and_import(
     } else {
         tracing::info!(files = totals.files, resources = totals.resources, "job completed");
     }
-    release_export(app, id).await;
+    Ok(())
+}
+
+/// Store one file's result.
+async fn record_file(
+    app: &AppState,
+    id: &str,
+    file: &JobFile,
+    r: download::FileResult,
+) -> Result<(), JobError> {
+    let outcome = serde_json::to_string(&r.outcome).map_err(crate::store::StoreError::from)?;
+    let type_counts = r
+        .type_counts
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(crate::store::StoreError::from)?;
+    let done = FinishedFile {
+        state: r.state,
+        resources: r.resources,
+        bytes: r.bytes,
+        outcome: &outcome,
+        provider_errors: r.provider_errors,
+        type_counts: type_counts.as_deref(),
+    };
+    app.store.finish_file(id, file.idx, &done).await?;
     Ok(())
 }
 
@@ -327,11 +396,8 @@ async fn plan(
                     }
                     app.store.mark_kickoff_started(&job.id, now_unix()).await?;
                     let u = export::kick_off(client, &export_url, &job.kickoff, cancel).await?;
-                    // On its own task: a cancel arriving now must not lose the URL the release needs.
-                    let (store, id, url) = (app.store.clone(), job.id.clone(), u.to_string());
-                    tokio::spawn(async move { store.set_status_url(&id, &url).await }).await.map_err(
-                        |e| JobError::Provider(format!("recording the export status URL stopped: {e}")),
-                    )??;
+                    // Recorded before anything else: a release (after a cancel) needs it.
+                    app.store.set_status_url(&job.id, u.as_str()).await?;
                     progress.set_state(JobState::Exporting, None);
                     u
                 }

@@ -48,6 +48,15 @@ pub fn backoff(base: Duration, attempt: u32, cap: Duration) -> Duration {
 }
 
 /// Sleep unless cancelled first.
+/// `work`, unless the job is cancelled first: for reads of a provider's bodies, which a hostile
+/// provider can trickle for as long as it likes.
+pub async fn unless_cancelled<T>(
+    cancel: &CancellationToken,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, JobError> {
+    cancel.run_until_cancelled(work).await.ok_or(JobError::Cancelled)
+}
+
 pub async fn sleep(wait: Duration, cancel: &CancellationToken) -> Result<(), JobError> {
     tokio::select! {
         _ = cancel.cancelled() => Err(JobError::Cancelled),

@@ -522,7 +522,10 @@ impl Store {
     }
 
     pub async fn fail_job(&self, id: &str, reason: &str, now: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE jobs SET state = 'failed', failure = ?, completed_at = ? WHERE id = ?")
+        // A finished job stays as it finished (a late failure must not undo a completion).
+        sqlx::query(
+            "UPDATE jobs SET state = 'failed', failure = ?, completed_at = ? WHERE id = ? AND state NOT IN ('completed', 'failed')",
+        )
             .bind(reason)
             .bind(now)
             .bind(id)

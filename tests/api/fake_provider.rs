@@ -406,7 +406,7 @@ impl FakeProvider {
     pub fn hold_release(&self) {
         self.hold_file(RELEASE);
     }
-    /// Fail the next downloads of `name` in these ways, one per attempt.
+
     /// Answer an accepted kick-off only after `ms` milliseconds (the export exists meanwhile).
     pub fn delay_kickoff(&self, ms: u64) {
         self.with(|i| i.kickoff_delay = Some(ms));
@@ -417,6 +417,7 @@ impl FakeProvider {
         self.with(|i| i.drip_manifest = Some(ms));
     }
 
+    /// Fail the next downloads of `name` in these ways, one per attempt.
     pub fn fault_file(&self, name: &str, faults: Vec<FileFault>) {
         self.with(|i| i.file_faults.insert(name.into(), faults.into()));
     }

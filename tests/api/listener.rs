@@ -120,7 +120,9 @@ async fn connections_over_the_per_address_cap_get_503_and_other_addresses_are_st
     }
     // Accepted connections are counted as the server accepts them: give it a moment.
     tokio::time::sleep(Duration::from_millis(100)).await;
+    // A real client sends its request at once: it must still read the 503, not a reset.
     let mut extra = connect_from(ATTACKER, server).await;
+    extra.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     let (answer, took) = closed_by_server(&mut extra, Duration::from_secs(2)).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "over the cap: {answer:?}");
     assert!(answer.to_ascii_lowercase().contains("retry-after"), "{answer}");

@@ -118,3 +118,18 @@ async fn a_manifest_sent_at_a_byte_a_tenth_of_a_second_is_cancelled_at_once() {
     assert!(started.elapsed() < Duration::from_secs(2), "DELETE took {:?}", started.elapsed());
     assert_eq!(app.get_job(&id).await.status(), 404);
 }
+
+#[tokio::test]
+async fn a_job_that_completed_is_not_failed_by_its_duration_limit_during_a_slow_release() {
+    let app = spawn_app_with(|c| c.limits.max_job_duration = Duration::from_secs(2)).await;
+    app.provider.add_file("p.ndjson", "Patient", patients(3));
+    // The provider sits on the release DELETE past the job's time limit.
+    app.provider.hold_release();
+    let id = app.start_import(&app.provider.export_url(), "dynamic").await;
+    assert_eq!(app.completed(&id).await["extension"]["resources"], 3);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let res = app.get_job(&id).await;
+    assert_eq!(res.status(), 200, "a completed job became {}", res.status());
+    assert_eq!(app.read(&id, "Patient.1.ndjson"), patients(3), "its files are still there");
+    app.provider.release_files();
+}
