@@ -9,7 +9,7 @@ use crate::{
     auth::{failure_limit::AuthFailures, jwks_cache::JwksCache, keys::Keys, provider_token::ProviderTokens},
     config::Config,
     http_client, http_server,
-    jobs::{reaper, request_budget::RequestBudget, runner::Runner},
+    jobs::{context::JobContext, reaper, request_budget::RequestBudget, runner::Runner},
     owner_only, routes,
     state::AppState,
     store::Store,
@@ -64,18 +64,30 @@ impl App {
         )?;
         let addr = format!("{}:{}", config.host, config.port);
         let listener = TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        let state = AppState {
+        let config = Arc::new(config);
+        let job_context = JobContext {
             provider_tokens: Arc::new(ProviderTokens::new(http.clone(), keys.clone())),
             request_budget: Arc::new(RequestBudget::new(config.limits.provider_requests_per_minute)),
+            outbound: outbound.clone(),
+            config: config.clone(),
+            store: store.clone(),
+            http: http.clone(),
+            destination: destination.clone(),
+            jobs: jobs.clone(),
+        };
+        let state = AppState {
+            provider_tokens: job_context.provider_tokens.clone(),
+            request_budget: job_context.request_budget.clone(),
             outbound,
             jwks: Arc::new(JwksCache::new(config.limits.jwks_fetch_timeout, config.limits.jwks_min_refetch)),
             auth_failures: Arc::new(AuthFailures::new(config.limits.max_auth_failures)),
-            config: Arc::new(config),
+            config,
             store,
             http,
             keys,
             destination,
             jobs,
+            job_context,
         };
         Ok(Self { listener, state, shutdown })
     }
@@ -106,9 +118,9 @@ impl App {
             tracing::info!(jobs = unfinished.len(), "resuming unfinished jobs");
         }
         for job in unfinished {
-            state.jobs.spawn(state.clone(), job.id).await;
+            state.jobs.spawn(state.job_context.clone(), job.id).await;
         }
-        state.jobs.tracker.spawn(reaper::run(state.clone()));
+        state.jobs.tracker.spawn(reaper::run(state.job_context.clone()));
 
         let router = routes::router(state.clone());
         let stop = shutdown.clone();

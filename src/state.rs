@@ -6,7 +6,7 @@ use crate::{
     config::Config,
     destination::Destination,
     http_client::Outbound,
-    jobs::{request_budget::RequestBudget, runner::Runner},
+    jobs::{context::JobContext, request_budget::RequestBudget, runner::Runner},
     store::Store,
 };
 
@@ -28,4 +28,6 @@ pub struct AppState {
     pub auth_failures: Arc<AuthFailures>,
     pub destination: Arc<dyn Destination>,
     pub jobs: Arc<Runner>,
+    /// The same services as jobs see them.
+    pub job_context: JobContext,
 }

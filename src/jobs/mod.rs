@@ -1,5 +1,6 @@
 //! The pull: run each import job (kick-off or manifest, poll, download, validate, store), track and
 //! cancel jobs, and reap old ones.
+pub mod context;
 pub mod download;
 pub mod error;
 pub mod export;

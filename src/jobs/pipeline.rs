@@ -8,6 +8,7 @@ use tracing::Instrument;
 use url::Url;
 
 use super::{
+    context::JobContext,
     download, export,
     file_bounds::JobBytes,
     progress::Progress,
@@ -23,7 +24,6 @@ use crate::{
         operation_outcome::{IssueCode, OperationOutcome},
         parameters::ExportType,
     },
-    state::AppState,
     store::{
         jobs::{FileCounts, FileState, FinishedFile, Job, JobFile, JobState},
         providers::Provider,
@@ -33,13 +33,13 @@ use crate::{
 
 /// Run a job; failures are stored on it, cancellation leaves it as it is. A panic inside the job
 /// is caught and recorded as a failure, so no job stays "running" forever.
-pub async fn run_job(app: AppState, id: String, cancel: CancellationToken, progress: Arc<Progress>) {
+pub async fn run_job(ctx: JobContext, id: String, cancel: CancellationToken, progress: Arc<Progress>) {
     let span = tracing::info_span!("job", job = %crate::telemetry::shown_id(&id));
     async {
         // Every step of the job checks `cancel` (body reads included), so nothing is dropped
         // half-way: downloads abort their writers, and a kick-off's status URL is always recorded.
-        let run = run(&app, &id, &cancel, &progress);
-        let work = std::panic::AssertUnwindSafe(with_heartbeat(&app, &id, run)).catch_unwind();
+        let run = run(&ctx, &id, &cancel, &progress);
+        let work = std::panic::AssertUnwindSafe(with_heartbeat(&ctx, &id, run)).catch_unwind();
         let outcome = match work.await {
             Ok(result) => result,
             Err(_) => Err(JobError::Provider(
@@ -48,17 +48,17 @@ pub async fn run_job(app: AppState, id: String, cancel: CancellationToken, progr
         };
         match outcome {
             // Logged where it completed, with or without errors.
-            Ok(Ran::Completed) => release_export(&app, &id).await,
+            Ok(Ran::Completed) => release_export(&ctx, &id).await,
             Ok(Ran::AlreadyFinished) => {}
             Err(JobError::Cancelled) => {
                 progress.close();
                 tracing::info!("job stopped");
-                if !app.jobs.shutdown.is_cancelled() {
+                if !ctx.jobs.shutdown.is_cancelled() {
                     // What the release needs is read now: a DELETE removes the job right after.
                     // The release itself runs on its own task, so the DELETE need not wait for it.
-                    if let Some(target) = release_target(&app, &id).await {
+                    if let Some(target) = release_target(&ctx, &id).await {
                         let span = tracing::Span::current();
-                        app.jobs.tracker.spawn(release(target).instrument(span));
+                        ctx.jobs.tracker.spawn(release(target).instrument(span));
                     }
                 }
             }
@@ -66,9 +66,9 @@ pub async fn run_job(app: AppState, id: String, cancel: CancellationToken, progr
                 let reason = crate::error_text::chain(&e);
                 tracing::warn!(%reason, "job failed");
                 let message = failure_text(&e, reason);
-                record_failure(&app, &id, message).await;
+                record_failure(&ctx, &id, message).await;
                 progress.close();
-                release_export(&app, &id).await;
+                release_export(&ctx, &id).await;
             }
         }
     }
@@ -91,9 +91,9 @@ fn failure_text(e: &JobError, reason: String) -> String {
 /// A failed job keeps nothing half-imported: what it stored is removed (the import is incomplete,
 /// and on a full disk it would make the next job fail too), and every file still pending gets an
 /// outcome saying why it was not imported.
-async fn record_failure(app: &AppState, id: &str, message: String) {
+async fn record_failure(ctx: &JobContext, id: &str, message: String) {
     let log = |e: &dyn std::error::Error, what: &str| tracing::error!(error = %crate::error_text::chain(e), "could not record the job failure: {what}");
-    let files = match app.store.files(id).await {
+    let files = match ctx.store.files(id).await {
         Ok(files) => files,
         Err(e) => {
             log(&e, "its files");
@@ -101,7 +101,7 @@ async fn record_failure(app: &AppState, id: &str, message: String) {
         }
     };
     let mut message = message;
-    match app.destination.delete_job(id).await {
+    match ctx.destination.delete_job(id).await {
         Ok(()) if files.iter().any(|f| f.state == FileState::Done && f.bytes > 0) => {
             message.push_str("; files stored before the failure were removed, as the import is incomplete")
         }
@@ -111,7 +111,7 @@ async fn record_failure(app: &AppState, id: &str, message: String) {
         }
     }
     // The job's state first: whatever fails after, the job no longer looks as if it runs.
-    if let Err(e) = app.store.fail_job(id, &message, now_unix()).await {
+    if let Err(e) = ctx.store.fail_job(id, &message, now_unix()).await {
         log(&e, "its state");
     }
     let pending: Vec<(i64, String)> = files
@@ -124,17 +124,17 @@ async fn record_failure(app: &AppState, id: &str, message: String) {
             (f.idx, serde_json::to_string(&outcome).unwrap_or_default())
         })
         .collect();
-    if let Err(e) = app.store.fail_pending_files(id, &pending).await {
+    if let Err(e) = ctx.store.fail_pending_files(id, &pending).await {
         log(&e, "outcomes of its pending files");
     }
 }
 
 /// Run `work` while recording a sign of life, so the reaper tells a long job from a stuck one.
-async fn with_heartbeat<T>(app: &AppState, id: &str, work: impl std::future::Future<Output = T>) -> T {
-    let every = (app.config.jobs_max_age / 4).clamp(Duration::from_millis(200), Duration::from_secs(60));
+async fn with_heartbeat<T>(ctx: &JobContext, id: &str, work: impl std::future::Future<Output = T>) -> T {
+    let every = (ctx.config.jobs_max_age / 4).clamp(Duration::from_millis(200), Duration::from_secs(60));
     let beat = async {
         loop {
-            if let Err(e) = app.store.touch(id, now_unix()).await {
+            if let Err(e) = ctx.store.touch(id, now_unix()).await {
                 tracing::warn!(error = %crate::error_text::chain(&e), "could not record job heartbeat");
             }
             tokio::time::sleep(every).await;
@@ -148,31 +148,31 @@ async fn with_heartbeat<T>(app: &AppState, id: &str, work: impl std::future::Fut
 
 /// The job's view of its provider: trusted origins from the registration, and the internal
 /// address classes the SSRF guard lets through for everything else.
-async fn provider_client(app: &AppState, provider: &Provider) -> Result<ProviderClient, JobError> {
+async fn provider_client(ctx: &JobContext, provider: &Provider) -> Result<ProviderClient, JobError> {
     let base = ProviderBase::parse(&provider.aud)
         .map_err(JobError::Provider)?
         .with_origins(&provider.token_origin_list(), provider.file_origin_list());
-    let policy = app.config.internal_addresses;
+    let policy = ctx.config.internal_addresses;
     let mut allowed = policy.always;
     if let (true, Some(host)) = (policy.same_as_provider, base.url().host()) {
-        allowed = allowed.union(classes_of(&host.to_owned(), app.outbound.overrides()).await);
+        allowed = allowed.union(classes_of(&host.to_owned(), ctx.outbound.overrides()).await);
     }
-    let guarded = app
+    let guarded = ctx
         .outbound
         .guarded(allowed)
         .map_err(|e| JobError::Provider(format!("the HTTP client could not be built: {e}")))?;
     let who = Who {
         client_id: provider.consumer_client_id.clone(),
-        scope: provider.scope.clone().unwrap_or_else(|| app.config.provider_scope.clone()),
+        scope: provider.scope.clone().unwrap_or_else(|| ctx.config.provider_scope.clone()),
         token_endpoint: provider.token_endpoint.clone(),
     };
     Ok(ProviderClient::new(
-        (app.http.clone(), guarded),
-        app.provider_tokens.clone(),
-        app.request_budget.clone(),
+        (ctx.http.clone(), guarded),
+        ctx.provider_tokens.clone(),
+        ctx.request_budget.clone(),
         base,
         who,
-        app.config.limits.clone(),
+        ctx.config.limits.clone(),
     ))
 }
 
@@ -182,18 +182,18 @@ struct ReleaseTarget {
     client: ProviderClient,
 }
 
-async fn release_target(app: &AppState, id: &str) -> Option<ReleaseTarget> {
-    let job = app.store.job(id).await.ok()??;
+async fn release_target(ctx: &JobContext, id: &str) -> Option<ReleaseTarget> {
+    let job = ctx.store.job(id).await.ok()??;
     let status = Url::parse(job.status_url.as_deref()?).ok()?;
-    let provider = app.store.provider(&job.client_id).await.ok()??;
-    let client = provider_client(app, &provider).await.ok()?;
+    let provider = ctx.store.provider(&job.client_id).await.ok()??;
+    let client = provider_client(ctx, &provider).await.ok()?;
     Some(ReleaseTarget { status, client })
 }
 
 /// Best effort: DELETE the provider's export status URL (Bulk Data v2+: "done with the files" or
 /// "cancel"), bounded in time so it never holds up a cancel or shutdown.
-async fn release_export(app: &AppState, id: &str) {
-    if let Some(target) = release_target(app, id).await {
+async fn release_export(ctx: &JobContext, id: &str) {
+    if let Some(target) = release_target(ctx, id).await {
         release(target).await;
     }
 }
@@ -218,12 +218,12 @@ enum Ran {
 }
 
 async fn run(
-    app: &AppState,
+    ctx: &JobContext,
     id: &str,
     cancel: &CancellationToken,
     progress: &Progress,
 ) -> Result<Ran, JobError> {
-    let Some(job) = app.store.job(id).await? else {
+    let Some(job) = ctx.store.job(id).await? else {
         return Err(JobError::Cancelled);
     };
     if job.state.is_finished() {
@@ -233,16 +233,16 @@ async fn run(
     if job.state != JobState::Importing {
         progress.set_state(job.state, job.progress.clone());
     }
-    let provider = app.store.provider(&job.client_id).await?.ok_or_else(|| {
+    let provider = ctx.store.provider(&job.client_id).await?.ok_or_else(|| {
         JobError::Provider("the provider's registration was revoked; the job cannot continue".into())
     })?;
-    let client = Arc::new(provider_client(app, &provider).await?);
+    let client = Arc::new(provider_client(ctx, &provider).await?);
     // Counted from the ping, so a restart does not grant a job a fresh allowance.
-    let limit = app.config.limits.max_job_duration;
+    let limit = ctx.config.limits.max_job_duration;
     let left = (job.created_at as f64 + limit.as_secs_f64() - now_unix() as f64).max(0.0);
     // At the limit the job is cancelled like any other, so it stops cleanly, then it fails.
     let stop = cancel.child_token();
-    let work = plan_and_import(app, &client, &job, &stop, progress);
+    let work = plan_and_import(ctx, &client, &job, &stop, progress);
     tokio::pin!(work);
     tokio::select! {
         result = &mut work => result.map(|()| Ran::Completed),
@@ -257,7 +257,7 @@ async fn run(
 }
 
 async fn plan_and_import(
-    app: &AppState,
+    ctx: &JobContext,
     client: &Arc<ProviderClient>,
     job: &Job,
     cancel: &CancellationToken,
@@ -265,12 +265,12 @@ async fn plan_and_import(
 ) -> Result<(), JobError> {
     let id = job.id.as_str();
     if matches!(job.state, JobState::Queued | JobState::Exporting) {
-        plan(app, client, job, cancel, progress).await?;
+        plan(ctx, client, job, cancel, progress).await?;
     }
-    let files = app.store.files(id).await?;
+    let files = ctx.store.files(id).await?;
     let stored: u64 =
         files.iter().filter(|f| f.state == FileState::Done).map(|f| f.bytes.max(0) as u64).sum();
-    let job_bytes = Arc::new(JobBytes::new(app.config.limits.max_job_bytes, stored));
+    let job_bytes = Arc::new(JobBytes::new(ctx.config.limits.max_job_bytes, stored));
     let total = files.len() as i64;
     let pending: Vec<JobFile> = files.into_iter().filter(|f| f.state == FileState::Pending).collect();
     progress.importing(FileCounts { total, finished: total - pending.len() as i64 });
@@ -282,9 +282,9 @@ async fn plan_and_import(
     let _stop_downloads = downloads.clone().drop_guard();
     let mut results = futures::stream::iter(pending)
         .map(|file| {
-            let (client, destination, cancel) = (client.clone(), app.destination.clone(), downloads.clone());
+            let (client, destination, cancel) = (client.clone(), ctx.destination.clone(), downloads.clone());
             let job_bytes = job_bytes.clone();
-            let slots = app.jobs.download_slots.clone();
+            let slots = ctx.jobs.download_slots.clone();
             let task = tokio::spawn(
                 async move {
                     let _slot = tokio::select! {
@@ -299,12 +299,12 @@ async fn plan_and_import(
             );
             task
         })
-        .buffer_unordered(app.config.limits.parallel_downloads);
+        .buffer_unordered(ctx.config.limits.parallel_downloads);
     let mut first_error: Option<JobError> = None;
     while let Some(joined) = results.next().await {
         let recorded = match joined {
             Err(e) => Err(JobError::Provider(format!("a download stopped on an internal error: {e}"))),
-            Ok((file, Ok(r))) => record_file(app, id, &file, r).await,
+            Ok((file, Ok(r))) => record_file(ctx, id, &file, r).await,
             Ok((_, Err(e))) => Err(e),
         };
         match recorded {
@@ -324,9 +324,9 @@ async fn plan_and_import(
     if cancel.is_cancelled() {
         return Err(JobError::Cancelled);
     }
-    app.store.complete_job(id, now_unix()).await?;
+    ctx.store.complete_job(id, now_unix()).await?;
     progress.close();
-    let totals = app.store.file_totals(id).await?;
+    let totals = ctx.store.file_totals(id).await?;
     if totals.has_errors() {
         tracing::warn!(
             failed_files = totals.failed,
@@ -341,7 +341,7 @@ async fn plan_and_import(
 
 /// Store one file's result.
 async fn record_file(
-    app: &AppState,
+    ctx: &JobContext,
     id: &str,
     file: &JobFile,
     r: download::FileResult,
@@ -361,7 +361,7 @@ async fn record_file(
         provider_errors: r.provider_errors,
         type_counts: type_counts.as_deref(),
     };
-    app.store.finish_file(id, file.idx, &done).await?;
+    ctx.store.finish_file(id, file.idx, &done).await?;
     Ok(())
 }
 
@@ -370,7 +370,7 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Get the manifest (static GET, or dynamic kick-off and poll) and persist the file plan.
 async fn plan(
-    app: &AppState,
+    ctx: &JobContext,
     client: &ProviderClient,
     job: &Job,
     cancel: &CancellationToken,
@@ -382,7 +382,7 @@ async fn plan(
         .map_err(|e| JobError::Provider(format!("exportUrl refused: {e}")))?;
     let (body, manifest_url) = match job.export_type {
         ExportType::Static => {
-            app.store.set_state(&job.id, JobState::Exporting).await?;
+            ctx.store.set_state(&job.id, JobState::Exporting).await?;
             progress.set_state(JobState::Exporting, None);
             (export::fetch_manifest(client, &export_url, cancel).await?, export_url)
         }
@@ -390,14 +390,14 @@ async fn plan(
             let status_url = match job.status_url.as_deref().and_then(|s| Url::parse(s).ok()) {
                 Some(u) => u,
                 None => {
-                    if app.store.kickoff_started(&job.id).await?.is_some() {
+                    if ctx.store.kickoff_started(&job.id).await?.is_some() {
                         // No status URL was stored: the provider's answer never reached us.
                         tracing::warn!("an earlier kick-off of this job was interrupted before the provider's answer was recorded; if the provider started that export, its status URL is unknown, so it cannot be released and expires at the provider on its own");
                     }
-                    app.store.mark_kickoff_started(&job.id, now_unix()).await?;
+                    ctx.store.mark_kickoff_started(&job.id, now_unix()).await?;
                     let u = export::kick_off(client, &export_url, &job.kickoff, cancel).await?;
                     // Recorded before anything else: a release (after a cancel) needs it.
-                    app.store.set_status_url(&job.id, u.as_str()).await?;
+                    ctx.store.set_status_url(&job.id, u.as_str()).await?;
                     progress.set_state(JobState::Exporting, None);
                     u
                 }
@@ -405,7 +405,7 @@ async fn plan(
             let body = export::poll(client, &status_url, cancel, |text| {
                 progress.set_text(text.clone());
                 async move {
-                    if let Err(e) = app.store.set_progress(&job.id, &text).await {
+                    if let Err(e) = ctx.store.set_progress(&job.id, &text).await {
                         tracing::warn!(error = %crate::error_text::chain(&e), "could not record export progress");
                     }
                 }
@@ -415,10 +415,10 @@ async fn plan(
         }
     };
     let manifest = export::read_manifest(client, body, &manifest_url, cancel).await?;
-    let template = FileNameTemplate::parse(&app.config.download_file_name).map_err(JobError::Provider)?;
+    let template = FileNameTemplate::parse(&ctx.config.download_file_name).map_err(JobError::Provider)?;
     let files = name_files(&template, &job.id, manifest);
     tracing::info!(files = files.len(), "manifest read");
-    app.store.save_plan(&job.id, &files).await?;
+    ctx.store.save_plan(&job.id, &files).await?;
     Ok(())
 }
 

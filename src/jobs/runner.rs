@@ -13,10 +13,10 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
+    context::JobContext,
     pipeline::run_job,
     progress::{Progress, Snapshot},
 };
-use crate::state::AppState;
 
 /// How long a DELETE waits for a cancelled job to let go of its files.
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
@@ -69,9 +69,9 @@ impl Runner {
     }
 
     /// Start (or resume) a job in the background.
-    pub async fn spawn(&self, app: AppState, id: String) {
+    pub async fn spawn(&self, ctx: JobContext, id: String) {
         // A sign of life now, so a job waiting for a slot is not mistaken for a stuck one.
-        if let Err(e) = app.store.touch(&id, crate::time_util::now_unix()).await {
+        if let Err(e) = ctx.store.touch(&id, crate::time_util::now_unix()).await {
             tracing::warn!(error = %crate::error_text::chain(&e), "could not record job start");
         }
         let cancel = self.shutdown.child_token();
@@ -83,13 +83,13 @@ impl Runner {
         self.tracker.spawn_on(
             async move {
                 // However the task ends (a panic included), the job leaves the map.
-                let _deregister = Deregister { app: app.clone(), id: id.clone(), _done: done_tx };
+                let _deregister = Deregister { ctx: ctx.clone(), id: id.clone(), _done: done_tx };
                 let permit = tokio::select! {
                     _ = cancel.cancelled() => None,
                     p = slots.acquire_owned() => p.ok(),
                 };
                 if permit.is_some() {
-                    run_job(app, id, cancel, progress).await;
+                    run_job(ctx, id, cancel, progress).await;
                 }
             },
             &self.handle,
@@ -123,14 +123,14 @@ impl Runner {
 
 /// Removes a job from the running map when its task ends, and so tells `cancel_and_wait`.
 struct Deregister {
-    app: AppState,
+    ctx: JobContext,
     id: String,
     _done: watch::Sender<()>,
 }
 
 impl Drop for Deregister {
     fn drop(&mut self) {
-        self.app.jobs.running_jobs().remove(&self.id);
+        self.ctx.jobs.running_jobs().remove(&self.id);
     }
 }
 

@@ -127,7 +127,7 @@ async fn import(
     }
     tracing::debug!(job_id = %job.id, job = %crate::telemetry::shown_id(&job.id), "full job id");
     tracing::info!(job = %crate::telemetry::shown_id(&job.id), client_id = %job.client_id, scope = %caller.claims.scope, export_type = job.export_type.as_str(), "import job accepted");
-    app.jobs.spawn(app.clone(), job.id.clone()).await;
+    app.jobs.spawn(app.job_context.clone(), job.id.clone()).await;
     let location = format!("{}/job/{}", super::base_url(&app, &headers), job.id);
     let mut res = outcome_response(
         StatusCode::ACCEPTED,

@@ -168,7 +168,7 @@ async fn outcome_file(State(app): State<AppState>, Path(id): Path<String>) -> Re
 
 async fn remove(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let job = find(&app, &id).await?;
-    remove_job(&app, &job.id).await.map_err(|e| ApiError::Internal(super::error::chain(&e)))?;
+    remove_job(&app.job_context, &job.id).await.map_err(|e| ApiError::Internal(super::error::chain(&e)))?;
     tracing::info!(job = %crate::telemetry::shown_id(&job.id), "import job removed on request");
     let oo = OperationOutcome::single(
         crate::fhir::operation_outcome::Severity::Information,

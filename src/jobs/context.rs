@@ -1,0 +1,24 @@
+//! What running jobs use, assembled once in `App::build`: the store, the destination, outbound
+//! clients and budgets, the runner. Jobs take this, not the HTTP side's `AppState`.
+use std::sync::Arc;
+
+use super::{request_budget::RequestBudget, runner::Runner};
+use crate::{
+    auth::provider_token::ProviderTokens, config::Config, destination::Destination, http_client::Outbound,
+    store::Store,
+};
+
+#[derive(Clone)]
+pub struct JobContext {
+    pub config: Arc<Config>,
+    pub store: Store,
+    /// For the provider's trusted origins.
+    pub http: reqwest::Client,
+    /// Clients per SSRF-guard setting, for URLs providers hand us.
+    pub outbound: Arc<Outbound>,
+    /// Kick-off and status requests per provider origin, shared by every job.
+    pub request_budget: Arc<RequestBudget>,
+    pub provider_tokens: Arc<ProviderTokens>,
+    pub destination: Arc<dyn Destination>,
+    pub jobs: Arc<Runner>,
+}
