@@ -10,6 +10,7 @@ pub mod http_client;
 pub mod http_server;
 pub mod jobs;
 pub mod owner_only;
+pub mod registrations;
 pub mod routes;
 pub mod state;
 pub mod store;

@@ -9,23 +9,17 @@ use axum::{
     routing::{get, post},
     Json, Router,
 };
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::{admin::Admin, media_type, no_store};
 use crate::{
     auth::{
         client_assertion::{self, TokenForm},
-        provider_base::{parse_origin, ProviderBase},
         AuthError,
     },
+    registrations::{RegistrationError, RegistrationRequest, Registrations},
     state::AppState,
-    store::providers::Provider,
-    time_util::now_unix,
 };
-
-/// Largest inline JWKS a registration may carry.
-const MAX_REGISTERED_KEYS: usize = 10;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -39,65 +33,6 @@ fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, AuthError
     body.map_err(|_| AuthError::InvalidRequest("the request body is too large or could not be read".into()))
 }
 
-#[derive(Deserialize)]
-struct Registration {
-    jwks: Option<Value>,
-    jwks_uri: Option<String>,
-    consumer_client_id: Option<String>,
-    aud: Option<String>,
-    scope: Option<String>,
-    /// Extra origins that may receive our provider token (e.g. a separate file host).
-    token_origins: Option<Vec<String>>,
-    /// A strict allow-list of origins files may come from.
-    file_origins: Option<Vec<String>>,
-    /// The provider's token endpoint, pinned instead of discovered.
-    token_endpoint: Option<String>,
-}
-
-/// Most origins one list of a registration may hold.
-const MAX_ORIGINS: usize = 20;
-
-fn origin_list(name: &str, raw: Vec<String>) -> Result<Vec<String>, AuthError> {
-    if raw.len() > MAX_ORIGINS {
-        return Err(AuthError::InvalidRequest(format!("{name}: at most {MAX_ORIGINS} origins")));
-    }
-    raw.iter()
-        .map(|o| parse_origin(o).map_err(|e| AuthError::InvalidRequest(format!("{name}: {e}"))))
-        .collect()
-}
-
-/// Public JWKS only: each key RSA or EC with its public members and no private ones.
-fn validate_jwks(jwks: &Value) -> Result<String, AuthError> {
-    let bad = |m: String| AuthError::InvalidRequest(format!("jwks: {m}"));
-    let keys =
-        jwks.get("keys").and_then(Value::as_array).ok_or_else(|| bad("must be {\"keys\": [...]}".into()))?;
-    if keys.is_empty() || keys.len() > MAX_REGISTERED_KEYS {
-        return Err(bad(format!("must hold 1 to {MAX_REGISTERED_KEYS} keys")));
-    }
-    let mut kids = std::collections::HashSet::new();
-    for (i, k) in keys.iter().enumerate() {
-        let kty = k.get("kty").and_then(Value::as_str).unwrap_or_default();
-        let members: &[&str] = match kty {
-            "RSA" => &["n", "e"],
-            "EC" => &["crv", "x", "y"],
-            _ => return Err(bad(format!("key {i} has kty '{kty}'; only RSA and EC keys are accepted"))),
-        };
-        if let Some(m) = members.iter().find(|m| k.get(**m).and_then(Value::as_str).is_none()) {
-            return Err(bad(format!("key {i} lacks its public member '{m}'")));
-        }
-        // SMART: "each JWK SHALL have kty and kid", and kids are unique within the set.
-        let kid = k.get("kid").and_then(Value::as_str).filter(|s| !s.is_empty());
-        let Some(kid) = kid else { return Err(bad(format!("key {i} has no 'kid'"))) };
-        if !kids.insert(kid) {
-            return Err(bad(format!("kid '{kid}' appears more than once")));
-        }
-        if ["d", "p", "q", "dp", "dq", "qi", "k"].iter().any(|m| k.get(*m).is_some()) {
-            return Err(bad(format!("key {i} contains private members; register the public key only")));
-        }
-    }
-    Ok(jwks.to_string())
-}
-
 async fn register(
     State(app): State<AppState>,
     _admin: Admin,
@@ -108,60 +43,9 @@ async fn register(
         return Err(AuthError::InvalidRequest("the content type must be application/json".into()));
     }
     let body = body_or_error(body)?;
-    let r: Registration = serde_json::from_slice(&body)
+    let request: RegistrationRequest = serde_json::from_slice(&body)
         .map_err(|e| AuthError::InvalidRequest(format!("the body is not the expected JSON: {e}")))?;
-    let consumer_client_id = r
-        .consumer_client_id
-        .filter(|s| !s.trim().is_empty())
-        .ok_or_else(|| AuthError::InvalidRequest("'consumer_client_id' parameter is required".into()))?;
-    let aud = r.aud.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
-        AuthError::InvalidRequest("the base URL of the data provider ('aud' parameter) is required".into())
-    })?;
-    let base = ProviderBase::parse(aud.trim()).map_err(|e| AuthError::InvalidRequest(format!("aud: {e}")))?;
-    let (jwks, jwks_uri) = match (r.jwks, r.jwks_uri) {
-        (Some(jwks), _) => (Some(validate_jwks(&jwks)?), None),
-        (None, Some(uri)) => match url::Url::parse(&uri) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => (None, Some(uri)),
-            _ => return Err(AuthError::InvalidRequest("jwks_uri must be an absolute http(s) URL".into())),
-        },
-        (None, None) => {
-            return Err(AuthError::InvalidRequest("either 'jwks' or 'jwks_uri' parameter is required".into()))
-        }
-    };
-    let token_origins = origin_list("token_origins", r.token_origins.unwrap_or_default())?;
-    let file_origins = r.file_origins.map(|l| origin_list("file_origins", l)).transpose()?;
-    let token_endpoint = match r.token_endpoint.filter(|s| !s.trim().is_empty()) {
-        None => None,
-        Some(raw) => match url::Url::parse(raw.trim()) {
-            Ok(u)
-                if matches!(u.scheme(), "http" | "https")
-                    && u.host().is_some()
-                    && u.username().is_empty() =>
-            {
-                Some(raw.trim().to_string())
-            }
-            _ => {
-                return Err(AuthError::InvalidRequest(format!(
-                    "token_endpoint: '{raw}' must be an absolute http(s) URL"
-                )))
-            }
-        },
-    };
-    let provider = Provider {
-        token_origins: serde_json::to_string(&token_origins).unwrap_or_else(|_| "[]".into()),
-        file_origins: file_origins.map(|l| serde_json::to_string(&l).unwrap_or_else(|_| "[]".into())),
-        token_endpoint,
-        client_id: uuid::Uuid::new_v4().to_string(),
-        consumer_client_id,
-        aud: base.url().as_str().trim_end_matches('/').to_string(),
-        jwks,
-        jwks_uri,
-        scope: r.scope.filter(|s| !s.trim().is_empty()),
-        created_at: now_unix(),
-        revoked_at: None,
-    };
-    app.store.insert_provider(&provider).await?;
-    tracing::info!(client_id = %provider.client_id, aud = %provider.aud, "provider registered");
+    let provider = registrations(&app).create(request).await?;
     let token_endpoint = format!("{}/auth/token", crate::routes::base_url(&app, &headers));
     Ok(no_store(
         Json(json!({
@@ -235,37 +119,22 @@ fn serde_urlencoded_form(body: &[u8]) -> Result<TokenForm, AuthError> {
     Ok(form)
 }
 
-/// A registration as management shows it (keys included: they are public), with the provider
-/// token endpoint in use (pinned, or as last discovered).
-async fn describe(app: &AppState, p: &Provider) -> Value {
-    let in_use = match &p.token_endpoint {
-        Some(pinned) => Some(pinned.clone()),
-        None => match ProviderBase::parse(&p.aud) {
-            Ok(base) => app.provider_tokens.discovered_endpoint(&base).await,
-            Err(_) => None,
-        },
-    };
-    json!({
-        "token_origins": p.token_origin_list(),
-        "file_origins": p.file_origin_list(),
-        "token_endpoint": p.token_endpoint,
-        "token_endpoint_in_use": in_use,
-        "client_id": p.client_id,
-        "consumer_client_id": p.consumer_client_id,
-        "aud": p.aud,
-        "jwks": p.jwks_value(),
-        "jwks_uri": p.jwks_uri,
-        "scope": p.scope,
-        "created_at": p.created_at,
-        "revoked_at": p.revoked_at,
-    })
+fn registrations(app: &AppState) -> Registrations<'_> {
+    Registrations { store: &app.store, provider_tokens: &app.provider_tokens }
+}
+
+impl From<RegistrationError> for AuthError {
+    fn from(e: RegistrationError) -> Self {
+        match e {
+            RegistrationError::Invalid(m) => AuthError::InvalidRequest(m),
+            e @ RegistrationError::NotFound(_) => AuthError::NotFound(e.to_string()),
+            RegistrationError::Store(e) => AuthError::Store(e),
+        }
+    }
 }
 
 async fn list(State(app): State<AppState>, _admin: Admin) -> Result<Response, AuthError> {
-    let mut all = Vec::new();
-    for p in app.store.providers().await? {
-        all.push(describe(&app, &p).await);
-    }
+    let all = registrations(&app).list().await?;
     Ok(no_store(Json(json!({ "registrations": all })).into_response()))
 }
 
@@ -274,12 +143,7 @@ async fn show(
     _admin: Admin,
     Path(client_id): Path<String>,
 ) -> Result<Response, AuthError> {
-    let p = app
-        .store
-        .provider_any(&client_id)
-        .await?
-        .ok_or_else(|| AuthError::NotFound(format!("no registration with client_id '{client_id}'")))?;
-    Ok(no_store(Json(describe(&app, &p).await).into_response()))
+    Ok(no_store(Json(registrations(&app).show(&client_id).await?).into_response()))
 }
 
 async fn revoke(
@@ -287,11 +151,5 @@ async fn revoke(
     _admin: Admin,
     Path(client_id): Path<String>,
 ) -> Result<Response, AuthError> {
-    if !app.store.revoke_provider(&client_id, now_unix()).await? {
-        return Err(AuthError::NotFound(format!("no registration with client_id '{client_id}'")));
-    }
-    tracing::info!(%client_id, "registration revoked");
-    let p =
-        app.store.provider_any(&client_id).await?.ok_or_else(|| AuthError::NotFound(client_id.clone()))?;
-    Ok(no_store(Json(describe(&app, &p).await).into_response()))
+    Ok(no_store(Json(registrations(&app).revoke(&client_id).await?).into_response()))
 }

@@ -1,0 +1,249 @@
+//! Registrations of providers, for every front end (HTTP now, a command line next): validate and
+//! create, list, show, revoke. Nothing here knows HTTP.
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::{
+    auth::{
+        provider_base::{parse_origin, ProviderBase},
+        provider_token::ProviderTokens,
+    },
+    store::{providers::Provider, Store, StoreError},
+    time_util::now_unix,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistrationError {
+    /// The request names something we cannot accept; the text says what.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no registration with client_id '{0}'")]
+    NotFound(String),
+    #[error("storage failed")]
+    Store(#[from] StoreError),
+}
+
+/// Largest inline JWKS a registration may carry.
+const MAX_REGISTERED_KEYS: usize = 10;
+/// Most origins one list of a registration may hold.
+const MAX_ORIGINS: usize = 20;
+
+/// What an operator asks to register.
+#[derive(Debug, Default, Deserialize)]
+pub struct RegistrationRequest {
+    pub jwks: Option<Value>,
+    pub jwks_uri: Option<String>,
+    pub consumer_client_id: Option<String>,
+    pub aud: Option<String>,
+    pub scope: Option<String>,
+    /// Extra origins that may receive our provider token (e.g. a separate file host).
+    pub token_origins: Option<Vec<String>>,
+    /// A strict allow-list of origins files may come from.
+    pub file_origins: Option<Vec<String>>,
+    /// The provider's token endpoint, pinned instead of discovered.
+    pub token_endpoint: Option<String>,
+}
+
+fn invalid(m: impl Into<String>) -> RegistrationError {
+    RegistrationError::Invalid(m.into())
+}
+
+fn origin_list(name: &str, raw: Vec<String>) -> Result<Vec<String>, RegistrationError> {
+    if raw.len() > MAX_ORIGINS {
+        return Err(invalid(format!("{name}: at most {MAX_ORIGINS} origins")));
+    }
+    raw.iter().map(|o| parse_origin(o).map_err(|e| invalid(format!("{name}: {e}")))).collect()
+}
+
+/// Public JWKS only: each key RSA or EC with its public members and no private ones.
+fn validate_jwks(jwks: &Value) -> Result<String, RegistrationError> {
+    let bad = |m: String| invalid(format!("jwks: {m}"));
+    let keys =
+        jwks.get("keys").and_then(Value::as_array).ok_or_else(|| bad("must be {\"keys\": [...]}".into()))?;
+    if keys.is_empty() || keys.len() > MAX_REGISTERED_KEYS {
+        return Err(bad(format!("must hold 1 to {MAX_REGISTERED_KEYS} keys")));
+    }
+    let mut kids = std::collections::HashSet::new();
+    for (i, k) in keys.iter().enumerate() {
+        let kty = k.get("kty").and_then(Value::as_str).unwrap_or_default();
+        let members: &[&str] = match kty {
+            "RSA" => &["n", "e"],
+            "EC" => &["crv", "x", "y"],
+            _ => return Err(bad(format!("key {i} has kty '{kty}'; only RSA and EC keys are accepted"))),
+        };
+        if let Some(m) = members.iter().find(|m| k.get(**m).and_then(Value::as_str).is_none()) {
+            return Err(bad(format!("key {i} lacks its public member '{m}'")));
+        }
+        // SMART: "each JWK SHALL have kty and kid", and kids are unique within the set.
+        let kid = k.get("kid").and_then(Value::as_str).filter(|s| !s.is_empty());
+        let Some(kid) = kid else { return Err(bad(format!("key {i} has no 'kid'"))) };
+        if !kids.insert(kid) {
+            return Err(bad(format!("kid '{kid}' appears more than once")));
+        }
+        if ["d", "p", "q", "dp", "dq", "qi", "k"].iter().any(|m| k.get(*m).is_some()) {
+            return Err(bad(format!("key {i} contains private members; register the public key only")));
+        }
+    }
+    Ok(jwks.to_string())
+}
+
+/// Check a request and turn it into a new registration (with a fresh client id).
+pub fn validate(r: RegistrationRequest) -> Result<Provider, RegistrationError> {
+    let consumer_client_id = r
+        .consumer_client_id
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| invalid("'consumer_client_id' parameter is required"))?;
+    let aud = r
+        .aud
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| invalid("the base URL of the data provider ('aud' parameter) is required"))?;
+    let base = ProviderBase::parse(aud.trim()).map_err(|e| invalid(format!("aud: {e}")))?;
+    let (jwks, jwks_uri) = match (r.jwks, r.jwks_uri) {
+        (Some(jwks), _) => (Some(validate_jwks(&jwks)?), None),
+        (None, Some(uri)) => match url::Url::parse(&uri) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => (None, Some(uri)),
+            _ => return Err(invalid("jwks_uri must be an absolute http(s) URL")),
+        },
+        (None, None) => return Err(invalid("either 'jwks' or 'jwks_uri' parameter is required")),
+    };
+    let token_origins = origin_list("token_origins", r.token_origins.unwrap_or_default())?;
+    let file_origins = r.file_origins.map(|l| origin_list("file_origins", l)).transpose()?;
+    let token_endpoint = match r.token_endpoint.filter(|s| !s.trim().is_empty()) {
+        None => None,
+        Some(raw) => match url::Url::parse(raw.trim()) {
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.username().is_empty() =>
+            {
+                Some(raw.trim().to_string())
+            }
+            _ => return Err(invalid(format!("token_endpoint: '{raw}' must be an absolute http(s) URL"))),
+        },
+    };
+    Ok(Provider {
+        token_origins: serde_json::to_string(&token_origins).unwrap_or_else(|_| "[]".into()),
+        file_origins: file_origins.map(|l| serde_json::to_string(&l).unwrap_or_else(|_| "[]".into())),
+        token_endpoint,
+        client_id: uuid::Uuid::new_v4().to_string(),
+        consumer_client_id,
+        aud: base.url().as_str().trim_end_matches('/').to_string(),
+        jwks,
+        jwks_uri,
+        scope: r.scope.filter(|s| !s.trim().is_empty()),
+        created_at: now_unix(),
+        revoked_at: None,
+    })
+}
+
+/// The registrations service: a store and what `describe` needs to show the token endpoint.
+pub struct Registrations<'a> {
+    pub store: &'a Store,
+    pub provider_tokens: &'a ProviderTokens,
+}
+
+impl Registrations<'_> {
+    pub async fn create(&self, request: RegistrationRequest) -> Result<Provider, RegistrationError> {
+        let provider = validate(request)?;
+        self.store.insert_provider(&provider).await?;
+        tracing::info!(client_id = %provider.client_id, aud = %provider.aud, "provider registered");
+        Ok(provider)
+    }
+
+    /// Every registration, revoked ones included, as management shows them.
+    pub async fn list(&self) -> Result<Vec<Value>, RegistrationError> {
+        let mut all = Vec::new();
+        for p in self.store.providers().await? {
+            all.push(self.describe(&p).await);
+        }
+        Ok(all)
+    }
+
+    pub async fn show(&self, client_id: &str) -> Result<Value, RegistrationError> {
+        let p = self
+            .store
+            .provider_any(client_id)
+            .await?
+            .ok_or_else(|| RegistrationError::NotFound(client_id.to_string()))?;
+        Ok(self.describe(&p).await)
+    }
+
+    /// Revoke a registration (its tokens stop working on the next request); shows it after.
+    pub async fn revoke(&self, client_id: &str) -> Result<Value, RegistrationError> {
+        if !self.store.revoke_provider(client_id, now_unix()).await? {
+            return Err(RegistrationError::NotFound(client_id.to_string()));
+        }
+        tracing::info!(%client_id, "registration revoked");
+        self.show(client_id).await
+    }
+
+    /// A registration as management shows it (keys included: they are public), with the provider
+    /// token endpoint in use (pinned, or as last discovered).
+    async fn describe(&self, p: &Provider) -> Value {
+        let in_use = match &p.token_endpoint {
+            Some(pinned) => Some(pinned.clone()),
+            None => match ProviderBase::parse(&p.aud) {
+                Ok(base) => self.provider_tokens.discovered_endpoint(&base).await,
+                Err(_) => None,
+            },
+        };
+        json!({
+            "token_origins": p.token_origin_list(),
+            "file_origins": p.file_origin_list(),
+            "token_endpoint": p.token_endpoint,
+            "token_endpoint_in_use": in_use,
+            "client_id": p.client_id,
+            "consumer_client_id": p.consumer_client_id,
+            "aud": p.aud,
+            "jwks": p.jwks_value(),
+            "jwks_uri": p.jwks_uri,
+            "scope": p.scope,
+            "created_at": p.created_at,
+            "revoked_at": p.revoked_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> RegistrationRequest {
+        RegistrationRequest {
+            jwks_uri: Some("https://ehr.example/jwks.json".into()),
+            consumer_client_id: Some("us-at-the-ehr".into()),
+            aud: Some("https://ehr.example/fhir/".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_valid_request_becomes_a_registration_without_http() {
+        let p = validate(request()).unwrap();
+        assert_eq!(p.aud, "https://ehr.example/fhir");
+        assert_eq!(p.token_origins, "[]");
+        assert!(!p.client_id.is_empty() && p.revoked_at.is_none());
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases: Vec<(RegistrationRequest, &str)> = vec![
+            (RegistrationRequest { consumer_client_id: None, ..request() }, "consumer_client_id"),
+            (RegistrationRequest { aud: Some(" ".into()), ..request() }, "aud"),
+            (RegistrationRequest { jwks_uri: Some("ftp://x/jwks".into()), ..request() }, "jwks_uri"),
+            (RegistrationRequest { jwks: Some(json!({"keys": []})), ..request() }, "jwks"),
+            (
+                RegistrationRequest {
+                    token_origins: Some(vec!["https://a.example/path".into()]),
+                    ..request()
+                },
+                "token_origins",
+            ),
+            (RegistrationRequest { token_endpoint: Some("not a url".into()), ..request() }, "token_endpoint"),
+        ];
+        for (r, field) in cases {
+            let e = validate(r).unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
+}
