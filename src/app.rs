@@ -9,7 +9,7 @@ use crate::{
     auth::{failure_limit::AuthFailures, jwks_cache::JwksCache, keys::Keys, provider_token::ProviderTokens},
     config::Config,
     http_client, http_server,
-    jobs::{context::JobContext, reaper, request_budget::RequestBudget, runner::Runner},
+    jobs::{context::JobContext, reaper, request_budget::RequestBudget, resume, runner::Runner},
     owner_only, routes,
     state::AppState,
     store::Store,
@@ -113,13 +113,7 @@ impl App {
             // for another server that trusts the same key could be replayed here.
             tracing::warn!("PUBLIC_URL is not set: our URLs and the token audience come from each request's Host header; set PUBLIC_URL in production");
         }
-        let unfinished = state.store.unfinished_jobs().await?;
-        if !unfinished.is_empty() {
-            tracing::info!(jobs = unfinished.len(), "resuming unfinished jobs");
-        }
-        for job in unfinished {
-            state.jobs.spawn(state.job_context.clone(), job.id).await;
-        }
+        resume::resume_unfinished(&state.job_context).await?;
         state.jobs.tracker.spawn(reaper::run(state.job_context.clone()));
 
         let router = routes::router(state.clone());

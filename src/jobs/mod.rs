@@ -13,7 +13,9 @@ pub mod progress;
 pub mod provider_client;
 pub mod provider_report;
 pub mod reaper;
+pub mod recorder;
 pub mod request_budget;
+pub mod resume;
 pub mod retry;
 pub mod runner;
 

@@ -13,6 +13,7 @@ use super::{
     file_bounds::JobBytes,
     progress::Progress,
     provider_client::{Auth, ProviderClient, Who},
+    recorder::Recorder,
     JobError,
 };
 use crate::{
@@ -229,10 +230,7 @@ async fn run(
     if job.state.is_finished() {
         return Ok(Ran::AlreadyFinished);
     }
-    // A resumed import publishes its state once its file counts are loaded, below.
-    if job.state != JobState::Importing {
-        progress.set_state(job.state, job.progress.clone());
-    }
+    Recorder { store: &ctx.store, id, progress }.resumed(job.state, job.progress.clone());
     let provider = ctx.store.provider(&job.client_id).await?.ok_or_else(|| {
         JobError::Provider("the provider's registration was revoked; the job cannot continue".into())
     })?;
@@ -273,7 +271,8 @@ async fn plan_and_import(
     let job_bytes = Arc::new(JobBytes::new(ctx.config.limits.max_job_bytes, stored));
     let total = files.len() as i64;
     let pending: Vec<JobFile> = files.into_iter().filter(|f| f.state == FileState::Pending).collect();
-    progress.importing(FileCounts { total, finished: total - pending.len() as i64 });
+    let record = Recorder { store: &ctx.store, id, progress };
+    record.importing(FileCounts { total, finished: total - pending.len() as i64 });
     tracing::info!(files = pending.len(), "importing files");
     // Each download is its own task, so validation of several files uses every core. On a job
     // error the others are cancelled, and every task is awaited before the job returns: none may
@@ -304,11 +303,11 @@ async fn plan_and_import(
     while let Some(joined) = results.next().await {
         let recorded = match joined {
             Err(e) => Err(JobError::Provider(format!("a download stopped on an internal error: {e}"))),
-            Ok((file, Ok(r))) => record_file(ctx, id, &file, r).await,
+            Ok((file, Ok(r))) => record_file(&record, &file, r).await,
             Ok((_, Err(e))) => Err(e),
         };
         match recorded {
-            Ok(()) => progress.file_finished(),
+            Ok(()) => {}
             Err(e) => {
                 downloads.cancel();
                 // A cancelled sibling is the consequence, not the cause.
@@ -324,8 +323,7 @@ async fn plan_and_import(
     if cancel.is_cancelled() {
         return Err(JobError::Cancelled);
     }
-    ctx.store.complete_job(id, now_unix()).await?;
-    progress.close();
+    record.completed().await?;
     let totals = ctx.store.file_totals(id).await?;
     if totals.has_errors() {
         tracing::warn!(
@@ -340,12 +338,7 @@ async fn plan_and_import(
 }
 
 /// Store one file's result.
-async fn record_file(
-    ctx: &JobContext,
-    id: &str,
-    file: &JobFile,
-    r: download::FileResult,
-) -> Result<(), JobError> {
+async fn record_file(record: &Recorder<'_>, file: &JobFile, r: download::FileResult) -> Result<(), JobError> {
     let outcome = serde_json::to_string(&r.outcome).map_err(crate::store::StoreError::from)?;
     let type_counts = r
         .type_counts
@@ -361,8 +354,7 @@ async fn record_file(
         provider_errors: r.provider_errors,
         type_counts: type_counts.as_deref(),
     };
-    ctx.store.finish_file(id, file.idx, &done).await?;
-    Ok(())
+    record.file_finished(file.idx, &done).await
 }
 
 /// Longest we wait for a provider to acknowledge a release DELETE.
@@ -376,41 +368,30 @@ async fn plan(
     cancel: &CancellationToken,
     progress: &Progress,
 ) -> Result<(), JobError> {
+    let record = Recorder { store: &ctx.store, id: &job.id, progress };
     let export_url = client
         .base
         .under(&job.export_url)
         .map_err(|e| JobError::Provider(format!("exportUrl refused: {e}")))?;
     let (body, manifest_url) = match job.export_type {
         ExportType::Static => {
-            ctx.store.set_state(&job.id, JobState::Exporting).await?;
-            progress.set_state(JobState::Exporting, None);
+            record.exporting().await?;
             (export::fetch_manifest(client, &export_url, cancel).await?, export_url)
         }
         ExportType::Dynamic => {
             let status_url = match job.status_url.as_deref().and_then(|s| Url::parse(s).ok()) {
                 Some(u) => u,
                 None => {
-                    if ctx.store.kickoff_started(&job.id).await?.is_some() {
+                    if record.kicking_off().await? {
                         // No status URL was stored: the provider's answer never reached us.
                         tracing::warn!("an earlier kick-off of this job was interrupted before the provider's answer was recorded; if the provider started that export, its status URL is unknown, so it cannot be released and expires at the provider on its own");
                     }
-                    ctx.store.mark_kickoff_started(&job.id, now_unix()).await?;
                     let u = export::kick_off(client, &export_url, &job.kickoff, cancel).await?;
-                    // Recorded before anything else: a release (after a cancel) needs it.
-                    ctx.store.set_status_url(&job.id, u.as_str()).await?;
-                    progress.set_state(JobState::Exporting, None);
+                    record.status_url(u.as_str()).await?;
                     u
                 }
             };
-            let body = export::poll(client, &status_url, cancel, |text| {
-                progress.set_text(text.clone());
-                async move {
-                    if let Err(e) = ctx.store.set_progress(&job.id, &text).await {
-                        tracing::warn!(error = %crate::error_text::chain(&e), "could not record export progress");
-                    }
-                }
-            })
-            .await?;
+            let body = export::poll(client, &status_url, cancel, |text| record.export_progress(text)).await?;
             (body, status_url)
         }
     };
