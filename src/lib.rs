@@ -8,6 +8,7 @@ pub mod error_text;
 pub mod fhir;
 pub mod http_client;
 pub mod http_server;
+pub mod imports;
 pub mod jobs;
 pub mod owner_only;
 pub mod registrations;

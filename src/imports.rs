@@ -1,0 +1,160 @@
+//! Imports as every front end sees them (HTTP now, a command line next): the status of a job, its
+//! outcome lines, and removal. Nothing here knows HTTP; `routes::jobs` renders these.
+use serde_json::{json, Value};
+
+use crate::{
+    fhir::operation_outcome::{IssueCode, OperationOutcome},
+    jobs::{context::JobContext, reaper::remove_job, JobError},
+    store::{
+        jobs::{is_job_id, FileCounts, FileTotals, Job, JobState},
+        StoreError,
+    },
+    time_util::instant,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("cannot find import job with id \"{0}\"")]
+    NotFound(String),
+    #[error("storage failed")]
+    Store(#[from] StoreError),
+    #[error("the job could not be removed")]
+    Job(#[from] JobError),
+}
+
+/// What a status poll reports.
+#[derive(Debug)]
+pub enum StatusView {
+    /// Still running: a percentage and a short text for people.
+    InProgress {
+        percent: f64,
+        text: String,
+    },
+    /// The Bulk Data completion body, and a one-line summary ("completed with errors: …").
+    Completed {
+        body: Value,
+        summary: String,
+    },
+    Failed(OperationOutcome),
+}
+
+/// The imports service.
+pub struct Imports<'a> {
+    pub jobs: &'a JobContext,
+}
+
+impl Imports<'_> {
+    pub async fn find(&self, id: &str) -> Result<Job, ImportError> {
+        let found = if is_job_id(id) { self.jobs.store.job(id).await? } else { None };
+        found.ok_or_else(|| ImportError::NotFound(id.to_string()))
+    }
+
+    /// The job's status; `outcome_url` is where its outcome lines are served.
+    pub async fn status(&self, id: &str, outcome_url: &str) -> Result<StatusView, ImportError> {
+        // A job running here answers from memory: no database round trip per poll.
+        if let Some(live) = self.jobs.jobs.progress(id) {
+            return Ok(in_progress(live.state, live.text, live.files));
+        }
+        let job = self.find(id).await?;
+        let store = &self.jobs.store;
+        Ok(match job.state {
+            JobState::Completed => {
+                let totals = store.file_totals(&job.id).await?;
+                let count = outcome_count(&job, totals.outcomes);
+                let body = json!({
+                    "transactionTime": instant(job.created_at),
+                    "requiresAccessToken": false,
+                    "outcome": [{ "type": "OperationOutcome", "url": outcome_url, "count": count }],
+                    "extension": {
+                        "result": if totals.has_errors() { "completed-with-errors" } else { "completed" },
+                        "files": totals.files,
+                        "failedFiles": totals.failed,
+                        "providerErrors": totals.provider_errors,
+                        "resources": totals.resources,
+                        "resourcesByType": store.type_counts(&job.id).await?,
+                        "completedAt": job.completed_at.map(instant),
+                    }
+                });
+                StatusView::Completed { body, summary: completion_text(&totals) }
+            }
+            JobState::Failed => {
+                let reason = job.failure.clone().unwrap_or_else(|| "the import failed".into());
+                let mut oo =
+                    OperationOutcome::error(IssueCode::Exception, format!("import failed: {reason}"));
+                oo.issue
+                    .extend(OperationOutcome::information(format!("per-file outcomes: {outcome_url}")).issue);
+                StatusView::Failed(oo)
+            }
+            JobState::Queued | JobState::Exporting | JobState::Importing => {
+                let files = if job.state == JobState::Importing {
+                    store.file_counts(&job.id).await?
+                } else {
+                    FileCounts::default()
+                };
+                in_progress(job.state, job.progress, files)
+            }
+        })
+    }
+
+    /// One OperationOutcome per finished file, plus the job's failure; never empty once finished.
+    pub async fn outcome_lines(&self, id: &str) -> Result<Vec<String>, ImportError> {
+        let job = self.find(id).await?;
+        let mut lines = self.jobs.store.file_outcomes(&job.id).await?;
+        if let Some(reason) = &job.failure {
+            let oo = OperationOutcome::error(IssueCode::Exception, format!("import failed: {reason}"));
+            lines.push(serde_json::to_string(&oo).unwrap_or_default());
+        }
+        if lines.is_empty() && job.state == JobState::Completed {
+            let oo = OperationOutcome::information("the export listed no files; nothing was imported");
+            lines.push(serde_json::to_string(&oo).unwrap_or_default());
+        }
+        Ok(lines)
+    }
+
+    /// Cancel the job if it runs, and remove it and everything it stored.
+    pub async fn remove(&self, id: &str) -> Result<Job, ImportError> {
+        let job = self.find(id).await?;
+        remove_job(self.jobs, &job.id).await?;
+        tracing::info!(job = %crate::telemetry::shown_id(&job.id), "import job removed on request");
+        Ok(job)
+    }
+}
+
+/// The same view from memory or from the store alike.
+fn in_progress(state: JobState, provider_text: Option<String>, files: FileCounts) -> StatusView {
+    if state == JobState::Importing {
+        let text = if files.total > 0 {
+            format!("importing: {} of {} files done", files.finished, files.total)
+        } else {
+            "finishing".to_string()
+        };
+        return StatusView::InProgress { percent: files.percent(), text };
+    }
+    let text = provider_text.unwrap_or_else(|| "waiting for the provider's export".into());
+    StatusView::InProgress { percent: 0.0, text }
+}
+
+/// "completed", or "completed with errors: …" saying what went wrong, for `X-Status` and people.
+pub fn completion_text(totals: &FileTotals) -> String {
+    if !totals.has_errors() {
+        return "completed".into();
+    }
+    let mut parts = Vec::new();
+    if totals.failed > 0 {
+        parts.push(format!("{} of {} files failed", totals.failed, totals.files));
+    }
+    if totals.provider_errors > 0 {
+        parts.push(format!("the provider reported {} error(s)", totals.provider_errors));
+    }
+    format!("completed with errors: {}", parts.join("; "))
+}
+
+/// How many lines `outcome_lines` gives, from counts alone (no outcome text is read).
+fn outcome_count(job: &Job, file_outcomes: i64) -> i64 {
+    let lines = file_outcomes + i64::from(job.failure.is_some());
+    if lines == 0 && job.state == JobState::Completed {
+        1
+    } else {
+        lines
+    }
+}
