@@ -154,6 +154,7 @@ impl From<JobError> for AttemptError {
             | JobError::TimeLimit(_) => AttemptError::Job(e),
             // `send` already retried these: the file fails, the job goes on.
             JobError::Provider(m) => AttemptError::Permanent(IssueCode::Transient, m),
+            e @ (JobError::Manifest(_) | JobError::Revoked | JobError::Internal(_)) => AttemptError::Job(e),
             JobError::Refused(m) => AttemptError::Permanent(IssueCode::Security, m),
             e @ JobError::Auth(_) if e.is_permanent() => {
                 AttemptError::Permanent(IssueCode::Security, crate::error_text::chain(&e))

@@ -6,6 +6,15 @@ pub enum JobError {
     /// The provider or its data made the job impossible; the text tells a person what happened.
     #[error("{0}")]
     Provider(String),
+    /// The export manifest could not be read as one.
+    #[error(transparent)]
+    Manifest(#[from] crate::fhir::manifest::ManifestError),
+    /// The registration behind the job was revoked while it ran.
+    #[error("the provider's registration was revoked; the job cannot continue")]
+    Revoked,
+    /// Our own fault (a bug, a task that stopped, a client that could not be built).
+    #[error("the import stopped on an internal error: {0}")]
+    Internal(String),
     /// The message comes from the source (see `chain`), so it is not repeated here.
     /// A URL or address we do not fetch (origin binding, SSRF guard, `file_origins`, redirects).
     #[error("{0}")]

@@ -336,7 +336,7 @@ pub async fn read_manifest(
     first_url: &Url,
     cancel: &CancellationToken,
 ) -> Result<Vec<PlannedFile>, JobError> {
-    let bad = |e: crate::fhir::manifest::ManifestError| JobError::Provider(e.to_string());
+    let bad = JobError::Manifest;
     let mut manifest = Manifest::parse(&first).map_err(bad)?;
     let mut files = Vec::new();
     let mut page_url = first_url.clone();

@@ -43,9 +43,7 @@ pub async fn run_job(ctx: JobContext, id: String, cancel: CancellationToken, pro
         let work = std::panic::AssertUnwindSafe(with_heartbeat(&ctx, &id, run)).catch_unwind();
         let outcome = match work.await {
             Ok(result) => result,
-            Err(_) => Err(JobError::Provider(
-                "the import stopped on an internal error (a bug); see the server log".into(),
-            )),
+            Err(_) => Err(JobError::Internal("a bug; see the server log".into())),
         };
         match outcome {
             // Logged where it completed, with or without errors.
@@ -161,7 +159,7 @@ async fn provider_client(ctx: &JobContext, provider: &Provider) -> Result<Provid
     let guarded = ctx
         .outbound
         .guarded(allowed)
-        .map_err(|e| JobError::Provider(format!("the HTTP client could not be built: {e}")))?;
+        .map_err(|e| JobError::Internal(format!("the HTTP client could not be built: {e}")))?;
     let who = Who {
         client_id: provider.consumer_client_id.clone(),
         scope: provider.scope.clone().unwrap_or_else(|| ctx.config.provider_scope.clone()),
@@ -231,9 +229,7 @@ async fn run(
         return Ok(Ran::AlreadyFinished);
     }
     Recorder { store: &ctx.store, id, progress }.resumed(job.state, job.progress.clone());
-    let provider = ctx.store.provider(&job.client_id).await?.ok_or_else(|| {
-        JobError::Provider("the provider's registration was revoked; the job cannot continue".into())
-    })?;
+    let provider = ctx.store.provider(&job.client_id).await?.ok_or(JobError::Revoked)?;
     let client = Arc::new(provider_client(ctx, &provider).await?);
     // Counted from the ping, so a restart does not grant a job a fresh allowance.
     let limit = ctx.config.limits.max_job_duration;
@@ -302,7 +298,7 @@ async fn plan_and_import(
     let mut first_error: Option<JobError> = None;
     while let Some(joined) = results.next().await {
         let recorded = match joined {
-            Err(e) => Err(JobError::Provider(format!("a download stopped on an internal error: {e}"))),
+            Err(e) => Err(JobError::Internal(format!("a download task stopped: {e}"))),
             Ok((file, Ok(r))) => record_file(&record, &file, r).await,
             Ok((_, Err(e))) => Err(e),
         };
@@ -396,7 +392,8 @@ async fn plan(
         }
     };
     let manifest = export::read_manifest(client, body, &manifest_url, cancel).await?;
-    let template = FileNameTemplate::parse(&ctx.config.download_file_name).map_err(JobError::Provider)?;
+    // Checked at start (config.rs), so this fails only on a bug.
+    let template = FileNameTemplate::parse(&ctx.config.download_file_name).map_err(JobError::Internal)?;
     let files = name_files(&template, &job.id, manifest);
     tracing::info!(files = files.len(), "manifest read");
     ctx.store.save_plan(&job.id, &files).await?;
