@@ -10,6 +10,6 @@ pub fn routes() -> Router<AppState> {
 }
 
 async fn health(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
-    sqlx::query("SELECT 1").execute(app.store.pool()).await.map_err(crate::store::StoreError::from)?;
+    app.store.ping().await?;
     Ok(Json(json!({ "status": "ok", "runningJobs": app.jobs.running_count() })))
 }

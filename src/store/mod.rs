@@ -44,8 +44,14 @@ impl Store {
         Ok(Self { pool })
     }
 
-    pub fn pool(&self) -> &SqlitePool {
+    fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// One round trip to the database, for `/health`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
     }
 
     /// Record an assertion id; false when it was already used and has not expired (a replay).
