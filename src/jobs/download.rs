@@ -159,7 +159,11 @@ impl From<JobError> for AttemptError {
             e @ JobError::Auth(_) if e.is_permanent() => {
                 AttemptError::Permanent(IssueCode::Security, crate::error_text::chain(&e))
             }
-            e @ JobError::Auth(_) => AttemptError::Transient(crate::error_text::chain(&e)),
+            // `send` has retried the token endpoint already: retrying the file too would nest the
+            // retries ((MAX_RETRIES + 1)² token requests for one file).
+            e @ JobError::Auth(_) => {
+                AttemptError::Permanent(IssueCode::Transient, crate::error_text::chain(&e))
+            }
         }
     }
 }

@@ -597,3 +597,26 @@ async fn a_body_shorter_than_its_content_length_is_fetched_again() {
     assert_eq!(app.provider.requests_to("/fhir/files/o.ndjson").len(), 2);
     assert_eq!(app.read(&id, "Observation.1.ndjson"), obs);
 }
+
+#[tokio::test]
+async fn a_token_endpoint_that_keeps_failing_during_downloads_is_retried_once_per_file_not_squared() {
+    let app = spawn_app_with(|c| {
+        c.limits.max_retries = 2;
+        c.limits.parallel_downloads = 1;
+    })
+    .await;
+    app.provider.add_file("a.ndjson", "Patient", patients(1));
+    app.provider.add_file("b.ndjson", "Patient", patients(1));
+    app.provider.hold_file("a.ndjson");
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    wait_until("the first file", async || !app.provider.requests_to("/fhir/files/a.ndjson").is_empty()).await;
+    // From now on our token is refused and the token endpoint answers 503.
+    app.provider.revoke_tokens();
+    app.provider.fail_token(1000);
+    let before = app.provider.requests_to("/auth/token").len();
+    app.provider.release_files();
+    let body = app.completed(&id).await;
+    assert_eq!(body["extension"]["failedFiles"], 1, "{body}");
+    let token_requests = app.provider.requests_to("/auth/token").len() - before;
+    assert_eq!(token_requests, 3, "MAX_RETRIES + 1 token requests for the file, not (MAX_RETRIES + 1)²");
+}
