@@ -8,7 +8,7 @@ use crate::{
         provider_base::{parse_origin, ProviderBase},
         provider_token::ProviderTokens,
     },
-    store::{providers::Provider, Store, StoreError},
+    store::{job_store::RegistrationStore, providers::Provider, StoreError},
     time_util::now_unix,
 };
 
@@ -138,7 +138,7 @@ pub fn validate(r: RegistrationRequest) -> Result<Provider, RegistrationError> {
 
 /// The registrations service: a store and what `describe` needs to show the token endpoint.
 pub struct Registrations<'a> {
-    pub store: &'a Store,
+    pub store: &'a dyn RegistrationStore,
     pub provider_tokens: &'a ProviderTokens,
 }
 

@@ -4,14 +4,18 @@ use std::sync::Arc;
 
 use super::{request_budget::RequestBudget, runner::Runner};
 use crate::{
-    auth::provider_token::ProviderTokens, config::Config, destination::Destination, http_client::Outbound,
-    store::Store,
+    auth::provider_token::ProviderTokens,
+    config::Config,
+    destination::Destination,
+    http_client::Outbound,
+    store::job_store::{JobStore, RegistrationStore},
 };
 
 #[derive(Clone)]
 pub struct JobContext {
     pub config: Arc<Config>,
-    pub store: Store,
+    pub store: Arc<dyn JobStore>,
+    pub providers: Arc<dyn RegistrationStore>,
     /// For the provider's trusted origins.
     pub http: reqwest::Client,
     /// Clients per SSRF-guard setting, for URLs providers hand us.

@@ -184,7 +184,7 @@ struct ReleaseTarget {
 async fn release_target(ctx: &JobContext, id: &str) -> Option<ReleaseTarget> {
     let job = ctx.store.job(id).await.ok()??;
     let status = Url::parse(job.status_url.as_deref()?).ok()?;
-    let provider = ctx.store.provider(&job.client_id).await.ok()??;
+    let provider = ctx.providers.provider(&job.client_id).await.ok()??;
     let client = provider_client(ctx, &provider).await.ok()?;
     Some(ReleaseTarget { status, client })
 }
@@ -228,8 +228,8 @@ async fn run(
     if job.state.is_finished() {
         return Ok(Ran::AlreadyFinished);
     }
-    Recorder { store: &ctx.store, id, progress }.resumed(job.state, job.progress.clone());
-    let provider = ctx.store.provider(&job.client_id).await?.ok_or(JobError::Revoked)?;
+    Recorder { store: &*ctx.store, id, progress }.resumed(job.state, job.progress.clone());
+    let provider = ctx.providers.provider(&job.client_id).await?.ok_or(JobError::Revoked)?;
     let client = Arc::new(provider_client(ctx, &provider).await?);
     // Counted from the ping, so a restart does not grant a job a fresh allowance.
     let limit = ctx.config.limits.max_job_duration;
@@ -267,7 +267,7 @@ async fn plan_and_import(
     let job_bytes = Arc::new(JobBytes::new(ctx.config.limits.max_job_bytes, stored));
     let total = files.len() as i64;
     let pending: Vec<JobFile> = files.into_iter().filter(|f| f.state == FileState::Pending).collect();
-    let record = Recorder { store: &ctx.store, id, progress };
+    let record = Recorder { store: &*ctx.store, id, progress };
     record.importing(FileCounts { total, finished: total - pending.len() as i64 });
     tracing::info!(files = pending.len(), "importing files");
     // Each download is its own task, so validation of several files uses every core. On a job
@@ -364,7 +364,7 @@ async fn plan(
     cancel: &CancellationToken,
     progress: &Progress,
 ) -> Result<(), JobError> {
-    let record = Recorder { store: &ctx.store, id: &job.id, progress };
+    let record = Recorder { store: &*ctx.store, id: &job.id, progress };
     let export_url = client
         .base
         .under(&job.export_url)

@@ -3,14 +3,14 @@
 use super::{progress::Progress, JobError};
 use crate::{
     store::{
+        job_store::JobStore,
         jobs::{FileCounts, FinishedFile, JobState},
-        Store,
     },
     time_util::now_unix,
 };
 
 pub struct Recorder<'a> {
-    pub store: &'a Store,
+    pub store: &'a dyn JobStore,
     pub id: &'a str,
     pub progress: &'a Progress,
 }

@@ -16,4 +16,5 @@ mod real_providers;
 mod s3_server;
 mod small_disk;
 mod storage_faults;
+mod store_conformance;
 mod ui;

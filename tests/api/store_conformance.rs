@@ -1,0 +1,177 @@
+//! The store conformance suite: what the engine relies on of any `JobStore` and
+//! `RegistrationStore`, run against every backend (SQLite today).
+use bulk_import::{
+    fhir::{manifest::FileKind, parameters::ExportType},
+    store::{
+        job_store::{JobStore, RegistrationStore},
+        jobs::{Admission, FileState, FinishedFile, Job, JobCaps, JobFile, JobState},
+        providers::Provider,
+        Store,
+    },
+};
+
+fn provider(client_id: &str) -> Provider {
+    Provider {
+        client_id: client_id.into(),
+        consumer_client_id: "us".into(),
+        aud: "https://ehr.example/fhir".into(),
+        jwks: None,
+        jwks_uri: Some("https://ehr.example/jwks.json".into()),
+        scope: None,
+        created_at: 1_000,
+        revoked_at: None,
+        token_origins: "[]".into(),
+        file_origins: None,
+        token_endpoint: None,
+    }
+}
+
+fn job(id: &str, client_id: &str, created_at: i64) -> Job {
+    Job {
+        id: id.into(),
+        client_id: client_id.into(),
+        export_type: ExportType::Dynamic,
+        export_url: "https://ehr.example/fhir/$export".into(),
+        kickoff: vec![],
+        state: JobState::Queued,
+        status_url: None,
+        progress: None,
+        failure: None,
+        created_at,
+        completed_at: None,
+    }
+}
+
+fn file(job_id: &str, idx: i64, resource_type: &str) -> JobFile {
+    JobFile {
+        job_id: job_id.into(),
+        idx,
+        kind: FileKind::Output,
+        resource_type: resource_type.into(),
+        url: format!("https://ehr.example/files/{idx}.ndjson"),
+        requires_token: true,
+        name: format!("{resource_type}.{idx}.ndjson"),
+        state: FileState::Pending,
+        resources: 0,
+        bytes: 0,
+        outcome: None,
+        provider_errors: 0,
+        type_counts: None,
+    }
+}
+
+fn done(resources: i64, outcome: &str) -> FinishedFile<'_> {
+    FinishedFile {
+        state: FileState::Done,
+        resources,
+        bytes: resources * 10,
+        outcome,
+        provider_errors: 0,
+        type_counts: None,
+    }
+}
+
+async fn registrations_are_kept_listed_and_revoked(store: &dyn RegistrationStore) {
+    store.insert_provider(&provider("p1")).await.unwrap();
+    store.insert_provider(&provider("p2")).await.unwrap();
+    assert_eq!(store.provider("p1").await.unwrap().unwrap().aud, "https://ehr.example/fhir");
+    assert_eq!(store.providers().await.unwrap().len(), 2);
+    assert!(store.revoke_provider("p2", 2_000).await.unwrap());
+    assert!(!store.revoke_provider("nobody", 2_000).await.unwrap());
+    assert!(store.provider("p2").await.unwrap().is_none(), "a revoked registration is not usable");
+    assert_eq!(store.provider_any("p2").await.unwrap().unwrap().revoked_at, Some(2_000));
+}
+
+async fn admission_holds_both_caps(store: &dyn JobStore) {
+    let caps = JobCaps { all: 3, per_provider: 2 };
+    let a = [job("aa01", "p1", 10), job("aa02", "p1", 11), job("aa03", "p1", 12)];
+    assert_eq!(store.insert_job_if_room(&a[0], caps).await.unwrap(), Admission::Admitted);
+    assert_eq!(store.insert_job_if_room(&a[1], caps).await.unwrap(), Admission::Admitted);
+    assert_eq!(store.insert_job_if_room(&a[2], caps).await.unwrap(), Admission::ProviderFull);
+    assert_eq!(store.insert_job_if_room(&job("aa04", "p3", 13), caps).await.unwrap(), Admission::Admitted);
+    assert_eq!(store.insert_job_if_room(&job("aa05", "p4", 14), caps).await.unwrap(), Admission::Full);
+    // A finished job frees its slot.
+    store.complete_job("aa01", 20).await.unwrap();
+    assert_eq!(store.insert_job_if_room(&job("aa05", "p4", 14), caps).await.unwrap(), Admission::Admitted);
+    for id in ["aa02", "aa04", "aa05"] {
+        store.complete_job(id, 20).await.unwrap();
+    }
+}
+
+async fn a_plan_records_files_outcomes_and_totals(store: &dyn JobStore) {
+    let caps = JobCaps { all: 100, per_provider: 100 };
+    store.insert_job_if_room(&job("bb01", "p1", 100), caps).await.unwrap();
+    store.mark_kickoff_started("bb01", 101).await.unwrap();
+    assert_eq!(store.kickoff_started("bb01").await.unwrap(), Some(101));
+    store.set_status_url("bb01", "https://ehr.example/status/1").await.unwrap();
+    let j = store.job("bb01").await.unwrap().unwrap();
+    assert_eq!(j.status_url.as_deref(), Some("https://ehr.example/status/1"));
+    assert_eq!(j.state, JobState::Exporting);
+    store.set_progress("bb01", "50%").await.unwrap();
+    assert_eq!(store.job("bb01").await.unwrap().unwrap().progress.as_deref(), Some("50%"));
+
+    let plan = [file("bb01", 0, "Patient"), file("bb01", 1, "Observation"), file("bb01", 2, "Observation")];
+    store.save_plan("bb01", &plan).await.unwrap();
+    store.set_state("bb01", JobState::Importing).await.unwrap();
+    let files = store.files("bb01").await.unwrap();
+    assert_eq!(files.iter().map(|f| f.idx).collect::<Vec<_>>(), vec![0, 1, 2], "in plan order");
+    store.finish_file("bb01", 1, &done(7, "{\"o\":1}")).await.unwrap();
+    store.finish_file("bb01", 0, &done(3, "{\"o\":0}")).await.unwrap();
+    let counts = store.file_counts("bb01").await.unwrap();
+    assert_eq!((counts.total, counts.finished), (3, 2));
+    store.fail_pending_files("bb01", &[(0, "{\"x\":0}".into()), (2, "{\"o\":2}".into())]).await.unwrap();
+    let files = store.files("bb01").await.unwrap();
+    assert_eq!(files[0].state, FileState::Done, "a finished file keeps its result");
+    assert_eq!(files[2].state, FileState::Failed);
+    let totals = store.file_totals("bb01").await.unwrap();
+    assert_eq!((totals.files, totals.failed, totals.resources, totals.outcomes), (3, 1, 10, 3));
+    assert_eq!(store.file_outcomes("bb01").await.unwrap(), vec!["{\"o\":0}", "{\"o\":1}", "{\"o\":2}"]);
+    let by_type = store.type_counts("bb01").await.unwrap();
+    assert_eq!(by_type.get("Observation"), Some(&7));
+    assert_eq!(by_type.get("Patient"), Some(&3));
+}
+
+async fn a_finished_job_stays_as_it_finished(store: &dyn JobStore) {
+    let caps = JobCaps { all: 100, per_provider: 100 };
+    store.insert_job_if_room(&job("cc01", "p1", 200), caps).await.unwrap();
+    store.complete_job("cc01", 210).await.unwrap();
+    store.fail_job("cc01", "too late", 220).await.unwrap();
+    let j = store.job("cc01").await.unwrap().unwrap();
+    assert_eq!((j.state, j.failure, j.completed_at), (JobState::Completed, None, Some(210)));
+    store.insert_job_if_room(&job("cc02", "p1", 200), caps).await.unwrap();
+    store.fail_job("cc02", "the provider said no", 230).await.unwrap();
+    assert_eq!(store.job("cc02").await.unwrap().unwrap().state, JobState::Failed);
+}
+
+async fn unfinished_expired_and_deleted_jobs(store: &dyn JobStore) {
+    let caps = JobCaps { all: 100, per_provider: 100 };
+    store.insert_job_if_room(&job("dd01", "p1", 300), caps).await.unwrap();
+    store.insert_job_if_room(&job("dd02", "p1", 300), caps).await.unwrap();
+    store.touch("dd02", 5_000).await.unwrap();
+    let unfinished: Vec<String> = store.unfinished_jobs().await.unwrap().into_iter().map(|j| j.id).collect();
+    assert!(unfinished.contains(&"dd01".to_string()) && !unfinished.contains(&"cc01".to_string()));
+    // Finished before 215: cc01 (210). Silent since before 1,000: dd01 (300), not dd02 (touched).
+    let expired = store.expired_jobs(215, 1_000).await.unwrap();
+    assert!(expired.contains(&"cc01".to_string()) && expired.contains(&"dd01".to_string()), "{expired:?}");
+    assert!(!expired.contains(&"dd02".to_string()) && !expired.contains(&"cc02".to_string()), "{expired:?}");
+    assert!(store.delete_job("bb01").await.unwrap());
+    assert!(store.job("bb01").await.unwrap().is_none());
+    assert!(store.files("bb01").await.unwrap().is_empty(), "a deleted job's files go with it");
+    assert!(!store.delete_job("bb01").await.unwrap());
+}
+
+/// The whole suite, in order (later steps use earlier ones' rows).
+pub async fn assert_store_conformance(jobs: &dyn JobStore, registrations: &dyn RegistrationStore) {
+    registrations_are_kept_listed_and_revoked(registrations).await;
+    admission_holds_both_caps(jobs).await;
+    a_plan_records_files_outcomes_and_totals(jobs).await;
+    a_finished_job_stays_as_it_finished(jobs).await;
+    unfinished_expired_and_deleted_jobs(jobs).await;
+}
+
+#[tokio::test]
+async fn sqlite_passes_the_store_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store.sqlite")).await.unwrap();
+    assert_store_conformance(&store, &store).await;
+}
