@@ -40,9 +40,10 @@ pub struct ServerLimits {
 }
 
 /// Descriptors kept for everything but client connections: the database, destination files,
-/// outbound connections of downloads, the runtime's own.
+/// outbound connections of downloads, the runtime's own, refused connections being drained.
 pub fn reserved_descriptors(max_total_downloads: usize) -> u64 {
-    128 + 4 * max_total_downloads as u64
+    // Refused connections being drained hold a descriptor each, too.
+    128 + MAX_DRAINING as u64 + 4 * max_total_downloads as u64
 }
 
 /// Fewest client connections worth starting with.

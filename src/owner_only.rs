@@ -32,11 +32,18 @@ fn narrow(path: &Path, mode: u32) -> io::Result<()> {
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
     let ours = meta.uid() == unsafe { libc::geteuid() };
-    // A shared directory (sticky, like /tmp) or someone else's is left alone: narrowing it would
-    // break its other users. What we create inside it is still owner-only.
-    if current & 0o1000 != 0 || !ours {
-        tracing::warn!(path = %path.display(), mode = format!("{current:o}"), "a place holding health data or secrets is readable by others and is not ours to narrow; what bulk-import creates inside it is owner-only");
+    // A shared directory (sticky, like /tmp) is left alone: narrowing it would break its other
+    // users, and what we create inside it is owner-only.
+    if current & 0o1000 != 0 {
+        tracing::warn!(path = %path.display(), mode = format!("{current:o}"), "a shared directory holds health data or secrets; what bulk-import creates inside it is owner-only");
         return Ok(());
+    }
+    // Someone else's place that others may read or write cannot be made safe from here.
+    if !ours {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{} (mode {current:o}) belongs to another user and others may read or write it; make it owner-only (chmod go-rwx) or choose another path", path.display()),
+        ));
     }
     let narrowed = (current & 0o6000) | mode;
     std::fs::set_permissions(path, Permissions::from_mode(narrowed))?;

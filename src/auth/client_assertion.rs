@@ -44,17 +44,6 @@ fn decode_part<T: for<'de> Deserialize<'de>>(part: Option<&str>) -> Result<T, Au
     serde_json::from_slice(&bytes).map_err(|_| bad())
 }
 
-/// The client id an assertion claims (`iss`), unverified: only a key for failure limits and logs.
-/// Bounded, so a forged claim cannot grow the log or the limit table.
-pub fn claimed_client(assertion: &str) -> Option<String> {
-    let claims: Value = decode_part(assertion.split('.').nth(1)).ok()?;
-    let iss = claims.get("iss")?.as_str()?;
-    Some(iss.chars().take(MAX_CLIENT_ID_CHARS).collect())
-}
-
-/// Longest claimed client id kept (ours are 32 hex characters).
-const MAX_CLIENT_ID_CHARS: usize = 64;
-
 /// What our token endpoint needs: registrations and the replay cache, providers' JWKS, our keys.
 pub struct TokenEndpoint<'a> {
     pub store: &'a Store,

@@ -8,7 +8,8 @@ use std::collections::VecDeque;
 use async_trait::async_trait;
 use aws_sdk_s3::{
     config::{
-        retry::RetryConfig, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+        retry::RetryConfig, timeout::TimeoutConfig, Credentials, Region, RequestChecksumCalculation,
+        ResponseChecksumValidation,
     },
     primitives::ByteStream,
     types::{CompletedMultipartUpload, CompletedPart, Delete, MetadataDirective, ObjectIdentifier},
@@ -31,6 +32,9 @@ const MAX_ATTEMPTS: u32 = 4;
 /// CopyObject (used to record the line count after a multipart upload) stops at 5 GiB.
 const MAX_COPY_BYTES: u64 = 5 * 1024 * 1024 * 1024;
 const CONTENT_TYPE: &str = "application/fhir+ndjson";
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// One attempt at one request: a part of up to 5 GiB must fit, on a slow link.
+const ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct S3Config {
@@ -85,6 +89,14 @@ impl S3 {
         let mut builder = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(config.force_path_style)
             .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+            // The SDK sets no time limit of its own: a store that stops answering must fail the
+            // request (and so the file), not hold the job for ever.
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .build(),
+            )
             // Checksums only where S3 requires them: several S3-compatible stores refuse the
             // trailing-checksum encoding the SDK would otherwise use for every upload.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)

@@ -286,6 +286,7 @@ async fn stream_into(
     if let Some(code) = refused {
         // The error page is read under the same cancellation as the body.
         let reason = tokio::select! {
+            biased;
             _ = cancel.cancelled() => return Err(JobError::Cancelled.into()),
             reason = describe_failure("the provider", resp) => reason,
         };
@@ -343,6 +344,7 @@ async fn stream_into(
         .map_err(|e| AttemptError::Permanent(IssueCode::NotSupported, e.to_string()))?;
     loop {
         let next = tokio::select! {
+            biased;
             _ = cancel.cancelled() => return Err(JobError::Cancelled.into()),
             next = body.next() => next,
         };

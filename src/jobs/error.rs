@@ -13,7 +13,7 @@ pub enum JobError {
     #[error("the provider's registration was revoked; the job cannot continue")]
     Revoked,
     /// Our own fault (a bug, a task that stopped, a client that could not be built).
-    #[error("the import stopped on an internal error: {0}")]
+    #[error("the import stopped on an internal error ({0})")]
     Internal(String),
     /// The message comes from the source (see `chain`), so it is not repeated here.
     /// A URL or address we do not fetch (origin binding, SSRF guard, `file_origins`, redirects).

@@ -163,6 +163,7 @@ async fn kick_off_once(
     loop {
         client.pace(url, cancel, |_| async {}).await?;
         let result = tokio::select! {
+            biased;
             _ = cancel.cancelled() => return Err(JobError::Cancelled),
             r = client.send_once(Auth::WithToken, make, url) => r,
         };
@@ -217,6 +218,7 @@ where
         }
         client.pace(status_url, cancel, &mut on_progress).await?;
         let result = tokio::select! {
+            biased;
             _ = cancel.cancelled() => return Err(JobError::Cancelled),
             r = client.send_once(Auth::WithToken, &get, status_url) => r,
         };

@@ -162,24 +162,26 @@ mod tests {
         let job = JobBytes::new(u64::MAX, 0);
         let mut l = limits();
         l.max_file_bytes = u64::MAX;
+        // Windows of 200 ms and sleeps of 250 ms: a check that must pass has 200 ms of slack.
         l.min_transfer_rate = 1_000_000;
-        l.min_transfer_rate_window = Duration::from_millis(20);
+        l.min_transfer_rate_window = Duration::from_millis(200);
         let mut m = FileMeter::new(&job, &l);
-        std::thread::sleep(Duration::from_millis(30));
+        std::thread::sleep(Duration::from_millis(250));
         assert!(matches!(m.chunk(10), Err(Exceeded::TooSlow { .. })));
         let mut fast = FileMeter::new(&job, &l);
-        std::thread::sleep(Duration::from_millis(30));
+        std::thread::sleep(Duration::from_millis(250));
         assert_eq!(fast.chunk(1_000_000), Ok(()));
         // The next window starts afresh: a slow one after a fast one still fails.
-        std::thread::sleep(Duration::from_millis(30));
+        std::thread::sleep(Duration::from_millis(250));
         assert!(matches!(fast.chunk(10), Err(Exceeded::TooSlow { .. })));
         // Waiting before the body, or on our own writes, is not counted.
         let mut waited = FileMeter::new(&job, &l);
-        std::thread::sleep(Duration::from_millis(30));
+        std::thread::sleep(Duration::from_millis(250));
         waited.body_started();
         assert_eq!(waited.chunk(10), Ok(()));
-        std::thread::sleep(Duration::from_millis(30));
-        waited.paused(Duration::from_millis(30));
+        let writing = Instant::now();
+        std::thread::sleep(Duration::from_millis(250));
+        waited.paused(writing.elapsed());
         assert_eq!(waited.chunk(10), Ok(()));
     }
 }

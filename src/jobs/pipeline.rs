@@ -55,7 +55,8 @@ pub async fn run_job(ctx: JobContext, id: String, cancel: CancellationToken, pro
                 if !ctx.jobs.shutdown.is_cancelled() {
                     // What the release needs is read now: a DELETE removes the job right after.
                     // The release itself runs on its own task, so the DELETE need not wait for it.
-                    if let Some(target) = release_target(&ctx, &id).await {
+                    let target = tokio::time::timeout(RELEASE_TIMEOUT, release_target(&ctx, &id)).await;
+                    if let Ok(Some(target)) = target {
                         let span = tracing::Span::current();
                         ctx.jobs.tracker.spawn(release(target).instrument(span));
                     }
@@ -99,19 +100,21 @@ async fn record_failure(ctx: &JobContext, id: &str, message: String) {
             Vec::new()
         }
     };
+    let stored = files.iter().any(|f| f.state == FileState::Done && f.bytes > 0);
     let mut message = message;
-    match ctx.destination.delete_job(id).await {
-        Ok(()) if files.iter().any(|f| f.state == FileState::Done && f.bytes > 0) => {
-            message.push_str("; files stored before the failure were removed, as the import is incomplete")
-        }
-        Ok(()) => {}
-        Err(e) => {
-            tracing::warn!(error = %crate::error_text::chain(&e), "could not remove a failed job's files")
-        }
+    if stored {
+        message.push_str("; files stored before the failure were removed, as the import is incomplete");
     }
-    // The job's state first: whatever fails after, the job no longer looks as if it runs.
-    if let Err(e) = ctx.store.fail_job(id, &message, now_unix()).await {
-        log(&e, "its state");
+    // The state first, and only if the job had not finished: a job that completed keeps its files
+    // whatever fails after, and a crash past this point finds a failed job, not a running one
+    // with its files gone.
+    match ctx.store.fail_job(id, &message, now_unix()).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => log(&e, "its state"),
+    }
+    if let Err(e) = ctx.destination.delete_job(id).await {
+        tracing::warn!(error = %crate::error_text::chain(&e), "could not remove a failed job's files");
     }
     let pending: Vec<(i64, String)> = files
         .iter()
@@ -242,9 +245,11 @@ async fn run(
         result = &mut work => result.map(|()| Ran::Completed),
         _ = tokio::time::sleep(Duration::from_secs_f64(left)) => {
             stop.cancel();
-            match work.await {
-                Err(JobError::Cancelled) if !cancel.is_cancelled() => Err(JobError::TimeLimit(limit)),
-                other => other.map(|()| Ran::Completed),
+            // A destination that stopped answering must not keep the job (and its slot) for ever.
+            match tokio::time::timeout(STOP_GRACE, work).await {
+                Err(_) | Ok(Err(JobError::Cancelled)) if !cancel.is_cancelled() => Err(JobError::TimeLimit(limit)),
+                Err(_) => Err(JobError::Cancelled),
+                Ok(other) => other.map(|()| Ran::Completed),
             }
         }
     }
@@ -283,8 +288,9 @@ async fn plan_and_import(
             let task = tokio::spawn(
                 async move {
                     let _slot = tokio::select! {
-                        slot = slots.acquire_owned() => slot.ok(),
+                        biased;
                         _ = cancel.cancelled() => return (file, Err(JobError::Cancelled)),
+                        slot = slots.acquire_owned() => slot.ok(),
                     };
                     let result =
                         download::import_file(&client, &*destination, &file, &job_bytes, &cancel).await;
@@ -313,14 +319,17 @@ async fn plan_and_import(
             }
         }
     }
-    if let Some(e) = first_error {
-        return Err(e);
-    }
+    // A stop from outside (cancel, shutdown, the time limit) wins over what it caused in siblings:
+    // the job resumes or ends as stopped, not failed.
     if cancel.is_cancelled() {
         return Err(JobError::Cancelled);
     }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
     record.completed().await?;
-    let totals = ctx.store.file_totals(id).await?;
+    // Only for the log: nothing after the completion may fail the job.
+    let Ok(totals) = ctx.store.file_totals(id).await else { return Ok(()) };
     if totals.has_errors() {
         tracing::warn!(
             failed_files = totals.failed,
@@ -352,6 +361,9 @@ async fn record_file(record: &Recorder<'_>, file: &JobFile, r: download::FileRes
     };
     record.file_finished(file.idx, &done).await
 }
+
+/// How long a job stopped at its time limit gets to stop cleanly before it is dropped.
+const STOP_GRACE: Duration = Duration::from_secs(30);
 
 /// Longest we wait for a provider to acknowledge a release DELETE.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -242,6 +242,7 @@ impl ProviderClient {
         let mut attempt = 0;
         loop {
             let result = tokio::select! {
+                biased;
                 _ = cancel.cancelled() => return Err(JobError::Cancelled),
                 r = self.send_once(auth, &make, url) => r,
             };

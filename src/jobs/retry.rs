@@ -47,7 +47,6 @@ pub fn backoff(base: Duration, attempt: u32, cap: Duration) -> Duration {
     base.saturating_mul(1u32 << attempt.min(16)).min(cap)
 }
 
-/// Sleep unless cancelled first.
 /// `work`, unless the job is cancelled first: for reads of a provider's bodies, which a hostile
 /// provider can trickle for as long as it likes.
 pub async fn unless_cancelled<T>(
@@ -57,8 +56,10 @@ pub async fn unless_cancelled<T>(
     cancel.run_until_cancelled(work).await.ok_or(JobError::Cancelled)
 }
 
+/// Sleep unless cancelled first.
 pub async fn sleep(wait: Duration, cancel: &CancellationToken) -> Result<(), JobError> {
     tokio::select! {
+        biased;
         _ = cancel.cancelled() => Err(JobError::Cancelled),
         _ = tokio::time::sleep(wait) => Ok(()),
     }

@@ -85,6 +85,7 @@ impl Runner {
                 // However the task ends (a panic included), the job leaves the map.
                 let _deregister = Deregister { ctx: ctx.clone(), id: id.clone(), _done: done_tx };
                 let permit = tokio::select! {
+                    biased;
                     _ = cancel.cancelled() => None,
                     p = slots.acquire_owned() => p.ok(),
                 };

@@ -75,12 +75,6 @@ async fn token(
     }
     let body = body_or_error(body)?;
     let form: TokenForm = serde_urlencoded_form(&body)?;
-    // Per client id *and* address: an attacker who knows a client id cannot lock that provider
-    // out from elsewhere (JWKS fetches are bounded separately, by JWKS_MIN_REFETCH).
-    let claimed =
-        form.client_assertion.as_deref().and_then(client_assertion::claimed_client).unwrap_or_default();
-    let client = format!("{claimed}@{address}");
-    failures.token_client.check(&client).map_err(|wait| AuthError::TooManyFailures(wait.as_secs()))?;
     let token_url = format!("{}/auth/token", crate::routes::base_url(&app, &headers));
     let endpoint = client_assertion::TokenEndpoint {
         store: &app.store,
@@ -94,7 +88,6 @@ async fn token(
         Err(e @ AuthError::InvalidClient(_)) => {
             let reason = e.to_string();
             failures.token_address.failed(&address, &reason);
-            failures.token_client.failed(&client, &reason);
             Err(e)
         }
         Err(e) => Err(e),

@@ -30,7 +30,7 @@ pub trait JobStore: Send + Sync {
     async fn finish_file(&self, job_id: &str, idx: i64, done: &FinishedFile<'_>) -> Result<(), StoreError>;
     async fn complete_job(&self, id: &str, now: i64) -> Result<(), StoreError>;
     async fn fail_pending_files(&self, job_id: &str, outcomes: &[(i64, String)]) -> Result<(), StoreError>;
-    async fn fail_job(&self, id: &str, reason: &str, now: i64) -> Result<(), StoreError>;
+    async fn fail_job(&self, id: &str, reason: &str, now: i64) -> Result<bool, StoreError>;
     async fn delete_job(&self, id: &str) -> Result<bool, StoreError>;
 }
 
@@ -103,7 +103,7 @@ impl JobStore for Store {
     async fn fail_pending_files(&self, job_id: &str, outcomes: &[(i64, String)]) -> Result<(), StoreError> {
         Store::fail_pending_files(self, job_id, outcomes).await
     }
-    async fn fail_job(&self, id: &str, reason: &str, now: i64) -> Result<(), StoreError> {
+    async fn fail_job(&self, id: &str, reason: &str, now: i64) -> Result<bool, StoreError> {
         Store::fail_job(self, id, reason, now).await
     }
     async fn delete_job(&self, id: &str) -> Result<bool, StoreError> {

@@ -521,9 +521,10 @@ impl Store {
         Ok(())
     }
 
-    pub async fn fail_job(&self, id: &str, reason: &str, now: i64) -> Result<(), StoreError> {
+    /// Fail an unfinished job; false when it had finished already (and so stays as it was).
+    pub async fn fail_job(&self, id: &str, reason: &str, now: i64) -> Result<bool, StoreError> {
         // A finished job stays as it finished (a late failure must not undo a completion).
-        sqlx::query(
+        let r = sqlx::query(
             "UPDATE jobs SET state = 'failed', failure = ?, completed_at = ? WHERE id = ? AND state NOT IN ('completed', 'failed')",
         )
             .bind(reason)
@@ -531,7 +532,7 @@ impl Store {
             .bind(id)
             .execute(self.pool())
             .await?;
-        Ok(())
+        Ok(r.rows_affected() == 1)
     }
 
     pub async fn delete_job(&self, id: &str) -> Result<bool, StoreError> {

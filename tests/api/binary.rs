@@ -284,7 +284,8 @@ async fn a_connection_flood_under_a_low_open_file_limit_stops_neither_health_nor
     provider.add_file("a.ndjson", "Observation", obs.clone());
     provider.hold_file("a.ndjson");
     let env = [("RUST_LOG", "bulk_import=info"), ("DESTINATION_TYPE", "tmp-fs"), ("POLL_INTERVAL", "0.05")];
-    // 400 descriptors: 192 are kept for jobs, so 208 connections in all and 104 per address.
+    // 400 descriptors: 256 are kept for jobs and draining refusals, so 144 connections in all and
+    // 72 per address.
     let server = Server::start_with_open_file_limit(dir.path(), &env, 400);
     provider.set_consumer_jwks_url(format!("{}/jwks", server.base()));
     let pinged = ping_static(&server.base(), dir.path(), &provider).await;

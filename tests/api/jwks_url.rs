@@ -107,7 +107,7 @@ async fn a_flood_of_forged_assertions_makes_few_jwks_fetches_and_is_then_refused
     assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 20, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 180);
     assert!(server.hits() <= 2, "{} JWKS fetches for 200 forged assertions", server.hits());
-    // That address and client id stay refused, even with a valid assertion, until the minute ends.
+    // That address stays refused, even with a valid assertion, until its minute ends.
     assert_eq!(token_status(&app).await, 429);
 }
 

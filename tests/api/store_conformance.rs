@@ -135,11 +135,11 @@ async fn a_finished_job_stays_as_it_finished(store: &dyn JobStore) {
     let caps = JobCaps { all: 100, per_provider: 100 };
     store.insert_job_if_room(&job("cc01", "p1", 200), caps).await.unwrap();
     store.complete_job("cc01", 210).await.unwrap();
-    store.fail_job("cc01", "too late", 220).await.unwrap();
+    assert!(!store.fail_job("cc01", "too late", 220).await.unwrap(), "a finished job is not failed");
     let j = store.job("cc01").await.unwrap().unwrap();
     assert_eq!((j.state, j.failure, j.completed_at), (JobState::Completed, None, Some(210)));
     store.insert_job_if_room(&job("cc02", "p1", 200), caps).await.unwrap();
-    store.fail_job("cc02", "the provider said no", 230).await.unwrap();
+    assert!(store.fail_job("cc02", "the provider said no", 230).await.unwrap());
     assert_eq!(store.job("cc02").await.unwrap().unwrap().state, JobState::Failed);
 }
 
