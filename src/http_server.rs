@@ -269,18 +269,18 @@ impl Drop for Slot {
 }
 
 /// At most one log line per interval; counts what it held back.
-pub struct Throttle {
+struct Throttle {
     every: Duration,
     last: Option<Instant>,
-    pub skipped: u64,
+    skipped: u64,
 }
 
 impl Throttle {
-    pub fn new(every: Duration) -> Self {
+    fn new(every: Duration) -> Self {
         Self { every, last: None, skipped: 0 }
     }
 
-    pub fn ready(&mut self) -> bool {
+    fn ready(&mut self) -> bool {
         let now = Instant::now();
         if self.last.is_some_and(|t| now.duration_since(t) < self.every) {
             self.skipped += 1;
@@ -306,6 +306,22 @@ impl<S> IdleTimeout<S> {
 
     fn progressed(&mut self) {
         self.timer.as_mut().reset(tokio::time::Instant::now() + self.idle);
+    }
+
+    /// After a write: bytes out are progress, a stuck socket times out.
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<std::io::Result<usize>>,
+    ) -> Poll<std::io::Result<usize>> {
+        match written {
+            Poll::Ready(Ok(n)) => {
+                self.progressed();
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => self.check(cx).map(|r| r.map(|()| 0)),
+        }
     }
 
     /// `Pending` from the socket: time out if the idle deadline has passed.
@@ -343,14 +359,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write(cx, data) {
-            Poll::Ready(Ok(n)) => {
-                self.progressed();
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => self.check(cx).map(|r| r.map(|()| 0)),
-        }
+        let written = Pin::new(&mut self.inner).poll_write(cx, data);
+        self.wrote(cx, written)
     }
 
     fn poll_write_vectored(
@@ -358,14 +368,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                self.progressed();
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => self.check(cx).map(|r| r.map(|()| 0)),
-        }
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {

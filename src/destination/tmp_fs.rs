@@ -95,11 +95,13 @@ impl Output {
                 .custom_flags(extra)
                 .open(path)
         };
-        match open(DIRECT_FLAG) {
-            Ok(file) if DIRECT_FLAG != 0 => Ok(Self { file, direct: true }),
-            // tmpfs and some network filesystems refuse O_DIRECT with EINVAL.
-            Ok(_) | Err(_) => Ok(Self { file: open(0)?, direct: false }),
+        if DIRECT_FLAG != 0 {
+            // Some filesystems (older tmpfs, some network ones) refuse O_DIRECT at open.
+            if let Ok(file) = open(DIRECT_FLAG) {
+                return Ok(Self { file, direct: true });
+            }
         }
+        Ok(Self { file: open(0)?, direct: false })
     }
 
     /// Write `buf` out at `offset` (where the buffer starts in the file); in direct mode only its

@@ -285,11 +285,7 @@ async fn stream_into(
     };
     if let Some(code) = refused {
         // The error page is read under the same cancellation as the body.
-        let reason = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return Err(JobError::Cancelled.into()),
-            reason = describe_failure("the provider", resp) => reason,
-        };
+        let reason = retry::unless_cancelled(cancel, describe_failure("the provider", resp)).await?;
         return Err(AttemptError::Permanent(code, reason));
     }
     let expected = file.resource_type.as_str();

@@ -143,15 +143,9 @@ async fn no_secret_or_token_reaches_the_debug_log_during_a_full_import() {
         &[("RUST_LOG", "debug"), ("DESTINATION_TYPE", "tmp-fs"), ("POLL_INTERVAL", "0.05")],
     );
     provider.set_consumer_jwks_url(format!("{}/jwks", server.base()));
-    let http = reqwest::Client::new();
     let Pinged { status_url, access_token: access, assertion, admin } =
         ping_static(&server.base(), dir.path(), &provider).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http.get(&status_url).send().await.unwrap().status() == 202 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(http.get(&status_url).send().await.unwrap().status(), 200);
+    assert_eq!(finished(&status_url, "the import did not finish").await.status(), 200);
     let log = server.stop().await;
 
     let ours: Value =
@@ -190,12 +184,7 @@ async fn imported_data_and_the_database_are_owner_only_under_umask_022_and_info_
     let server = Server::start_after("umask 022", dir.path(), &env);
     provider.set_consumer_jwks_url(format!("{}/jwks", server.base()));
     let pinged = ping_static(&server.base(), dir.path(), &provider).await;
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http.get(&pinged.status_url).send().await.unwrap().status() == 202 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_eq!(finished(&pinged.status_url, "the import did not finish").await.status(), 200);
     let id = pinged.status_url.rsplit('/').next().unwrap();
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     let data = dir.path().join("data");
@@ -252,17 +241,8 @@ async fn after_kill_9_mid_import_a_restart_resumes_without_refetching_finished_f
     let server = Server::start(dir.path(), &env);
     provider.set_consumer_jwks_url(format!("{}/jwks", server.base()));
     let status_url = format!("{}/job/{id}", server.base());
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let res = http.get(&status_url).send().await.unwrap();
-        if res.status() == 200 {
-            break;
-        }
-        assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
-        assert!(Instant::now() < deadline, "the job did not resume");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let res = finished(&status_url, "the job did not resume").await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
     drop(server);
     assert_eq!(provider.requests_to("/fhir/files/a.ndjson").len(), 1, "a finished file was fetched again");
     assert_eq!(provider.requests_to("/fhir/files/b.ndjson").len(), 2, "the interrupted file restarts");
@@ -302,16 +282,9 @@ async fn a_connection_flood_under_a_low_open_file_limit_stops_neither_health_nor
     }
     assert_health_is_fast(&server.base()).await;
     provider.release_files();
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let body: Value = loop {
-        let res = http.get(&pinged.status_url).send().await.unwrap();
-        if res.status() == 200 {
-            break res.json().await.unwrap();
-        }
-        assert!(Instant::now() < deadline, "the import did not finish under the flood");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let res = finished(&pinged.status_url, "the import did not finish under the flood").await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
     assert_health_is_fast(&server.base()).await;
     drop(flood);
     let log = server.stop().await;
@@ -369,13 +342,8 @@ async fn kill_9_during_a_kick_off_is_noticed_on_restart_and_the_job_kicks_off_on
     provider.set_consumer_jwks_url(format!("{}/jwks", server.base()));
     let id = pinged.status_url.rsplit('/').next().unwrap();
     let status_url = format!("{}/job/{id}", server.base());
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http.get(&status_url).send().await.unwrap().status() == 202 {
-        assert!(Instant::now() < deadline, "the job did not finish after the restart");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(http.get(&status_url).send().await.unwrap().status(), 200);
+    let res = finished(&status_url, "the job did not finish after the restart").await;
+    assert_eq!(res.status(), 200);
     let log = server.stop().await;
     assert!(log.contains("an earlier kick-off of this job was interrupted"), "{log}");
     assert_eq!(provider.requests_to("/fhir/$export").len(), 2);
@@ -431,6 +399,20 @@ async fn a_full_disk_at_first_start_leaves_no_broken_key_file_and_a_broken_one_i
         log.contains("private-key.jwk.json") && log.contains("is empty") && log.contains("delete it"),
         "{log}"
     );
+}
+
+/// Poll a job's status URL until it stops answering 202 (30 s at most); its last answer.
+async fn finished(status_url: &str, what: &str) -> reqwest::Response {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let res = http.get(status_url).send().await.unwrap();
+        if res.status() != 202 {
+            return res;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// What a provider used to start an import: for checks that none of it leaks.

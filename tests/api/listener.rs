@@ -74,21 +74,19 @@ async fn a_slowloris_client_is_cut_off_at_the_header_timeout_while_others_are_se
     }
     // Keep dripping a header byte at a time: the connection is never idle, the headers never end.
     let dripper = tokio::spawn(async move {
-        let mut closed = Vec::new();
         for round in 0..40 {
             for conn in drips.iter_mut() {
                 let _ = conn.write_all(if round % 2 == 0 { b"X" } else { b"y" }).await;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // Each one must have been closed by now (2 s of dripping against a 400 ms timeout).
         for mut conn in drips {
-            closed.push(closed_by_server(&mut conn, Duration::from_secs(3)).await.1);
+            closed_by_server(&mut conn, Duration::from_millis(500)).await;
         }
-        closed
     });
     assert_health_is_fast(&app.base).await;
-    let closed = dripper.await.unwrap();
-    assert_eq!(closed.len(), 20, "every slowloris connection was closed");
+    dripper.await.expect("every slowloris connection was closed");
 }
 
 #[tokio::test]

@@ -133,3 +133,25 @@ async fn a_job_that_completed_is_not_failed_by_its_duration_limit_during_a_slow_
     assert_eq!(app.read(&id, "Patient.1.ndjson"), patients(3), "its files are still there");
     app.provider.release_files();
 }
+
+#[tokio::test]
+async fn a_large_gzip_file_at_a_real_exports_ratio_imports_under_the_default_limit() {
+    // The reference provider sends Observation at about 17 : 1; past the ratio's 8 MiB floor, a
+    // file like that must import whole with the default MAX_GZIP_RATIO.
+    let app = spawn_app_with(|_| {}).await;
+    let obs = observations(60_000);
+    assert!(obs.len() > 9 << 20, "{} bytes: past the floor", obs.len());
+    // The fake compresses as this does: the ratio must be a real export's, not a bomb's.
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut enc, obs.as_bytes()).unwrap();
+    let ratio = obs.len() / enc.finish().unwrap().len();
+    assert!((5..=50).contains(&ratio), "{ratio} : 1 is not a real export's ratio");
+    let mut file = FakeFile::new("o.ndjson", "Observation", obs.clone());
+    file.gzip = true;
+    app.provider.set_chunk_size(64 * 1024);
+    app.provider.push_file(file);
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    let body = app.completed(&id).await;
+    assert_eq!(body["extension"]["failedFiles"], 0, "{body}");
+    assert_eq!(app.read(&id, "Observation.1.ndjson"), obs);
+}
