@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     auth::{failure_limit::AuthFailures, jwks_cache::JwksCache, keys::Keys, provider_token::ProviderTokens},
     config::Config,
-    http_client, http_server,
+    http_client, http_server, instance_id,
     jobs::{context::JobContext, reaper, request_budget::RequestBudget, resume, runner::Runner},
     owner_only, routes,
     state::AppState,
@@ -50,6 +50,8 @@ impl App {
         let shutdown = CancellationToken::new();
         let jobs = Arc::new(
             Runner::new(
+                instance_id::load_or_create(&config.data_dir)
+                    .context("reading this instance's id from DATA_DIR")?,
                 shutdown.clone(),
                 config.limits.max_concurrent_jobs,
                 config.limits.max_total_downloads,
@@ -91,6 +93,11 @@ impl App {
             job_context,
         };
         Ok(Self { listener, state, shutdown })
+    }
+
+    /// The services jobs use, for embedding (tests, a command line running jobs in-process).
+    pub fn job_context(&self) -> JobContext {
+        self.state.job_context.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -1,14 +1,15 @@
-//! Imports as every front end sees them (HTTP now, a command line next): the status of a job, its
-//! outcome lines, and removal. Nothing here knows HTTP; `routes::jobs` renders these.
+//! Imports as every front end sees them (HTTP now, a command line next): starting one from a
+//! provider's export, the status of a job, its outcome lines, and removal. Nothing here knows
+//! HTTP; `routes::import` and `routes::jobs` render these.
 use serde_json::{json, Value};
 
 use crate::{
+    auth::{keys::random_hex, provider_base::ProviderBase},
+    domain::{is_job_id, Admission, FileCounts, FileTotals, Job, JobCaps, JobState, Provider},
     fhir::operation_outcome::{IssueCode, OperationOutcome},
-    jobs::{context::JobContext, reaper::remove_job, JobError},
-    store::{
-        jobs::{is_job_id, FileCounts, FileTotals, Job, JobState},
-        StoreError,
-    },
+    fhir::parameters::ImportRequest,
+    jobs::{context::JobContext, pipeline, reaper::remove_job, JobError},
+    store::StoreError,
     time_util::instant,
 };
 
@@ -20,6 +21,15 @@ pub enum ImportError {
     Store(#[from] StoreError),
     #[error("the job could not be removed")]
     Job(#[from] JobError),
+    /// The export is not the registered provider's.
+    #[error("exportUrl is not under the registered provider's base URL: {0}")]
+    NotTheProviders(String),
+    /// A stored registration that cannot be used (its `aud` is not a URL).
+    #[error("the provider's stored registration is unusable: {0}")]
+    BadRegistration(String),
+    /// No room for another job now (`MAX_CONCURRENT_JOBS`, `MAX_JOBS_PER_PROVIDER`).
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// What a status poll reports.
@@ -44,6 +54,49 @@ pub struct Imports<'a> {
 }
 
 impl Imports<'_> {
+    /// Accept an import of `provider`'s export: checked, stored, and started in the background.
+    pub async fn start_pull(&self, provider: &Provider, request: ImportRequest) -> Result<Job, ImportError> {
+        let ctx = self.jobs;
+        let base = ProviderBase::parse(&provider.aud).map_err(ImportError::BadRegistration)?;
+        base.under(&request.export_url).map_err(|e| ImportError::NotTheProviders(e.to_string()))?;
+        let job = Job {
+            id: random_hex(ctx.config.jobs_id_length),
+            client_id: provider.client_id.clone(),
+            export_type: request.export_type,
+            export_url: request.export_url,
+            kickoff: request.kickoff,
+            state: JobState::Queued,
+            status_url: None,
+            progress: None,
+            failure: None,
+            created_at: crate::time_util::now_unix(),
+            completed_at: None,
+            plan_open: true,
+        };
+        let limits = &ctx.config.limits;
+        let caps = JobCaps {
+            all: limits.max_concurrent_jobs as i64,
+            per_provider: limits.max_jobs_per_provider as i64,
+        };
+        match ctx.store.insert_job_if_room(&job, caps).await? {
+            Admission::Admitted => {}
+            Admission::Full => {
+                return Err(ImportError::Busy(format!(
+                    "{} imports are already running (MAX_CONCURRENT_JOBS); try again later",
+                    caps.all
+                )))
+            }
+            Admission::ProviderFull => {
+                return Err(ImportError::Busy(format!(
+                    "this provider already has {} imports running (MAX_JOBS_PER_PROVIDER); try again when one has finished",
+                    caps.per_provider
+                )))
+            }
+        }
+        pipeline::start(ctx, job.id.clone()).await;
+        Ok(job)
+    }
+
     pub async fn find(&self, id: &str) -> Result<Job, ImportError> {
         let found = if is_job_id(id) { self.jobs.store.job(id).await? } else { None };
         found.ok_or_else(|| ImportError::NotFound(id.to_string()))
@@ -114,6 +167,8 @@ impl Imports<'_> {
     /// Cancel the job if it runs, and remove it and everything it stored.
     pub async fn remove(&self, id: &str) -> Result<Job, ImportError> {
         let job = self.find(id).await?;
+        // Seen by whichever process runs it; this one stops it at once below.
+        self.jobs.store.request_cancel(&job.id).await?;
         remove_job(self.jobs, &job.id).await?;
         tracing::info!(job = %crate::telemetry::shown_id(&job.id), "import job removed on request");
         Ok(job)

@@ -23,6 +23,29 @@ pub fn file(file: &Path) -> io::Result<()> {
     narrow(file, FILE_MODE)
 }
 
+/// Write `contents` so that a crash or a full disk at any point leaves either no file or the whole
+/// file: a temporary file (0600), fsynced, renamed into place, and the directory fsynced. A
+/// temporary file left by a crash is overwritten the next time.
+pub fn write_whole(path: &Path, contents: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temp = dir.join(format!(".{name}.tmp"));
+    let written = (|| {
+        let mut file =
+            OpenOptions::new().write(true).create(true).truncate(true).mode(FILE_MODE).open(&temp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
+}
+
 fn narrow(path: &Path, mode: u32) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path)?;

@@ -8,7 +8,8 @@ use crate::{
         provider_base::{parse_origin, ProviderBase},
         provider_token::ProviderTokens,
     },
-    store::{job_store::RegistrationStore, providers::Provider, StoreError},
+    domain::Provider,
+    store::{job_store::RegistrationStore, StoreError},
     time_util::now_unix,
 };
 

@@ -1,10 +1,7 @@
 //! Our own keys: the private JWK we sign provider client assertions with (public half at `/jwks`)
 //! and the HMAC secret for the access tokens we issue. Missing ones are generated on first start and
 //! persisted with 0600 permissions under the data directory.
-use std::{
-    io::Write,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use josekit::{
     jwk::{alg::ec::EcCurve, alg::ec::EcKeyPair, alg::rsa::RsaKeyPair, Jwk, KeyPair},
@@ -279,33 +276,10 @@ pub fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
-/// Write a generated secret so that a crash or a full disk at any point leaves either no file or
-/// the whole file: a temporary file (0600), fsynced, renamed into place, and the directory fsynced.
-/// A temporary file left by a crash is overwritten the next time.
+/// Write a generated secret whole or not at all (`owner_only::write_whole`).
 fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), KeysError> {
-    let io = |source| KeysError::Io { path: path.to_path_buf(), source };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temp = dir.join(format!(".{name}.tmp"));
-    let written = (|| {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options.open(&temp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    written.map_err(io)
+    crate::owner_only::write_whole(path, contents)
+        .map_err(|source| KeysError::Io { path: path.to_path_buf(), source })
 }
 
 /// What to do about a stored key or secret that cannot be used.

@@ -27,6 +27,9 @@ impl Destination for DevNull {
     async fn open(&self, _file: FileTarget<'_>) -> Result<Box<dyn FileWriter>, DestinationError> {
         Ok(Box::new(Counter(0)))
     }
+    async fn delete_file(&self, _file: crate::destination::FileTarget<'_>) -> Result<(), DestinationError> {
+        Ok(())
+    }
     async fn delete_job(&self, _job: &str) -> Result<(), DestinationError> {
         Ok(())
     }

@@ -80,6 +80,8 @@ pub trait FileWriter: Send {
 pub trait Destination: Send + Sync {
     /// Start writing a file; any earlier partial write of the same file is replaced.
     async fn open(&self, file: FileTarget<'_>) -> Result<Box<dyn FileWriter>, DestinationError>;
+    /// Remove one committed file (its manifest was withdrawn); a file that is not there is fine.
+    async fn delete_file(&self, file: FileTarget<'_>) -> Result<(), DestinationError>;
     /// Remove everything stored for `job`.
     async fn delete_job(&self, job: &str) -> Result<(), DestinationError>;
     /// One line for `/info` and logs.

@@ -356,6 +356,22 @@ impl Destination for S3 {
         }))
     }
 
+    async fn delete_file(&self, file: FileTarget<'_>) -> Result<(), DestinationError> {
+        if !is_safe_component(file.name) {
+            return Err(DestinationError::UnsafeName(file.name.into()));
+        }
+        let key = format!("{}{}", self.job_prefix(file.job)?, file.name);
+        // DeleteObject answers success for a key that is not there.
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| s3_error("DeleteObject failed", e))?;
+        Ok(())
+    }
+
     async fn delete_job(&self, job: &str) -> Result<(), DestinationError> {
         let prefix = self.job_prefix(job)?;
         let mut token = None;

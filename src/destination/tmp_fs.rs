@@ -296,6 +296,16 @@ impl Destination for TmpFs {
         }))
     }
 
+    async fn delete_file(&self, file: FileTarget<'_>) -> Result<(), DestinationError> {
+        if !is_safe_component(file.name) {
+            return Err(DestinationError::UnsafeName(file.name.into()));
+        }
+        match fs::remove_file(self.job_dir(file.job)?.join(file.name)).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
     async fn delete_job(&self, job: &str) -> Result<(), DestinationError> {
         let dir = self.job_dir(job)?;
         match fs::remove_dir_all(&dir).await {

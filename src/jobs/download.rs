@@ -18,18 +18,19 @@ use super::{
     file_bounds::{Exceeded, FileMeter, JobBytes},
     gzip::{decoded_body, DecodeError, ACCEPTED},
     ndjson::{validate_any_line, validate_line, AnyLine, LineError, LineKind, LineSplitter},
-    provider_client::{Auth, ProviderClient},
+    provider_client::{is_transient_status, Auth, ProviderClient, SendError},
     provider_report::{ProviderReport, MAX_KEPT_ISSUES},
-    retry, JobError,
+    retry::{self, Attempt, Try},
+    JobError,
 };
 use crate::{
     auth::provider_base::{redact, ProviderBase},
     destination::{Destination, FileTarget, FileWriter},
+    domain::{FileState, JobFile},
     fhir::{
         manifest::FileKind,
         operation_outcome::{Issue, IssueCode, OperationOutcome, Severity},
     },
-    store::jobs::{FileState, JobFile},
 };
 
 /// The result of one file, ready to store.
@@ -137,8 +138,12 @@ enum Sink<'a> {
 
 /// Why one attempt at a file stopped.
 enum AttemptError {
-    /// Worth another attempt (connection broke, body stalled or truncated, token trouble).
-    Transient(String),
+    /// Worth another attempt (connection broke, body stalled or truncated, token trouble, a
+    /// transient status), after `after` if the provider said how long.
+    Transient {
+        after: Option<std::time::Duration>,
+        why: String,
+    },
     /// The file itself is bad or refused; retrying cannot help.
     Permanent(IssueCode, String),
     Job(JobError),
@@ -151,16 +156,17 @@ impl From<JobError> for AttemptError {
             | JobError::Store(_)
             | JobError::Destination(_)
             | JobError::Bound(_)
-            | JobError::TimeLimit(_) => AttemptError::Job(e),
-            // `send` already retried these: the file fails, the job goes on.
+            | JobError::TimeLimit(_)
+            | JobError::LeaseLost
+            | JobError::Plan(_) => AttemptError::Job(e),
+            // Retried already where retrying helps: the file fails, the job goes on.
             JobError::Provider(m) => AttemptError::Permanent(IssueCode::Transient, m),
             e @ (JobError::Manifest(_) | JobError::Revoked | JobError::Internal(_)) => AttemptError::Job(e),
             JobError::Refused(m) => AttemptError::Permanent(IssueCode::Security, m),
             e @ JobError::Auth(_) if e.is_permanent() => {
                 AttemptError::Permanent(IssueCode::Security, crate::error_text::chain(&e))
             }
-            // `send` has retried the token endpoint already: retrying the file too would nest the
-            // retries ((MAX_RETRIES + 1)² token requests for one file).
+            // Token trouble that may pass is retried with the file; this is the last attempt.
             e @ JobError::Auth(_) => {
                 AttemptError::Permanent(IssueCode::Transient, crate::error_text::chain(&e))
             }
@@ -180,40 +186,44 @@ pub async fn import_file(
         Ok(found) => found,
         Err(reason) => return Ok(FileResult::failed(file, IssueCode::Security, reason)),
     };
-    let mut attempt = 0;
-    loop {
+    let url = &url;
+    let one_attempt = |t: Try| async move {
+        let fetch = Fetch { client, url, auth, file, t, cancel };
         let result = if file.kind == FileKind::Error {
             let mut report = ProviderReport::default();
             let mut meter = FileMeter::new(job_bytes, &client.limits);
-            match stream_into(client, &url, auth, file, Sink::Report(&mut report), &mut meter, cancel).await {
+            match stream_into(&fetch, Sink::Report(&mut report), &mut meter).await {
                 Ok(_) => Ok(FileResult::reported(file, report)),
                 Err(e) => Err(e),
             }
         } else {
             let target =
                 FileTarget { job: &file.job_id, name: &file.name, resource_type: &file.resource_type };
-            let writer = destination.open(target).await?;
-            attempt_file(client, &url, auth, file, writer, FileMeter::new(job_bytes, &client.limits), cancel)
-                .await
+            match destination.open(target).await {
+                Ok(writer) => {
+                    let meter = FileMeter::new(job_bytes, &client.limits);
+                    attempt_file(&fetch, writer, meter).await
+                }
+                Err(e) => Err(AttemptError::Job(e.into())),
+            }
         };
         match result {
-            Ok(done) => return Ok(done),
-            Err(AttemptError::Job(e)) => return Err(e),
-            Err(AttemptError::Permanent(code, reason)) => return Ok(FileResult::failed(file, code, reason)),
-            Err(AttemptError::Transient(reason)) if attempt >= client.limits.max_retries => {
-                return Ok(FileResult::failed(
-                    file,
-                    IssueCode::Incomplete,
-                    format!("{reason} (gave up after {} attempts)", attempt + 1),
-                ))
+            Ok(done) => Attempt::Done(Ok(done)),
+            Err(AttemptError::Job(e)) => Attempt::Done(Err(e)),
+            Err(AttemptError::Permanent(code, reason)) => {
+                Attempt::Done(Ok(FileResult::failed(file, code, reason)))
             }
-            Err(AttemptError::Transient(reason)) => {
-                attempt += 1;
-                tracing::warn!(file = %redact(&url), attempt, %reason, "file download interrupted; starting it again");
-                retry::sleep(client.backoff(attempt), cancel).await?;
+            Err(AttemptError::Transient { why, .. }) if t.last => Attempt::Done(Ok(FileResult::failed(
+                file,
+                IssueCode::Incomplete,
+                format!("{why} (gave up after {} attempts)", t.number + 1),
+            ))),
+            Err(AttemptError::Transient { after, why }) => {
+                Attempt::Again { after, why: format!("file {}: {why}", redact(url)) }
             }
         }
-    }
+    };
+    retry::run(client.retry_policy(), cancel, "file download", one_attempt).await
 }
 
 /// The file's URL and whether it gets our token. A file that needs the token must be on a trusted
@@ -240,20 +250,16 @@ fn file_url(base: &ProviderBase, file: &JobFile) -> Result<(url::Url, Auth), Str
 }
 
 async fn attempt_file(
-    client: &ProviderClient,
-    url: &url::Url,
-    auth: Auth,
-    file: &JobFile,
+    fetch: &Fetch<'_>,
     mut writer: Box<dyn FileWriter>,
     mut meter: FileMeter<'_>,
-    cancel: &CancellationToken,
 ) -> Result<FileResult, AttemptError> {
-    let result = stream_into(client, url, auth, file, Sink::Store(&mut *writer), &mut meter, cancel).await;
+    let result = stream_into(fetch, Sink::Store(&mut *writer), &mut meter).await;
     match result {
         Ok(streamed) => {
             let receipt = writer.finish(streamed.resources as u64).await.map_err(JobError::from)?;
             meter.keep();
-            Ok(FileResult::stored(file, streamed, receipt.bytes as i64, receipt.location))
+            Ok(FileResult::stored(fetch.file, streamed, receipt.bytes as i64, receipt.location))
         }
         Err(e) => {
             if let Err(abort) = writer.abort().await {
@@ -264,19 +270,56 @@ async fn attempt_file(
     }
 }
 
-async fn stream_into(
-    client: &ProviderClient,
-    url: &url::Url,
+/// One attempt at one file: where from, with which client, and which attempt it is.
+struct Fetch<'a> {
+    client: &'a ProviderClient,
+    url: &'a url::Url,
     auth: Auth,
-    file: &JobFile,
+    file: &'a JobFile,
+    t: Try,
+    cancel: &'a CancellationToken,
+}
+
+async fn stream_into(
+    fetch: &Fetch<'_>,
     sink: Sink<'_>,
     meter: &mut FileMeter<'_>,
-    cancel: &CancellationToken,
 ) -> Result<Streamed, AttemptError> {
+    let Fetch { client, url, auth, file, t, cancel } = *fetch;
     let get = |http: &reqwest::Client, url: url::Url| {
         http.get(url).header(ACCEPT, "application/fhir+ndjson").header(ACCEPT_ENCODING, ACCEPTED)
     };
-    let resp = client.send(auth, cancel, url, get).await?;
+    let sent = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => return Err(JobError::Cancelled.into()),
+        sent = client.send_once(auth, &get, url) => sent,
+    };
+    let resp = match sent {
+        Ok(resp) if is_transient_status(resp.status()) && !t.last => {
+            let after = client.retry_policy().retry_after(resp.headers());
+            return Err(AttemptError::Transient {
+                after,
+                why: format!("the provider answered {}", resp.status()),
+            });
+        }
+        Ok(resp) => resp,
+        Err(SendError::Token(e)) if !e.is_permanent() && !t.last => {
+            return Err(AttemptError::Transient { after: None, why: crate::error_text::chain(&e) })
+        }
+        Err(SendError::Token(e)) => return Err(e.into()),
+        Err(e @ SendError::Refused(_)) => {
+            return Err(AttemptError::Permanent(IssueCode::Security, e.describe()))
+        }
+        Err(e) if t.last => {
+            let reason = format!(
+                "the provider could not be reached after {} attempts: {}",
+                t.number + 1,
+                e.describe()
+            );
+            return Err(AttemptError::Permanent(IssueCode::Transient, reason));
+        }
+        Err(e) => return Err(AttemptError::Transient { after: None, why: e.describe() }),
+    };
     let refused = match resp.status() {
         StatusCode::OK => None,
         StatusCode::NOT_FOUND | StatusCode::GONE => Some(IssueCode::NotFound),
@@ -347,11 +390,14 @@ async fn stream_into(
         let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| match e {
             e @ DecodeError::Bomb(_) => AttemptError::Permanent(IssueCode::TooCostly, e.to_string()),
-            e => AttemptError::Transient(format!("the download broke off: {}", crate::error_text::chain(&e))),
+            e => AttemptError::Transient {
+                after: None,
+                why: format!("the download broke off: {}", crate::error_text::chain(&e)),
+            },
         })?;
         meter.chunk(chunk.len() as u64).map_err(|e| match e {
             e @ Exceeded::JobBytes(_) => AttemptError::Job(JobError::Bound(e)),
-            e @ Exceeded::TooSlow { .. } => AttemptError::Transient(e.to_string()),
+            e @ Exceeded::TooSlow { .. } => AttemptError::Transient { after: None, why: e.to_string() },
             e @ Exceeded::FileBytes(_) => AttemptError::Permanent(IssueCode::TooCostly, e.to_string()),
         })?;
         splitter.feed(&chunk, &mut on_line).map_err(line_failure)?;

@@ -25,12 +25,18 @@ pub enum JobError {
     Store(#[from] StoreError),
     #[error("destination failed")]
     Destination(#[from] DestinationError),
+    /// The plan could not take the manifest (too many files, say).
+    #[error(transparent)]
+    Plan(#[from] super::plan::PlanError),
     /// A bound on the whole job (`MAX_JOB_BYTES`).
     #[error(transparent)]
     Bound(#[from] super::file_bounds::Exceeded),
     /// The job ran past `MAX_JOB_DURATION`, counted from its ping.
     #[error("the import ran longer than {} minutes (MAX_JOB_DURATION) and was stopped", .0.as_secs() / 60)]
     TimeLimit(std::time::Duration),
+    /// Another process took the job over (this one's lease lapsed); it goes on there.
+    #[error("the job's lease was lost to another process")]
+    LeaseLost,
     /// Deleted by a user or stopped by shutdown; not a failure.
     #[error("cancelled")]
     Cancelled,

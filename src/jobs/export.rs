@@ -1,7 +1,7 @@
 //! Talking to the provider's Bulk Data export (v2/v3 "Kick-off", "Status", "Complete Status"):
 //! POST kick-off with Parameters (GET with query parameters when POST answers 405), status polling
 //! that honours `Retry-After`, and reading the manifest with its `link` next pages.
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use reqwest::{
@@ -14,7 +14,8 @@ use url::Url;
 
 use super::{
     provider_client::{is_transient_status, Auth, ProviderClient, SendError},
-    retry, JobError,
+    retry::{self, Attempt, Try},
+    JobError,
 };
 use crate::{
     fhir::{
@@ -159,56 +160,79 @@ async fn kick_off_once(
     make: &impl Fn(&reqwest::Client, Url) -> reqwest::RequestBuilder,
     cancel: &CancellationToken,
 ) -> Result<reqwest::Response, JobError> {
-    let mut attempt = 0;
-    loop {
-        client.pace(url, cancel, |_| async {}).await?;
+    retry::run(client.retry_policy(), cancel, "export kick-off", |t: Try| async move {
+        if let Err(e) = client.pace(url, cancel, |_| async {}).await {
+            return Attempt::Done(Err(e));
+        }
         let result = tokio::select! {
             biased;
-            _ = cancel.cancelled() => return Err(JobError::Cancelled),
+            _ = cancel.cancelled() => return Attempt::Done(Err(JobError::Cancelled)),
             r = client.send_once(Auth::WithToken, make, url) => r,
         };
-        let last = attempt >= client.limits.max_retries;
-        let wait = match result {
+        match result {
             Ok(resp)
-                if !last
+                if !t.last
                     && matches!(
                         resp.status(),
                         StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
                     ) =>
             {
-                client.wait_for(&resp, attempt)
+                Attempt::Again {
+                    after: client.retry_policy().retry_after(resp.headers()),
+                    why: format!("the provider answered {} to the kick-off", resp.status()),
+                }
             }
-            Ok(resp) => return Ok(resp),
-            Err(SendError::Http(e)) if e.is_connect() && !last => client.backoff(attempt),
-            Err(SendError::Token(e)) if !last && !e.is_permanent() => client.backoff(attempt),
-            Err(SendError::Token(e)) => return Err(e),
-            Err(e) => {
-                return Err(JobError::Provider(format!("the export kick-off failed: {}", e.describe())))
+            Ok(resp) => Attempt::Done(Ok(resp)),
+            Err(SendError::Http(e)) if e.is_connect() && !t.last => {
+                Attempt::Again { after: None, why: SendError::Http(e).describe() }
             }
-        };
-        attempt += 1;
-        retry::sleep(wait, cancel).await?;
-    }
+            Err(SendError::Token(e)) if !t.last && !e.is_permanent() => {
+                Attempt::Again { after: None, why: crate::error_text::chain(&e) }
+            }
+            Err(SendError::Token(e)) => Attempt::Done(Err(e)),
+            Err(e) => Attempt::Done(Err(JobError::Provider(format!(
+                "the export kick-off failed: {}",
+                e.describe()
+            )))),
+        }
+    })
+    .await
+}
+
+/// What one status check found.
+enum Status {
+    Ready(Bytes),
+    /// Still running: check again after `wait`; `text` is for people.
+    Running {
+        wait: Duration,
+        text: String,
+    },
 }
 
 /// Poll the status URL until the manifest is ready. `on_progress` receives text for people.
-/// Provider errors are retried with backoff until they have lasted `STATUS_ERROR_BUDGET`.
+/// Each check runs under the retry policy, trying for at least `STATUS_ERROR_BUDGET`; an answer
+/// that the export still runs starts the next check afresh.
 pub async fn poll<F, Fut>(
     client: &ProviderClient,
     status_url: &Url,
     cancel: &CancellationToken,
-    mut on_progress: F,
+    on_progress: F,
 ) -> Result<Bytes, JobError>
 where
-    F: FnMut(String) -> Fut,
+    F: FnMut(String) -> Fut + Send,
     Fut: std::future::Future<Output = ()>,
 {
     let limits = &client.limits;
     let deadline = Instant::now() + limits.export_timeout;
+    let policy = client.retry_policy().lasting(limits.status_error_budget);
     let mut in_progress_polls = 0u32;
-    let mut failures = 0u32;
-    let mut failing_since: Option<Instant> = None;
-    let get = |http: &reqwest::Client, url: Url| http.get(url).header(ACCEPT, "application/json");
+    // Attempts and the loop both tell people what happens; one at a time.
+    let on_progress = std::sync::Mutex::new(on_progress);
+    let tell = |text: String| {
+        let mut f = on_progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(text)
+    };
+    // Bounded by EXPORT_TIMEOUT.
     loop {
         if Instant::now() > deadline {
             return Err(JobError::Provider(format!(
@@ -216,91 +240,104 @@ where
                 limits.export_timeout.as_secs()
             )));
         }
-        client.pace(status_url, cancel, &mut on_progress).await?;
-        let result = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return Err(JobError::Cancelled),
-            r = client.send_once(Auth::WithToken, &get, status_url) => r,
-        };
-        // Counts a failure; returns true when the error budget is spent.
-        let mut give_up = || {
-            failures += 1;
-            let since = *failing_since.get_or_insert_with(Instant::now);
-            failures > limits.max_retries && since.elapsed() >= limits.status_error_budget
-        };
-        let wait = match result {
-            Err(e) if e.is_permanent() => {
-                return Err(JobError::Provider(format!("the export status request failed: {}", e.describe())))
+        let polls = in_progress_polls;
+        let check = |t: Try| async move {
+            if let Err(e) = client.pace(status_url, cancel, tell).await {
+                return Attempt::Done(Err(e));
             }
-            Err(e) => {
-                if give_up() {
-                    return Err(JobError::Provider(format!(
-                        "the export status URL failed {failures} times in a row: {}",
-                        e.describe()
-                    )));
+            let step = check_status(client, status_url, cancel, t, polls).await;
+            if let Attempt::Again { why, .. } = &step {
+                if !t.last {
+                    tell(format!("{why}; retry {}", t.number + 1)).await;
                 }
-                on_progress(format!("status request failed; retry {failures}")).await;
-                client.backoff(failures)
             }
-            Ok(resp) if resp.status() == StatusCode::OK => {
-                return read_manifest_body(client, resp, cancel).await;
-            }
-            Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
-                (failures, failing_since) = (0, None);
-                let progress = resp
-                    .headers()
-                    .get("x-progress")
-                    .and_then(|v| v.to_str().ok())
-                    .map(|s| s.chars().take(100).collect::<String>())
-                    .unwrap_or_else(|| "in progress".into());
-                let asked = retry::retry_after(resp.headers(), limits.poll_interval, limits.max_retry_after);
-                let wait = retry::poll_wait(
-                    asked,
-                    limits.poll_interval,
-                    in_progress_polls,
-                    limits.max_poll_interval,
-                );
+            step
+        };
+        match retry::run(policy, cancel, "export status", check).await? {
+            Status::Ready(body) => return Ok(body),
+            Status::Running { wait, text } => {
                 in_progress_polls += 1;
-                on_progress(format!(
-                    "provider export: {progress}; next check in {} s",
-                    wait.as_secs_f64().ceil()
-                ))
-                .await;
-                wait
+                tell(text).await;
+                retry::sleep(wait, cancel).await?;
             }
-            Ok(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS => {
-                let wait = client.wait_for(&resp, in_progress_polls);
-                in_progress_polls += 1;
-                on_progress(format!("provider asked us to slow down; waiting {} s", wait.as_secs())).await;
-                wait
+        }
+    }
+}
+
+/// One status request.
+async fn check_status(
+    client: &ProviderClient,
+    status_url: &Url,
+    cancel: &CancellationToken,
+    t: Try,
+    in_progress_polls: u32,
+) -> Attempt<Status> {
+    let limits = &client.limits;
+    let get = |http: &reqwest::Client, url: Url| http.get(url).header(ACCEPT, "application/json");
+    let result = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => return Attempt::Done(Err(JobError::Cancelled)),
+        r = client.send_once(Auth::WithToken, &get, status_url) => r,
+    };
+    let resp = match result {
+        Err(e) if e.is_permanent() => {
+            let e = JobError::Provider(format!("the export status request failed: {}", e.describe()));
+            return Attempt::Done(Err(e));
+        }
+        Err(e) if t.last => {
+            return Attempt::Done(Err(JobError::Provider(format!(
+                "the export status URL failed {} times in a row: {}",
+                t.number + 1,
+                e.describe()
+            ))))
+        }
+        Err(_) => return Attempt::Again { after: None, why: "status request failed".into() },
+        Ok(resp) => resp,
+    };
+    match resp.status() {
+        StatusCode::OK => Attempt::Done(read_manifest_body(client, resp, cancel).await.map(Status::Ready)),
+        StatusCode::ACCEPTED => {
+            let progress = resp
+                .headers()
+                .get("x-progress")
+                .and_then(|v| v.to_str().ok())
+                .map(|s| s.chars().take(100).collect::<String>())
+                .unwrap_or_else(|| "in progress".into());
+            let asked = retry::retry_after(resp.headers(), limits.poll_interval, limits.max_retry_after);
+            let wait =
+                retry::poll_wait(asked, limits.poll_interval, in_progress_polls, limits.max_poll_interval);
+            let text = format!("provider export: {progress}; next check in {} s", wait.as_secs_f64().ceil());
+            Attempt::Done(Ok(Status::Running { wait, text }))
+        }
+        // Slowing down is not failing: it does not use up the error budget.
+        StatusCode::TOO_MANY_REQUESTS => {
+            let wait = client.wait_for(&resp, in_progress_polls);
+            let text = format!("provider asked us to slow down; waiting {} s", wait.as_secs());
+            Attempt::Done(Ok(Status::Running { wait, text }))
+        }
+        status if is_transient_status(status) => {
+            if t.last {
+                let reason =
+                    retry::unless_cancelled(cancel, describe_failure("the export status URL", resp)).await;
+                return Attempt::Done(reason.and_then(|r| Err(JobError::Provider(r))));
             }
-            Ok(resp) if is_transient_status(resp.status()) => {
-                if give_up() {
-                    let reason =
-                        retry::unless_cancelled(cancel, describe_failure("the export status URL", resp))
-                            .await?;
-                    return Err(JobError::Provider(reason));
-                }
-                on_progress(format!("provider status error {}; retry {failures}", resp.status())).await;
-                client.wait_for(&resp, failures)
+            let after = client.retry_policy().retry_after(resp.headers());
+            Attempt::Again { after, why: format!("provider status error {status}") }
+        }
+        status => {
+            let body = match retry::unless_cancelled(cancel, read_limited(resp, MAX_ERROR_BODY_BYTES)).await {
+                Ok(body) => body.unwrap_or_default(),
+                Err(e) => return Attempt::Done(Err(e)),
+            };
+            // Bulk Data: an all-`transient` OperationOutcome means "try later", not failure.
+            if OperationOutcome::is_transient(&body) && !t.last {
+                return Attempt::Again { after: None, why: format!("provider status {status}, transient") };
             }
-            Ok(resp) => {
-                let status = resp.status();
-                let body = retry::unless_cancelled(cancel, read_limited(resp, MAX_ERROR_BODY_BYTES))
-                    .await?
-                    .unwrap_or_default();
-                // Bulk Data: an all-`transient` OperationOutcome means "try later", not failure.
-                if OperationOutcome::is_transient(&body) && !give_up() {
-                    client.backoff(failures)
-                } else {
-                    let detail = OperationOutcome::summarize(&body).unwrap_or_else(|| "no details".into());
-                    return Err(JobError::Provider(format!(
-                        "the export status URL answered {status}: {detail}"
-                    )));
-                }
-            }
-        };
-        retry::sleep(wait, cancel).await?;
+            let detail = OperationOutcome::summarize(&body).unwrap_or_else(|| "no details".into());
+            Attempt::Done(Err(JobError::Provider(format!(
+                "the export status URL answered {status}: {detail}"
+            ))))
+        }
     }
 }
 

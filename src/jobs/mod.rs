@@ -2,6 +2,7 @@
 //! cancel jobs, and reap old ones.
 pub mod context;
 pub mod download;
+pub mod engine;
 pub mod error;
 pub mod export;
 pub mod file_bounds;
@@ -9,9 +10,11 @@ pub mod gzip;
 pub mod json_scan;
 pub mod ndjson;
 pub mod pipeline;
+pub mod plan;
 pub mod progress;
 pub mod provider_client;
 pub mod provider_report;
+pub mod pull;
 pub mod reaper;
 pub mod recorder;
 pub mod request_budget;

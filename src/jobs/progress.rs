@@ -4,7 +4,7 @@
 //! not running here (queued, finished, or before a restart resumes it) is answered from there.
 use std::sync::{Mutex, PoisonError};
 
-use crate::store::jobs::{FileCounts, JobState};
+use crate::domain::{FileCounts, JobState};
 
 /// A running job's state as the status endpoint reports it.
 #[derive(Debug, Clone)]

@@ -9,13 +9,20 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use super::{request_budget::RequestBudget, retry, JobError};
+use super::{
+    context::JobContext,
+    request_budget::RequestBudget,
+    retry::{self, Attempt, Policy, Try},
+    JobError,
+};
 use crate::{
+    address_guard::classes_of,
     auth::{
         provider_base::{redact, ProviderBase},
         provider_token::{refusal_in, ProviderIdentity, ProviderTokens},
     },
     config::Limits,
+    domain::Provider,
     error_text::chain,
     http_client::GuardedClient,
 };
@@ -230,8 +237,8 @@ impl ProviderClient {
         Ok(resp)
     }
 
-    /// Send, retrying transient failures up to `MAX_RETRIES` times. Returns the last response,
-    /// which may still be an error status for the caller to report.
+    /// Send under the retry policy (transient statuses and network failures). Returns the last
+    /// response, which may still be an error status for the caller to report.
     pub async fn send(
         &self,
         auth: Auth,
@@ -239,47 +246,71 @@ impl ProviderClient {
         url: &Url,
         make: impl Fn(&reqwest::Client, Url) -> RequestBuilder,
     ) -> Result<Response, JobError> {
-        let mut attempt = 0;
-        loop {
+        let make = &make;
+        retry::run(self.retry_policy(), cancel, "provider request", |t: Try| async move {
             let result = tokio::select! {
                 biased;
-                _ = cancel.cancelled() => return Err(JobError::Cancelled),
-                r = self.send_once(auth, &make, url) => r,
+                _ = cancel.cancelled() => return Attempt::Done(Err(JobError::Cancelled)),
+                r = self.send_once(auth, make, url) => r,
             };
-            let last = attempt >= self.limits.max_retries;
-            let wait = match result {
-                Ok(resp) if !is_transient_status(resp.status()) || last => return Ok(resp),
-                Ok(resp) => self.wait_for(&resp, attempt),
-                Err(SendError::Token(e)) if last || e.is_permanent() => return Err(e),
-                Err(e @ SendError::Refused(_)) => return Err(JobError::Refused(e.describe())),
-                Err(e) if last => {
-                    return Err(JobError::Provider(format!(
-                        "the provider could not be reached after {} attempts: {}",
-                        attempt + 1,
-                        e.describe()
-                    )))
-                }
-                Err(_) => self.backoff(attempt),
-            };
-            attempt += 1;
-            tracing::warn!(
-                attempt,
-                wait_ms = wait.as_millis() as u64,
-                "transient provider failure; retrying"
-            );
-            retry::sleep(wait, cancel).await?;
+            match result {
+                Ok(resp) if !is_transient_status(resp.status()) || t.last => Attempt::Done(Ok(resp)),
+                Ok(resp) => Attempt::Again {
+                    after: self.retry_policy().retry_after(resp.headers()),
+                    why: format!("the provider answered {}", resp.status()),
+                },
+                Err(SendError::Token(e)) if t.last || e.is_permanent() => Attempt::Done(Err(e)),
+                Err(e @ SendError::Refused(_)) => Attempt::Done(Err(JobError::Refused(e.describe()))),
+                Err(e) if t.last => Attempt::Done(Err(JobError::Provider(format!(
+                    "the provider could not be reached after {} attempts: {}",
+                    t.number + 1,
+                    e.describe()
+                )))),
+                Err(e) => Attempt::Again { after: None, why: e.describe() },
+            }
+        })
+        .await
+    }
+
+    /// The retry policy of this job's requests (`MAX_RETRIES`, `POLL_INTERVAL`, `MAX_RETRY_AFTER`).
+    pub fn retry_policy(&self) -> Policy {
+        Policy::from_limits(&self.limits)
+    }
+
+    /// The job's view of its provider: trusted origins from the registration, and the internal
+    /// address classes the SSRF guard lets through for everything else.
+    pub async fn for_provider(ctx: &JobContext, provider: &Provider) -> Result<Self, JobError> {
+        let base = ProviderBase::parse(&provider.aud)
+            .map_err(JobError::Provider)?
+            .with_origins(&provider.token_origin_list(), provider.file_origin_list());
+        let policy = ctx.config.internal_addresses;
+        let mut allowed = policy.always;
+        if let (true, Some(host)) = (policy.same_as_provider, base.url().host()) {
+            allowed = allowed.union(classes_of(&host.to_owned(), ctx.outbound.overrides()).await);
         }
+        let guarded = ctx
+            .outbound
+            .guarded(allowed)
+            .map_err(|e| JobError::Internal(format!("the HTTP client could not be built: {e}")))?;
+        let who = Who {
+            client_id: provider.consumer_client_id.clone(),
+            scope: provider.scope.clone().unwrap_or_else(|| ctx.config.provider_scope.clone()),
+            token_endpoint: provider.token_endpoint.clone(),
+        };
+        Ok(Self::new(
+            (ctx.http.clone(), guarded),
+            ctx.provider_tokens.clone(),
+            ctx.request_budget.clone(),
+            base,
+            who,
+            ctx.config.limits.clone(),
+        ))
     }
 
     /// How long to wait after a transient response: its `Retry-After`, else backoff.
-    pub fn wait_for(&self, resp: &Response, attempt: u32) -> std::time::Duration {
-        retry::retry_after(resp.headers(), self.limits.poll_interval, self.limits.max_retry_after)
-            .unwrap_or_else(|| self.backoff(attempt))
-    }
-
-    /// Capped exponential backoff from `POLL_INTERVAL` for the `attempt`-th retry.
-    pub fn backoff(&self, attempt: u32) -> std::time::Duration {
-        retry::backoff(self.limits.poll_interval, attempt, self.limits.max_retry_after)
+    pub fn wait_for(&self, resp: &Response, attempt: u32) -> Duration {
+        let policy = self.retry_policy();
+        policy.retry_after(resp.headers()).unwrap_or_else(|| policy.backoff(attempt))
     }
 }
 

@@ -2,10 +2,8 @@
 //! restart) and to the in-memory progress polls read, in that order, so the two never disagree.
 use super::{progress::Progress, JobError};
 use crate::{
-    store::{
-        job_store::JobStore,
-        jobs::{FileCounts, FinishedFile, JobState},
-    },
+    domain::{FileCounts, FinishedFile, JobState},
+    store::job_store::JobStore,
     time_util::now_unix,
 };
 
@@ -57,15 +55,21 @@ impl Recorder<'_> {
         self.progress.importing(files);
     }
 
-    pub async fn file_finished(&self, idx: i64, done: &FinishedFile<'_>) -> Result<(), JobError> {
-        self.store.finish_file(self.id, idx, done).await?;
-        self.progress.file_finished();
-        Ok(())
+    /// False when the file was no longer pending (withdrawn while it downloaded).
+    pub async fn file_finished(&self, idx: i64, done: &FinishedFile<'_>) -> Result<bool, JobError> {
+        let recorded = self.store.finish_file(self.id, idx, done).await?;
+        if recorded {
+            self.progress.file_finished();
+        }
+        Ok(recorded)
     }
 
-    pub async fn completed(&self) -> Result<(), JobError> {
-        self.store.complete_job(self.id, now_unix()).await?;
-        self.progress.close();
-        Ok(())
+    /// False when the job cannot complete yet (its plan is open, or a file is pending).
+    pub async fn completed(&self) -> Result<bool, JobError> {
+        let completed = self.store.complete_job(self.id, now_unix()).await?;
+        if completed {
+            self.progress.close();
+        }
+        Ok(completed)
     }
 }

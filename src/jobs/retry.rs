@@ -1,12 +1,102 @@
-//! Waiting between attempts: `Retry-After` (seconds or HTTP-date, RFC 9110 §10.2.3, or the absolute
-//! Unix time in seconds or milliseconds that the SMART reference server sends on 429) capped by
-//! configuration, else exponential backoff; every wait is cancellable.
-use std::time::{Duration, SystemTime};
+//! The one retry policy: how many attempts, how long to keep trying, what to wait between them
+//! (`Retry-After`: seconds or HTTP-date, RFC 9110 §10.2.3, or the absolute Unix time in seconds or
+//! milliseconds that the SMART reference server sends on 429, capped by configuration; else
+//! exponential backoff), every wait cancellable. Every retrying call goes through [`run`], and no
+//! call inside an attempt retries on its own, so retries never nest.
+use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use tokio_util::sync::CancellationToken;
 
 use super::JobError;
+
+/// How often and how long a call is tried.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Attempts after the first.
+    pub retries: u32,
+    /// The first backoff wait (doubled per retry up to `cap`), and the floor for `Retry-After`.
+    pub base: Duration,
+    pub cap: Duration,
+    /// Keep trying at least this long, however many attempts that takes.
+    pub min_span: Duration,
+}
+
+impl Policy {
+    /// `MAX_RETRIES` attempts after the first, backing off from `POLL_INTERVAL` to `MAX_RETRY_AFTER`.
+    pub fn from_limits(limits: &crate::config::Limits) -> Self {
+        Self {
+            retries: limits.max_retries,
+            base: limits.poll_interval,
+            cap: limits.max_retry_after,
+            min_span: Duration::ZERO,
+        }
+    }
+
+    /// The same, trying for at least `span` (a status URL's error budget).
+    pub fn lasting(self, span: Duration) -> Self {
+        Self { min_span: span, ..self }
+    }
+
+    /// The wait before retry `attempt` (0 for the first retry).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        backoff(self.base, attempt, self.cap)
+    }
+
+    /// The provider's `Retry-After` within this policy's bounds.
+    pub fn retry_after(&self, headers: &HeaderMap) -> Option<Duration> {
+        retry_after(headers, self.base, self.cap)
+    }
+}
+
+/// Which attempt this is.
+#[derive(Debug, Clone, Copy)]
+pub struct Try {
+    /// Attempts made before this one.
+    pub number: u32,
+    /// No attempt follows this one: a transient failure now is final.
+    pub last: bool,
+}
+
+/// What one attempt came to.
+pub enum Attempt<T> {
+    /// Final: a success, or a failure no retry can mend.
+    Done(Result<T, JobError>),
+    /// Transient: try again after `after` (the provider's `Retry-After`), else after backoff.
+    /// Returned on the last attempt, it fails with `why`.
+    Again { after: Option<Duration>, why: String },
+}
+
+/// Run `attempt` under `policy`. Attempts watch `cancel` themselves (one is never dropped half-way,
+/// so a writer is always aborted cleanly); the waits between them end at once on cancellation.
+pub async fn run<T, Fut>(
+    policy: Policy,
+    cancel: &CancellationToken,
+    what: &str,
+    mut attempt: impl FnMut(Try) -> Fut,
+) -> Result<T, JobError>
+where
+    Fut: std::future::Future<Output = Attempt<T>>,
+{
+    let started = Instant::now();
+    // Bounded: `retries` attempts, and past them only until `min_span` has passed.
+    let mut number = 0u32;
+    loop {
+        let last = number >= policy.retries && started.elapsed() >= policy.min_span;
+        match attempt(Try { number, last }).await {
+            Attempt::Done(result) => return result,
+            Attempt::Again { why, .. } if last => {
+                return Err(JobError::Provider(format!("{why} (gave up after {} attempts)", number + 1)))
+            }
+            Attempt::Again { after, why } => {
+                let wait = after.unwrap_or_else(|| policy.backoff(number));
+                tracing::warn!(what, attempt = number + 1, wait_ms = wait.as_millis() as u64, %why, "transient failure; trying again");
+                sleep(wait, cancel).await?;
+            }
+        }
+        number = number.saturating_add(1);
+    }
+}
 
 /// The provider's `Retry-After`, if it sent a usable one, kept within `floor..=cap` (a zero or
 /// past date must not make us poll in a tight loop).

@@ -1,5 +1,6 @@
 //! Running jobs: each on a `TaskTracker`, with its own `CancellationToken` (a child of shutdown),
-//! at most `MAX_CONCURRENT_JOBS` at once. Runtime handles only; job state lives in the store.
+//! at most `MAX_CONCURRENT_JOBS` at once. Runtime handles only; job state lives in the store, and
+//! what a job does is the caller's (`pipeline::start`), so the runner knows nothing of it.
 //!
 //! Jobs run on their own tokio runtime whose threads have a lower OS priority, so while imports
 //! keep every core busy validating lines, the API (status polls above all) still answers at once.
@@ -9,14 +10,10 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::{
-    context::JobContext,
-    pipeline::run_job,
-    progress::{Progress, Snapshot},
-};
+use super::progress::{Progress, Snapshot};
 
 /// How long a DELETE waits for a cancelled job to let go of its files.
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
@@ -30,9 +27,20 @@ struct Running {
     cancel: CancellationToken,
     done: watch::Receiver<()>,
     progress: Arc<Progress>,
+    plan_changed: Arc<Notify>,
+}
+
+/// What a running job is handed: its stop signal, its progress for polls, and the notice that its
+/// plan changed (a manifest added or withdrawn).
+pub struct JobHandles {
+    pub cancel: CancellationToken,
+    pub progress: Arc<Progress>,
+    pub plan_changed: Arc<Notify>,
 }
 
 pub struct Runner {
+    /// This process as a lease holder (`instance_id`).
+    pub owner: String,
     pub tracker: TaskTracker,
     runtime: std::sync::Mutex<Option<tokio::runtime::Runtime>>,
     handle: tokio::runtime::Handle,
@@ -46,6 +54,7 @@ pub struct Runner {
 
 impl Runner {
     pub fn new(
+        owner: String,
         shutdown: CancellationToken,
         max_concurrent_jobs: usize,
         max_total_downloads: usize,
@@ -58,6 +67,7 @@ impl Runner {
             .enable_all()
             .build()?;
         Ok(Self {
+            owner,
             handle: runtime.handle().clone(),
             runtime: std::sync::Mutex::new(Some(runtime)),
             tracker: TaskTracker::new(),
@@ -68,33 +78,48 @@ impl Runner {
         })
     }
 
-    /// Start (or resume) a job in the background.
-    pub async fn spawn(&self, ctx: JobContext, id: String) {
-        // A sign of life now, so a job waiting for a slot is not mistaken for a stuck one.
-        if let Err(e) = ctx.store.touch(&id, crate::time_util::now_unix()).await {
-            tracing::warn!(error = %crate::error_text::chain(&e), "could not record job start");
-        }
+    /// Run `work` for job `id` in the background once a job slot is free (at once if cancelled
+    /// first: `work` is then never called).
+    pub fn spawn<F, Fut>(self: &Arc<Self>, id: String, work: F)
+    where
+        F: FnOnce(JobHandles) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let cancel = self.shutdown.child_token();
         let (done_tx, done) = watch::channel(());
         let progress = Arc::new(Progress::default());
-        self.running_jobs()
-            .insert(id.clone(), Running { cancel: cancel.clone(), done, progress: progress.clone() });
+        let plan_changed = Arc::new(Notify::new());
+        let running = Running {
+            cancel: cancel.clone(),
+            done,
+            progress: progress.clone(),
+            plan_changed: plan_changed.clone(),
+        };
+        self.running_jobs().insert(id.clone(), running);
         let slots = self.slots.clone();
+        let runner = self.clone();
         self.tracker.spawn_on(
             async move {
                 // However the task ends (a panic included), the job leaves the map.
-                let _deregister = Deregister { ctx: ctx.clone(), id: id.clone(), _done: done_tx };
+                let _deregister = Deregister { runner, id, _done: done_tx };
                 let permit = tokio::select! {
                     biased;
                     _ = cancel.cancelled() => None,
                     p = slots.acquire_owned() => p.ok(),
                 };
                 if permit.is_some() {
-                    run_job(ctx, id, cancel, progress).await;
+                    work(JobHandles { cancel, progress, plan_changed }).await;
                 }
             },
             &self.handle,
         );
+    }
+
+    /// Tell a job running here that its plan changed; a job not running here reads its plan when it starts.
+    pub fn plan_changed(&self, id: &str) {
+        if let Some(running) = self.running_jobs().get(id) {
+            running.plan_changed.notify_one();
+        }
     }
 
     fn running_jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
@@ -104,7 +129,7 @@ impl Runner {
     /// Cancel a job if it runs, and wait until it has stopped touching its files.
     pub async fn cancel_and_wait(&self, id: &str) {
         let entry = self.running_jobs().get(id).cloned();
-        if let Some(Running { cancel, mut done, progress }) = entry {
+        if let Some(Running { cancel, mut done, progress, .. }) = entry {
             cancel.cancel();
             // Polls go to the store from now on, even if the job takes longer than we wait.
             progress.close();
@@ -124,14 +149,14 @@ impl Runner {
 
 /// Removes a job from the running map when its task ends, and so tells `cancel_and_wait`.
 struct Deregister {
-    ctx: JobContext,
+    runner: Arc<Runner>,
     id: String,
     _done: watch::Sender<()>,
 }
 
 impl Drop for Deregister {
     fn drop(&mut self) {
-        self.ctx.jobs.running_jobs().remove(&self.id);
+        self.runner.running_jobs().remove(&self.id);
     }
 }
 

@@ -9,8 +9,8 @@ use crate::{
         bearer::{bearer_token, BearerProblem},
         scope,
     },
+    domain::Provider,
     state::AppState,
-    store::providers::Provider,
 };
 
 /// A verified caller of `/$import`: the Bearer token is ours, unexpired, and its registration active.

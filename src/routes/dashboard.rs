@@ -12,11 +12,9 @@ use serde_json::{json, Value};
 use super::{admin::Admin, no_store};
 use crate::{
     auth::AuthError,
+    domain::{is_job_id, FileCounts, JobFile},
     state::AppState,
-    store::{
-        dashboard::JobSummary,
-        jobs::{is_job_id, FileCounts, JobFile},
-    },
+    store::dashboard::JobSummary,
     time_util::instant,
 };
 

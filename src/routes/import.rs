@@ -1,5 +1,6 @@
 //! `POST /$import` (Ping and Pull import, "Ping request"): authenticate, check headers and body,
-//! bind `exportUrl` to the caller's registration, persist the job and answer 202 at once.
+//! hand the request to the imports service (which binds `exportUrl` to the caller's registration
+//! and stores the job) and answer 202 at once.
 use axum::{
     body::Bytes,
     extract::{rejection::BytesRejection, State},
@@ -15,11 +16,9 @@ use super::{
     media_type,
 };
 use crate::{
-    auth::{keys::random_hex, provider_base::ProviderBase},
     fhir::{operation_outcome::OperationOutcome, parameters::ImportRequest},
+    imports::{ImportError, Imports},
     state::AppState,
-    store::jobs::{Admission, Job, JobCaps, JobState},
-    time_util::now_unix,
 };
 
 /// What we ask an over-eager pinger to wait before trying again.
@@ -89,45 +88,17 @@ async fn import(
         other => ApiError::BadRequest(other.body_text()),
     })?;
     let request = ImportRequest::parse(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let base = ProviderBase::parse(&caller.provider.aud)
-        .map_err(|e| ApiError::Internal(format!("stored registration has a bad aud: {e}")))?;
-    base.under(&request.export_url).map_err(|e| {
-        ApiError::BadRequest(format!("exportUrl is not under the registered provider's base URL: {e}"))
-    })?;
-
-    let job = Job {
-        id: random_hex(app.config.jobs_id_length),
-        client_id: caller.provider.client_id.clone(),
-        export_type: request.export_type,
-        export_url: request.export_url,
-        kickoff: request.kickoff,
-        state: JobState::Queued,
-        status_url: None,
-        progress: None,
-        failure: None,
-        created_at: now_unix(),
-        completed_at: None,
-    };
-    let limits = &app.config.limits;
-    let caps =
-        JobCaps { all: limits.max_concurrent_jobs as i64, per_provider: limits.max_jobs_per_provider as i64 };
-    let message = match app.store.insert_job_if_room(&job, caps).await? {
-        Admission::Admitted => None,
-        Admission::Full => Some(format!(
-            "{} imports are already running (MAX_CONCURRENT_JOBS); try again later",
-            caps.all
-        )),
-        Admission::ProviderFull => Some(format!(
-            "this provider already has {} imports running (MAX_JOBS_PER_PROVIDER); try again when one has finished",
-            caps.per_provider
-        )),
-    };
-    if let Some(message) = message {
-        return Err(ApiError::TooManyRequests { message, retry_after_secs: BUSY_RETRY_AFTER_SECS });
-    }
+    let job = Imports { jobs: &app.job_context }.start_pull(&caller.provider, request).await.map_err(
+        |e| match e {
+            e @ ImportError::NotTheProviders(_) => ApiError::BadRequest(e.to_string()),
+            ImportError::Busy(message) => {
+                ApiError::TooManyRequests { message, retry_after_secs: BUSY_RETRY_AFTER_SECS }
+            }
+            other => other.into(),
+        },
+    )?;
     tracing::debug!(job_id = %job.id, job = %crate::telemetry::shown_id(&job.id), "full job id");
     tracing::info!(job = %crate::telemetry::shown_id(&job.id), client_id = %job.client_id, scope = %caller.claims.scope, export_type = job.export_type.as_str(), "import job accepted");
-    app.jobs.spawn(app.job_context.clone(), job.id.clone()).await;
     let location = format!("{}/job/{}", super::base_url(&app, &headers), job.id);
     let mut res = outcome_response(
         StatusCode::ACCEPTED,

@@ -37,7 +37,11 @@ impl From<ImportError> for ApiError {
         match e {
             e @ ImportError::NotFound(_) => ApiError::NotFound(e.to_string()),
             ImportError::Store(e) => ApiError::Store(e),
-            e @ ImportError::Job(_) => ApiError::Internal(super::error::chain(&e)),
+            e @ (ImportError::Job(_) | ImportError::BadRegistration(_)) => {
+                ApiError::Internal(super::error::chain(&e))
+            }
+            e @ ImportError::NotTheProviders(_) => ApiError::BadRequest(e.to_string()),
+            ImportError::Busy(message) => ApiError::TooManyRequests { message, retry_after_secs: 60 },
         }
     }
 }

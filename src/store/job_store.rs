@@ -1,14 +1,16 @@
 //! What the engine needs of a store, as traits: SQLite implements them now, a shared database
 //! next, and both must pass the store conformance suite (`tests/api/store_conformance.rs`).
+use std::{collections::BTreeMap, time::Duration};
+
 use async_trait::async_trait;
 
-use super::{
-    jobs::{Admission, FileCounts, FileTotals, FinishedFile, Job, JobCaps, JobFile, JobState},
-    providers::Provider,
-    Store, StoreError,
+use super::{leases::Renewal, Store, StoreError};
+use crate::domain::{
+    Admission, Appended, FileCounts, FileTotals, FinishedFile, Job, JobCaps, JobFile, JobState, PlanManifest,
+    Provider,
 };
 
-/// Jobs, their plans and their files.
+/// Jobs: their plans, files and leases.
 #[async_trait]
 pub trait JobStore: Send + Sync {
     async fn insert_job_if_room(&self, job: &Job, caps: JobCaps) -> Result<Admission, StoreError>;
@@ -23,15 +25,36 @@ pub trait JobStore: Send + Sync {
     async fn kickoff_started(&self, id: &str) -> Result<Option<i64>, StoreError>;
     async fn set_state(&self, id: &str, state: JobState) -> Result<(), StoreError>;
     async fn set_progress(&self, id: &str, progress: &str) -> Result<(), StoreError>;
-    async fn save_plan(&self, id: &str, files: &[JobFile]) -> Result<(), StoreError>;
+    async fn append_manifest(
+        &self,
+        job_id: &str,
+        url: &str,
+        files: &[JobFile],
+        close: bool,
+        now: i64,
+    ) -> Result<Appended, StoreError>;
+    async fn withdraw_manifest(&self, job_id: &str, url: &str) -> Result<Option<Vec<JobFile>>, StoreError>;
+    async fn manifests(&self, job_id: &str) -> Result<Vec<PlanManifest>, StoreError>;
+    async fn close_plan(&self, job_id: &str) -> Result<bool, StoreError>;
     async fn files(&self, job_id: &str) -> Result<Vec<JobFile>, StoreError>;
-    async fn type_counts(&self, job_id: &str) -> Result<std::collections::BTreeMap<String, i64>, StoreError>;
+    async fn type_counts(&self, job_id: &str) -> Result<BTreeMap<String, i64>, StoreError>;
     async fn file_counts(&self, job_id: &str) -> Result<FileCounts, StoreError>;
-    async fn finish_file(&self, job_id: &str, idx: i64, done: &FinishedFile<'_>) -> Result<(), StoreError>;
-    async fn complete_job(&self, id: &str, now: i64) -> Result<(), StoreError>;
+    async fn finish_file(&self, job_id: &str, idx: i64, done: &FinishedFile<'_>) -> Result<bool, StoreError>;
+    async fn complete_job(&self, id: &str, now: i64) -> Result<bool, StoreError>;
     async fn fail_pending_files(&self, job_id: &str, outcomes: &[(i64, String)]) -> Result<(), StoreError>;
     async fn fail_job(&self, id: &str, reason: &str, now: i64) -> Result<bool, StoreError>;
     async fn delete_job(&self, id: &str) -> Result<bool, StoreError>;
+    async fn claim_job(&self, id: &str, owner: &str, lease: Duration) -> Result<Option<i64>, StoreError>;
+    async fn claim_next(&self, owner: &str, lease: Duration) -> Result<Option<(Job, i64)>, StoreError>;
+    async fn renew_lease(
+        &self,
+        id: &str,
+        owner: &str,
+        token: i64,
+        lease: Duration,
+    ) -> Result<Renewal, StoreError>;
+    async fn release_lease(&self, id: &str, owner: &str, token: i64) -> Result<bool, StoreError>;
+    async fn request_cancel(&self, id: &str) -> Result<bool, StoreError>;
 }
 
 /// Provider registrations.
@@ -82,22 +105,38 @@ impl JobStore for Store {
     async fn set_progress(&self, id: &str, progress: &str) -> Result<(), StoreError> {
         Store::set_progress(self, id, progress).await
     }
-    async fn save_plan(&self, id: &str, files: &[JobFile]) -> Result<(), StoreError> {
-        Store::save_plan(self, id, files).await
+    async fn append_manifest(
+        &self,
+        job_id: &str,
+        url: &str,
+        files: &[JobFile],
+        close: bool,
+        now: i64,
+    ) -> Result<Appended, StoreError> {
+        Store::append_manifest(self, job_id, url, files, close, now).await
+    }
+    async fn withdraw_manifest(&self, job_id: &str, url: &str) -> Result<Option<Vec<JobFile>>, StoreError> {
+        Store::withdraw_manifest(self, job_id, url).await
+    }
+    async fn manifests(&self, job_id: &str) -> Result<Vec<PlanManifest>, StoreError> {
+        Store::manifests(self, job_id).await
+    }
+    async fn close_plan(&self, job_id: &str) -> Result<bool, StoreError> {
+        Store::close_plan(self, job_id).await
     }
     async fn files(&self, job_id: &str) -> Result<Vec<JobFile>, StoreError> {
         Store::files(self, job_id).await
     }
-    async fn type_counts(&self, job_id: &str) -> Result<std::collections::BTreeMap<String, i64>, StoreError> {
+    async fn type_counts(&self, job_id: &str) -> Result<BTreeMap<String, i64>, StoreError> {
         Store::type_counts(self, job_id).await
     }
     async fn file_counts(&self, job_id: &str) -> Result<FileCounts, StoreError> {
         Store::file_counts(self, job_id).await
     }
-    async fn finish_file(&self, job_id: &str, idx: i64, done: &FinishedFile<'_>) -> Result<(), StoreError> {
+    async fn finish_file(&self, job_id: &str, idx: i64, done: &FinishedFile<'_>) -> Result<bool, StoreError> {
         Store::finish_file(self, job_id, idx, done).await
     }
-    async fn complete_job(&self, id: &str, now: i64) -> Result<(), StoreError> {
+    async fn complete_job(&self, id: &str, now: i64) -> Result<bool, StoreError> {
         Store::complete_job(self, id, now).await
     }
     async fn fail_pending_files(&self, job_id: &str, outcomes: &[(i64, String)]) -> Result<(), StoreError> {
@@ -108,6 +147,27 @@ impl JobStore for Store {
     }
     async fn delete_job(&self, id: &str) -> Result<bool, StoreError> {
         Store::delete_job(self, id).await
+    }
+    async fn claim_job(&self, id: &str, owner: &str, lease: Duration) -> Result<Option<i64>, StoreError> {
+        Store::claim_job(self, id, owner, lease).await
+    }
+    async fn claim_next(&self, owner: &str, lease: Duration) -> Result<Option<(Job, i64)>, StoreError> {
+        Store::claim_next(self, owner, lease).await
+    }
+    async fn renew_lease(
+        &self,
+        id: &str,
+        owner: &str,
+        token: i64,
+        lease: Duration,
+    ) -> Result<Renewal, StoreError> {
+        Store::renew_lease(self, id, owner, token, lease).await
+    }
+    async fn release_lease(&self, id: &str, owner: &str, token: i64) -> Result<bool, StoreError> {
+        Store::release_lease(self, id, owner, token).await
+    }
+    async fn request_cancel(&self, id: &str) -> Result<bool, StoreError> {
+        Store::request_cancel(self, id).await
     }
 }
 

@@ -1,48 +1,15 @@
-//! Jobs and their per-file results.
-use crate::fhir::{manifest::FileKind, parameters::KickoffParam};
-
+//! Jobs, their plans (manifests and files), per-file results and leases, in SQLite.
 use super::{Store, StoreError};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobState {
-    /// Accepted, not yet talking to the provider.
-    Queued,
-    /// Dynamic export kicked off (or about to be); polling the provider.
-    Exporting,
-    /// Manifest stored; files are being imported.
-    Importing,
-    Completed,
-    Failed,
-}
-
-impl JobState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Queued => "queued",
-            JobState::Exporting => "exporting",
-            JobState::Importing => "importing",
-            JobState::Completed => "completed",
-            JobState::Failed => "failed",
-        }
-    }
-
-    fn parse(s: &str) -> Self {
-        match s {
-            "exporting" => JobState::Exporting,
-            "importing" => JobState::Importing,
-            "completed" => JobState::Completed,
-            "failed" => JobState::Failed,
-            _ => JobState::Queued,
-        }
-    }
-
-    pub fn is_finished(self) -> bool {
-        matches!(self, JobState::Completed | JobState::Failed)
-    }
-}
+use crate::{
+    domain::{
+        Admission, Appended, FileCounts, FileState, FileTotals, FinishedFile, Job, JobCaps, JobFile,
+        JobState, PlanManifest,
+    },
+    fhir::manifest::FileKind,
+};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
-struct JobRow {
+pub(super) struct JobRow {
     id: String,
     client_id: String,
     export_type: String,
@@ -54,23 +21,8 @@ struct JobRow {
     failure: Option<String>,
     created_at: i64,
     completed_at: Option<i64>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub id: String,
-    pub client_id: String,
-    pub export_type: crate::fhir::parameters::ExportType,
-    pub export_url: String,
-    pub kickoff: Vec<KickoffParam>,
-    pub state: JobState,
-    pub status_url: Option<String>,
-    /// The provider's last `X-Progress`, for people.
-    pub progress: Option<String>,
-    /// Why the job failed, for people.
-    pub failure: Option<String>,
-    pub created_at: i64,
-    pub completed_at: Option<i64>,
+    plan_open: bool,
+    pub(super) lease_token: i64,
 }
 
 impl TryFrom<JobRow> for Job {
@@ -89,29 +41,8 @@ impl TryFrom<JobRow> for Job {
             failure: r.failure,
             created_at: r.created_at,
             completed_at: r.completed_at,
+            plan_open: r.plan_open,
         })
-    }
-}
-
-/// Whether `id` can be a job id (hex, as `$import` makes them with `random_hex`), checked before any query.
-pub fn is_job_id(id: &str) -> bool {
-    id.len() <= 128 && id.chars().all(|c| c.is_ascii_hexdigit())
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileState {
-    Pending,
-    Done,
-    Failed,
-}
-
-impl FileState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FileState::Pending => "pending",
-            FileState::Done => "done",
-            FileState::Failed => "failed",
-        }
     }
 }
 
@@ -119,6 +50,7 @@ impl FileState {
 struct FileRow {
     job_id: String,
     idx: i64,
+    manifest_idx: i64,
     kind: String,
     resource_type: String,
     url: String,
@@ -132,43 +64,18 @@ struct FileRow {
     type_counts: Option<String>,
 }
 
-#[derive(Debug, Clone)]
-pub struct JobFile {
-    pub job_id: String,
-    pub idx: i64,
-    pub kind: FileKind,
-    pub resource_type: String,
-    pub url: String,
-    /// Whether the manifest page listing this file said `requiresAccessToken: true`.
-    pub requires_token: bool,
-    /// Name at the destination.
-    pub name: String,
-    pub state: FileState,
-    pub resources: i64,
-    pub bytes: i64,
-    /// The OperationOutcome line for this file, once it is done or failed.
-    pub outcome: Option<String>,
-    /// Error issues the provider reported in this file (an `error[]` file).
-    pub provider_errors: i64,
-    /// JSON object of resources per type, for an untyped (`organizeOutputBy`) file.
-    pub type_counts: Option<String>,
-}
-
 impl From<FileRow> for JobFile {
     fn from(r: FileRow) -> Self {
         JobFile {
             job_id: r.job_id,
             idx: r.idx,
+            manifest_idx: r.manifest_idx,
             kind: FileKind::parse(&r.kind),
             resource_type: r.resource_type,
             url: r.url,
             requires_token: r.requires_token,
             name: r.name,
-            state: match r.state.as_str() {
-                "done" => FileState::Done,
-                "failed" => FileState::Failed,
-                _ => FileState::Pending,
-            },
+            state: FileState::parse(&r.state),
             resources: r.resources,
             bytes: r.bytes,
             outcome: r.outcome,
@@ -178,79 +85,13 @@ impl From<FileRow> for JobFile {
     }
 }
 
-/// Counts for the status endpoint.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct FileCounts {
-    pub total: i64,
-    pub finished: i64,
-}
-
-impl FileCounts {
-    /// Percent of listed files finished, to one decimal; a job with no files left to list is
-    /// only finishing up (100).
-    pub fn percent(&self) -> f64 {
-        if self.total > 0 {
-            (self.finished * 1000 / self.total) as f64 / 10.0
-        } else {
-            100.0
-        }
-    }
-}
-
-/// What is recorded when a file finishes.
-#[derive(Debug)]
-pub struct FinishedFile<'a> {
-    pub state: FileState,
-    pub resources: i64,
-    pub bytes: i64,
-    pub outcome: &'a str,
-    pub provider_errors: i64,
-    pub type_counts: Option<&'a str>,
-}
-
-/// Totals over a job's files.
-#[derive(Debug, Clone, Copy, Default, sqlx::FromRow)]
-pub struct FileTotals {
-    pub files: i64,
-    pub failed: i64,
-    pub resources: i64,
-    /// Files with an outcome line (finished or failed).
-    pub outcomes: i64,
-    /// Error issues providers reported in `error[]` files.
-    pub provider_errors: i64,
-}
-
-impl FileTotals {
-    /// Failed files or provider-reported errors: the import is partial.
-    pub fn has_errors(&self) -> bool {
-        self.failed > 0 || self.provider_errors > 0
-    }
-}
-
-/// Caps on unfinished jobs (`MAX_CONCURRENT_JOBS`, `MAX_JOBS_PER_PROVIDER`).
-#[derive(Debug, Clone, Copy)]
-pub struct JobCaps {
-    pub all: i64,
-    pub per_provider: i64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
-    Admitted,
-    /// Every slot is taken.
-    Full,
-    /// The provider has its share; others may still start jobs.
-    ProviderFull,
-}
-
 impl Store {
-    /// Insert a job unless `max_unfinished` jobs are already unfinished; false when there is no room.
-    /// One statement, so a burst of pings cannot overshoot the limit.
     /// Insert a job unless `caps` are reached: unfinished jobs in all, and of the job's provider.
+    /// One statement, so a burst of pings cannot overshoot the limit.
     pub async fn insert_job_if_room(&self, job: &Job, caps: JobCaps) -> Result<Admission, StoreError> {
         let r = sqlx::query(
-            "INSERT INTO jobs (id, client_id, export_type, export_url, kickoff, state, created_at, touched_at)
-             SELECT ?, ?, ?, ?, ?, ?, ?, ?
+            "INSERT INTO jobs (id, client_id, export_type, export_url, kickoff, state, created_at, touched_at, plan_open)
+             SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?
              WHERE (SELECT COUNT(*) FROM jobs WHERE state NOT IN ('completed', 'failed')) < ?
                AND (SELECT COUNT(*) FROM jobs WHERE client_id = ? AND state NOT IN ('completed', 'failed')) < ?",
         )
@@ -262,6 +103,7 @@ impl Store {
         .bind(job.state.as_str())
         .bind(job.created_at)
         .bind(job.created_at)
+        .bind(job.plan_open)
         .bind(caps.all)
         .bind(&job.client_id)
         .bind(caps.per_provider)
@@ -334,7 +176,7 @@ impl Store {
             "SELECT COUNT(*) AS files, COALESCE(SUM(state = 'failed'), 0) AS failed,
                     COALESCE(SUM(resources), 0) AS resources, COUNT(outcome) AS outcomes,
                     COALESCE(SUM(provider_errors), 0) AS provider_errors
-             FROM job_files WHERE job_id = ?",
+             FROM job_files WHERE job_id = ? AND state != 'withdrawn'",
         )
         .bind(job_id)
         .fetch_one(self.pool())
@@ -344,7 +186,7 @@ impl Store {
     /// Outcome lines of finished files, in manifest order.
     pub async fn file_outcomes(&self, job_id: &str) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT outcome FROM job_files WHERE job_id = ? AND outcome IS NOT NULL ORDER BY idx",
+            "SELECT outcome FROM job_files WHERE job_id = ? AND outcome IS NOT NULL AND state != 'withdrawn' ORDER BY idx",
         )
         .bind(job_id)
         .fetch_all(self.pool())
@@ -397,17 +239,67 @@ impl Store {
         Ok(())
     }
 
-    /// Store the planned files and move to `importing`, atomically, so a restart never sees half a plan.
-    pub async fn save_plan(&self, id: &str, files: &[JobFile]) -> Result<(), StoreError> {
+    /// Add a manifest and its files to a job's plan, atomically (a restart never sees half of
+    /// one), and move the job to `importing`; `close` closes the plan with it. The files' `idx`
+    /// must continue the plan (start at its file count), else the plan changed since it was read.
+    pub async fn append_manifest(
+        &self,
+        job_id: &str,
+        url: &str,
+        files: &[JobFile],
+        close: bool,
+        now: i64,
+    ) -> Result<Appended, StoreError> {
         let mut tx = self.pool().begin().await?;
-        sqlx::query("DELETE FROM job_files WHERE job_id = ?").bind(id).execute(&mut *tx).await?;
+        // Taking the write lock first, so the checks below hold until the commit.
+        sqlx::query("UPDATE jobs SET touched_at = touched_at WHERE id = ?")
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+        let open: Option<bool> = sqlx::query_scalar(
+            "SELECT plan_open FROM jobs WHERE id = ? AND state NOT IN ('completed', 'failed')",
+        )
+        .bind(job_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if open != Some(true) {
+            return Ok(Appended::Closed);
+        }
+        let duplicate: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM job_manifests WHERE job_id = ? AND url = ? AND withdrawn = 0)",
+        )
+        .bind(job_id)
+        .bind(url)
+        .fetch_one(&mut *tx)
+        .await?;
+        if duplicate {
+            return Ok(Appended::Duplicate);
+        }
+        let (next_manifest, next_file): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COALESCE(MAX(idx) + 1, 0) FROM job_manifests WHERE job_id = ?1),
+                    (SELECT COALESCE(MAX(idx) + 1, 0) FROM job_files WHERE job_id = ?1)",
+        )
+        .bind(job_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if files.first().is_some_and(|f| f.idx != next_file) {
+            return Ok(Appended::Stale);
+        }
+        sqlx::query("INSERT INTO job_manifests (job_id, idx, url, added_at) VALUES (?, ?, ?, ?)")
+            .bind(job_id)
+            .bind(next_manifest)
+            .bind(url)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         for f in files {
             sqlx::query(
-                "INSERT INTO job_files (job_id, idx, kind, resource_type, url, requires_token, name, state)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')",
+                "INSERT INTO job_files (job_id, idx, manifest_idx, kind, resource_type, url, requires_token, name, state)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
             )
-            .bind(id)
+            .bind(job_id)
             .bind(f.idx)
+            .bind(next_manifest)
             .bind(f.kind.as_str())
             .bind(&f.resource_type)
             .bind(&f.url)
@@ -416,9 +308,72 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query("UPDATE jobs SET state = 'importing' WHERE id = ?").bind(id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE jobs SET state = 'importing', plan_open = ? WHERE id = ?")
+            .bind(!close)
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(Appended::Added(next_manifest))
+    }
+
+    /// Withdraw a manifest of the plan: it and its files are marked withdrawn. Returns its files
+    /// as they were (the done ones have data to remove), or `None` if the plan holds no such
+    /// manifest (or it was withdrawn already).
+    pub async fn withdraw_manifest(
+        &self,
+        job_id: &str,
+        url: &str,
+    ) -> Result<Option<Vec<JobFile>>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let idx: Option<i64> = sqlx::query_scalar(
+            "UPDATE job_manifests SET withdrawn = 1 WHERE job_id = ? AND url = ? AND withdrawn = 0 RETURNING idx",
+        )
+        .bind(job_id)
+        .bind(url)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(idx) = idx else { return Ok(None) };
+        let files: Vec<JobFile> = sqlx::query_as::<_, FileRow>(
+            "SELECT * FROM job_files WHERE job_id = ? AND manifest_idx = ? ORDER BY idx",
+        )
+        .bind(job_id)
+        .bind(idx)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(JobFile::from)
+        .collect();
+        sqlx::query("UPDATE job_files SET state = 'withdrawn' WHERE job_id = ? AND manifest_idx = ?")
+            .bind(job_id)
+            .bind(idx)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(files))
+    }
+
+    /// The manifests of a job's plan, in the order they were added.
+    pub async fn manifests(&self, job_id: &str) -> Result<Vec<PlanManifest>, StoreError> {
+        let rows: Vec<(i64, String, bool, i64)> = sqlx::query_as(
+            "SELECT idx, url, withdrawn, added_at FROM job_manifests WHERE job_id = ? ORDER BY idx",
+        )
+        .bind(job_id)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(idx, url, withdrawn, added_at)| PlanManifest { idx, url, withdrawn, added_at })
+            .collect())
+    }
+
+    /// Close a job's plan: no manifest is added after this. False when it was closed already.
+    pub async fn close_plan(&self, job_id: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE jobs SET plan_open = 0 WHERE id = ? AND plan_open = 1")
+            .bind(job_id)
+            .execute(self.pool())
+            .await?;
+        Ok(r.rows_affected() == 1)
     }
 
     pub async fn files(&self, job_id: &str) -> Result<Vec<JobFile>, StoreError> {
@@ -460,7 +415,7 @@ impl Store {
 
     pub async fn file_counts(&self, job_id: &str) -> Result<FileCounts, StoreError> {
         let (total, finished): (i64, i64) = sqlx::query_as(
-            "SELECT COUNT(*), COALESCE(SUM(state != 'pending'), 0) FROM job_files WHERE job_id = ?",
+            "SELECT COUNT(*), COALESCE(SUM(state != 'pending'), 0) FROM job_files WHERE job_id = ? AND state != 'withdrawn'",
         )
         .bind(job_id)
         .fetch_one(self.pool())
@@ -468,15 +423,16 @@ impl Store {
         Ok(FileCounts { total, finished })
     }
 
+    /// Record a file's result; false when it is no longer pending (withdrawn meanwhile).
     pub async fn finish_file(
         &self,
         job_id: &str,
         idx: i64,
         done: &FinishedFile<'_>,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query(
             "UPDATE job_files SET state = ?, resources = ?, bytes = ?, outcome = ?, provider_errors = ?, type_counts = ?
-             WHERE job_id = ? AND idx = ?",
+             WHERE job_id = ? AND idx = ? AND state = 'pending'",
         )
         .bind(done.state.as_str())
         .bind(done.resources)
@@ -488,16 +444,21 @@ impl Store {
         .bind(idx)
         .execute(self.pool())
         .await?;
-        Ok(())
+        Ok(r.rows_affected() == 1)
     }
 
-    pub async fn complete_job(&self, id: &str, now: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE jobs SET state = 'completed', completed_at = ? WHERE id = ?")
-            .bind(now)
-            .bind(id)
-            .execute(self.pool())
-            .await?;
-        Ok(())
+    /// Complete a job whose plan is closed and has no file pending; false otherwise.
+    pub async fn complete_job(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE jobs SET state = 'completed', completed_at = ?
+             WHERE id = ? AND plan_open = 0 AND state NOT IN ('completed', 'failed')
+               AND NOT EXISTS (SELECT 1 FROM job_files WHERE job_id = jobs.id AND state = 'pending')",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() == 1)
     }
 
     /// Give every file still pending an outcome (and the failed state), in one transaction.

@@ -3,6 +3,7 @@
 pub mod dashboard;
 pub mod job_store;
 pub mod jobs;
+pub mod leases;
 pub mod providers;
 
 use std::{path::Path, time::Duration};

@@ -1,42 +1,6 @@
 //! Provider registrations (`POST /auth/register`).
-use serde_json::Value;
-
 use super::{Store, StoreError};
-
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Provider {
-    pub client_id: String,
-    /// Our client id at the provider.
-    pub consumer_client_id: String,
-    /// The provider's FHIR base URL: every URL we fetch for it must lie under it.
-    pub aud: String,
-    pub jwks: Option<String>,
-    pub jwks_uri: Option<String>,
-    /// Scope we ask the provider for; `None` means the configured default.
-    pub scope: Option<String>,
-    pub created_at: i64,
-    pub revoked_at: Option<i64>,
-    /// JSON array of extra origins that may receive our token.
-    pub token_origins: String,
-    /// JSON array: when set, the only origins (besides trusted ones) files may come from.
-    pub file_origins: Option<String>,
-    /// A pinned token endpoint (instead of discovery), exactly as the provider spells it.
-    pub token_endpoint: Option<String>,
-}
-
-impl Provider {
-    pub fn jwks_value(&self) -> Option<Value> {
-        self.jwks.as_deref().and_then(|s| serde_json::from_str(s).ok())
-    }
-
-    pub fn token_origin_list(&self) -> Vec<String> {
-        serde_json::from_str(&self.token_origins).unwrap_or_default()
-    }
-
-    pub fn file_origin_list(&self) -> Option<Vec<String>> {
-        self.file_origins.as_deref().and_then(|s| serde_json::from_str(s).ok())
-    }
-}
+use crate::domain::Provider;
 
 impl Store {
     pub async fn insert_provider(&self, p: &Provider) -> Result<(), StoreError> {

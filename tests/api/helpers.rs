@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use bulk_import::{config::Config, destination::DestinationKind, App};
+use bulk_import::{config::Config, destination::DestinationKind, jobs::context::JobContext, App};
 use josekit::{
     jwk::Jwk,
     jws::{JwsHeader, ES384},
@@ -26,6 +26,8 @@ pub struct TestApp {
     pub provider_key: Jwk,
     pub client_id: String,
     pub dir: PathBuf,
+    /// The app's job services, to drive the engine directly.
+    pub ctx: JobContext,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<()>>,
     _tmp: Option<TempDir>,
@@ -79,6 +81,7 @@ pub async fn start(config: Config, provider: FakeProvider, dir: PathBuf) -> Test
     init_logs();
     let app = App::build(config).await.expect("app builds");
     let base = format!("http://{}", app.local_addr());
+    let ctx = app.job_context();
     let (stop, stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         app.run(async move {
@@ -95,6 +98,7 @@ pub async fn start(config: Config, provider: FakeProvider, dir: PathBuf) -> Test
         provider_key: ES384.generate_key_pair().unwrap().to_jwk_key_pair(),
         client_id: String::new(),
         dir,
+        ctx,
         stop: Some(stop),
         handle: Some(handle),
         _tmp: None,

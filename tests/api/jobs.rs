@@ -171,20 +171,21 @@ async fn the_reaper_removes_a_job_with_no_sign_of_life_past_twice_the_max_age() 
     let long_ago = bulk_import::time_util::now_unix() - 3600;
     store
         .insert_job_if_room(
-            &bulk_import::store::jobs::Job {
+            &bulk_import::domain::Job {
                 id: id.clone(),
                 client_id: app.client_id.clone(),
                 export_type: bulk_import::fhir::parameters::ExportType::Dynamic,
                 export_url: app.provider.export_url(),
                 kickoff: vec![],
-                state: bulk_import::store::jobs::JobState::Exporting,
+                state: bulk_import::domain::JobState::Exporting,
                 status_url: None,
                 progress: None,
                 failure: None,
                 created_at: long_ago,
                 completed_at: None,
+                plan_open: true,
             },
-            bulk_import::store::jobs::JobCaps { all: 1000, per_provider: 1000 },
+            bulk_import::domain::JobCaps { all: 1000, per_provider: 1000 },
         )
         .await
         .unwrap();

@@ -10,6 +10,7 @@ mod jobs;
 mod jwks_url;
 mod listener;
 mod load;
+mod plan;
 mod provider_bounds;
 mod pull;
 mod real_providers;

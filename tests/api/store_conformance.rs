@@ -1,11 +1,13 @@
 //! The store conformance suite: what the engine relies on of any `JobStore` and
 //! `RegistrationStore`, run against every backend (SQLite today).
+use std::time::Duration;
+
 use bulk_import::{
+    domain::{Admission, Appended, FileState, FinishedFile, Job, JobCaps, JobFile, JobState, Provider},
     fhir::{manifest::FileKind, parameters::ExportType},
     store::{
         job_store::{JobStore, RegistrationStore},
-        jobs::{Admission, FileState, FinishedFile, Job, JobCaps, JobFile, JobState},
-        providers::Provider,
+        leases::Renewal,
         Store,
     },
 };
@@ -39,6 +41,7 @@ fn job(id: &str, client_id: &str, created_at: i64) -> Job {
         failure: None,
         created_at,
         completed_at: None,
+        plan_open: true,
     }
 }
 
@@ -46,6 +49,7 @@ fn file(job_id: &str, idx: i64, resource_type: &str) -> JobFile {
     JobFile {
         job_id: job_id.into(),
         idx,
+        manifest_idx: 0,
         kind: FileKind::Output,
         resource_type: resource_type.into(),
         url: format!("https://ehr.example/files/{idx}.ndjson"),
@@ -90,11 +94,14 @@ async fn admission_holds_both_caps(store: &dyn JobStore) {
     assert_eq!(store.insert_job_if_room(&a[2], caps).await.unwrap(), Admission::ProviderFull);
     assert_eq!(store.insert_job_if_room(&job("aa04", "p3", 13), caps).await.unwrap(), Admission::Admitted);
     assert_eq!(store.insert_job_if_room(&job("aa05", "p4", 14), caps).await.unwrap(), Admission::Full);
-    // A finished job frees its slot.
-    store.complete_job("aa01", 20).await.unwrap();
+    // A finished job frees its slot; it completes only once its plan is closed.
+    assert!(!store.complete_job("aa01", 20).await.unwrap(), "an open plan may still grow");
+    assert!(store.close_plan("aa01").await.unwrap());
+    assert!(store.complete_job("aa01", 20).await.unwrap());
     assert_eq!(store.insert_job_if_room(&job("aa05", "p4", 14), caps).await.unwrap(), Admission::Admitted);
     for id in ["aa02", "aa04", "aa05"] {
-        store.complete_job(id, 20).await.unwrap();
+        store.close_plan(id).await.unwrap();
+        assert!(store.complete_job(id, 20).await.unwrap());
     }
 }
 
@@ -111,12 +118,18 @@ async fn a_plan_records_files_outcomes_and_totals(store: &dyn JobStore) {
     assert_eq!(store.job("bb01").await.unwrap().unwrap().progress.as_deref(), Some("50%"));
 
     let plan = [file("bb01", 0, "Patient"), file("bb01", 1, "Observation"), file("bb01", 2, "Observation")];
-    store.save_plan("bb01", &plan).await.unwrap();
-    store.set_state("bb01", JobState::Importing).await.unwrap();
+    let url = "https://ehr.example/status/1";
+    assert_eq!(store.append_manifest("bb01", url, &plan, true, 102).await.unwrap(), Appended::Added(0));
+    assert_eq!(store.job("bb01").await.unwrap().unwrap().state, JobState::Importing);
+    assert!(!store.complete_job("bb01", 103).await.unwrap(), "files are pending");
     let files = store.files("bb01").await.unwrap();
     assert_eq!(files.iter().map(|f| f.idx).collect::<Vec<_>>(), vec![0, 1, 2], "in plan order");
-    store.finish_file("bb01", 1, &done(7, "{\"o\":1}")).await.unwrap();
-    store.finish_file("bb01", 0, &done(3, "{\"o\":0}")).await.unwrap();
+    assert!(store.finish_file("bb01", 1, &done(7, "{\"o\":1}")).await.unwrap());
+    assert!(store.finish_file("bb01", 0, &done(3, "{\"o\":0}")).await.unwrap());
+    assert!(
+        !store.finish_file("bb01", 0, &done(3, "{\"o\":0}")).await.unwrap(),
+        "only a pending file finishes"
+    );
     let counts = store.file_counts("bb01").await.unwrap();
     assert_eq!((counts.total, counts.finished), (3, 2));
     store.fail_pending_files("bb01", &[(0, "{\"x\":0}".into()), (2, "{\"o\":2}".into())]).await.unwrap();
@@ -134,7 +147,8 @@ async fn a_plan_records_files_outcomes_and_totals(store: &dyn JobStore) {
 async fn a_finished_job_stays_as_it_finished(store: &dyn JobStore) {
     let caps = JobCaps { all: 100, per_provider: 100 };
     store.insert_job_if_room(&job("cc01", "p1", 200), caps).await.unwrap();
-    store.complete_job("cc01", 210).await.unwrap();
+    store.close_plan("cc01").await.unwrap();
+    assert!(store.complete_job("cc01", 210).await.unwrap());
     assert!(!store.fail_job("cc01", "too late", 220).await.unwrap(), "a finished job is not failed");
     let j = store.job("cc01").await.unwrap().unwrap();
     assert_eq!((j.state, j.failure, j.completed_at), (JobState::Completed, None, Some(210)));
@@ -160,6 +174,114 @@ async fn unfinished_expired_and_deleted_jobs(store: &dyn JobStore) {
     assert!(!store.delete_job("bb01").await.unwrap());
 }
 
+async fn a_plan_grows_and_manifests_are_withdrawn(store: &dyn JobStore) {
+    let caps = JobCaps { all: 100, per_provider: 100 };
+    store.insert_job_if_room(&job("ee01", "p1", 400), caps).await.unwrap();
+    let (m1, m2) = ("https://ehr.example/m/1.json", "https://ehr.example/m/2.json");
+    let first = [file("ee01", 0, "Patient"), file("ee01", 1, "Patient")];
+    assert_eq!(store.append_manifest("ee01", m1, &first, false, 401).await.unwrap(), Appended::Added(0));
+    assert_eq!(store.append_manifest("ee01", m1, &[], false, 402).await.unwrap(), Appended::Duplicate);
+    // Numbered from an old reading of the plan: refused, nothing stored.
+    let stale = [file("ee01", 1, "Observation")];
+    assert_eq!(store.append_manifest("ee01", m2, &stale, false, 403).await.unwrap(), Appended::Stale);
+    let second = [file("ee01", 2, "Observation")];
+    assert_eq!(store.append_manifest("ee01", m2, &second, false, 404).await.unwrap(), Appended::Added(1));
+    let files = store.files("ee01").await.unwrap();
+    assert_eq!(
+        files.iter().map(|f| (f.idx, f.manifest_idx)).collect::<Vec<_>>(),
+        vec![(0, 0), (1, 0), (2, 1)]
+    );
+    assert!(store.finish_file("ee01", 0, &done(4, "{\"o\":0}")).await.unwrap());
+
+    let withdrawn = store.withdraw_manifest("ee01", m1).await.unwrap().expect("the manifest is there");
+    assert_eq!(
+        withdrawn.iter().map(|f| (f.idx, f.state)).collect::<Vec<_>>(),
+        vec![(0, FileState::Done), (1, FileState::Pending)]
+    );
+    assert!(store.withdraw_manifest("ee01", m1).await.unwrap().is_none(), "once only");
+    assert!(
+        !store.finish_file("ee01", 1, &done(1, "{\"o\":1}")).await.unwrap(),
+        "a withdrawn file is not recorded"
+    );
+    let counts = store.file_counts("ee01").await.unwrap();
+    assert_eq!((counts.total, counts.finished), (1, 0), "withdrawn files are not part of the import");
+    assert!(store.file_outcomes("ee01").await.unwrap().is_empty());
+    assert_eq!(store.type_counts("ee01").await.unwrap().get("Patient"), None);
+    let manifests = store.manifests("ee01").await.unwrap();
+    assert_eq!(
+        manifests.iter().map(|m| (m.idx, m.withdrawn)).collect::<Vec<_>>(),
+        vec![(0, true), (1, false)]
+    );
+    // A withdrawn manifest's URL may come again (a replacement under the same URL).
+    let again = [file("ee01", 3, "Patient")];
+    assert_eq!(store.append_manifest("ee01", m1, &again, false, 405).await.unwrap(), Appended::Added(2));
+
+    assert!(store.finish_file("ee01", 2, &done(2, "{\"o\":2}")).await.unwrap());
+    assert!(store.finish_file("ee01", 3, &done(5, "{\"o\":3}")).await.unwrap());
+    assert!(!store.complete_job("ee01", 406).await.unwrap(), "the plan is open");
+    assert!(store.close_plan("ee01").await.unwrap());
+    assert!(!store.close_plan("ee01").await.unwrap());
+    assert_eq!(
+        store.append_manifest("ee01", "https://ehr.example/m/3.json", &[], false, 407).await.unwrap(),
+        Appended::Closed
+    );
+    assert!(store.complete_job("ee01", 408).await.unwrap());
+    let totals = store.file_totals("ee01").await.unwrap();
+    assert_eq!((totals.files, totals.resources), (2, 7));
+}
+
+async fn leases_are_claimed_fenced_and_cancelled(store: &dyn JobStore) {
+    let caps = JobCaps { all: 100, per_provider: 100 };
+    let lease = Duration::from_secs(60);
+    store.insert_job_if_room(&job("ff01", "p1", 500), caps).await.unwrap();
+    let a = store.claim_job("ff01", "replica-a", lease).await.unwrap().expect("a free job is claimed");
+    assert_eq!(store.claim_job("ff01", "replica-b", lease).await.unwrap(), None, "held by another");
+    assert_eq!(store.renew_lease("ff01", "replica-a", a, lease).await.unwrap(), Renewal::Held);
+    // The holder may claim again (a restart of the same instance); the token moves on.
+    let a2 = store.claim_job("ff01", "replica-a", lease).await.unwrap().unwrap();
+    assert!(a2 > a);
+    assert_eq!(
+        store.renew_lease("ff01", "replica-a", a, lease).await.unwrap(),
+        Renewal::Lost,
+        "fenced by the old token"
+    );
+    assert!(!store.release_lease("ff01", "replica-a", a).await.unwrap());
+    assert!(store.release_lease("ff01", "replica-a", a2).await.unwrap());
+    let b = store.claim_job("ff01", "replica-b", lease).await.unwrap().expect("a released lease is free");
+    assert_eq!(store.renew_lease("ff01", "replica-a", a2, lease).await.unwrap(), Renewal::Lost);
+    // A lease that ran out is free for anyone.
+    store.release_lease("ff01", "replica-b", b).await.unwrap();
+    let short = store.claim_job("ff01", "replica-b", Duration::ZERO).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let c =
+        store.claim_job("ff01", "replica-c", lease).await.unwrap().expect("an expired lease is taken over");
+    assert!(c > short);
+    assert_eq!(store.renew_lease("ff01", "replica-b", short, lease).await.unwrap(), Renewal::Lost);
+
+    assert!(store.request_cancel("ff01").await.unwrap());
+    assert_eq!(store.renew_lease("ff01", "replica-c", c, lease).await.unwrap(), Renewal::CancelRequested);
+    assert!(!store.request_cancel("nope").await.unwrap());
+
+    // The next free job, oldest first; a job asked to stop and a held one are skipped.
+    store.insert_job_if_room(&job("ff02", "p1", 1), caps).await.unwrap();
+    store.insert_job_if_room(&job("ff03", "p1", 2), caps).await.unwrap();
+    store.claim_job("ff03", "replica-b", lease).await.unwrap().unwrap();
+    let mut claimed = Vec::new();
+    while let Some((j, _)) = store.claim_next("replica-d", lease).await.unwrap() {
+        claimed.push(j.id);
+        assert!(claimed.len() < 20, "claim_next takes each free job once: {claimed:?}");
+    }
+    assert_eq!(claimed.first().map(String::as_str), Some("ff02"));
+    assert!(!claimed.iter().any(|id| id == "ff01" || id == "ff03"), "{claimed:?}");
+    store.close_plan("ff01").await.unwrap();
+    store.complete_job("ff01", 600).await.unwrap();
+    assert_eq!(
+        store.claim_job("ff01", "replica-c", lease).await.unwrap(),
+        None,
+        "a finished job is not claimed"
+    );
+}
+
 /// The whole suite, in order (later steps use earlier ones' rows).
 pub async fn assert_store_conformance(jobs: &dyn JobStore, registrations: &dyn RegistrationStore) {
     registrations_are_kept_listed_and_revoked(registrations).await;
@@ -167,6 +289,8 @@ pub async fn assert_store_conformance(jobs: &dyn JobStore, registrations: &dyn R
     a_plan_records_files_outcomes_and_totals(jobs).await;
     a_finished_job_stays_as_it_finished(jobs).await;
     unfinished_expired_and_deleted_jobs(jobs).await;
+    a_plan_grows_and_manifests_are_withdrawn(jobs).await;
+    leases_are_claimed_fenced_and_cancelled(jobs).await;
 }
 
 #[tokio::test]

@@ -1,0 +1,243 @@
+//! What the engine works with, independent of protocol, HTTP and storage: providers, jobs, the
+//! manifests a job's plan holds, and files. Intakes (ping-and-pull now, Bulk Submit next) create
+//! jobs and add manifests; the engine moves their files; stores persist them.
+use crate::fhir::{manifest::FileKind, parameters::KickoffParam};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    /// Accepted, not yet talking to the provider.
+    Queued,
+    /// Dynamic export kicked off (or about to be); polling the provider.
+    Exporting,
+    /// Manifest stored; files are being imported.
+    Importing,
+    Completed,
+    Failed,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Exporting => "exporting",
+            JobState::Importing => "importing",
+            JobState::Completed => "completed",
+            JobState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "exporting" => JobState::Exporting,
+            "importing" => JobState::Importing,
+            "completed" => JobState::Completed,
+            "failed" => JobState::Failed,
+            _ => JobState::Queued,
+        }
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(self, JobState::Completed | JobState::Failed)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: String,
+    pub client_id: String,
+    pub export_type: crate::fhir::parameters::ExportType,
+    pub export_url: String,
+    pub kickoff: Vec<KickoffParam>,
+    pub state: JobState,
+    pub status_url: Option<String>,
+    /// The provider's last `X-Progress`, for people.
+    pub progress: Option<String>,
+    /// Why the job failed, for people.
+    pub failure: Option<String>,
+    pub created_at: i64,
+    pub completed_at: Option<i64>,
+    /// More manifests may still be added. A ping's plan closes with its one manifest; a
+    /// submission's when the submitter says it is complete. A job completes only once closed.
+    pub plan_open: bool,
+}
+
+/// Whether `id` can be a job id (hex, as `$import` makes them with `random_hex`), checked before any query.
+pub fn is_job_id(id: &str) -> bool {
+    id.len() <= 128 && id.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileState {
+    Pending,
+    Done,
+    Failed,
+    /// Its manifest was withdrawn or replaced: not part of the import, its data removed.
+    Withdrawn,
+}
+
+impl FileState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileState::Pending => "pending",
+            FileState::Done => "done",
+            FileState::Failed => "failed",
+            FileState::Withdrawn => "withdrawn",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "done" => FileState::Done,
+            "failed" => FileState::Failed,
+            "withdrawn" => FileState::Withdrawn,
+            _ => FileState::Pending,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct JobFile {
+    pub job_id: String,
+    /// Unique in the job, in plan order.
+    pub idx: i64,
+    /// The manifest of the job's plan that listed the file.
+    pub manifest_idx: i64,
+    pub kind: FileKind,
+    pub resource_type: String,
+    pub url: String,
+    /// Whether the manifest page listing this file said `requiresAccessToken: true`.
+    pub requires_token: bool,
+    /// Name at the destination.
+    pub name: String,
+    pub state: FileState,
+    pub resources: i64,
+    pub bytes: i64,
+    /// The OperationOutcome line for this file, once it is done or failed.
+    pub outcome: Option<String>,
+    /// Error issues the provider reported in this file (an `error[]` file).
+    pub provider_errors: i64,
+    /// JSON object of resources per type, for an untyped (`organizeOutputBy`) file.
+    pub type_counts: Option<String>,
+}
+
+/// Counts for the status endpoint.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FileCounts {
+    pub total: i64,
+    pub finished: i64,
+}
+
+impl FileCounts {
+    /// Percent of listed files finished, to one decimal; a job with no files left to list is
+    /// only finishing up (100).
+    pub fn percent(&self) -> f64 {
+        if self.total > 0 {
+            (self.finished * 1000 / self.total) as f64 / 10.0
+        } else {
+            100.0
+        }
+    }
+}
+
+/// What is recorded when a file finishes.
+#[derive(Debug)]
+pub struct FinishedFile<'a> {
+    pub state: FileState,
+    pub resources: i64,
+    pub bytes: i64,
+    pub outcome: &'a str,
+    pub provider_errors: i64,
+    pub type_counts: Option<&'a str>,
+}
+
+/// Totals over a job's files.
+#[derive(Debug, Clone, Copy, Default, sqlx::FromRow)]
+pub struct FileTotals {
+    pub files: i64,
+    pub failed: i64,
+    pub resources: i64,
+    /// Files with an outcome line (finished or failed).
+    pub outcomes: i64,
+    /// Error issues providers reported in `error[]` files.
+    pub provider_errors: i64,
+}
+
+impl FileTotals {
+    /// Failed files or provider-reported errors: the import is partial.
+    pub fn has_errors(&self) -> bool {
+        self.failed > 0 || self.provider_errors > 0
+    }
+}
+
+/// Caps on unfinished jobs (`MAX_CONCURRENT_JOBS`, `MAX_JOBS_PER_PROVIDER`).
+#[derive(Debug, Clone, Copy)]
+pub struct JobCaps {
+    pub all: i64,
+    pub per_provider: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Admitted,
+    /// Every slot is taken.
+    Full,
+    /// The provider has its share; others may still start jobs.
+    ProviderFull,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Provider {
+    pub client_id: String,
+    /// Our client id at the provider.
+    pub consumer_client_id: String,
+    /// The provider's FHIR base URL: every URL we fetch for it must lie under it.
+    pub aud: String,
+    pub jwks: Option<String>,
+    pub jwks_uri: Option<String>,
+    /// Scope we ask the provider for; `None` means the configured default.
+    pub scope: Option<String>,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+    /// JSON array of extra origins that may receive our token.
+    pub token_origins: String,
+    /// JSON array: when set, the only origins (besides trusted ones) files may come from.
+    pub file_origins: Option<String>,
+    /// A pinned token endpoint (instead of discovery), exactly as the provider spells it.
+    pub token_endpoint: Option<String>,
+}
+
+impl Provider {
+    pub fn jwks_value(&self) -> Option<serde_json::Value> {
+        self.jwks.as_deref().and_then(|s| serde_json::from_str(s).ok())
+    }
+
+    pub fn token_origin_list(&self) -> Vec<String> {
+        serde_json::from_str(&self.token_origins).unwrap_or_default()
+    }
+
+    pub fn file_origin_list(&self) -> Option<Vec<String>> {
+        self.file_origins.as_deref().and_then(|s| serde_json::from_str(s).ok())
+    }
+}
+
+/// One manifest of a job's plan: where its file list came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanManifest {
+    pub idx: i64,
+    pub url: String,
+    pub withdrawn: bool,
+    pub added_at: i64,
+}
+
+/// What adding a manifest to a plan came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Added as the plan's manifest number `.0`.
+    Added(i64),
+    /// The plan changed since it was read (another addition came first): read it and try again.
+    Stale,
+    /// The plan already holds this manifest URL (and it was not withdrawn).
+    Duplicate,
+    /// The plan is closed (or the job finished): nothing more can be added.
+    Closed,
+}

@@ -1,0 +1,210 @@
+//! The engine: moves the files of a job's plan, whichever intake made it, through download →
+//! validate → destination → record, several at once. It picks up files added to the plan while it
+//! runs, drops withdrawn ones, and completes the job once the plan is closed and nothing is
+//! pending.
+use std::{
+    collections::{HashSet, VecDeque},
+    sync::Arc,
+};
+
+use futures::{stream::FuturesUnordered, StreamExt};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{
+    context::JobContext,
+    download::{self, FileResult},
+    file_bounds::JobBytes,
+    plan,
+    progress::Progress,
+    provider_client::ProviderClient,
+    recorder::Recorder,
+    JobError,
+};
+use crate::domain::{FileCounts, FileState, FinishedFile, JobFile};
+
+/// What the engine works on: one job, its provider, and the signals that reach it.
+pub struct Work<'a> {
+    pub ctx: &'a JobContext,
+    pub client: &'a Arc<ProviderClient>,
+    pub id: &'a str,
+    pub cancel: &'a CancellationToken,
+    pub progress: &'a Progress,
+    pub plan_changed: &'a Notify,
+}
+
+/// Import every file of the plan until it is closed and done.
+pub async fn import_plan(work: Work<'_>) -> Result<(), JobError> {
+    let Work { ctx, client, id, cancel, progress, plan_changed } = work;
+    let record = Recorder { store: &*ctx.store, id, progress };
+    let files = ctx.store.files(id).await?;
+    let stored: u64 =
+        files.iter().filter(|f| f.state == FileState::Done).map(|f| f.bytes.max(0) as u64).sum();
+    let job_bytes = Arc::new(JobBytes::new(ctx.config.limits.max_job_bytes, stored));
+    // On a job error the downloads are cancelled, and every task is awaited before the job
+    // returns: none may still write when the job's files are removed.
+    let downloads = cancel.child_token();
+    let _stop_downloads = downloads.clone().drop_guard();
+    let mut tasks = FuturesUnordered::new();
+    let mut in_flight: HashSet<i64> = HashSet::new();
+    let mut queue: VecDeque<JobFile> = VecDeque::new();
+    let mut plan_open = true;
+    let mut reload = true;
+    let mut announced = false;
+    let mut first_error: Option<JobError> = None;
+    // Bounded: each pass finishes a download, takes a plan change, or ends; the job's time limit
+    // bounds the whole.
+    loop {
+        if reload && first_error.is_none() && !cancel.is_cancelled() {
+            reload = false;
+            // The plan's state first, then its files: a file added before the plan closed is seen.
+            let job = ctx.store.job(id).await?.ok_or(JobError::Cancelled)?;
+            if job.state.is_finished() {
+                // Ended elsewhere (cancelled, failed by another process).
+                return Err(JobError::Cancelled);
+            }
+            plan_open = job.plan_open;
+            let files = ctx.store.files(id).await?;
+            let listed: Vec<&JobFile> = files.iter().filter(|f| f.state != FileState::Withdrawn).collect();
+            let finished = listed.iter().filter(|f| f.state != FileState::Pending).count() as i64;
+            record.importing(FileCounts { total: listed.len() as i64, finished });
+            queue = files
+                .into_iter()
+                .filter(|f| f.state == FileState::Pending && !in_flight.contains(&f.idx))
+                .collect();
+            if !announced || !queue.is_empty() {
+                tracing::info!(files = queue.len(), "importing files");
+                announced = true;
+            }
+        }
+        while first_error.is_none() && tasks.len() < ctx.config.limits.parallel_downloads {
+            let Some(file) = queue.pop_front() else { break };
+            in_flight.insert(file.idx);
+            tasks.push(spawn_download(ctx, client, file, &job_bytes, &downloads));
+        }
+        if tasks.is_empty() {
+            if first_error.is_some() || cancel.is_cancelled() {
+                break;
+            }
+            if !plan_open {
+                // Conditional in the store: false if a file is still pending (read again).
+                if record.completed().await? {
+                    log_completion(ctx, id).await;
+                    return Ok(());
+                }
+                reload = true;
+                continue;
+            }
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                _ = plan_changed.notified() => reload = true,
+            }
+            continue;
+        }
+        tokio::select! {
+            biased;
+            Some(joined) = tasks.next() => {
+                let recorded = match joined {
+                    Err(e) => Err(JobError::Internal(format!("a download task stopped: {e}"))),
+                    Ok((file, Ok(r))) => {
+                        in_flight.remove(&file.idx);
+                        record_file(ctx, &record, &file, r).await
+                    }
+                    Ok((file, Err(e))) => {
+                        in_flight.remove(&file.idx);
+                        Err(e)
+                    }
+                };
+                if let Err(e) = recorded {
+                    downloads.cancel();
+                    // A cancelled sibling is the consequence, not the cause.
+                    if first_error.is_none() || matches!(first_error, Some(JobError::Cancelled)) {
+                        first_error = Some(e);
+                    }
+                }
+            }
+            _ = plan_changed.notified(), if first_error.is_none() => reload = true,
+        }
+    }
+    // A stop from outside (cancel, shutdown, the time limit) wins over what it caused in siblings:
+    // the job resumes or ends as stopped, not failed.
+    if cancel.is_cancelled() {
+        return Err(JobError::Cancelled);
+    }
+    Err(first_error.unwrap_or(JobError::Cancelled))
+}
+
+type Download = tokio::task::JoinHandle<(JobFile, Result<FileResult, JobError>)>;
+
+/// Each download is its own task, so validation of several files uses every core.
+fn spawn_download(
+    ctx: &JobContext,
+    client: &Arc<ProviderClient>,
+    file: JobFile,
+    job_bytes: &Arc<JobBytes>,
+    cancel: &CancellationToken,
+) -> Download {
+    let (client, destination, cancel) = (client.clone(), ctx.destination.clone(), cancel.clone());
+    let job_bytes = job_bytes.clone();
+    let slots = ctx.jobs.download_slots.clone();
+    tokio::spawn(
+        async move {
+            let _slot = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return (file, Err(JobError::Cancelled)),
+                slot = slots.acquire_owned() => slot.ok(),
+            };
+            let result = download::import_file(&client, &*destination, &file, &job_bytes, &cancel).await;
+            (file, result)
+        }
+        .instrument(tracing::Span::current()),
+    )
+}
+
+/// Store one file's result. A file withdrawn while it downloaded is not recorded, and what it
+/// stored is removed.
+async fn record_file(
+    ctx: &JobContext,
+    record: &Recorder<'_>,
+    file: &JobFile,
+    r: FileResult,
+) -> Result<(), JobError> {
+    let outcome = serde_json::to_string(&r.outcome).map_err(crate::store::StoreError::from)?;
+    let type_counts = r
+        .type_counts
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(crate::store::StoreError::from)?;
+    let done = FinishedFile {
+        state: r.state,
+        resources: r.resources,
+        bytes: r.bytes,
+        outcome: &outcome,
+        provider_errors: r.provider_errors,
+        type_counts: type_counts.as_deref(),
+    };
+    if !record.file_finished(file.idx, &done).await? {
+        let finished = JobFile { state: r.state, ..file.clone() };
+        if plan::has_data(&finished) {
+            ctx.destination.delete_file(plan::target(&finished)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Only for the log: nothing after the completion may fail the job.
+async fn log_completion(ctx: &JobContext, id: &str) {
+    let Ok(totals) = ctx.store.file_totals(id).await else { return };
+    if totals.has_errors() {
+        tracing::warn!(
+            failed_files = totals.failed,
+            provider_errors = totals.provider_errors,
+            "job completed with errors"
+        );
+    } else {
+        tracing::info!(files = totals.files, resources = totals.resources, "job completed");
+    }
+}

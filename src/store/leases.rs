@@ -1,0 +1,112 @@
+//! Who runs a job: a lease claimed with one conditional statement on the database's clock, renewed
+//! by the holder's heartbeat, and fenced by a token every claim increments (a renewal or release
+//! names the token it holds, so a holder whose lease was taken over finds out and stops).
+use std::time::Duration;
+
+use super::{jobs::JobRow, Store, StoreError};
+use crate::domain::Job;
+
+/// What a heartbeat's renewal found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    Held,
+    /// Still ours, and someone asked for the job to stop (a DELETE on any process).
+    CancelRequested,
+    /// Taken over (or the job is gone): stop writing at once.
+    Lost,
+}
+
+/// A free lease: nobody's, ours already, or expired.
+const FREE: &str = "(lease_owner IS NULL OR lease_owner = ?1 OR lease_expires_at < unixepoch())";
+
+impl Store {
+    /// Claim an unfinished job for `owner`; its fencing token, or `None` if another holds it.
+    pub async fn claim_job(&self, id: &str, owner: &str, lease: Duration) -> Result<Option<i64>, StoreError> {
+        let sql = format!(
+            "UPDATE jobs SET lease_owner = ?1, lease_token = lease_token + 1,
+                    lease_expires_at = unixepoch() + ?2, touched_at = unixepoch()
+             WHERE id = ?3 AND state NOT IN ('completed', 'failed') AND {FREE}
+             RETURNING lease_token"
+        );
+        Ok(sqlx::query_scalar(&sql)
+            .bind(owner)
+            .bind(lease.as_secs() as i64)
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?)
+    }
+
+    /// Claim the oldest unfinished job that nobody holds (or whose lease ran out) and nobody asked
+    /// to stop. Jobs `owner` holds already are not claimed again, so calling this until it
+    /// returns `None` takes each free job once.
+    pub async fn claim_next(&self, owner: &str, lease: Duration) -> Result<Option<(Job, i64)>, StoreError> {
+        let sql = "UPDATE jobs SET lease_owner = ?1, lease_token = lease_token + 1,
+                    lease_expires_at = unixepoch() + ?2, touched_at = unixepoch()
+             WHERE id = (SELECT id FROM jobs
+                         WHERE state NOT IN ('completed', 'failed') AND cancel_requested_at IS NULL
+                           AND (lease_owner IS NULL OR lease_expires_at < unixepoch())
+                         ORDER BY created_at LIMIT 1)
+             RETURNING *";
+        let row: Option<JobRow> =
+            sqlx::query_as(sql).bind(owner).bind(lease.as_secs() as i64).fetch_optional(self.pool()).await?;
+        match row {
+            Some(row) => {
+                let token = row.lease_token;
+                Ok(Some((Job::try_from(row)?, token)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Extend a held lease (and record a sign of life).
+    pub async fn renew_lease(
+        &self,
+        id: &str,
+        owner: &str,
+        token: i64,
+        lease: Duration,
+    ) -> Result<Renewal, StoreError> {
+        let found: Option<Option<i64>> = sqlx::query_scalar(
+            "UPDATE jobs SET lease_expires_at = unixepoch() + ?, touched_at = unixepoch()
+             WHERE id = ? AND lease_owner = ? AND lease_token = ?
+             RETURNING cancel_requested_at",
+        )
+        .bind(lease.as_secs() as i64)
+        .bind(id)
+        .bind(owner)
+        .bind(token)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(match found {
+            None => Renewal::Lost,
+            Some(Some(_)) => Renewal::CancelRequested,
+            Some(None) => Renewal::Held,
+        })
+    }
+
+    /// Give a lease up (the job ended here, or this process stops), so another may claim it at once.
+    pub async fn release_lease(&self, id: &str, owner: &str, token: i64) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL
+             WHERE id = ? AND lease_owner = ? AND lease_token = ?",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(token)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Ask whoever runs an unfinished job to stop it; false if it had finished (or is gone).
+    pub async fn request_cancel(&self, id: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE jobs SET cancel_requested_at = unixepoch()
+             WHERE id = ? AND state NOT IN ('completed', 'failed') AND cancel_requested_at IS NULL",
+        )
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+}
