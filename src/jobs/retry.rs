@@ -210,6 +210,55 @@ mod tests {
         assert_eq!(poll_wait(Some(Duration::from_secs(90)), start, 0, cap), Duration::from_secs(90));
     }
 
+    fn quick(retries: u32, min_span: Duration) -> Policy {
+        Policy { retries, base: Duration::from_millis(1), cap: Duration::from_millis(4), min_span }
+    }
+
+    #[tokio::test]
+    async fn run_tries_as_the_policy_says_and_tells_the_last_attempt() {
+        let cancel = CancellationToken::new();
+        let seen = std::sync::Mutex::new(Vec::new());
+        let out: Result<(), JobError> = run(quick(2, Duration::ZERO), &cancel, "test", |t| {
+            seen.lock().unwrap().push((t.number, t.last));
+            async { Attempt::Again { after: None, why: "flaky".into() } }
+        })
+        .await;
+        assert_eq!(*seen.lock().unwrap(), [(0, false), (1, false), (2, true)]);
+        assert!(
+            matches!(out, Err(JobError::Provider(ref m)) if m == "flaky (gave up after 3 attempts)"),
+            "{out:?}"
+        );
+        // A final answer ends it at once.
+        let n = std::sync::atomic::AtomicU32::new(0);
+        let out = run(quick(5, Duration::ZERO), &cancel, "test", |_| {
+            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async { Attempt::Done(Ok(7)) }
+        })
+        .await;
+        assert_eq!((out.unwrap(), n.into_inner()), (7, 1));
+    }
+
+    #[tokio::test]
+    async fn run_keeps_trying_for_the_minimum_span_and_stops_on_cancel() {
+        let cancel = CancellationToken::new();
+        let started = Instant::now();
+        let n = std::sync::atomic::AtomicU32::new(0);
+        let out: Result<(), JobError> = run(quick(1, Duration::from_millis(60)), &cancel, "test", |_| {
+            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async { Attempt::Again { after: None, why: "down".into() } }
+        })
+        .await;
+        assert!(out.is_err());
+        assert!(started.elapsed() >= Duration::from_millis(60));
+        assert!(n.into_inner() > 2, "more attempts than `retries` while the span lasts");
+        // A cancelled wait ends the run as cancelled, however many attempts were left.
+        let waiting = run(quick(100, Duration::ZERO), &cancel, "test", |_| async {
+            Attempt::<()>::Again { after: Some(Duration::from_secs(60)), why: "later".into() }
+        });
+        cancel.cancel();
+        assert!(matches!(waiting.await, Err(JobError::Cancelled)));
+    }
+
     #[test]
     fn backoff_doubles_up_to_the_cap() {
         let b = Duration::from_secs(1);

@@ -1,5 +1,5 @@
 //! Destination conformance: open → write → finish lands the exact bytes; abort leaves nothing;
-//! a reopened file replaces an earlier partial one; delete removes the job.
+//! a reopened file replaces an earlier partial one; one file or the whole job can be removed.
 use std::time::Duration;
 
 use bulk_import::destination::{dev_null::DevNull, s3::S3, tmp_fs::TmpFs, Destination, FileTarget};
@@ -68,8 +68,20 @@ async fn assert_round_trip_of(
         }
     }
 
-    dest.delete_job("job1").await.unwrap();
+    // One file removed (its manifest withdrawn), its sibling kept; removing it again is fine.
+    let mut w = dest.open(target("job1", "b.ndjson")).await.unwrap();
+    w.write(Bytes::copy_from_slice(head)).await.unwrap();
+    w.finish(1).await.unwrap();
+    dest.delete_file(target("job1", "a.ndjson")).await.unwrap();
     assert_eq!(read("job1", "a.ndjson"), None);
+    if keeps == Keeps::Bytes {
+        assert_eq!(read("job1", "b.ndjson").as_deref(), Some(head), "only the named file goes");
+        assert!(dest.delete_file(target("job1", "../b.ndjson")).await.is_err(), "no escape by name");
+    }
+    dest.delete_file(target("job1", "a.ndjson")).await.unwrap();
+
+    dest.delete_job("job1").await.unwrap();
+    assert_eq!(read("job1", "b.ndjson"), None);
     // Deleting what is not there is fine.
     dest.delete_job("job1").await.unwrap();
 }
