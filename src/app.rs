@@ -70,26 +70,21 @@ impl App {
         let job_context = JobContext {
             provider_tokens: Arc::new(ProviderTokens::new(http.clone(), keys.clone())),
             request_budget: Arc::new(RequestBudget::new(config.limits.provider_requests_per_minute)),
-            outbound: outbound.clone(),
+            outbound,
             config: config.clone(),
             store: Arc::new(store.clone()),
             providers: Arc::new(store.clone()),
             http: http.clone(),
-            destination: destination.clone(),
-            jobs: jobs.clone(),
+            destination,
+            jobs,
         };
         let state = AppState {
-            provider_tokens: job_context.provider_tokens.clone(),
-            request_budget: job_context.request_budget.clone(),
-            outbound,
             jwks: Arc::new(JwksCache::new(config.limits.jwks_fetch_timeout, config.limits.jwks_min_refetch)),
             auth_failures: Arc::new(AuthFailures::new(config.limits.max_auth_failures)),
             config,
             store,
             http,
             keys,
-            destination,
-            jobs,
             job_context,
         };
         Ok(Self { listener, state, shutdown })
@@ -111,7 +106,7 @@ impl App {
         let _stop_jobs_on_drop = shutdown.clone().drop_guard();
         tracing::info!(
             address = %listener.local_addr()?,
-            destination = %state.destination.describe(),
+            destination = %state.job_context.destination.describe(),
             "bulk-import listening"
         );
         if state.config.public_url.is_none()
@@ -122,7 +117,8 @@ impl App {
             tracing::warn!("PUBLIC_URL is not set: our URLs and the token audience come from each request's Host header; set PUBLIC_URL in production");
         }
         resume::resume_unfinished(&state.job_context).await?;
-        state.jobs.tracker.spawn(reaper::run(state.job_context.clone()));
+        let jobs = state.job_context.jobs.clone();
+        jobs.tracker.spawn(reaper::run(state.job_context.clone()));
 
         let router = routes::router(state.clone());
         let stop = shutdown.clone();
@@ -132,8 +128,8 @@ impl App {
         });
         http_server::serve(listener, router, state.config.server.clone(), shutdown.clone(), CONNECTION_DRAIN)
             .await;
-        state.jobs.tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, state.jobs.tracker.wait()).await.is_err() {
+        jobs.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, jobs.tracker.wait()).await.is_err() {
             tracing::warn!("jobs did not stop in time; they resume on the next start");
         }
         tracing::info!("stopped");

@@ -12,6 +12,7 @@ pub mod http_server;
 pub mod imports;
 pub mod instance_id;
 pub mod jobs;
+pub mod key_pairs;
 pub mod owner_only;
 pub mod registrations;
 pub mod routes;

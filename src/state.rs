@@ -1,12 +1,11 @@
-//! Shared application state, built once in `App::build` from cheap clones.
+//! What the HTTP side holds, built once in `App::build` from cheap clones: the inbound OAuth
+//! server's parts, and the job services as jobs see them (`JobContext`), not copies of them.
 use std::sync::Arc;
 
 use crate::{
-    auth::{failure_limit::AuthFailures, jwks_cache::JwksCache, keys::Keys, provider_token::ProviderTokens},
+    auth::{failure_limit::AuthFailures, jwks_cache::JwksCache, keys::Keys},
     config::Config,
-    destination::Destination,
-    http_client::Outbound,
-    jobs::{context::JobContext, request_budget::RequestBudget, runner::Runner},
+    jobs::context::JobContext,
     store::Store,
 };
 
@@ -16,18 +15,11 @@ pub struct AppState {
     pub store: Store,
     /// For URLs the operator chose (registered JWKS URLs, provider origins).
     pub http: reqwest::Client,
-    /// Clients per SSRF-guard setting, for URLs providers hand us.
-    pub outbound: Arc<Outbound>,
-    /// Kick-off and status requests per provider origin, shared by every job.
-    pub request_budget: Arc<RequestBudget>,
     pub keys: Arc<Keys>,
-    pub provider_tokens: Arc<ProviderTokens>,
     /// Cache of registered providers' JWKS URLs.
     pub jwks: Arc<JwksCache>,
     /// Failed client assertions and admin tokens, per client and address.
     pub auth_failures: Arc<AuthFailures>,
-    pub destination: Arc<dyn Destination>,
-    pub jobs: Arc<Runner>,
-    /// The same services as jobs see them.
+    /// The store, destination, runner and provider clients jobs use.
     pub job_context: JobContext,
 }

@@ -113,7 +113,7 @@ fn serde_urlencoded_form(body: &[u8]) -> Result<TokenForm, AuthError> {
 }
 
 fn registrations(app: &AppState) -> Registrations<'_> {
-    Registrations { store: &app.store, provider_tokens: &app.provider_tokens }
+    Registrations { store: &app.store, provider_tokens: &app.job_context.provider_tokens }
 }
 
 impl From<RegistrationError> for AuthError {

@@ -11,5 +11,5 @@ pub fn routes() -> Router<AppState> {
 
 async fn health(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
     app.store.ping().await?;
-    Ok(Json(json!({ "status": "ok", "runningJobs": app.jobs.running_count() })))
+    Ok(Json(json!({ "status": "ok", "runningJobs": app.job_context.jobs.running_count() })))
 }

@@ -18,6 +18,6 @@ async fn info(State(app): State<AppState>, headers: HeaderMap) -> Json<Value> {
         {"label": "Token Endpoint", "value": format!("{base}/auth/token"), "description": "Providers get access tokens here with a signed client assertion (SMART Backend Services)"},
         {"label": "JWKS URL", "value": format!("{base}/jwks"), "description": "Our public key; register it at providers so we can pull their exports"},
         {"label": "Public Key", "value": public_key, "description": "Our public key as a JWK"},
-        {"label": "Import File Behavior", "value": app.destination.describe(), "description": "Where imported files are stored"},
+        {"label": "Import File Behavior", "value": app.job_context.destination.describe(), "description": "Where imported files are stored"},
     ]))
 }

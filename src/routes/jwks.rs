@@ -1,5 +1,5 @@
 //! `GET /jwks` (our public key, for providers to verify our client assertions) and
-//! `GET /generator?alg=` (a fresh key pair for people registering a provider).
+//! `GET /generator?alg=` (a fresh key pair for people registering a provider, from `key_pairs`).
 use axum::{
     extract::{Query, State},
     http::{header, HeaderValue},
@@ -8,12 +8,12 @@ use axum::{
     Json, Router,
 };
 use serde::Deserialize;
-use serde_json::json;
 
 use super::error::ApiError;
-use crate::{auth::keys, state::AppState};
-
-pub const GENERATOR_ALGORITHMS: &[&str] = &["RS256", "RS384", "RS512", "ES256", "ES384", "ES512"];
+use crate::{
+    key_pairs::{self, KeyPairError},
+    state::AppState,
+};
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/jwks", get(jwks)).route("/generator", get(generator))
@@ -35,29 +35,15 @@ struct GeneratorQuery {
 }
 
 async fn generator(Query(q): Query<GeneratorQuery>) -> Result<Response, ApiError> {
-    let alg = q.alg.unwrap_or_else(|| keys::GENERATED_KEY_ALG.into()).to_ascii_uppercase();
-    if !GENERATOR_ALGORITHMS.contains(&alg.as_str()) {
-        return Err(ApiError::BadRequest(format!("alg must be one of {}", GENERATOR_ALGORITHMS.join(", "))));
-    }
     // RSA generation takes a while; keep it off the async workers.
-    let result = tokio::task::spawn_blocking(move || -> Result<_, josekit::JoseError> {
-        let private = keys::generate(&alg)?;
-        let public = keys::public_of(&private)?;
-        let (public_pem, private_pem) = keys::pem_pair(&private)?;
-        Ok(json!({
-            "alg": alg,
-            // Public members only: a JWKS is meant to be published.
-            "jwks": { "keys": [public.as_ref()] },
-            "publicAsJWK": public.as_ref(),
-            "publicAsPEM": public_pem,
-            "privateAsJWK": private.as_ref(),
-            "privateAsPEM": private_pem,
-        }))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
-    .map_err(|e| ApiError::Internal(super::error::chain(&e)))?;
-    let mut res = Json(result).into_response();
+    let pair = tokio::task::spawn_blocking(move || key_pairs::generate(q.alg.as_deref()))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| match e {
+            e @ KeyPairError::UnknownAlgorithm => ApiError::BadRequest(e.to_string()),
+            e => ApiError::Internal(super::error::chain(&e)),
+        })?;
+    let mut res = Json(pair.to_json()).into_response();
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(res)
 }
