@@ -2,7 +2,8 @@
 //! clients and budgets, the runner. Jobs take this, not the HTTP side's `AppState`.
 use std::sync::Arc;
 
-use super::{request_budget::RequestBudget, runner::Runner};
+use crate::jobs::request_budget::RequestBudget;
+use crate::jobs::runner::Runner;
 use crate::{
     auth::provider_token::ProviderTokens,
     config::Config,

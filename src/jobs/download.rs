@@ -13,16 +13,14 @@ use reqwest::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    export::describe_failure,
-    file_bounds::{Exceeded, FileMeter, JobBytes},
-    gzip::{decoded_body, DecodeError, ACCEPTED},
-    ndjson::{validate_any_line, validate_line, AnyLine, LineError, LineKind, LineSplitter},
-    provider_client::{is_transient_status, Auth, ProviderClient, SendError},
-    provider_report::{ProviderReport, MAX_KEPT_ISSUES},
-    retry::{self, Attempt, Try},
-    JobError,
-};
+use crate::jobs::error::JobError;
+use crate::jobs::export::describe_failure;
+use crate::jobs::file_bounds::{Exceeded, FileMeter, JobBytes};
+use crate::jobs::gzip::{decoded_body, DecodeError, ACCEPTED};
+use crate::jobs::ndjson::{validate_any_line, validate_line, AnyLine, LineError, LineKind, LineSplitter};
+use crate::jobs::provider_client::{is_transient_status, Auth, ProviderClient, SendError};
+use crate::jobs::provider_report::{ProviderReport, MAX_KEPT_ISSUES};
+use crate::jobs::retry::{self, Attempt, Try};
 use crate::{
     auth::provider_base::{redact, ProviderBase},
     destination::{Destination, FileTarget, FileWriter},

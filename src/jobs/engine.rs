@@ -12,17 +12,15 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{
-    context::JobContext,
-    download::{self, FileResult},
-    file_bounds::JobBytes,
-    plan,
-    progress::Progress,
-    provider_client::ProviderClient,
-    recorder::Recorder,
-    JobError,
-};
 use crate::domain::{FileCounts, FileState, FinishedFile, JobFile};
+use crate::jobs::context::JobContext;
+use crate::jobs::download::{self, FileResult};
+use crate::jobs::error::JobError;
+use crate::jobs::file_bounds::JobBytes;
+use crate::jobs::plan;
+use crate::jobs::progress::Progress;
+use crate::jobs::provider_client::ProviderClient;
+use crate::jobs::recorder::Recorder;
 
 /// What the engine works on: one job, its provider, and the signals that reach it.
 pub struct Work<'a> {

@@ -27,10 +27,10 @@ pub enum JobError {
     Destination(#[from] DestinationError),
     /// The plan could not take the manifest (too many files, say).
     #[error(transparent)]
-    Plan(#[from] super::plan::PlanError),
+    Plan(#[from] crate::jobs::plan::PlanError),
     /// A bound on the whole job (`MAX_JOB_BYTES`).
     #[error(transparent)]
-    Bound(#[from] super::file_bounds::Exceeded),
+    Bound(#[from] crate::jobs::file_bounds::Exceeded),
     /// The job ran past `MAX_JOB_DURATION`, counted from its ping.
     #[error("the import ran longer than {} minutes (MAX_JOB_DURATION) and was stopped", .0.as_secs() / 60)]
     TimeLimit(std::time::Duration),

@@ -12,11 +12,9 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use super::{
-    provider_client::{is_transient_status, Auth, ProviderClient, SendError},
-    retry::{self, Attempt, Try},
-    JobError,
-};
+use crate::jobs::error::JobError;
+use crate::jobs::provider_client::{is_transient_status, Auth, ProviderClient, SendError};
+use crate::jobs::retry::{self, Attempt, Try};
 use crate::{
     fhir::{
         manifest::{Manifest, PlannedFile},

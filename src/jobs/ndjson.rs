@@ -3,7 +3,7 @@
 //! inside one network chunk; only a line split across chunks is carried.
 use std::borrow::Cow;
 
-use super::json_scan::{scan_object, ScanFault, TopLevel};
+use crate::jobs::json_scan::{scan_object, ScanFault, TopLevel};
 
 /// Why a line (and so its file) is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

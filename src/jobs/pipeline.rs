@@ -8,17 +8,15 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{
-    context::JobContext,
-    download,
-    engine::{self, Work},
-    progress::Progress,
-    provider_client::ProviderClient,
-    pull,
-    recorder::Recorder,
-    runner::JobHandles,
-    JobError,
-};
+use crate::jobs::context::JobContext;
+use crate::jobs::download;
+use crate::jobs::engine::{self, Work};
+use crate::jobs::error::JobError;
+use crate::jobs::progress::Progress;
+use crate::jobs::provider_client::ProviderClient;
+use crate::jobs::pull;
+use crate::jobs::recorder::Recorder;
+use crate::jobs::runner::JobHandles;
 use crate::{
     domain::{FileState, JobState},
     fhir::operation_outcome::{IssueCode, OperationOutcome},
@@ -127,8 +125,8 @@ async fn run_job(ctx: JobContext, id: String, handles: JobHandles, lease: Lease)
 /// error's own text.
 fn failure_text(e: &JobError, reason: String) -> String {
     match e {
-        JobError::Destination(d) | JobError::Plan(super::plan::PlanError::Destination(d)) => d.advice(),
-        JobError::Store(_) | JobError::Plan(super::plan::PlanError::Store(_)) => {
+        JobError::Destination(d) | JobError::Plan(crate::jobs::plan::PlanError::Destination(d)) => d.advice(),
+        JobError::Store(_) | JobError::Plan(crate::jobs::plan::PlanError::Store(_)) => {
             "the import failed inside bulk-import (its database); the server log has the cause".into()
         }
         _ => reason,

@@ -4,7 +4,7 @@
 //! completes once the plan is closed and nothing is pending.
 use std::collections::{HashMap, HashSet};
 
-use super::context::JobContext;
+use crate::jobs::context::JobContext;
 use crate::{
     destination::{
         file_name::{FileNameTemplate, FileNameVars},

@@ -9,12 +9,10 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use super::{
-    context::JobContext,
-    request_budget::RequestBudget,
-    retry::{self, Attempt, Policy, Try},
-    JobError,
-};
+use crate::jobs::context::JobContext;
+use crate::jobs::error::JobError;
+use crate::jobs::request_budget::RequestBudget;
+use crate::jobs::retry::{self, Attempt, Policy, Try};
 use crate::{
     address_guard::classes_of,
     auth::{

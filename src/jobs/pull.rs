@@ -6,13 +6,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use super::{
-    context::JobContext,
-    export, plan,
-    provider_client::{Auth, ProviderClient},
-    recorder::Recorder,
-    JobError,
-};
+use crate::jobs::context::JobContext;
+use crate::jobs::error::JobError;
+use crate::jobs::export;
+use crate::jobs::plan;
+use crate::jobs::provider_client::{Auth, ProviderClient};
+use crate::jobs::recorder::Recorder;
 use crate::{domain::Job, fhir::parameters::ExportType};
 
 /// Longest we wait for a provider to acknowledge a release DELETE.

@@ -1,10 +1,10 @@
 //! The reaper: removes jobs (rows and files) `JOBS_MAX_AGE` after they finished, and cancels and
 //! removes jobs still unfinished after twice that.
-use super::context::JobContext;
+use crate::jobs::context::JobContext;
 use crate::time_util::now_unix;
 
 /// Remove one job everywhere: stop it, delete its files, delete its rows.
-pub async fn remove_job(ctx: &JobContext, id: &str) -> Result<(), super::JobError> {
+pub async fn remove_job(ctx: &JobContext, id: &str) -> Result<(), crate::jobs::error::JobError> {
     ctx.jobs.cancel_and_wait(id).await;
     ctx.destination.delete_job(id).await?;
     ctx.store.delete_job(id).await?;
@@ -13,7 +13,7 @@ pub async fn remove_job(ctx: &JobContext, id: &str) -> Result<(), super::JobErro
 
 /// One pass; returns how many jobs were removed. One job that cannot be removed (its files, say)
 /// is logged and skipped, so it never blocks the others.
-async fn reap_once(ctx: &JobContext) -> Result<usize, super::JobError> {
+async fn reap_once(ctx: &JobContext) -> Result<usize, crate::jobs::error::JobError> {
     let max_age = ctx.config.jobs_max_age.as_secs_f64();
     let now = now_unix();
     let finished_before = now - max_age.ceil() as i64;

@@ -1,6 +1,7 @@
 //! A job's facts, recorded in one place: each goes to the store (the record, which survives a
 //! restart) and to the in-memory progress polls read, in that order, so the two never disagree.
-use super::{progress::Progress, JobError};
+use crate::jobs::error::JobError;
+use crate::jobs::progress::Progress;
 use crate::{
     domain::{FileCounts, FinishedFile, JobState},
     store::job_store::JobStore,

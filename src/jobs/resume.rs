@@ -2,7 +2,9 @@
 //! job resumes from its stored state: a queued one starts; an exporting one polls the status URL it
 //! stored (or kicks off again, noting an interrupted kick-off); an importing one fetches only the
 //! files still pending (a `.part` of an interrupted file is replaced); a finished one is left.
-use super::{context::JobContext, pipeline, JobError};
+use crate::jobs::context::JobContext;
+use crate::jobs::error::JobError;
+use crate::jobs::pipeline;
 
 /// Start every job that was unfinished when the process stopped; returns how many.
 pub async fn resume_unfinished(ctx: &JobContext) -> Result<usize, JobError> {

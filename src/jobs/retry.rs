@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use tokio_util::sync::CancellationToken;
 
-use super::JobError;
+use crate::jobs::error::JobError;
 
 /// How often and how long a call is tried.
 #[derive(Debug, Clone, Copy)]

@@ -13,7 +13,7 @@ use std::{
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::progress::{Progress, Snapshot};
+use crate::jobs::progress::{Progress, Snapshot};
 
 /// How long a DELETE waits for a cancelled job to let go of its files.
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
