@@ -11,6 +11,7 @@ pub mod http_client;
 pub mod http_server;
 pub mod imports;
 pub mod instance_id;
+pub mod job_views;
 pub mod jobs;
 pub mod key_pairs;
 pub mod owner_only;

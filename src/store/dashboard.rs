@@ -41,7 +41,7 @@ const SUMMARY_SELECT: &str = "
            COALESCE(SUM(f.provider_errors), 0) AS provider_errors
     FROM jobs j
     LEFT JOIN providers p ON p.client_id = j.client_id
-    LEFT JOIN job_files f ON f.job_id = j.id";
+    LEFT JOIN job_files f ON f.job_id = j.id AND f.state != 'withdrawn'";
 
 impl Store {
     /// Up to [`DASHBOARD_MAX_JOBS`] jobs, newest first.

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use async_trait::async_trait;
 
-use super::{leases::Renewal, Store, StoreError};
+use super::{dashboard::JobSummary, leases::Renewal, Store, StoreError};
 use crate::domain::{
     Admission, Appended, FileCounts, FileTotals, FinishedFile, Job, JobCaps, JobFile, JobState, PlanManifest,
     Provider,
@@ -55,6 +55,8 @@ pub trait JobStore: Send + Sync {
     ) -> Result<Renewal, StoreError>;
     async fn release_lease(&self, id: &str, owner: &str, token: i64) -> Result<bool, StoreError>;
     async fn request_cancel(&self, id: &str) -> Result<bool, StoreError>;
+    async fn job_summaries(&self) -> Result<Vec<JobSummary>, StoreError>;
+    async fn job_summary(&self, id: &str) -> Result<Option<JobSummary>, StoreError>;
 }
 
 /// Provider registrations.
@@ -168,6 +170,12 @@ impl JobStore for Store {
     }
     async fn request_cancel(&self, id: &str) -> Result<bool, StoreError> {
         Store::request_cancel(self, id).await
+    }
+    async fn job_summaries(&self) -> Result<Vec<JobSummary>, StoreError> {
+        Store::job_summaries(self).await
+    }
+    async fn job_summary(&self, id: &str) -> Result<Option<JobSummary>, StoreError> {
+        Store::job_summary(self, id).await
     }
 }
 

@@ -228,6 +228,13 @@ async fn a_plan_grows_and_manifests_are_withdrawn(store: &dyn JobStore) {
     assert!(store.complete_job("ee01", 408).await.unwrap());
     let totals = store.file_totals("ee01").await.unwrap();
     assert_eq!((totals.files, totals.resources), (2, 7));
+    let summary = store.job_summary("ee01").await.unwrap().expect("a summary of the job");
+    assert_eq!((summary.files_total, summary.files_finished, summary.resources), (2, 2, 7));
+    assert_eq!(summary.provider_aud.as_deref(), Some("https://ehr.example/fhir"));
+    let listed = store.job_summaries().await.unwrap();
+    assert!(listed.iter().any(|j| j.id == "ee01"), "the listing holds the job");
+    assert!(listed.windows(2).all(|w| w[0].created_at >= w[1].created_at), "newest first");
+    assert!(store.job_summary("none").await.unwrap().is_none());
 }
 
 async fn leases_are_claimed_fenced_and_cancelled(store: &dyn JobStore) {
