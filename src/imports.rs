@@ -57,7 +57,8 @@ impl Imports<'_> {
     /// Accept an import of `provider`'s export: checked, stored, and started in the background.
     pub async fn start_pull(&self, provider: &Provider, request: ImportRequest) -> Result<Job, ImportError> {
         let ctx = self.jobs;
-        let base = ProviderBase::parse(&provider.aud).map_err(ImportError::BadRegistration)?;
+        let base =
+            ProviderBase::parse(&provider.aud).map_err(|e| ImportError::BadRegistration(e.to_string()))?;
         base.under(&request.export_url).map_err(|e| ImportError::NotTheProviders(e.to_string()))?;
         let job = Job {
             id: random_hex(ctx.config.jobs_id_length),

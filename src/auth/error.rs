@@ -1,4 +1,5 @@
-//! OAuth 2.0 errors (RFC 6749 §5.2); `routes::oauth_error` renders them.
+//! Errors of our OAuth server (RFC 6749 §5.2); `routes::oauth_error` renders them. Getting a token
+//! from a provider fails with `provider_token::ProviderTokenError` instead.
 use axum::http::StatusCode;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,12 +25,6 @@ pub enum AuthError {
     /// Too many failed credentials from this client or address (`MAX_AUTH_FAILURES`).
     #[error("too many failed attempts in the last minute (MAX_AUTH_FAILURES); retry in {0} s")]
     TooManyFailures(u64),
-    /// A provider's token endpoint could not be used just now (unreachable, 5xx, 429).
-    #[error("{0}")]
-    Provider(String),
-    /// A provider's token endpoint refused us, or may not be contacted: retrying cannot help.
-    #[error("{0}")]
-    ProviderRefused(String),
 }
 
 impl AuthError {
@@ -43,10 +38,7 @@ impl AuthError {
             AuthError::InvalidToken(_) => ("invalid_token", StatusCode::UNAUTHORIZED),
             AuthError::NotFound(_) => ("not_found", StatusCode::NOT_FOUND),
             AuthError::TooManyFailures(_) => ("temporarily_unavailable", StatusCode::TOO_MANY_REQUESTS),
-            AuthError::Jose(_)
-            | AuthError::Store(_)
-            | AuthError::Provider(_)
-            | AuthError::ProviderRefused(_) => ("server_error", StatusCode::INTERNAL_SERVER_ERROR),
+            AuthError::Jose(_) | AuthError::Store(_) => ("server_error", StatusCode::INTERNAL_SERVER_ERROR),
         }
     }
 }

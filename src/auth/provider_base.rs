@@ -6,6 +6,33 @@
 //! Files fetched without a token may be anywhere, unless the registration pins `file_origins`.
 use url::Url;
 
+/// Why a URL is refused (a registration's, or one a provider hands us).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlRefusal {
+    #[error("'{0}' is not an absolute URL")]
+    NotAbsolute(String),
+    #[error("'{0}' must be an http(s) origin")]
+    NotHttpOrigin(String),
+    #[error("'{0}' must be an origin only (scheme, host and port; no path or query)")]
+    NotOriginOnly(String),
+    #[error("'{raw}' is not a URL: {reason}")]
+    NotUrl { raw: String, reason: String },
+    #[error("'{0}' must be an absolute http(s) URL")]
+    NotHttp(String),
+    #[error("'{0}' must not carry a query, fragment or credentials")]
+    Decorated(String),
+    #[error("{0} is not an http(s) URL without credentials")]
+    NotPlainHttp(String),
+    #[error("{origin} is not among the registration's file_origins ({pinned}); not fetched")]
+    NotAFileOrigin { origin: String, pinned: String },
+    #[error("'{raw}' is not under the registered provider's base URL {base}")]
+    NotUnderBase { raw: String, base: String },
+    #[error("'{0}' is not a URL")]
+    Unresolvable(String),
+    #[error("{url} is not on {trusted}; our token is not sent there")]
+    Untrusted { url: String, trusted: String },
+}
+
 #[derive(Debug, Clone)]
 pub struct ProviderBase {
     base: Url,
@@ -17,13 +44,13 @@ pub struct ProviderBase {
 
 /// Parse an origin as an operator writes it (`https://host[:port]`, a trailing `/` allowed) into
 /// its ASCII serialisation.
-pub fn parse_origin(raw: &str) -> Result<String, String> {
-    let u = Url::parse(raw.trim()).map_err(|_| format!("'{raw}' is not an absolute URL"))?;
+pub fn parse_origin(raw: &str) -> Result<String, UrlRefusal> {
+    let u = Url::parse(raw.trim()).map_err(|_| UrlRefusal::NotAbsolute(raw.into()))?;
     if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
-        return Err(format!("'{raw}' must be an http(s) origin"));
+        return Err(UrlRefusal::NotHttpOrigin(raw.into()));
     }
     if u.path() != "/" || u.query().is_some() || u.fragment().is_some() || !u.username().is_empty() {
-        return Err(format!("'{raw}' must be an origin only (scheme, host and port; no path or query)"));
+        return Err(UrlRefusal::NotOriginOnly(raw.into()));
     }
     Ok(u.origin().ascii_serialization())
 }
@@ -34,13 +61,14 @@ fn origin_of(u: &Url) -> Option<String> {
 }
 
 impl ProviderBase {
-    pub fn parse(aud: &str) -> Result<Self, String> {
-        let mut base = Url::parse(aud).map_err(|e| format!("'{aud}' is not a URL: {e}"))?;
+    pub fn parse(aud: &str) -> Result<Self, UrlRefusal> {
+        let mut base =
+            Url::parse(aud).map_err(|e| UrlRefusal::NotUrl { raw: aud.into(), reason: e.to_string() })?;
         if !matches!(base.scheme(), "http" | "https") || base.host().is_none() {
-            return Err(format!("'{aud}' must be an absolute http(s) URL"));
+            return Err(UrlRefusal::NotHttp(aud.into()));
         }
         if base.query().is_some() || base.fragment().is_some() || !base.username().is_empty() {
-            return Err(format!("'{aud}' must not carry a query, fragment or credentials"));
+            return Err(UrlRefusal::Decorated(aud.into()));
         }
         if !base.path().ends_with('/') {
             let path = format!("{}/", base.path());
@@ -73,39 +101,38 @@ impl ProviderBase {
     }
 
     /// Whether a file fetched without our token may come from `u` (every hop is asked).
-    pub fn file_host_allowed(&self, u: &Url) -> Result<(), String> {
+    pub fn file_host_allowed(&self, u: &Url) -> Result<(), UrlRefusal> {
         let Some(origin) = origin_of(u) else {
-            return Err(format!("{} is not an http(s) URL without credentials", redact(u)));
+            return Err(UrlRefusal::NotPlainHttp(redact(u)));
         };
         match &self.file_origins {
-            Some(pinned) if !self.trusted.contains(&origin) && !pinned.contains(&origin) => Err(format!(
-                "{origin} is not among the registration's file_origins ({}); not fetched",
-                pinned.join(", ")
-            )),
+            Some(pinned) if !self.trusted.contains(&origin) && !pinned.contains(&origin) => {
+                Err(UrlRefusal::NotAFileOrigin { origin, pinned: pinned.join(", ") })
+            }
             _ => Ok(()),
         }
     }
 
     /// Parse `raw` and require it under the base path (segment-aligned, no `..` tricks: `Url` normalises them).
-    pub fn under(&self, raw: &str) -> Result<Url, String> {
-        let u = Url::parse(raw).map_err(|_| format!("'{raw}' is not an absolute URL"))?;
+    pub fn under(&self, raw: &str) -> Result<Url, UrlRefusal> {
+        let u = Url::parse(raw).map_err(|_| UrlRefusal::NotAbsolute(raw.into()))?;
         let base_path = self.base.path();
         let trimmed = base_path.trim_end_matches('/');
         let path_ok = u.path() == trimmed || u.path().starts_with(base_path);
         if origin_of(&u).as_deref() == Some(self.origin()) && path_ok {
             Ok(u)
         } else {
-            Err(format!("'{raw}' is not under the registered provider's base URL {}", self.base))
+            Err(UrlRefusal::NotUnderBase { raw: raw.into(), base: self.base.to_string() })
         }
     }
 
     /// Resolve `raw` (possibly relative to `against`) and require a trusted origin.
-    pub fn trusted_url(&self, raw: &str, against: &Url) -> Result<Url, String> {
-        let u = against.join(raw).map_err(|_| format!("'{raw}' is not a URL"))?;
+    pub fn trusted_url(&self, raw: &str, against: &Url) -> Result<Url, UrlRefusal> {
+        let u = against.join(raw).map_err(|_| UrlRefusal::Unresolvable(raw.into()))?;
         if self.is_trusted(&u) {
             Ok(u)
         } else {
-            Err(format!("{} is not on {}; our token is not sent there", redact(&u), self.trusted_list()))
+            Err(UrlRefusal::Untrusted { url: redact(&u), trusted: self.trusted_list() })
         }
     }
 
@@ -152,7 +179,7 @@ mod tests {
         assert!(b.trusted_url("/fhir/bulkstatus/1", &kick).is_ok());
         assert!(b.trusted_url("/xyz/fhir/bulkfiles/1.Patient.ndjson", &kick).is_ok());
         assert!(b.trusted_url("https://auth.ehr.example:443/files/1", &kick).is_ok());
-        let err = b.trusted_url("http://localhost:9443/x?sig=secret", &kick).unwrap_err();
+        let err = b.trusted_url("http://localhost:9443/x?sig=secret", &kick).unwrap_err().to_string();
         assert!(err.contains("http://localhost:9443/x") && !err.contains("secret"), "{err}");
         assert!(err.contains("token_origins https://auth.ehr.example"), "{err}");
         assert!(b.trusted_url("http://user:pw@127.0.0.1:9443/x", &kick).is_err());
@@ -164,7 +191,7 @@ mod tests {
         let anywhere = Url::parse("https://bucket.s3.example/k?X-Amz-Signature=1").unwrap();
         assert!(open.file_host_allowed(&anywhere).is_ok());
         let pinned = open.clone().with_origins(&[], Some(vec!["https://cdn.example".into()]));
-        assert!(pinned.file_host_allowed(&anywhere).unwrap_err().contains("file_origins"));
+        assert!(pinned.file_host_allowed(&anywhere).unwrap_err().to_string().contains("file_origins"));
         assert!(pinned.file_host_allowed(&Url::parse("https://cdn.example/a").unwrap()).is_ok());
         assert!(pinned.file_host_allowed(&Url::parse("https://ehr.example/files/a").unwrap()).is_ok());
         assert!(open.file_host_allowed(&Url::parse("ftp://ehr.example/a").unwrap()).is_err());

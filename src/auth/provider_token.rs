@@ -16,11 +16,32 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 use url::Url;
 
-use super::{keys::Keys, provider_base::ProviderBase, AuthError};
+use super::{keys::Keys, provider_base::ProviderBase};
 use crate::{
     address_guard::Refused,
     http_client::{read_limited, GuardedClient},
 };
+
+/// Why we have no token from a provider (outbound; the OAuth server's own errors are `AuthError`).
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderTokenError {
+    /// The token endpoint could not be used just now (unreachable, 5xx, 429): it may pass.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The token endpoint refused us, or may not be contacted: retrying cannot help.
+    #[error("{0}")]
+    Refused(String),
+    /// Our client assertion could not be signed.
+    #[error("our client assertion could not be signed")]
+    Signing(#[from] josekit::JoseError),
+}
+
+impl ProviderTokenError {
+    /// Whether asking again cannot help.
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, ProviderTokenError::Unavailable(_))
+    }
+}
 
 /// The SSRF guard's refusal inside a connection error, if that is what it was.
 pub fn refusal_in(e: &reqwest::Error) -> Option<&Refused> {
@@ -96,7 +117,7 @@ impl ProviderTokens {
         &self,
         who: &ProviderIdentity<'_>,
         refresh: bool,
-    ) -> Result<Option<SecretString>, AuthError> {
+    ) -> Result<Option<SecretString>, ProviderTokenError> {
         let endpoint = match who.pinned_endpoint {
             Some(raw) => Some(Self::pinned(raw)?),
             None => self.token_endpoint(who.base, refresh).await?,
@@ -106,7 +127,7 @@ impl ProviderTokens {
         // registrations of one base URL, whose `token_origins` may differ.
         let trusted = endpoint.pinned || who.base.is_trusted(&endpoint.url);
         if !trusted && endpoint.url.scheme() != "https" {
-            return Err(AuthError::ProviderRefused(format!(
+            return Err(ProviderTokenError::Refused(format!(
                 "the provider's discovery names the token endpoint {}, on another origin than {} and not https; our assertion is not sent there (pin token_endpoint on the registration if it is right)",
                 super::provider_base::redact(&endpoint.url),
                 who.base.origin()
@@ -133,7 +154,7 @@ impl ProviderTokens {
         endpoint: &Endpoint,
         trusted: bool,
         who: &ProviderIdentity<'_>,
-    ) -> Result<(SecretString, Duration), AuthError> {
+    ) -> Result<(SecretString, Duration), ProviderTokenError> {
         let now = SystemTime::now();
         let mut claims = JwtPayload::new();
         claims.set_issuer(who.client_id);
@@ -146,7 +167,7 @@ impl ProviderTokens {
             &self.http
         } else {
             who.guarded.check(&endpoint.url).map_err(|e| {
-                AuthError::ProviderRefused(format!("the provider's token endpoint was not contacted: {e}"))
+                ProviderTokenError::Refused(format!("the provider's token endpoint was not contacted: {e}"))
             })?;
             &who.guarded.client
         };
@@ -164,17 +185,17 @@ impl ProviderTokens {
             .await
             .map_err(|e| match refusal_in(&e) {
                 // The SSRF guard said no: asking again cannot change that.
-                Some(r) => AuthError::ProviderRefused(format!(
+                Some(r) => ProviderTokenError::Refused(format!(
                     "the provider's token endpoint was not contacted: {r}"
                 )),
-                None => AuthError::Provider(format!(
+                None => ProviderTokenError::Unavailable(format!(
                     "the provider's token endpoint could not be reached: {}",
                     crate::error_text::chain(&e.without_url())
                 )),
             })?;
         let status = resp.status();
         let body = read_limited(resp, MAX_AUTH_BODY_BYTES).await.map_err(|e| {
-            AuthError::Provider(format!("the provider's token response could not be read: {e}"))
+            ProviderTokenError::Unavailable(format!("the provider's token response could not be read: {e}"))
         })?;
         let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         if !status.is_success() {
@@ -186,14 +207,14 @@ impl ProviderTokens {
             );
             // RFC 6749 §5.2 errors (400/401) do not heal by retrying; 429 and 5xx may.
             return Err(if status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS {
-                AuthError::ProviderRefused(message)
+                ProviderTokenError::Refused(message)
             } else {
-                AuthError::Provider(message)
+                ProviderTokenError::Unavailable(message)
             });
         }
         let token =
             json.get("access_token").and_then(Value::as_str).filter(|t| !t.is_empty()).ok_or_else(|| {
-                AuthError::Provider("the provider's token response has no access_token".into())
+                ProviderTokenError::Unavailable("the provider's token response has no access_token".into())
             })?;
         // A provider's number must not overflow our clock: clamp to a day.
         let lifetime = json
@@ -209,7 +230,7 @@ impl ProviderTokens {
         &self,
         base: &ProviderBase,
         rediscover: bool,
-    ) -> Result<Option<Endpoint>, AuthError> {
+    ) -> Result<Option<Endpoint>, ProviderTokenError> {
         let key = base.url().to_string();
         if let Some((found, at)) = self.endpoints.lock().await.get(&key) {
             // A provider that looked open and now answers 401 may have turned auth on: look again.
@@ -231,7 +252,7 @@ impl ProviderTokens {
 
     /// `Ok(None)` only when the document is absent (404/410) or names no endpoint; any other
     /// failure is an error, so a passing outage never turns into "this provider needs no auth".
-    async fn get_json(&self, url: Url) -> Result<Option<Value>, AuthError> {
+    async fn get_json(&self, url: Url) -> Result<Option<Value>, ProviderTokenError> {
         let resp = self
             .http
             .get(url.clone())
@@ -240,7 +261,7 @@ impl ProviderTokens {
             .send()
             .await
             .map_err(|e| {
-                AuthError::Provider(format!(
+                ProviderTokenError::Unavailable(format!(
                     "cannot reach the provider for discovery: {}",
                     crate::error_text::chain(&e.without_url())
                 ))
@@ -250,23 +271,25 @@ impl ProviderTokens {
             return Ok(None);
         }
         if !status.is_success() {
-            return Err(AuthError::Provider(format!("the provider answered {status} at {url}")));
+            return Err(ProviderTokenError::Unavailable(format!("the provider answered {status} at {url}")));
         }
         let body = read_limited(resp, MAX_AUTH_BODY_BYTES).await.map_err(|e| {
-            AuthError::Provider(format!("the provider's discovery document at {url} could not be read: {e}"))
+            ProviderTokenError::Unavailable(format!(
+                "the provider's discovery document at {url} could not be read: {e}"
+            ))
         })?;
         Ok(serde_json::from_slice(&body).ok())
     }
 
-    fn pinned(raw: &str) -> Result<Endpoint, AuthError> {
+    fn pinned(raw: &str) -> Result<Endpoint, ProviderTokenError> {
         let url = Url::parse(raw).map_err(|_| {
-            AuthError::ProviderRefused(format!("the pinned token endpoint '{raw}' is not a URL"))
+            ProviderTokenError::Refused(format!("the pinned token endpoint '{raw}' is not a URL"))
         })?;
         Ok(Endpoint { url, aud: raw.to_string(), pinned: true })
     }
 
     /// A discovered endpoint; whether it may get our assertion is judged per registration.
-    fn endpoint(base: &ProviderBase, raw: &str) -> Result<Option<Endpoint>, AuthError> {
+    fn endpoint(base: &ProviderBase, raw: &str) -> Result<Option<Endpoint>, ProviderTokenError> {
         let Ok(url) = base.url().join(raw) else { return Ok(None) };
         let aud = if Url::parse(raw).is_ok() { raw.to_string() } else { url.to_string() };
         Ok(Some(Endpoint { url, aud, pinned: false }))
@@ -278,7 +301,10 @@ impl ProviderTokens {
         endpoints.get(&base.url().to_string()).and_then(|(e, _)| e.as_ref()).map(|e| e.aud.clone())
     }
 
-    async fn via_smart_configuration(&self, base: &ProviderBase) -> Result<Option<Endpoint>, AuthError> {
+    async fn via_smart_configuration(
+        &self,
+        base: &ProviderBase,
+    ) -> Result<Option<Endpoint>, ProviderTokenError> {
         let url = base.url().join(".well-known/smart-configuration").expect("a constant relative path joins");
         let Some(json) = self.get_json(url).await? else { return Ok(None) };
         match json.get("token_endpoint").and_then(Value::as_str) {
@@ -287,7 +313,10 @@ impl ProviderTokens {
         }
     }
 
-    async fn via_capability_statement(&self, base: &ProviderBase) -> Result<Option<Endpoint>, AuthError> {
+    async fn via_capability_statement(
+        &self,
+        base: &ProviderBase,
+    ) -> Result<Option<Endpoint>, ProviderTokenError> {
         let url = base.url().join("metadata").expect("a constant relative path joins");
         let Some(json) = self.get_json(url).await? else { return Ok(None) };
         let rests = json.get("rest").and_then(Value::as_array).cloned().unwrap_or_default();

@@ -23,8 +23,12 @@ pub enum DestinationError {
     Io(#[from] std::io::Error),
     #[error("file name '{0}' is not a safe single path component")]
     UnsafeName(String),
-    #[error("S3 request failed: {0}")]
-    S3(String),
+    /// An S3 request failed; `what` names it (and what to check), `source` is the SDK's error.
+    #[error("S3: {what}")]
+    S3 { what: String, source: Box<dyn std::error::Error + Send + Sync> },
+    /// S3 answered without something the protocol requires.
+    #[error("S3 answered {0}")]
+    S3Answer(&'static str),
 }
 
 impl DestinationError {
@@ -44,7 +48,7 @@ impl DestinationError {
                 ),
                 _ => format!("writing to the destination failed ({e}); the server log has the details"),
             },
-            DestinationError::S3(_) => {
+            DestinationError::S3 { .. } | DestinationError::S3Answer(_) => {
                 "the S3 destination failed the upload; the server log names the request and S3's answer".into()
             }
             DestinationError::UnsafeName(_) => self.to_string(),

@@ -66,8 +66,8 @@ impl std::fmt::Debug for S3Config {
     }
 }
 
-fn s3_error<E: std::error::Error + 'static>(what: &str, e: E) -> DestinationError {
-    DestinationError::S3(format!("{what}: {}", chain(&e)))
+fn s3_error<E: std::error::Error + Send + Sync + 'static>(what: &str, e: E) -> DestinationError {
+    DestinationError::S3 { what: what.to_string(), source: Box::new(e) }
 }
 
 pub struct S3 {
@@ -153,8 +153,9 @@ impl S3Writer {
                 .send()
                 .await
                 .map_err(|e| s3_error("CreateMultipartUpload failed", e))?;
-            let id =
-                created.upload_id().ok_or_else(|| DestinationError::S3("no UploadId returned".into()))?;
+            let id = created
+                .upload_id()
+                .ok_or_else(|| DestinationError::S3Answer("CreateMultipartUpload without an UploadId"))?;
             self.upload_id = Some(id.to_string());
         }
         self.next_part += 1;
@@ -184,8 +185,7 @@ impl S3Writer {
 
     async fn await_oldest(&mut self) -> Result<(), DestinationError> {
         if let Some(handle) = self.in_flight.pop_front() {
-            let part =
-                handle.await.map_err(|e| DestinationError::S3(format!("part upload task failed: {e}")))??;
+            let part = handle.await.map_err(|e| s3_error("an UploadPart task stopped", e))??;
             self.done.push(part);
         }
         Ok(())
@@ -396,7 +396,7 @@ impl Destination for S3 {
                     .set_objects(Some(ids))
                     .quiet(true)
                     .build()
-                    .map_err(|e| DestinationError::S3(e.to_string()))?;
+                    .map_err(|e| s3_error("DeleteObjects could not be built", e))?;
                 self.client
                     .delete_objects()
                     .bucket(&self.bucket)

@@ -161,6 +161,7 @@ impl From<JobError> for AttemptError {
             JobError::Provider(m) => AttemptError::Permanent(IssueCode::Transient, m),
             e @ (JobError::Manifest(_) | JobError::Revoked | JobError::Internal(_)) => AttemptError::Job(e),
             JobError::Refused(m) => AttemptError::Permanent(IssueCode::Security, m),
+            JobError::Url(e) => AttemptError::Permanent(IssueCode::Security, e.to_string()),
             e @ JobError::Auth(_) if e.is_permanent() => {
                 AttemptError::Permanent(IssueCode::Security, crate::error_text::chain(&e))
             }
@@ -234,7 +235,7 @@ fn file_url(base: &ProviderBase, file: &JobFile) -> Result<(url::Url, Auth), Str
         return Err("the URL is not http(s); not fetched".into());
     }
     if !file.requires_token {
-        base.file_host_allowed(&url)?;
+        base.file_host_allowed(&url).map_err(|e| e.to_string())?;
         return Ok((url, Auth::Without));
     }
     if !base.is_trusted(&url) {

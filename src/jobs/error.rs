@@ -1,5 +1,5 @@
 //! Job-layer errors. A job failure is stored on the job and reported in its status and outcome.
-use crate::{auth::AuthError, destination::DestinationError, store::StoreError};
+use crate::{auth::provider_token::ProviderTokenError, destination::DestinationError, store::StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -19,8 +19,11 @@ pub enum JobError {
     /// A URL or address we do not fetch (origin binding, SSRF guard, `file_origins`, redirects).
     #[error("{0}")]
     Refused(String),
+    /// A URL that is not the provider's (or not a URL at all).
+    #[error(transparent)]
+    Url(#[from] crate::auth::provider_base::UrlRefusal),
     #[error("authorization at the provider failed")]
-    Auth(#[from] AuthError),
+    Auth(#[from] ProviderTokenError),
     #[error("storage failed")]
     Store(#[from] StoreError),
     #[error("destination failed")]
@@ -45,6 +48,6 @@ pub enum JobError {
 impl JobError {
     /// Whether trying the same request again may help (token endpoint trouble that may pass).
     pub fn is_permanent(&self) -> bool {
-        matches!(self, JobError::Auth(AuthError::ProviderRefused(_) | AuthError::Jose(_)))
+        matches!(self, JobError::Auth(e) if e.is_permanent())
     }
 }

@@ -192,7 +192,7 @@ impl ProviderClient {
             }
             Auth::WithToken => self.token(false).await.map_err(SendError::Token)?,
             Auth::Without => {
-                self.base.file_host_allowed(url).map_err(SendError::Refused)?;
+                self.base.file_host_allowed(url).map_err(|e| SendError::Refused(e.to_string()))?;
                 None
             }
         };
@@ -224,7 +224,7 @@ impl ProviderClient {
             };
             let http = self.client_for(&next).map_err(hop)?;
             // The pin holds on every hop, whatever the first request carried.
-            self.base.file_host_allowed(&next).map_err(|m| hop(SendError::Refused(m)))?;
+            self.base.file_host_allowed(&next).map_err(|e| hop(SendError::Refused(e.to_string())))?;
             // Redirects never carry our token (Bulk Data: output URLs may redirect to storage).
             resp = self.execute(make(http, next.clone()), &next).await.map_err(hop)?;
             current = next;
@@ -278,8 +278,7 @@ impl ProviderClient {
     /// The job's view of its provider: trusted origins from the registration, and the internal
     /// address classes the SSRF guard lets through for everything else.
     pub async fn for_provider(ctx: &JobContext, provider: &Provider) -> Result<Self, JobError> {
-        let base = ProviderBase::parse(&provider.aud)
-            .map_err(JobError::Provider)?
+        let base = ProviderBase::parse(&provider.aud)?
             .with_origins(&provider.token_origin_list(), provider.file_origin_list());
         let policy = ctx.config.internal_addresses;
         let mut allowed = policy.always;
