@@ -69,14 +69,14 @@ impl KeyPair {
     /// Write `<stem>.private.jwk.json`, `<stem>.private.pem` (owner-only, whole or not at all),
     /// `<stem>.jwks.json` and `<stem>.public.pem` into `dir`; returns the paths written.
     pub fn write_files(&self, dir: &Path, stem: &str) -> Result<Vec<PathBuf>, KeyPairError> {
-        let files = [
-            (format!("{stem}.private.jwk.json"), self.private_jwk.to_string()),
-            (format!("{stem}.private.pem"), self.private_pem.clone()),
-            (format!("{stem}.jwks.json"), self.jwks().to_string()),
-            (format!("{stem}.public.pem"), self.public_pem.clone()),
+        let contents = [
+            self.private_jwk.to_string(),
+            self.private_pem.clone(),
+            self.jwks().to_string(),
+            self.public_pem.clone(),
         ];
         let mut written = Vec::new();
-        for (name, contents) in files {
+        for (name, contents) in file_names(stem).into_iter().zip(contents) {
             let path = dir.join(name);
             crate::owner_only::write_whole(&path, contents.as_bytes())
                 .map_err(|source| KeyPairError::Io { path: path.clone(), source })?;
@@ -84,6 +84,16 @@ impl KeyPair {
         }
         Ok(written)
     }
+}
+
+/// The files `write_files` writes for `stem`, in its order.
+pub fn file_names(stem: &str) -> [String; 4] {
+    [
+        format!("{stem}.private.jwk.json"),
+        format!("{stem}.private.pem"),
+        format!("{stem}.jwks.json"),
+        format!("{stem}.public.pem"),
+    ]
 }
 
 #[cfg(test)]

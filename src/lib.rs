@@ -2,6 +2,7 @@
 pub mod address_guard;
 pub mod app;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod destination;
 pub mod domain;

@@ -1,8 +1,41 @@
-//! Binary shim: load `.env`, start tracing, build the app and run it until a signal.
-use bulk_import::{config::Config, telemetry, App};
+//! Binary shim: read the command line; serving loads `.env`, starts tracing, builds the app and
+//! runs it until a signal.
+use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+use bulk_import::{
+    cli::{self, Cli, Command, Outcome},
+    config::Config,
+    telemetry, App,
+};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    // `--help`, `--version` and usage errors end here (exit 0 or 2), before anything is created.
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(),
+        Command::Keygen(args) => cli::keygen::run(args),
+    }
+    .code()
+}
+
+fn serve() -> Outcome {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return cli::report(&e),
+    };
+    match runtime.block_on(run_server()) {
+        Ok(()) => Outcome::Done,
+        Err(e) => {
+            // Logged too: a service manager shows the log, a terminal shows both.
+            tracing::error!(error = format!("{e:#}"), "bulk-import stopped on an error");
+            eprintln!("error: {e:#}");
+            Outcome::Failed
+        }
+    }
+}
+
+async fn run_server() -> anyhow::Result<()> {
     // A missing .env is normal: every variable has an embedded default.
     let env_file = dotenvy::dotenv().ok();
     telemetry::init_tracing();

@@ -1,6 +1,7 @@
 //! API tests: a spawned app and an in-process fake provider, over real HTTP on loopback.
 mod auth;
 mod binary;
+mod cli;
 mod dashboard;
 mod destinations;
 mod fake_provider;

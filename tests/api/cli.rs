@@ -1,0 +1,107 @@
+//! The command line, through the real binary: help and version create nothing, usage errors exit
+//! 2, keygen writes owner-only key files that sign what our own checks verify, and never replaces
+//! a key unless told to.
+use std::{os::unix::fs::PermissionsExt, path::Path, process::Command};
+
+use serde_json::Value;
+
+/// Run the binary in `dir` with `args`; (exit code, stdout, stderr).
+fn run(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bulk-import"))
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .expect("the binary runs");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn help_and_version_answer_without_starting_a_server_or_creating_anything() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let (code, out, _) = run(dir.path(), &["--version"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), format!("bulk-import {}", env!("CARGO_PKG_VERSION")));
+    let (code, out, _) = run(dir.path(), &["--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("serve") && out.contains("keygen"), "{out}");
+    let (code, out, _) = run(dir.path(), &["keygen", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("--alg") && out.contains("--force"), "{out}");
+    assert!(entries(dir.path()).is_empty(), "no data/ or jobs/ made: {:?}", entries(dir.path()));
+}
+
+#[test]
+fn wrong_usage_exits_2_with_a_message() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let (code, _, err) = run(dir.path(), &["frobnicate"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("frobnicate"), "{err}");
+    let (code, _, err) = run(dir.path(), &["keygen", "--bogus"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(entries(dir.path()).is_empty());
+}
+
+#[test]
+fn keygen_writes_an_owner_only_pair_that_signs_verifiably_and_never_overwrites() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let out_dir = dir.path().join("keys");
+    let out_arg = out_dir.to_str().unwrap();
+    let (code, out, err) =
+        run(dir.path(), &["keygen", "--alg", "es256", "--out", out_arg, "--name", "ehr", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let printed: Value = serde_json::from_str(out.trim()).expect("--json prints JSON");
+    assert_eq!(printed["alg"], "ES256");
+    assert_eq!(printed["files"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        entries(&out_dir),
+        ["ehr.jwks.json", "ehr.private.jwk.json", "ehr.private.pem", "ehr.public.pem"]
+    );
+    for name in entries(&out_dir) {
+        let mode = std::fs::metadata(out_dir.join(&name)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{name}");
+    }
+    // The private key signs; the published JWKS verifies it.
+    let private =
+        josekit::jwk::Jwk::from_bytes(std::fs::read(out_dir.join("ehr.private.jwk.json")).unwrap()).unwrap();
+    let jwks: Value = serde_json::from_slice(&std::fs::read(out_dir.join("ehr.jwks.json")).unwrap()).unwrap();
+    assert_eq!(jwks, printed["jwks"]);
+    assert!(jwks["keys"][0].get("d").is_none(), "the JWKS holds no private member");
+    let public = josekit::jwk::Jwk::from_map(jwks["keys"][0].as_object().unwrap().clone()).unwrap();
+    let signer = josekit::jws::ES256.signer_from_jwk(&private).unwrap();
+    let verifier = josekit::jws::ES256.verifier_from_jwk(&public).unwrap();
+    let mut payload = josekit::jwt::JwtPayload::new();
+    payload.set_subject("me");
+    let token = josekit::jwt::encode_with_signer(&payload, &josekit::jws::JwsHeader::new(), &signer).unwrap();
+    assert!(josekit::jwt::decode_with_verifier(&token, &verifier).is_ok());
+
+    // Again: refused, the first pair kept; with --force, replaced.
+    let before = std::fs::read(out_dir.join("ehr.private.jwk.json")).unwrap();
+    let (code, _, err) = run(dir.path(), &["keygen", "--out", out_arg, "--name", "ehr"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("exists already") && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(out_dir.join("ehr.private.jwk.json")).unwrap(), before);
+    let (code, out, _) = run(dir.path(), &["keygen", "--out", out_arg, "--name", "ehr", "--force"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("keep it secret"), "{out}");
+    assert_ne!(std::fs::read(out_dir.join("ehr.private.jwk.json")).unwrap(), before);
+
+    let (code, _, err) = run(dir.path(), &["keygen", "--alg", "HS256", "--out", out_arg, "--name", "x"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("alg must be one of"), "{err}");
+    let (code, _, err) = run(dir.path(), &["keygen", "--out", out_arg, "--name", "../escape"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("plain file name"), "{err}");
+}
