@@ -20,7 +20,7 @@ pub const DEFAULT_JOBS_ID_LENGTH: usize = 16;
 pub const MIN_JOBS_ID_LENGTH: usize = 16;
 pub const MAX_JOBS_ID_LENGTH: usize = 64;
 /// Minutes a finished job (and its files) is kept.
-pub const DEFAULT_JOBS_MAX_AGE_MINUTES: f64 = 5.0;
+pub const DEFAULT_JOBS_MAX_AGE_MINUTES: f64 = 1440.0;
 pub const DEFAULT_REAPER_INTERVAL_SECS: f64 = 60.0;
 pub const DEFAULT_JSON_CONTENT_TYPES: &str = "application/json,application/fhir+json,application/json+fhir";
 /// Minutes an access token we issue stays valid.
@@ -279,7 +279,7 @@ impl Config {
                 16 << 20,
             ),
         };
-        let destination = match r.string("DESTINATION_TYPE", "dev-null").as_str() {
+        let destination = match r.string("DESTINATION_TYPE", "tmp-fs").as_str() {
             "dev-null" => DestinationKind::DevNull,
             "tmp-fs" => DestinationKind::TmpFs,
             "s3" => DestinationKind::S3(s3_config(&mut r)),
@@ -485,9 +485,9 @@ mod tests {
         assert_eq!(c.port, 3001);
         assert_eq!(c.host, "127.0.0.1");
         assert_eq!(c.jobs_path, PathBuf::from("jobs"));
-        assert_eq!(c.jobs_max_age, Duration::from_secs(300));
+        assert_eq!(c.jobs_max_age, Duration::from_secs(24 * 3600), "a day: files are there the next morning");
         assert_eq!(c.limits.max_line_bytes, 10 * 1024 * 1024);
-        assert_eq!(c.destination, DestinationKind::DevNull);
+        assert_eq!(c.destination, DestinationKind::TmpFs, "received data is kept by default");
     }
 
     #[test]

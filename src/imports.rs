@@ -127,6 +127,8 @@ impl Imports<'_> {
                         "resources": totals.resources,
                         "resourcesByType": store.type_counts(&job.id).await?,
                         "completedAt": job.completed_at.map(instant),
+                        // When the reaper removes the job and its files (JOBS_MAX_AGE).
+                        "filesKeptUntil": job.completed_at.map(|at| crate::time_util::kept_until(at, self.jobs.config.jobs_max_age)),
                     }
                 });
                 StatusView::Completed { body, summary: completion_text(&totals) }

@@ -1,5 +1,7 @@
 //! Jobs as the dashboard (and a command line's `jobs`) lists them: every job with its provider and
 //! file totals, and one job with its files. JSON, as both front ends show or print it.
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
 use crate::{
@@ -8,19 +10,19 @@ use crate::{
     time_util::instant,
 };
 
-/// The newest jobs first (up to `DASHBOARD_MAX_JOBS`).
-pub async fn list(store: &dyn JobStore) -> Result<Vec<Value>, StoreError> {
-    Ok(store.job_summaries().await?.iter().map(describe_job).collect())
+/// The newest jobs first (up to `DASHBOARD_MAX_JOBS`); `retention` is `JOBS_MAX_AGE`.
+pub async fn list(store: &dyn JobStore, retention: Duration) -> Result<Vec<Value>, StoreError> {
+    Ok(store.job_summaries().await?.iter().map(|j| describe_job(j, retention)).collect())
 }
 
 /// One job with its files; `None` if there is no such job.
-pub async fn show(store: &dyn JobStore, id: &str) -> Result<Option<Value>, StoreError> {
+pub async fn show(store: &dyn JobStore, id: &str, retention: Duration) -> Result<Option<Value>, StoreError> {
     if !is_job_id(id) {
         return Ok(None);
     }
     let Some(job) = store.job_summary(id).await? else { return Ok(None) };
     let files: Vec<Value> = store.files(&job.id).await?.iter().map(describe_file).collect();
-    let mut body = describe_job(&job);
+    let mut body = describe_job(&job, retention);
     body["files"] = Value::Array(files);
     Ok(Some(body))
 }
@@ -36,7 +38,7 @@ fn percent(state: &str, finished: i64, total: i64) -> f64 {
     }
 }
 
-fn describe_job(j: &JobSummary) -> Value {
+fn describe_job(j: &JobSummary, retention: Duration) -> Value {
     // A partial import must not look like a clean one: its own state, not a green "completed".
     let partial = j.state == "completed" && (j.files_failed > 0 || j.provider_errors > 0);
     let state = if partial { "completed-with-errors" } else { j.state.as_str() };
@@ -58,6 +60,7 @@ fn describe_job(j: &JobSummary) -> Value {
         "failure": j.failure,
         "created_at": instant(j.created_at),
         "finished_at": j.completed_at.map(instant),
+        "kept_until": j.completed_at.map(|at| crate::time_util::kept_until(at, retention)),
     })
 }
 

@@ -25,3 +25,9 @@ pub fn set_times(
     payload.set_claim("iat", Some(secs(issued).into()))?;
     payload.set_claim("exp", Some(secs(expires).into()))
 }
+
+/// When a job finished at `finished_at` is removed with its files, `retention` (`JOBS_MAX_AGE`)
+/// later, as an instant.
+pub fn kept_until(finished_at: i64, retention: std::time::Duration) -> String {
+    instant(finished_at + retention.as_secs_f64().ceil() as i64)
+}

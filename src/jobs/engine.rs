@@ -196,13 +196,15 @@ async fn record_file(
 /// Only for the log: nothing after the completion may fail the job.
 async fn log_completion(ctx: &JobContext, id: &str) {
     let Ok(totals) = ctx.store.file_totals(id).await else { return };
+    let kept = crate::time_util::kept_until(crate::time_util::now_unix(), ctx.config.jobs_max_age);
     if totals.has_errors() {
         tracing::warn!(
             failed_files = totals.failed,
             provider_errors = totals.provider_errors,
+            kept_until = %kept,
             "job completed with errors"
         );
     } else {
-        tracing::info!(files = totals.files, resources = totals.resources, "job completed");
+        tracing::info!(files = totals.files, resources = totals.resources, kept_until = %kept, "job completed");
     }
 }

@@ -18,7 +18,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 async fn list(State(app): State<AppState>, _admin: Admin) -> Result<Response, AuthError> {
-    let jobs = job_views::list(&*app.job_context.store).await?;
+    let jobs = job_views::list(&*app.job_context.store, app.config.jobs_max_age).await?;
     Ok(no_store(Json(json!({ "jobs": jobs })).into_response()))
 }
 
@@ -27,7 +27,7 @@ async fn show(
     _admin: Admin,
     Path(id): Path<String>,
 ) -> Result<Response, AuthError> {
-    let body = job_views::show(&*app.job_context.store, &id)
+    let body = job_views::show(&*app.job_context.store, &id, app.config.jobs_max_age)
         .await?
         .ok_or_else(|| AuthError::NotFound(format!("no import job with id '{id}'")))?;
     Ok(no_store(Json(body).into_response()))

@@ -151,6 +151,7 @@ function summaryPairs(job) {
     ['Bytes', [formatBytes(job.bytes)]],
     ['Started', [timeEl(job.created_at)]],
     ['Finished', [job.finished_at ? timeEl(job.finished_at) : 'not yet']],
+    ...(job.kept_until ? [['Kept until', [timeEl(job.kept_until), h('span', { class: 'sub' }, 'then the job and its files are deleted (JOBS_MAX_AGE)')]]] : []),
     ...(job.failure ? [['Failure', [h('span', { class: 'error-text' }, job.failure)]]] : []),
   ];
 }

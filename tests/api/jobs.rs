@@ -232,3 +232,20 @@ async fn after_a_restart_mid_import_finished_files_are_not_downloaded_again() {
     }
     assert!(!app.jobs_dir(&id).join("Observation.2.ndjson.part").exists());
 }
+
+#[tokio::test]
+async fn a_finished_job_says_until_when_its_files_are_kept() {
+    let app = spawn_app().await;
+    app.provider.add_file("p.ndjson", "Patient", super::helpers::patients(2));
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    let body = app.completed(&id).await;
+    let parse = |v: &Value| {
+        time::OffsetDateTime::parse(v.as_str().unwrap(), &time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let completed = parse(&body["extension"]["completedAt"]);
+    let kept = parse(&body["extension"]["filesKeptUntil"]);
+    assert_eq!((kept - completed).whole_seconds(), 24 * 3600, "JOBS_MAX_AGE defaults to a day: {body}");
+    let page = app.admin_get(&format!("/admin/jobs/{id}")).await;
+    assert_eq!(page["kept_until"], body["extension"]["filesKeptUntil"], "{page}");
+}
