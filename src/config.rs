@@ -150,6 +150,8 @@ pub struct Config {
     pub port: u16,
     /// Our externally visible base URL; when unset it is taken from each request's `Host`.
     pub public_url: Option<Url>,
+    /// Serve the browser UI from this directory instead of the copy built into the binary.
+    pub ui_dir: Option<PathBuf>,
     pub data_dir: PathBuf,
     pub jobs_path: PathBuf,
     pub jobs_id_length: usize,
@@ -318,6 +320,7 @@ impl Config {
             host: r.string("HOST", DEFAULT_HOST),
             port: r.num("PORT", DEFAULT_PORT, 0, u16::MAX),
             public_url,
+            ui_dir: r.opt("UI_DIR").map(PathBuf::from),
             data_dir: PathBuf::from(r.string("DATA_DIR", DEFAULT_DATA_DIR)),
             jobs_path: PathBuf::from(r.string("JOBS_PATH", DEFAULT_JOBS_PATH)),
             jobs_id_length: r.num(

@@ -1,4 +1,4 @@
-//! HTTP routes: each module owns its paths; static UI files are the fallback.
+//! HTTP routes: each module owns its paths; the browser UI's files are the fallback.
 pub mod admin;
 pub mod auth;
 pub mod caller;
@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod jwks;
 pub mod oauth_error;
 pub mod response_policy;
+pub mod ui;
 
 use axum::{
     extract::DefaultBodyLimit,
@@ -18,12 +19,9 @@ use axum::{
     response::Response,
     Router,
 };
-use tower_http::{services::ServeDir, trace::TraceLayer};
+use tower_http::trace::TraceLayer;
 
 use crate::state::AppState;
-
-/// Directory of the browser UI, relative to the working directory.
-pub const STATIC_DIR: &str = "static";
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.limits.max_body_bytes;
@@ -36,7 +34,7 @@ pub fn router(state: AppState) -> Router {
         .merge(info::routes())
         .merge(health::routes())
         .merge(dashboard::routes())
-        .fallback_service(ServeDir::new(STATIC_DIR))
+        .fallback(axum::routing::get(ui::serve))
         .layer(DefaultBodyLimit::max(body_limit));
     response_policy::apply(routes, request_timeout).layer(TraceLayer::new_for_http()).with_state(state)
 }

@@ -481,3 +481,34 @@ async fn ping_with(base: &str, dir: &Path, provider: &FakeProvider, url: &str, k
         admin: admin.trim().to_string(),
     }
 }
+
+#[tokio::test]
+async fn the_ui_is_served_from_the_binary_in_any_directory_and_ui_dir_overrides_it() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let get = |path: &str| reqwest::get(format!("{}{path}", server.base()));
+    let page = get("/").await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(page.text().await.unwrap().contains("<html"), "the UI page, though the directory has no static/");
+    let script = get("/js/app.js").await.unwrap();
+    assert_eq!(script.status(), 200);
+    assert!(script.headers()["content-type"].to_str().unwrap().contains("javascript"));
+    let missing = get("/no-such-page").await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert!(missing.text().await.unwrap().contains("no API route or UI file"));
+    server.stop().await;
+
+    let ui = dir.path().join("my-ui");
+    std::fs::create_dir_all(&ui).unwrap();
+    std::fs::write(ui.join("index.html"), "<html>work in progress</html>").unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "outside the UI directory").unwrap();
+    let server = Server::start(dir.path(), &[("UI_DIR", ui.to_str().unwrap())]);
+    let page = reqwest::get(format!("{}/", server.base())).await.unwrap().text().await.unwrap();
+    assert_eq!(page, "<html>work in progress</html>");
+    for escape in ["/../secret.txt", "/%2e%2e/secret.txt", "/..%2fsecret.txt"] {
+        let res = reqwest::get(format!("{}{escape}", server.base())).await.unwrap();
+        assert_eq!(res.status(), 404, "{escape}");
+    }
+    server.stop().await;
+}
