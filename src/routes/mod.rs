@@ -10,6 +10,7 @@ pub mod info;
 pub mod jobs;
 pub mod jwks;
 pub mod oauth_error;
+pub mod request_log;
 pub mod response_policy;
 pub mod ui;
 
@@ -35,7 +36,8 @@ pub fn router(state: AppState) -> Router {
         .merge(health::routes())
         .merge(dashboard::routes())
         .fallback(axum::routing::get(ui::serve))
-        .layer(DefaultBodyLimit::max(body_limit));
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(request_log::log));
     response_policy::apply(routes, request_timeout).layer(TraceLayer::new_for_http()).with_state(state)
 }
 

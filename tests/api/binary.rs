@@ -72,6 +72,10 @@ impl Server {
             if let Some(rest) = line.split("address=").nth(1) {
                 break rest.split_whitespace().next().unwrap().to_string();
             }
+            // LOG_FORMAT=json
+            if let Some(rest) = line.split("\"address\":\"").nth(1) {
+                break rest.split('"').next().unwrap().to_string();
+            }
         };
         Server { child, address, log }
     }
@@ -511,4 +515,53 @@ async fn the_ui_is_served_from_the_binary_in_any_directory_and_ui_dir_overrides_
         assert_eq!(res.status(), 404, "{escape}");
     }
     server.stop().await;
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_a_request_line_per_request() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let server = Server::start(dir.path(), &[("LOG_FORMAT", "json"), ("RUST_LOG", "bulk_import=info")]);
+    let id = "0123456789abcdef".repeat(2);
+    let http = reqwest::Client::new();
+    assert_eq!(http.get(format!("{}/jwks", server.base())).send().await.unwrap().status(), 200);
+    assert_eq!(http.get(format!("{}/job/{id}", server.base())).send().await.unwrap().status(), 404);
+    let version: Value =
+        http.get(format!("{}/version", server.base())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
+    let log = server.stop().await;
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    let request = |route: &str| {
+        lines.iter().find(|v| v["fields"]["message"] == "request" && v["fields"]["route"] == route).cloned()
+    };
+    let jwks = request("/jwks").expect("a request line for /jwks");
+    assert_eq!(jwks["fields"]["status"], 200);
+    assert_eq!(jwks["fields"]["method"], "GET");
+    assert!(jwks["fields"]["latency_ms"].as_f64().is_some(), "{jwks}");
+    let job = request("/job/{id}").expect("a request line for the job");
+    assert_eq!(job["fields"]["status"], 404);
+    assert_eq!(job["fields"]["job"], "01234567…");
+    assert!(!log.contains(&id), "the full job id is not logged");
+}
+
+#[test]
+fn text_logs_written_to_a_pipe_carry_no_colour_codes_and_a_bad_log_format_is_named() {
+    let dir = tempfile::TempDir::new().unwrap();
+    // Without NO_COLOR: only the pipe (not a terminal) keeps colours out. A bad PORT stops it at once.
+    let out = Command::new(env!("CARGO_BIN_EXE_bulk-import"))
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("LOG_FORMAT", "fancy")
+        .env("PORT", "not-a-port")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("LOG_FORMAT must be text or json") && stdout.contains("fancy"), "{stdout}");
+    assert!(stdout.contains("PORT"), "the failure is logged: {stdout}");
+    assert!(!stdout.contains('\u{1b}'), "no escape codes in a pipe: {stdout:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PORT"), "and told on stderr");
 }
