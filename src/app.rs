@@ -77,6 +77,7 @@ impl App {
             http: http.clone(),
             destination,
             jobs,
+            metrics: Arc::new(crate::metrics::Metrics::default()),
         };
         let state = AppState {
             jwks: Arc::new(JwksCache::new(config.limits.jwks_fetch_timeout, config.limits.jwks_min_refetch)),

@@ -15,6 +15,7 @@ pub mod instance_id;
 pub mod job_views;
 pub mod jobs;
 pub mod key_pairs;
+pub mod metrics;
 pub mod owner_only;
 pub mod registrations;
 pub mod routes;

@@ -34,6 +34,32 @@ pub enum IssueCode {
     Incomplete,
 }
 
+impl IssueCode {
+    /// The code as FHIR spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IssueCode::Invalid => "invalid",
+            IssueCode::Structure => "structure",
+            IssueCode::Required => "required",
+            IssueCode::Value => "value",
+            IssueCode::Security => "security",
+            IssueCode::Login => "login",
+            IssueCode::Forbidden => "forbidden",
+            IssueCode::NotFound => "not-found",
+            IssueCode::NotSupported => "not-supported",
+            IssueCode::TooLong => "too-long",
+            IssueCode::TooCostly => "too-costly",
+            IssueCode::Throttled => "throttled",
+            IssueCode::Processing => "processing",
+            IssueCode::Exception => "exception",
+            IssueCode::Timeout => "timeout",
+            IssueCode::Transient => "transient",
+            IssueCode::Informational => "informational",
+            IssueCode::Incomplete => "incomplete",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Issue {
     pub severity: Severity,
@@ -107,6 +133,34 @@ impl OperationOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn issue_codes_are_named_as_fhir_spells_them() {
+        use IssueCode::*;
+        let all = [
+            Invalid,
+            Structure,
+            Required,
+            Value,
+            Security,
+            Login,
+            Forbidden,
+            NotFound,
+            NotSupported,
+            TooLong,
+            TooCostly,
+            Throttled,
+            Processing,
+            Exception,
+            Timeout,
+            Transient,
+            Informational,
+            Incomplete,
+        ];
+        for code in all {
+            assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{}\"", code.as_str()));
+        }
+    }
 
     #[test]
     fn a_providers_outcome_is_read_whatever_its_issue_codes() {

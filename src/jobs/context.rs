@@ -9,6 +9,7 @@ use crate::{
     config::Config,
     destination::Destination,
     http_client::Outbound,
+    metrics::Metrics,
     store::job_store::{JobStore, RegistrationStore},
 };
 
@@ -26,4 +27,6 @@ pub struct JobContext {
     pub provider_tokens: Arc<ProviderTokens>,
     pub destination: Arc<dyn Destination>,
     pub jobs: Arc<Runner>,
+    /// What `/metrics` reports; jobs count files, bytes, resources and provider requests.
+    pub metrics: Arc<Metrics>,
 }

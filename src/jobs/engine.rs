@@ -12,7 +12,6 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::domain::{FileCounts, FileState, FinishedFile, JobFile};
 use crate::jobs::context::JobContext;
 use crate::jobs::download::{self, FileResult};
 use crate::jobs::error::JobError;
@@ -21,6 +20,10 @@ use crate::jobs::plan;
 use crate::jobs::progress::Progress;
 use crate::jobs::provider_client::ProviderClient;
 use crate::jobs::recorder::Recorder;
+use crate::{
+    domain::{FileCounts, FileState, FinishedFile, JobFile},
+    metrics::{FileLabels, StateLabel},
+};
 
 /// What the engine works on: one job, its provider, and the signals that reach it.
 pub struct Work<'a> {
@@ -184,7 +187,11 @@ async fn record_file(
         provider_errors: r.provider_errors,
         type_counts: type_counts.as_deref(),
     };
-    if !record.file_finished(file.idx, &done).await? {
+    let recorded = record.file_finished(file.idx, &done).await?;
+    if recorded {
+        count_file(ctx, &r);
+    }
+    if !recorded {
         let finished = JobFile { state: r.state, ..file.clone() };
         if plan::has_data(&finished) {
             ctx.destination.delete_file(plan::target(&finished)).await?;
@@ -193,9 +200,20 @@ async fn record_file(
     Ok(())
 }
 
+fn count_file(ctx: &JobContext, r: &FileResult) {
+    let m = &ctx.metrics;
+    let code = r.outcome.issue.first().map(|i| i.code.as_str()).unwrap_or("informational");
+    let outcome = if r.state == FileState::Done { "done" } else { "failed" };
+    m.files.get_or_create(&FileLabels { outcome: outcome.into(), code: code.into() }).inc();
+    m.bytes.inc_by(r.bytes.max(0) as u64);
+    m.resources.inc_by(r.resources.max(0) as u64);
+}
+
 /// Only for the log: nothing after the completion may fail the job.
 async fn log_completion(ctx: &JobContext, id: &str) {
     let Ok(totals) = ctx.store.file_totals(id).await else { return };
+    let result = if totals.has_errors() { "completed-with-errors" } else { "completed" };
+    ctx.metrics.jobs_finished.get_or_create(&StateLabel { state: result.into() }).inc();
     let kept = crate::time_util::kept_until(crate::time_util::now_unix(), ctx.config.jobs_max_age);
     if totals.has_errors() {
         tracing::warn!(

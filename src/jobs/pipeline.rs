@@ -108,6 +108,8 @@ async fn run_job(ctx: JobContext, id: String, handles: JobHandles, lease: Lease)
                 tracing::warn!(%reason, "job failed");
                 let message = failure_text(&e, reason);
                 record_failure(&ctx, &id, message).await;
+                let failed = crate::metrics::StateLabel { state: "failed".into() };
+                ctx.metrics.jobs_finished.get_or_create(&failed).inc();
                 progress.close();
                 pull::release_export(&ctx, &id).await;
             }

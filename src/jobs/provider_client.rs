@@ -23,6 +23,7 @@ use crate::{
     domain::Provider,
     error_text::chain,
     http_client::GuardedClient,
+    metrics::Metrics,
 };
 
 /// Redirect hops we follow for one request.
@@ -39,6 +40,7 @@ pub struct ProviderClient {
     tokens: Arc<ProviderTokens>,
     budget: Arc<RequestBudget>,
     who: Who,
+    metrics: Arc<Metrics>,
 }
 
 /// Who we are at the provider: our client id, the scope we ask for, a pinned token endpoint.
@@ -103,8 +105,9 @@ impl ProviderClient {
         base: ProviderBase,
         who: Who,
         limits: Limits,
+        metrics: Arc<Metrics>,
     ) -> Self {
-        Self { trusted, guarded, base, limits, tokens, budget, who }
+        Self { trusted, guarded, base, limits, tokens, budget, who, metrics }
     }
 
     async fn token(&self, refresh: bool) -> Result<Option<SecretString>, JobError> {
@@ -140,7 +143,25 @@ impl ProviderClient {
     }
 
     async fn execute(&self, req: RequestBuilder, url: &Url) -> Result<Response, SendError> {
-        req.send().await.map_err(|e| SendError::from_http(e, url))
+        let req = req.build()?;
+        let method = req.method().clone();
+        // The builder came from this same client (`client_for`), so it executes the request.
+        let http = self.client_for(url)?;
+        self.timed(http.execute(req), method, url).await
+    }
+
+    /// A request's answer (or failure), counted in `/metrics` by method and status.
+    async fn timed(
+        &self,
+        sent: impl std::future::Future<Output = reqwest::Result<Response>>,
+        method: Method,
+        url: &Url,
+    ) -> Result<Response, SendError> {
+        let started = std::time::Instant::now();
+        let result = sent.await;
+        let status = result.as_ref().ok().map(|r| r.status().as_u16());
+        self.metrics.provider_request(method.as_str(), status, started.elapsed().as_secs_f64());
+        result.map_err(|e| SendError::from_http(e, url))
     }
 
     /// How long until the shared budget lets us send a kick-off or status request to `url`'s
@@ -198,7 +219,7 @@ impl ProviderClient {
         };
         let first = Self::attach(make(http, url.clone()), &token).build()?;
         let method = first.method().clone();
-        let mut resp = http.execute(first).await.map_err(|e| SendError::from_http(e, url))?;
+        let mut resp = self.timed(http.execute(first), method.clone(), url).await?;
         if resp.status() == StatusCode::UNAUTHORIZED && auth == Auth::WithToken {
             // A fresh token, or (for a provider that looked open) a fresh look for its token endpoint.
             let fresh = self.token(true).await.map_err(SendError::Token)?;
@@ -301,6 +322,7 @@ impl ProviderClient {
             base,
             who,
             ctx.config.limits.clone(),
+            ctx.metrics.clone(),
         ))
     }
 

@@ -48,6 +48,7 @@ pub struct Runner {
     /// Never held across an await, so a plain mutex, which a drop guard can also take.
     running: Mutex<HashMap<String, Running>>,
     slots: Arc<Semaphore>,
+    max_jobs: usize,
     /// Download slots shared by every job (`MAX_TOTAL_DOWNLOADS`).
     pub download_slots: Arc<Semaphore>,
 }
@@ -74,6 +75,7 @@ impl Runner {
             shutdown,
             running: Mutex::default(),
             slots: Arc::new(Semaphore::new(max_concurrent_jobs)),
+            max_jobs: max_concurrent_jobs,
             download_slots: Arc::new(Semaphore::new(max_total_downloads)),
         })
     }
@@ -142,8 +144,19 @@ impl Runner {
         self.running_jobs().get(id)?.progress.snapshot()
     }
 
+    /// Jobs this process holds: running, or waiting for a slot.
     pub fn running_count(&self) -> usize {
         self.running_jobs().len()
+    }
+
+    /// Jobs running now (holding a slot).
+    pub fn active_count(&self) -> usize {
+        self.max_jobs - self.slots.available_permits()
+    }
+
+    /// Jobs waiting for a slot (`MAX_CONCURRENT_JOBS`).
+    pub fn waiting_count(&self) -> usize {
+        self.running_count().saturating_sub(self.active_count())
     }
 }
 

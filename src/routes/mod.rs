@@ -9,6 +9,7 @@ pub mod import;
 pub mod info;
 pub mod jobs;
 pub mod jwks;
+pub mod metrics;
 pub mod oauth_error;
 pub mod request_log;
 pub mod response_policy;
@@ -34,10 +35,11 @@ pub fn router(state: AppState) -> Router {
         .merge(jwks::routes())
         .merge(info::routes())
         .merge(health::routes())
+        .merge(metrics::routes())
         .merge(dashboard::routes())
         .fallback(axum::routing::get(ui::serve))
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn(request_log::log));
+        .layer(axum::middleware::from_fn_with_state(state.job_context.metrics.clone(), request_log::log));
     response_policy::apply(routes, request_timeout).layer(TraceLayer::new_for_http()).with_state(state)
 }
 

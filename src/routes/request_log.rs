@@ -1,24 +1,36 @@
 //! One log line per request: method, route template (never the raw path or query: job ids are
 //! capabilities and queries may carry secrets), status, latency, and the job's id prefix.
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use axum::{
-    extract::{MatchedPath, Request},
+    extract::{MatchedPath, Request, State},
     middleware::Next,
     response::Response,
 };
 
-pub async fn log(req: Request, next: Next) -> Response {
+use crate::metrics::{Metrics, RouteLabels};
+
+/// Log the request and count it in `/metrics`.
+pub async fn log(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string());
     let job = job_of(req.uri().path()).map(crate::telemetry::shown_id);
     let res = next.run(req).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let labels = RouteLabels {
+        method: method.to_string(),
+        // `/job/:id`: some label parsers stop at a brace inside a value.
+        route: route.as_deref().map_or_else(|| "ui".into(), |r| r.replace('{', ":").replace('}', "")),
+        status: res.status().as_u16().to_string(),
+    };
+    metrics.http_requests.get_or_create(&labels).inc();
+    metrics.http_request_seconds.get_or_create(&labels).observe(seconds);
     tracing::info!(
         %method,
         route = route.as_deref().unwrap_or("(ui file)"),
         status = res.status().as_u16(),
-        latency_ms = (started.elapsed().as_secs_f64() * 1000.0 * 10.0).round() / 10.0,
+        latency_ms = (seconds * 1000.0 * 10.0).round() / 10.0,
         job = job.as_deref().unwrap_or("-"),
         "request"
     );

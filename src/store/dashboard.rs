@@ -50,6 +50,13 @@ impl Store {
         Ok(sqlx::query_as::<_, JobSummary>(&sql).bind(DASHBOARD_MAX_JOBS).fetch_all(self.pool()).await?)
     }
 
+    /// How many jobs are in each state (states with none are left out).
+    pub async fn job_state_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(sqlx::query_as("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")
+            .fetch_all(self.pool())
+            .await?)
+    }
+
     /// One job's summary, or `None` when it does not exist.
     pub async fn job_summary(&self, id: &str) -> Result<Option<JobSummary>, StoreError> {
         let sql = format!("{SUMMARY_SELECT} WHERE j.id = ? GROUP BY j.id");

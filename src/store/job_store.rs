@@ -56,6 +56,7 @@ pub trait JobStore: Send + Sync {
     async fn release_lease(&self, id: &str, owner: &str, token: i64) -> Result<bool, StoreError>;
     async fn request_cancel(&self, id: &str) -> Result<bool, StoreError>;
     async fn job_summaries(&self) -> Result<Vec<JobSummary>, StoreError>;
+    async fn job_state_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
     async fn job_summary(&self, id: &str) -> Result<Option<JobSummary>, StoreError>;
 }
 
@@ -173,6 +174,9 @@ impl JobStore for Store {
     }
     async fn job_summaries(&self) -> Result<Vec<JobSummary>, StoreError> {
         Store::job_summaries(self).await
+    }
+    async fn job_state_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        Store::job_state_counts(self).await
     }
     async fn job_summary(&self, id: &str) -> Result<Option<JobSummary>, StoreError> {
         Store::job_summary(self, id).await

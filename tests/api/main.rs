@@ -11,6 +11,7 @@ mod jobs;
 mod jwks_url;
 mod listener;
 mod load;
+mod metrics;
 mod plan;
 mod provider_bounds;
 mod pull;
