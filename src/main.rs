@@ -15,8 +15,22 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(),
         Command::Keygen(args) => cli::keygen::run(args),
+        Command::Register(args) => remote(cli::registrations::register(args)),
+        Command::Registrations(args) => remote(cli::registrations::list(args)),
+        Command::Ping(args) => remote(cli::ping::run(args)),
+        Command::Status(args) => remote(cli::jobs::status(args)),
+        Command::Jobs(args) => remote(cli::jobs::list(args)),
+        Command::Delete(args) => remote(cli::jobs::delete(args)),
     }
     .code()
+}
+
+/// Run a command that talks to a server.
+fn remote(command: impl std::future::Future<Output = Outcome>) -> Outcome {
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(command),
+        Err(e) => cli::report(&e),
+    }
 }
 
 fn serve() -> Outcome {

@@ -1,7 +1,11 @@
 //! The command line: one binary that serves (the default, so `cargo run --release` still does)
-//! and runs operator commands against the library's services. Exit codes: 0 done, 1 failed,
-//! 2 wrong usage (clap's).
+//! and runs operator commands, against a running server over HTTP or locally. Exit codes: 0 done,
+//! 1 failed, 2 wrong usage (clap's), 3 an import completed with errors.
+pub mod jobs;
 pub mod keygen;
+pub mod ping;
+pub mod registrations;
+pub mod remote;
 
 use clap::{Parser, Subcommand};
 
@@ -20,12 +24,26 @@ pub enum Command {
     Serve,
     /// Make a key pair (JWK and PEM files, owner-only), e.g. for a provider to sign with.
     Keygen(keygen::Args),
+    /// Register a provider at a running server (admin credential).
+    Register(registrations::RegisterArgs),
+    /// List a running server's provider registrations (admin credential).
+    Registrations(registrations::ListArgs),
+    /// Act as a provider: get a token, ping `$import`, and optionally follow the job.
+    Ping(ping::PingArgs),
+    /// A job's status; `--follow` shows live progress until it ends.
+    Status(jobs::StatusArgs),
+    /// List a running server's import jobs (admin credential).
+    Jobs(jobs::JobsArgs),
+    /// Delete a job and its files (cancelling it if it runs).
+    Delete(jobs::DeleteArgs),
 }
 
 /// How a command ended, as the process exit code tells it.
 pub enum Outcome {
     Done,
     Failed,
+    /// An import completed, but some files failed or the provider reported errors.
+    Partial,
 }
 
 impl Outcome {
@@ -33,6 +51,7 @@ impl Outcome {
         match self {
             Outcome::Done => std::process::ExitCode::SUCCESS,
             Outcome::Failed => std::process::ExitCode::FAILURE,
+            Outcome::Partial => std::process::ExitCode::from(3),
         }
     }
 }

@@ -565,3 +565,102 @@ fn text_logs_written_to_a_pipe_carry_no_colour_codes_and_a_bad_log_format_is_nam
     assert!(!stdout.contains('\u{1b}'), "no escape codes in a pipe: {stdout:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("PORT"), "and told on stderr");
 }
+
+/// Run the CLI in `dir`; (exit code, stdout, stderr).
+fn cli(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bulk-import"))
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+// Multi-threaded: the CLI runs as blocking child processes while the fake provider serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_takes_a_new_user_from_keygen_to_a_finished_import_and_back() {
+    let provider = FakeProvider::start().await;
+    provider.add_file("p.ndjson", "Patient", patients(30));
+    provider.add_file("o.ndjson", "Observation", super::helpers::observations(20));
+    let dir = tempfile::TempDir::new().unwrap();
+    let server = Server::start(dir.path(), &[("POLL_INTERVAL", "0.05")]);
+    provider.set_consumer_jwks_url(format!("{}/jwks", server.base()));
+    let base = server.base();
+    let d = dir.path();
+
+    let (code, _, err) = cli(d, &["keygen", "--out", "keys", "--name", "ehr"]);
+    assert_eq!(code, 0, "{err}");
+    // The admin credential comes from the server's generated data/admin-token (same directory).
+    let (code, out, err) = cli(
+        d,
+        &[
+            "register",
+            "--server",
+            &base,
+            "--aud",
+            &provider.base(),
+            "--consumer-client-id",
+            "consumer-at-fake",
+            "--jwks-file",
+            "keys/ehr.jwks.json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("{base}/$import")) && out.contains("system/*.write"),
+        "the hand-off list: {out}"
+    );
+    let client_id = out.split("client_id ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    let (code, out, _) = cli(d, &["registrations", "--server", &base, "--json"]);
+    assert_eq!(code, 0);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert!(listed["registrations"].as_array().unwrap().iter().any(|r| r["client_id"] == client_id.as_str()));
+
+    let manifest = provider.manifest_url();
+    let ping = ["ping", "--server", &base, "--client-id", &client_id, "--key", "keys/ehr.private.jwk.json"];
+    let (code, out, err) = cli(
+        d,
+        &[&ping[..], &["--export-url", &manifest, "--export-type", "static", "--follow", "--json"]].concat(),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let done: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(done["extension"]["result"], "completed");
+    assert_eq!(done["extension"]["resources"], 50);
+    let status_url = err.split("accepted: ").nth(1).unwrap().trim().to_string();
+
+    let (code, out, _) = cli(d, &["status", &status_url]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("completed: 2 files (0 failed), 50 resources") && out.contains("kept until"),
+        "{out}"
+    );
+    let (code, out, _) = cli(d, &["jobs", "--server", &base]);
+    assert_eq!(code, 0);
+    assert!(out.contains("completed") && out.contains(&status_url.rsplit('/').next().unwrap()[..8]), "{out}");
+
+    // A file that fails makes the import partial: exit 3.
+    provider.add_file("bad.ndjson", "Patient", "{\"resourceType\":\"Patient\"\n");
+    let (code, out, _) =
+        cli(d, &[&ping[..], &["--export-url", &manifest, "--export-type", "static", "--follow"]].concat());
+    assert_eq!(code, 3, "{out}");
+    assert!(out.starts_with("completed-with-errors"), "{out}");
+
+    let (code, out, err) = cli(d, &["delete", &status_url]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("deleted"));
+    let (code, _, err) = cli(d, &["status", &status_url]);
+    assert_eq!(code, 1);
+    assert!(err.contains("404"), "{err}");
+    // Wrong credentials and an unreachable server are told plainly.
+    let (code, _, err) = cli(d, &["jobs", "--server", &base, "--admin-token", "wrong"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("401"), "{err}");
+    let (code, _, err) =
+        cli(d, &["status", "--server", "http://127.0.0.1:9", "0123456789abcdef0123456789abcdef"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach the server"), "{err}");
+    server.stop().await;
+}

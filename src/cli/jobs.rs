@@ -1,0 +1,238 @@
+//! `jobs`, `status` and `delete`: import jobs on a running server. `status --follow` draws a live
+//! progress bar until the job ends. A job's URL (or id) is its capability: status and delete
+//! need no other credential.
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use super::{
+    remote::{refusal, AdminArgs, Remote, RemoteError, ServerArgs},
+    report, Outcome,
+};
+
+/// Longest `--follow` waits, unless told otherwise.
+const DEFAULT_FOLLOW_LIMIT_SECS: u64 = 24 * 3600;
+
+#[derive(Debug, clap::Args)]
+pub struct JobsArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Print the server's answer as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The job's status URL (as the ping's Content-Location gave it), or its id.
+    job: String,
+    /// Keep polling, with a progress bar, until the job ends.
+    #[arg(long)]
+    follow: bool,
+    /// Seconds `--follow` waits at most.
+    #[arg(long, default_value_t = DEFAULT_FOLLOW_LIMIT_SECS)]
+    timeout: u64,
+    /// Print the final status as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The job's status URL, or its id.
+    job: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    #[error("the job did not end within {0} s (--timeout); it goes on at the server")]
+    TooLong(u64),
+}
+
+/// The status URL of `job` (a URL, or an id on `server`).
+fn status_url(remote: &Remote, job: &str) -> String {
+    if job.starts_with("http://") || job.starts_with("https://") {
+        job.to_string()
+    } else {
+        remote.url(&format!("/job/{job}"))
+    }
+}
+
+pub async fn list(args: JobsArgs) -> Outcome {
+    let run = async {
+        let remote = Remote::admin(&args.admin)?;
+        remote.json(remote.request(Method::GET, "/admin/jobs")).await
+    };
+    match run.await {
+        Ok(answer) if args.json => {
+            println!("{answer}");
+            Outcome::Done
+        }
+        Ok(answer) => {
+            let jobs = answer["jobs"].as_array().cloned().unwrap_or_default();
+            if jobs.is_empty() {
+                println!("no import jobs");
+            }
+            for j in jobs {
+                let id: String = j["id"].as_str().unwrap_or("?").chars().take(8).collect();
+                println!(
+                    "{id}…  {:<22} {:>5}%  {} files, {} resources  {}",
+                    j["state"].as_str().unwrap_or("?"),
+                    j["progress_percent"],
+                    j["files_total"],
+                    j["resources"],
+                    j["provider_aud"].as_str().unwrap_or("")
+                );
+            }
+            Outcome::Done
+        }
+        Err(e) => report(&e),
+    }
+}
+
+/// How a job ended, as `status` reports it: exit 0 completed, 3 completed with errors, 1 failed.
+pub enum Ended {
+    Completed(Value),
+    CompletedWithErrors(Value),
+    Failed(String),
+    Running { percent: f64, text: String },
+}
+
+impl Ended {
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Ended::Completed(_) | Ended::Running { .. } => Outcome::Done,
+            Ended::CompletedWithErrors(_) => Outcome::Partial,
+            Ended::Failed(_) => Outcome::Failed,
+        }
+    }
+}
+
+/// One status request.
+async fn check(remote: &Remote, url: &str) -> Result<Ended, RemoteError> {
+    let res = remote.send(remote.http.get(url)).await?;
+    let header = |name: &str| res.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    match res.status() {
+        StatusCode::ACCEPTED => {
+            let percent =
+                header("x-progress").and_then(|p| p.trim_end_matches('%').trim().parse().ok()).unwrap_or(0.0);
+            let text = header("x-status").unwrap_or_else(|| "in progress".into());
+            Ok(Ended::Running { percent, text })
+        }
+        StatusCode::OK => {
+            let body: Value = res.json().await?;
+            let partial = body["extension"]["result"] == "completed-with-errors";
+            Ok(if partial { Ended::CompletedWithErrors(body) } else { Ended::Completed(body) })
+        }
+        StatusCode::INTERNAL_SERVER_ERROR => {
+            let body = res.bytes().await.unwrap_or_default();
+            let why = crate::fhir::operation_outcome::OperationOutcome::summarize(&body)
+                .unwrap_or_else(|| "the import failed".into());
+            Ok(Ended::Failed(why))
+        }
+        _ => Err(refusal(res).await),
+    }
+}
+
+/// Poll until the job ends, drawing a progress bar on a terminal (and nothing in a pipe).
+pub async fn follow(remote: &Remote, url: &str, limit: Duration) -> Result<Ended, FollowError> {
+    let bar = indicatif::ProgressBar::new(100);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos:>3}%  {wide_msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let deadline = Instant::now() + limit;
+    // Bounded by `limit`.
+    loop {
+        match check(remote, url).await? {
+            Ended::Running { percent, text } => {
+                bar.set_position(percent.clamp(0.0, 100.0) as u64);
+                bar.set_message(text);
+                if Instant::now() >= deadline {
+                    bar.abandon();
+                    return Err(FollowError::TooLong(limit.as_secs()));
+                }
+                tokio::time::sleep(POLL_EVERY).await;
+            }
+            ended => {
+                bar.finish_and_clear();
+                return Ok(ended);
+            }
+        }
+    }
+}
+
+/// How often `--follow` asks.
+const POLL_EVERY: Duration = Duration::from_millis(500);
+
+/// Print how a job ended: a summary line, or the JSON.
+pub fn print_end(ended: &Ended, json: bool) {
+    match ended {
+        Ended::Completed(body) | Ended::CompletedWithErrors(body) if json => println!("{body}"),
+        Ended::Completed(body) | Ended::CompletedWithErrors(body) => {
+            let ext = &body["extension"];
+            println!(
+                "{}: {} files ({} failed), {} resources; outcome per file: {}; files kept until {}",
+                ext["result"].as_str().unwrap_or("completed"),
+                ext["files"],
+                ext["failedFiles"],
+                ext["resources"],
+                body["outcome"][0]["url"].as_str().unwrap_or("?"),
+                ext["filesKeptUntil"].as_str().unwrap_or("?"),
+            );
+        }
+        Ended::Failed(why) if json => {
+            println!("{}", serde_json::json!({ "result": "failed", "reason": why }))
+        }
+        Ended::Failed(why) => println!("failed: {why}"),
+        Ended::Running { percent, text } if json => {
+            println!("{}", serde_json::json!({ "result": "in-progress", "percent": percent, "status": text }))
+        }
+        Ended::Running { percent, text } => println!("running: {percent}% ({text})"),
+    }
+}
+
+pub async fn status(args: StatusArgs) -> Outcome {
+    let remote = Remote::new(&args.server);
+    let url = status_url(&remote, &args.job);
+    let ended = if args.follow {
+        follow(&remote, &url, Duration::from_secs(args.timeout)).await
+    } else {
+        check(&remote, &url).await.map_err(FollowError::from)
+    };
+    match ended {
+        Ok(ended) => {
+            print_end(&ended, args.json);
+            ended.outcome()
+        }
+        Err(e) => report(&e),
+    }
+}
+
+pub async fn delete(args: DeleteArgs) -> Outcome {
+    let remote = Remote::new(&args.server);
+    let url = status_url(&remote, &args.job);
+    let run = async {
+        let res = remote.send(remote.http.delete(&url)).await?;
+        if !res.status().is_success() {
+            return Err(refusal(res).await);
+        }
+        Ok(())
+    };
+    match run.await {
+        Ok(()) => {
+            println!("deleted the job and its files");
+            Outcome::Done
+        }
+        Err(e) => report(&e),
+    }
+}

@@ -1,0 +1,150 @@
+//! `register` and `registrations`: provider registrations on a running server, with the admin
+//! credential. `register` prints what to hand the provider's team.
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+
+use super::{
+    remote::{AdminArgs, Remote, RemoteError},
+    report, Outcome,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct RegisterArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// The provider's FHIR base URL (its exports must lie under it).
+    #[arg(long)]
+    aud: String,
+    /// Our client id at the provider (what the provider registered us as).
+    #[arg(long)]
+    consumer_client_id: String,
+    /// The provider's JWKS URL, which it signs its assertions with.
+    #[arg(long, conflicts_with = "jwks_file", required_unless_present = "jwks_file")]
+    jwks_uri: Option<String>,
+    /// A file holding the provider's public JWKS (e.g. from `keygen`).
+    #[arg(long)]
+    jwks_file: Option<PathBuf>,
+    /// The scope we ask the provider for (default PROVIDER_SCOPE).
+    #[arg(long)]
+    scope: Option<String>,
+    /// Another origin that may receive our provider token (repeat for more).
+    #[arg(long = "token-origin")]
+    token_origins: Vec<String>,
+    /// Only these origins (besides the provider's) may serve files (repeat for more).
+    #[arg(long = "file-origin")]
+    file_origins: Vec<String>,
+    /// The provider's token endpoint, for providers without discovery.
+    #[arg(long)]
+    token_endpoint: Option<String>,
+    /// Print the server's answer as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Print the server's answer as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RegisterError {
+    #[error("cannot read the JWKS file {}", path.display())]
+    JwksFile { path: PathBuf, source: std::io::Error },
+    #[error("the JWKS file {} is not JSON", path.display())]
+    JwksJson { path: PathBuf, source: serde_json::Error },
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+}
+
+pub async fn register(args: RegisterArgs) -> Outcome {
+    match try_register(&args).await {
+        Ok(text) => {
+            println!("{text}");
+            Outcome::Done
+        }
+        Err(e) => report(&e),
+    }
+}
+
+async fn try_register(args: &RegisterArgs) -> Result<String, RegisterError> {
+    let remote = Remote::admin(&args.admin)?;
+    let jwks = match &args.jwks_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| RegisterError::JwksFile { path: path.clone(), source })?;
+            Some(
+                serde_json::from_str::<Value>(&text)
+                    .map_err(|source| RegisterError::JwksJson { path: path.clone(), source })?,
+            )
+        }
+        None => None,
+    };
+    let mut body = json!({ "aud": args.aud, "consumer_client_id": args.consumer_client_id });
+    let fields = [
+        ("jwks", jwks),
+        ("jwks_uri", args.jwks_uri.clone().map(Value::from)),
+        ("scope", args.scope.clone().map(Value::from)),
+        ("token_endpoint", args.token_endpoint.clone().map(Value::from)),
+        ("token_origins", (!args.token_origins.is_empty()).then(|| json!(args.token_origins))),
+        ("file_origins", (!args.file_origins.is_empty()).then(|| json!(args.file_origins))),
+    ];
+    for (name, value) in fields {
+        if let Some(v) = value {
+            body[name] = v;
+        }
+    }
+    let req = remote.request(reqwest::Method::POST, "/auth/register").json(&body);
+    let answer = remote.json(req).await?;
+    if args.json {
+        return Ok(answer.to_string());
+    }
+    let client_id = answer["client_id"].as_str().unwrap_or_default();
+    let token_endpoint =
+        answer["token_endpoint"].as_str().map(str::to_string).unwrap_or_else(|| remote.url("/auth/token"));
+    Ok(format!(
+        "registered {aud} as client_id {client_id}\n\nhand this to the provider's team:\n  ping URL (POST, FHIR Parameters): {import}\n  token endpoint: {token_endpoint}\n  client_id: {client_id}\n  scope to request: system/*.write (SMART v1) or system/*.cud (v2)\n  sign the client assertion with the private key of the JWKS you registered\n\nand register us at the provider: our JWKS is {jwks} (client id {consumer})",
+        aud = args.aud,
+        import = remote.url("/$import"),
+        jwks = remote.url("/jwks"),
+        consumer = args.consumer_client_id,
+    ))
+}
+
+pub async fn list(args: ListArgs) -> Outcome {
+    let run = async {
+        let remote = Remote::admin(&args.admin)?;
+        remote.json(remote.request(reqwest::Method::GET, "/auth/registrations")).await
+    };
+    match run.await {
+        Ok(answer) if args.json => {
+            println!("{answer}");
+            Outcome::Done
+        }
+        Ok(answer) => {
+            let list = answer
+                .get("registrations")
+                .or(Some(&answer))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            if list.is_empty() {
+                println!("no registrations");
+            }
+            for r in list {
+                let revoked = if r["revoked_at"].is_null() { "" } else { " (revoked)" };
+                println!(
+                    "{}  {}{revoked}",
+                    r["client_id"].as_str().unwrap_or("?"),
+                    r["aud"].as_str().unwrap_or("?")
+                );
+            }
+            Outcome::Done
+        }
+        Err(e) => report(&e),
+    }
+}
