@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
-# Install the system packages the build and tests need (listed below) and the browser the UI
-# test drives (Debian's chromium and chromium-driver), only when they are missing. Safe to run
-# repeatedly.
+# Install the system packages building and running need (listed below), only when they are
+# missing; with --tests also the browser the UI test drives (Debian's chromium and
+# chromium-driver). Safe to run repeatedly.
 set -euo pipefail
+
+tests=false
+for arg in "$@"; do
+  case "$arg" in
+    --tests) tests=true ;;
+    *) echo "usage: $0 [--tests]" >&2; exit 2 ;;
+  esac
+done
 
 missing=()
 # A C toolchain (aws-lc-sys, libsqlite3-sys, openssl-sys and the linker), `kill` for the
@@ -10,8 +18,10 @@ missing=()
 for pkg in build-essential libssl-dev pkg-config procps curl python3; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
-dpkg -s chromium >/dev/null 2>&1 || missing+=(chromium)
-dpkg -s chromium-driver >/dev/null 2>&1 || missing+=(chromium-driver)
+if $tests; then
+  dpkg -s chromium >/dev/null 2>&1 || missing+=(chromium)
+  dpkg -s chromium-driver >/dev/null 2>&1 || missing+=(chromium-driver)
+fi
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   SUDO=""
