@@ -1,8 +1,9 @@
 //! A strict JSON validator for one NDJSON line (RFC 8259 grammar) that also reports the top-level
 //! `resourceType` and `id` members. It builds nothing and allocates nothing: the line is checked
 //! in one pass and the two members come back as slices of it. It replaced serde_json with
-//! `IgnoredAny`, which spent most of its time per string and per ignored value (see README,
-//! Benchmark). Non-ASCII bytes are checked as UTF-8 where they stand, so no separate pass is needed.
+//! `IgnoredAny`, which spent most of its time per string and per ignored value (see
+//! docs/benchmark.md). Non-ASCII bytes are checked as UTF-8 where they stand, so no separate
+//! pass is needed.
 use std::borrow::Cow;
 
 /// Nesting bound. FHIR resources nest a few dozen levels at most; the bound keeps the depth stack

@@ -1,7 +1,8 @@
 //! What a status poll shows of a job this process is running, kept in memory beside the store.
-//! With imports keeping the disk busy, each database round trip of a poll took 2–4 ms (see README,
-//! Benchmark); a poll of a running job now reads this instead. The store stays the record: a job
-//! not running here (queued, finished, or before a restart resumes it) is answered from there.
+//! With imports keeping the disk busy, each database round trip of a poll took 2–4 ms (see
+//! docs/benchmark.md); a poll of a running job now reads this instead. The store stays the
+//! record: a job not running here (queued, finished, or before a restart resumes it) is answered
+//! from there.
 use std::sync::{Mutex, PoisonError};
 
 use crate::domain::{FileCounts, JobState};
