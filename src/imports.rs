@@ -107,7 +107,13 @@ impl Imports<'_> {
     pub async fn status(&self, id: &str, outcome_url: &str) -> Result<StatusView, ImportError> {
         // A job running here answers from memory: no database round trip per poll.
         if let Some(live) = self.jobs.jobs.progress(id) {
-            return Ok(in_progress(live.state, live.text, live.files));
+            let mut view = in_progress(live.state, live.text, live.files);
+            if let (StatusView::InProgress { text, .. }, Some(r)) = (&mut view, live.received) {
+                if live.state == JobState::Importing {
+                    text.push_str(&received_text(&r));
+                }
+            }
+            return Ok(view);
         }
         let job = self.find(id).await?;
         let store = &self.jobs.store;
@@ -190,6 +196,18 @@ fn in_progress(state: JobState, provider_text: Option<String>, files: FileCounts
     }
     let text = provider_text.unwrap_or_else(|| "waiting for the provider's export".into());
     StatusView::InProgress { percent: 0.0, text }
+}
+
+/// "; 12.3 MB and 4567 resources received so far (2.1 MB/s)": what arrived, files in progress
+/// included, so a poll sees a long file move before it ends.
+fn received_text(r: &crate::jobs::progress::Received) -> String {
+    let mb = |b: f64| b / 1_000_000.0;
+    format!(
+        "; {:.1} MB and {} resources received so far ({:.1} MB/s)",
+        mb(r.bytes as f64),
+        r.resources,
+        mb(r.bytes_per_sec)
+    )
 }
 
 /// "completed", or "completed with errors: …" saying what went wrong, for `X-Status` and people.

@@ -27,6 +27,11 @@ pub async fn show(store: &dyn JobStore, id: &str, retention: Duration) -> Result
     Ok(Some(body))
 }
 
+/// What a running job has received so far (the job page shows it while files download).
+pub fn live(r: &crate::jobs::progress::Received) -> Value {
+    json!({ "bytes": r.bytes, "resources": r.resources, "bytes_per_sec": r.bytes_per_sec.round() })
+}
+
 /// Percent done, as `GET /job/{id}` reports it: finished files over listed files while importing.
 fn percent(state: &str, finished: i64, total: i64) -> f64 {
     let counts = FileCounts { total, finished };

@@ -335,6 +335,8 @@ async fn stream_into(
     let require_id = file.kind == FileKind::Output;
     let mut splitter = LineSplitter::new(client.limits.max_line_bytes);
     let mut counted = Streamed { resources: 0, by_type: expected.is_empty().then(BTreeMap::new) };
+    // Resources so far, read between chunks for live progress.
+    let seen = std::sync::atomic::AtomicU64::new(0);
     let (mut writer, mut report) = match sink {
         Sink::Store(w) => (Some(w), None),
         Sink::Report(r) => (None, Some(r)),
@@ -356,6 +358,7 @@ async fn stream_into(
             }
             if let AnyLine::Resource(t) = kind {
                 counted.resources += 1;
+                seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 // A new type is rare: only then is its name copied.
                 match by_type.get_mut(t.as_ref()) {
                     Some(n) => *n += 1,
@@ -368,6 +371,7 @@ async fn stream_into(
             match validate_line(n, line, expected, require_id)? {
                 LineKind::Resource => {
                     counted.resources += 1;
+                    seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if let Some(r) = report.as_deref_mut() {
                         r.add(line);
                     }
@@ -400,6 +404,7 @@ async fn stream_into(
             e @ Exceeded::FileBytes(_) => AttemptError::Permanent(IssueCode::TooCostly, e.to_string()),
         })?;
         splitter.feed(&chunk, &mut on_line).map_err(line_failure)?;
+        meter.resources(seen.swap(0, std::sync::atomic::Ordering::Relaxed));
         if let Some(w) = writer.as_deref_mut() {
             let started = std::time::Instant::now();
             w.write(chunk).await.map_err(JobError::from)?;
@@ -407,6 +412,7 @@ async fn stream_into(
         }
     }
     splitter.finish(&mut on_line).map_err(line_failure)?;
+    meter.resources(seen.swap(0, std::sync::atomic::Ordering::Relaxed));
     Ok(counted)
 }
 

@@ -40,9 +40,12 @@ pub async fn import_plan(work: Work<'_>) -> Result<(), JobError> {
     let Work { ctx, client, id, cancel, progress, plan_changed } = work;
     let record = Recorder { store: &*ctx.store, id, progress };
     let files = ctx.store.files(id).await?;
-    let stored: u64 =
-        files.iter().filter(|f| f.state == FileState::Done).map(|f| f.bytes.max(0) as u64).sum();
-    let job_bytes = Arc::new(JobBytes::new(ctx.config.limits.max_job_bytes, stored));
+    let done = || files.iter().filter(|f| f.state == FileState::Done);
+    let stored: u64 = done().map(|f| f.bytes.max(0) as u64).sum();
+    let resources: u64 = done().map(|f| f.resources.max(0) as u64).sum();
+    let job_bytes =
+        Arc::new(JobBytes::new(ctx.config.limits.max_job_bytes, stored).with_resources(resources));
+    progress.watch(job_bytes.clone());
     // On a job error the downloads are cancelled, and every task is awaited before the job
     // returns: none may still write when the job's files are removed.
     let downloads = cancel.child_token();

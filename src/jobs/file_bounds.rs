@@ -19,18 +19,36 @@ pub enum Exceeded {
     TooSlow { rate: u64, window_secs: u64 },
 }
 
-/// Decoded bytes of a whole job, shared by its downloads. A file's bytes are taken as they arrive
-/// and given back if its attempt fails, so retries are not counted twice.
+/// Decoded bytes (and resources) of a whole job, shared by its downloads and read by live
+/// progress. A file's share is taken as it arrives and given back if its attempt fails, so
+/// retries are not counted twice.
 #[derive(Debug)]
 pub struct JobBytes {
     used: AtomicU64,
     max: u64,
+    resources: AtomicU64,
 }
 
 impl JobBytes {
     /// `already`: bytes of the job's files finished before (a resumed job).
     pub fn new(max: u64, already: u64) -> Self {
-        Self { used: AtomicU64::new(already), max }
+        Self { used: AtomicU64::new(already), max, resources: AtomicU64::new(0) }
+    }
+
+    /// Resources of files finished before (a resumed job).
+    pub fn with_resources(self, already: u64) -> Self {
+        self.resources.store(already, Ordering::Relaxed);
+        self
+    }
+
+    /// Bytes received so far (decoded), files in progress included.
+    pub fn bytes(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Resources validated so far, files in progress included.
+    pub fn resources(&self) -> u64 {
+        self.resources.load(Ordering::Relaxed)
     }
 
     fn take(&self, n: u64) -> Result<(), Exceeded> {
@@ -52,6 +70,8 @@ pub struct FileMeter<'a> {
     job: &'a JobBytes,
     /// Bytes of this attempt counted against the job.
     taken: u64,
+    /// Resources of this attempt counted in the job's progress.
+    counted: u64,
     bytes: u64,
     max_bytes: u64,
     min_rate: u64,
@@ -66,6 +86,7 @@ impl<'a> FileMeter<'a> {
         Self {
             job,
             taken: 0,
+            counted: 0,
             bytes: 0,
             max_bytes: limits.max_file_bytes,
             min_rate: limits.min_transfer_rate,
@@ -109,6 +130,14 @@ impl<'a> FileMeter<'a> {
         Ok(())
     }
 
+    /// Count resources validated in this attempt (for live progress).
+    pub fn resources(&mut self, n: u64) {
+        if n > 0 {
+            self.job.resources.fetch_add(n, Ordering::Relaxed);
+            self.counted += n;
+        }
+    }
+
     /// The file was stored: its bytes stay counted against the job.
     pub fn keep(mut self) {
         self.kept = true;
@@ -119,6 +148,7 @@ impl Drop for FileMeter<'_> {
     fn drop(&mut self) {
         if !self.kept {
             self.job.give_back(self.taken);
+            self.job.resources.fetch_sub(self.counted, Ordering::Relaxed);
         }
     }
 }

@@ -27,8 +27,12 @@ async fn show(
     _admin: Admin,
     Path(id): Path<String>,
 ) -> Result<Response, AuthError> {
-    let body = job_views::show(&*app.job_context.store, &id, app.config.jobs_max_age)
+    let mut body = job_views::show(&*app.job_context.store, &id, app.config.jobs_max_age)
         .await?
         .ok_or_else(|| AuthError::NotFound(format!("no import job with id '{id}'")))?;
+    // A job running here also shows what arrived so far, files in progress included.
+    if let Some(received) = app.job_context.jobs.progress(&id).and_then(|s| s.received) {
+        body["live"] = job_views::live(&received);
+    }
     Ok(no_store(Json(body).into_response()))
 }

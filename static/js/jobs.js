@@ -149,6 +149,7 @@ function summaryPairs(job) {
     ['Files', [filesText(job)]],
     ['Resources', [formatCount(job.resources)]],
     ['Bytes', [formatBytes(job.bytes)]],
+    ...(job.live ? [['Received so far', [`${formatBytes(job.live.bytes)}, ${formatCount(job.live.resources)} resources, ${formatBytes(job.live.bytes_per_sec)}/s`, h('span', { class: 'sub' }, 'files still downloading included')]]] : []),
     ['Started', [timeEl(job.created_at)]],
     ['Finished', [job.finished_at ? timeEl(job.finished_at) : 'not yet']],
     ...(job.kept_until ? [['Kept until', [timeEl(job.kept_until), h('span', { class: 'sub' }, 'then the job and its files are deleted (JOBS_MAX_AGE)')]]] : []),

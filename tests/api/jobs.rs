@@ -54,14 +54,14 @@ async fn a_running_import_counts_its_finished_files_while_others_still_download(
         let text = res.headers().get("x-status").map(|v| v.to_str().unwrap().to_string());
         (res.status(), text, res.headers().get("x-progress").map(|v| v.to_str().unwrap().to_string()))
     };
+    // The text goes on with what arrived so far ("; … received so far").
     wait_until("one of two files done", async || {
-        status().await.1.as_deref() == Some("importing: 1 of 2 files done")
+        status().await.1.is_some_and(|t| t.starts_with("importing: 1 of 2 files done; "))
     })
     .await;
-    assert_eq!(
-        status().await,
-        (reqwest::StatusCode::ACCEPTED, Some("importing: 1 of 2 files done".into()), Some("50".into()))
-    );
+    let (code, text, percent) = status().await;
+    assert_eq!((code, percent), (reqwest::StatusCode::ACCEPTED, Some("50".into())));
+    assert!(text.unwrap().contains("and 3 resources received so far"), "the finished file's resources");
     app.provider.release_files();
     let done = app.wait_for_job(&id).await;
     assert_eq!(done.status(), 200);
@@ -248,4 +248,25 @@ async fn a_finished_job_says_until_when_its_files_are_kept() {
     assert_eq!((kept - completed).whole_seconds(), 24 * 3600, "JOBS_MAX_AGE defaults to a day: {body}");
     let page = app.admin_get(&format!("/admin/jobs/{id}")).await;
     assert_eq!(page["kept_until"], body["extension"]["filesKeptUntil"], "{page}");
+}
+
+#[tokio::test]
+async fn a_long_file_shows_what_arrived_before_it_ends() {
+    let app = spawn_app().await;
+    app.provider.add_file("big.ndjson", "Observation", observations(2000));
+    app.provider.fault_file("big.ndjson", vec![super::fake_provider::FileFault::StallHalfway(3000)]);
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    let mut seen = String::new();
+    wait_until("progress before the file ends", async || {
+        let res = app.get_job(&id).await;
+        seen = res.headers().get("x-status").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        seen.contains("received so far") && !seen.contains(" 0 resources")
+    })
+    .await;
+    assert!(seen.contains("0 of 1 files done"), "mid-file: {seen}");
+    let page = app.admin_get(&format!("/admin/jobs/{id}")).await;
+    let live = page["live"]["resources"].as_u64().expect("the job page shows it too");
+    assert!(live > 0 && live < 2000, "{page}");
+    let body = app.completed(&id).await;
+    assert_eq!(body["extension"]["resources"], 2000);
 }
