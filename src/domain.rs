@@ -13,6 +13,8 @@ pub enum JobState {
     Importing,
     Completed,
     Failed,
+    /// Stopped on request; what it had stored is removed, the record stays until it expires.
+    Cancelled,
 }
 
 impl JobState {
@@ -23,6 +25,7 @@ impl JobState {
             JobState::Importing => "importing",
             JobState::Completed => "completed",
             JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
         }
     }
 
@@ -32,12 +35,13 @@ impl JobState {
             "importing" => JobState::Importing,
             "completed" => JobState::Completed,
             "failed" => JobState::Failed,
+            "cancelled" => JobState::Cancelled,
             _ => JobState::Queued,
         }
     }
 
     pub fn is_finished(self) -> bool {
-        matches!(self, JobState::Completed | JobState::Failed)
+        matches!(self, JobState::Completed | JobState::Failed | JobState::Cancelled)
     }
 }
 

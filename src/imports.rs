@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use crate::{
     auth::{keys::random_hex, provider_base::ProviderBase},
     domain::{is_job_id, Admission, FileCounts, FileTotals, Job, JobCaps, JobState, Provider},
-    fhir::operation_outcome::{IssueCode, OperationOutcome},
+    fhir::operation_outcome::{IssueCode, OperationOutcome, Severity},
     fhir::parameters::ImportRequest,
     jobs::{context::JobContext, pipeline, reaper::remove_job, JobError},
     store::StoreError,
@@ -30,6 +30,11 @@ pub enum ImportError {
     /// No room for another job now (`MAX_CONCURRENT_JOBS`, `MAX_JOBS_PER_PROVIDER`).
     #[error("{0}")]
     Busy(String),
+    /// Only an unfinished job can be cancelled.
+    #[error("the import job has {0} already; only a running one can be cancelled (DELETE removes it)")]
+    Finished(&'static str),
+    #[error("the job's files could not be removed")]
+    Destination(#[from] crate::destination::DestinationError),
 }
 
 /// What a status poll reports.
@@ -46,6 +51,8 @@ pub enum StatusView {
         summary: String,
     },
     Failed(OperationOutcome),
+    /// Stopped on request; the OperationOutcome says when.
+    Cancelled(OperationOutcome),
 }
 
 /// The imports service.
@@ -147,6 +154,16 @@ impl Imports<'_> {
                     .extend(OperationOutcome::information(format!("per-file outcomes: {outcome_url}")).issue);
                 StatusView::Failed(oo)
             }
+            JobState::Cancelled => {
+                let when = job.completed_at.map(instant).unwrap_or_default();
+                let text =
+                    format!("the import was cancelled on request at {when}; nothing it received was kept");
+                StatusView::Cancelled(OperationOutcome::single(
+                    Severity::Information,
+                    IssueCode::Processing,
+                    text,
+                ))
+            }
             JobState::Queued | JobState::Exporting | JobState::Importing => {
                 let files = if job.state == JobState::Importing {
                     store.file_counts(&job.id).await?
@@ -162,6 +179,10 @@ impl Imports<'_> {
     pub async fn outcome_lines(&self, id: &str) -> Result<Vec<String>, ImportError> {
         let job = self.find(id).await?;
         let mut lines = self.jobs.store.file_outcomes(&job.id).await?;
+        if job.state == JobState::Cancelled {
+            let oo = OperationOutcome::error(IssueCode::Processing, "the import was cancelled on request");
+            lines.push(serde_json::to_string(&oo).unwrap_or_default());
+        }
         if let Some(reason) = &job.failure {
             let oo = OperationOutcome::error(IssueCode::Exception, format!("import failed: {reason}"));
             lines.push(serde_json::to_string(&oo).unwrap_or_default());
@@ -171,6 +192,42 @@ impl Imports<'_> {
             lines.push(serde_json::to_string(&oo).unwrap_or_default());
         }
         Ok(lines)
+    }
+
+    /// Stop an unfinished job and keep it as cancelled (until `JOBS_MAX_AGE`): what it stored
+    /// is removed, files not yet imported say why, and the provider's export is released.
+    pub async fn cancel(&self, id: &str) -> Result<Job, ImportError> {
+        let ctx = self.jobs;
+        let job = self.find(id).await?;
+        if job.state.is_finished() {
+            return Err(ImportError::Finished(job.state.as_str()));
+        }
+        // Seen by whichever process runs it; this one stops it at once below.
+        ctx.store.request_cancel(&job.id).await?;
+        ctx.jobs.cancel_and_wait(&job.id).await;
+        if !ctx.store.cancel_job(&job.id, crate::time_util::now_unix()).await? {
+            // It finished while it was being stopped: it stays as it finished.
+            let now = self.find(id).await?;
+            return Err(ImportError::Finished(now.state.as_str()));
+        }
+        ctx.destination.delete_job(&job.id).await?;
+        let pending: Vec<(i64, String)> = ctx
+            .store
+            .files(&job.id)
+            .await?
+            .iter()
+            .filter(|f| f.state == crate::domain::FileState::Pending)
+            .map(|f| {
+                let oo = OperationOutcome::error(
+                    IssueCode::Incomplete,
+                    format!("file {}: not imported: the import was cancelled", f.url),
+                );
+                (f.idx, serde_json::to_string(&oo).unwrap_or_default())
+            })
+            .collect();
+        ctx.store.fail_pending_files(&job.id, &pending).await?;
+        tracing::info!(job = %crate::telemetry::shown_id(&job.id), "import job cancelled on request");
+        Ok(job)
     }
 
     /// Cancel the job if it runs, and remove it and everything it stored.

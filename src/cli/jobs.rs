@@ -131,6 +131,12 @@ async fn check(remote: &Remote, url: &str) -> Result<Ended, RemoteError> {
             let partial = body["extension"]["result"] == "completed-with-errors";
             Ok(if partial { Ended::CompletedWithErrors(body) } else { Ended::Completed(body) })
         }
+        StatusCode::GONE => {
+            let body = res.bytes().await.unwrap_or_default();
+            let why = crate::fhir::operation_outcome::OperationOutcome::summarize(&body)
+                .unwrap_or_else(|| "the import was cancelled".into());
+            Ok(Ended::Failed(why))
+        }
         StatusCode::INTERNAL_SERVER_ERROR => {
             let body = res.bytes().await.unwrap_or_default();
             let why = crate::fhir::operation_outcome::OperationOutcome::summarize(&body)
@@ -213,6 +219,27 @@ pub async fn status(args: StatusArgs) -> Outcome {
         Ok(ended) => {
             print_end(&ended, args.json);
             ended.outcome()
+        }
+        Err(e) => report(&e),
+    }
+}
+
+pub async fn cancel(args: DeleteArgs) -> Outcome {
+    let remote = Remote::new(&args.server);
+    let url = format!("{}/cancel", status_url(&remote, &args.job));
+    let run = async {
+        let res = remote.send(remote.http.post(&url)).await?;
+        if !res.status().is_success() {
+            return Err(refusal(res).await);
+        }
+        Ok(())
+    };
+    match run.await {
+        Ok(()) => {
+            println!(
+                "cancelled: the job stays listed as cancelled until it expires; `delete` removes it now"
+            );
+            Outcome::Done
         }
         Err(e) => report(&e),
     }

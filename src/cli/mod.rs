@@ -34,6 +34,8 @@ pub enum Command {
     Status(jobs::StatusArgs),
     /// List a running server's import jobs (admin credential).
     Jobs(jobs::JobsArgs),
+    /// Cancel a running job; it stays listed as cancelled until it expires.
+    Cancel(jobs::DeleteArgs),
     /// Delete a job and its files (cancelling it if it runs).
     Delete(jobs::DeleteArgs),
 }

@@ -24,6 +24,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     NotAcceptable(String),
+    /// The request does not fit the resource's state (cancelling a finished job).
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{0}")]
@@ -54,6 +57,7 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, IssueCode::Forbidden),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, IssueCode::NotFound),
             ApiError::NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, IssueCode::NotSupported),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, IssueCode::Processing),
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, IssueCode::NotSupported)
             }

@@ -26,6 +26,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/job/{id}", get(status).delete(remove))
         .route("/job/{id}/import-outcome.ndjson", get(outcome_file))
+        .route("/job/{id}/cancel", axum::routing::post(cancel))
 }
 
 fn imports(app: &AppState) -> Imports<'_> {
@@ -42,6 +43,8 @@ impl From<ImportError> for ApiError {
             }
             e @ ImportError::NotTheProviders(_) => ApiError::BadRequest(e.to_string()),
             ImportError::Busy(message) => ApiError::TooManyRequests { message, retry_after_secs: 60 },
+            e @ ImportError::Finished(_) => ApiError::Conflict(e.to_string()),
+            e @ ImportError::Destination(_) => ApiError::Internal(super::error::chain(&e)),
         }
     }
 }
@@ -62,6 +65,8 @@ async fn status(
             res
         }
         StatusView::Failed(oo) => outcome_response(StatusCode::INTERNAL_SERVER_ERROR, &oo),
+        // Gone on purpose: a poller learns that, not just "not found".
+        StatusView::Cancelled(oo) => outcome_response(StatusCode::GONE, &oo),
     };
     Ok(no_store(res))
 }
@@ -75,7 +80,7 @@ fn in_progress(percent: f64, text: &str) -> Response {
         HeaderName::from_static("x-progress"),
         HeaderValue::from_str(&percent.to_string()).expect("a number is a header"),
     );
-    let text: String = text.chars().filter(|c| c.is_ascii() && !c.is_ascii_control()).take(100).collect();
+    let text: String = text.chars().filter(|c| c.is_ascii() && !c.is_ascii_control()).take(200).collect();
     if let Ok(v) = HeaderValue::from_str(&text) {
         h.insert(HeaderName::from_static("x-status"), v);
     }
@@ -92,6 +97,16 @@ async fn outcome_file(State(app): State<AppState>, Path(id): Path<String>) -> Re
     let mut res = body.into_response();
     res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+ndjson"));
     Ok(no_store(res))
+}
+
+async fn cancel(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    imports(&app).cancel(&id).await?;
+    let oo = OperationOutcome::single(
+        Severity::Information,
+        IssueCode::Processing,
+        "the import was cancelled; its record stays until it expires (DELETE removes it now)",
+    );
+    Ok(outcome_response(StatusCode::OK, &oo))
 }
 
 async fn remove(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {

@@ -44,6 +44,7 @@ pub trait JobStore: Send + Sync {
     async fn fail_pending_files(&self, job_id: &str, outcomes: &[(i64, String)]) -> Result<(), StoreError>;
     async fn fail_job(&self, id: &str, reason: &str, now: i64) -> Result<bool, StoreError>;
     async fn delete_job(&self, id: &str) -> Result<bool, StoreError>;
+    async fn cancel_job(&self, id: &str, now: i64) -> Result<bool, StoreError>;
     async fn claim_job(&self, id: &str, owner: &str, lease: Duration) -> Result<Option<i64>, StoreError>;
     async fn claim_next(&self, owner: &str, lease: Duration) -> Result<Option<(Job, i64)>, StoreError>;
     async fn renew_lease(
@@ -150,6 +151,9 @@ impl JobStore for Store {
     }
     async fn delete_job(&self, id: &str) -> Result<bool, StoreError> {
         Store::delete_job(self, id).await
+    }
+    async fn cancel_job(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        Store::cancel_job(self, id, now).await
     }
     async fn claim_job(&self, id: &str, owner: &str, lease: Duration) -> Result<Option<i64>, StoreError> {
         Store::claim_job(self, id, owner, lease).await

@@ -92,8 +92,8 @@ impl Store {
         let r = sqlx::query(
             "INSERT INTO jobs (id, client_id, export_type, export_url, kickoff, state, created_at, touched_at, plan_open)
              SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?
-             WHERE (SELECT COUNT(*) FROM jobs WHERE state NOT IN ('completed', 'failed')) < ?
-               AND (SELECT COUNT(*) FROM jobs WHERE client_id = ? AND state NOT IN ('completed', 'failed')) < ?",
+             WHERE (SELECT COUNT(*) FROM jobs WHERE state NOT IN ('completed', 'failed', 'cancelled')) < ?
+               AND (SELECT COUNT(*) FROM jobs WHERE client_id = ? AND state NOT IN ('completed', 'failed', 'cancelled')) < ?",
         )
         .bind(&job.id)
         .bind(&job.client_id)
@@ -113,7 +113,7 @@ impl Store {
             return Ok(Admission::Admitted);
         }
         let theirs: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM jobs WHERE client_id = ? AND state NOT IN ('completed', 'failed')",
+            "SELECT COUNT(*) FROM jobs WHERE client_id = ? AND state NOT IN ('completed', 'failed', 'cancelled')",
         )
         .bind(&job.client_id)
         .fetch_one(self.pool())
@@ -133,7 +133,7 @@ impl Store {
     /// Jobs that were running when the process stopped.
     pub async fn unfinished_jobs(&self) -> Result<Vec<Job>, StoreError> {
         sqlx::query_as::<_, JobRow>(
-            "SELECT * FROM jobs WHERE state NOT IN ('completed', 'failed') ORDER BY created_at",
+            "SELECT * FROM jobs WHERE state NOT IN ('completed', 'failed', 'cancelled') ORDER BY created_at",
         )
         .fetch_all(self.pool())
         .await?
@@ -257,7 +257,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let open: Option<bool> = sqlx::query_scalar(
-            "SELECT plan_open FROM jobs WHERE id = ? AND state NOT IN ('completed', 'failed')",
+            "SELECT plan_open FROM jobs WHERE id = ? AND state NOT IN ('completed', 'failed', 'cancelled')",
         )
         .bind(job_id)
         .fetch_optional(&mut *tx)
@@ -451,7 +451,7 @@ impl Store {
     pub async fn complete_job(&self, id: &str, now: i64) -> Result<bool, StoreError> {
         let r = sqlx::query(
             "UPDATE jobs SET state = 'completed', completed_at = ?
-             WHERE id = ? AND plan_open = 0 AND state NOT IN ('completed', 'failed')
+             WHERE id = ? AND plan_open = 0 AND state NOT IN ('completed', 'failed', 'cancelled')
                AND NOT EXISTS (SELECT 1 FROM job_files WHERE job_id = jobs.id AND state = 'pending')",
         )
         .bind(now)
@@ -486,13 +486,26 @@ impl Store {
     pub async fn fail_job(&self, id: &str, reason: &str, now: i64) -> Result<bool, StoreError> {
         // A finished job stays as it finished (a late failure must not undo a completion).
         let r = sqlx::query(
-            "UPDATE jobs SET state = 'failed', failure = ?, completed_at = ? WHERE id = ? AND state NOT IN ('completed', 'failed')",
+            "UPDATE jobs SET state = 'failed', failure = ?, completed_at = ? WHERE id = ? AND state NOT IN ('completed', 'failed', 'cancelled')",
         )
             .bind(reason)
             .bind(now)
             .bind(id)
             .execute(self.pool())
             .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Mark an unfinished job cancelled; false when it had finished already.
+    pub async fn cancel_job(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE jobs SET state = 'cancelled', completed_at = ?
+             WHERE id = ? AND state NOT IN ('completed', 'failed', 'cancelled')",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
         Ok(r.rows_affected() == 1)
     }
 

@@ -25,7 +25,7 @@ impl Store {
         let sql = format!(
             "UPDATE jobs SET lease_owner = ?1, lease_token = lease_token + 1,
                     lease_expires_at = unixepoch() + ?2, touched_at = unixepoch()
-             WHERE id = ?3 AND state NOT IN ('completed', 'failed') AND {FREE}
+             WHERE id = ?3 AND state NOT IN ('completed', 'failed', 'cancelled') AND {FREE}
              RETURNING lease_token"
         );
         Ok(sqlx::query_scalar(&sql)
@@ -43,7 +43,7 @@ impl Store {
         let sql = "UPDATE jobs SET lease_owner = ?1, lease_token = lease_token + 1,
                     lease_expires_at = unixepoch() + ?2, touched_at = unixepoch()
              WHERE id = (SELECT id FROM jobs
-                         WHERE state NOT IN ('completed', 'failed') AND cancel_requested_at IS NULL
+                         WHERE state NOT IN ('completed', 'failed', 'cancelled') AND cancel_requested_at IS NULL
                            AND (lease_owner IS NULL OR lease_expires_at < unixepoch())
                          ORDER BY created_at LIMIT 1)
              RETURNING *";
@@ -102,7 +102,7 @@ impl Store {
     pub async fn request_cancel(&self, id: &str) -> Result<bool, StoreError> {
         let r = sqlx::query(
             "UPDATE jobs SET cancel_requested_at = unixepoch()
-             WHERE id = ? AND state NOT IN ('completed', 'failed') AND cancel_requested_at IS NULL",
+             WHERE id = ? AND state NOT IN ('completed', 'failed', 'cancelled') AND cancel_requested_at IS NULL",
         )
         .bind(id)
         .execute(self.pool())

@@ -27,7 +27,7 @@ function poller(tick) {
   };
 }
 
-const finished = (job) => ['completed', 'completed-with-errors', 'failed'].includes(job.state);
+const finished = (job) => ['completed', 'completed-with-errors', 'failed', 'cancelled'].includes(job.state);
 const percentText = (job) => `${Number(job.progress_percent).toFixed(job.progress_percent % 1 ? 1 : 0)} %`;
 
 function progressCell(job, label) {
@@ -164,6 +164,11 @@ function renderJob(job) {
   setText($('job-progress-label'), `${percentText(job)} done`);
   setContent($('job-summary'), summaryPairs(job).map(([k, v]) => [h('dt', {}, k), h('dd', {}, ...v)]));
   setText($('job-delete'), finished(job) ? 'Delete job and its files' : 'Cancel import and delete');
+  $('job-cancel').hidden = finished(job);
+  // A job that failed or was cancelled before its manifest listed no file for its own reason.
+  setText($('job-files-empty'), finished(job)
+    ? `No files: the job ${job.state} before the provider's export listed any.`
+    : "No files yet: the provider's export has not listed any.");
 
   const body = $('job-files').tBodies[0];
   const rows = new Map([...body.rows].map((tr) => [tr.dataset.index, tr]));
@@ -223,6 +228,24 @@ export const jobPage = {
 };
 
 export function wireJobPage() {
+  $('job-cancel').addEventListener('click', async () => {
+    const id = jobId;
+    const ok = await confirmAction({
+      title: 'Cancel this import?',
+      message: 'The import stops now and the files it stored so far are removed. The job stays listed as cancelled until it expires; the provider would have to ping again.',
+      confirmLabel: 'Cancel import',
+    });
+    if (!ok || id !== jobId) {
+      $('job-cancel').focus();
+      return;
+    }
+    try {
+      await api(`/job/${id}/cancel`, { method: 'POST' });
+      jobPoller.start();
+    } catch (e) {
+      alertBox($('job-error'), `The import was not cancelled: ${e.message}`);
+    }
+  });
   $('job-delete').addEventListener('click', async () => {
     const id = jobId;
     const running = lastJob && !finished(lastJob);

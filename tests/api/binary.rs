@@ -641,6 +641,10 @@ async fn the_command_line_takes_a_new_user_from_keygen_to_a_finished_import_and_
     assert_eq!(code, 0);
     assert!(out.contains("completed") && out.contains(&status_url.rsplit('/').next().unwrap()[..8]), "{out}");
 
+    let (code, _, err) = cli(d, &["cancel", &status_url]);
+    assert_eq!(code, 1, "a finished job cannot be cancelled");
+    assert!(err.contains("409") && err.contains("only a running one"), "{err}");
+
     // A file that fails makes the import partial: exit 3.
     provider.add_file("bad.ndjson", "Patient", "{\"resourceType\":\"Patient\"\n");
     let (code, out, _) =

@@ -270,3 +270,41 @@ async fn a_long_file_shows_what_arrived_before_it_ends() {
     let body = app.completed(&id).await;
     assert_eq!(body["extension"]["resources"], 2000);
 }
+
+#[tokio::test]
+async fn a_cancelled_job_stays_listed_as_cancelled_and_its_poller_learns_so() {
+    let app = spawn_app().await;
+    app.provider.add_file("a.ndjson", "Observation", observations(3));
+    app.provider.add_file("b.ndjson", "Observation", observations(3));
+    app.provider.hold_file("b.ndjson");
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    wait_until("one file stored", async || {
+        app.jobs_dir(&id).read_dir().is_ok_and(|mut d| d.next().is_some())
+    })
+    .await;
+    let cancel = |id: String| app.http.post(format!("{}/job/{id}/cancel", app.base)).send();
+    let res = cancel(id.clone()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    app.provider.release_files();
+
+    let res = app.get_job(&id).await;
+    assert_eq!(res.status(), 410, "gone on purpose, not a bare 404");
+    let oo: Value = res.json().await.unwrap();
+    assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("cancelled on request"), "{oo}");
+    assert!(!app.jobs_dir(&id).exists(), "what it stored is removed");
+    let outcomes = app.get_outcomes(&id).await;
+    let text = serde_json::to_string(&outcomes).unwrap();
+    assert!(
+        text.contains("not imported: the import was cancelled") && text.contains("cancelled on request"),
+        "{text}"
+    );
+    let page = app.admin_get(&format!("/admin/jobs/{id}")).await;
+    assert_eq!(page["state"], "cancelled");
+    assert!(page["kept_until"].is_string(), "{page}");
+
+    let again = cancel(id.clone()).await.unwrap();
+    assert_eq!(again.status(), 409, "only a running job can be cancelled");
+    assert_eq!(app.delete_job(&id).await.status(), 202);
+    assert_eq!(app.get_job(&id).await.status(), 404, "deleting removes it");
+    assert_eq!(cancel("0123456789abcdef0123456789abcdef".into()).await.unwrap().status(), 404);
+}

@@ -2,7 +2,7 @@
 //! issue code, resources, jobs by state and result, provider requests and status-poll latency.
 use prometheus_parse::{Scrape, Value as Metric};
 
-use super::helpers::{observations, patients, spawn_app};
+use super::helpers::{observations, patients, spawn_app, wait_until};
 
 /// The value of the sample `name` whose labels include every `(key, value)` of `labels`.
 fn sample(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -26,10 +26,20 @@ async fn metrics_count_what_an_import_did_in_the_prometheus_format() {
     let id = app.start_import(&app.provider.manifest_url(), "static").await;
     app.completed(&id).await;
 
-    let res = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap();
-    assert_eq!(res.status(), 200);
-    assert!(res.headers()["content-type"].to_str().unwrap().contains("openmetrics-text"));
-    let text = res.text().await.unwrap();
+    let scrape_text = async || {
+        let res = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert!(res.headers()["content-type"].to_str().unwrap().contains("openmetrics-text"));
+        res.text().await.unwrap()
+    };
+    // The job's last counts land just after its status reads completed (it still releases the
+    // provider's export): scrape until it has let go of its slot.
+    let mut text = String::new();
+    wait_until("the job to let go of its slot", async || {
+        text = scrape_text().await;
+        text.contains("bulk_import_jobs_running 0") && text.contains("completed-with-errors")
+    })
+    .await;
     assert!(!text.contains(&id), "no job id in the metrics");
     let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("the Prometheus text format");
 

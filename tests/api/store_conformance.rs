@@ -152,6 +152,13 @@ async fn a_finished_job_stays_as_it_finished(store: &dyn JobStore) {
     assert!(!store.fail_job("cc01", "too late", 220).await.unwrap(), "a finished job is not failed");
     let j = store.job("cc01").await.unwrap().unwrap();
     assert_eq!((j.state, j.failure, j.completed_at), (JobState::Completed, None, Some(210)));
+    store.insert_job_if_room(&job("cc03", "p1", 200), caps).await.unwrap();
+    assert!(store.cancel_job("cc03", 215).await.unwrap());
+    assert!(!store.cancel_job("cc03", 216).await.unwrap(), "once");
+    assert!(!store.cancel_job("cc01", 216).await.unwrap(), "a completed job is not cancelled");
+    let c = store.job("cc03").await.unwrap().unwrap();
+    assert_eq!((c.state, c.completed_at), (JobState::Cancelled, Some(215)));
+    assert!(!store.unfinished_jobs().await.unwrap().iter().any(|j| j.id == "cc03"));
     store.insert_job_if_room(&job("cc02", "p1", 200), caps).await.unwrap();
     assert!(store.fail_job("cc02", "the provider said no", 230).await.unwrap());
     assert_eq!(store.job("cc02").await.unwrap().unwrap().state, JobState::Failed);
