@@ -410,3 +410,41 @@ async fn a_person_registers_a_provider_and_follows_its_import_in_headless_chromi
     assert_eq!(made["consumer_client_id"], "consumer-at-fake");
     assert!(made["revoked_at"].is_i64());
 }
+
+/// WCAG 2 relative luminance of `#rrggbb`.
+fn luminance(hex: &str) -> f64 {
+    let channel = |i: usize| {
+        let c = u8::from_str_radix(&hex[1 + 2 * i..3 + 2 * i], 16).unwrap() as f64 / 255.0;
+        if c <= 0.03928 {
+            c / 12.92
+        } else {
+            ((c + 0.055) / 1.055).powf(2.4)
+        }
+    };
+    0.2126 * channel(0) + 0.7152 * channel(1) + 0.0722 * channel(2)
+}
+
+#[test]
+fn the_focus_ring_stands_out_at_3_to_1_against_every_background() {
+    let css = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/static/app.css")).unwrap();
+    let var = |name: &str| {
+        let at = css.find(&format!("--{name}:")).unwrap_or_else(|| panic!("--{name} in app.css"));
+        css[at..]
+            .split(':')
+            .nth(1)
+            .unwrap()
+            .trim()
+            .trim_end_matches(';')
+            .split(';')
+            .next()
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let focus = luminance(&var("focus"));
+    for background in ["bg", "surface", "info-bg", "ok-bg", "warn-bg", "error-bg"] {
+        let b = luminance(&var(background));
+        let ratio = (focus.max(b) + 0.05) / (focus.min(b) + 0.05);
+        assert!(ratio >= 3.0, "focus on --{background}: {ratio:.2}:1 (WCAG 1.4.11 asks for 3:1)");
+    }
+}
