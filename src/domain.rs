@@ -245,3 +245,13 @@ pub enum Appended {
     /// The plan is closed (or the job finished): nothing more can be added.
     Closed,
 }
+
+/// One entry of the audit trail (`audit.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub at: i64,
+    pub action: String,
+    pub actor: String,
+    pub subject: Option<String>,
+    pub detail: Option<String>,
+}

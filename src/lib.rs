@@ -1,6 +1,7 @@
 //! bulk-import: a FHIR Bulk Data import consumer ("ping and pull").
 pub mod address_guard;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -34,6 +34,8 @@ pub enum Command {
     Status(jobs::StatusArgs),
     /// List a running server's import jobs (admin credential).
     Jobs(jobs::JobsArgs),
+    /// Show the audit trail: registrations, pings accepted and refused, cancels, deletes.
+    Audit(registrations::AuditArgs),
     /// Cancel a running job; it stays listed as cancelled until it expires.
     Cancel(jobs::DeleteArgs),
     /// Delete a job and its files (cancelling it if it runs).

@@ -148,3 +148,36 @@ pub async fn list(args: ListArgs) -> Outcome {
         Err(e) => report(&e),
     }
 }
+
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Print the server's answer as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `audit`: the newest audit events (registrations, pings accepted and refused, cancels, deletes).
+pub async fn audit(args: AuditArgs) -> Outcome {
+    let run = async {
+        let remote = Remote::admin(&args.admin)?;
+        remote.json(remote.request(reqwest::Method::GET, "/admin/audit")).await
+    };
+    match run.await {
+        Ok(answer) if args.json => {
+            println!("{answer}");
+            Outcome::Done
+        }
+        Ok(answer) => {
+            for e in answer["events"].as_array().cloned().unwrap_or_default() {
+                let text = |k: &str| e[k].as_str().unwrap_or("").to_string();
+                let detail =
+                    if e["detail"].is_string() { format!(": {}", text("detail")) } else { String::new() };
+                println!("{}  {}  {} {}{detail}", text("at"), text("actor"), text("action"), text("subject"));
+            }
+            Outcome::Done
+        }
+        Err(e) => report(&e),
+    }
+}

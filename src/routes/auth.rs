@@ -36,6 +36,7 @@ fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, AuthError
 async fn register(
     State(app): State<AppState>,
     _admin: Admin,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AuthError> {
@@ -46,6 +47,16 @@ async fn register(
     let request: RegistrationRequest = serde_json::from_slice(&body)
         .map_err(|e| AuthError::InvalidRequest(format!("the body is not the expected JSON: {e}")))?;
     let provider = registrations(&app).create(request).await?;
+    let from = crate::http_server::peer_key(&extensions);
+    let actor = crate::audit::Actor::Admin(&from);
+    crate::audit::record(
+        &app.store,
+        actor,
+        "registration created",
+        Some(&provider.client_id),
+        Some(&provider.aud),
+    )
+    .await;
     let token_endpoint = format!("{}/auth/token", crate::routes::base_url(&app, &headers));
     Ok(no_store(
         Json(json!({
@@ -142,7 +153,18 @@ async fn show(
 async fn revoke(
     State(app): State<AppState>,
     _admin: Admin,
+    extensions: axum::http::Extensions,
     Path(client_id): Path<String>,
 ) -> Result<Response, AuthError> {
-    Ok(no_store(Json(registrations(&app).revoke(&client_id).await?).into_response()))
+    let revoked = registrations(&app).revoke(&client_id).await?;
+    let from = crate::http_server::peer_key(&extensions);
+    crate::audit::record(
+        &app.store,
+        crate::audit::Actor::Admin(&from),
+        "registration revoked",
+        Some(&client_id),
+        None,
+    )
+    .await;
+    Ok(no_store(Json(revoked).into_response()))
 }

@@ -14,12 +14,23 @@ use super::{admin::Admin, no_store};
 use crate::{auth::AuthError, job_views, state::AppState};
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/admin/jobs", get(list)).route("/admin/jobs/{id}", get(show))
+    Router::new()
+        .route("/admin/jobs", get(list))
+        .route("/admin/jobs/{id}", get(show))
+        .route("/admin/audit", get(audit_trail))
 }
 
 async fn list(State(app): State<AppState>, _admin: Admin) -> Result<Response, AuthError> {
     let jobs = job_views::list(&*app.job_context.store, app.config.jobs_max_age).await?;
     Ok(no_store(Json(json!({ "jobs": jobs })).into_response()))
+}
+
+/// Events shown by `GET /admin/audit`, newest first.
+const AUDIT_PAGE: i64 = 200;
+
+async fn audit_trail(State(app): State<AppState>, _admin: Admin) -> Result<Response, AuthError> {
+    let events = crate::audit::recent(&app.store, AUDIT_PAGE).await?;
+    Ok(no_store(Json(json!({ "events": events })).into_response()))
 }
 
 async fn show(

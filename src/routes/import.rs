@@ -16,9 +16,11 @@ use super::{
     media_type,
 };
 use crate::{
+    audit::{self, Actor},
     fhir::{operation_outcome::OperationOutcome, parameters::ImportRequest},
     imports::{ImportError, Imports},
     state::AppState,
+    telemetry::shown_id,
 };
 
 /// What we ask an over-eager pinger to wait before trying again.
@@ -71,15 +73,41 @@ fn check_content_type(app: &AppState, headers: &HeaderMap) -> Result<(), ApiErro
     }
 }
 
+/// Every ping, accepted or refused, is in the audit trail with its reason.
 async fn import(
     State(app): State<AppState>,
-    caller: Caller,
+    caller: Result<Caller, ApiError>,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let from = crate::http_server::peer_key(&extensions);
+    let client_id = caller.as_ref().ok().map(|c| c.provider.client_id.clone());
+    let actor = match &client_id {
+        Some(id) => Actor::Provider(id, &from),
+        None => Actor::Unknown(&from),
+    };
+    let result = match caller {
+        Ok(caller) => accept(&app, caller, headers, body).await,
+        Err(e) => Err(e),
+    };
+    match &result {
+        Ok((_, job)) => audit::record(&app.store, actor, "ping accepted", Some(&shown_id(job)), None).await,
+        Err(e) => audit::record(&app.store, actor, "ping refused", None, Some(&e.to_string())).await,
+    }
+    result.map(|(res, _)| res)
+}
+
+/// The ping's response and its job id.
+async fn accept(
+    app: &AppState,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Response, String), ApiError> {
     check_accept(&headers)?;
     check_prefer(&headers)?;
-    check_content_type(&app, &headers)?;
+    check_content_type(app, &headers)?;
     let body = body.map_err(|e| match e {
         BytesRejection::FailedToBufferBody(_) => ApiError::PayloadTooLarge(format!(
             "the body is larger than {} bytes (MAX_REQUEST_BODY_BYTES)",
@@ -99,7 +127,7 @@ async fn import(
     )?;
     tracing::debug!(job_id = %job.id, job = %crate::telemetry::shown_id(&job.id), "full job id");
     tracing::info!(job = %crate::telemetry::shown_id(&job.id), client_id = %job.client_id, scope = %caller.claims.scope, export_type = job.export_type.as_str(), "import job accepted");
-    let location = format!("{}/job/{}", super::base_url(&app, &headers), job.id);
+    let location = format!("{}/job/{}", super::base_url(app, &headers), job.id);
     let mut res = outcome_response(
         StatusCode::ACCEPTED,
         &OperationOutcome::information(format!("import job accepted; poll {location} for its status")),
@@ -108,5 +136,5 @@ async fn import(
         header::CONTENT_LOCATION,
         HeaderValue::from_str(&location).map_err(|e| ApiError::Internal(e.to_string()))?,
     );
-    Ok(res.into_response())
+    Ok((res.into_response(), job.id))
 }

@@ -99,8 +99,16 @@ async fn outcome_file(State(app): State<AppState>, Path(id): Path<String>) -> Re
     Ok(no_store(res))
 }
 
-async fn cancel(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn cancel(
+    State(app): State<AppState>,
+    extensions: axum::http::Extensions,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     imports(&app).cancel(&id).await?;
+    let from = crate::http_server::peer_key(&extensions);
+    let job = crate::telemetry::shown_id(&id);
+    crate::audit::record(&app.store, crate::audit::Actor::JobLink(&from), "job cancelled", Some(&job), None)
+        .await;
     let oo = OperationOutcome::single(
         Severity::Information,
         IssueCode::Processing,
@@ -109,8 +117,16 @@ async fn cancel(State(app): State<AppState>, Path(id): Path<String>) -> Result<R
     Ok(outcome_response(StatusCode::OK, &oo))
 }
 
-async fn remove(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn remove(
+    State(app): State<AppState>,
+    extensions: axum::http::Extensions,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let job = imports(&app).remove(&id).await?;
+    let from = crate::http_server::peer_key(&extensions);
+    let shown = crate::telemetry::shown_id(&id);
+    crate::audit::record(&app.store, crate::audit::Actor::JobLink(&from), "job deleted", Some(&shown), None)
+        .await;
     let oo = OperationOutcome::single(
         Severity::Information,
         IssueCode::Processing,

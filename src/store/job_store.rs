@@ -6,8 +6,8 @@ use async_trait::async_trait;
 
 use super::{dashboard::JobSummary, leases::Renewal, Store, StoreError};
 use crate::domain::{
-    Admission, Appended, FileCounts, FileTotals, FinishedFile, Job, JobCaps, JobFile, JobState, PlanManifest,
-    Provider,
+    Admission, Appended, AuditEvent, FileCounts, FileTotals, FinishedFile, Job, JobCaps, JobFile, JobState,
+    PlanManifest, Provider,
 };
 
 /// Jobs: their plans, files and leases.
@@ -59,6 +59,23 @@ pub trait JobStore: Send + Sync {
     async fn job_summaries(&self) -> Result<Vec<JobSummary>, StoreError>;
     async fn job_state_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
     async fn job_summary(&self, id: &str) -> Result<Option<JobSummary>, StoreError>;
+}
+
+/// The audit trail, newest events kept.
+#[async_trait]
+pub trait AuditLog: Send + Sync {
+    async fn record_audit(&self, event: &AuditEvent, keep: i64) -> Result<(), StoreError>;
+    async fn audit_events(&self, limit: i64) -> Result<Vec<AuditEvent>, StoreError>;
+}
+
+#[async_trait]
+impl AuditLog for Store {
+    async fn record_audit(&self, event: &AuditEvent, keep: i64) -> Result<(), StoreError> {
+        Store::record_audit(self, event, keep).await
+    }
+    async fn audit_events(&self, limit: i64) -> Result<Vec<AuditEvent>, StoreError> {
+        Store::audit_events(self, limit).await
+    }
 }
 
 /// Provider registrations.

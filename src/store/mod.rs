@@ -1,5 +1,6 @@
 //! Persistent state in SQLite: registrations, jobs, per-file results and seen assertion ids.
 //! Nothing a job needs lives only in process memory, so a restart resumes.
+pub mod audit;
 pub mod dashboard;
 pub mod job_store;
 pub mod jobs;

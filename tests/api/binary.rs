@@ -641,6 +641,9 @@ async fn the_command_line_takes_a_new_user_from_keygen_to_a_finished_import_and_
     assert_eq!(code, 0);
     assert!(out.contains("completed") && out.contains(&status_url.rsplit('/').next().unwrap()[..8]), "{out}");
 
+    let (code, out, _) = cli(d, &["audit", "--server", &base]);
+    assert_eq!(code, 0);
+    assert!(out.contains("registration created") && out.contains("ping accepted"), "{out}");
     let (code, _, err) = cli(d, &["cancel", &status_url]);
     assert_eq!(code, 1, "a finished job cannot be cancelled");
     assert!(err.contains("409") && err.contains("only a running one"), "{err}");

@@ -1,4 +1,5 @@
 //! API tests: a spawned app and an in-process fake provider, over real HTTP on loopback.
+mod audit;
 mod auth;
 mod binary;
 mod cli;

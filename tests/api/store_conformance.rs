@@ -3,10 +3,12 @@
 use std::time::Duration;
 
 use bulk_import::{
-    domain::{Admission, Appended, FileState, FinishedFile, Job, JobCaps, JobFile, JobState, Provider},
+    domain::{
+        Admission, Appended, AuditEvent, FileState, FinishedFile, Job, JobCaps, JobFile, JobState, Provider,
+    },
     fhir::{manifest::FileKind, parameters::ExportType},
     store::{
-        job_store::{JobStore, RegistrationStore},
+        job_store::{AuditLog, JobStore, RegistrationStore},
         leases::Renewal,
         Store,
     },
@@ -296,8 +298,29 @@ async fn leases_are_claimed_fenced_and_cancelled(store: &dyn JobStore) {
     );
 }
 
+async fn the_audit_trail_keeps_the_newest_events(log: &dyn AuditLog) {
+    for n in 0..5 {
+        let event = AuditEvent {
+            at: 700 + n,
+            action: format!("action {n}"),
+            actor: "admin from 127.0.0.1".into(),
+            subject: Some("s".into()),
+            detail: None,
+        };
+        log.record_audit(&event, 3).await.unwrap();
+    }
+    let events = log.audit_events(10).await.unwrap();
+    let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["action 4", "action 3", "action 2"], "newest first, only `keep` kept");
+    assert_eq!(log.audit_events(1).await.unwrap().len(), 1);
+}
+
 /// The whole suite, in order (later steps use earlier ones' rows).
-pub async fn assert_store_conformance(jobs: &dyn JobStore, registrations: &dyn RegistrationStore) {
+pub async fn assert_store_conformance(
+    jobs: &dyn JobStore,
+    registrations: &dyn RegistrationStore,
+    audit: &dyn AuditLog,
+) {
     registrations_are_kept_listed_and_revoked(registrations).await;
     admission_holds_both_caps(jobs).await;
     a_plan_records_files_outcomes_and_totals(jobs).await;
@@ -305,11 +328,12 @@ pub async fn assert_store_conformance(jobs: &dyn JobStore, registrations: &dyn R
     unfinished_expired_and_deleted_jobs(jobs).await;
     a_plan_grows_and_manifests_are_withdrawn(jobs).await;
     leases_are_claimed_fenced_and_cancelled(jobs).await;
+    the_audit_trail_keeps_the_newest_events(audit).await;
 }
 
 #[tokio::test]
 async fn sqlite_passes_the_store_conformance_suite() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("store.sqlite")).await.unwrap();
-    assert_store_conformance(&store, &store).await;
+    assert_store_conformance(&store, &store, &store).await;
 }

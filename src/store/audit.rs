@@ -1,0 +1,41 @@
+//! The audit trail in SQLite, the newest events kept.
+use super::{Store, StoreError};
+use crate::domain::AuditEvent;
+
+/// at, action, actor, subject, detail.
+type AuditRow = (i64, String, String, Option<String>, Option<String>);
+
+impl Store {
+    /// Add an event and keep only the newest `keep`.
+    pub async fn record_audit(&self, e: &AuditEvent, keep: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("INSERT INTO audit_events (at, action, actor, subject, detail) VALUES (?, ?, ?, ?, ?)")
+            .bind(e.at)
+            .bind(&e.action)
+            .bind(&e.actor)
+            .bind(&e.subject)
+            .bind(&e.detail)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM audit_events WHERE id <= (SELECT MAX(id) FROM audit_events) - ?")
+            .bind(keep)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The newest `limit` events, newest first.
+    pub async fn audit_events(&self, limit: i64) -> Result<Vec<AuditEvent>, StoreError> {
+        let rows: Vec<AuditRow> = sqlx::query_as(
+            "SELECT at, action, actor, subject, detail FROM audit_events ORDER BY id DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(at, action, actor, subject, detail)| AuditEvent { at, action, actor, subject, detail })
+            .collect())
+    }
+}
