@@ -161,6 +161,10 @@ export function wireRegisterForm() {
       const result = await api('/auth/register', { method: 'POST', body, admin: true });
       $('result-client-id').textContent = result.client_id;
       $('result-token-endpoint').textContent = result.token_endpoint;
+      // Our other URLs share the token endpoint's base (PUBLIC_URL, or the request's host).
+      const base = result.token_endpoint.replace(/\/auth\/token$/, '');
+      $('result-import-url').textContent = `${base}/$import`;
+      $('result-jwks-url').textContent = `${base}/jwks`;
       $('register-form').reset();
       showSource();
       $('register-form').hidden = true;

@@ -296,6 +296,9 @@ async fn flow(c: &Client, app: &TestApp, shots: &Shots) -> Result<()> {
     let client_id = find(c, "#result-client-id").await?.text().await?;
     ensure!(uuid::Uuid::parse_str(&client_id).is_ok(), "client_id {client_id:?}");
     wait_text(c, "#result-token-endpoint", &format!("{}/auth/token", app.base)).await?;
+    // The hand-off list names the ping URL and our JWKS too.
+    wait_text(c, "#result-import-url", &format!("{}/$import", app.base)).await?;
+    wait_text(c, "#result-jwks-url", &format!("{}/jwks", app.base)).await?;
     click(c, "button[data-copy=result-client-id]").await?;
     wait_text(c, "button[data-copy=result-client-id]", "Cop").await?;
     // Only the copy handler sets data-label (it keeps the label to restore after "Copied ✓").
