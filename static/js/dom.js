@@ -67,7 +67,19 @@ export function timeEl(value) {
   if (value === null || value === undefined) return '';
   const date = typeof value === 'number' ? new Date(value * 1000) : new Date(value);
   if (Number.isNaN(date.getTime())) return String(value);
-  return h('time', { datetime: date.toISOString() }, date.toLocaleString());
+  // With its time zone: a reader elsewhere (or a screenshot in a ticket) is never left guessing.
+  return h('time', { datetime: date.toISOString() }, date.toLocaleString(undefined, { timeZoneName: 'short' }));
+}
+
+// "3 min 12 s" between two instants (ISO strings), for how long a job took.
+export function durationText(from, to) {
+  const secs = Math.max(0, Math.round((new Date(to) - new Date(from)) / 1000));
+  if (Number.isNaN(secs)) return '';
+  const hours = Math.floor(secs / 3600);
+  const mins = Math.floor((secs % 3600) / 60);
+  if (hours > 0) return `${hours} h ${mins} min`;
+  if (mins > 0) return `${mins} min ${secs % 60} s`;
+  return `${secs} s`;
 }
 
 export function badge(state) {

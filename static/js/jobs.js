@@ -2,7 +2,7 @@
 // Both poll while shown. Rows are keyed and updated in place, so a focused link or button keeps
 // its focus across refreshes.
 import { api } from './api.js';
-import { $, alertBox, badge, confirmAction, flashNext, formatBytes, formatCount, h, setContent, setText, timeEl } from './dom.js';
+import { $, alertBox, badge, confirmAction, durationText, flashNext, formatBytes, formatCount, h, setContent, setText, timeEl } from './dom.js';
 
 /** How often the screens refresh while shown. */
 const POLL_MS = 1500;
@@ -151,7 +151,8 @@ function summaryPairs(job) {
     ['Bytes', [formatBytes(job.bytes)]],
     ...(job.live ? [['Received so far', [`${formatBytes(job.live.bytes)}, ${formatCount(job.live.resources)} resources, ${formatBytes(job.live.bytes_per_sec)}/s`, h('span', { class: 'sub' }, 'files still downloading included')]]] : []),
     ['Started', [timeEl(job.created_at)]],
-    ['Finished', [job.finished_at ? timeEl(job.finished_at) : 'not yet']],
+    ['Finished', [job.finished_at ? timeEl(job.finished_at) : 'not yet',
+      job.finished_at ? h('span', { class: 'sub' }, `took ${durationText(job.created_at, job.finished_at)}`) : null]],
     ...(job.kept_until ? [['Kept until', [timeEl(job.kept_until), h('span', { class: 'sub' }, 'then the job and its files are deleted (JOBS_MAX_AGE)')]]] : []),
     ...(job.failure ? [['Failure', [h('span', { class: 'error-text' }, job.failure)]]] : []),
   ];

@@ -336,6 +336,9 @@ async fn flow(c: &Client, app: &TestApp, shots: &Shots) -> Result<()> {
     wait_text(c, "#job-files tr[data-index='0']", "20 resources").await?;
     wait_text(c, "#job-files tr[data-index='1']", "10 resources").await?;
     wait_text(c, "#job-summary", "completed").await?;
+    // How long it took, and times with their zone.
+    wait_text(c, "#job-summary", "took ").await?;
+    wait_text(c, "#job-summary", "Kept until").await?;
     shots.take(c, "09-job").await?;
     click(c, "#job-delete").await?;
     find(c, "dialog#confirm-dialog[open]").await?;
