@@ -220,7 +220,10 @@ impl Imports<'_> {
             .map(|f| {
                 let oo = OperationOutcome::error(
                     IssueCode::Incomplete,
-                    format!("file {}: not imported: the import was cancelled", f.url),
+                    format!(
+                        "file {}: not imported: the import was cancelled",
+                        crate::jobs::download::describe(f)
+                    ),
                 );
                 (f.idx, serde_json::to_string(&oo).unwrap_or_default())
             })

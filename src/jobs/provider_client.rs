@@ -142,11 +142,15 @@ impl ProviderClient {
         Ok(&self.guarded.client)
     }
 
-    async fn execute(&self, req: RequestBuilder, url: &Url) -> Result<Response, SendError> {
+    /// Send `req`, built by `http` (the client `client_for` chose for `url`).
+    async fn execute(
+        &self,
+        http: &reqwest::Client,
+        req: RequestBuilder,
+        url: &Url,
+    ) -> Result<Response, SendError> {
         let req = req.build()?;
         let method = req.method().clone();
-        // The builder came from this same client (`client_for`), so it executes the request.
-        let http = self.client_for(url)?;
         self.timed(http.execute(req), method, url).await
     }
 
@@ -224,7 +228,7 @@ impl ProviderClient {
             // A fresh token, or (for a provider that looked open) a fresh look for its token endpoint.
             let fresh = self.token(true).await.map_err(SendError::Token)?;
             if fresh.is_some() {
-                resp = self.execute(Self::attach(make(http, url.clone()), &fresh), url).await?;
+                resp = self.execute(http, Self::attach(make(http, url.clone()), &fresh), url).await?;
             }
         }
         let mut current = url.clone();
@@ -247,7 +251,7 @@ impl ProviderClient {
             // The pin holds on every hop, whatever the first request carried.
             self.base.file_host_allowed(&next).map_err(|e| hop(SendError::Refused(e.to_string())))?;
             // Redirects never carry our token (Bulk Data: output URLs may redirect to storage).
-            resp = self.execute(make(http, next.clone()), &next).await.map_err(hop)?;
+            resp = self.execute(http, make(http, next.clone()), &next).await.map_err(hop)?;
             current = next;
         }
         if resp.status().is_redirection() {

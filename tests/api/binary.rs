@@ -566,19 +566,6 @@ fn text_logs_written_to_a_pipe_carry_no_colour_codes_and_a_bad_log_format_is_nam
     assert!(String::from_utf8_lossy(&out.stderr).contains("PORT"), "and told on stderr");
 }
 
-/// Run the CLI in `dir`; (exit code, stdout, stderr).
-fn cli(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_bulk-import"))
-        .args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .output()
-        .unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
-}
-
 // Multi-threaded: the CLI runs as blocking child processes while the fake provider serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_line_takes_a_new_user_from_keygen_to_a_finished_import_and_back() {
@@ -590,6 +577,7 @@ async fn the_command_line_takes_a_new_user_from_keygen_to_a_finished_import_and_
     provider.set_consumer_jwks_url(format!("{}/jwks", server.base()));
     let base = server.base();
     let d = dir.path();
+    let cli = super::cli::run;
 
     let (code, _, err) = cli(d, &["keygen", "--out", "keys", "--name", "ehr"]);
     assert_eq!(code, 0, "{err}");

@@ -6,7 +6,7 @@ use std::{os::unix::fs::PermissionsExt, path::Path, process::Command};
 use serde_json::Value;
 
 /// Run the binary in `dir` with `args`; (exit code, stdout, stderr).
-fn run(dir: &Path, args: &[&str]) -> (i32, String, String) {
+pub fn run(dir: &Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_bulk-import"))
         .args(args)
         .current_dir(dir)

@@ -277,6 +277,9 @@ async fn a_cancelled_job_stays_listed_as_cancelled_and_its_poller_learns_so() {
     app.provider.add_file("a.ndjson", "Observation", observations(3));
     app.provider.add_file("b.ndjson", "Observation", observations(3));
     app.provider.hold_file("b.ndjson");
+    // A pre-signed URL's query is a credential: no outcome may repeat it.
+    let signed = format!("{}/files/b.ndjson?X-Amz-Signature=secret-sig", app.provider.base());
+    app.provider.add_manifest_url("Observation", &signed);
     let id = app.start_import(&app.provider.manifest_url(), "static").await;
     wait_until("one file stored", async || {
         app.jobs_dir(&id).read_dir().is_ok_and(|mut d| d.next().is_some())
@@ -298,6 +301,7 @@ async fn a_cancelled_job_stays_listed_as_cancelled_and_its_poller_learns_so() {
         text.contains("not imported: the import was cancelled") && text.contains("cancelled on request"),
         "{text}"
     );
+    assert!(!text.contains("secret-sig"), "{text}");
     let page = app.admin_get(&format!("/admin/jobs/{id}")).await;
     assert_eq!(page["state"], "cancelled");
     assert!(page["kept_until"].is_string(), "{page}");
