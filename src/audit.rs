@@ -15,6 +15,8 @@ pub enum Actor<'a> {
     JobLink(&'a str),
     /// A caller not (yet) known, from this address.
     Unknown(&'a str),
+    /// Someone at this machine's command line, writing to the database directly.
+    LocalCli,
 }
 
 impl Actor<'_> {
@@ -24,6 +26,7 @@ impl Actor<'_> {
             Actor::Provider(client_id, from) => format!("provider {client_id} from {from}"),
             Actor::JobLink(from) => format!("job link holder from {from}"),
             Actor::Unknown(from) => format!("unauthenticated caller from {from}"),
+            Actor::LocalCli => "command line on the server's machine (offline)".to_string(),
         }
     }
 }

@@ -28,7 +28,8 @@ pub const DEFAULT_ACCESS_TOKEN_EXPIRE_MINUTES: f64 = 5.0;
 /// 10 MiB: above bulk-data-client's 10,000,000 (raised from 1 MB after real exports broke it) and
 /// Google's 10 MB per-resource cap, small enough that a few parallel downloads stay in bounded memory.
 pub const DEFAULT_MAX_LINE_BYTES: usize = 10 * 1024 * 1024;
-pub const DEFAULT_DOWNLOAD_FILE_NAME: &str = "{resourceType}.{fileNumber}.ndjson";
+/// Files keep the names the provider gave them (the last segment of each file URL).
+pub const DEFAULT_DOWNLOAD_FILE_NAME: &str = "{originalName}";
 pub const DEFAULT_PROVIDER_SCOPE: &str = "system/*.read";
 pub const DEFAULT_PARALLEL_DOWNLOADS: usize = 4;
 pub const DEFAULT_MAX_CONCURRENT_JOBS: usize = 16;

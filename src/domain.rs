@@ -122,6 +122,16 @@ pub struct JobFile {
     pub provider_errors: i64,
     /// JSON object of resources per type, for an untyped (`organizeOutputBy`) file.
     pub type_counts: Option<String>,
+    /// The manifest's `count` for the file, if it gave one.
+    pub expected_resources: Option<i64>,
+}
+
+/// Resources the manifests announce for these files, if they gave a count for every data file
+/// (one without leaves the total unknown; error and deleted files are not data).
+pub fn expected_resources<'a>(files: impl IntoIterator<Item = &'a JobFile>) -> Option<u64> {
+    let mut data =
+        files.into_iter().filter(|f| f.kind == FileKind::Output && f.state != FileState::Withdrawn);
+    data.try_fold(0u64, |sum, f| Some(sum + f.expected_resources?.max(0) as u64))
 }
 
 /// Counts for the status endpoint.
@@ -208,9 +218,17 @@ pub struct Provider {
     pub file_origins: Option<String>,
     /// A pinned token endpoint (instead of discovery), exactly as the provider spells it.
     pub token_endpoint: Option<String>,
+    /// What people call the provider ("St. Mary's Epic"), shown instead of its URL.
+    pub name: Option<String>,
 }
 
 impl Provider {
+    /// The `kid`s of an inline JWKS (none for a `jwks_uri` registration).
+    pub fn key_ids(&self) -> Vec<String> {
+        let keys = self.jwks_value().and_then(|j| j.get("keys").and_then(|k| k.as_array().cloned()));
+        keys.unwrap_or_default().iter().filter_map(|k| k.get("kid")?.as_str().map(str::to_string)).collect()
+    }
+
     pub fn jwks_value(&self) -> Option<serde_json::Value> {
         self.jwks.as_deref().and_then(|s| serde_json::from_str(s).ok())
     }

@@ -114,10 +114,18 @@ impl Imports<'_> {
     pub async fn status(&self, id: &str, outcome_url: &str) -> Result<StatusView, ImportError> {
         // A job running here answers from memory: no database round trip per poll.
         if let Some(live) = self.jobs.jobs.progress(id) {
-            let mut view = in_progress(live.state, live.text, live.files);
-            if let (StatusView::InProgress { text, .. }, Some(r)) = (&mut view, live.received) {
+            let mut view = in_progress(live.state, live.text.clone(), live.files);
+            if let (StatusView::InProgress { text, percent }, Some(r)) = (&mut view, &live.received) {
                 if live.state == JobState::Importing {
-                    text.push_str(&received_text(&r));
+                    text.push_str(&received_text(r));
+                    if let Some(expected) = live.expected_resources {
+                        text.push_str(&format!(" of {expected} announced"));
+                    }
+                    if let Some(eta) = live.eta_secs() {
+                        text.push_str(&format!("; about {} left", crate::time_util::duration_text(eta)));
+                    }
+                    // Moves within a long file where the manifests gave counts.
+                    *percent = live.percent();
                 }
             }
             return Ok(view);

@@ -4,8 +4,15 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use std::collections::{BTreeMap, HashMap};
+
 use crate::{
-    domain::{is_job_id, FileCounts, JobFile},
+    domain::{expected_resources, is_job_id, FileCounts, FileState, JobFile},
+    fhir::manifest::FileKind,
+    jobs::{
+        file_bounds::InFlight,
+        progress::{Sample, Snapshot},
+    },
     store::{dashboard::JobSummary, job_store::JobStore, StoreError},
     time_util::instant,
 };
@@ -15,21 +22,110 @@ pub async fn list(store: &dyn JobStore, retention: Duration) -> Result<Vec<Value
     Ok(store.job_summaries().await?.iter().map(|j| describe_job(j, retention)).collect())
 }
 
-/// One job with its files; `None` if there is no such job.
-pub async fn show(store: &dyn JobStore, id: &str, retention: Duration) -> Result<Option<Value>, StoreError> {
+/// What the job page shows of a job running here beside its stored record.
+pub struct Running {
+    pub snapshot: Snapshot,
+    pub throughput: Vec<Sample>,
+}
+
+/// One job with its files, per-type totals and throughput chart; `None` if there is no such job.
+/// `running`: what this process knows live of it (files downloading now, rates, ETA).
+pub async fn show(
+    store: &dyn JobStore,
+    id: &str,
+    retention: Duration,
+    running: Option<Running>,
+) -> Result<Option<Value>, StoreError> {
     if !is_job_id(id) {
         return Ok(None);
     }
     let Some(job) = store.job_summary(id).await? else { return Ok(None) };
-    let files: Vec<Value> = store.files(&job.id).await?.iter().map(describe_file).collect();
+    let files = store.files(&job.id).await?;
+    let received = running.as_ref().and_then(|r| r.snapshot.received.as_ref());
+    let in_flight: HashMap<i64, InFlight> =
+        received.map(|r| r.in_flight.iter().map(|f| (f.idx, *f)).collect()).unwrap_or_default();
     let mut body = describe_job(&job, retention);
-    body["files"] = Value::Array(files);
+    body["files"] = files.iter().map(|f| describe_file(f, in_flight.get(&f.idx))).collect();
+    body["types"] = per_type(&files, &in_flight);
+    body["expected_resources"] = json!(expected_resources(&files));
+    let throughput = match &running {
+        Some(r) => r.throughput.clone(),
+        None => stored_throughput(store, &job.id).await?,
+    };
+    body["throughput"] = json!(throughput);
+    if let Some(r) = &running {
+        if let Some(received) = &r.snapshot.received {
+            body["live"] = live(&r.snapshot, received);
+            body["progress_percent"] = json!(r.snapshot.percent());
+        }
+    }
     Ok(Some(body))
 }
 
-/// What a running job has received so far (the job page shows it while files download).
-pub fn live(r: &crate::jobs::progress::Received) -> Value {
-    json!({ "bytes": r.bytes, "resources": r.resources, "bytes_per_sec": r.bytes_per_sec.round() })
+/// A finished job's chart; an unreadable one is left out rather than failing the page.
+async fn stored_throughput(store: &dyn JobStore, id: &str) -> Result<Vec<Sample>, StoreError> {
+    Ok(store.throughput(id).await?.and_then(|json| serde_json::from_str(&json).ok()).unwrap_or_default())
+}
+
+/// What a running job has received so far, files still downloading included, and how long the
+/// rest should take at this rate.
+fn live(s: &Snapshot, r: &crate::jobs::progress::Received) -> Value {
+    json!({
+        "bytes": r.bytes,
+        "resources": r.resources,
+        "bytes_per_sec": r.bytes_per_sec.round(),
+        "resources_per_sec": (r.resources_per_sec * 10.0).round() / 10.0,
+        "eta_secs": s.eta_secs().map(f64::ceil),
+        "downloading": r.in_flight.len(),
+    })
+}
+
+/// Data files and resources per resource type: done files as stored, files downloading now as far
+/// as they got, and what the manifests announced. Untyped (`organizeOutputBy`) files count once
+/// done, under the types they held.
+fn per_type(files: &[JobFile], in_flight: &HashMap<i64, InFlight>) -> Value {
+    #[derive(Default)]
+    struct Totals {
+        files: i64,
+        done: i64,
+        resources: u64,
+        expected: Option<u64>,
+        announced: bool,
+    }
+    let mut by_type: BTreeMap<String, Totals> = BTreeMap::new();
+    for f in files.iter().filter(|f| f.kind == FileKind::Output && f.state != FileState::Withdrawn) {
+        let name = if f.resource_type.is_empty() { "(mixed)" } else { f.resource_type.as_str() };
+        let t = by_type.entry(name.to_string()).or_insert(Totals { announced: true, ..Default::default() });
+        t.files += 1;
+        t.done += i64::from(f.state == FileState::Done);
+        t.announced &= f.expected_resources.is_some();
+        t.expected = Some(t.expected.unwrap_or(0) + f.expected_resources.unwrap_or(0).max(0) as u64);
+        match (f.state, f.type_counts.as_deref()) {
+            (FileState::Done, Some(json)) => {
+                let counts: BTreeMap<String, i64> = serde_json::from_str(json).unwrap_or_default();
+                for (ty, n) in counts {
+                    by_type
+                        .entry(ty)
+                        .or_insert(Totals { announced: true, ..Default::default() })
+                        .resources += n.max(0) as u64;
+                }
+            }
+            (FileState::Done, None) => t.resources += f.resources.max(0) as u64,
+            _ => t.resources += in_flight.get(&f.idx).map_or(0, |live| live.resources),
+        }
+    }
+    by_type
+        .into_iter()
+        .map(|(ty, t)| {
+            json!({
+                "resource_type": ty,
+                "files": t.files,
+                "files_done": t.done,
+                "resources": t.resources,
+                "expected_resources": if t.announced && t.files > 0 { t.expected } else { None },
+            })
+        })
+        .collect()
 }
 
 /// Percent done, as `GET /job/{id}` reports it: finished files over listed files while importing.
@@ -51,6 +147,7 @@ fn describe_job(j: &JobSummary, retention: Duration) -> Value {
         "id": j.id,
         "client_id": j.client_id,
         "provider_aud": j.provider_aud,
+        "provider_name": j.provider_name,
         "export_type": j.export_type,
         "export_url": j.export_url,
         "state": state,
@@ -77,16 +174,24 @@ fn diagnostics(outcome: Option<&str>) -> Option<String> {
     (!texts.is_empty()).then(|| texts.join("; "))
 }
 
-fn describe_file(f: &JobFile) -> Value {
+fn describe_file(f: &JobFile, downloading: Option<&InFlight>) -> Value {
+    // A file downloading now shows how far its current attempt got.
+    let (state, resources, bytes) = match downloading {
+        Some(live) if f.state == FileState::Pending => {
+            ("downloading", live.resources as i64, live.bytes as i64)
+        }
+        _ => (f.state.as_str(), f.resources, f.bytes),
+    };
     json!({
         "index": f.idx,
         "kind": f.kind.as_str(),
         "resource_type": f.resource_type,
         "url": f.url,
         "name": f.name,
-        "state": f.state.as_str(),
-        "resources": f.resources,
-        "bytes": f.bytes,
+        "state": state,
+        "resources": resources,
+        "bytes": bytes,
+        "expected_resources": f.expected_resources,
         "diagnostics": diagnostics(f.outcome.as_deref()),
     })
 }

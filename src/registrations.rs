@@ -43,6 +43,19 @@ pub struct RegistrationRequest {
     pub file_origins: Option<Vec<String>>,
     /// The provider's token endpoint, pinned instead of discovered.
     pub token_endpoint: Option<String>,
+    /// A display name for people.
+    pub name: Option<String>,
+}
+
+/// Longest display name, in characters.
+const MAX_NAME_CHARS: usize = 100;
+
+/// A new registration, and what an operator should know about it.
+#[derive(Debug)]
+pub struct Registered {
+    pub provider: Provider,
+    /// Things that are allowed but likely a mistake (a second registration of the same keys).
+    pub warnings: Vec<String>,
 }
 
 fn invalid(m: impl Into<String>) -> RegistrationError {
@@ -122,7 +135,15 @@ pub fn validate(r: RegistrationRequest) -> Result<Provider, RegistrationError> {
             _ => return Err(invalid(format!("token_endpoint: '{raw}' must be an absolute http(s) URL"))),
         },
     };
+    let name = match r.name.map(|n| n.trim().to_string()).filter(|n| !n.is_empty()) {
+        Some(n) if n.chars().count() > MAX_NAME_CHARS => {
+            return Err(invalid(format!("name: at most {MAX_NAME_CHARS} characters")))
+        }
+        Some(n) if n.chars().any(char::is_control) => return Err(invalid("name: no control characters")),
+        other => other,
+    };
     Ok(Provider {
+        name,
         token_origins: serde_json::to_string(&token_origins).unwrap_or_else(|_| "[]".into()),
         file_origins: file_origins.map(|l| serde_json::to_string(&l).unwrap_or_else(|_| "[]".into())),
         token_endpoint,
@@ -137,6 +158,18 @@ pub fn validate(r: RegistrationRequest) -> Result<Provider, RegistrationError> {
     })
 }
 
+/// Validate and store a new registration (the server's endpoint and the offline command line alike).
+pub async fn create(
+    store: &dyn RegistrationStore,
+    request: RegistrationRequest,
+) -> Result<Registered, RegistrationError> {
+    let provider = validate(request)?;
+    let warnings = repeats(&provider, &store.providers().await?);
+    store.insert_provider(&provider).await?;
+    tracing::info!(client_id = %provider.client_id, aud = %provider.aud, warnings = warnings.len(), "provider registered");
+    Ok(Registered { provider, warnings })
+}
+
 /// The registrations service: a store and what `describe` needs to show the token endpoint.
 pub struct Registrations<'a> {
     pub store: &'a dyn RegistrationStore,
@@ -144,11 +177,8 @@ pub struct Registrations<'a> {
 }
 
 impl Registrations<'_> {
-    pub async fn create(&self, request: RegistrationRequest) -> Result<Provider, RegistrationError> {
-        let provider = validate(request)?;
-        self.store.insert_provider(&provider).await?;
-        tracing::info!(client_id = %provider.client_id, aud = %provider.aud, "provider registered");
-        Ok(provider)
+    pub async fn create(&self, request: RegistrationRequest) -> Result<Registered, RegistrationError> {
+        create(self.store, request).await
     }
 
     /// Every registration, revoked ones included, as management shows them.
@@ -189,6 +219,7 @@ impl Registrations<'_> {
             },
         };
         json!({
+            "name": p.name,
             "token_origins": p.token_origin_list(),
             "file_origins": p.file_origin_list(),
             "token_endpoint": p.token_endpoint,
@@ -203,6 +234,32 @@ impl Registrations<'_> {
             "revoked_at": p.revoked_at,
         })
     }
+}
+
+/// Active registrations that share the new one's provider URL and a key (the same `kid`, or the
+/// same JWKS URL): the provider's tokens would then authenticate as either, which is rarely meant
+/// (usually a registration made twice; revoke the old one).
+fn repeats(new: &Provider, existing: &[Provider]) -> Vec<String> {
+    let kids = new.key_ids();
+    existing
+        .iter()
+        .filter(|p| p.revoked_at.is_none() && p.aud == new.aud)
+        .filter_map(|p| {
+            let shared = if new.jwks_uri.is_some() && p.jwks_uri == new.jwks_uri {
+                format!("the JWKS URL {}", new.jwks_uri.as_deref().unwrap_or_default())
+            } else {
+                let same: Vec<String> = p.key_ids().into_iter().filter(|k| kids.contains(k)).collect();
+                if same.is_empty() {
+                    return None;
+                }
+                format!("key id {}", same.join(", "))
+            };
+            Some(format!(
+                "registration {} already has provider URL {} and {shared}: tokens signed with that key can act as either registration; revoke the one not meant",
+                p.client_id, p.aud
+            ))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -224,6 +281,38 @@ mod tests {
         assert_eq!(p.aud, "https://ehr.example/fhir");
         assert_eq!(p.token_origins, "[]");
         assert!(!p.client_id.is_empty() && p.revoked_at.is_none());
+    }
+
+    #[test]
+    fn a_second_registration_of_the_same_url_and_key_is_warned_about() {
+        let inline = |kid: &str| RegistrationRequest {
+            jwks_uri: None,
+            jwks: Some(json!({"keys": [{"kty": "EC", "crv": "P-384", "x": "x", "y": "y", "kid": kid}]})),
+            ..request()
+        };
+        let first = validate(inline("k1")).unwrap();
+        let by_url = validate(request()).unwrap();
+        let existing = [first.clone(), by_url.clone()];
+        let again = repeats(&validate(inline("k1")).unwrap(), &existing);
+        assert_eq!(again.len(), 1, "{again:?}");
+        assert!(again[0].contains(&first.client_id) && again[0].contains("key id k1"), "{}", again[0]);
+        let same_uri = repeats(&validate(request()).unwrap(), &existing);
+        assert!(same_uri.len() == 1 && same_uri[0].contains("JWKS URL"), "{same_uri:?}");
+        assert!(repeats(&validate(inline("k2")).unwrap(), &existing).is_empty(), "another key");
+        let elsewhere =
+            RegistrationRequest { aud: Some("https://other.example/fhir".into()), ..inline("k1") };
+        assert!(repeats(&validate(elsewhere).unwrap(), &existing).is_empty(), "another provider");
+        let revoked = Provider { revoked_at: Some(1), ..first };
+        assert!(repeats(&validate(inline("k1")).unwrap(), &[revoked]).is_empty(), "a revoked one");
+    }
+
+    #[test]
+    fn a_display_name_is_trimmed_and_bounded() {
+        let named = |n: &str| validate(RegistrationRequest { name: Some(n.into()), ..request() });
+        assert_eq!(named("  St. Mary's  ").unwrap().name.as_deref(), Some("St. Mary's"));
+        assert_eq!(named("   ").unwrap().name, None);
+        assert!(named(&"x".repeat(101)).unwrap_err().to_string().contains("name"));
+        assert!(named("a\nb").unwrap_err().to_string().contains("control"));
     }
 
     #[test]

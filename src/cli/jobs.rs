@@ -88,7 +88,7 @@ pub async fn list(args: JobsArgs) -> Outcome {
                     j["progress_percent"],
                     j["files_total"],
                     j["resources"],
-                    j["provider_aud"].as_str().unwrap_or("")
+                    j["provider_name"].as_str().or(j["provider_aud"].as_str()).unwrap_or("")
                 );
             }
             Outcome::Done

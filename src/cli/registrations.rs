@@ -37,6 +37,13 @@ pub struct RegisterArgs {
     /// The provider's token endpoint, for providers without discovery.
     #[arg(long)]
     token_endpoint: Option<String>,
+    /// A display name for people ("St. Mary's Epic").
+    #[arg(long)]
+    name: Option<String>,
+    /// Write into the server's database (DATA_DIR, settings from the environment and `.env`)
+    /// instead of asking a running server; for setting up before the first start.
+    #[arg(long)]
+    offline: bool,
     /// Print the server's answer as JSON.
     #[arg(long)]
     json: bool,
@@ -59,6 +66,14 @@ enum RegisterError {
     JwksJson { path: PathBuf, source: serde_json::Error },
     #[error(transparent)]
     Remote(#[from] RemoteError),
+    #[error("the settings are invalid")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot open the database")]
+    Store(#[from] crate::store::StoreError),
+    #[error("the registration was refused: {0}")]
+    Refused(#[from] crate::registrations::RegistrationError),
+    #[error("the registration request is not valid")]
+    Request(#[source] serde_json::Error),
 }
 
 pub async fn register(args: RegisterArgs) -> Outcome {
@@ -72,7 +87,6 @@ pub async fn register(args: RegisterArgs) -> Outcome {
 }
 
 async fn try_register(args: &RegisterArgs) -> Result<String, RegisterError> {
-    let remote = Remote::admin(&args.admin)?;
     let jwks = match &args.jwks_file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -90,6 +104,7 @@ async fn try_register(args: &RegisterArgs) -> Result<String, RegisterError> {
         ("jwks_uri", args.jwks_uri.clone().map(Value::from)),
         ("scope", args.scope.clone().map(Value::from)),
         ("token_endpoint", args.token_endpoint.clone().map(Value::from)),
+        ("name", args.name.clone().map(Value::from)),
         ("token_origins", (!args.token_origins.is_empty()).then(|| json!(args.token_origins))),
         ("file_origins", (!args.file_origins.is_empty()).then(|| json!(args.file_origins))),
     ];
@@ -98,21 +113,63 @@ async fn try_register(args: &RegisterArgs) -> Result<String, RegisterError> {
             body[name] = v;
         }
     }
-    let req = remote.request(reqwest::Method::POST, "/auth/register").json(&body);
-    let answer = remote.json(req).await?;
+    let (answer, remote) = if args.offline {
+        register_offline(body, &args.admin.server.server).await?
+    } else {
+        let remote = Remote::admin(&args.admin)?;
+        let req = remote.request(reqwest::Method::POST, "/auth/register").json(&body);
+        (remote.json(req).await?, remote)
+    };
     if args.json {
         return Ok(answer.to_string());
     }
     let client_id = answer["client_id"].as_str().unwrap_or_default();
     let token_endpoint =
         answer["token_endpoint"].as_str().map(str::to_string).unwrap_or_else(|| remote.url("/auth/token"));
+    let warnings: String = answer["warnings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|w| format!("\nwarning: {w}"))
+        .collect();
     Ok(format!(
-        "registered {aud} as client_id {client_id}\n\nhand this to the provider's team:\n  ping URL (POST, FHIR Parameters): {import}\n  token endpoint: {token_endpoint}\n  client_id: {client_id}\n  scope to request: system/*.write (SMART v1) or system/*.cud (v2)\n  sign the client assertion with the private key of the JWKS you registered\n\nand register us at the provider: our JWKS is {jwks} (client id {consumer})",
+        "registered {aud} as client_id {client_id}{warnings}\n\nhand this to the provider's team:\n  ping URL (POST, FHIR Parameters): {import}\n  token endpoint: {token_endpoint}\n  client_id: {client_id}\n  scope to request: system/*.write (SMART v1) or system/*.cud (v2)\n  sign the client assertion with the private key of the JWKS you registered\n\nand register us at the provider: our JWKS is {jwks} (client id {consumer})",
         aud = args.aud,
         import = remote.url("/$import"),
         jwks = remote.url("/jwks"),
         consumer = args.consumer_client_id,
     ))
+}
+
+/// Register straight into the database a server on this machine uses (it may be running: SQLite
+/// takes the write between its own). The answer has the endpoint's shape; URLs are PUBLIC_URL's,
+/// else `--server`'s.
+async fn register_offline(body: Value, server: &str) -> Result<(Value, Remote), RegisterError> {
+    dotenvy::dotenv().ok();
+    let config = crate::config::Config::from_env()?;
+    let request = serde_json::from_value(body).map_err(RegisterError::Request)?;
+    let store = crate::store::Store::open(&config.sqlite_path()).await?;
+    let registered = crate::registrations::create(&store, request).await?;
+    let p = &registered.provider;
+    crate::audit::record(
+        &store,
+        crate::audit::Actor::LocalCli,
+        "registration created",
+        Some(&p.client_id),
+        Some(&p.aud),
+    )
+    .await;
+    let base = config.public_url.as_ref().map_or(server, |u| u.as_str());
+    let remote = Remote::new(&super::remote::ServerArgs { server: base.to_string() });
+    let answer = json!({
+        "client_id": p.client_id,
+        "client_id_issued_at": p.created_at,
+        "token_endpoint": remote.url("/auth/token"),
+        "name": p.name,
+        "warnings": registered.warnings,
+    });
+    Ok((answer, remote))
 }
 
 pub async fn list(args: ListArgs) -> Outcome {
@@ -137,8 +194,9 @@ pub async fn list(args: ListArgs) -> Outcome {
             }
             for r in list {
                 let revoked = if r["revoked_at"].is_null() { "" } else { " (revoked)" };
+                let name = r["name"].as_str().map(|n| format!("  \"{n}\"")).unwrap_or_default();
                 println!(
-                    "{}  {}{revoked}",
+                    "{}  {}{name}{revoked}",
                     r["client_id"].as_str().unwrap_or("?"),
                     r["aud"].as_str().unwrap_or("?")
                 );

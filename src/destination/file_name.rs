@@ -31,8 +31,16 @@ impl FileNameTemplate {
         Ok(Self(raw.to_string()))
     }
 
+    /// Whether names keep the provider's own (`{originalName}`), which already tell its error
+    /// and deleted files apart.
+    pub fn keeps_original_names(&self) -> bool {
+        self.0.contains("{originalName}")
+    }
+
     pub fn render(&self, v: &FileNameVars<'_>) -> String {
-        let original = original_name(v.url);
+        // A URL with no last segment has no name to keep: type and number stand in.
+        let original =
+            original_name(v.url).unwrap_or_else(|| format!("{}.{}.ndjson", v.resource_type, v.file_number));
         let raw = self
             .0
             .replace("{jobId}", v.job_id)
@@ -44,12 +52,10 @@ impl FileNameTemplate {
 }
 
 /// The last path segment of a URL, without query or fragment.
-fn original_name(url: &str) -> String {
-    url::Url::parse(url)
-        .ok()
-        .and_then(|u| u.path_segments().and_then(|mut s| s.next_back().map(str::to_string)))
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "file".into())
+fn original_name(url: &str) -> Option<String> {
+    let u = url::Url::parse(url).ok()?;
+    let last = u.path_segments()?.next_back()?;
+    (!last.is_empty()).then(|| last.to_string())
 }
 
 fn sanitize(raw: &str) -> String {
@@ -95,6 +101,19 @@ mod tests {
         });
         assert_eq!(name, "_.._Patient_2");
         assert!(is_safe_component(&name));
+    }
+
+    #[test]
+    fn the_default_keeps_the_providers_names() {
+        let t = FileNameTemplate::parse(crate::config::DEFAULT_DOWNLOAD_FILE_NAME).unwrap();
+        let vars = |url| FileNameVars { job_id: "j", resource_type: "Patient", file_number: 3, url };
+        assert_eq!(
+            t.render(&vars("https://ehr.example/bulkfiles/1.Patient.ndjson?sig=x")),
+            "1.Patient.ndjson"
+        );
+        assert_eq!(t.render(&vars("https://ehr.example/files/")), "Patient.3.ndjson", "no name to keep");
+        assert!(t.keeps_original_names());
+        assert!(!FileNameTemplate::parse("{resourceType}.ndjson").unwrap().keeps_original_names());
     }
 
     #[test]

@@ -8,6 +8,16 @@ pub struct ManifestFile {
     #[serde(rename = "type")]
     pub resource_type: Option<String>,
     pub url: String,
+    /// Resources in the file, where the provider says (`count` is optional in every version).
+    #[serde(default, deserialize_with = "lenient_count")]
+    pub count: Option<i64>,
+}
+
+/// A `count` that is not a non-negative integer is ignored, not a reason to refuse the manifest:
+/// it only feeds progress estimates.
+fn lenient_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(v.as_i64().filter(|n| *n >= 0))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -67,6 +77,8 @@ pub struct PlannedFile {
     pub url: String,
     /// `requiresAccessToken` of the page that listed the file.
     pub requires_token: bool,
+    /// The manifest's `count` for the file, if given.
+    pub expected_resources: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +108,7 @@ impl Manifest {
                 resource_type,
                 url: f.url.clone(),
                 requires_token: self.requires_access_token,
+                expected_resources: f.count,
             });
         }
         for f in self.error.iter().chain(&self.outcome) {
@@ -104,6 +117,7 @@ impl Manifest {
                 resource_type: "OperationOutcome".into(),
                 url: f.url.clone(),
                 requires_token: self.requires_access_token,
+                expected_resources: f.count,
             });
         }
         for f in &self.deleted {
@@ -112,6 +126,7 @@ impl Manifest {
                 resource_type: "Bundle".into(),
                 url: f.url.clone(),
                 requires_token: self.requires_access_token,
+                expected_resources: f.count,
             });
         }
         Ok(files)

@@ -190,7 +190,7 @@ pub async fn import_file(
         let fetch = Fetch { client, url, auth, file, t, cancel };
         let result = if file.kind == FileKind::Error {
             let mut report = ProviderReport::default();
-            let mut meter = FileMeter::new(job_bytes, &client.limits);
+            let mut meter = FileMeter::new(job_bytes, &client.limits, file.idx);
             match stream_into(&fetch, Sink::Report(&mut report), &mut meter).await {
                 Ok(_) => Ok(FileResult::reported(file, report)),
                 Err(e) => Err(e),
@@ -200,7 +200,7 @@ pub async fn import_file(
                 FileTarget { job: &file.job_id, name: &file.name, resource_type: &file.resource_type };
             match destination.open(target).await {
                 Ok(writer) => {
-                    let meter = FileMeter::new(job_bytes, &client.limits);
+                    let meter = FileMeter::new(job_bytes, &client.limits, file.idx);
                     attempt_file(&fetch, writer, meter).await
                 }
                 Err(e) => Err(AttemptError::Job(e.into())),

@@ -35,8 +35,16 @@ pub struct Work<'a> {
     pub plan_changed: &'a Notify,
 }
 
-/// Import every file of the plan until it is closed and done.
+/// Import every file of the plan until it is closed and done, charting its throughput meanwhile.
 pub async fn import_plan(work: Work<'_>) -> Result<(), JobError> {
+    let progress = work.progress;
+    tokio::select! {
+        result = import_files(work) => result,
+        never = progress.keep_sampling() => match never {},
+    }
+}
+
+async fn import_files(work: Work<'_>) -> Result<(), JobError> {
     let Work { ctx, client, id, cancel, progress, plan_changed } = work;
     let record = Recorder { store: &*ctx.store, id, progress };
     let files = ctx.store.files(id).await?;
@@ -72,7 +80,8 @@ pub async fn import_plan(work: Work<'_>) -> Result<(), JobError> {
             let files = ctx.store.files(id).await?;
             let listed: Vec<&JobFile> = files.iter().filter(|f| f.state != FileState::Withdrawn).collect();
             let finished = listed.iter().filter(|f| f.state != FileState::Pending).count() as i64;
-            record.importing(FileCounts { total: listed.len() as i64, finished });
+            let expected = crate::domain::expected_resources(listed.iter().copied());
+            record.importing(FileCounts { total: listed.len() as i64, finished }, expected);
             queue = files
                 .into_iter()
                 .filter(|f| f.state == FileState::Pending && !in_flight.contains(&f.idx))

@@ -2,7 +2,11 @@
 //! file and per job, and a minimum transfer rate (a body trickled at 1 B/s is never
 //! silent long enough for the read timeout, yet never ends).
 use std::{
-    sync::atomic::{AtomicU64, Ordering},
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
     time::{Duration, Instant},
 };
 
@@ -27,12 +31,45 @@ pub struct JobBytes {
     used: AtomicU64,
     max: u64,
     resources: AtomicU64,
+    /// Files downloading now, by plan index: what their current attempt has received.
+    in_flight: Mutex<BTreeMap<i64, Arc<FileLive>>>,
+}
+
+/// One file's current attempt as it streams, for the job page.
+#[derive(Debug, Default)]
+struct FileLive {
+    bytes: AtomicU64,
+    resources: AtomicU64,
+}
+
+/// A file downloading now: its plan index, and bytes and resources of its current attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InFlight {
+    pub idx: i64,
+    pub bytes: u64,
+    pub resources: u64,
 }
 
 impl JobBytes {
     /// `already`: bytes of the job's files finished before (a resumed job).
     pub fn new(max: u64, already: u64) -> Self {
-        Self { used: AtomicU64::new(already), max, resources: AtomicU64::new(0) }
+        Self { used: AtomicU64::new(already), max, resources: AtomicU64::new(0), in_flight: Mutex::default() }
+    }
+
+    /// The files downloading now, in plan order.
+    pub fn in_flight(&self) -> Vec<InFlight> {
+        self.files()
+            .iter()
+            .map(|(idx, f)| InFlight {
+                idx: *idx,
+                bytes: f.bytes.load(Ordering::Relaxed),
+                resources: f.resources.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    fn files(&self) -> std::sync::MutexGuard<'_, BTreeMap<i64, Arc<FileLive>>> {
+        self.in_flight.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Resources of files finished before (a resumed job).
@@ -68,6 +105,8 @@ impl JobBytes {
 /// One attempt at one file, counted as it streams.
 pub struct FileMeter<'a> {
     job: &'a JobBytes,
+    idx: i64,
+    live: Arc<FileLive>,
     /// Bytes of this attempt counted against the job.
     taken: u64,
     /// Resources of this attempt counted in the job's progress.
@@ -82,9 +121,14 @@ pub struct FileMeter<'a> {
 }
 
 impl<'a> FileMeter<'a> {
-    pub fn new(job: &'a JobBytes, limits: &Limits) -> Self {
+    /// `idx`: the file's index in its job's plan.
+    pub fn new(job: &'a JobBytes, limits: &Limits, idx: i64) -> Self {
+        let live = Arc::new(FileLive::default());
+        job.files().insert(idx, live.clone());
         Self {
             job,
+            idx,
+            live,
             taken: 0,
             counted: 0,
             bytes: 0,
@@ -118,6 +162,7 @@ impl<'a> FileMeter<'a> {
         }
         self.job.take(n)?;
         self.taken += n;
+        self.live.bytes.fetch_add(n, Ordering::Relaxed);
         self.window_bytes += n;
         let elapsed = Instant::now().saturating_duration_since(self.window_start);
         if elapsed >= self.window {
@@ -134,6 +179,7 @@ impl<'a> FileMeter<'a> {
     pub fn resources(&mut self, n: u64) {
         if n > 0 {
             self.job.resources.fetch_add(n, Ordering::Relaxed);
+            self.live.resources.fetch_add(n, Ordering::Relaxed);
             self.counted += n;
         }
     }
@@ -146,6 +192,12 @@ impl<'a> FileMeter<'a> {
 
 impl Drop for FileMeter<'_> {
     fn drop(&mut self) {
+        let mut files = self.job.files();
+        // A later attempt at the same file may have registered already.
+        if files.get(&self.idx).is_some_and(|f| Arc::ptr_eq(f, &self.live)) {
+            files.remove(&self.idx);
+        }
+        drop(files);
         if !self.kept {
             self.job.give_back(self.taken);
             self.job.resources.fetch_sub(self.counted, Ordering::Relaxed);
@@ -168,7 +220,7 @@ mod tests {
     #[test]
     fn a_file_over_its_size_fails_and_a_failed_attempt_gives_its_bytes_back() {
         let job = JobBytes::new(1000, 0);
-        let mut m = FileMeter::new(&job, &limits());
+        let mut m = FileMeter::new(&job, &limits(), 0);
         assert_eq!(m.chunk(60), Ok(()));
         assert_eq!(m.chunk(60), Err(Exceeded::FileBytes(100)));
         drop(m);
@@ -178,13 +230,32 @@ mod tests {
     #[test]
     fn the_job_total_spans_files_and_only_stored_files_keep_their_share() {
         let job = JobBytes::new(150, 20);
-        let mut a = FileMeter::new(&job, &limits());
+        let mut a = FileMeter::new(&job, &limits(), 0);
         a.chunk(90).unwrap();
         a.keep();
-        let mut b = FileMeter::new(&job, &limits());
+        let mut b = FileMeter::new(&job, &limits(), 1);
         assert_eq!(b.chunk(50), Err(Exceeded::JobBytes(150)));
         drop(b);
         assert_eq!(job.used.load(Ordering::Relaxed), 110);
+    }
+
+    #[test]
+    fn files_downloading_now_are_listed_until_their_attempt_ends() {
+        let job = JobBytes::new(1000, 0);
+        let mut a = FileMeter::new(&job, &limits(), 3);
+        let mut b = FileMeter::new(&job, &limits(), 1);
+        a.chunk(40).unwrap();
+        a.resources(2);
+        b.chunk(5).unwrap();
+        let listed = job.in_flight();
+        assert_eq!(
+            listed,
+            vec![InFlight { idx: 1, bytes: 5, resources: 0 }, InFlight { idx: 3, bytes: 40, resources: 2 }]
+        );
+        a.keep();
+        drop(b);
+        assert!(job.in_flight().is_empty(), "a stored or failed attempt is no longer in flight");
+        assert_eq!((job.bytes(), job.resources()), (40, 2));
     }
 
     #[test]
@@ -195,17 +266,17 @@ mod tests {
         // Windows of 200 ms and sleeps of 250 ms: a check that must pass has 200 ms of slack.
         l.min_transfer_rate = 1_000_000;
         l.min_transfer_rate_window = Duration::from_millis(200);
-        let mut m = FileMeter::new(&job, &l);
+        let mut m = FileMeter::new(&job, &l, 0);
         std::thread::sleep(Duration::from_millis(250));
         assert!(matches!(m.chunk(10), Err(Exceeded::TooSlow { .. })));
-        let mut fast = FileMeter::new(&job, &l);
+        let mut fast = FileMeter::new(&job, &l, 0);
         std::thread::sleep(Duration::from_millis(250));
         assert_eq!(fast.chunk(1_000_000), Ok(()));
         // The next window starts afresh: a slow one after a fast one still fails.
         std::thread::sleep(Duration::from_millis(250));
         assert!(matches!(fast.chunk(10), Err(Exceeded::TooSlow { .. })));
         // Waiting before the body, or on our own writes, is not counted.
-        let mut waited = FileMeter::new(&job, &l);
+        let mut waited = FileMeter::new(&job, &l, 0);
         std::thread::sleep(Duration::from_millis(250));
         waited.body_started();
         assert_eq!(waited.chunk(10), Ok(()));

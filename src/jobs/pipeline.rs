@@ -93,6 +93,7 @@ async fn run_job(ctx: JobContext, id: String, handles: JobHandles, lease: Lease)
             }
             Err(JobError::Cancelled) => {
                 progress.close();
+                Recorder { store: &*ctx.store, id: &id, progress: &progress }.keep_throughput().await;
                 tracing::info!("job stopped");
                 if !ctx.jobs.shutdown.is_cancelled() {
                     // What the release needs is read now: a DELETE removes the job right after.
@@ -107,6 +108,8 @@ async fn run_job(ctx: JobContext, id: String, handles: JobHandles, lease: Lease)
                 let reason = crate::error_text::chain(&e);
                 tracing::warn!(%reason, "job failed");
                 let message = failure_text(&e, reason);
+                // The chart first: the job page stops asking once it reads "failed".
+                Recorder { store: &*ctx.store, id: &id, progress: &progress }.keep_throughput().await;
                 record_failure(&ctx, &id, message).await;
                 let failed = crate::metrics::StateLabel { state: "failed".into() };
                 ctx.metrics.jobs_finished.get_or_create(&failed).inc();

@@ -148,7 +148,7 @@ fn name_files(
                 file_number: *count,
                 url: &f.url,
             });
-            if f.kind != FileKind::Output {
+            if f.kind != FileKind::Output && !template.keeps_original_names() {
                 name = format!("{}-{name}", f.kind.as_str());
             }
             let original = name.clone();
@@ -173,6 +173,7 @@ fn name_files(
                 outcome: None,
                 provider_errors: 0,
                 type_counts: None,
+                expected_resources: f.expected_resources,
             }
         })
         .collect()
@@ -189,6 +190,7 @@ mod tests {
                 resource_type: "Patient".into(),
                 url: u.to_string(),
                 requires_token: true,
+                expected_resources: None,
             })
             .collect()
     }

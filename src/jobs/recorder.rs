@@ -52,8 +52,15 @@ impl Recorder<'_> {
     }
 
     /// The plan is stored: the job imports, with these counts.
-    pub fn importing(&self, files: FileCounts) {
-        self.progress.importing(files);
+    pub fn importing(&self, files: FileCounts, expected_resources: Option<u64>) {
+        self.progress.importing(files, expected_resources);
+    }
+
+    /// Store the job's throughput chart (failing to is only logged: it is not the data).
+    pub async fn keep_throughput(&self) {
+        if let Err(e) = self.store.set_throughput(self.id, &self.progress.throughput_json()).await {
+            tracing::warn!(error = %crate::error_text::chain(&e), "could not store the job's throughput chart");
+        }
     }
 
     /// False when the file was no longer pending (withdrawn while it downloaded).
@@ -67,6 +74,8 @@ impl Recorder<'_> {
 
     /// False when the job cannot complete yet (its plan is open, or a file is pending).
     pub async fn completed(&self) -> Result<bool, JobError> {
+        // The chart first: the job page stops asking once it reads "completed".
+        self.keep_throughput().await;
         let completed = self.store.complete_job(self.id, now_unix()).await?;
         if completed {
             self.progress.close();

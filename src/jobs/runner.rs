@@ -144,6 +144,11 @@ impl Runner {
         self.running_jobs().get(id)?.progress.snapshot()
     }
 
+    /// The throughput chart of a job running here, so far.
+    pub fn throughput(&self, id: &str) -> Option<Vec<crate::jobs::progress::Sample>> {
+        Some(self.running_jobs().get(id)?.progress.throughput())
+    }
+
     /// Jobs this process holds: running, or waiting for a slot.
     pub fn running_count(&self) -> usize {
         self.running_jobs().len()

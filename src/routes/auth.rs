@@ -46,7 +46,7 @@ async fn register(
     let body = body_or_error(body)?;
     let request: RegistrationRequest = serde_json::from_slice(&body)
         .map_err(|e| AuthError::InvalidRequest(format!("the body is not the expected JSON: {e}")))?;
-    let provider = registrations(&app).create(request).await?;
+    let crate::registrations::Registered { provider, warnings } = registrations(&app).create(request).await?;
     let from = crate::http_server::peer_key(&extensions);
     let actor = crate::audit::Actor::Admin(&from);
     crate::audit::record(
@@ -63,6 +63,8 @@ async fn register(
             "client_id": provider.client_id,
             "client_id_issued_at": provider.created_at,
             "token_endpoint": token_endpoint,
+            "name": provider.name,
+            "warnings": warnings,
         }))
         .into_response(),
     ))

@@ -38,12 +38,14 @@ async fn show(
     _admin: Admin,
     Path(id): Path<String>,
 ) -> Result<Response, AuthError> {
-    let mut body = job_views::show(&*app.job_context.store, &id, app.config.jobs_max_age)
+    // A job running here also shows what arrived so far, files in progress included.
+    let jobs = &app.job_context.jobs;
+    let running = jobs.progress(&id).map(|snapshot| job_views::Running {
+        snapshot,
+        throughput: jobs.throughput(&id).unwrap_or_default(),
+    });
+    let body = job_views::show(&*app.job_context.store, &id, app.config.jobs_max_age, running)
         .await?
         .ok_or_else(|| AuthError::NotFound(format!("no import job with id '{id}'")))?;
-    // A job running here also shows what arrived so far, files in progress included.
-    if let Some(received) = app.job_context.jobs.progress(&id).and_then(|s| s.received) {
-        body["live"] = job_views::live(&received);
-    }
     Ok(no_store(Json(body).into_response()))
 }

@@ -12,6 +12,8 @@ pub struct JobSummary {
     pub client_id: String,
     /// The registration's `aud`; `None` when the registration row is gone.
     pub provider_aud: Option<String>,
+    /// The registration's display name, if it has one.
+    pub provider_name: Option<String>,
     pub export_type: String,
     pub export_url: String,
     pub state: String,
@@ -31,7 +33,7 @@ pub struct JobSummary {
 }
 
 const SUMMARY_SELECT: &str = "
-    SELECT j.id, j.client_id, p.aud AS provider_aud, j.export_type, j.export_url, j.state,
+    SELECT j.id, j.client_id, p.aud AS provider_aud, p.name AS provider_name, j.export_type, j.export_url, j.state,
            j.progress, j.failure, j.created_at, j.completed_at,
            COUNT(f.idx) AS files_total,
            COALESCE(SUM(f.state != 'pending'), 0) AS files_finished,

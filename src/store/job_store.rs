@@ -25,6 +25,9 @@ pub trait JobStore: Send + Sync {
     async fn kickoff_started(&self, id: &str) -> Result<Option<i64>, StoreError>;
     async fn set_state(&self, id: &str, state: JobState) -> Result<(), StoreError>;
     async fn set_progress(&self, id: &str, progress: &str) -> Result<(), StoreError>;
+    /// The job's throughput chart (JSON), kept for the job page once the job ends.
+    async fn set_throughput(&self, id: &str, series: &str) -> Result<(), StoreError>;
+    async fn throughput(&self, id: &str) -> Result<Option<String>, StoreError>;
     async fn append_manifest(
         &self,
         job_id: &str,
@@ -125,6 +128,12 @@ impl JobStore for Store {
     }
     async fn set_progress(&self, id: &str, progress: &str) -> Result<(), StoreError> {
         Store::set_progress(self, id, progress).await
+    }
+    async fn set_throughput(&self, id: &str, series: &str) -> Result<(), StoreError> {
+        Store::set_throughput(self, id, series).await
+    }
+    async fn throughput(&self, id: &str) -> Result<Option<String>, StoreError> {
+        Store::throughput(self, id).await
     }
     async fn append_manifest(
         &self,

@@ -62,6 +62,7 @@ struct FileRow {
     outcome: Option<String>,
     provider_errors: i64,
     type_counts: Option<String>,
+    expected_resources: Option<i64>,
 }
 
 impl From<FileRow> for JobFile {
@@ -81,6 +82,7 @@ impl From<FileRow> for JobFile {
             outcome: r.outcome,
             provider_errors: r.provider_errors,
             type_counts: r.type_counts,
+            expected_resources: r.expected_resources,
         }
     }
 }
@@ -239,6 +241,23 @@ impl Store {
         Ok(())
     }
 
+    pub async fn set_throughput(&self, id: &str, series: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET throughput = ? WHERE id = ?")
+            .bind(series)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn throughput(&self, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar::<_, Option<String>>("SELECT throughput FROM jobs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .flatten())
+    }
+
     /// Add a manifest and its files to a job's plan, atomically (a restart never sees half of
     /// one), and move the job to `importing`; `close` closes the plan with it. The files' `idx`
     /// must continue the plan (start at its file count), else the plan changed since it was read.
@@ -294,8 +313,9 @@ impl Store {
             .await?;
         for f in files {
             sqlx::query(
-                "INSERT INTO job_files (job_id, idx, manifest_idx, kind, resource_type, url, requires_token, name, state)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+                "INSERT INTO job_files (job_id, idx, manifest_idx, kind, resource_type, url, requires_token, name, state,
+                                        expected_resources)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
             )
             .bind(job_id)
             .bind(f.idx)
@@ -305,6 +325,7 @@ impl Store {
             .bind(&f.url)
             .bind(f.requires_token)
             .bind(&f.name)
+            .bind(f.expected_resources)
             .execute(&mut *tx)
             .await?;
         }

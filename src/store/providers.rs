@@ -6,8 +6,8 @@ impl Store {
     pub async fn insert_provider(&self, p: &Provider) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO providers (client_id, consumer_client_id, aud, jwks, jwks_uri, scope, created_at, revoked_at,
-                                    token_origins, file_origins, token_endpoint)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                    token_origins, file_origins, token_endpoint, name)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&p.client_id)
         .bind(&p.consumer_client_id)
@@ -20,6 +20,7 @@ impl Store {
         .bind(&p.token_origins)
         .bind(&p.file_origins)
         .bind(&p.token_endpoint)
+        .bind(&p.name)
         .execute(self.pool())
         .await?;
         Ok(())

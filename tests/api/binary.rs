@@ -198,7 +198,7 @@ async fn imported_data_and_the_database_are_owner_only_under_umask_022_and_info_
         (data.join("bulk-import.sqlite"), 0o600),
         (jobs.clone(), 0o700),
         (jobs.join(id), 0o700),
-        (jobs.join(id).join("Patient.1.ndjson"), 0o600),
+        (jobs.join(id).join("p.ndjson"), 0o600),
     ];
     for extra in ["bulk-import.sqlite-wal", "bulk-import.sqlite-shm"] {
         if data.join(extra).exists() {
@@ -254,7 +254,11 @@ async fn after_kill_9_mid_import_a_restart_resumes_without_refetching_finished_f
     let mut names: Vec<String> =
         std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
-    assert_eq!(names, vec!["Observation.1.ndjson", "Observation.2.ndjson"], "no partial file is left");
+    assert_eq!(
+        names,
+        vec!["a.ndjson", "b.ndjson"],
+        "no partial file is left, and files keep the provider's names"
+    );
     for n in &names {
         assert_eq!(std::fs::read_to_string(out.join(n)).unwrap(), obs, "{n}: a missing or duplicated line");
     }
@@ -295,8 +299,7 @@ async fn a_connection_flood_under_a_low_open_file_limit_stops_neither_health_nor
     assert_eq!(body["extension"]["result"], "completed", "{body}");
     assert_eq!(body["extension"]["resources"], 500, "{body}");
     let id = pinged.status_url.rsplit('/').next().unwrap();
-    let stored =
-        std::fs::read_to_string(dir.path().join("jobs").join(id).join("Observation.1.ndjson")).unwrap();
+    let stored = std::fs::read_to_string(dir.path().join("jobs").join(id).join("a.ndjson")).unwrap();
     assert_eq!(stored, obs);
     assert!(log.contains("connection refused: over a cap"), "{log}");
     assert!(!log.contains("Too many open files"), "{log}");

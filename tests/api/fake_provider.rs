@@ -160,6 +160,8 @@ struct Inner {
     limiters: HashMap<&'static str, Limiter>,
     no_types: bool,
     wrong_counts: bool,
+    /// Each manifest entry says how many lines its file holds.
+    true_counts: bool,
     hide_discovery: bool,
     token_endpoint_override: Option<String>,
     reject_all_tokens: bool,
@@ -264,6 +266,10 @@ impl FakeProvider {
         self.with(|i| i.limiters.values().map(|l| l.refused).sum())
     }
     /// Manifest entries carry a `count` that is wrong (the reference server's race).
+    pub fn true_counts(&self) {
+        self.with(|i| i.true_counts = true);
+    }
+
     pub fn wrong_counts(&self) {
         self.with(|i| i.wrong_counts = true);
     }
@@ -496,6 +502,8 @@ impl FakeProvider {
                 };
                 if i.wrong_counts {
                     e["count"] = json!(999);
+                } else if i.true_counts {
+                    e["count"] = json!(f.bytes.iter().filter(|b| **b == b'\n').count());
                 }
                 e
             };

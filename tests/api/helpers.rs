@@ -51,6 +51,8 @@ pub fn test_config(dir: &Path) -> Config {
     c.limits.max_retries = 3;
     c.limits.status_error_budget = Duration::ZERO;
     c.reaper_interval = Duration::from_secs(3600);
+    // Tests find files by type and number; the default (the provider's own names) has its own.
+    c.download_file_name = "{resourceType}.{fileNumber}.ndjson".into();
     c
 }
 

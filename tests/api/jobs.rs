@@ -272,6 +272,66 @@ async fn a_long_file_shows_what_arrived_before_it_ends() {
 }
 
 #[tokio::test]
+async fn announced_counts_move_the_percentage_within_a_file_and_give_an_eta_types_and_a_chart() {
+    let app = spawn_app().await;
+    app.provider.true_counts();
+    app.provider.add_file("big.ndjson", "Observation", observations(2000));
+    app.provider.add_file("p.ndjson", "Patient", super::helpers::patients(3));
+    app.provider.hold_file("p.ndjson");
+    app.provider.fault_file("big.ndjson", vec![super::fake_provider::FileFault::StallHalfway(1500)]);
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    let (mut percent, mut status) = (0.0, String::new());
+    wait_until("the percentage moving before any file ends", async || {
+        let res = app.get_job(&id).await;
+        let header =
+            |n: &str| res.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        percent = header("x-progress").parse().unwrap_or(0.0);
+        status = header("x-status");
+        percent > 0.0
+    })
+    .await;
+    assert!(percent < 100.0 && status.contains("0 of 2 files done"), "{percent} {status}");
+    assert!(status.contains("of 2003 announced") && status.contains("left"), "{status}");
+    let page = app.admin_get(&format!("/admin/jobs/{id}")).await;
+    assert_eq!(page["expected_resources"], 2003, "{page}");
+    assert!(page["live"]["eta_secs"].as_f64().is_some(), "{page}");
+    let big = &page["files"][0];
+    assert_eq!(
+        (big["state"].as_str(), big["expected_resources"].as_i64()),
+        (Some("downloading"), Some(2000))
+    );
+    let so_far = big["resources"].as_i64().unwrap();
+    assert!(so_far > 0 && so_far < 2000, "the file shows how far it got: {big}");
+    let types = page["types"].as_array().unwrap();
+    let observation = types.iter().find(|t| t["resource_type"] == "Observation").expect("per type");
+    assert_eq!(
+        (observation["expected_resources"].as_i64(), observation["files_done"].as_i64()),
+        (Some(2000), Some(0))
+    );
+    assert_eq!(observation["resources"], big["resources"], "{page}");
+    assert!(!page["throughput"].as_array().unwrap().is_empty(), "the chart has its first point: {page}");
+
+    app.provider.release_files();
+    app.completed(&id).await;
+    let page = app.admin_get(&format!("/admin/jobs/{id}")).await;
+    let chart = page["throughput"].as_array().unwrap();
+    assert!(chart.len() >= 2, "the finished job keeps its chart: {page}");
+    let last = chart.last().unwrap();
+    assert_eq!(
+        (last["bytes"].as_i64(), last["resources"].as_i64()),
+        (page["bytes"].as_i64(), Some(2003)),
+        "{last}"
+    );
+    let types = page["types"].as_array().unwrap();
+    assert_eq!(types.len(), 2, "{page}");
+    assert!(
+        types.iter().all(|t| t["resources"] == t["expected_resources"] && t["files_done"] == 1),
+        "{page}"
+    );
+    assert!(page.get("live").is_none(), "{page}");
+}
+
+#[tokio::test]
 async fn a_cancelled_job_stays_listed_as_cancelled_and_its_poller_learns_so() {
     let app = spawn_app().await;
     app.provider.add_file("a.ndjson", "Observation", observations(3));

@@ -44,6 +44,7 @@ fn planned(app: &TestApp, name: &str, resource_type: &str) -> PlannedFile {
         resource_type: resource_type.into(),
         url: format!("{}/files/{name}", app.provider.base()),
         requires_token: true,
+        expected_resources: None,
     }
 }
 

@@ -27,6 +27,7 @@ fn provider(client_id: &str) -> Provider {
         token_origins: "[]".into(),
         file_origins: None,
         token_endpoint: None,
+        name: Some(format!("EHR {client_id}")),
     }
 }
 
@@ -63,6 +64,8 @@ fn file(job_id: &str, idx: i64, resource_type: &str) -> JobFile {
         outcome: None,
         provider_errors: 0,
         type_counts: None,
+        // Only some manifests give a count.
+        expected_resources: (idx % 2 == 1).then_some(idx * 10),
     }
 }
 
@@ -126,6 +129,11 @@ async fn a_plan_records_files_outcomes_and_totals(store: &dyn JobStore) {
     assert!(!store.complete_job("bb01", 103).await.unwrap(), "files are pending");
     let files = store.files("bb01").await.unwrap();
     assert_eq!(files.iter().map(|f| f.idx).collect::<Vec<_>>(), vec![0, 1, 2], "in plan order");
+    assert_eq!(
+        files.iter().map(|f| f.expected_resources).collect::<Vec<_>>(),
+        vec![None, Some(10), None],
+        "a manifest's count is kept, and its absence too"
+    );
     assert!(store.finish_file("bb01", 1, &done(7, "{\"o\":1}")).await.unwrap());
     assert!(store.finish_file("bb01", 0, &done(3, "{\"o\":0}")).await.unwrap());
     assert!(
