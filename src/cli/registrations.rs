@@ -70,6 +70,8 @@ enum RegisterError {
     Config(#[from] crate::config::ConfigError),
     #[error("cannot open the database")]
     Store(#[from] crate::store::StoreError),
+    #[error("cannot create {} owner-only", path.display())]
+    DataDir { path: PathBuf, source: std::io::Error },
     #[error("the registration was refused: {0}")]
     Refused(#[from] crate::registrations::RegistrationError),
     #[error("the registration request is not valid")]
@@ -149,7 +151,12 @@ async fn register_offline(body: Value, server: &str) -> Result<(Value, Remote), 
     dotenvy::dotenv().ok();
     let config = crate::config::Config::from_env()?;
     let request = serde_json::from_value(body).map_err(RegisterError::Request)?;
-    let store = crate::store::Store::open(&config.sqlite_path()).await?;
+    // Owner-only, as the server makes them: the database holds export and file URLs.
+    let db = config.sqlite_path();
+    crate::owner_only::dir(&config.data_dir)
+        .and_then(|()| crate::owner_only::file(&db))
+        .map_err(|source| RegisterError::DataDir { path: db.clone(), source })?;
+    let store = crate::store::Store::open(&db).await?;
     let registered = crate::registrations::create(&store, request).await?;
     let p = &registered.provider;
     crate::audit::record(

@@ -314,6 +314,32 @@ async fn registration_answers_the_reference_contract() {
     assert!(body["client_id"].as_str().unwrap().len() >= 32);
     assert!(body["client_id_issued_at"].is_i64());
     assert_eq!(body["token_endpoint"], format!("{}/auth/token", app.base));
+    assert_eq!(body["warnings"], json!([]), "a first registration of that URL warns of nothing");
+}
+
+#[tokio::test]
+async fn a_registration_has_a_display_name_and_one_repeating_a_url_and_key_is_warned_about() {
+    let app = spawn_app().await;
+    let body = json!({"jwks": app.public_jwks(), "consumer_client_id": "c2", "aud": app.provider.base(), "name": "  St. Mary's Epic "});
+    let res = app.register(&body).await;
+    assert_eq!(res.status(), 200);
+    let answer: Value = res.json().await.unwrap();
+    assert_eq!(answer["name"], "St. Mary's Epic");
+    let warnings = answer["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "the test app registered this key already: {answer}");
+    let text = warnings[0].as_str().unwrap();
+    assert!(text.contains(&app.client_id) && text.contains("provider-key-1"), "{text}");
+    let listed = app.admin_get("/auth/registrations").await;
+    let mine = listed["registrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["client_id"] == answer["client_id"])
+        .cloned();
+    assert_eq!(mine.unwrap()["name"], "St. Mary's Epic", "{listed}");
+    let res = app.register(&json!({"jwks_uri": "https://x.example/jwks", "consumer_client_id": "c", "aud": "https://x.example/fhir", "name": "x".repeat(101)})).await;
+    assert_eq!(res.status(), 400);
+    assert!(res.text().await.unwrap().contains("name"));
 }
 
 #[tokio::test]

@@ -105,3 +105,64 @@ fn keygen_writes_an_owner_only_pair_that_signs_verifiably_and_never_overwrites()
     assert_eq!(code, 1);
     assert!(err.contains("plain file name"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn register_offline_writes_into_the_database_before_any_server_ran_and_warns_of_a_repeat() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let (code, _, err) = run(dir.path(), &["keygen", "--out", "keys", "--name", "ehr"]);
+    assert_eq!(code, 0, "{err}");
+    let register = [
+        "register",
+        "--offline",
+        "--aud",
+        "https://ehr.example/fhir",
+        "--consumer-client-id",
+        "us-at-ehr",
+        "--jwks-file",
+        "keys/ehr.jwks.json",
+        "--name",
+        "St. Mary's",
+        "--json",
+    ];
+    let (code, out, err) = run(dir.path(), &register);
+    assert_eq!(code, 0, "{err}");
+    let first: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(first["warnings"], serde_json::json!([]));
+    let db = dir.path().join("data").join("bulk-import.sqlite");
+    assert_eq!(std::fs::metadata(&db).unwrap().permissions().mode() & 0o777, 0o600, "owner-only");
+
+    // Again, for people: the hand-off list, and a warning naming the first registration.
+    let (code, out, err) = run(dir.path(), &register[..register.len() - 1]);
+    assert_eq!(code, 0, "{err}");
+    let first_id = first["client_id"].as_str().unwrap();
+    assert!(out.contains("warning: registration") && out.contains(first_id), "{out}");
+    assert!(out.contains("http://127.0.0.1:3001/$import"), "{out}");
+
+    let store = bulk_import::store::Store::open(&db).await.unwrap();
+    let providers = store.providers().await.unwrap();
+    assert_eq!(providers.len(), 2);
+    assert!(providers
+        .iter()
+        .all(|p| p.name.as_deref() == Some("St. Mary's") && p.aud == "https://ehr.example/fhir"));
+    let trail = store.audit_events(10).await.unwrap();
+    assert!(
+        trail.iter().all(|e| e.actor.contains("command line") && e.action == "registration created"),
+        "{trail:?}"
+    );
+
+    let (code, _, err) = run(
+        dir.path(),
+        &[
+            "register",
+            "--offline",
+            "--aud",
+            "not a url",
+            "--consumer-client-id",
+            "x",
+            "--jwks-file",
+            "keys/ehr.jwks.json",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("aud"), "{err}");
+}
