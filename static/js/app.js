@@ -1,6 +1,7 @@
 // Entry point: hash routes to screens, the admin-credential gate, and the header's session state.
 // Hash routing keeps this a set of static files: any path the server does not know stays `/`.
 import { credential, whenCredentialRefused } from './api.js';
+import { screen as auditScreen, wireAudit } from './audit.js';
 import { askForCredential, screen as credentialScreen, wireCredentialForm } from './credential.js';
 import { $, showFlash, wireCopyButtons } from './dom.js';
 import { screen as infoScreen } from './info.js';
@@ -19,6 +20,7 @@ const routes = [
   [/^#\/registrations$/, registrationsScreen],
   [/^#\/keys$/, keysScreen],
   [/^#\/info$/, infoScreen],
+  [/^#\/audit$/, auditScreen],
 ];
 
 let current = null;
@@ -68,6 +70,7 @@ wireRegisterForm();
 wireRegistrations();
 wireKeys();
 wireJobPage();
+wireAudit();
 
 whenCredentialRefused((why) => {
   showSession();

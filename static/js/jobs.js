@@ -2,6 +2,7 @@
 // Both poll while shown. Rows are keyed and updated in place, so a focused link or button keeps
 // its focus across refreshes.
 import { api } from './api.js';
+import { summary as chartSummary, throughputChart } from './chart.js';
 import { $, alertBox, badge, confirmAction, durationText, flashNext, formatBytes, formatCount, h, setContent, setText, timeEl } from './dom.js';
 
 /** How often the screens refresh while shown. */
@@ -25,6 +26,17 @@ function poller(tick) {
       clearTimeout(timer);
     },
   };
+}
+
+/** The provider as people call it: its display name, else its URL. */
+const providerText = (job) => job.provider_name || job.provider_aud || '(registration removed)';
+
+/** "about 3 min 20 s left", from seconds. */
+function etaText(secs) {
+  const s = Math.ceil(secs);
+  const text = s >= 3600 ? `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`
+    : s >= 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s} s`;
+  return `about ${text} left`;
 }
 
 const finished = (job) => ['completed', 'completed-with-errors', 'failed', 'cancelled'].includes(job.state);
@@ -60,7 +72,7 @@ function jobCells(job) {
   const short = job.id.slice(0, 8);
   return [
     [h('a', { href: `#/jobs/${job.id}`, class: 'job-link', 'aria-label': `Job ${job.id}` }, h('code', {}, `${short}…`))],
-    [job.provider_aud || '(registration removed)', h('span', { class: 'sub' }, job.client_id)],
+    [providerText(job), h('span', { class: 'sub' }, job.provider_name ? job.provider_aud : job.client_id)],
     [job.export_type],
     [badge(job.state), job.status_text && !finished(job) ? h('span', { class: 'sub' }, job.status_text) : null],
     [progressCell(job, `Progress of job ${short}`)],
@@ -126,6 +138,10 @@ let jobId = null;
 let lastJob = null;
 
 const FILE_COLUMNS = ['#', 'Resource type', 'Name', 'URL', 'State', 'Resources', 'Bytes', 'Outcome'];
+
+/** "1,234 of 2,000" where the manifest gave a count. */
+const ofExpected = (n, expected) => (expected === null || expected === undefined
+  ? formatCount(n) : `${formatCount(n)} of ${formatCount(expected)}`);
 const FILE_CELL_CLASS = { Name: 'wrap', URL: 'wrap', Resources: 'num', Bytes: 'num', Outcome: 'wrap' };
 
 function fileCells(f) {
@@ -135,7 +151,7 @@ function fileCells(f) {
     [h('code', {}, f.name)],
     [f.url],
     [badge(f.state)],
-    [formatCount(f.resources)],
+    [ofExpected(f.resources, f.expected_resources)],
     [formatBytes(f.bytes)],
     [f.diagnostics ? h('span', { class: f.state === 'failed' ? 'error-text' : null }, f.diagnostics) : ''],
   ];
@@ -144,12 +160,17 @@ function fileCells(f) {
 function summaryPairs(job) {
   return [
     ['State', [badge(job.state), job.status_text && !finished(job) ? ` ${job.status_text}` : null]],
-    ['Provider', [job.provider_aud || '(registration removed)', h('span', { class: 'sub' }, `client_id ${job.client_id}`)]],
+    ['Provider', [providerText(job), job.provider_name ? h('span', { class: 'sub' }, job.provider_aud) : null,
+      h('span', { class: 'sub' }, `client_id ${job.client_id}`)]],
     ['Export', [job.export_type, ' ', h('code', {}, job.export_url)]],
     ['Files', [filesText(job)]],
-    ['Resources', [formatCount(job.resources)]],
+    ['Resources', [ofExpected(job.resources, job.expected_resources),
+      job.expected_resources !== null && job.expected_resources !== undefined ? h('span', { class: 'sub' }, 'files done, of what the manifests announced') : null]],
     ['Bytes', [formatBytes(job.bytes)]],
-    ...(job.live ? [['Received so far', [`${formatBytes(job.live.bytes)}, ${formatCount(job.live.resources)} resources, ${formatBytes(job.live.bytes_per_sec)}/s`, h('span', { class: 'sub' }, 'files still downloading included')]]] : []),
+    ...(job.live ? [['Received so far', [`${formatBytes(job.live.bytes)}, ${formatCount(job.live.resources)} resources, ${formatBytes(job.live.bytes_per_sec)}/s`,
+      h('span', { class: 'sub' }, `files still downloading included (${job.live.downloading} now)`)]]] : []),
+    ...(job.live && job.live.eta_secs !== null && job.live.eta_secs !== undefined
+      ? [['Time left', [etaText(job.live.eta_secs), h('span', { class: 'sub' }, 'at the rate so far, from the counts the manifests announced')]]] : []),
     ['Started', [timeEl(job.created_at)]],
     ['Finished', [job.finished_at ? timeEl(job.finished_at) : 'not yet',
       job.finished_at ? h('span', { class: 'sub' }, `took ${durationText(job.created_at, job.finished_at)}`) : null]],
@@ -171,6 +192,9 @@ function renderJob(job) {
     ? `No files: the job ${job.state} before the provider's export listed any.`
     : "No files yet: the provider's export has not listed any.");
 
+  renderChart(job.throughput || []);
+  renderTypes(job.types || []);
+
   const body = $('job-files').tBodies[0];
   const rows = new Map([...body.rows].map((tr) => [tr.dataset.index, tr]));
   for (const f of job.files) {
@@ -184,6 +208,28 @@ function renderJob(job) {
   }
   $('job-files-empty').hidden = job.files.length > 0;
   $('job-files').hidden = job.files.length === 0;
+}
+
+function renderChart(points) {
+  const svg = throughputChart(points);
+  $('job-chart-figure').hidden = !svg;
+  if (svg) $('job-chart').replaceChildren(svg);
+  setText($('job-chart-caption'), svg ? chartSummary(points) : '');
+}
+
+function renderTypes(types) {
+  const rows = types.map((t) => h(
+    'tr',
+    { 'data-type': t.resource_type },
+    h('td', { 'data-label': 'Resource type' }, t.resource_type),
+    h('td', { 'data-label': 'Files done', class: 'num' }, `${t.files_done} / ${t.files}`),
+    h('td', { 'data-label': 'Resources', class: 'num' }, formatCount(t.resources)),
+    h('td', { 'data-label': 'Announced', class: 'num' },
+      t.expected_resources === null || t.expected_resources === undefined ? h('span', { class: 'muted' }, 'not given') : formatCount(t.expected_resources)),
+  ));
+  setContent($('job-types').tBodies[0], rows);
+  $('job-types-empty').hidden = types.length > 0;
+  $('job-types').hidden = types.length === 0;
 }
 
 const jobPoller = poller(async () => {
@@ -218,6 +264,9 @@ export const jobPage = {
     $('job-id').textContent = id;
     $('job-body').hidden = true;
     $('job-files').tBodies[0].replaceChildren();
+    $('job-types').tBodies[0].replaceChildren();
+    $('job-chart').replaceChildren();
+    $('job-chart-figure').hidden = true;
     $('job-outcome-link').href = `/job/${id}/import-outcome.ndjson`;
     alertBox($('job-error'), '');
     jobPoller.start();

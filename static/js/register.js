@@ -1,7 +1,7 @@
 // Client registration (POST /auth/register): validate each field where the person typed it, send,
 // and show the client_id and token endpoint, or the server's reason next to the field it concerns.
 import { api } from './api.js';
-import { $, alertBox, fieldError } from './dom.js';
+import { $, alertBox, fieldError, h } from './dom.js';
 
 // JWK members that only a private key has; such a key must never leave the provider.
 const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'k'];
@@ -89,6 +89,7 @@ function fieldFor(message) {
   if (/^file_origins/.test(message)) return 'reg-file-origins';
   if (/^token_endpoint/.test(message)) return 'reg-token-endpoint';
   if (/^aud:|'aud'|base URL/.test(message)) return 'reg-aud';
+  if (/^name:/.test(message)) return 'reg-name';
   return null;
 }
 
@@ -149,6 +150,8 @@ export function wireRegisterForm() {
     else body.jwks_uri = $('reg-jwks-uri').value.trim();
     const scope = $('reg-scope').value.trim();
     if (scope) body.scope = scope;
+    const name = $('reg-name').value.trim();
+    if (name) body.name = name;
     const origins = (id) => $(id).value.split(/[\s,]+/).filter(Boolean);
     if (origins('reg-token-origins').length) body.token_origins = origins('reg-token-origins');
     if (origins('reg-file-origins').length) body.file_origins = origins('reg-file-origins');
@@ -165,6 +168,10 @@ export function wireRegisterForm() {
       const base = result.token_endpoint.replace(/\/auth\/token$/, '');
       $('result-import-url').textContent = `${base}/$import`;
       $('result-jwks-url').textContent = `${base}/jwks`;
+      // Allowed, but usually a registration made twice: say so where it cannot be missed.
+      const warnings = result.warnings || [];
+      $('register-warnings').replaceChildren(...warnings.map((w) => h('p', {}, `Warning: ${w}`)));
+      $('register-warnings').hidden = warnings.length === 0;
       $('register-form').reset();
       showSource();
       $('register-form').hidden = true;

@@ -15,11 +15,11 @@ function row(r) {
   const action = revoked
     ? ''
     : h('button', { type: 'button', class: 'small danger', 'data-revoke': r.client_id }, 'Revoke');
-  if (action) action.setAttribute('aria-label', `Revoke the registration of ${r.aud}`);
+  if (action) action.setAttribute('aria-label', `Revoke the registration of ${r.name || r.aud}`);
   return h(
     'tr',
     { 'data-client-id': r.client_id },
-    h('td', { 'data-label': 'Provider', class: 'wrap' }, r.aud,
+    h('td', { 'data-label': 'Provider', class: 'wrap' }, r.name ? [h('strong', {}, r.name), h('span', { class: 'sub' }, r.aud)] : r.aud,
       h('span', { class: 'sub' }, `our id there: ${r.consumer_client_id}`),
       h('span', { class: 'sub' }, `token endpoint: ${r.token_endpoint_in_use || 'not discovered yet'}`),
       r.token_origins && r.token_origins.length

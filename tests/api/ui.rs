@@ -1,7 +1,8 @@
 //! The browser UI end to end in real headless Chromium (Debian's `chromium` and `chromium-driver`,
 //! which `scripts/setup.sh` installs): credential prompt, key generator, registration, a running
-//! and a finished import on the dashboard, the job page and its delete, registrations and revoke,
-//! server info. A screenshot of each screen goes to `target/ui-screenshots/`. The test fails, never
+//! import whose progress moves before its first file ends (per file, per type, the ETA and the
+//! throughput chart), a finished one, the job page and its delete, a cancelled and a failed job,
+//! the audit trail, registrations and revoke, server info. A screenshot of each screen goes to `target/ui-screenshots/`. The test fails, never
 //! skips, when the browser or its driver is missing, and fails on any browser console error.
 use std::{
     path::{Path, PathBuf},
@@ -19,6 +20,7 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
+use super::fake_provider::FileFault;
 use super::helpers::{observations, patients, ping, sign_assertion, spawn_app, TestApp, ADMIN_TOKEN};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -117,8 +119,9 @@ struct Shots {
 impl Shots {
     fn new() -> Self {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("ui-screenshots");
+        // Only this run's shots: a renamed screen leaves no stale picture behind.
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let _ = std::fs::remove_file(dir.join("failure.png"));
         Self { dir }
     }
 
@@ -273,6 +276,7 @@ async fn flow(c: &Client, app: &TestApp, shots: &Shots) -> Result<()> {
     shots.take(c, "03-register-validation").await?;
     type_into(c, "#reg-aud", &app.provider.base()).await?;
     type_into(c, "#reg-consumer", "consumer-at-fake").await?;
+    type_into(c, "#reg-name", "Test EHR").await?;
     let mut without_kid: Value = serde_json::from_str(&jwks_text)?;
     without_kid["keys"][0].as_object_mut().context("the form holds a JWKS")?.remove("kid");
     type_into(c, "#reg-jwk", &without_kid["keys"][0].to_string()).await?;
@@ -309,40 +313,63 @@ async fn flow(c: &Client, app: &TestApp, shots: &Shots) -> Result<()> {
     );
     shots.take(c, "05-registered").await?;
 
-    // An import by the provider just registered, held half-way so the dashboard shows it running.
+    // An import by the provider just registered. The manifest announces each file's count, the
+    // first file stalls half-way and the second is held, so the job page shows progress moving
+    // before any file has ended, then the dashboard shows the job half done.
+    app.provider.true_counts();
     app.provider.add_file("o.ndjson", "Observation", observations(20));
     app.provider.add_file("p.ndjson", "Patient", patients(10));
+    app.provider.fault_file("o.ndjson", vec![FileFault::StallHalfway(6000)]);
     app.provider.hold_file("p.ndjson");
     let job_id = import_as(app, &private, &client_id).await?;
     nav(c, "jobs", "screen-jobs").await?;
     let row = format!("#jobs-table tr[data-job-id='{job_id}']");
-    wait_text(c, &row, "50 %").await?;
     wait_text(c, &row, "importing").await?;
-    shots.take(c, "06-jobs-importing").await?;
+    wait_text(c, &row, "Test EHR").await?;
+    click(c, &format!("{row} a")).await?;
+    find(c, "#job-files tr[data-index='0'][data-state=downloading]").await?;
+    wait_text(c, "#job-summary", "Time left").await?;
+    let label = wait_text(c, "#job-progress-label", "done").await?;
+    ensure!(!label.starts_with("0 %"), "progress moves before the first file ends: {label}");
+    wait_text(c, "#job-files tr[data-index='0']", "of 20").await?;
+    wait_text(c, "#job-types tr[data-type=Observation]", "20").await?;
+    find(c, "#job-chart svg.throughput").await?;
+    shots.take(c, "06-job-live").await?;
+    nav(c, "jobs", "screen-jobs").await?;
+    wait_text(c, &row, "50 %").await?;
+    shots.take(c, "07-jobs-importing").await?;
     app.provider.release_files();
     find(c, &format!("{row}[data-state=completed]")).await?;
     let text = wait_text(c, &row, "100 %").await?;
     for expected in ["static", "2 / 2", "30", &app.provider.base()] {
         ensure!(text.contains(expected), "dashboard row lacks {expected:?}: {text}");
     }
-    shots.take(c, "07-jobs-completed").await?;
+    shots.take(c, "08-jobs-completed").await?;
     c.set_window_size(PHONE.0, PHONE.1).await?;
-    shots.take(c, "08-jobs-phone").await?;
+    shots.take(c, "09-jobs-phone").await?;
     c.set_window_size(DESKTOP.0, DESKTOP.1).await?;
 
-    // Job page: per-file outcomes; Escape keeps the job, confirming deletes it.
+    // Job page: per-file outcomes, per-type totals, the chart kept; Escape keeps the job,
+    // confirming deletes it.
     click(c, &format!("{row} a")).await?;
     find(c, "#screen-job:not([hidden])").await?;
-    wait_text(c, "#job-files tr[data-index='0']", "20 resources").await?;
-    wait_text(c, "#job-files tr[data-index='1']", "10 resources").await?;
+    wait_text(c, "#job-files tr[data-index='0']", "20 of 20").await?;
+    wait_text(c, "#job-files tr[data-index='1']", "10 of 10").await?;
+    wait_text(c, "#job-types tr[data-type=Patient]", "1 / 1").await?;
     wait_text(c, "#job-summary", "completed").await?;
     // How long it took, and times with their zone.
     wait_text(c, "#job-summary", "took ").await?;
     wait_text(c, "#job-summary", "Kept until").await?;
-    shots.take(c, "09-job").await?;
+    let chart = find(c, "#job-chart svg.throughput").await?;
+    ensure!(
+        chart.attr("aria-label").await?.unwrap_or_default().contains("peak"),
+        "the chart says what it shows"
+    );
+    wait_text(c, "#job-chart-caption", "average").await?;
+    shots.take(c, "10-job").await?;
     click(c, "#job-delete").await?;
     find(c, "dialog#confirm-dialog[open]").await?;
-    shots.take(c, "10-job-delete-confirm").await?;
+    shots.take(c, "11-job-delete-confirm").await?;
     answer_dialog(c, false).await?;
     ensure!(app.get_job(&job_id).await.status() == 200, "Escape must keep the job");
     click(c, "#job-delete").await?;
@@ -352,13 +379,48 @@ async fn flow(c: &Client, app: &TestApp, shots: &Shots) -> Result<()> {
     wait_gone(c, &row).await?;
     ensure!(app.get_job(&job_id).await.status() == 404, "the job is gone");
 
+    // A cancelled job stays listed as cancelled, and its poller is told so.
+    app.provider.hold_file("p.ndjson");
+    let cancelled = import_as(app, &private, &client_id).await?;
+    c.goto(&format!("{}/#/jobs/{cancelled}", app.base)).await?;
+    find(c, "#job-cancel:not([hidden])").await?;
+    click(c, "#job-cancel").await?;
+    answer_dialog(c, true).await?;
+    wait_text(c, "#job-summary", "cancelled").await?;
+    find(c, "#job-cancel[hidden]").await?;
+    shots.take(c, "12-job-cancelled").await?;
+    ensure!(app.get_job(&cancelled).await.status() == 410, "the provider's poll learns it was cancelled");
+    app.provider.release_files();
+
+    // A failed job: its reason in words, in a row of normal height, and on its page.
+    app.provider.reject_all_tokens();
+    let failed = import_as(app, &private, &client_id).await?;
+    nav(c, "jobs", "screen-jobs").await?;
+    let failed_row = format!("#jobs-table tr[data-job-id='{failed}']");
+    find(c, &format!("{failed_row}[data-state=failed]")).await?;
+    wait_text(c, &failed_row, "401").await?;
+    let (_, _, _, height) = find(c, &failed_row).await?.rectangle().await?;
+    ensure!(height < 200.0, "a failure's text keeps the row short: {height} px");
+    click(c, &format!("{failed_row} a")).await?;
+    wait_text(c, "#job-summary", "Failure").await?;
+    wait_text(c, "#job-summary", "401").await?;
+    wait_text(c, "#job-files-empty", "failed before").await?;
+    shots.take(c, "13-job-failed").await?;
+
+    // The audit trail names the registration, the cancel and the delete.
+    nav(c, "audit", "screen-audit").await?;
+    for action in ["registration created", "job cancelled", "job deleted", "ping accepted"] {
+        wait_text(c, "#audit-table", action).await?;
+    }
+    shots.take(c, "14-audit").await?;
+
     // Registrations: the browser-made registration, then revoke it.
     nav(c, "registrations", "screen-registrations").await?;
     let reg_row = format!("#registrations-table tr[data-client-id='{client_id}']");
     wait_text(c, &reg_row, &kid).await?;
     wait_text(c, &reg_row, "1 inline key").await?;
     wait_text(c, &reg_row, &format!("token also to: {}", app.provider.alt_origin())).await?;
-    shots.take(c, "11-registrations").await?;
+    shots.take(c, "15-registrations").await?;
     click(c, &format!("{reg_row} button[data-revoke]")).await?;
     answer_dialog(c, true).await?;
     wait_text(c, &reg_row, "revoked").await?;
@@ -367,7 +429,7 @@ async fn flow(c: &Client, app: &TestApp, shots: &Shots) -> Result<()> {
     nav(c, "info", "screen-info").await?;
     wait_text(c, "#info-list", "Token Endpoint").await?;
     wait_text(c, "#info-list", &format!("{}/auth/token", app.base)).await?;
-    shots.take(c, "12-server-info").await?;
+    shots.take(c, "16-server-info").await?;
 
     let unexpected = console_errors(c, &[]).await?;
     ensure!(unexpected.is_empty(), "console errors: {unexpected:?}");
