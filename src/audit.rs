@@ -52,7 +52,8 @@ pub async fn record(
     }
 }
 
-/// Events kept; older ones go as new ones come, so a flood of refusals only rotates the trail.
+/// Events kept of each class (refused pings, and everything else); older ones go as new ones
+/// come, so a flood of refusals only rotates the refusals.
 pub const MAX_AUDIT_EVENTS: i64 = 10_000;
 
 /// Longest detail kept (a refusal's reason).

@@ -273,3 +273,13 @@ pub struct AuditEvent {
     pub subject: Option<String>,
     pub detail: Option<String>,
 }
+
+/// The action of a ping refused (unauthenticated callers can cause as many as they like).
+pub const PING_REFUSED: &str = "ping refused";
+
+impl AuditEvent {
+    /// Refused pings are kept apart, so their number never pushes other events out.
+    pub fn is_refusal(&self) -> bool {
+        self.action == PING_REFUSED
+    }
+}

@@ -93,7 +93,9 @@ async fn import(
     };
     match &result {
         Ok((_, job)) => audit::record(&app.store, actor, "ping accepted", Some(&shown_id(job)), None).await,
-        Err(e) => audit::record(&app.store, actor, "ping refused", None, Some(&e.to_string())).await,
+        Err(e) => {
+            audit::record(&app.store, actor, crate::domain::PING_REFUSED, None, Some(&e.to_string())).await
+        }
     }
     result.map(|(res, _)| res)
 }

@@ -6,21 +6,29 @@ use crate::domain::AuditEvent;
 type AuditRow = (i64, String, String, Option<String>, Option<String>);
 
 impl Store {
-    /// Add an event and keep only the newest `keep`.
+    /// Add an event and keep only the newest `keep` of its class (refused pings, or the rest).
     pub async fn record_audit(&self, e: &AuditEvent, keep: i64) -> Result<(), StoreError> {
+        let refusal = e.is_refusal();
         let mut tx = self.pool().begin().await?;
-        sqlx::query("INSERT INTO audit_events (at, action, actor, subject, detail) VALUES (?, ?, ?, ?, ?)")
-            .bind(e.at)
-            .bind(&e.action)
-            .bind(&e.actor)
-            .bind(&e.subject)
-            .bind(&e.detail)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM audit_events WHERE id <= (SELECT MAX(id) FROM audit_events) - ?")
-            .bind(keep)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO audit_events (at, action, actor, subject, detail, refusal) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(e.at)
+        .bind(&e.action)
+        .bind(&e.actor)
+        .bind(&e.subject)
+        .bind(&e.detail)
+        .bind(refusal)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM audit_events WHERE refusal = ?1 AND id IN
+               (SELECT id FROM audit_events WHERE refusal = ?1 ORDER BY id DESC LIMIT -1 OFFSET ?2)",
+        )
+        .bind(refusal)
+        .bind(keep)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -321,6 +321,26 @@ async fn the_audit_trail_keeps_the_newest_events(log: &dyn AuditLog) {
     let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(actions, ["action 4", "action 3", "action 2"], "newest first, only `keep` kept");
     assert_eq!(log.audit_events(1).await.unwrap().len(), 1);
+
+    // A flood of refused pings rotates only the refusals.
+    for n in 0..10 {
+        let refused = AuditEvent {
+            at: 800 + n,
+            action: bulk_import::domain::PING_REFUSED.into(),
+            actor: "unauthenticated caller from 192.0.2.1".into(),
+            subject: None,
+            detail: Some(format!("bad token {n}")),
+        };
+        log.record_audit(&refused, 3).await.unwrap();
+    }
+    let events = log.audit_events(10).await.unwrap();
+    let shown: Vec<String> =
+        events.iter().map(|e| e.detail.clone().unwrap_or_else(|| e.action.clone())).collect();
+    assert_eq!(
+        shown,
+        ["bad token 9", "bad token 8", "bad token 7", "action 4", "action 3", "action 2"],
+        "the other events outlive the flood"
+    );
 }
 
 /// The whole suite, in order (later steps use earlier ones' rows).
