@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         Command::Audit(args) => remote(cli::registrations::audit(args)),
         Command::Cancel(args) => remote(cli::jobs::cancel(args)),
         Command::Delete(args) => remote(cli::jobs::delete(args)),
+        Command::Provide(args) => remote(cli::provide::run(args)),
     }
     .code()
 }

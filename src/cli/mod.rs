@@ -4,6 +4,7 @@
 pub mod jobs;
 pub mod keygen;
 pub mod ping;
+pub mod provide;
 pub mod registrations;
 pub mod remote;
 
@@ -40,6 +41,8 @@ pub enum Command {
     Cancel(jobs::DeleteArgs),
     /// Delete a job and its files (cancelling it if it runs).
     Delete(jobs::DeleteArgs),
+    /// Serve a directory of NDJSON files as a static Bulk Data export, to import your own test data.
+    Provide(provide::Args),
 }
 
 /// How a command ended, as the process exit code tells it.

@@ -166,3 +166,40 @@ async fn register_offline_writes_into_the_database_before_any_server_ran_and_war
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("aud"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provide_serves_a_directory_as_a_static_export_that_imports_byte_for_byte() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::TempDir::new().unwrap();
+    let patients = super::helpers::patients(4);
+    let observations = super::helpers::observations(6);
+    std::fs::write(dir.path().join("patients.ndjson"), &patients).unwrap();
+    std::fs::write(dir.path().join("obs.ndjson"), &observations).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bulk-import"))
+        .args(["provide", ".", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line());
+    let manifest_url = read.await.expect("the manifest URL, printed first").unwrap().unwrap();
+    let base = manifest_url.trim_end_matches("/manifest.json").to_string();
+    let manifest: Value = reqwest::get(&manifest_url).await.unwrap().json().await.unwrap();
+    assert_eq!(manifest["output"][0]["type"], "Observation", "{manifest}");
+    assert_eq!(
+        (manifest["output"][0]["count"].as_u64(), manifest["output"][1]["count"].as_u64()),
+        (Some(6), Some(4))
+    );
+
+    let mut app = super::helpers::spawn_app().await;
+    app.reregister(serde_json::json!({ "aud": base })).await;
+    let id = app.start_import(&manifest_url, "static").await;
+    let done = app.completed(&id).await;
+    assert_eq!(done["extension"]["resources"], 10, "{done}");
+    assert_eq!(app.read(&id, "Patient.1.ndjson"), patients);
+    assert_eq!(app.read(&id, "Observation.1.ndjson"), observations);
+    let _ = child.kill().await;
+}
