@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the system packages building and running need (listed below), only when they are
 # missing; with --tests also the browser the UI test drives (Debian's chromium and
-# chromium-driver). Safe to run repeatedly.
+# chromium-driver) and the PostgreSQL server the tests start throw-away clusters of. Safe to run
+# repeatedly.
 set -euo pipefail
 
 tests=false
@@ -21,6 +22,8 @@ done
 if $tests; then
   dpkg -s chromium >/dev/null 2>&1 || missing+=(chromium)
   dpkg -s chromium-driver >/dev/null 2>&1 || missing+=(chromium-driver)
+  # The server's programs only: the tests run initdb/pg_ctl themselves (tests/api/postgres.rs).
+  dpkg -s postgresql >/dev/null 2>&1 || missing+=(postgresql)
 fi
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"

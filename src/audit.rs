@@ -60,9 +60,13 @@ pub const MAX_AUDIT_EVENTS: i64 = 10_000;
 const MAX_DETAIL_CHARS: usize = 500;
 
 /// The newest events, as the admin API and the CLI show them.
-pub async fn recent(log: &dyn AuditLog, limit: i64) -> Result<Vec<Value>, crate::store::StoreError> {
+pub async fn recent(
+    log: &dyn AuditLog,
+    class: crate::domain::AuditClass,
+    limit: i64,
+) -> Result<Vec<Value>, crate::store::StoreError> {
     Ok(log
-        .audit_events(limit)
+        .audit_events_of(class, limit)
         .await?
         .into_iter()
         .map(|e| {

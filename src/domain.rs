@@ -131,7 +131,7 @@ pub struct JobFile {
 pub fn expected_resources<'a>(files: impl IntoIterator<Item = &'a JobFile>) -> Option<u64> {
     let mut data =
         files.into_iter().filter(|f| f.kind == FileKind::Output && f.state != FileState::Withdrawn);
-    data.try_fold(0u64, |sum, f| Some(sum + f.expected_resources?.max(0) as u64))
+    data.try_fold(0u64, |sum, f| Some(sum.saturating_add(f.expected_resources?.max(0) as u64)))
 }
 
 /// Counts for the status endpoint.
@@ -272,6 +272,15 @@ pub struct AuditEvent {
     pub actor: String,
     pub subject: Option<String>,
     pub detail: Option<String>,
+}
+
+/// Which audit events a reader asks for: refused pings come in floods, so they can be left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuditClass {
+    #[default]
+    All,
+    RefusedPings,
+    AllButRefusedPings,
 }
 
 /// The action of a ping refused (unauthenticated callers can cause as many as they like).

@@ -99,7 +99,8 @@ fn per_type(files: &[JobFile], in_flight: &HashMap<i64, InFlight>) -> Value {
         t.files += 1;
         t.done += i64::from(f.state == FileState::Done);
         t.announced &= f.expected_resources.is_some();
-        t.expected = Some(t.expected.unwrap_or(0) + f.expected_resources.unwrap_or(0).max(0) as u64);
+        t.expected =
+            Some(t.expected.unwrap_or(0).saturating_add(f.expected_resources.unwrap_or(0).max(0) as u64));
         match (f.state, f.type_counts.as_deref()) {
             (FileState::Done, Some(json)) => {
                 let counts: BTreeMap<String, i64> = serde_json::from_str(json).unwrap_or_default();

@@ -1,4 +1,4 @@
-//! Binary shim: read the command line; serving loads `.env`, starts tracing, builds the app and
+//! Binary shim: load `.env`, read the command line; serving starts tracing, builds the app and
 //! runs it until a signal.
 use std::process::ExitCode;
 
@@ -10,10 +10,13 @@ use bulk_import::{
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Settings in `.env` reach the commands too (DATA_DIR, ADMIN_TOKEN, BULK_IMPORT_URL); a missing
+    // `.env` is normal: every variable has an embedded default. Reading it creates nothing.
+    let env_file = dotenvy::dotenv().ok();
     // `--help`, `--version` and usage errors end here (exit 0 or 2), before anything is created.
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(),
+        Command::Serve => serve(env_file),
         Command::Keygen(args) => cli::keygen::run(args),
         Command::Register(args) => remote(cli::registrations::register(args)),
         Command::Registrations(args) => remote(cli::registrations::list(args)),
@@ -36,12 +39,12 @@ fn remote(command: impl std::future::Future<Output = Outcome>) -> Outcome {
     }
 }
 
-fn serve() -> Outcome {
+fn serve(env_file: Option<std::path::PathBuf>) -> Outcome {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => return cli::report(&e),
     };
-    match runtime.block_on(run_server()) {
+    match runtime.block_on(run_server(env_file)) {
         Ok(()) => Outcome::Done,
         Err(e) => {
             // Logged too: a service manager shows the log, a terminal shows both.
@@ -52,9 +55,7 @@ fn serve() -> Outcome {
     }
 }
 
-async fn run_server() -> anyhow::Result<()> {
-    // A missing .env is normal: every variable has an embedded default.
-    let env_file = dotenvy::dotenv().ok();
+async fn run_server(env_file: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     telemetry::init_tracing();
     if let Some(path) = env_file {
         tracing::info!(path = %path.display(), "loaded environment file");

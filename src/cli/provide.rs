@@ -8,8 +8,15 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use axum::{routing::get, Json, Router};
+use axum::{
+    extract::{Path as UrlPath, Request},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
 use serde_json::{json, Value};
+use tower::ServiceExt;
 
 use super::{report, Outcome};
 
@@ -68,15 +75,34 @@ async fn serve(args: &Args) -> Result<(), ProvideError> {
         files.len(),
         args.dir.display(),
     );
-    let app = Router::new()
-        .route("/manifest.json", get(move || async move { Json(manifest) }))
-        .nest_service("/files", tower_http::services::ServeDir::new(&args.dir));
+    // Only the files listed: nothing else under DIR (dotfiles, subdirectories) is reachable.
+    let listed: std::sync::Arc<std::collections::HashMap<String, PathBuf>> =
+        std::sync::Arc::new(files.iter().map(|f| (f.name.clone(), args.dir.join(&f.name))).collect());
+    let app = Router::new().route("/manifest.json", get(move || async move { Json(manifest) })).route(
+        "/files/{name}",
+        get(move |name: UrlPath<String>, req: Request| serve_file(listed.clone(), name.0, req)),
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await
         .map_err(ProvideError::Serve)
+}
+
+/// One listed file, streamed from disk (with ranges and conditional requests, as a file host does).
+async fn serve_file(
+    listed: std::sync::Arc<std::collections::HashMap<String, PathBuf>>,
+    name: String,
+    req: Request,
+) -> Response {
+    let Some(path) = listed.get(&name) else {
+        return (StatusCode::NOT_FOUND, "not a file of this export").into_response();
+    };
+    match tower_http::services::ServeFile::new(path).oneshot(req).await {
+        Ok(res) => res.into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }
 
 /// The `.ndjson` files of `dir`, by name, each read once to count its lines.
@@ -119,11 +145,25 @@ fn list(dir: &Path) -> Result<Vec<Listed>, ProvideError> {
         .collect()
 }
 
+/// `base/files/<name>`, the name percent-encoded as one path segment (`#`, `?`, `%` and spaces
+/// are allowed in file names).
+fn file_url(base: &str, name: &str) -> String {
+    match url::Url::parse(base) {
+        Ok(mut url) => {
+            if let Ok(mut segments) = url.path_segments_mut() {
+                segments.pop_if_empty().push("files").push(name);
+            }
+            url.to_string()
+        }
+        Err(_) => format!("{base}/files/{name}"),
+    }
+}
+
 fn manifest(base: &str, files: &[Listed]) -> Value {
     let output: Vec<Value> = files
         .iter()
         .map(|f| {
-            let mut entry = json!({ "url": format!("{base}/files/{}", f.name), "count": f.count });
+            let mut entry = json!({ "url": file_url(base, &f.name), "count": f.count });
             if let Some(t) = &f.resource_type {
                 entry["type"] = json!(t);
             }
@@ -164,6 +204,10 @@ mod tests {
             json!({"type": "Patient", "url": "http://127.0.0.1:1/files/b.ndjson", "count": 2})
         );
         assert!(m["output"][0].get("type").is_none());
+        assert_eq!(
+            file_url("http://127.0.0.1:1", "a b#?%.ndjson"),
+            "http://127.0.0.1:1/files/a%20b%23%3F%25.ndjson"
+        );
         let empty = tempfile::TempDir::new().unwrap();
         assert!(matches!(list(empty.path()), Err(ProvideError::Empty(_))));
     }

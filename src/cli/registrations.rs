@@ -116,7 +116,7 @@ async fn try_register(args: &RegisterArgs) -> Result<String, RegisterError> {
         }
     }
     let (answer, remote) = if args.offline {
-        register_offline(body, &args.admin.server.server).await?
+        register_offline(body, &args.admin.server.server, &args.admin.data_dir).await?
     } else {
         let remote = Remote::admin(&args.admin)?;
         let req = remote.request(reqwest::Method::POST, "/auth/register").json(&body);
@@ -147,9 +147,14 @@ async fn try_register(args: &RegisterArgs) -> Result<String, RegisterError> {
 /// Register straight into the database a server on this machine uses (it may be running: SQLite
 /// takes the write between its own). The answer has the endpoint's shape; URLs are PUBLIC_URL's,
 /// else `--server`'s.
-async fn register_offline(body: Value, server: &str) -> Result<(Value, Remote), RegisterError> {
-    dotenvy::dotenv().ok();
-    let config = crate::config::Config::from_env()?;
+async fn register_offline(
+    body: Value,
+    server: &str,
+    data_dir: &std::path::Path,
+) -> Result<(Value, Remote), RegisterError> {
+    let mut config = crate::config::Config::from_env()?;
+    // `--data-dir`, else DATA_DIR (from the environment or `.env`, which main loaded).
+    config.data_dir = data_dir.to_path_buf();
     let request = serde_json::from_value(body).map_err(RegisterError::Request)?;
     // Owner-only, as the server makes them: the database holds export and file URLs.
     let db = config.sqlite_path();
@@ -218,6 +223,9 @@ pub async fn list(args: ListArgs) -> Outcome {
 pub struct AuditArgs {
     #[command(flatten)]
     admin: AdminArgs,
+    /// Which events: all, refused (refused pings only) or others (all but refused pings).
+    #[arg(long, default_value = "all", value_parser = ["all", "refused", "others"])]
+    kind: String,
     /// Print the server's answer as JSON.
     #[arg(long)]
     json: bool,
@@ -227,7 +235,8 @@ pub struct AuditArgs {
 pub async fn audit(args: AuditArgs) -> Outcome {
     let run = async {
         let remote = Remote::admin(&args.admin)?;
-        remote.json(remote.request(reqwest::Method::GET, "/admin/audit")).await
+        let path = format!("/admin/audit?kind={}", args.kind);
+        remote.json(remote.request(reqwest::Method::GET, &path)).await
     };
     match run.await {
         Ok(answer) if args.json => {

@@ -13,11 +13,15 @@ pub struct ManifestFile {
     pub count: Option<i64>,
 }
 
-/// A `count` that is not a non-negative integer is ignored, not a reason to refuse the manifest:
+/// Largest `count` believed: more resources than any export holds, small enough that any number of
+/// them adds up without overflow.
+const MAX_COUNT: i64 = 1_000_000_000_000;
+
+/// A `count` that is not a non-negative integer (or is past belief) is ignored, not a reason to refuse the manifest:
 /// it only feeds progress estimates.
 fn lenient_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     let v = serde_json::Value::deserialize(d)?;
-    Ok(v.as_i64().filter(|n| *n >= 0))
+    Ok(v.as_i64().filter(|n| (0..=MAX_COUNT).contains(n)))
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -190,7 +190,7 @@ pub async fn import_file(
         let fetch = Fetch { client, url, auth, file, t, cancel };
         let result = if file.kind == FileKind::Error {
             let mut report = ProviderReport::default();
-            let mut meter = FileMeter::new(job_bytes, &client.limits, file.idx);
+            let mut meter = FileMeter::new(job_bytes, &client.limits, file.idx).not_data();
             match stream_into(&fetch, Sink::Report(&mut report), &mut meter).await {
                 Ok(_) => Ok(FileResult::reported(file, report)),
                 Err(e) => Err(e),
@@ -201,6 +201,7 @@ pub async fn import_file(
             match destination.open(target).await {
                 Ok(writer) => {
                     let meter = FileMeter::new(job_bytes, &client.limits, file.idx);
+                    let meter = if file.kind == FileKind::Output { meter } else { meter.not_data() };
                     attempt_file(&fetch, writer, meter).await
                 }
                 Err(e) => Err(AttemptError::Job(e.into())),

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::fhir::manifest::FileKind;
 use crate::jobs::context::JobContext;
 use crate::jobs::download::{self, FileResult};
 use crate::jobs::error::JobError;
@@ -50,9 +51,15 @@ async fn import_files(work: Work<'_>) -> Result<(), JobError> {
     let files = ctx.store.files(id).await?;
     let done = || files.iter().filter(|f| f.state == FileState::Done);
     let stored: u64 = done().map(|f| f.bytes.max(0) as u64).sum();
-    let resources: u64 = done().map(|f| f.resources.max(0) as u64).sum();
+    // Data files only: the lines of error and deleted files are not the export's resources.
+    let resources: u64 =
+        done().filter(|f| f.kind == FileKind::Output).map(|f| f.resources.max(0) as u64).sum();
     let job_bytes =
         Arc::new(JobBytes::new(ctx.config.limits.max_job_bytes, stored).with_resources(resources));
+    // A resumed job's chart goes on from the points its earlier runs kept.
+    if let Some(json) = ctx.store.throughput(id).await? {
+        progress.resume_chart(serde_json::from_str(&json).unwrap_or_default());
+    }
     progress.watch(job_bytes.clone());
     // On a job error the downloads are cancelled, and every task is awaited before the job
     // returns: none may still write when the job's files are removed.
@@ -123,10 +130,13 @@ async fn import_files(work: Work<'_>) -> Result<(), JobError> {
                     Err(e) => Err(JobError::Internal(format!("a download task stopped: {e}"))),
                     Ok((file, Ok(r))) => {
                         in_flight.remove(&file.idx);
-                        record_file(ctx, &record, &file, r).await
+                        let recorded = record_file(ctx, &record, &file, r).await;
+                        job_bytes.recorded(file.idx);
+                        recorded
                     }
                     Ok((file, Err(e))) => {
                         in_flight.remove(&file.idx);
+                        job_bytes.recorded(file.idx);
                         Err(e)
                     }
                 };

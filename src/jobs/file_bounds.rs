@@ -68,6 +68,11 @@ impl JobBytes {
             .collect()
     }
 
+    /// The file's result is in the store: it is no longer downloading.
+    pub fn recorded(&self, idx: i64) {
+        self.files().remove(&idx);
+    }
+
     fn files(&self) -> std::sync::MutexGuard<'_, BTreeMap<i64, Arc<FileLive>>> {
         self.in_flight.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -118,6 +123,9 @@ pub struct FileMeter<'a> {
     window_start: Instant,
     window_bytes: u64,
     kept: bool,
+    /// Whether this file's resources count toward the job's (data files do; the lines of error
+    /// and deleted files are not the export's resources).
+    counts_for_job: bool,
 }
 
 impl<'a> FileMeter<'a> {
@@ -138,7 +146,14 @@ impl<'a> FileMeter<'a> {
             window_start: Instant::now(),
             window_bytes: 0,
             kept: false,
+            counts_for_job: true,
         }
+    }
+
+    /// An error or deleted file: its lines show on its own row only, not in the job's resources.
+    pub fn not_data(mut self) -> Self {
+        self.counts_for_job = false;
+        self
     }
 
     /// The body begins now: time spent before (retries, waits, the provider's time to answer)
@@ -178,9 +193,11 @@ impl<'a> FileMeter<'a> {
     /// Count resources validated in this attempt (for live progress).
     pub fn resources(&mut self, n: u64) {
         if n > 0 {
-            self.job.resources.fetch_add(n, Ordering::Relaxed);
+            if self.counts_for_job {
+                self.job.resources.fetch_add(n, Ordering::Relaxed);
+                self.counted += n;
+            }
             self.live.resources.fetch_add(n, Ordering::Relaxed);
-            self.counted += n;
         }
     }
 
@@ -192,12 +209,15 @@ impl<'a> FileMeter<'a> {
 
 impl Drop for FileMeter<'_> {
     fn drop(&mut self) {
-        let mut files = self.job.files();
-        // A later attempt at the same file may have registered already.
-        if files.get(&self.idx).is_some_and(|f| Arc::ptr_eq(f, &self.live)) {
-            files.remove(&self.idx);
+        // A stored file stays listed until the engine has recorded it (`recorded`), so a poll
+        // in between never shows it back at nothing. A later attempt at the same file may have
+        // registered already.
+        if !self.kept {
+            let mut files = self.job.files();
+            if files.get(&self.idx).is_some_and(|f| Arc::ptr_eq(f, &self.live)) {
+                files.remove(&self.idx);
+            }
         }
-        drop(files);
         if !self.kept {
             self.job.give_back(self.taken);
             self.job.resources.fetch_sub(self.counted, Ordering::Relaxed);
@@ -254,8 +274,19 @@ mod tests {
         );
         a.keep();
         drop(b);
-        assert!(job.in_flight().is_empty(), "a stored or failed attempt is no longer in flight");
+        assert_eq!(job.in_flight().len(), 1, "a failed attempt is gone, a stored one stays until recorded");
+        job.recorded(3);
+        assert!(job.in_flight().is_empty());
         assert_eq!((job.bytes(), job.resources()), (40, 2));
+    }
+
+    #[test]
+    fn lines_of_error_and_deleted_files_are_not_the_jobs_resources() {
+        let job = JobBytes::new(1000, 0);
+        let mut deleted = FileMeter::new(&job, &limits(), 0).not_data();
+        deleted.resources(4);
+        assert_eq!(job.resources(), 0);
+        assert_eq!(job.in_flight()[0].resources, 4, "its own row still shows them");
     }
 
     #[test]

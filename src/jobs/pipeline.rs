@@ -92,8 +92,8 @@ async fn run_job(ctx: JobContext, id: String, handles: JobHandles, lease: Lease)
                 return;
             }
             Err(JobError::Cancelled) => {
-                progress.close();
                 Recorder { store: &*ctx.store, id: &id, progress: &progress }.keep_throughput().await;
+                progress.close();
                 tracing::info!("job stopped");
                 if !ctx.jobs.shutdown.is_cancelled() {
                     // What the release needs is read now: a DELETE removes the job right after.

@@ -100,6 +100,10 @@ impl Series {
             }
         }
         self.points.push(sample);
+        self.thin();
+    }
+
+    fn thin(&mut self) {
         if self.points.len() > MAX_SAMPLES {
             // The first point stays: the chart always starts where the import began.
             let mut n = 0;
@@ -156,6 +160,14 @@ impl Progress {
         self.sample();
     }
 
+    /// Start the chart from the points an earlier run of the job kept.
+    pub fn resume_chart(&self, points: Vec<Sample>) {
+        let mut series = self.2.lock().unwrap_or_else(PoisonError::into_inner);
+        for p in points {
+            series.push(p);
+        }
+    }
+
     /// Add a point to the throughput chart (no more often than its spacing).
     pub fn sample(&self) {
         let Some((bytes, resources)) = self
@@ -192,7 +204,10 @@ impl Progress {
             Some(last) if series.points.len() > 1 && sample.at_ms - last.at_ms < series.every_ms => {
                 *series.points.last_mut().expect("not empty") = sample;
             }
-            _ => series.points.push(sample),
+            _ => {
+                series.points.push(sample);
+                series.thin();
+            }
         }
     }
 

@@ -28,8 +28,29 @@ async fn list(State(app): State<AppState>, _admin: Admin) -> Result<Response, Au
 /// Events shown by `GET /admin/audit`, newest first.
 const AUDIT_PAGE: i64 = 200;
 
-async fn audit_trail(State(app): State<AppState>, _admin: Admin) -> Result<Response, AuthError> {
-    let events = crate::audit::recent(&app.store, AUDIT_PAGE).await?;
+/// `?kind=refused` (only refused pings) or `?kind=others` (all but them); all by default.
+#[derive(Debug, serde::Deserialize)]
+struct AuditQuery {
+    kind: Option<String>,
+}
+
+async fn audit_trail(
+    State(app): State<AppState>,
+    _admin: Admin,
+    axum::extract::Query(q): axum::extract::Query<AuditQuery>,
+) -> Result<Response, AuthError> {
+    use crate::domain::AuditClass;
+    let class = match q.kind.as_deref() {
+        None | Some("" | "all") => AuditClass::All,
+        Some("refused") => AuditClass::RefusedPings,
+        Some("others") => AuditClass::AllButRefusedPings,
+        Some(other) => {
+            return Err(AuthError::InvalidRequest(format!(
+                "kind must be all, refused or others, not '{other}'"
+            )))
+        }
+    };
+    let events = crate::audit::recent(&app.store, class, AUDIT_PAGE).await?;
     Ok(no_store(Json(json!({ "events": events })).into_response()))
 }
 

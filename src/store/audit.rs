@@ -1,6 +1,6 @@
 //! The audit trail in SQLite, the newest events kept.
 use super::{Store, StoreError};
-use crate::domain::AuditEvent;
+use crate::domain::{AuditClass, AuditEvent};
 
 /// at, action, actor, subject, detail.
 type AuditRow = (i64, String, String, Option<String>, Option<String>);
@@ -35,9 +35,25 @@ impl Store {
 
     /// The newest `limit` events, newest first.
     pub async fn audit_events(&self, limit: i64) -> Result<Vec<AuditEvent>, StoreError> {
+        self.audit_events_of(AuditClass::All, limit).await
+    }
+
+    /// The newest `limit` events of a class, newest first.
+    pub async fn audit_events_of(
+        &self,
+        class: AuditClass,
+        limit: i64,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let only = match class {
+            AuditClass::All => None,
+            AuditClass::RefusedPings => Some(true),
+            AuditClass::AllButRefusedPings => Some(false),
+        };
         let rows: Vec<AuditRow> = sqlx::query_as(
-            "SELECT at, action, actor, subject, detail FROM audit_events ORDER BY id DESC LIMIT ?",
+            "SELECT at, action, actor, subject, detail FROM audit_events
+             WHERE ?1 IS NULL OR refusal = ?1 ORDER BY id DESC LIMIT ?2",
         )
+        .bind(only)
         .bind(limit)
         .fetch_all(self.pool())
         .await?;

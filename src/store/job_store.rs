@@ -6,8 +6,8 @@ use async_trait::async_trait;
 
 use super::{dashboard::JobSummary, leases::Renewal, Store, StoreError};
 use crate::domain::{
-    Admission, Appended, AuditEvent, FileCounts, FileTotals, FinishedFile, Job, JobCaps, JobFile, JobState,
-    PlanManifest, Provider,
+    Admission, Appended, AuditClass, AuditEvent, FileCounts, FileTotals, FinishedFile, Job, JobCaps, JobFile,
+    JobState, PlanManifest, Provider,
 };
 
 /// Jobs: their plans, files and leases.
@@ -69,6 +69,7 @@ pub trait JobStore: Send + Sync {
 pub trait AuditLog: Send + Sync {
     async fn record_audit(&self, event: &AuditEvent, keep: i64) -> Result<(), StoreError>;
     async fn audit_events(&self, limit: i64) -> Result<Vec<AuditEvent>, StoreError>;
+    async fn audit_events_of(&self, class: AuditClass, limit: i64) -> Result<Vec<AuditEvent>, StoreError>;
 }
 
 #[async_trait]
@@ -78,6 +79,9 @@ impl AuditLog for Store {
     }
     async fn audit_events(&self, limit: i64) -> Result<Vec<AuditEvent>, StoreError> {
         Store::audit_events(self, limit).await
+    }
+    async fn audit_events_of(&self, class: AuditClass, limit: i64) -> Result<Vec<AuditEvent>, StoreError> {
+        Store::audit_events_of(self, class, limit).await
     }
 }
 

@@ -20,7 +20,7 @@ function row(e) {
 
 async function load() {
   try {
-    const { events } = await api('/admin/audit', { admin: true });
+    const { events } = await api(`/admin/audit?kind=${encodeURIComponent($('audit-kind').value)}`, { admin: true });
     alertBox($('audit-error'), '');
     $('audit-empty').hidden = events.length > 0;
     $('audit-table').hidden = events.length === 0;
@@ -41,4 +41,5 @@ export const screen = {
 
 export function wireAudit() {
   $('audit-refresh').addEventListener('click', load);
+  $('audit-kind').addEventListener('change', load);
 }

@@ -14,8 +14,11 @@ function poller(tick) {
   let generation = 0;
   return {
     start() {
+      // A restart (after a cancel, say) replaces the loop: its pending timer must not fire a tick.
+      clearTimeout(timer);
       const mine = ++generation;
       const run = async () => {
+        if (mine !== generation) return;
         const again = await tick();
         if (mine === generation && again !== false) timer = setTimeout(run, POLL_MS);
       };
@@ -136,6 +139,7 @@ export const dashboard = {
 
 let jobId = null;
 let lastJob = null;
+let finishedPolls = 0;
 
 const FILE_COLUMNS = ['#', 'Resource type', 'Name', 'URL', 'State', 'Resources', 'Bytes', 'Outcome'];
 
@@ -234,13 +238,20 @@ function renderTypes(types) {
 
 const jobPoller = poller(async () => {
   const id = jobId;
+  if (!id) return false;
   try {
     const job = await api(`/admin/jobs/${id}`, { admin: true });
     if (id !== jobId) return false;
     alertBox($('job-error'), '');
     renderJob(job);
-    // A finished job no longer changes.
-    return !finished(job);
+    // A finished job no longer changes, but what it kept last (its chart) may land a moment after
+    // its final state: one more look, then stop.
+    if (!finished(job)) {
+      finishedPolls = 0;
+      return true;
+    }
+    finishedPolls += 1;
+    return finishedPolls < 2;
   } catch (e) {
     if (e.handled) return false;
     if (e.status === 404) {
@@ -261,6 +272,7 @@ export const jobPage = {
   enter(id) {
     jobId = id;
     lastJob = null;
+    finishedPolls = 0;
     $('job-id').textContent = id;
     $('job-body').hidden = true;
     $('job-files').tBodies[0].replaceChildren();

@@ -165,6 +165,13 @@ async fn register_offline_writes_into_the_database_before_any_server_ran_and_war
     );
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("aud"), "{err}");
+
+    // `--data-dir` says where the database is.
+    let mut elsewhere = register[..register.len() - 1].to_vec();
+    elsewhere.extend(["--data-dir", "other"]);
+    let (code, _, err) = run(dir.path(), &elsewhere);
+    assert_eq!(code, 0, "{err}");
+    assert!(dir.path().join("other").join("bulk-import.sqlite").exists());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -174,7 +181,8 @@ async fn provide_serves_a_directory_as_a_static_export_that_imports_byte_for_byt
     let patients = super::helpers::patients(4);
     let observations = super::helpers::observations(6);
     std::fs::write(dir.path().join("patients.ndjson"), &patients).unwrap();
-    std::fs::write(dir.path().join("obs.ndjson"), &observations).unwrap();
+    std::fs::write(dir.path().join("obs #1.ndjson"), &observations).unwrap();
+    std::fs::write(dir.path().join(".env"), "SECRET=1").unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bulk-import"))
         .args(["provide", ".", "--listen", "127.0.0.1:0"])
         .current_dir(dir.path())
@@ -193,6 +201,8 @@ async fn provide_serves_a_directory_as_a_static_export_that_imports_byte_for_byt
         (manifest["output"][0]["count"].as_u64(), manifest["output"][1]["count"].as_u64()),
         (Some(6), Some(4))
     );
+    let unlisted = reqwest::get(format!("{base}/files/.env")).await.unwrap();
+    assert_eq!(unlisted.status(), 404, "only the listed files are served");
 
     let mut app = super::helpers::spawn_app().await;
     app.reregister(serde_json::json!({ "aud": base })).await;

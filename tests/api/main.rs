@@ -14,6 +14,7 @@ mod listener;
 mod load;
 mod metrics;
 mod plan;
+mod postgres;
 mod provider_bounds;
 mod pull;
 mod real_providers;

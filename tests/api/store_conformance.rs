@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use bulk_import::{
     domain::{
-        Admission, Appended, AuditEvent, FileState, FinishedFile, Job, JobCaps, JobFile, JobState, Provider,
+        Admission, Appended, AuditClass, AuditEvent, FileState, FinishedFile, Job, JobCaps, JobFile,
+        JobState, Provider,
     },
     fhir::{manifest::FileKind, parameters::ExportType},
     store::{
@@ -341,6 +342,12 @@ async fn the_audit_trail_keeps_the_newest_events(log: &dyn AuditLog) {
         ["bad token 9", "bad token 8", "bad token 7", "action 4", "action 3", "action 2"],
         "the other events outlive the flood"
     );
+    let only = |class| async move {
+        let events = log.audit_events_of(class, 10).await.unwrap();
+        events.iter().map(|e| e.action.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(only(AuditClass::RefusedPings).await, vec![bulk_import::domain::PING_REFUSED; 3]);
+    assert_eq!(only(AuditClass::AllButRefusedPings).await, ["action 4", "action 3", "action 2"]);
 }
 
 /// The whole suite, in order (later steps use earlier ones' rows).

@@ -319,7 +319,7 @@ async fn flow(c: &Client, app: &TestApp, shots: &Shots) -> Result<()> {
     app.provider.true_counts();
     app.provider.add_file("o.ndjson", "Observation", observations(20));
     app.provider.add_file("p.ndjson", "Patient", patients(10));
-    app.provider.fault_file("o.ndjson", vec![FileFault::StallHalfway(6000)]);
+    app.provider.fault_file("o.ndjson", vec![FileFault::StallHalfway(10_000)]);
     app.provider.hold_file("p.ndjson");
     let job_id = import_as(app, &private, &client_id).await?;
     nav(c, "jobs", "screen-jobs").await?;
@@ -412,6 +412,11 @@ async fn flow(c: &Client, app: &TestApp, shots: &Shots) -> Result<()> {
     for action in ["registration created", "job cancelled", "job deleted", "ping accepted"] {
         wait_text(c, "#audit-table", action).await?;
     }
+    // The refused pings alone, then back to everything.
+    find(c, "#audit-kind").await?.select_by_value("refused").await?;
+    find(c, "#audit-empty:not([hidden])").await?;
+    find(c, "#audit-kind").await?.select_by_value("all").await?;
+    wait_text(c, "#audit-table", "ping accepted").await?;
     shots.take(c, "14-audit").await?;
 
     // Registrations: the browser-made registration, then revoke it.
