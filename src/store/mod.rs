@@ -5,6 +5,7 @@ pub mod dashboard;
 pub mod job_store;
 pub mod jobs;
 pub mod leases;
+pub mod postgres;
 pub mod providers;
 
 use std::{path::Path, time::Duration};

@@ -137,6 +137,16 @@ fn uid_of(user: &str) -> u32 {
 }
 
 #[tokio::test]
+async fn registrations_and_the_audit_trail_pass_the_store_conformance_suite_on_postgres() {
+    let pg = PgCluster::start();
+    let store = bulk_import::store::postgres::PgStore::open(&pg.url()).await.expect("opens and migrates");
+    super::store_conformance::registrations_are_kept_listed_and_revoked(&store).await;
+    super::store_conformance::the_audit_trail_keeps_the_newest_events(&store).await;
+    // Opening again finds the schema in place.
+    bulk_import::store::postgres::PgStore::open(&pg.url()).await.expect("migrations run once");
+}
+
+#[tokio::test]
 async fn a_throw_away_cluster_starts_on_loopback_answers_and_has_skip_locked() {
     let pg = PgCluster::start();
     let pool = tokio::time::timeout(Duration::from_secs(20), sqlx::PgPool::connect(&pg.url()))

@@ -1,5 +1,6 @@
 //! The store conformance suite: what the engine relies on of any `JobStore` and
-//! `RegistrationStore`, run against every backend (SQLite today).
+//! `RegistrationStore`, run against every backend: SQLite whole; PostgreSQL so far for
+//! registrations and the audit trail (`tests/api/postgres.rs`).
 use std::time::Duration;
 
 use bulk_import::{
@@ -81,10 +82,11 @@ fn done(resources: i64, outcome: &str) -> FinishedFile<'_> {
     }
 }
 
-async fn registrations_are_kept_listed_and_revoked(store: &dyn RegistrationStore) {
+pub async fn registrations_are_kept_listed_and_revoked(store: &dyn RegistrationStore) {
     store.insert_provider(&provider("p1")).await.unwrap();
     store.insert_provider(&provider("p2")).await.unwrap();
-    assert_eq!(store.provider("p1").await.unwrap().unwrap().aud, "https://ehr.example/fhir");
+    let p1 = store.provider("p1").await.unwrap().unwrap();
+    assert_eq!((p1.aud.as_str(), p1.name.as_deref()), ("https://ehr.example/fhir", Some("EHR p1")));
     assert_eq!(store.providers().await.unwrap().len(), 2);
     assert!(store.revoke_provider("p2", 2_000).await.unwrap());
     assert!(!store.revoke_provider("nobody", 2_000).await.unwrap());
@@ -307,7 +309,7 @@ async fn leases_are_claimed_fenced_and_cancelled(store: &dyn JobStore) {
     );
 }
 
-async fn the_audit_trail_keeps_the_newest_events(log: &dyn AuditLog) {
+pub async fn the_audit_trail_keeps_the_newest_events(log: &dyn AuditLog) {
     for n in 0..5 {
         let event = AuditEvent {
             at: 700 + n,
