@@ -283,6 +283,17 @@ pub enum AuditClass {
     AllButRefusedPings,
 }
 
+impl AuditClass {
+    /// The stored `refusal` flag the class selects; `None` for every event.
+    pub fn refusal(self) -> Option<bool> {
+        match self {
+            AuditClass::All => None,
+            AuditClass::RefusedPings => Some(true),
+            AuditClass::AllButRefusedPings => Some(false),
+        }
+    }
+}
+
 /// The action of a ping refused (unauthenticated callers can cause as many as they like).
 pub const PING_REFUSED: &str = "ping refused";
 

@@ -170,17 +170,20 @@ impl Progress {
 
     /// Add a point to the throughput chart (no more often than its spacing).
     pub fn sample(&self) {
-        let Some((bytes, resources)) = self
-            .1
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map(|c| (c.counters.bytes(), c.counters.resources()))
-        else {
-            return;
-        };
-        let at_ms = crate::time_util::now_unix_ms();
-        self.2.lock().unwrap_or_else(PoisonError::into_inner).push(Sample { at_ms, bytes, resources });
+        if let Some(sample) = self.current() {
+            self.2.lock().unwrap_or_else(PoisonError::into_inner).push(sample);
+        }
+    }
+
+    /// Where the counters stand now; `None` before the import began here.
+    fn current(&self) -> Option<Sample> {
+        let counters = self.1.lock().unwrap_or_else(PoisonError::into_inner);
+        let c = counters.as_ref()?;
+        Some(Sample {
+            at_ms: crate::time_util::now_unix_ms(),
+            bytes: c.counters.bytes(),
+            resources: c.counters.resources(),
+        })
     }
 
     /// The chart as stored with the job when it ends, a last point included.
@@ -191,14 +194,7 @@ impl Progress {
 
     /// A point now, whatever the spacing (the job's last).
     fn sample_now(&self) {
-        let counters = self.1.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(c) = counters.as_ref() else { return };
-        let sample = Sample {
-            at_ms: crate::time_util::now_unix_ms(),
-            bytes: c.counters.bytes(),
-            resources: c.counters.resources(),
-        };
-        drop(counters);
+        let Some(sample) = self.current() else { return };
         let mut series = self.2.lock().unwrap_or_else(PoisonError::into_inner);
         match series.points.last() {
             Some(last) if series.points.len() > 1 && sample.at_ms - last.at_ms < series.every_ms => {

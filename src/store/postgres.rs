@@ -121,16 +121,11 @@ impl AuditLog for PgStore {
     }
 
     async fn audit_events_of(&self, class: AuditClass, limit: i64) -> Result<Vec<AuditEvent>, StoreError> {
-        let only = match class {
-            AuditClass::All => None,
-            AuditClass::RefusedPings => Some(true),
-            AuditClass::AllButRefusedPings => Some(false),
-        };
         let rows: Vec<AuditRow> = sqlx::query_as(
             "SELECT at, action, actor, subject, detail FROM audit_events
              WHERE $1::boolean IS NULL OR refusal = $1 ORDER BY id DESC LIMIT $2",
         )
-        .bind(only)
+        .bind(class.refusal())
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;

@@ -1,7 +1,7 @@
 // The job page's throughput chart: an SVG drawn from the samples the server keeps for the job
 // (cumulative bytes at moments, GET /admin/jobs/{id} `throughput`). No library, no canvas, so it
 // scales with the page and reads as text to assistive technology.
-import { durationText, formatBytes } from './dom.js';
+import { formatBytes, secondsText } from './dom.js';
 
 const SVG = 'http://www.w3.org/2000/svg';
 const WIDTH = 600;
@@ -34,7 +34,7 @@ export function summary(points) {
   const peak = Math.max(...r.map((p) => p.rate));
   const span = (last.at_ms - first.at_ms) / 1000;
   const average = span > 0 ? (last.bytes - first.bytes) / span : 0;
-  const took = durationText(new Date(first.at_ms).toISOString(), new Date(last.at_ms).toISOString());
+  const took = secondsText(span);
   return `Throughput over ${took}: peak ${formatBytes(Math.round(peak))}/s, average ${formatBytes(Math.round(average))}/s.`;
 }
 
@@ -66,7 +66,7 @@ export function throughputChart(points) {
   svg.append(el('line', { x1: PAD.left, x2: WIDTH - PAD.right, y1: base, y2: base, class: 'axis' }));
   svg.append(el('text', { x: PAD.left, y: 14, class: 'label' }, `peak ${formatBytes(Math.round(peak))}/s`));
   svg.append(el('text', { x: PAD.left, y: HEIGHT - 6, class: 'label' }, '0'));
-  const took = durationText(new Date(t0).toISOString(), new Date(t0 + span).toISOString());
+  const took = secondsText(span / 1000);
   svg.append(el('text', { x: WIDTH - PAD.right, y: HEIGHT - 6, class: 'label end' }, took));
   return svg;
 }

@@ -73,7 +73,12 @@ export function timeEl(value) {
 
 // "3 min 12 s" between two instants (ISO strings), for how long a job took.
 export function durationText(from, to) {
-  const secs = Math.max(0, Math.round((new Date(to) - new Date(from)) / 1000));
+  return secondsText((new Date(to) - new Date(from)) / 1000);
+}
+
+// "3 min 12 s" for a number of seconds (rounded; negative reads as 0).
+export function secondsText(seconds) {
+  const secs = Math.max(0, Math.round(seconds));
   if (Number.isNaN(secs)) return '';
   const hours = Math.floor(secs / 3600);
   const mins = Math.floor((secs % 3600) / 60);

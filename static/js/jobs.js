@@ -3,7 +3,7 @@
 // its focus across refreshes.
 import { api } from './api.js';
 import { summary as chartSummary, throughputChart } from './chart.js';
-import { $, alertBox, badge, confirmAction, durationText, flashNext, formatBytes, formatCount, h, setContent, setText, timeEl } from './dom.js';
+import { $, alertBox, badge, confirmAction, durationText, flashNext, formatBytes, formatCount, h, secondsText, setContent, setText, timeEl } from './dom.js';
 
 /** How often the screens refresh while shown. */
 const POLL_MS = 1500;
@@ -35,12 +35,7 @@ function poller(tick) {
 const providerText = (job) => job.provider_name || job.provider_aud || '(registration removed)';
 
 /** "about 3 min 20 s left", from seconds. */
-function etaText(secs) {
-  const s = Math.ceil(secs);
-  const text = s >= 3600 ? `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`
-    : s >= 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s} s`;
-  return `about ${text} left`;
-}
+const etaText = (secs) => `about ${secondsText(Math.ceil(secs))} left`;
 
 const finished = (job) => ['completed', 'completed-with-errors', 'failed', 'cancelled'].includes(job.state);
 const percentText = (job) => `${Number(job.progress_percent).toFixed(job.progress_percent % 1 ? 1 : 0)} %`;
