@@ -6,13 +6,18 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    auth::{failure_limit::AuthFailures, jwks_cache::JwksCache, keys::Keys, provider_token::ProviderTokens},
+    auth::{
+        failure_limit::AuthFailures,
+        jwks_cache::JwksCache,
+        keys::{KeyVault, Keys},
+        provider_token::ProviderTokens,
+    },
     config::Config,
     http_client, http_server, instance_id,
-    jobs::{context::JobContext, reaper, request_budget::RequestBudget, resume, runner::Runner},
+    jobs::{context::JobContext, reaper, request_budget::RequestBudget, resume, runner::Runner, takeover},
     owner_only, routes,
     state::AppState,
-    store::Store,
+    store::backend::Stores,
 };
 
 /// How long shutdown waits for running jobs to stop (they resume on the next start).
@@ -28,18 +33,33 @@ pub struct App {
 
 impl App {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        // Owner-only whatever the umask: the database holds export and file URLs, JOBS_PATH the
-        // imported health data. SQLite gives its -wal and -shm files the database file's mode.
+        // Owner-only whatever the umask: DATA_DIR holds keys (and SQLite's database), JOBS_PATH
+        // the imported health data.
         owner_only::dir(&config.data_dir)
             .with_context(|| format!("cannot create DATA_DIR {}", config.data_dir.display()))?;
         owner_only::dir(&config.jobs_path)
             .with_context(|| format!("cannot create JOBS_PATH {}", config.jobs_path.display()))?;
-        let keys = Arc::new(Keys::load_or_generate(&config).context("loading keys")?);
-        owner_only::file(&config.sqlite_path())
-            .with_context(|| format!("cannot create the database {}", config.sqlite_path().display()))?;
-        let store = Store::open(&config.sqlite_path())
-            .await
-            .with_context(|| format!("opening the database {}", config.sqlite_path().display()))?;
+        // Keys first on one machine (a full disk then names the key file, and leaves no database
+        // behind); a shared database first, as the keys may be kept in it.
+        let open_stores = || async {
+            Stores::open(&config.database)
+                .await
+                .with_context(|| format!("opening the database ({})", config.database.describe()))
+        };
+        let (stores, keys) = if config.database.is_shared() {
+            let stores = open_stores().await?;
+            let vault = match &stores.secrets {
+                Some(shared) => KeyVault::Database(&**shared),
+                None => KeyVault::Files(&config.data_dir),
+            };
+            let keys = Keys::load(&config, vault).await.context("loading keys")?;
+            (stores, keys)
+        } else {
+            let keys =
+                Keys::load(&config, KeyVault::Files(&config.data_dir)).await.context("loading keys")?;
+            (open_stores().await?, keys)
+        };
+        let keys = Arc::new(keys);
         let outbound = Arc::new(
             http_client::Outbound::new(&config.limits, config.dns_overrides.clone())
                 .context("building the HTTP client")?,
@@ -72,8 +92,9 @@ impl App {
             request_budget: Arc::new(RequestBudget::new(config.limits.provider_requests_per_minute)),
             outbound,
             config: config.clone(),
-            store: Arc::new(store.clone()),
-            providers: Arc::new(store.clone()),
+            store: stores.jobs.clone(),
+            providers: stores.registrations.clone(),
+            exclusive: stores.exclusive.clone(),
             http: http.clone(),
             destination,
             jobs,
@@ -83,7 +104,9 @@ impl App {
             jwks: Arc::new(JwksCache::new(config.limits.jwks_fetch_timeout, config.limits.jwks_min_refetch)),
             auth_failures: Arc::new(AuthFailures::new(config.limits.max_auth_failures)),
             config,
-            store,
+            registrations: stores.registrations,
+            audit: stores.audit,
+            replay: stores.replay,
             http,
             keys,
             job_context,
@@ -117,9 +140,18 @@ impl App {
             // for another server that trusts the same key could be replayed here.
             tracing::warn!("PUBLIC_URL is not set: our URLs and the token audience come from each request's Host header; set PUBLIC_URL in production");
         }
+        if state.config.database.is_shared()
+            && matches!(state.config.destination, crate::destination::DestinationKind::TmpFs)
+        {
+            // A job taken over by another replica would write to that replica's disk.
+            tracing::warn!("DATABASE_URL is shared by replicas but DESTINATION_TYPE is tmp-fs: each replica writes to its own disk; use s3 when several replicas run");
+        }
+        tracing::info!(database = %state.config.database.describe(), owner = %state.job_context.jobs.owner, "state");
         resume::resume_unfinished(&state.job_context).await?;
         let jobs = state.job_context.jobs.clone();
         jobs.tracker.spawn(reaper::run(state.job_context.clone()));
+        // Jobs whose process stopped renewing their lease (or never got to them) are taken up.
+        jobs.tracker.spawn(takeover::run(state.job_context.clone()));
 
         let router = routes::router(state.clone());
         let stop = shutdown.clone();

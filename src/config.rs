@@ -22,6 +22,11 @@ pub const MAX_JOBS_ID_LENGTH: usize = 64;
 /// Minutes a finished job (and its files) is kept.
 pub const DEFAULT_JOBS_MAX_AGE_MINUTES: f64 = 1440.0;
 pub const DEFAULT_REAPER_INTERVAL_SECS: f64 = 60.0;
+/// Seconds a job's lease lasts without a heartbeat (renewed every third of it): how long a
+/// crashed replica's jobs wait before another takes them over.
+pub const DEFAULT_LEASE_SECS: u64 = 30;
+/// The shortest lease: the database's clock counts whole seconds, and three heartbeats must fit.
+pub const MIN_LEASE_SECS: u64 = 3;
 pub const DEFAULT_JSON_CONTENT_TYPES: &str = "application/json,application/fhir+json,application/json+fhir";
 /// Minutes an access token we issue stays valid.
 pub const DEFAULT_ACCESS_TOKEN_EXPIRE_MINUTES: f64 = 5.0;
@@ -154,6 +159,10 @@ pub struct Config {
     /// Serve the browser UI from this directory instead of the copy built into the binary.
     pub ui_dir: Option<PathBuf>,
     pub data_dir: PathBuf,
+    /// `DATABASE_URL`: SQLite under `DATA_DIR` unless set.
+    pub database: DatabaseUrl,
+    /// `LEASE_SECONDS`: how long a job's lease lasts between heartbeats.
+    pub lease: Duration,
     pub jobs_path: PathBuf,
     pub jobs_id_length: usize,
     pub jobs_max_age: Duration,
@@ -177,6 +186,46 @@ pub struct Config {
     /// Bounds of our own listener.
     pub server: ServerLimits,
 }
+
+/// Where state lives: one SQLite file (one machine), or a PostgreSQL database several replicas share.
+#[derive(Debug, Clone)]
+pub enum DatabaseUrl {
+    Sqlite(PathBuf),
+    /// The URL may hold a password: never logged.
+    Postgres(SecretString),
+}
+
+impl DatabaseUrl {
+    /// `None` for the default (SQLite under `data_dir`); `sqlite:PATH`, `postgres://…`.
+    fn parse(raw: Option<&str>, data_dir: &std::path::Path) -> Result<Self, String> {
+        let Some(raw) = raw else { return Ok(Self::Sqlite(data_dir.join(SQLITE_FILE))) };
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            return Ok(Self::Postgres(SecretString::from(raw.to_string())));
+        }
+        match raw.strip_prefix("sqlite://").or_else(|| raw.strip_prefix("sqlite:")) {
+            Some(path) if !path.is_empty() => Ok(Self::Sqlite(PathBuf::from(path))),
+            _ => {
+                Err("must be sqlite:PATH or postgres://USER@HOST/DATABASE (unset: SQLite under DATA_DIR)"
+                    .into())
+            }
+        }
+    }
+
+    /// Several processes may share it (and so must share leases, keys and the replay cache).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Self::Postgres(_))
+    }
+
+    /// For logs: the file, or only that it is PostgreSQL (the URL may hold a password).
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite(path) => format!("SQLite {}", path.display()),
+            Self::Postgres(_) => "PostgreSQL (DATABASE_URL)".into(),
+        }
+    }
+}
+
+const SQLITE_FILE: &str = "bulk-import.sqlite";
 
 /// `ALLOW_INTERNAL_ADDRESSES`: which internal address classes a URL off the provider's own
 /// origins may reach (file hosts, redirects, a discovered token endpoint).
@@ -317,12 +366,19 @@ impl Config {
         if let Err(e) = crate::destination::file_name::FileNameTemplate::parse(&download_file_name) {
             r.problems.push(format!("DOWNLOAD_FILE_NAME: {e}"));
         }
+        let data_dir = PathBuf::from(r.string("DATA_DIR", DEFAULT_DATA_DIR));
+        let database = DatabaseUrl::parse(r.opt("DATABASE_URL").as_deref(), &data_dir).unwrap_or_else(|e| {
+            r.problems.push(format!("DATABASE_URL: {e}"));
+            DatabaseUrl::Sqlite(data_dir.join(SQLITE_FILE))
+        });
         let config = Config {
             host: r.string("HOST", DEFAULT_HOST),
             port: r.num("PORT", DEFAULT_PORT, 0, u16::MAX),
             public_url,
             ui_dir: r.opt("UI_DIR").map(PathBuf::from),
-            data_dir: PathBuf::from(r.string("DATA_DIR", DEFAULT_DATA_DIR)),
+            data_dir,
+            database,
+            lease: Duration::from_secs(r.num("LEASE_SECONDS", DEFAULT_LEASE_SECS, MIN_LEASE_SECS, 3600)),
             jobs_path: PathBuf::from(r.string("JOBS_PATH", DEFAULT_JOBS_PATH)),
             jobs_id_length: r.num(
                 "JOBS_ID_LENGTH",
@@ -367,8 +423,15 @@ impl Config {
         Self::from_lookup(|_| None).expect("the embedded defaults are valid")
     }
 
-    pub fn sqlite_path(&self) -> PathBuf {
-        self.data_dir.join("bulk-import.sqlite")
+    /// Point SQLite state at another directory (the CLI's `--data-dir`, tests); a configured
+    /// PostgreSQL stays.
+    pub fn set_data_dir(&mut self, dir: PathBuf) {
+        if let DatabaseUrl::Sqlite(path) = &self.database {
+            if *path == self.data_dir.join(SQLITE_FILE) {
+                self.database = DatabaseUrl::Sqlite(dir.join(SQLITE_FILE));
+            }
+        }
+        self.data_dir = dir;
     }
 }
 

@@ -210,9 +210,7 @@ impl Imports<'_> {
         if job.state.is_finished() {
             return Err(ImportError::Finished(job.state.as_str()));
         }
-        // Seen by whichever process runs it; this one stops it at once below.
-        ctx.store.request_cancel(&job.id).await?;
-        ctx.jobs.cancel_and_wait(&job.id).await;
+        crate::jobs::reaper::stop_job(ctx, &job.id).await?;
         if !ctx.store.cancel_job(&job.id, crate::time_util::now_unix()).await? {
             // It finished while it was being stopped: it stays as it finished.
             let now = self.find(id).await?;
@@ -244,8 +242,6 @@ impl Imports<'_> {
     /// Cancel the job if it runs, and remove it and everything it stored.
     pub async fn remove(&self, id: &str) -> Result<Job, ImportError> {
         let job = self.find(id).await?;
-        // Seen by whichever process runs it; this one stops it at once below.
-        self.jobs.store.request_cancel(&job.id).await?;
         remove_job(self.jobs, &job.id).await?;
         tracing::info!(job = %crate::telemetry::shown_id(&job.id), "import job removed on request");
         Ok(job)

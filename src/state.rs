@@ -6,13 +6,16 @@ use crate::{
     auth::{failure_limit::AuthFailures, jwks_cache::JwksCache, keys::Keys},
     config::Config,
     jobs::context::JobContext,
-    store::Store,
+    store::job_store::{AuditLog, RegistrationStore, ReplayCache},
 };
 
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
-    pub store: Store,
+    pub registrations: Arc<dyn RegistrationStore>,
+    pub audit: Arc<dyn AuditLog>,
+    /// Client-assertion ids seen (shared by every replica on the database).
+    pub replay: Arc<dyn ReplayCache>,
     /// For URLs the operator chose (registered JWKS URLs, provider origins).
     pub http: reqwest::Client,
     pub keys: Arc<Keys>,

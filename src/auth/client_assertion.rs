@@ -14,7 +14,7 @@ use super::{
     keys::Keys,
     AuthError,
 };
-use crate::store::Store;
+use crate::store::job_store::{RegistrationStore, ReplayCache};
 
 pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// The longest assertion lifetime SMART allows ("no more than five minutes in the future").
@@ -46,7 +46,9 @@ fn decode_part<T: for<'de> Deserialize<'de>>(part: Option<&str>) -> Result<T, Au
 
 /// What our token endpoint needs: registrations and the replay cache, providers' JWKS, our keys.
 pub struct TokenEndpoint<'a> {
-    pub store: &'a Store,
+    pub registrations: &'a dyn RegistrationStore,
+    /// Shared by every replica on the database.
+    pub replay: &'a dyn ReplayCache,
     pub jwks: &'a JwksCache,
     /// For registered JWKS URLs.
     pub http: &'a reqwest::Client,
@@ -97,7 +99,7 @@ pub async fn exchange(app: &TokenEndpoint<'_>, token_url: &str, form: TokenForm)
             "the 'iss' and 'sub' claims must both equal the client_id".into(),
         ));
     }
-    let provider = app.store.provider(iss).await?.ok_or_else(|| {
+    let provider = app.registrations.provider(iss).await?.ok_or_else(|| {
         AuthError::InvalidClient("unknown or revoked client_id; register at /auth/register".into())
     })?;
     if let Some(jku) = &header.jku {
@@ -184,7 +186,7 @@ pub async fn exchange(app: &TokenEndpoint<'_>, token_url: &str, form: TokenForm)
         .jwt_id()
         .filter(|j| !j.is_empty())
         .ok_or_else(|| AuthError::InvalidClient("the 'jti' claim is required".into()))?;
-    let fresh = app.store.remember_jti(iss, jti, exp + skew, now).await?;
+    let fresh = app.replay.remember_jti(iss, jti, exp + skew, now).await?;
     if !fresh {
         return Err(AuthError::InvalidClient("this client_assertion was already used ('jti' replay)".into()));
     }

@@ -1,6 +1,6 @@
 //! Our own keys: the private JWK we sign provider client assertions with (public half at `/jwks`)
 //! and the HMAC secret for the access tokens we issue. Missing ones are generated on first start and
-//! persisted with 0600 permissions under the data directory.
+//! kept: in 0600 files under the data directory, or in a shared database for every replica alike.
 use std::path::{Path, PathBuf};
 
 use josekit::{
@@ -13,7 +13,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
 use super::algorithms;
-use crate::config::{Config, MIN_SECRET_CHARS};
+use crate::{
+    config::{Config, MIN_SECRET_CHARS},
+    store::job_store::SharedSecrets,
+};
 
 /// Algorithm of a generated key: ES384 is one of the two SMART requires and is fast.
 pub const GENERATED_KEY_ALG: &str = "ES384";
@@ -33,8 +36,10 @@ pub enum KeysError {
     BadPreviousKeys(String),
     #[error("key operation failed")]
     Jose(#[from] josekit::JoseError),
-    #[error("{path} ({what}) cannot be used: {problem}. If an earlier start was interrupted before it finished writing the file, delete it and a new one is generated; otherwise restore it from a backup (a new key must then be registered with every provider)")]
-    Unusable { path: PathBuf, what: String, problem: String },
+    #[error("{place} ({what}) cannot be used: {problem}. If an earlier start was interrupted before it finished writing it, delete it and a new one is generated; otherwise restore it from a backup (a new key must then be registered with every provider)")]
+    Unusable { place: String, what: String, problem: String },
+    #[error("cannot read or keep a secret in the database")]
+    Store(#[from] crate::store::StoreError),
 }
 
 pub struct Keys {
@@ -55,35 +60,27 @@ impl std::fmt::Debug for Keys {
 }
 
 impl Keys {
-    /// Load from config, else from the data directory, else generate and persist.
-    pub fn load_or_generate(config: &Config) -> Result<Self, KeysError> {
-        let dir = &config.data_dir;
+    /// Load from config, else from the vault, else generate and keep in the vault.
+    pub async fn load(config: &Config, vault: KeyVault<'_>) -> Result<Self, KeysError> {
         let private = match &config.private_key {
             Some(raw) => parse_private(raw.expose_secret())?,
             None => {
-                let path = dir.join(PRIVATE_KEY_FILE);
-                match std::fs::read_to_string(&path) {
-                    Ok(raw) if raw.trim().is_empty() => {
-                        return Err(unusable(&path, "our signing key", "the file is empty"))
-                    }
-                    Ok(raw) => parse_private(&raw).map_err(|e| match e {
-                        KeysError::BadPrivateKey(why) => unusable(&path, "our signing key", &why),
-                        other => other,
-                    })?,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        let jwk = generate(GENERATED_KEY_ALG)?;
-                        write_secret_file(&path, jwk.to_string().as_bytes())?;
-                        tracing::info!(path = %path.display(), alg = GENERATED_KEY_ALG, "generated our signing key pair (PRIVATE_KEY was not set)");
-                        jwk
-                    }
-                    Err(source) => return Err(KeysError::Io { path, source }),
+                let what = "our signing key pair (PRIVATE_KEY was not set)";
+                let kept = vault
+                    .kept(PRIVATE_KEY_FILE, what, || Ok(generate(GENERATED_KEY_ALG)?.to_string()))
+                    .await?;
+                if kept.value.trim().is_empty() {
+                    return Err(kept.unusable("our signing key", "it is empty"));
                 }
+                parse_private(&kept.value).map_err(|e| match e {
+                    KeysError::BadPrivateKey(why) => kept.unusable("our signing key", &why),
+                    other => other,
+                })?
             }
         };
-        let hmac_secret =
-            secret_or_generate(config.jwt_secret.as_ref(), &dir.join(JWT_SECRET_FILE), "JWT_SECRET")?;
+        let hmac_secret = secret(config.jwt_secret.as_ref(), &vault, JWT_SECRET_FILE, "JWT_SECRET").await?;
         let admin_token =
-            secret_or_generate(config.admin_token.as_ref(), &dir.join(ADMIN_TOKEN_FILE), "ADMIN_TOKEN")?;
+            secret(config.admin_token.as_ref(), &vault, ADMIN_TOKEN_FILE, "ADMIN_TOKEN").await?;
         let alg = private.algorithm().unwrap_or_default().to_string();
         let kid = private.key_id().unwrap_or_default().to_string();
         let public = public_of(&private)?;
@@ -127,28 +124,83 @@ impl Keys {
     }
 }
 
-/// A secret from configuration, else from its file, else generated into that file (0600). The log
-/// names the file, never the value.
-fn secret_or_generate(
+/// Where keys and secrets no configuration gave are kept.
+pub enum KeyVault<'a> {
+    /// Files under `DATA_DIR`, 0600 (one machine).
+    Files(&'a Path),
+    /// The shared database: the first replica to start stores them, every other reads the same.
+    Database(&'a dyn SharedSecrets),
+}
+
+/// A value the vault holds, and where, for messages.
+struct Kept {
+    value: String,
+    place: String,
+}
+
+impl Kept {
+    fn unusable(&self, what: &str, problem: &str) -> KeysError {
+        KeysError::Unusable {
+            place: self.place.clone(),
+            what: what.to_string(),
+            problem: problem.to_string(),
+        }
+    }
+}
+
+impl KeyVault<'_> {
+    /// The value kept as `name`, else `make()`'s, kept first. The log names where, never the value.
+    async fn kept(
+        &self,
+        name: &str,
+        what: &str,
+        make: impl FnOnce() -> Result<String, KeysError>,
+    ) -> Result<Kept, KeysError> {
+        match self {
+            Self::Files(dir) => {
+                let path = dir.join(name);
+                let place = path.display().to_string();
+                match std::fs::read_to_string(&path) {
+                    Ok(value) => Ok(Kept { value, place }),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        let value = make()?;
+                        write_secret_file(&path, value.as_bytes())?;
+                        tracing::info!(path = %place, "generated {what}; kept in that file");
+                        Ok(Kept { value, place })
+                    }
+                    Err(source) => Err(KeysError::Io { path, source }),
+                }
+            }
+            Self::Database(shared) => {
+                let place = format!("the database (shared_secrets '{name}')");
+                let (value, inserted) =
+                    shared.secret_or_insert(name, &make()?, crate::time_util::now_unix()).await?;
+                if inserted {
+                    tracing::info!("generated {what}; kept in {place} for every replica");
+                }
+                Ok(Kept { value, place })
+            }
+        }
+    }
+}
+
+/// A secret from configuration, else from the vault, else generated into it.
+async fn secret(
     configured: Option<&SecretString>,
-    path: &Path,
+    vault: &KeyVault<'_>,
+    name: &str,
     variable: &str,
 ) -> Result<SecretString, KeysError> {
     if let Some(s) = configured {
         return Ok(s.clone());
     }
-    match std::fs::read_to_string(path) {
-        // The generated ones are 96 hex characters.
-        Ok(s) if s.trim().len() >= MIN_SECRET_CHARS => Ok(SecretString::from(s.trim().to_string())),
-        Ok(_) => Err(unusable(path, variable, &format!("it holds fewer than {MIN_SECRET_CHARS} characters"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let secret = random_hex(48);
-            write_secret_file(path, secret.as_bytes())?;
-            tracing::info!(path = %path.display(), "generated {variable} (it was not set); read it from that file");
-            Ok(SecretString::from(secret))
-        }
-        Err(source) => Err(KeysError::Io { path: path.to_path_buf(), source }),
+    // The generated ones are 96 hex characters.
+    let what = format!("{variable} (it was not set)");
+    let kept = vault.kept(name, &what, || Ok(random_hex(48))).await?;
+    if kept.value.trim().len() < MIN_SECRET_CHARS {
+        return Err(kept.unusable(variable, &format!("it holds fewer than {MIN_SECRET_CHARS} characters")));
     }
+    Ok(SecretString::from(kept.value.trim().to_string()))
 }
 
 /// Earlier public keys: each public-only, with a `kid` unlike the current one and each other.
@@ -280,9 +332,4 @@ pub fn random_hex(bytes: usize) -> String {
 fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), KeysError> {
     crate::owner_only::write_whole(path, contents)
         .map_err(|source| KeysError::Io { path: path.to_path_buf(), source })
-}
-
-/// What to do about a stored key or secret that cannot be used.
-fn unusable(path: &Path, what: &str, problem: &str) -> KeysError {
-    KeysError::Unusable { path: path.to_path_buf(), what: what.to_string(), problem: problem.to_string() }
 }

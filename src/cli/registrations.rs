@@ -144,8 +144,8 @@ async fn try_register(args: &RegisterArgs) -> Result<String, RegisterError> {
     ))
 }
 
-/// Register straight into the database a server on this machine uses (it may be running: SQLite
-/// takes the write between its own). The answer has the endpoint's shape; URLs are PUBLIC_URL's,
+/// Register straight into the database the server uses (it may be running: SQLite takes the
+/// write between its own; PostgreSQL is shared anyway). The answer has the endpoint's shape; URLs are PUBLIC_URL's,
 /// else `--server`'s.
 async fn register_offline(
     body: Value,
@@ -153,19 +153,17 @@ async fn register_offline(
     data_dir: &std::path::Path,
 ) -> Result<(Value, Remote), RegisterError> {
     let mut config = crate::config::Config::from_env()?;
-    // `--data-dir`, else DATA_DIR (from the environment or `.env`, which main loaded).
-    config.data_dir = data_dir.to_path_buf();
+    // `--data-dir`, else DATA_DIR (from the environment or `.env`, which main loaded); a
+    // DATABASE_URL of PostgreSQL is used as it is.
+    config.set_data_dir(data_dir.to_path_buf());
     let request = serde_json::from_value(body).map_err(RegisterError::Request)?;
-    // Owner-only, as the server makes them: the database holds export and file URLs.
-    let db = config.sqlite_path();
     crate::owner_only::dir(&config.data_dir)
-        .and_then(|()| crate::owner_only::file(&db))
-        .map_err(|source| RegisterError::DataDir { path: db.clone(), source })?;
-    let store = crate::store::Store::open(&db).await?;
-    let registered = crate::registrations::create(&store, request).await?;
+        .map_err(|source| RegisterError::DataDir { path: config.data_dir.clone(), source })?;
+    let stores = crate::store::backend::Stores::open(&config.database).await?;
+    let registered = crate::registrations::create(&*stores.registrations, request).await?;
     let p = &registered.provider;
     crate::audit::record(
-        &store,
+        &*stores.audit,
         crate::audit::Actor::LocalCli,
         "registration created",
         Some(&p.client_id),

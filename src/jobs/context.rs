@@ -10,7 +10,7 @@ use crate::{
     destination::Destination,
     http_client::Outbound,
     metrics::Metrics,
-    store::job_store::{JobStore, RegistrationStore},
+    store::job_store::{Exclusive, JobStore, RegistrationStore},
 };
 
 #[derive(Clone)]
@@ -18,6 +18,8 @@ pub struct JobContext {
     pub config: Arc<Config>,
     pub store: Arc<dyn JobStore>,
     pub providers: Arc<dyn RegistrationStore>,
+    /// Work one process at a time does across every replica (the reaper).
+    pub exclusive: Arc<dyn Exclusive>,
     /// For the provider's trusted origins.
     pub http: reqwest::Client,
     /// Clients per SSRF-guard setting, for URLs providers hand us.

@@ -21,5 +21,6 @@ pub mod request_budget;
 pub mod resume;
 pub mod retry;
 pub mod runner;
+pub mod takeover;
 
 pub use error::JobError;

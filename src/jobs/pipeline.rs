@@ -20,7 +20,7 @@ use crate::jobs::runner::JobHandles;
 use crate::{
     domain::{FileState, JobState},
     fhir::operation_outcome::{IssueCode, OperationOutcome},
-    store::leases::Renewal,
+    store::leases::{Claim, Renewal},
     time_util::now_unix,
 };
 
@@ -35,30 +35,59 @@ pub async fn start(ctx: &JobContext, id: String) {
     ctx.jobs.spawn(id.clone(), move |handles| async move {
         let timing = LeaseTiming::of(&job_ctx);
         match job_ctx.store.claim_job(&id, &job_ctx.jobs.owner, timing.lease).await {
-            Ok(Some(token)) => run_job(job_ctx, id, handles, Lease { token, timing }).await,
+            Ok(Some(claim)) => run_claimed(job_ctx, id, handles, Lease { token: claim.token, timing }, claim).await,
             Ok(None) => tracing::info!(job = %crate::telemetry::shown_id(&id), "another process runs this job"),
             Err(e) => tracing::error!(job = %crate::telemetry::shown_id(&id), error = %crate::error_text::chain(&e), "could not claim the job; it resumes at the next start"),
         }
     });
 }
 
+/// Run a job this process has just claimed (`takeover`), once a job slot is free.
+pub fn start_claimed(ctx: &JobContext, id: String, claim: Claim) {
+    let job_ctx = ctx.clone();
+    ctx.jobs.spawn(id.clone(), move |handles| async move {
+        let lease = Lease { token: claim.token, timing: LeaseTiming::of(&job_ctx) };
+        run_claimed(job_ctx, id, handles, lease, claim).await
+    });
+}
+
+/// Most takeovers of one job: a job whose every run kills (or stalls) its process must not go
+/// round the replicas for ever.
+pub const MAX_TAKEOVERS: i64 = 3;
+
+async fn run_claimed(ctx: JobContext, id: String, handles: JobHandles, lease: Lease, claim: Claim) {
+    if claim.takeovers > 0 {
+        tracing::warn!(job = %crate::telemetry::shown_id(&id), takeovers = claim.takeovers, "took over a job whose process stopped renewing its lease");
+    }
+    if claim.takeovers > MAX_TAKEOVERS {
+        let message = format!(
+            "the job was taken over {} times after the process running it stopped answering (crashed or stalled); it is not tried again",
+            claim.takeovers
+        );
+        tracing::error!(job = %crate::telemetry::shown_id(&id), "{message}");
+        record_failure(&ctx, &id, message).await;
+        let _ = ctx.store.release_lease(&id, &ctx.jobs.owner, lease.token).await;
+        return;
+    }
+    run_job(ctx, id, handles, lease).await
+}
+
 /// How often a job's lease is renewed, and how long each renewal lasts.
 #[derive(Debug, Clone, Copy)]
-struct LeaseTiming {
-    every: Duration,
-    lease: Duration,
+pub struct LeaseTiming {
+    pub every: Duration,
+    pub lease: Duration,
 }
 
 impl LeaseTiming {
-    fn of(ctx: &JobContext) -> Self {
-        let every = (ctx.config.jobs_max_age / 4).clamp(Duration::from_millis(200), Duration::from_secs(60));
-        // Three renewals may fail before another process may take the job over; whole seconds,
-        // as the database's clock counts them.
-        let lease = Duration::from_secs((3 * every).as_secs_f64().ceil().max(3.0) as u64);
+    pub fn of(ctx: &JobContext) -> Self {
+        // A third of the lease, so two renewals may fail before another process may take the job
+        // over; more often when jobs expire sooner (the reaper reads the same sign of life).
+        let lease = ctx.config.lease;
+        let every = (lease / 3).min(ctx.config.jobs_max_age / 4).max(Duration::from_millis(200));
         Self { every, lease }
     }
 }
-
 /// The lease this process holds on a job.
 #[derive(Debug, Clone, Copy)]
 struct Lease {

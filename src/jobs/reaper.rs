@@ -3,21 +3,48 @@
 use crate::jobs::context::JobContext;
 use crate::time_util::now_unix;
 
-/// Remove one job everywhere: stop it, delete its files, delete its rows.
+/// Remove one job everywhere: stop it (here, or wherever it runs), delete its files, delete its rows.
 pub async fn remove_job(ctx: &JobContext, id: &str) -> Result<(), crate::jobs::error::JobError> {
-    ctx.jobs.cancel_and_wait(id).await;
+    stop_job(ctx, id).await?;
     ctx.destination.delete_job(id).await?;
     ctx.store.delete_job(id).await?;
     Ok(())
 }
 
+/// Stop a job wherever it runs: here at once; on another process at its next heartbeat, which
+/// sees the cancel request and lets the lease go (waited for, up to a lease, so its files are
+/// not written after they are deleted).
+pub async fn stop_job(ctx: &JobContext, id: &str) -> Result<(), crate::jobs::error::JobError> {
+    ctx.store.request_cancel(id).await?;
+    ctx.jobs.cancel_and_wait(id).await;
+    let timing = crate::jobs::pipeline::LeaseTiming::of(ctx);
+    let deadline = tokio::time::Instant::now() + timing.lease + timing.every;
+    let poll = (timing.every / 4).max(std::time::Duration::from_millis(50));
+    while let Some(holder) = ctx.store.lease_holder(id).await? {
+        if holder == ctx.jobs.owner || tokio::time::Instant::now() >= deadline {
+            // Ours (already stopped), or a holder that stopped answering: its lease lapses.
+            break;
+        }
+        tokio::time::sleep(poll).await;
+    }
+    Ok(())
+}
+
+/// An unfinished job with no sign of life since before this is stuck: the reaper removes it
+/// (and no process takes it over).
+pub fn silent_since(ctx: &JobContext) -> i64 {
+    now_unix() - (2.0 * ctx.config.jobs_max_age.as_secs_f64()).ceil() as i64
+}
+
 /// One pass; returns how many jobs were removed. One job that cannot be removed (its files, say)
 /// is logged and skipped, so it never blocks the others.
 async fn reap_once(ctx: &JobContext) -> Result<usize, crate::jobs::error::JobError> {
-    let max_age = ctx.config.jobs_max_age.as_secs_f64();
-    let now = now_unix();
-    let finished_before = now - max_age.ceil() as i64;
-    let silent_since = now - (2.0 * max_age).ceil() as i64;
+    let finished_before = now_unix() - ctx.config.jobs_max_age.as_secs_f64().ceil() as i64;
+    let silent_since = silent_since(ctx);
+    // One replica at a time: two reapers would race to delete the same files.
+    let Some(_alone) = ctx.exclusive.try_exclusive("bulk-import reaper").await? else {
+        return Ok(0);
+    };
     let ids = ctx.store.expired_jobs(finished_before, silent_since).await?;
     let mut removed = 0;
     for id in &ids {

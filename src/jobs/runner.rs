@@ -154,6 +154,16 @@ impl Runner {
         self.running_jobs().len()
     }
 
+    /// Whether job `id` is this process's (running, or waiting for a slot).
+    pub fn holds(&self, id: &str) -> bool {
+        self.running_jobs().contains_key(id)
+    }
+
+    /// A job started now would run at once (a slot is free and nobody waits for one).
+    pub fn has_free_slot(&self) -> bool {
+        self.waiting_count() == 0 && self.slots.available_permits() > 0
+    }
+
     /// Jobs running now (holding a slot).
     pub fn active_count(&self) -> usize {
         self.max_jobs - self.slots.available_permits()

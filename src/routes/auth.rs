@@ -50,7 +50,7 @@ async fn register(
     let from = crate::http_server::peer_key(&extensions);
     let actor = crate::audit::Actor::Admin(&from);
     crate::audit::record(
-        &app.store,
+        &*app.audit,
         actor,
         "registration created",
         Some(&provider.client_id),
@@ -90,7 +90,8 @@ async fn token(
     let form: TokenForm = serde_urlencoded_form(&body)?;
     let token_url = format!("{}/auth/token", crate::routes::base_url(&app, &headers));
     let endpoint = client_assertion::TokenEndpoint {
-        store: &app.store,
+        registrations: &*app.registrations,
+        replay: &*app.replay,
         jwks: &app.jwks,
         http: &app.http,
         keys: &app.keys,
@@ -126,7 +127,7 @@ fn serde_urlencoded_form(body: &[u8]) -> Result<TokenForm, AuthError> {
 }
 
 fn registrations(app: &AppState) -> Registrations<'_> {
-    Registrations { store: &app.store, provider_tokens: &app.job_context.provider_tokens }
+    Registrations { store: &*app.registrations, provider_tokens: &app.job_context.provider_tokens }
 }
 
 impl From<RegistrationError> for AuthError {
@@ -161,7 +162,7 @@ async fn revoke(
     let revoked = registrations(&app).revoke(&client_id).await?;
     let from = crate::http_server::peer_key(&extensions);
     crate::audit::record(
-        &app.store,
+        &*app.audit,
         crate::audit::Actor::Admin(&from),
         "registration revoked",
         Some(&client_id),

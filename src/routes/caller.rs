@@ -42,7 +42,7 @@ impl FromRequestParts<AppState> for Caller {
                 claims.scope
             )));
         }
-        let provider = app.store.provider(&claims.client_id).await?.ok_or_else(|| {
+        let provider = app.registrations.provider(&claims.client_id).await?.ok_or_else(|| {
             ApiError::Unauthorized("the registration behind this token is unknown or revoked".into())
         })?;
         Ok(Caller { claims, provider })

@@ -50,7 +50,7 @@ async fn audit_trail(
             )))
         }
     };
-    let events = crate::audit::recent(&app.store, class, AUDIT_PAGE).await?;
+    let events = crate::audit::recent(&*app.audit, class, AUDIT_PAGE).await?;
     Ok(no_store(Json(json!({ "events": events })).into_response()))
 }
 

@@ -18,7 +18,7 @@ async fn live() -> Json<Value> {
 }
 
 async fn ready(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
-    app.store.ping().await?;
+    app.job_context.store.ping().await?;
     Ok(Json(json!({ "status": "ok", "runningJobs": app.job_context.jobs.running_count() })))
 }
 

@@ -92,9 +92,9 @@ async fn import(
         Err(e) => Err(e),
     };
     match &result {
-        Ok((_, job)) => audit::record(&app.store, actor, "ping accepted", Some(&shown_id(job)), None).await,
+        Ok((_, job)) => audit::record(&*app.audit, actor, "ping accepted", Some(&shown_id(job)), None).await,
         Err(e) => {
-            audit::record(&app.store, actor, crate::domain::PING_REFUSED, None, Some(&e.to_string())).await
+            audit::record(&*app.audit, actor, crate::domain::PING_REFUSED, None, Some(&e.to_string())).await
         }
     }
     result.map(|(res, _)| res)

@@ -107,7 +107,7 @@ async fn cancel(
     imports(&app).cancel(&id).await?;
     let from = crate::http_server::peer_key(&extensions);
     let job = crate::telemetry::shown_id(&id);
-    crate::audit::record(&app.store, crate::audit::Actor::JobLink(&from), "job cancelled", Some(&job), None)
+    crate::audit::record(&*app.audit, crate::audit::Actor::JobLink(&from), "job cancelled", Some(&job), None)
         .await;
     let oo = OperationOutcome::single(
         Severity::Information,
@@ -125,7 +125,7 @@ async fn remove(
     let job = imports(&app).remove(&id).await?;
     let from = crate::http_server::peer_key(&extensions);
     let shown = crate::telemetry::shown_id(&id);
-    crate::audit::record(&app.store, crate::audit::Actor::JobLink(&from), "job deleted", Some(&shown), None)
+    crate::audit::record(&*app.audit, crate::audit::Actor::JobLink(&from), "job deleted", Some(&shown), None)
         .await;
     let oo = OperationOutcome::single(
         Severity::Information,

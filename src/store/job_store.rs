@@ -1,10 +1,15 @@
-//! What the engine needs of a store, as traits: SQLite implements them now, a shared database
-//! next, and both must pass the store conformance suite (`tests/api/store_conformance.rs`).
+//! What the engine needs of a store, as traits: SQLite (one machine) and PostgreSQL (several
+//! replicas) implement them, and both pass the store conformance suite
+//! (`tests/api/store_conformance.rs`).
 use std::{collections::BTreeMap, time::Duration};
 
 use async_trait::async_trait;
 
-use super::{dashboard::JobSummary, leases::Renewal, Store, StoreError};
+use super::{
+    dashboard::JobSummary,
+    leases::{Claim, Renewal},
+    Store, StoreError,
+};
 use crate::domain::{
     Admission, Appended, AuditClass, AuditEvent, FileCounts, FileTotals, FinishedFile, Job, JobCaps, JobFile,
     JobState, PlanManifest, Provider,
@@ -13,6 +18,8 @@ use crate::domain::{
 /// Jobs: their plans, files and leases.
 #[async_trait]
 pub trait JobStore: Send + Sync {
+    /// One round trip to the database, for `/health`.
+    async fn ping(&self) -> Result<(), StoreError>;
     async fn insert_job_if_room(&self, job: &Job, caps: JobCaps) -> Result<Admission, StoreError>;
     async fn job(&self, id: &str) -> Result<Option<Job>, StoreError>;
     async fn unfinished_jobs(&self) -> Result<Vec<Job>, StoreError>;
@@ -48,8 +55,14 @@ pub trait JobStore: Send + Sync {
     async fn fail_job(&self, id: &str, reason: &str, now: i64) -> Result<bool, StoreError>;
     async fn delete_job(&self, id: &str) -> Result<bool, StoreError>;
     async fn cancel_job(&self, id: &str, now: i64) -> Result<bool, StoreError>;
-    async fn claim_job(&self, id: &str, owner: &str, lease: Duration) -> Result<Option<i64>, StoreError>;
-    async fn claim_next(&self, owner: &str, lease: Duration) -> Result<Option<(Job, i64)>, StoreError>;
+    async fn claim_job(&self, id: &str, owner: &str, lease: Duration) -> Result<Option<Claim>, StoreError>;
+    /// The oldest free job, claimed; one silent since before `silent_since` is the reaper's.
+    async fn claim_next(
+        &self,
+        owner: &str,
+        lease: Duration,
+        silent_since: i64,
+    ) -> Result<Option<(Job, Claim)>, StoreError>;
     async fn renew_lease(
         &self,
         id: &str,
@@ -58,6 +71,8 @@ pub trait JobStore: Send + Sync {
         lease: Duration,
     ) -> Result<Renewal, StoreError>;
     async fn release_lease(&self, id: &str, owner: &str, token: i64) -> Result<bool, StoreError>;
+    /// Who holds a live lease on the job (a process running it), if anyone.
+    async fn lease_holder(&self, id: &str) -> Result<Option<String>, StoreError>;
     async fn request_cancel(&self, id: &str) -> Result<bool, StoreError>;
     async fn job_summaries(&self) -> Result<Vec<JobSummary>, StoreError>;
     async fn job_state_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
@@ -85,6 +100,71 @@ impl AuditLog for Store {
     }
 }
 
+/// Client-assertion ids seen, shared by every process on the database: a replay is refused
+/// whichever replica it reaches.
+#[async_trait]
+pub trait ReplayCache: Send + Sync {
+    /// Record an id (insert-once); false when it was used already and has not expired.
+    async fn remember_jti(
+        &self,
+        client_id: &str,
+        jti: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+}
+
+#[async_trait]
+impl ReplayCache for Store {
+    async fn remember_jti(
+        &self,
+        client_id: &str,
+        jti: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        Store::remember_jti(self, client_id, jti, expires_at, now).await
+    }
+}
+
+/// Secrets no configuration gave, kept where every replica reads the same (the first to start
+/// writes them). SQLite keeps them in files under `DATA_DIR` instead (`auth::keys`).
+#[async_trait]
+pub trait SharedSecrets: Send + Sync {
+    /// The stored value of `name`, storing `candidate` first when there is none; `true` with it
+    /// when `candidate` was stored.
+    async fn secret_or_insert(
+        &self,
+        name: &str,
+        candidate: &str,
+        now: i64,
+    ) -> Result<(String, bool), StoreError>;
+}
+
+/// Held while one process alone does some work (the reaper's pass); dropping it lets go.
+pub struct ExclusiveGuard(#[allow(dead_code)] Box<dyn Send>);
+
+impl ExclusiveGuard {
+    pub fn new(hold: impl Send + 'static) -> Self {
+        Self(Box::new(hold))
+    }
+}
+
+/// Work one process at a time does, across every process on the database.
+#[async_trait]
+pub trait Exclusive: Send + Sync {
+    /// `None` when another process holds `name` now.
+    async fn try_exclusive(&self, name: &str) -> Result<Option<ExclusiveGuard>, StoreError>;
+}
+
+/// One SQLite file belongs to one machine and one server: nothing to share the work with.
+#[async_trait]
+impl Exclusive for Store {
+    async fn try_exclusive(&self, _name: &str) -> Result<Option<ExclusiveGuard>, StoreError> {
+        Ok(Some(ExclusiveGuard::new(())))
+    }
+}
+
 /// Provider registrations.
 #[async_trait]
 pub trait RegistrationStore: Send + Sync {
@@ -97,6 +177,9 @@ pub trait RegistrationStore: Send + Sync {
 
 #[async_trait]
 impl JobStore for Store {
+    async fn ping(&self) -> Result<(), StoreError> {
+        Store::ping(self).await
+    }
     async fn insert_job_if_room(&self, job: &Job, caps: JobCaps) -> Result<Admission, StoreError> {
         Store::insert_job_if_room(self, job, caps).await
     }
@@ -185,11 +268,16 @@ impl JobStore for Store {
     async fn cancel_job(&self, id: &str, now: i64) -> Result<bool, StoreError> {
         Store::cancel_job(self, id, now).await
     }
-    async fn claim_job(&self, id: &str, owner: &str, lease: Duration) -> Result<Option<i64>, StoreError> {
+    async fn claim_job(&self, id: &str, owner: &str, lease: Duration) -> Result<Option<Claim>, StoreError> {
         Store::claim_job(self, id, owner, lease).await
     }
-    async fn claim_next(&self, owner: &str, lease: Duration) -> Result<Option<(Job, i64)>, StoreError> {
-        Store::claim_next(self, owner, lease).await
+    async fn claim_next(
+        &self,
+        owner: &str,
+        lease: Duration,
+        silent_since: i64,
+    ) -> Result<Option<(Job, Claim)>, StoreError> {
+        Store::claim_next(self, owner, lease, silent_since).await
     }
     async fn renew_lease(
         &self,
@@ -202,6 +290,9 @@ impl JobStore for Store {
     }
     async fn release_lease(&self, id: &str, owner: &str, token: i64) -> Result<bool, StoreError> {
         Store::release_lease(self, id, owner, token).await
+    }
+    async fn lease_holder(&self, id: &str) -> Result<Option<String>, StoreError> {
+        Store::lease_holder(self, id).await
     }
     async fn request_cancel(&self, id: &str) -> Result<bool, StoreError> {
         Store::request_cancel(self, id).await

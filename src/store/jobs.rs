@@ -23,6 +23,7 @@ pub(super) struct JobRow {
     completed_at: Option<i64>,
     plan_open: bool,
     pub(super) lease_token: i64,
+    pub(super) takeovers: i64,
 }
 
 impl TryFrom<JobRow> for Job {
@@ -47,7 +48,7 @@ impl TryFrom<JobRow> for Job {
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
-struct FileRow {
+pub(super) struct FileRow {
     job_id: String,
     idx: i64,
     manifest_idx: i64,
@@ -85,6 +86,26 @@ impl From<FileRow> for JobFile {
             expected_resources: r.expected_resources,
         }
     }
+}
+
+/// Resources per type over files given as (type, resources, per-type counts as JSON): a file
+/// whose manifest entry named no type carries its own counts.
+pub(super) fn sum_type_counts(
+    rows: Vec<(String, i64, Option<String>)>,
+) -> Result<std::collections::BTreeMap<String, i64>, StoreError> {
+    let mut out = std::collections::BTreeMap::new();
+    for (resource_type, resources, by_type) in rows {
+        match by_type {
+            Some(json) => {
+                let counts: std::collections::BTreeMap<String, i64> = serde_json::from_str(&json)?;
+                for (t, n) in counts {
+                    *out.entry(t).or_default() += n;
+                }
+            }
+            None => *out.entry(resource_type).or_default() += resources,
+        }
+    }
+    Ok(out)
 }
 
 impl Store {
@@ -419,19 +440,7 @@ impl Store {
         .bind(job_id)
         .fetch_all(self.pool())
         .await?;
-        let mut out = std::collections::BTreeMap::new();
-        for (resource_type, resources, by_type) in rows {
-            match by_type {
-                Some(json) => {
-                    let counts: std::collections::BTreeMap<String, i64> = serde_json::from_str(&json)?;
-                    for (t, n) in counts {
-                        *out.entry(t).or_default() += n;
-                    }
-                }
-                None => *out.entry(resource_type).or_default() += resources,
-            }
-        }
-        Ok(out)
+        sum_type_counts(rows)
     }
 
     pub async fn file_counts(&self, job_id: &str) -> Result<FileCounts, StoreError> {

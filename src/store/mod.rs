@@ -1,6 +1,8 @@
-//! Persistent state in SQLite: registrations, jobs, per-file results and seen assertion ids.
-//! Nothing a job needs lives only in process memory, so a restart resumes.
+//! Persistent state: registrations, jobs, per-file results and seen assertion ids, in SQLite (this
+//! module) or PostgreSQL (`postgres`), behind the traits of `job_store`. Nothing a job needs lives
+//! only in process memory, so a restart (or another replica) resumes.
 pub mod audit;
+pub mod backend;
 pub mod dashboard;
 pub mod job_store;
 pub mod jobs;
@@ -8,7 +10,10 @@ pub mod leases;
 pub mod postgres;
 pub mod providers;
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -22,6 +27,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored JSON is corrupt")]
     Json(#[from] serde_json::Error),
+    #[error("cannot create the database file {path}")]
+    File { path: PathBuf, source: std::io::Error },
 }
 
 /// How long a writer waits for SQLite's lock before failing.

@@ -452,7 +452,9 @@ async fn scopes_are_mediated_and_import_needs_a_create_scope() {
     assert_eq!(token_error(&app, form).await, (400, "invalid_scope".into()));
 
     // A token whose scope cannot import (minted with the server's own secret) is refused with 403.
-    let keys = bulk_import::auth::keys::Keys::load_or_generate(&test_config(&app.dir)).unwrap();
+    let config = test_config(&app.dir);
+    let vault = bulk_import::auth::keys::KeyVault::Files(&config.data_dir);
+    let keys = bulk_import::auth::keys::Keys::load(&config, vault).await.unwrap();
     let read_only = bulk_import::auth::access_token::issue(
         &keys,
         &app.client_id,

@@ -17,14 +17,14 @@ use super::{
     listener::{assert_health_is_fast, connect_from, ATTACKER},
 };
 
-struct Server {
-    child: Child,
-    address: String,
+pub(super) struct Server {
+    pub(super) child: Child,
+    pub(super) address: String,
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
-    fn start(dir: &Path, env: &[(&str, &str)]) -> Self {
+    pub(super) fn start(dir: &Path, env: &[(&str, &str)]) -> Self {
         Self::start_cmd(Command::new(env!("CARGO_BIN_EXE_bulk-import")), dir, env)
     }
 
@@ -80,11 +80,11 @@ impl Server {
         Server { child, address, log }
     }
 
-    fn base(&self) -> String {
+    pub(super) fn base(&self) -> String {
         format!("http://{}", self.address)
     }
 
-    fn log(&self) -> String {
+    pub(super) fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
 
@@ -409,7 +409,7 @@ async fn a_full_disk_at_first_start_leaves_no_broken_key_file_and_a_broken_one_i
 }
 
 /// Poll a job's status URL until it stops answering 202 (30 s at most); its last answer.
-async fn finished(status_url: &str, what: &str) -> reqwest::Response {
+pub(super) async fn finished(status_url: &str, what: &str) -> reqwest::Response {
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -40,7 +40,7 @@ pub fn test_config(dir: &Path) -> Config {
     let mut c = Config::defaults();
     c.admin_token = Some(ADMIN_TOKEN.to_string().into());
     c.port = 0;
-    c.data_dir = dir.join("data");
+    c.set_data_dir(dir.join("data"));
     c.jobs_path = dir.join("jobs");
     c.destination = DestinationKind::TmpFs;
     c.limits.poll_interval = Duration::from_millis(20);

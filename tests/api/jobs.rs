@@ -166,7 +166,8 @@ async fn the_reaper_removes_a_job_with_no_sign_of_life_past_twice_the_max_age() 
     })
     .await;
     // A job row no task runs for (as after a crash that lost it): silent since long ago.
-    let store = bulk_import::store::Store::open(&test_config(&app.dir).sqlite_path()).await.unwrap();
+    let config = test_config(&app.dir);
+    let store = bulk_import::store::backend::Stores::open(&config.database).await.unwrap().jobs;
     let id = "00ff".repeat(8);
     let long_ago = bulk_import::time_util::now_unix() - 3600;
     store

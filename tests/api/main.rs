@@ -13,11 +13,14 @@ mod jwks_url;
 mod listener;
 mod load;
 mod metrics;
+#[path = "../support/pg_cluster.rs"]
+mod pg_cluster;
 mod plan;
 mod postgres;
 mod provider_bounds;
 mod pull;
 mod real_providers;
+mod replicas;
 mod s3_server;
 mod small_disk;
 mod storage_faults;

@@ -1,149 +1,92 @@
-//! A throw-away PostgreSQL cluster for tests (groundwork of the scale-out issue): `initdb` and
-//! `pg_ctl` in a temporary directory, on a free loopback port, as an unprivileged user when the
-//! tests run as root (PostgreSQL refuses to run as root). It fails, loudly, when PostgreSQL is
-//! missing: `scripts/setup.sh --tests` installs Debian's server.
-use std::{
-    net::TcpListener,
-    os::unix::fs::{MetadataExt, PermissionsExt},
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+//! The PostgreSQL backend against a throw-away cluster (`tests/support/pg_cluster.rs`): the whole
+//! store conformance suite, claims racing across replicas, shared secrets and the reaper's lock.
+use std::time::Duration;
 
-use tempfile::TempDir;
+use bulk_import::store::{job_store::JobStore, postgres::PgStore};
 
-/// The user the cluster runs as when the tests run as root.
-const UNPRIVILEGED: &str = "nobody";
-/// Longest `pg_ctl` waits for the server to start.
-const START_WAIT_SECS: &str = "30";
+pub use super::pg_cluster::PgCluster;
 
-pub struct PgCluster {
-    dir: TempDir,
-    bin: PathBuf,
-    port: u16,
-    as_user: Option<&'static str>,
+#[tokio::test]
+async fn postgres_passes_the_whole_store_conformance_suite() {
+    let pg = PgCluster::start();
+    let store = PgStore::open(&pg.url()).await.expect("opens and migrates");
+    super::store_conformance::assert_store_conformance(&store, &store, &store, &store).await;
+    // Opening again finds the schema in place.
+    PgStore::open(&pg.url()).await.expect("migrations run once");
 }
 
-/// The newest installed server's programs (Debian keeps them under /usr/lib/postgresql/N/bin).
-fn server_bin() -> PathBuf {
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
-        .filter(|(_, bin)| bin.join("initdb").exists())
-        .collect();
-    versions.sort();
-    match versions.pop() {
-        Some((_, bin)) => bin,
-        None => panic!(
-            "!!!!!!!! PostgreSQL's server is not installed (no /usr/lib/postgresql/N/bin/initdb): run `bash scripts/setup.sh --tests` !!!!!!!!"
-        ),
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_claiming_at_once_each_get_a_different_job() {
+    let pg = PgCluster::start();
+    let store = PgStore::open(&pg.url()).await.unwrap();
+    let caps = bulk_import::domain::JobCaps { all: 100, per_provider: 100 };
+    const JOBS: usize = 12;
+    for n in 0..JOBS {
+        let job = bulk_import::domain::Job {
+            id: format!("job-{n:02}"),
+            client_id: "p1".into(),
+            export_type: bulk_import::fhir::parameters::ExportType::Dynamic,
+            export_url: "https://ehr.example/fhir/$export".into(),
+            kickoff: vec![],
+            state: bulk_import::domain::JobState::Queued,
+            status_url: None,
+            progress: None,
+            failure: None,
+            created_at: 100 + n as i64,
+            completed_at: None,
+            plan_open: true,
+        };
+        store.insert_job_if_room(&job, caps).await.unwrap();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port()
-}
-
-impl PgCluster {
-    /// Create and start a cluster; it is stopped and removed when dropped.
-    pub fn start() -> Self {
-        let bin = server_bin();
-        let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
-        let as_user = root.then_some(UNPRIVILEGED);
-        let dir = TempDir::new().expect("a temporary directory");
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
-        if root {
-            // The unprivileged user reaches its directory, and only that.
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-            let nobody = uid_of(UNPRIVILEGED);
-            std::os::unix::fs::chown(&data, Some(nobody), Some(nobody)).unwrap();
-        }
-        let cluster = Self { dir, bin, port: free_port(), as_user };
-        cluster.run(
-            "initdb",
-            &["-D", &cluster.data(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
-        );
-        // The socket goes in the data directory: /var/run/postgresql may not be writable.
-        let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
-            cluster.port,
-            cluster.data()
-        );
-        let log = format!("{}/server.log", cluster.data());
-        cluster.run(
-            "pg_ctl",
-            &["-D", &cluster.data(), "-l", &log, "-o", &options, "-w", "-t", START_WAIT_SECS, "start"],
-        );
-        cluster
-    }
-
-    fn data(&self) -> String {
-        self.dir.path().join("data").display().to_string()
-    }
-
-    /// A URL of the cluster's `postgres` database as its superuser.
-    pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    fn command(&self, program: &str) -> Command {
-        let path = self.bin.join(program);
-        match self.as_user {
-            Some(user) => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", user, "--"]).arg(path);
-                c
+    // Four replicas, each claiming until nothing is left, all at once.
+    let claimers = (0..4).map(|r| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some((job, claim)) =
+                store.claim_next(&format!("replica-{r}"), Duration::from_secs(60), 0).await.unwrap()
+            {
+                assert_eq!(claim.takeovers, 0);
+                got.push(job.id);
+                assert!(got.len() <= JOBS, "a claimer never gets more jobs than there are");
             }
-            None => Command::new(path),
-        }
-    }
-
-    fn run(&self, program: &str, args: &[&str]) {
-        let out = self.command(program).args(args).current_dir("/").output().unwrap_or_else(|e| {
-            panic!("!!!!!!!! cannot run {program} from {}: {e} !!!!!!!!", self.bin.display())
-        });
-        if !out.status.success() {
-            let log = std::fs::read_to_string(Path::new(&self.data()).join("server.log")).unwrap_or_default();
-            panic!(
-                "!!!!!!!! {program} failed ({}): {}{}\n{log} !!!!!!!!",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
-}
-
-impl Drop for PgCluster {
-    fn drop(&mut self) {
-        // Immediate: a test cluster has nothing to keep.
-        let _ = self.command("pg_ctl").args(["-D", &self.data(), "-m", "immediate", "-w", "stop"]).output();
-    }
-}
-
-fn uid_of(user: &str) -> u32 {
-    let passwd = std::fs::read_to_string("/etc/passwd").expect("/etc/passwd");
-    passwd
-        .lines()
-        .find_map(|l| {
-            let mut fields = l.split(':');
-            (fields.next() == Some(user)).then(|| fields.nth(1)?.parse().ok()).flatten()
+            got
         })
-        .unwrap_or_else(|| panic!("!!!!!!!! no user '{user}' to run PostgreSQL as !!!!!!!!"))
+    });
+    let mut all: Vec<String> = Vec::new();
+    for c in claimers {
+        all.extend(c.await.unwrap());
+    }
+    all.sort();
+    let expected: Vec<String> = (0..JOBS).map(|n| format!("job-{n:02}")).collect();
+    assert_eq!(all, expected, "every job claimed exactly once");
 }
 
 #[tokio::test]
-async fn registrations_and_the_audit_trail_pass_the_store_conformance_suite_on_postgres() {
+async fn secrets_are_written_once_and_the_reaper_lock_is_held_by_one() {
+    use bulk_import::store::job_store::{Exclusive, SharedSecrets};
     let pg = PgCluster::start();
-    let store = bulk_import::store::postgres::PgStore::open(&pg.url()).await.expect("opens and migrates");
-    super::store_conformance::registrations_are_kept_listed_and_revoked(&store).await;
-    super::store_conformance::the_audit_trail_keeps_the_newest_events(&store).await;
-    // Opening again finds the schema in place.
-    bulk_import::store::postgres::PgStore::open(&pg.url()).await.expect("migrations run once");
+    let a = PgStore::open(&pg.url()).await.unwrap();
+    let b = PgStore::open(&pg.url()).await.unwrap();
+    let (first, inserted) = a.secret_or_insert("jwt-secret", "from-replica-a", 1).await.unwrap();
+    assert_eq!((first.as_str(), inserted), ("from-replica-a", true));
+    let (second, inserted) = b.secret_or_insert("jwt-secret", "from-replica-b", 2).await.unwrap();
+    assert_eq!((second.as_str(), inserted), ("from-replica-a", false), "the first writer wins");
+
+    let held = a.try_exclusive("reaper").await.unwrap().expect("a free lock is taken");
+    assert!(b.try_exclusive("reaper").await.unwrap().is_none(), "held by the other replica");
+    assert!(b.try_exclusive("other work").await.unwrap().is_some(), "locks are by name");
+    drop(held);
+    // The connection closes in the background; the lock goes with it.
+    let mut free = None;
+    for _ in 0..50 {
+        free = b.try_exclusive("reaper").await.unwrap();
+        if free.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(free.is_some(), "a dropped guard lets the lock go");
 }
 
 #[tokio::test]

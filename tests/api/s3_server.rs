@@ -13,8 +13,8 @@ use s3s::{
 use tempfile::TempDir;
 
 pub const BUCKET: &str = "imports";
-const KEY: &str = "test-access-key";
-const SECRET: &str = "test-secret-key-0123456789";
+pub const KEY: &str = "test-access-key";
+pub const SECRET: &str = "test-secret-key-0123456789";
 
 pub struct S3Server {
     pub endpoint: String,

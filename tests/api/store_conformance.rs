@@ -1,6 +1,6 @@
-//! The store conformance suite: what the engine relies on of any `JobStore` and
-//! `RegistrationStore`, run against every backend: SQLite whole; PostgreSQL so far for
-//! registrations and the audit trail (`tests/api/postgres.rs`).
+//! The store conformance suite: what the engine relies on of any `JobStore`, `RegistrationStore`,
+//! `AuditLog` and `ReplayCache`, run whole against every backend: SQLite here, PostgreSQL in
+//! `tests/api/postgres.rs` (on a throw-away cluster, never skipped).
 use std::time::Duration;
 
 use bulk_import::{
@@ -10,7 +10,7 @@ use bulk_import::{
     },
     fhir::{manifest::FileKind, parameters::ExportType},
     store::{
-        job_store::{AuditLog, JobStore, RegistrationStore},
+        job_store::{AuditLog, JobStore, RegistrationStore, ReplayCache},
         leases::Renewal,
         Store,
     },
@@ -261,11 +261,14 @@ async fn leases_are_claimed_fenced_and_cancelled(store: &dyn JobStore) {
     let caps = JobCaps { all: 100, per_provider: 100 };
     let lease = Duration::from_secs(60);
     store.insert_job_if_room(&job("ff01", "p1", 500), caps).await.unwrap();
-    let a = store.claim_job("ff01", "replica-a", lease).await.unwrap().expect("a free job is claimed");
+    let first = store.claim_job("ff01", "replica-a", lease).await.unwrap().expect("a free job is claimed");
+    assert_eq!(first.takeovers, 0, "a first claim takes nothing over");
+    let a = first.token;
+    assert_eq!(store.lease_holder("ff01").await.unwrap().as_deref(), Some("replica-a"));
     assert_eq!(store.claim_job("ff01", "replica-b", lease).await.unwrap(), None, "held by another");
     assert_eq!(store.renew_lease("ff01", "replica-a", a, lease).await.unwrap(), Renewal::Held);
     // The holder may claim again (a restart of the same instance); the token moves on.
-    let a2 = store.claim_job("ff01", "replica-a", lease).await.unwrap().unwrap();
+    let a2 = store.claim_job("ff01", "replica-a", lease).await.unwrap().unwrap().token;
     assert!(a2 > a);
     assert_eq!(
         store.renew_lease("ff01", "replica-a", a, lease).await.unwrap(),
@@ -274,14 +277,20 @@ async fn leases_are_claimed_fenced_and_cancelled(store: &dyn JobStore) {
     );
     assert!(!store.release_lease("ff01", "replica-a", a).await.unwrap());
     assert!(store.release_lease("ff01", "replica-a", a2).await.unwrap());
+    assert_eq!(store.lease_holder("ff01").await.unwrap(), None, "released");
     let b = store.claim_job("ff01", "replica-b", lease).await.unwrap().expect("a released lease is free");
+    assert_eq!(b.takeovers, 0, "a released lease is not a takeover");
+    let b = b.token;
     assert_eq!(store.renew_lease("ff01", "replica-a", a2, lease).await.unwrap(), Renewal::Lost);
     // A lease that ran out is free for anyone.
     store.release_lease("ff01", "replica-b", b).await.unwrap();
-    let short = store.claim_job("ff01", "replica-b", Duration::ZERO).await.unwrap().unwrap();
+    let short = store.claim_job("ff01", "replica-b", Duration::ZERO).await.unwrap().unwrap().token;
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let c =
+    assert_eq!(store.lease_holder("ff01").await.unwrap(), None, "a lapsed lease has no holder");
+    let taken =
         store.claim_job("ff01", "replica-c", lease).await.unwrap().expect("an expired lease is taken over");
+    assert_eq!(taken.takeovers, 1, "counted, and kept across claims");
+    let c = taken.token;
     assert!(c > short);
     assert_eq!(store.renew_lease("ff01", "replica-b", short, lease).await.unwrap(), Renewal::Lost);
 
@@ -293,13 +302,24 @@ async fn leases_are_claimed_fenced_and_cancelled(store: &dyn JobStore) {
     store.insert_job_if_room(&job("ff02", "p1", 1), caps).await.unwrap();
     store.insert_job_if_room(&job("ff03", "p1", 2), caps).await.unwrap();
     store.claim_job("ff03", "replica-b", lease).await.unwrap().unwrap();
+    // A job a process touched a moment ago is that process's to claim.
+    store.insert_job_if_room(&job("ff04", "p1", 3), caps).await.unwrap();
+    store.touch("ff04", bulk_import::time_util::now_unix()).await.unwrap();
     let mut claimed = Vec::new();
-    while let Some((j, _)) = store.claim_next("replica-d", lease).await.unwrap() {
+    // A job silent since before `silent_since` is the reaper's (ff02 was last touched at 1).
+    let mut recent = Vec::new();
+    while let Some((j, _)) = store.claim_next("replica-e", lease, 2).await.unwrap() {
+        recent.push(j.id);
+        assert!(recent.len() < 20, "claim_next takes each free job once: {recent:?}");
+    }
+    assert!(!recent.iter().any(|id| id == "ff02"), "{recent:?}");
+    while let Some((j, _)) = store.claim_next("replica-d", lease, 0).await.unwrap() {
         claimed.push(j.id);
         assert!(claimed.len() < 20, "claim_next takes each free job once: {claimed:?}");
     }
     assert_eq!(claimed.first().map(String::as_str), Some("ff02"));
-    assert!(!claimed.iter().any(|id| id == "ff01" || id == "ff03"), "{claimed:?}");
+    let held_or_starting = |id: &String| id == "ff01" || id == "ff03" || id == "ff04";
+    assert!(!recent.iter().chain(&claimed).any(held_or_starting), "{recent:?} {claimed:?}");
     store.close_plan("ff01").await.unwrap();
     store.complete_job("ff01", 600).await.unwrap();
     assert_eq!(
@@ -307,6 +327,15 @@ async fn leases_are_claimed_fenced_and_cancelled(store: &dyn JobStore) {
         None,
         "a finished job is not claimed"
     );
+}
+
+/// Each assertion id is taken once (per client), until it expires.
+pub async fn the_replay_cache_takes_each_id_once(cache: &dyn ReplayCache) {
+    assert!(cache.remember_jti("p1", "jti-1", 2_000, 1_000).await.unwrap(), "a new id");
+    assert!(!cache.remember_jti("p1", "jti-1", 2_000, 1_500).await.unwrap(), "a replay");
+    assert!(cache.remember_jti("p2", "jti-1", 2_000, 1_500).await.unwrap(), "another client's id");
+    // Once expired it is forgotten (the assertion itself would be refused as expired anyway).
+    assert!(cache.remember_jti("p1", "jti-1", 4_000, 2_001).await.unwrap());
 }
 
 pub async fn the_audit_trail_keeps_the_newest_events(log: &dyn AuditLog) {
@@ -357,7 +386,9 @@ pub async fn assert_store_conformance(
     jobs: &dyn JobStore,
     registrations: &dyn RegistrationStore,
     audit: &dyn AuditLog,
+    replay: &dyn ReplayCache,
 ) {
+    jobs.ping().await.unwrap();
     registrations_are_kept_listed_and_revoked(registrations).await;
     admission_holds_both_caps(jobs).await;
     a_plan_records_files_outcomes_and_totals(jobs).await;
@@ -366,11 +397,12 @@ pub async fn assert_store_conformance(
     a_plan_grows_and_manifests_are_withdrawn(jobs).await;
     leases_are_claimed_fenced_and_cancelled(jobs).await;
     the_audit_trail_keeps_the_newest_events(audit).await;
+    the_replay_cache_takes_each_id_once(replay).await;
 }
 
 #[tokio::test]
 async fn sqlite_passes_the_store_conformance_suite() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("store.sqlite")).await.unwrap();
-    assert_store_conformance(&store, &store, &store).await;
+    assert_store_conformance(&store, &store, &store, &store).await;
 }

@@ -1,0 +1,252 @@
+//! Several replicas on one PostgreSQL and one S3 server (the scale-out issue): the real binary
+//! three times. A ping through one, polls and deletes through the others; the owner SIGKILLed
+//! mid-file, and another replica finishes its job byte for byte; a DELETE through a replica that
+//! does not run the job stops it where it runs. Keys, secrets and the replay cache are shared.
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use josekit::jws::ES384;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+use super::{
+    binary::{finished, Server},
+    fake_provider::{FakeProvider, FileFault},
+    helpers::{observations, ping, sign_assertion},
+    postgres::PgCluster,
+    s3_server::{S3Server, BUCKET, KEY, SECRET},
+};
+
+/// Short, so a takeover comes within seconds (a renewal every second).
+const LEASE_SECONDS: &str = "3";
+
+/// Replicas behind one public URL, as behind a load balancer (here: the first replica's address).
+struct Fleet {
+    ports: Vec<u16>,
+    public_url: String,
+}
+
+impl Fleet {
+    fn of(n: usize) -> Self {
+        let ports: Vec<u16> = (0..n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+            .collect();
+        let public_url = format!("http://127.0.0.1:{}", ports[0]);
+        Self { ports, public_url }
+    }
+
+    fn start(&self, pg: &PgCluster, s3: &S3Server, dirs: &[TempDir]) -> Vec<Server> {
+        let env = replica_env(pg, s3, &self.public_url);
+        self.ports
+            .iter()
+            .zip(dirs)
+            .map(|(port, dir)| {
+                let port = port.to_string();
+                let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                env.push(("PORT", &port));
+                Server::start(dir.path(), &env)
+            })
+            .collect()
+    }
+}
+
+fn replica_env(pg: &PgCluster, s3: &S3Server, public_url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("PUBLIC_URL", public_url.into()),
+        ("RUST_LOG", "bulk_import=info".into()),
+        ("DATABASE_URL", pg.url()),
+        ("LEASE_SECONDS", LEASE_SECONDS.into()),
+        ("POLL_INTERVAL", "0.05".into()),
+        ("DESTINATION_TYPE", "s3".into()),
+        ("AWS_S3_BUCKET_NAME", BUCKET.into()),
+        ("S3_ENDPOINT_URL", s3.endpoint.clone()),
+        ("S3_FORCE_PATH_STYLE", "true".into()),
+        ("S3_PREFIX", "bulk/".into()),
+        ("AWS_ACCESS_KEY_ID", KEY.into()),
+        ("AWS_SECRET_ACCESS_KEY", SECRET.into()),
+    ]
+}
+
+/// A provider key registered through `admin_base`; an assertion signer for it.
+async fn register(admin_base: &str, admin: &str, provider: &FakeProvider) -> (String, josekit::jwk::Jwk) {
+    let mut key = ES384.generate_key_pair().unwrap().to_jwk_key_pair();
+    key.set_key_id("provider-key-1");
+    let mut public = key.to_public_key().unwrap();
+    public.set_key_id("provider-key-1");
+    let res = reqwest::Client::new()
+        .post(format!("{admin_base}/auth/register"))
+        .bearer_auth(admin)
+        .json(&json!({"jwks": {"keys": [public.as_ref()]}, "consumer_client_id": "consumer-at-fake", "aud": provider.base()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "a replica accepts the shared admin token");
+    let reg: Value = res.json().await.unwrap();
+    (reg["client_id"].as_str().unwrap().to_string(), key)
+}
+
+async fn token_form(base: &str, assertion: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{base}/auth/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+            ("client_assertion", assertion),
+            ("scope", "system/*.write"),
+        ])
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn ping_through(base: &str, token: &str, manifest_url: &str) -> String {
+    let res = reqwest::Client::new()
+        .post(format!("{base}/$import"))
+        .bearer_auth(token)
+        .header("content-type", "application/fhir+json")
+        .body(ping(manifest_url, "static").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
+    let status_url = res.headers()["content-location"].to_str().unwrap().to_string();
+    status_url.rsplit('/').next().unwrap().to_string()
+}
+
+async fn wait_for_request(provider: &FakeProvider, path: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while provider.requests_to(path).len() < n {
+        assert!(Instant::now() < deadline, "{path} was not requested {n} times");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_for_object(s3: &S3Server, key: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s3.object(key).is_none() {
+        assert!(Instant::now() < deadline, "{key} was never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_share_the_work_and_a_killed_owners_job_is_finished_by_another() {
+    let pg = PgCluster::start();
+    let s3 = S3Server::start().await;
+    let provider = FakeProvider::start().await;
+    let obs = observations(3_000);
+    provider.add_file("a.ndjson", "Observation", obs.clone());
+    provider.add_file("b.ndjson", "Observation", obs.clone());
+    // The first download of b sends half, then stalls: its process is killed mid-file.
+    provider.fault_file("b.ndjson", vec![FileFault::StallHalfway(120_000)]);
+    let fleet = Fleet::of(3);
+    let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
+    let mut replicas = fleet.start(&pg, &s3, &dirs);
+    let bases: Vec<String> = replicas.iter().map(Server::base).collect();
+
+    // One key pair and one admin token for all, generated by whichever started first.
+    let mut jwks = Vec::new();
+    for base in &bases {
+        jwks.push(reqwest::get(format!("{base}/jwks")).await.unwrap().text().await.unwrap());
+    }
+    assert!(jwks.windows(2).all(|w| w[0] == w[1]), "every replica publishes the same key: {jwks:?}");
+    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+    let admin: String = sqlx::query_scalar("SELECT value FROM shared_secrets WHERE name = 'admin-token'")
+        .fetch_one(&pool)
+        .await
+        .expect("the generated admin token is kept in the database");
+    provider.set_consumer_jwks_url(format!("{}/jwks", bases[2]));
+
+    // Registered through one replica, a token from another, used on the third.
+    let (client_id, key) = register(&bases[0], &admin, &provider).await;
+    let assertion = sign_assertion(&key, &client_id, &format!("{}/auth/token", fleet.public_url), |_, _| {});
+    let res = token_form(&bases[1], &assertion).await;
+    assert_eq!(res.status(), 200);
+    let token: Value = res.json().await.unwrap();
+    let token = token["access_token"].as_str().unwrap().to_string();
+    // The replay cache is shared: the same assertion at another replica is a replay.
+    let replayed: Value = token_form(&bases[2], &assertion).await.json().await.unwrap();
+    assert_eq!(replayed["error"], "invalid_client", "{replayed}");
+    assert!(replayed["error_description"].as_str().unwrap().contains("already used"), "{replayed}");
+
+    let id = ping_through(&bases[0], &token, &provider.manifest_url()).await;
+    wait_for_request(&provider, "/fhir/files/b.ndjson", 1).await;
+    wait_for_object(&s3, &format!("bulk/{id}/a.ndjson")).await;
+    // Any replica answers for the job while its owner runs it.
+    let res = reqwest::get(format!("{}/job/{id}", bases[1])).await.unwrap();
+    assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed_at = Instant::now();
+    let owner = &mut replicas[0];
+    assert!(Command::new("kill").args(["-KILL", &owner.child.id().to_string()]).status().unwrap().success());
+    let _ = owner.child.wait();
+
+    // Another replica takes the job over once the lease lapses, and finishes it.
+    let res = finished(&format!("{}/job/{id}", bases[2]), "the job was not taken over").await;
+    let taken_over_in = killed_at.elapsed();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["extension"]["result"], "completed", "{body}");
+    assert_eq!(body["extension"]["resources"], 6_000, "{body}");
+    assert!(taken_over_in < Duration::from_secs(20), "takeover took {taken_over_in:?}");
+    let logs = format!("{}\n{}", replicas[1].log(), replicas[2].log());
+    assert!(logs.contains("took over a job"), "{logs}");
+    for name in ["a.ndjson", "b.ndjson"] {
+        let stored = s3.object(&format!("bulk/{id}/{name}")).unwrap_or_default();
+        assert!(stored == obs.as_bytes(), "{name}: {} bytes, not the provider's {}", stored.len(), obs.len());
+    }
+    assert_eq!(provider.requests_to("/fhir/files/b.ndjson").len(), 2, "the broken file is fetched once more");
+    assert_eq!(provider.requests_to("/fhir/files/a.ndjson").len(), 1, "a finished file is not fetched again");
+
+    // Deleted through a replica that did not run it: gone everywhere.
+    let res = reqwest::Client::new().delete(format!("{}/job/{id}", bases[1])).send().await.unwrap();
+    assert_eq!(res.status(), 202);
+    for base in &bases[1..] {
+        assert_eq!(reqwest::get(format!("{base}/job/{id}")).await.unwrap().status(), 404);
+    }
+    assert_eq!(s3.object(&format!("bulk/{id}/a.ndjson")), None, "the job's files are removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delete_through_another_replica_stops_the_job_where_it_runs_before_its_files_go() {
+    let pg = PgCluster::start();
+    let s3 = S3Server::start().await;
+    let provider = FakeProvider::start().await;
+    provider.add_file("a.ndjson", "Observation", observations(100));
+    provider.add_file("c.ndjson", "Observation", observations(100));
+    provider.hold_file("c.ndjson");
+    let fleet = Fleet::of(2);
+    let dirs: Vec<TempDir> = (0..2).map(|_| TempDir::new().unwrap()).collect();
+    let replicas = fleet.start(&pg, &s3, &dirs);
+    let bases: Vec<String> = replicas.iter().map(Server::base).collect();
+    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+    let admin: String = sqlx::query_scalar("SELECT value FROM shared_secrets WHERE name = 'admin-token'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    provider.set_consumer_jwks_url(format!("{}/jwks", bases[0]));
+    let (client_id, key) = register(&bases[0], &admin, &provider).await;
+    let assertion = sign_assertion(&key, &client_id, &format!("{}/auth/token", fleet.public_url), |_, _| {});
+    let token: Value = token_form(&bases[0], &assertion).await.json().await.unwrap();
+    let id = ping_through(&bases[0], token["access_token"].as_str().unwrap(), &provider.manifest_url()).await;
+    wait_for_request(&provider, "/fhir/files/c.ndjson", 1).await;
+    wait_for_object(&s3, &format!("bulk/{id}/a.ndjson")).await;
+
+    let res = reqwest::Client::new().delete(format!("{}/job/{id}", bases[1])).send().await.unwrap();
+    assert_eq!(res.status(), 202);
+    // The owner logged its stop before it let the lease go (the log pipe may lag a moment).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !replicas[0].log().contains("job stopped") {
+        assert!(Instant::now() < deadline, "the owner did not stop:\n{}", replicas[0].log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    provider.release_files();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for base in &bases {
+        assert_eq!(reqwest::get(format!("{base}/job/{id}")).await.unwrap().status(), 404);
+    }
+    let left: Vec<String> = s3.all_files().into_iter().filter(|f| f.contains(&id)).collect();
+    assert!(left.iter().all(|f| f.contains(".upload")), "no object of the deleted job is left: {left:?}");
+}
