@@ -13,6 +13,7 @@ use reqwest::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::jobs::byte_range::{Answer, Continuation, Validator};
 use crate::jobs::error::JobError;
 use crate::jobs::export::describe_failure;
 use crate::jobs::file_bounds::{Exceeded, FileMeter, JobBytes};
@@ -186,26 +187,34 @@ pub async fn import_file(
         Err(reason) => return Ok(FileResult::failed(file, IssueCode::Security, reason)),
     };
     let url = &url;
+    // A data file's download so far, for the next attempt to continue.
+    let partial = tokio::sync::Mutex::new(None);
+    let partial = &partial;
     let one_attempt = |t: Try| async move {
         let fetch = Fetch { client, url, auth, file, t, cancel };
         let result = if file.kind == FileKind::Error {
             let mut report = ProviderReport::default();
             let mut meter = FileMeter::new(job_bytes, &client.limits, file.idx).not_data();
-            match stream_into(&fetch, Sink::Report(&mut report), &mut meter).await {
-                Ok(_) => Ok(FileResult::reported(file, report)),
+            let sent = request(&fetch, None).await;
+            let sent = match sent {
+                Ok(resp) => {
+                    let ok = resp.status() == StatusCode::OK;
+                    refuse_unless_ok(&fetch, resp, ok).await
+                }
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(resp) => {
+                    let mut lines = Lines::new(&fetch);
+                    let mut received = 0;
+                    pump(&fetch, resp, Sink::Report(&mut report), &mut meter, &mut lines, &mut received)
+                        .await
+                        .map(|()| FileResult::reported(file, report))
+                }
                 Err(e) => Err(e),
             }
         } else {
-            let target =
-                FileTarget { job: &file.job_id, name: &file.name, resource_type: &file.resource_type };
-            match destination.open(target).await {
-                Ok(writer) => {
-                    let meter = FileMeter::new(job_bytes, &client.limits, file.idx);
-                    let meter = if file.kind == FileKind::Output { meter } else { meter.not_data() };
-                    attempt_file(&fetch, writer, meter).await
-                }
-                Err(e) => Err(AttemptError::Job(e.into())),
-            }
+            attempt_data(&fetch, destination, job_bytes, &mut *partial.lock().await).await
         };
         match result {
             Ok(done) => Attempt::Done(Ok(done)),
@@ -223,7 +232,10 @@ pub async fn import_file(
             }
         }
     };
-    retry::run(client.retry_policy(), cancel, "file download", one_attempt).await
+    let result = retry::run(client.retry_policy(), cancel, "file download", one_attempt).await;
+    // Cancelled (or out of attempts) with a download kept for a continuation: nothing of it stays.
+    discard(&mut *partial.lock().await).await;
+    result
 }
 
 /// The file's URL and whether it gets our token. A file that needs the token must be on a trusted
@@ -249,22 +261,121 @@ fn file_url(base: &ProviderBase, file: &JobFile) -> Result<(url::Url, Auth), Str
     Ok((url, Auth::WithToken))
 }
 
-async fn attempt_file(
+/// Lines of one file as they are validated; kept with a download that continues.
+struct Lines {
+    splitter: LineSplitter,
+    counted: Streamed,
+    blank: u64,
+}
+
+impl Lines {
+    fn new(fetch: &Fetch<'_>) -> Self {
+        let untyped = fetch.file.resource_type.is_empty();
+        Self {
+            splitter: LineSplitter::new(fetch.client.limits.max_line_bytes),
+            counted: Streamed { resources: 0, by_type: untyped.then(BTreeMap::new) },
+            blank: 0,
+        }
+    }
+}
+
+/// A data file's download so far. Kept across attempts when the provider can send the rest of
+/// the same file (`byte_range`), so a broken download continues where its bytes stopped: the
+/// writer, the meter and the line state go on as if the connection had never broken.
+struct Partial<'a> {
+    writer: Box<dyn FileWriter>,
+    meter: FileMeter<'a>,
+    lines: Lines,
+    /// Bytes received and written: where a continuation starts.
+    received: u64,
+    /// `None`: the provider cannot continue it; a break starts the file over.
+    validator: Option<Validator>,
+}
+
+/// Abort a kept download: its partial file goes.
+async fn discard(slot: &mut Option<Partial<'_>>) {
+    if let Some(p) = slot.take() {
+        if let Err(abort) = p.writer.abort().await {
+            tracing::warn!(error = %crate::error_text::chain(&abort), "could not remove a partial file");
+        }
+    }
+}
+
+/// One attempt at a data file: the rest of the kept download if the provider can send it, else
+/// the whole file into a fresh writer.
+async fn attempt_data<'a>(
     fetch: &Fetch<'_>,
-    mut writer: Box<dyn FileWriter>,
-    mut meter: FileMeter<'_>,
+    destination: &dyn Destination,
+    job_bytes: &'a JobBytes,
+    slot: &mut Option<Partial<'a>>,
 ) -> Result<FileResult, AttemptError> {
-    let result = stream_into(fetch, Sink::Store(&mut *writer), &mut meter).await;
+    let file = fetch.file;
+    let continuation = slot.as_ref().and_then(|p| {
+        let validator = p.validator.clone()?;
+        (p.received > 0).then_some(Continuation { from: p.received, validator })
+    });
+    let resp = match request(fetch, continuation.as_ref()).await {
+        Ok(resp) => resp,
+        Err(e @ AttemptError::Transient { .. }) if continuation.is_some() => return Err(e),
+        Err(e) => {
+            discard(slot).await;
+            return Err(e);
+        }
+    };
+    let continued = match continuation.as_ref().map(|c| c.answered(&resp)) {
+        Some(Answer::Rest) => true,
+        Some(Answer::Unusable) => {
+            discard(slot).await;
+            return Err(AttemptError::Transient {
+                after: None,
+                why: format!(
+                    "the provider answered {} to a request for the rest of the file; it starts over",
+                    resp.status()
+                ),
+            });
+        }
+        Some(Answer::Whole) | None => false,
+    };
+    if continued {
+        tracing::info!(file = %redact(fetch.url), from = slot.as_ref().map_or(0, |p| p.received), "the download continues where it broke off");
+    } else {
+        discard(slot).await;
+        let resp_ok = resp.status() == StatusCode::OK;
+        let resp = refuse_unless_ok(fetch, resp, resp_ok).await?;
+        let target = FileTarget { job: &file.job_id, name: &file.name, resource_type: &file.resource_type };
+        let writer = destination.open(target).await.map_err(|e| AttemptError::Job(e.into()))?;
+        let meter = FileMeter::new(job_bytes, &fetch.client.limits, file.idx);
+        let meter = if file.kind == FileKind::Output { meter } else { meter.not_data() };
+        let validator = Validator::of(resp.headers());
+        *slot = Some(Partial { writer, meter, lines: Lines::new(fetch), received: 0, validator });
+        return stream_kept(fetch, resp, slot).await;
+    }
+    stream_kept(fetch, resp, slot).await
+}
+
+/// Stream an answer into the kept download; commit it at the end. A transient break keeps it
+/// for a continuation when the provider can send the rest; anything else removes it.
+async fn stream_kept(
+    fetch: &Fetch<'_>,
+    resp: reqwest::Response,
+    slot: &mut Option<Partial<'_>>,
+) -> Result<FileResult, AttemptError> {
+    let Some(p) = slot.as_mut() else {
+        return Err(AttemptError::Job(JobError::Internal("no download to continue".into())));
+    };
+    let result =
+        pump(fetch, resp, Sink::Store(&mut *p.writer), &mut p.meter, &mut p.lines, &mut p.received).await;
     match result {
-        Ok(streamed) => {
-            let receipt = writer.finish(streamed.resources as u64).await.map_err(JobError::from)?;
-            meter.keep();
+        Ok(()) => {
+            let Some(p) = slot.take() else { unreachable!("checked above") };
+            let streamed = p.lines.counted;
+            let receipt = p.writer.finish(streamed.resources as u64).await.map_err(JobError::from)?;
+            p.meter.keep();
             Ok(FileResult::stored(fetch.file, streamed, receipt.bytes as i64, receipt.location))
         }
+        Err(e @ AttemptError::Transient { .. }) if p.validator.is_some() => Err(e),
         Err(e) => {
-            if let Err(abort) = writer.abort().await {
-                tracing::warn!(error = %crate::error_text::chain(&abort), "could not remove a partial file");
-            }
+            discard(slot).await;
             Err(e)
         }
     }
@@ -280,62 +391,81 @@ struct Fetch<'a> {
     cancel: &'a CancellationToken,
 }
 
-async fn stream_into(
+/// Send one GET for the file (for the rest of it, with a continuation); transient trouble is
+/// worth another attempt, the rest fails the file.
+async fn request(
     fetch: &Fetch<'_>,
-    sink: Sink<'_>,
-    meter: &mut FileMeter<'_>,
-) -> Result<Streamed, AttemptError> {
-    let Fetch { client, url, auth, file, t, cancel } = *fetch;
+    continuation: Option<&Continuation>,
+) -> Result<reqwest::Response, AttemptError> {
+    let Fetch { client, url, auth, t, cancel, .. } = *fetch;
     let get = |http: &reqwest::Client, url: url::Url| {
-        http.get(url).header(ACCEPT, "application/fhir+ndjson").header(ACCEPT_ENCODING, ACCEPTED)
+        let req = http.get(url).header(ACCEPT, "application/fhir+ndjson");
+        match continuation {
+            Some(c) => c.ask(req),
+            None => req.header(ACCEPT_ENCODING, ACCEPTED),
+        }
     };
     let sent = tokio::select! {
         biased;
         _ = cancel.cancelled() => return Err(JobError::Cancelled.into()),
         sent = client.send_once(auth, &get, url) => sent,
     };
-    let resp = match sent {
+    match sent {
         Ok(resp) if is_transient_status(resp.status()) && !t.last => {
             let after = client.retry_policy().retry_after(resp.headers());
-            return Err(AttemptError::Transient {
-                after,
-                why: format!("the provider answered {}", resp.status()),
-            });
+            Err(AttemptError::Transient { after, why: format!("the provider answered {}", resp.status()) })
         }
-        Ok(resp) => resp,
+        Ok(resp) => Ok(resp),
         Err(SendError::Token(e)) if !e.is_permanent() && !t.last => {
-            return Err(AttemptError::Transient { after: None, why: crate::error_text::chain(&e) })
+            Err(AttemptError::Transient { after: None, why: crate::error_text::chain(&e) })
         }
-        Err(SendError::Token(e)) => return Err(e.into()),
-        Err(e @ SendError::Refused(_)) => {
-            return Err(AttemptError::Permanent(IssueCode::Security, e.describe()))
-        }
+        Err(SendError::Token(e)) => Err(e.into()),
+        Err(e @ SendError::Refused(_)) => Err(AttemptError::Permanent(IssueCode::Security, e.describe())),
         Err(e) if t.last => {
             let reason = format!(
                 "the provider could not be reached after {} attempts: {}",
                 t.number + 1,
                 e.describe()
             );
-            return Err(AttemptError::Permanent(IssueCode::Transient, reason));
+            Err(AttemptError::Permanent(IssueCode::Transient, reason))
         }
-        Err(e) => return Err(AttemptError::Transient { after: None, why: e.describe() }),
-    };
-    let refused = match resp.status() {
-        StatusCode::OK => None,
-        StatusCode::NOT_FOUND | StatusCode::GONE => Some(IssueCode::NotFound),
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Some(IssueCode::Security),
-        _ => Some(IssueCode::Exception),
-    };
-    if let Some(code) = refused {
-        // The error page is read under the same cancellation as the body.
-        let reason = retry::unless_cancelled(cancel, describe_failure("the provider", resp)).await?;
-        return Err(AttemptError::Permanent(code, reason));
+        Err(e) => Err(AttemptError::Transient { after: None, why: e.describe() }),
     }
+}
+
+/// The answer, if it is the file (`ok`); else the file fails with the provider's reason.
+async fn refuse_unless_ok(
+    fetch: &Fetch<'_>,
+    resp: reqwest::Response,
+    ok: bool,
+) -> Result<reqwest::Response, AttemptError> {
+    if ok {
+        return Ok(resp);
+    }
+    let code = match resp.status() {
+        StatusCode::NOT_FOUND | StatusCode::GONE => IssueCode::NotFound,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => IssueCode::Security,
+        _ => IssueCode::Exception,
+    };
+    // The error page is read under the same cancellation as the body.
+    let reason = retry::unless_cancelled(fetch.cancel, describe_failure("the provider", resp)).await?;
+    Err(AttemptError::Permanent(code, reason))
+}
+
+/// Stream a body through the line checks into `sink`, counting `received` bytes as they pass.
+async fn pump(
+    fetch: &Fetch<'_>,
+    resp: reqwest::Response,
+    sink: Sink<'_>,
+    meter: &mut FileMeter<'_>,
+    lines: &mut Lines,
+    received: &mut u64,
+) -> Result<(), AttemptError> {
+    let Fetch { client, file, cancel, .. } = *fetch;
     let expected = file.resource_type.as_str();
     // Provider OperationOutcomes and `deleted` Bundles often carry no id.
     let require_id = file.kind == FileKind::Output;
-    let mut splitter = LineSplitter::new(client.limits.max_line_bytes);
-    let mut counted = Streamed { resources: 0, by_type: expected.is_empty().then(BTreeMap::new) };
+    let Lines { splitter, counted, blank } = lines;
     // Resources so far, read between chunks for live progress.
     let seen = std::sync::atomic::AtomicU64::new(0);
     let (mut writer, mut report) = match sink {
@@ -343,10 +473,9 @@ async fn stream_into(
         Sink::Report(r) => (None, Some(r)),
     };
     let max_blank = client.limits.max_blank_lines;
-    let mut blank = 0u64;
-    let mut on_blank = move |line: u64| {
-        blank += 1;
-        if blank > max_blank {
+    let mut on_blank = |line: u64| {
+        *blank += 1;
+        if *blank > max_blank {
             return Err(LineError::TooManyBlank { line, max: max_blank });
         }
         Ok(())
@@ -399,22 +528,33 @@ async fn stream_into(
                 why: format!("the download broke off: {}", crate::error_text::chain(&e)),
             },
         })?;
-        meter.chunk(chunk.len() as u64).map_err(|e| match e {
-            e @ Exceeded::JobBytes(_) => AttemptError::Job(JobError::Bound(e)),
-            e @ Exceeded::TooSlow { .. } => AttemptError::Transient { after: None, why: e.to_string() },
-            e @ Exceeded::FileBytes(_) => AttemptError::Permanent(IssueCode::TooCostly, e.to_string()),
-        })?;
+        // Too slow is found once the chunk is here: it is kept (a continuation starts after it).
+        let too_slow = match meter.chunk(chunk.len() as u64) {
+            Ok(()) => None,
+            Err(e @ Exceeded::JobBytes(_)) => return Err(AttemptError::Job(JobError::Bound(e))),
+            Err(e @ Exceeded::FileBytes(_)) => {
+                return Err(AttemptError::Permanent(IssueCode::TooCostly, e.to_string()))
+            }
+            Err(e @ Exceeded::TooSlow { .. }) => {
+                Some(AttemptError::Transient { after: None, why: e.to_string() })
+            }
+        };
         splitter.feed(&chunk, &mut on_line).map_err(line_failure)?;
         meter.resources(seen.swap(0, std::sync::atomic::Ordering::Relaxed));
+        let n = chunk.len() as u64;
         if let Some(w) = writer.as_deref_mut() {
             let started = std::time::Instant::now();
             w.write(chunk).await.map_err(JobError::from)?;
             meter.paused(started.elapsed());
         }
+        *received += n;
+        if let Some(e) = too_slow {
+            return Err(e);
+        }
     }
     splitter.finish(&mut on_line).map_err(line_failure)?;
     meter.resources(seen.swap(0, std::sync::atomic::Ordering::Relaxed));
-    Ok(counted)
+    Ok(())
 }
 
 fn line_failure(e: LineError) -> AttemptError {

@@ -82,6 +82,8 @@ pub struct Recorded {
     pub query: Option<String>,
     pub authorization: Option<String>,
     pub accept_encoding: Option<String>,
+    pub range: Option<String>,
+    pub if_range: Option<String>,
     pub body: String,
     /// When the request arrived.
     pub at: std::time::Instant,
@@ -186,6 +188,23 @@ struct Inner {
     file_faults: HashMap<String, VecDeque<FileFault>>,
     drip_manifest: Option<u64>,
     kickoff_delay: Option<u64>,
+    ranges: Option<Ranges>,
+    /// Answers so far to file requests, for a validator that changes.
+    file_answers: u64,
+}
+
+/// Whether and how files answer `Range` requests (by default, like many providers, they ignore
+/// them and send the whole file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ranges {
+    /// `Accept-Ranges: bytes` and a strong `ETag`; `If-Range` with it gets 206.
+    ETag,
+    /// Only `Last-Modified` (an hour before `Date`); `If-Range` with it gets 206.
+    LastModified,
+    /// Only a weak ETag, which `If-Range` cannot use.
+    WeakETag,
+    /// The ETag changes on every answer (the file was rewritten): `If-Range` never matches.
+    ChangingETag,
 }
 
 #[derive(Clone)]
@@ -431,6 +450,10 @@ impl FakeProvider {
     pub fn script_kickoff(&self, statuses: Vec<u16>) {
         self.with(|i| i.kickoff_script = statuses.into());
     }
+    /// Answer `Range` requests on files this way.
+    pub fn ranges(&self, how: Ranges) {
+        self.with(|i| i.ranges = Some(how));
+    }
     pub fn release_files(&self) {
         self.with(|i| i.held.clear());
         self.release.notify_waiters();
@@ -459,6 +482,8 @@ impl FakeProvider {
             query: uri.query().map(str::to_string),
             authorization: headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string),
             accept_encoding: headers.get("accept-encoding").and_then(|v| v.to_str().ok()).map(str::to_string),
+            range: headers.get("range").and_then(|v| v.to_str().ok()).map(str::to_string),
+            if_range: headers.get("if-range").and_then(|v| v.to_str().ok()).map(str::to_string),
             body: String::from_utf8_lossy(body).into_owned(),
             at: std::time::Instant::now(),
         };
@@ -802,7 +827,53 @@ async fn file(State(f): State<FakeProvider>, Path(name): Path<String>, headers: 
     } else {
         file.bytes.clone()
     };
-    let fault = f.with(|i| i.file_faults.get_mut(&name).and_then(|q| q.pop_front()));
+    let (ranges, answer) = f.with(|i| {
+        i.file_answers += 1;
+        (i.ranges, i.file_answers)
+    });
+    let Some(ranges) = ranges else { return file_body(&f, &name, &file, bytes, chunk) };
+    let validator = match ranges {
+        Ranges::ETag => ("etag", format!("\"v1-{}\"", bytes.len())),
+        Ranges::LastModified => ("last-modified", "Tue, 01 Dec 2026 10:00:00 GMT".to_string()),
+        Ranges::WeakETag => ("etag", format!("W/\"v1-{}\"", bytes.len())),
+        Ranges::ChangingETag => ("etag", format!("\"v{answer}\"")),
+    };
+    let asked = headers
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse::<usize>().ok());
+    let matches = headers.get("if-range").and_then(|v| v.to_str().ok()) == Some(validator.1.as_str())
+        && ranges != Ranges::WeakETag;
+    let (status, body) = match asked {
+        Some(from) if matches && from < bytes.len() => (StatusCode::PARTIAL_CONTENT, bytes.slice(from..)),
+        _ => (StatusCode::OK, bytes.clone()),
+    };
+    let mut res = file_body(&f, &name, &file, body.clone(), chunk);
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert("accept-ranges", "bytes".parse().unwrap());
+    h.insert(validator.0, validator.1.parse().unwrap());
+    h.insert("date", "Tue, 01 Dec 2026 11:00:00 GMT".parse().unwrap());
+    if status == StatusCode::PARTIAL_CONTENT {
+        let from = bytes.len() - body.len();
+        let range = format!("bytes {from}-{}/{}", bytes.len() - 1, bytes.len());
+        h.insert("content-range", range.parse().unwrap());
+    }
+    res
+}
+
+/// A file's body (`bytes`, all of it or the asked range), with this request's fault if one is
+/// queued; a gzip file says so whatever its fault.
+fn file_body(f: &FakeProvider, name: &str, file: &FakeFile, bytes: Bytes, chunk: usize) -> Response {
+    let mut res = faulty_body(f, name, bytes, chunk);
+    if file.gzip || file.corrupt_gzip {
+        res.headers_mut().insert("content-encoding", "gzip".parse().unwrap());
+    }
+    res
+}
+
+fn faulty_body(f: &FakeProvider, name: &str, bytes: Bytes, chunk: usize) -> Response {
+    let fault = f.with(|i| i.file_faults.get_mut(name).and_then(|q| q.pop_front()));
     if let Some(FileFault::Drip(ms)) = fault {
         return Response::new(drip(bytes, ms));
     }
@@ -828,9 +899,6 @@ async fn file(State(f): State<FakeProvider>, Path(name): Path<String>, headers: 
         bytes.chunks(chunk.max(1)).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
     let mut res = Response::new(Body::from_stream(futures::stream::iter(chunks)));
     res.headers_mut().insert("content-type", "application/fhir+ndjson".parse().unwrap());
-    if file.gzip || file.corrupt_gzip {
-        res.headers_mut().insert("content-encoding", "gzip".parse().unwrap());
-    }
     res
 }
 
@@ -846,6 +914,8 @@ fn async_stream(
             match (step, fault) {
                 (0, _) => Some((Ok(head), 1)),
                 (1, FileFault::BreakHalfway) => {
+                    // After a pause, so the head is on the wire first (a break inside the body).
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     Some((Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "scripted break")), 2))
                 }
                 (1, FileFault::Truncated) => None,

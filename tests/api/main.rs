@@ -19,6 +19,7 @@ mod plan;
 mod postgres;
 mod provider_bounds;
 mod pull;
+mod ranges;
 mod real_providers;
 mod replicas;
 mod s3_server;
