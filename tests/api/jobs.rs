@@ -373,3 +373,63 @@ async fn a_cancelled_job_stays_listed_as_cancelled_and_its_poller_learns_so() {
     assert_eq!(app.get_job(&id).await.status(), 404, "deleting removes it");
     assert_eq!(cancel("0123456789abcdef0123456789abcdef".into()).await.unwrap().status(), 404);
 }
+
+/// A job whose lease lapsed under another process, as that process left it.
+async fn orphaned_job(app: &super::helpers::TestApp, id: &str, takeovers: i64) {
+    let config = test_config(&app.dir);
+    let bulk_import::config::DatabaseUrl::Sqlite(path) = &config.database else { unreachable!() };
+    let store = bulk_import::store::backend::Stores::open(&config.database).await.unwrap().jobs;
+    let now = bulk_import::time_util::now_unix();
+    let job = bulk_import::domain::Job {
+        id: id.into(),
+        client_id: app.client_id.clone(),
+        export_type: bulk_import::fhir::parameters::ExportType::Static,
+        export_url: app.provider.manifest_url(),
+        kickoff: vec![],
+        state: bulk_import::domain::JobState::Queued,
+        status_url: None,
+        progress: None,
+        failure: None,
+        created_at: now - 60,
+        completed_at: None,
+        plan_open: true,
+    };
+    store
+        .insert_job_if_room(&job, bulk_import::domain::JobCaps { all: 1000, per_provider: 1000 })
+        .await
+        .unwrap();
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display())).await.unwrap();
+    sqlx::query(
+        "UPDATE jobs SET lease_owner = 'a-replica-that-died', lease_token = 7, lease_expires_at = ?,
+                         touched_at = ?, takeovers = ? WHERE id = ?",
+    )
+    .bind(now - 20)
+    .bind(now - 30)
+    .bind(takeovers)
+    .bind(id)
+    .execute(&pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_job_whose_lease_lapsed_under_another_process_is_taken_over_and_finished() {
+    let app = spawn_app_with(|c| c.lease = Duration::from_secs(3)).await;
+    app.provider.add_file("o.ndjson", "Observation", observations(5));
+    let id = "0aa1".repeat(8);
+    orphaned_job(&app, &id, 0).await;
+    let res = app.wait_for_job(&id).await;
+    assert_eq!(res.status(), 200, "taken over by the takeover pass and finished");
+    assert_eq!(app.read(&id, "Observation.1.ndjson"), observations(5));
+}
+
+#[tokio::test]
+async fn a_job_taken_over_too_often_fails_saying_so_instead_of_going_round_for_ever() {
+    let app = spawn_app_with(|c| c.lease = Duration::from_secs(3)).await;
+    app.provider.add_file("o.ndjson", "Observation", observations(5));
+    let id = "0bb2".repeat(8);
+    orphaned_job(&app, &id, bulk_import::jobs::pipeline::MAX_TAKEOVERS).await;
+    let text = app.failed(&id).await;
+    assert!(text.contains("taken over 4 times"), "{text}");
+    assert!(app.provider.requests_to("/fhir/manifest.json").is_empty(), "nothing was fetched");
+}
