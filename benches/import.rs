@@ -9,6 +9,10 @@
 //! file's pre-compressed `.gz` twin (as nginx `gzip_static` does), curl runs with `--compressed`, and
 //! CPU seconds per decoded GB are shown for curl and the importer.
 //!
+//! BENCH_DATABASES=sqlite,postgres runs each destination on SQLite and on a throw-away PostgreSQL
+//! cluster; BENCH_TAKEOVER=1 adds two replicas on that PostgreSQL, SIGKILLs the one running the
+//! import and times the other's takeover (lease: BENCH_LEASE seconds, default 10).
+//!
 //! Settings (environment): BENCH_SIZE (default 1GiB), BENCH_FILES (8), BENCH_MODES (plain,gzip),
 //! BENCH_DESTS (tmp-fs,dev-null), BENCH_DIR (target/bench-data), BENCH_LOG (show the server's log),
 //! BENCH_GENERATOR (the shared tools' make_ndjson.py beside this repository), BENCH_BIN (another
@@ -19,7 +23,7 @@ use std::{
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -31,6 +35,9 @@ use josekit::{
 };
 use serde_json::{json, Value};
 use tower_http::services::ServeDir;
+
+#[path = "../tests/support/pg_cluster.rs"]
+mod pg_cluster;
 
 /// Often enough for a p99 from a few hundred samples, and to see the end within 10 ms.
 const POLL_EVERY: Duration = Duration::from_millis(10);
@@ -103,7 +110,14 @@ os.rename(src + '.gz.tmp', src + '.gz')";
 
 /// Static file server: `/fhir/data/*` from disk and a manifest naming every file. With `gzip` it
 /// sends the `.gz` twin to clients that accept gzip and counts those responses in `gzipped`.
-async fn serve(set: PathBuf, names: Vec<String>, gzip: bool, gzipped: Arc<AtomicUsize>) -> String {
+/// Every file request is noted in `requests` (when it came), for the takeover timing.
+async fn serve(
+    set: PathBuf,
+    names: Vec<String>,
+    gzip: bool,
+    gzipped: Arc<AtomicUsize>,
+    requests: Arc<Mutex<Vec<Instant>>>,
+) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let origin = format!("http://{}", listener.local_addr().unwrap());
     let o = origin.clone();
@@ -121,6 +135,9 @@ async fn serve(set: PathBuf, names: Vec<String>, gzip: bool, gzipped: Arc<Atomic
     let files = if gzip { ServeDir::new(set).precompressed_gzip() } else { ServeDir::new(set) };
     let count = move |req: Request, next: Next| {
         let gzipped = gzipped.clone();
+        if req.uri().path().starts_with("/fhir/data/") {
+            requests.lock().unwrap().push(Instant::now());
+        }
         async move {
             let res: Response = next.run(req).await;
             if res.headers().get("content-encoding").is_some_and(|e| e == "gzip") {
@@ -244,23 +261,23 @@ struct Run {
     identical: Option<bool>,
 }
 
-async fn import(origin: &str, dest: &str, files: usize, set: &Path, work: &Path) -> Run {
-    let _ = std::fs::remove_dir_all(work);
+/// The release binary serving from `work`, with `env` on top of the bench's settings; its base URL.
+fn start_server(work: &Path, env: &[(&str, String)]) -> (std::process::Child, String) {
     std::fs::create_dir_all(work).unwrap();
     let bin = std::env::var("BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_bulk-import").into());
-    let mut child = Command::new(bin)
-        .current_dir(work)
+    let mut cmd = Command::new(bin);
+    cmd.current_dir(work)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("PORT", "0")
         .env("RUST_LOG", std::env::var("BENCH_LOG").unwrap_or_else(|_| "bulk_import=info".into()))
         .env("NO_COLOR", "1")
         .env("ADMIN_TOKEN", ADMIN)
-        .env("DESTINATION_TYPE", dest)
-        .env("PARALLEL_DOWNLOADS", files.to_string())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("the release binary starts");
+        .stdout(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("the release binary starts");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let address = loop {
         let line = lines.next().expect("the server logs its address").unwrap();
@@ -277,9 +294,13 @@ async fn import(origin: &str, dest: &str, files: usize, set: &Path, work: &Path)
             }
         }
     });
-    let base = format!("http://{address}");
-    let http = reqwest::Client::new();
+    (child, format!("http://{address}"))
+}
 
+/// Register a provider key at `base`, get a token and ping a static import of `origin`'s
+/// manifest; the status URL and when the ping was sent.
+async fn ping_import(base: &str, origin: &str) -> (String, Instant) {
+    let http = reqwest::Client::new();
     let mut key = ES384.generate_key_pair().unwrap().to_jwk_key_pair();
     key.set_key_id("bench");
     let mut public = key.to_public_key().unwrap();
@@ -301,7 +322,7 @@ async fn import(origin: &str, dest: &str, files: usize, set: &Path, work: &Path)
     claims.set_subject(client_id);
     claims.set_audience(vec![format!("{base}/auth/token")]);
     claims.set_expires_at(&(now + Duration::from_secs(60)));
-    claims.set_jwt_id("bench-1");
+    claims.set_jwt_id(format!("bench-{}", now.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos()));
     let assertion =
         jwt::encode_with_signer(&claims, &JwsHeader::new(), &ES384.signer_from_jwk(&key).unwrap()).unwrap();
     let token: Value = http
@@ -331,7 +352,23 @@ async fn import(origin: &str, dest: &str, files: usize, set: &Path, work: &Path)
         .await
         .unwrap();
     assert_eq!(res.status(), 202);
-    let status_url = res.headers()["content-location"].to_str().unwrap().to_string();
+    (res.headers()["content-location"].to_str().unwrap().to_string(), started)
+}
+
+async fn import(
+    origin: &str,
+    dest: &str,
+    files: usize,
+    set: &Path,
+    work: &Path,
+    db: &[(&str, String)],
+) -> Run {
+    let _ = std::fs::remove_dir_all(work);
+    let mut env = vec![("DESTINATION_TYPE", dest.to_string()), ("PARALLEL_DOWNLOADS", files.to_string())];
+    env.extend(db.iter().cloned());
+    let (mut child, base) = start_server(work, &env);
+    let http = reqwest::Client::new();
+    let (status_url, started) = ping_import(&base, origin).await;
     let mut polls = Vec::new();
     let body: Value = loop {
         let t = Instant::now();
@@ -389,6 +426,18 @@ async fn main() {
     let modes = env("BENCH_MODES", "plain,gzip");
     let dests = env("BENCH_DESTS", "tmp-fs,dev-null");
     let root = PathBuf::from(env("BENCH_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-data")));
+    // SQLite (the default) and, when asked, a throw-away PostgreSQL cluster on loopback.
+    let wanted = env("BENCH_DATABASES", "sqlite");
+    let pg = (wanted.contains("postgres") || std::env::var_os("BENCH_TAKEOVER").is_some())
+        .then(pg_cluster::PgCluster::start);
+    let mut databases: Vec<(&str, Vec<(&str, String)>)> = Vec::new();
+    for db in wanted.split(',') {
+        match (db, &pg) {
+            ("sqlite", _) => databases.push(("", vec![])),
+            ("postgres", Some(pg)) => databases.push((" (PostgreSQL)", vec![("DATABASE_URL", pg.url())])),
+            (other, _) => panic!("BENCH_DATABASES: unknown database {other} (sqlite, postgres)"),
+        }
+    }
     let data = data_set(&root, &size, files);
     let set = root.join(format!("{size}-{files}"));
     let names: Vec<String> = data.iter().map(|(n, _)| n.clone()).collect();
@@ -414,7 +463,7 @@ async fn main() {
         };
         let wire = if gzip { gzip_twins(&set, &names) } else { total };
         let gzipped = Arc::new(AtomicUsize::new(0));
-        let origin = serve(set.clone(), names.clone(), gzip, gzipped.clone()).await;
+        let origin = serve(set.clone(), names.clone(), gzip, gzipped.clone(), Arc::default()).await;
         // Warm the page cache so every run reads the source from memory.
         for n in &names {
             let sent = if gzip { format!("{n}.gz") } else { n.clone() };
@@ -447,9 +496,9 @@ async fn main() {
             100.0 * fsync_mbs / curl_mbs,
             (curl.cpu_seconds + curl.fsync_cpu_seconds) / gb
         );
-        for dest in dests.split(',') {
+        for (dest, (db_label, db)) in dests.split(',').flat_map(|d| databases.iter().map(move |db| (d, db))) {
             let before = gzipped.load(Ordering::Relaxed);
-            let run = import(&origin, dest, files, &set, &root.join("work")).await;
+            let run = import(&origin, dest, files, &set, &root.join("work"), db).await;
             assert_eq!(
                 gzipped.load(Ordering::Relaxed) - before,
                 if gzip { files } else { 0 },
@@ -459,7 +508,7 @@ async fn main() {
             polls.sort();
             let mbs = mb / run.seconds;
             println!(
-                "| bulk-import → {dest} | {:.2} | {mbs:.0} | {:.0} | {:.0} % | {:.0} % | {:.2} | {:.1} | {:.2} | {:.2} | {} |",
+                "| bulk-import → {dest}{db_label} | {:.2} | {mbs:.0} | {:.0} | {:.0} % | {:.0} % | {:.2} | {:.1} | {:.2} | {:.2} | {} |",
                 run.seconds,
                 run.resources as f64 / run.seconds,
                 100.0 * mbs / curl_mbs,
@@ -473,4 +522,67 @@ async fn main() {
             assert_ne!(run.identical, Some(false), "the {dest} output differs from the source");
         }
     }
+    if let Some(pg) = &pg {
+        if std::env::var_os("BENCH_TAKEOVER").is_some() {
+            takeover(&set, &names, files, &root.join("takeover"), pg).await;
+        }
+    }
+}
+
+/// Two replicas on one PostgreSQL: the one that took the ping is SIGKILLed mid-import, and the
+/// other's takeover is timed (to its first file request, and to the job's end).
+async fn takeover(set: &Path, names: &[String], files: usize, work: &Path, pg: &pg_cluster::PgCluster) {
+    let lease = env("BENCH_LEASE", "10");
+    let requests: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let origin = serve(set.to_path_buf(), names.to_vec(), false, Arc::default(), requests.clone()).await;
+    let _ = std::fs::remove_dir_all(work);
+    let env = [
+        ("DATABASE_URL", pg.url()),
+        ("LEASE_SECONDS", lease.clone()),
+        ("DESTINATION_TYPE", "dev-null".to_string()),
+        ("PARALLEL_DOWNLOADS", files.to_string()),
+    ];
+    let (mut owner, owner_base) = start_server(&work.join("a"), &env);
+    let (mut other, other_base) = start_server(&work.join("b"), &env);
+    let (status_url, _) = ping_import(&owner_base, &origin).await;
+    let id = status_url.rsplit('/').next().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while requests.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the owner never asked for a file");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let _ = owner.kill();
+    let killed = Instant::now();
+    let _ = owner.wait();
+    let asked_before = requests.lock().unwrap().len();
+    let http = reqwest::Client::new();
+    let body: Value = loop {
+        let res = http.get(format!("{other_base}/job/{id}")).send().await.unwrap();
+        match res.status().as_u16() {
+            202 => tokio::time::sleep(POLL_EVERY).await,
+            200 => break res.json().await.unwrap(),
+            other => panic!("the taken-over import failed with {other}: {}", res.text().await.unwrap()),
+        }
+        assert!(killed.elapsed() < Duration::from_secs(600), "no takeover within 10 minutes");
+    };
+    let done = killed.elapsed().as_secs_f64();
+    let first = requests
+        .lock()
+        .unwrap()
+        .iter()
+        .skip(asked_before)
+        .find(|t| **t > killed)
+        .map(|t| t.duration_since(killed).as_secs_f64());
+    let _ = other.kill();
+    let _ = other.wait();
+    assert_eq!(body["extension"]["failedFiles"], 0, "{body}");
+    println!("\ntakeover (2 replicas, one PostgreSQL, dev-null, SIGKILL of the owner after its first file request):");
+    println!("| LEASE_SECONDS | heartbeat | new owner's first file request after SIGKILL | job finished after SIGKILL | resources |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {lease} | every {:.1} s | {} | {done:.2} s | {} |",
+        lease.parse::<f64>().unwrap_or(0.0) / 3.0,
+        first.map_or("none seen".to_string(), |s| format!("{s:.2} s")),
+        body["extension"]["resources"]
+    );
 }

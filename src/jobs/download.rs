@@ -336,20 +336,21 @@ async fn attempt_data<'a>(
         }
         Some(Answer::Whole) | None => false,
     };
-    if continued {
+    let resp = if continued {
         tracing::info!(file = %redact(fetch.url), from = slot.as_ref().map_or(0, |p| p.received), "the download continues where it broke off");
+        resp
     } else {
         discard(slot).await;
-        let resp_ok = resp.status() == StatusCode::OK;
-        let resp = refuse_unless_ok(fetch, resp, resp_ok).await?;
+        let whole = resp.status() == StatusCode::OK;
+        let resp = refuse_unless_ok(fetch, resp, whole).await?;
         let target = FileTarget { job: &file.job_id, name: &file.name, resource_type: &file.resource_type };
         let writer = destination.open(target).await.map_err(|e| AttemptError::Job(e.into()))?;
         let meter = FileMeter::new(job_bytes, &fetch.client.limits, file.idx);
         let meter = if file.kind == FileKind::Output { meter } else { meter.not_data() };
         let validator = Validator::of(resp.headers());
         *slot = Some(Partial { writer, meter, lines: Lines::new(fetch), received: 0, validator });
-        return stream_kept(fetch, resp, slot).await;
-    }
+        resp
+    };
     stream_kept(fetch, resp, slot).await
 }
 
@@ -367,7 +368,8 @@ async fn stream_kept(
         pump(fetch, resp, Sink::Store(&mut *p.writer), &mut p.meter, &mut p.lines, &mut p.received).await;
     match result {
         Ok(()) => {
-            let Some(p) = slot.take() else { unreachable!("checked above") };
+            let gone = || AttemptError::Job(JobError::Internal("the download vanished".into()));
+            let p = slot.take().ok_or_else(gone)?;
             let streamed = p.lines.counted;
             let receipt = p.writer.finish(streamed.resources as u64).await.map_err(JobError::from)?;
             p.meter.keep();
