@@ -49,7 +49,7 @@ impl App {
         let (stores, keys) = if config.database.is_shared() {
             let stores = open_stores().await?;
             let vault = match &stores.secrets {
-                Some(shared) => KeyVault::Database(&**shared),
+                Some(shared) => KeyVault::Database { shared: &**shared, seed: &config.data_dir },
                 None => KeyVault::Files(&config.data_dir),
             };
             let keys = Keys::load(&config, vault).await.context("loading keys")?;

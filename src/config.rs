@@ -27,6 +27,9 @@ pub const DEFAULT_REAPER_INTERVAL_SECS: f64 = 60.0;
 pub const DEFAULT_LEASE_SECS: u64 = 30;
 /// The shortest lease: the database's clock counts whole seconds, and three heartbeats must fit.
 pub const MIN_LEASE_SECS: u64 = 3;
+/// Time past a lapsed lease for another replica to claim the job (a heartbeat period, the
+/// database clock's rounding, the just-started grace).
+const TAKEOVER_MARGIN: Duration = Duration::from_secs(5);
 pub const DEFAULT_JSON_CONTENT_TYPES: &str = "application/json,application/fhir+json,application/json+fhir";
 /// Minutes an access token we issue stays valid.
 pub const DEFAULT_ACCESS_TOKEN_EXPIRE_MINUTES: f64 = 5.0;
@@ -403,6 +406,15 @@ impl Config {
             limits,
             server,
         };
+        // A crashed replica's job is taken over once its lease lapses; the reaper must not remove
+        // it as silent first (after twice JOBS_MAX_AGE).
+        if 2 * config.jobs_max_age <= config.lease + TAKEOVER_MARGIN {
+            r.problems.push(format!(
+                "JOBS_MAX_AGE: twice it must exceed LEASE_SECONDS ({} s) by more than {} s, or jobs of a crashed replica are removed before another takes them over",
+                config.lease.as_secs(),
+                TAKEOVER_MARGIN.as_secs()
+            ));
+        }
         for (name, secret) in [("JWT_SECRET", &config.jwt_secret), ("ADMIN_TOKEN", &config.admin_token)] {
             use secrecy::ExposeSecret;
             if secret.as_ref().is_some_and(|s| s.expose_secret().len() < MIN_SECRET_CHARS) {
@@ -578,6 +590,38 @@ mod tests {
             text.contains("AWS_S3_BUCKET_NAME") && text.contains("set both") && text.contains("S3_PART_SIZE"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_database_url_chooses_the_store_and_a_password_in_it_stays_out_of_logs() {
+        let default = with(&[]).unwrap();
+        assert!(
+            matches!(&default.database, DatabaseUrl::Sqlite(p) if p == &PathBuf::from("data/bulk-import.sqlite"))
+        );
+        let moved = with(&[("DATA_DIR", "/srv/state")]).unwrap();
+        assert!(
+            matches!(&moved.database, DatabaseUrl::Sqlite(p) if p == &PathBuf::from("/srv/state/bulk-import.sqlite"))
+        );
+        let file = with(&[("DATABASE_URL", "sqlite:/tmp/other.db")]).unwrap();
+        assert!(matches!(&file.database, DatabaseUrl::Sqlite(p) if p == &PathBuf::from("/tmp/other.db")));
+        assert!(!file.database.is_shared());
+        let pg = with(&[("DATABASE_URL", "postgres://bulk:s3cret-pw@db.internal/bulk")]).unwrap();
+        assert!(pg.database.is_shared());
+        assert!(!pg.database.describe().contains("s3cret-pw"));
+        assert!(!format!("{pg:?}").contains("s3cret-pw"), "the URL stays out of Debug");
+        let text = with(&[("DATABASE_URL", "mysql://h/db")]).unwrap_err().to_string();
+        assert!(text.contains("DATABASE_URL: must be sqlite:PATH or postgres://"), "{text}");
+    }
+
+    #[test]
+    fn a_lease_must_run_out_well_before_the_reaper_counts_a_job_as_silent() {
+        assert_eq!(with(&[]).unwrap().lease, Duration::from_secs(30));
+        let text = with(&[("LEASE_SECONDS", "2")]).unwrap_err().to_string();
+        assert!(text.contains("LEASE_SECONDS: '2'"), "{text}");
+        // Half a minute: twice it is 60 s, not more than 60 s + 5 s.
+        let text = with(&[("LEASE_SECONDS", "60"), ("JOBS_MAX_AGE", "0.5")]).unwrap_err().to_string();
+        assert!(text.contains("JOBS_MAX_AGE: twice it must exceed LEASE_SECONDS (60 s)"), "{text}");
+        assert!(with(&[("LEASE_SECONDS", "3"), ("JOBS_MAX_AGE", "0.1")]).is_ok(), "12 s > 3 s + 5 s");
     }
 
     #[test]

@@ -129,7 +129,9 @@ pub enum KeyVault<'a> {
     /// Files under `DATA_DIR`, 0600 (one machine).
     Files(&'a Path),
     /// The shared database: the first replica to start stores them, every other reads the same.
-    Database(&'a dyn SharedSecrets),
+    /// A server moving from one machine to several keeps its own: what `seed` (its `DATA_DIR`)
+    /// holds is stored, not a new key that every provider would have to register again.
+    Database { shared: &'a dyn SharedSecrets, seed: &'a Path },
 }
 
 /// A value the vault holds, and where, for messages.
@@ -171,12 +173,26 @@ impl KeyVault<'_> {
                     Err(source) => Err(KeysError::Io { path, source }),
                 }
             }
-            Self::Database(shared) => {
+            Self::Database { shared, seed } => {
                 let place = format!("the database (shared_secrets '{name}')");
+                let from_file =
+                    std::fs::read_to_string(seed.join(name)).ok().filter(|v| !v.trim().is_empty());
+                let seeded = from_file.is_some();
+                let candidate = match from_file {
+                    Some(v) => v,
+                    None => make()?,
+                };
                 let (value, inserted) =
-                    shared.secret_or_insert(name, &make()?, crate::time_util::now_unix()).await?;
-                if inserted {
-                    tracing::info!("generated {what}; kept in {place} for every replica");
+                    shared.secret_or_insert(name, &candidate, crate::time_util::now_unix()).await?;
+                match (inserted, seeded) {
+                    (true, true) => {
+                        tracing::info!(path = %seed.join(name).display(), "kept {name} from this file in {place} for every replica")
+                    }
+                    (true, false) => tracing::info!("generated {what}; kept in {place} for every replica"),
+                    (false, true) if value != candidate => {
+                        tracing::warn!(path = %seed.join(name).display(), "{place} holds another {name} than this file; the database's is used")
+                    }
+                    _ => {}
                 }
                 Ok(Kept { value, place })
             }

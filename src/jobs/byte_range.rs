@@ -28,7 +28,8 @@ impl Validator {
         }
         if let Some(etag) = headers.get(ETAG) {
             // A weak ETag cannot be used in If-Range; an odd one is not trusted either.
-            let strong = etag.as_bytes().starts_with(b"\"") && etag.len() >= 2;
+            let raw = etag.as_bytes();
+            let strong = raw.len() >= 2 && raw.starts_with(b"\"") && raw.ends_with(b"\"");
             return strong.then(|| Self(etag.clone()));
         }
         let date = |name| {
@@ -47,6 +48,8 @@ impl Validator {
 pub struct Continuation {
     pub from: u64,
     pub validator: Validator,
+    /// The whole file's length, when the first answer gave it: the rest must end there.
+    pub total: Option<u64>,
 }
 
 impl Continuation {
@@ -65,10 +68,15 @@ impl Continuation {
                     .headers()
                     .get(CONTENT_ENCODING)
                     .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-                let starts =
-                    resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).and_then(range_start)
-                        == Some(self.from);
-                if starts && !encoded {
+                let range =
+                    resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).and_then(parse_range);
+                // From where we stopped to the end of the same file: a shorter range would end
+                // cleanly and leave the file short.
+                let ends_right = |r: ContentRange| {
+                    r.total.is_some_and(|t| r.end + 1 == t && self.total.is_none_or(|want| want == t))
+                };
+                let whole_rest = range.is_some_and(|r| r.start == self.from && ends_right(r));
+                if whole_rest && !encoded {
                     Answer::Rest
                 } else {
                     Answer::Unusable
@@ -92,10 +100,23 @@ pub enum Answer {
     Whole,
 }
 
-/// The first byte of `bytes N-M/T`.
-fn range_start(content_range: &str) -> Option<u64> {
+/// `bytes N-M/T` (T may be `*`, unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ContentRange {
+    start: u64,
+    end: u64,
+    total: Option<u64>,
+}
+
+fn parse_range(content_range: &str) -> Option<ContentRange> {
     let spec = content_range.trim().strip_prefix("bytes ")?;
-    spec.split('-').next()?.trim().parse().ok()
+    let (span, total) = spec.split_once('/')?;
+    let (start, end) = span.split_once('-')?;
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    Some(ContentRange { start: start.trim().parse().ok()?, end: end.trim().parse().ok()?, total })
 }
 
 #[cfg(test)]
@@ -126,10 +147,12 @@ mod tests {
     }
 
     #[test]
-    fn content_ranges_are_read_by_their_start() {
-        assert_eq!(range_start("bytes 100-199/200"), Some(100));
-        assert_eq!(range_start("bytes 7-9/*"), Some(7));
-        assert_eq!(range_start("bytes */200"), None);
-        assert_eq!(range_start("items 1-2/3"), None);
+    fn content_ranges_are_read_whole() {
+        let r = |start, end, total| Some(ContentRange { start, end, total });
+        assert_eq!(parse_range("bytes 100-199/200"), r(100, 199, Some(200)));
+        assert_eq!(parse_range("bytes 7-9/*"), r(7, 9, None));
+        assert_eq!(parse_range("bytes */200"), None);
+        assert_eq!(parse_range("items 1-2/3"), None);
+        assert!(Validator::of(&headers(&[("etag", "\"abc")])).is_none(), "an unclosed ETag");
     }
 }

@@ -157,6 +157,7 @@ impl From<JobError> for AttemptError {
             | JobError::Bound(_)
             | JobError::TimeLimit(_)
             | JobError::LeaseLost
+            | JobError::StillStopping
             | JobError::Plan(_) => AttemptError::Job(e),
             // Retried already where retrying helps: the file fails, the job goes on.
             JobError::Provider(m) => AttemptError::Permanent(IssueCode::Transient, m),
@@ -290,6 +291,8 @@ struct Partial<'a> {
     received: u64,
     /// `None`: the provider cannot continue it; a break starts the file over.
     validator: Option<Validator>,
+    /// The file's length as its first answer gave it (`Content-Length` of an unencoded 200).
+    total: Option<u64>,
 }
 
 /// Abort a kept download: its partial file goes.
@@ -312,7 +315,7 @@ async fn attempt_data<'a>(
     let file = fetch.file;
     let continuation = slot.as_ref().and_then(|p| {
         let validator = p.validator.clone()?;
-        (p.received > 0).then_some(Continuation { from: p.received, validator })
+        (p.received > 0).then_some(Continuation { from: p.received, validator, total: p.total })
     });
     let resp = match request(fetch, continuation.as_ref()).await {
         Ok(resp) => resp,
@@ -348,7 +351,8 @@ async fn attempt_data<'a>(
         let meter = FileMeter::new(job_bytes, &fetch.client.limits, file.idx);
         let meter = if file.kind == FileKind::Output { meter } else { meter.not_data() };
         let validator = Validator::of(resp.headers());
-        *slot = Some(Partial { writer, meter, lines: Lines::new(fetch), received: 0, validator });
+        let total = resp.content_length();
+        *slot = Some(Partial { writer, meter, lines: Lines::new(fetch), received: 0, validator, total });
         resp
     };
     stream_kept(fetch, resp, slot).await

@@ -12,6 +12,9 @@ pub enum JobError {
     /// The registration behind the job was revoked while it ran.
     #[error("the provider's registration was revoked; the job cannot continue")]
     Revoked,
+    /// Another process runs the job and has not let it go yet (a cancel or DELETE waits for it).
+    #[error("the job is still stopping where it runs (another replica); try again in a few seconds")]
+    StillStopping,
     /// Our own fault (a bug, a task that stopped, a client that could not be built).
     #[error("the import stopped on an internal error ({0})")]
     Internal(String),

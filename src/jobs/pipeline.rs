@@ -16,7 +16,7 @@ use crate::jobs::progress::Progress;
 use crate::jobs::provider_client::ProviderClient;
 use crate::jobs::pull;
 use crate::jobs::recorder::Recorder;
-use crate::jobs::runner::JobHandles;
+use crate::jobs::runner::{JobHandles, JobSlot};
 use crate::{
     domain::{FileState, JobState},
     fhir::operation_outcome::{IssueCode, OperationOutcome},
@@ -42,10 +42,10 @@ pub async fn start(ctx: &JobContext, id: String) {
     });
 }
 
-/// Run a job this process has just claimed (`takeover`), once a job slot is free.
-pub fn start_claimed(ctx: &JobContext, id: String, claim: Claim) {
+/// Run a job this process has just claimed (`takeover`), in the slot it took for it.
+pub fn start_claimed(ctx: &JobContext, id: String, claim: Claim, slot: JobSlot) {
     let job_ctx = ctx.clone();
-    ctx.jobs.spawn(id.clone(), move |handles| async move {
+    ctx.jobs.spawn_in_slot(id.clone(), slot, move |handles| async move {
         let lease = Lease { token: claim.token, timing: LeaseTiming::of(&job_ctx) };
         run_claimed(job_ctx, id, handles, lease, claim).await
     });
@@ -66,7 +66,10 @@ async fn run_claimed(ctx: JobContext, id: String, handles: JobHandles, lease: Le
         );
         tracing::error!(job = %crate::telemetry::shown_id(&id), "{message}");
         record_failure(&ctx, &id, message).await;
-        let _ = ctx.store.release_lease(&id, &ctx.jobs.owner, lease.token).await;
+        pull::release_export(&ctx, &id).await;
+        if let Err(e) = ctx.store.release_lease(&id, &ctx.jobs.owner, lease.token).await {
+            tracing::warn!(error = %crate::error_text::chain(&e), "could not release the job's lease");
+        }
         return;
     }
     run_job(ctx, id, handles, lease).await
@@ -190,7 +193,8 @@ async fn record_failure(ctx: &JobContext, id: &str, message: String) {
     match ctx.store.fail_job(id, &message, now_unix()).await {
         Ok(true) => {}
         Ok(false) => return,
-        Err(e) => log(&e, "its state"),
+        // Its files stay: without the state stored, this process may no longer be the job's.
+        Err(e) => return log(&e, "its state"),
     }
     if let Err(e) = ctx.destination.delete_job(id).await {
         tracing::warn!(error = %crate::error_text::chain(&e), "could not remove a failed job's files");
@@ -224,12 +228,24 @@ async fn with_lease<T>(
     let owner = ctx.jobs.owner.as_str();
     let lost = std::sync::atomic::AtomicBool::new(false);
     let beat = async {
+        // Past this without a renewal, another process may have the job: stop as if it were lost.
+        let unsure_after = lease.timing.lease.saturating_sub(lease.timing.every);
+        let mut renewed = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(lease.timing.every).await;
             match ctx.store.renew_lease(id, owner, lease.token, lease.timing.lease).await {
-                Ok(Renewal::Held) => {}
-                Ok(Renewal::CancelRequested) => cancel.cancel(),
+                Ok(Renewal::Held) => renewed = tokio::time::Instant::now(),
+                Ok(Renewal::CancelRequested) => {
+                    renewed = tokio::time::Instant::now();
+                    cancel.cancel();
+                }
                 Ok(Renewal::Lost) => {
+                    lost.store(true, std::sync::atomic::Ordering::Relaxed);
+                    work_cancel.cancel();
+                    return;
+                }
+                Err(e) if renewed.elapsed() >= unsure_after => {
+                    tracing::warn!(error = %crate::error_text::chain(&e), "could not renew the job's lease for most of a lease; stopping before another process takes it over");
                     lost.store(true, std::sync::atomic::Ordering::Relaxed);
                     work_cancel.cancel();
                     return;

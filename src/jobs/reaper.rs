@@ -1,29 +1,38 @@
 //! The reaper: removes jobs (rows and files) `JOBS_MAX_AGE` after they finished, and cancels and
 //! removes jobs still unfinished after twice that.
 use crate::jobs::context::JobContext;
+use crate::jobs::error::JobError;
 use crate::time_util::now_unix;
 
 /// Remove one job everywhere: stop it (here, or wherever it runs), delete its files, delete its rows.
-pub async fn remove_job(ctx: &JobContext, id: &str) -> Result<(), crate::jobs::error::JobError> {
+pub async fn remove_job(ctx: &JobContext, id: &str) -> Result<(), JobError> {
     stop_job(ctx, id).await?;
     ctx.destination.delete_job(id).await?;
     ctx.store.delete_job(id).await?;
     Ok(())
 }
 
+/// Longest a stop waits for another process to let a job go, so a DELETE answers well within
+/// the request timeout; past it the caller is told to try again.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Stop a job wherever it runs: here at once; on another process at its next heartbeat, which
-/// sees the cancel request and lets the lease go (waited for, up to a lease, so its files are
-/// not written after they are deleted).
-pub async fn stop_job(ctx: &JobContext, id: &str) -> Result<(), crate::jobs::error::JobError> {
+/// sees the cancel request and lets the lease go. That is waited for (up to a lease, at most
+/// `STOP_WAIT`), so the job's files are never written after they are deleted; a holder still
+/// there after it is `StillStopping`.
+pub async fn stop_job(ctx: &JobContext, id: &str) -> Result<(), JobError> {
     ctx.store.request_cancel(id).await?;
     ctx.jobs.cancel_and_wait(id).await;
     let timing = crate::jobs::pipeline::LeaseTiming::of(ctx);
-    let deadline = tokio::time::Instant::now() + timing.lease + timing.every;
+    let deadline = tokio::time::Instant::now() + (timing.lease + timing.every).min(STOP_WAIT);
     let poll = (timing.every / 4).max(std::time::Duration::from_millis(50));
     while let Some(holder) = ctx.store.lease_holder(id).await? {
-        if holder == ctx.jobs.owner || tokio::time::Instant::now() >= deadline {
-            // Ours (already stopped), or a holder that stopped answering: its lease lapses.
+        if holder == ctx.jobs.owner {
+            // Ours: it stopped above (or will not write again once its lease is gone).
             break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(JobError::StillStopping);
         }
         tokio::time::sleep(poll).await;
     }

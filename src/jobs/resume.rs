@@ -6,9 +6,17 @@ use crate::jobs::context::JobContext;
 use crate::jobs::error::JobError;
 use crate::jobs::pipeline;
 
-/// Start every job that was unfinished when the process stopped; returns how many.
+/// Start every job that was unfinished when the process stopped and that no other process holds
+/// (on a shared database the others' jobs are theirs; a lapsed one is taken over later); returns
+/// how many.
 pub async fn resume_unfinished(ctx: &JobContext) -> Result<usize, JobError> {
-    let unfinished = ctx.store.unfinished_jobs().await?;
+    let mut unfinished = Vec::new();
+    for job in ctx.store.unfinished_jobs().await? {
+        match ctx.store.lease_holder(&job.id).await? {
+            Some(holder) if holder != ctx.jobs.owner => {}
+            _ => unfinished.push(job),
+        }
+    }
     if !unfinished.is_empty() {
         tracing::info!(jobs = unfinished.len(), "resuming unfinished jobs");
     }

@@ -87,6 +87,32 @@ impl Runner {
         F: FnOnce(JobHandles) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
+        self.spawn_in(id, None, work)
+    }
+
+    /// A job slot now, if one is free and nobody waits for one (for work claimed only once it
+    /// can start: a claimed lease must not wait unrenewed for a slot).
+    pub fn try_slot(&self) -> Option<JobSlot> {
+        if self.waiting_count() > 0 {
+            return None;
+        }
+        self.slots.clone().try_acquire_owned().ok().map(JobSlot)
+    }
+
+    /// Run `work` for job `id` in the slot already taken.
+    pub fn spawn_in_slot<F, Fut>(self: &Arc<Self>, id: String, slot: JobSlot, work: F)
+    where
+        F: FnOnce(JobHandles) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.spawn_in(id, Some(slot), work)
+    }
+
+    fn spawn_in<F, Fut>(self: &Arc<Self>, id: String, slot: Option<JobSlot>, work: F)
+    where
+        F: FnOnce(JobHandles) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let cancel = self.shutdown.child_token();
         let (done_tx, done) = watch::channel(());
         let progress = Arc::new(Progress::default());
@@ -104,10 +130,13 @@ impl Runner {
             async move {
                 // However the task ends (a panic included), the job leaves the map.
                 let _deregister = Deregister { runner, id, _done: done_tx };
-                let permit = tokio::select! {
-                    biased;
-                    _ = cancel.cancelled() => None,
-                    p = slots.acquire_owned() => p.ok(),
+                let permit = match slot {
+                    Some(JobSlot(permit)) => Some(permit),
+                    None => tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => None,
+                        p = slots.acquire_owned() => p.ok(),
+                    },
                 };
                 if permit.is_some() {
                     work(JobHandles { cancel, progress, plan_changed }).await;
@@ -159,11 +188,6 @@ impl Runner {
         self.running_jobs().contains_key(id)
     }
 
-    /// A job started now would run at once (a slot is free and nobody waits for one).
-    pub fn has_free_slot(&self) -> bool {
-        self.waiting_count() == 0 && self.slots.available_permits() > 0
-    }
-
     /// Jobs running now (holding a slot).
     pub fn active_count(&self) -> usize {
         self.max_jobs - self.slots.available_permits()
@@ -174,6 +198,9 @@ impl Runner {
         self.running_count().saturating_sub(self.active_count())
     }
 }
+
+/// A job slot held (`MAX_CONCURRENT_JOBS`), given back when dropped.
+pub struct JobSlot(tokio::sync::OwnedSemaphorePermit);
 
 /// Removes a job from the running map when its task ends, and so tells `cancel_and_wait`.
 struct Deregister {

@@ -14,20 +14,21 @@ const MAX_CLAIMS_PER_PASS: usize = 16;
 pub async fn claim_free_jobs(ctx: &JobContext) -> usize {
     let timing = LeaseTiming::of(ctx);
     let mut claimed = 0;
-    while claimed < MAX_CLAIMS_PER_PASS && ctx.jobs.has_free_slot() {
-        match ctx
-            .store
-            .claim_next(&ctx.jobs.owner, timing.lease, crate::jobs::reaper::silent_since(ctx))
-            .await
-        {
+    while claimed < MAX_CLAIMS_PER_PASS {
+        // The slot first: a claimed lease must not wait for one without a heartbeat.
+        let Some(slot) = ctx.jobs.try_slot() else { break };
+        let silent_since = crate::jobs::reaper::silent_since(ctx);
+        match ctx.store.claim_next(&ctx.jobs.owner, timing.lease, silent_since).await {
             Ok(Some((job, claim))) => {
                 if ctx.jobs.holds(&job.id) {
                     // Started here a moment ago and about to claim it itself.
-                    let _ = ctx.store.release_lease(&job.id, &ctx.jobs.owner, claim.token).await;
+                    if let Err(e) = ctx.store.release_lease(&job.id, &ctx.jobs.owner, claim.token).await {
+                        tracing::warn!(error = %crate::error_text::chain(&e), "could not release a lease claimed twice");
+                    }
                     break;
                 }
                 claimed += 1;
-                pipeline::start_claimed(ctx, job.id, claim);
+                pipeline::start_claimed(ctx, job.id, claim, slot);
             }
             Ok(None) => break,
             Err(e) => {

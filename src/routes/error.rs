@@ -33,6 +33,9 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{message}")]
     TooManyRequests { message: String, retry_after_secs: u64 },
+    /// Not now, for a reason the caller may know (a job still stopping on another replica).
+    #[error("{message}")]
+    Unavailable { message: String, retry_after_secs: u64 },
     #[error("storage failed")]
     Store(#[from] StoreError),
     #[error("internal failure")]
@@ -63,11 +66,12 @@ impl IntoResponse for ApiError {
             }
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, IssueCode::TooCostly),
             ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, IssueCode::Throttled),
+            ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, IssueCode::Transient),
             ApiError::Store(_) | ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception)
             }
         };
-        let text = if status.is_server_error() {
+        let text = if status.is_server_error() && !matches!(self, ApiError::Unavailable { .. }) {
             tracing::error!(error = %chain(&self), "request failed");
             "the server failed to process the request; try again later".to_string()
         } else {
@@ -78,7 +82,8 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => {
                 res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::TooManyRequests { retry_after_secs, .. } => {
+            ApiError::TooManyRequests { retry_after_secs, .. }
+            | ApiError::Unavailable { retry_after_secs, .. } => {
                 res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
             _ => {}

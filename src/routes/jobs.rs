@@ -38,6 +38,9 @@ impl From<ImportError> for ApiError {
         match e {
             e @ ImportError::NotFound(_) => ApiError::NotFound(e.to_string()),
             ImportError::Store(e) => ApiError::Store(e),
+            ImportError::Job(e @ crate::jobs::error::JobError::StillStopping) => {
+                ApiError::Unavailable { message: e.to_string(), retry_after_secs: 5 }
+            }
             e @ (ImportError::Job(_) | ImportError::BadRegistration(_)) => {
                 ApiError::Internal(super::error::chain(&e))
             }

@@ -177,7 +177,21 @@ async fn three_replicas_share_the_work_and_a_killed_owners_job_is_finished_by_an
     // Any replica answers for the job while its owner runs it.
     let res = reqwest::get(format!("{}/job/{id}", bases[1])).await.unwrap();
     assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The first file recorded done before the kill, so it must not be fetched again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM job_files WHERE job_id = $1 AND name = 'a.ndjson'")
+                .bind(&id)
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+        if state.as_deref() == Some("done") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a.ndjson was never recorded: {state:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let killed_at = Instant::now();
     let owner = &mut replicas[0];
     assert!(Command::new("kill").args(["-KILL", &owner.child.id().to_string()]).status().unwrap().success());
@@ -249,4 +263,49 @@ async fn a_delete_through_another_replica_stops_the_job_where_it_runs_before_its
     }
     let left: Vec<String> = s3.all_files().into_iter().filter(|f| f.contains(&id)).collect();
     assert!(left.iter().all(|f| f.contains(".upload")), "no object of the deleted job is left: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_owner_frozen_mid_file_and_thawed_after_a_takeover_stops_and_spoils_nothing() {
+    let pg = PgCluster::start();
+    let s3 = S3Server::start().await;
+    let provider = FakeProvider::start().await;
+    let obs = observations(2_000);
+    provider.add_file("a.ndjson", "Observation", obs.clone());
+    provider.add_file("b.ndjson", "Observation", obs.clone());
+    provider.fault_file("b.ndjson", vec![FileFault::StallHalfway(60_000)]);
+    let fleet = Fleet::of(2);
+    let dirs: Vec<TempDir> = (0..2).map(|_| TempDir::new().unwrap()).collect();
+    let replicas = fleet.start(&pg, &s3, &dirs);
+    let bases: Vec<String> = replicas.iter().map(Server::base).collect();
+    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+    let admin: String = sqlx::query_scalar("SELECT value FROM shared_secrets WHERE name = 'admin-token'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    provider.set_consumer_jwks_url(format!("{}/jwks", bases[1]));
+    let (client_id, key) = register(&bases[0], &admin, &provider).await;
+    let assertion = sign_assertion(&key, &client_id, &format!("{}/auth/token", fleet.public_url), |_, _| {});
+    let token: Value = token_form(&bases[0], &assertion).await.json().await.unwrap();
+    let id = ping_through(&bases[0], token["access_token"].as_str().unwrap(), &provider.manifest_url()).await;
+    wait_for_request(&provider, "/fhir/files/b.ndjson", 1).await;
+    // Frozen, not killed: it holds its half-downloaded file and will wake up believing it owns the job.
+    let owner = replicas[0].child.id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &owner]).status().unwrap().success());
+    let res = finished(&format!("{}/job/{id}", bases[1]), "the frozen owner's job was not taken over").await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    assert!(Command::new("kill").args(["-CONT", &owner]).status().unwrap().success());
+    // It wakes, finds its lease gone at its next heartbeat, and stops.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !replicas[0].log().contains("another process took this job over") {
+        assert!(Instant::now() < deadline, "the thawed owner did not stop:\n{}", replicas[0].log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body: Value = reqwest::get(format!("{}/job/{id}", bases[1])).await.unwrap().json().await.unwrap();
+    assert_eq!(body["extension"]["result"], "completed", "the old owner changed nothing: {body}");
+    assert_eq!(body["extension"]["resources"], 4_000, "{body}");
+    for name in ["a.ndjson", "b.ndjson"] {
+        let stored = s3.object(&format!("bulk/{id}/{name}")).unwrap_or_default();
+        assert!(stored == obs.as_bytes(), "{name}: {} bytes, not the provider's {}", stored.len(), obs.len());
+    }
 }

@@ -18,6 +18,8 @@ const TAKEOVER: &str =
     "takeovers = takeovers + CASE WHEN lease_owner IS NOT NULL AND lease_owner <> $1 THEN 1 ELSE 0 END";
 
 impl PgStore {
+    /// A plain conditional UPDATE: a claim racing another waits for its row and sees the winner's
+    /// lease (PostgreSQL checks the condition again), where SKIP LOCKED would give up.
     pub(super) async fn claim_job(
         &self,
         id: &str,
@@ -27,10 +29,8 @@ impl PgStore {
         let sql = format!(
             "UPDATE jobs SET {TAKEOVER}, lease_owner = $1, lease_token = lease_token + 1,
                     lease_expires_at = {NOW} + $2, touched_at = {NOW}
-             WHERE id = (SELECT id FROM jobs
-                         WHERE id = $3 AND state NOT IN ('completed', 'failed', 'cancelled')
-                           AND (lease_owner IS NULL OR lease_owner = $1 OR lease_expires_at < {NOW})
-                         FOR UPDATE SKIP LOCKED)
+             WHERE id = $3 AND state NOT IN ('completed', 'failed', 'cancelled')
+               AND (lease_owner IS NULL OR lease_owner = $1 OR lease_expires_at < {NOW})
              RETURNING lease_token, takeovers"
         );
         let row: Option<(i64, i64)> = sqlx::query_as(&sql)

@@ -15,12 +15,13 @@ use super::{
     StoreError,
 };
 
-const MAX_CONNECTIONS: u32 = 8;
+/// Heartbeats, claims and requests share the pool; the reaper holds one for its pass.
+const MAX_CONNECTIONS: u32 = 16;
 /// How long a query waits for a free connection before it fails (the database is down, say).
 const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The database's clock, in whole seconds (every replica reads the same one).
-const NOW: &str = "EXTRACT(EPOCH FROM clock_timestamp())::BIGINT";
+const NOW: &str = "FLOOR(EXTRACT(EPOCH FROM clock_timestamp()))::BIGINT";
 
 #[derive(Clone)]
 pub struct PgStore {
