@@ -305,6 +305,8 @@ async fn leases_are_claimed_fenced_and_cancelled(store: &dyn JobStore) {
     // A job a process touched a moment ago is that process's to claim.
     store.insert_job_if_room(&job("ff04", "p1", 3), caps).await.unwrap();
     store.touch("ff04", bulk_import::time_util::now_unix()).await.unwrap();
+    // Silent only a while (touched at 10): free for a takeover.
+    store.insert_job_if_room(&job("ff05", "p1", 10), caps).await.unwrap();
     let mut claimed = Vec::new();
     // A job silent since before `silent_since` is the reaper's (ff02 was last touched at 1).
     let mut recent = Vec::new();
@@ -313,6 +315,10 @@ async fn leases_are_claimed_fenced_and_cancelled(store: &dyn JobStore) {
         assert!(recent.len() < 20, "claim_next takes each free job once: {recent:?}");
     }
     assert!(!recent.iter().any(|id| id == "ff02"), "{recent:?}");
+    assert!(
+        recent.iter().any(|id| id == "ff05"),
+        "a job silent since after `silent_since` is claimed: {recent:?}"
+    );
     while let Some((j, _)) = store.claim_next("replica-d", lease, 0).await.unwrap() {
         claimed.push(j.id);
         assert!(claimed.len() < 20, "claim_next takes each free job once: {claimed:?}");

@@ -107,9 +107,9 @@ impl JobStore for PgStore {
         .await?)
     }
 
-    async fn touch(&self, id: &str, now: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE jobs SET touched_at = $1 WHERE id = $2")
-            .bind(now)
+    /// The database's clock, as claims and renewals read it (replicas' clocks may differ).
+    async fn touch(&self, id: &str, _now: i64) -> Result<(), StoreError> {
+        sqlx::query(&format!("UPDATE jobs SET touched_at = {NOW} WHERE id = $1"))
             .bind(id)
             .execute(self.pool())
             .await?;
