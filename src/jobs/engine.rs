@@ -34,6 +34,8 @@ pub struct Work<'a> {
     pub cancel: &'a CancellationToken,
     pub progress: &'a Progress,
     pub plan_changed: &'a Notify,
+    /// The lease token the job runs under here.
+    pub fence: Option<i64>,
 }
 
 /// Import every file of the plan until it is closed and done, charting its throughput meanwhile.
@@ -46,8 +48,8 @@ pub async fn import_plan(work: Work<'_>) -> Result<(), JobError> {
 }
 
 async fn import_files(work: Work<'_>) -> Result<(), JobError> {
-    let Work { ctx, client, id, cancel, progress, plan_changed } = work;
-    let record = Recorder { store: &*ctx.store, id, progress };
+    let Work { ctx, client, id, cancel, progress, plan_changed, fence } = work;
+    let record = Recorder { store: &*ctx.store, id, progress, fence };
     let files = ctx.store.files(id).await?;
     let done = || files.iter().filter(|f| f.state == FileState::Done);
     let stored: u64 = done().map(|f| f.bytes.max(0) as u64).sum();

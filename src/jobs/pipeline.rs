@@ -65,7 +65,7 @@ async fn run_claimed(ctx: JobContext, id: String, handles: JobHandles, lease: Le
             claim.takeovers
         );
         tracing::error!(job = %crate::telemetry::shown_id(&id), "{message}");
-        record_failure(&ctx, &id, message).await;
+        record_failure(&ctx, &id, message, lease.token).await;
         pull::release_export(&ctx, &id).await;
         if let Err(e) = ctx.store.release_lease(&id, &ctx.jobs.owner, lease.token).await {
             tracing::warn!(error = %crate::error_text::chain(&e), "could not release the job's lease");
@@ -108,7 +108,7 @@ async fn run_job(ctx: JobContext, id: String, handles: JobHandles, lease: Lease)
         // half-way: downloads abort their writers, and a kick-off's status URL is always recorded.
         // A lost lease stops the work the same way, then is told apart.
         let work_cancel = cancel.child_token();
-        let run = run(&ctx, &id, &work_cancel, &progress, &plan_changed);
+        let run = run(&ctx, &id, &work_cancel, &progress, &plan_changed, lease.token);
         let held = with_lease(&ctx, &id, lease, &cancel, &work_cancel, run);
         let outcome = match std::panic::AssertUnwindSafe(held).catch_unwind().await {
             Ok(result) => result,
@@ -124,7 +124,9 @@ async fn run_job(ctx: JobContext, id: String, handles: JobHandles, lease: Lease)
                 return;
             }
             Err(JobError::Cancelled) => {
-                Recorder { store: &*ctx.store, id: &id, progress: &progress }.keep_throughput().await;
+                Recorder { store: &*ctx.store, id: &id, progress: &progress, fence: None }
+                    .keep_throughput()
+                    .await;
                 progress.close();
                 tracing::info!("job stopped");
                 if !ctx.jobs.shutdown.is_cancelled() {
@@ -141,8 +143,10 @@ async fn run_job(ctx: JobContext, id: String, handles: JobHandles, lease: Lease)
                 tracing::warn!(%reason, "job failed");
                 let message = failure_text(&e, reason);
                 // The chart first: the job page stops asking once it reads "failed".
-                Recorder { store: &*ctx.store, id: &id, progress: &progress }.keep_throughput().await;
-                record_failure(&ctx, &id, message).await;
+                Recorder { store: &*ctx.store, id: &id, progress: &progress, fence: None }
+                    .keep_throughput()
+                    .await;
+                record_failure(&ctx, &id, message, lease.token).await;
                 let failed = crate::metrics::StateLabel { state: "failed".into() };
                 ctx.metrics.jobs_finished.get_or_create(&failed).inc();
                 progress.close();
@@ -173,7 +177,7 @@ fn failure_text(e: &JobError, reason: String) -> String {
 /// A failed job keeps nothing half-imported: what it stored is removed (the import is incomplete,
 /// and on a full disk it would make the next job fail too), and every file still pending gets an
 /// outcome saying why it was not imported.
-async fn record_failure(ctx: &JobContext, id: &str, message: String) {
+async fn record_failure(ctx: &JobContext, id: &str, message: String, token: i64) {
     let log = |e: &dyn std::error::Error, what: &str| tracing::error!(error = %crate::error_text::chain(e), "could not record the job failure: {what}");
     let files = match ctx.store.files(id).await {
         Ok(files) => files,
@@ -190,7 +194,8 @@ async fn record_failure(ctx: &JobContext, id: &str, message: String) {
     // The state first, and only if the job had not finished: a job that completed keeps its files
     // whatever fails after, and a crash past this point finds a failed job, not a running one
     // with its files gone.
-    match ctx.store.fail_job(id, &message, now_unix()).await {
+    // Fenced: a process whose lease was taken over must not fail (and empty) another's job.
+    match ctx.store.fail_job(id, &message, now_unix(), Some(token)).await {
         Ok(true) => {}
         Ok(false) => return,
         // Its files stay: without the state stored, this process may no longer be the job's.
@@ -280,6 +285,7 @@ async fn run(
     cancel: &CancellationToken,
     progress: &Progress,
     plan_changed: &Notify,
+    token: i64,
 ) -> Result<Ran, JobError> {
     let Some(job) = ctx.store.job(id).await? else {
         return Err(JobError::Cancelled);
@@ -287,7 +293,7 @@ async fn run(
     if job.state.is_finished() {
         return Ok(Ran::AlreadyFinished);
     }
-    let record = Recorder { store: &*ctx.store, id, progress };
+    let record = Recorder { store: &*ctx.store, id, progress, fence: Some(token) };
     record.resumed(job.state, job.progress.clone());
     let provider = ctx.providers.provider(&job.client_id).await?.ok_or(JobError::Revoked)?;
     let client = Arc::new(ProviderClient::for_provider(ctx, &provider).await?);
@@ -300,7 +306,8 @@ async fn run(
         if matches!(job.state, JobState::Queued | JobState::Exporting) {
             pull::plan_export(ctx, &client, &job, &stop, &record).await?;
         }
-        let work = Work { ctx, client: &client, id, cancel: &stop, progress, plan_changed };
+        let work =
+            Work { ctx, client: &client, id, cancel: &stop, progress, plan_changed, fence: Some(token) };
         engine::import_plan(work).await
     };
     tokio::pin!(work);

@@ -12,6 +12,8 @@ pub struct Recorder<'a> {
     pub store: &'a dyn JobStore,
     pub id: &'a str,
     pub progress: &'a Progress,
+    /// The lease token this process runs the job under: its completion is fenced by it.
+    pub fence: Option<i64>,
 }
 
 impl Recorder<'_> {
@@ -76,7 +78,7 @@ impl Recorder<'_> {
     pub async fn completed(&self) -> Result<bool, JobError> {
         // The chart first: the job page stops asking once it reads "completed".
         self.keep_throughput().await;
-        let completed = self.store.complete_job(self.id, now_unix()).await?;
+        let completed = self.store.complete_job(self.id, now_unix(), self.fence).await?;
         if completed {
             self.progress.close();
         }

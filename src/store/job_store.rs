@@ -50,9 +50,16 @@ pub trait JobStore: Send + Sync {
     async fn type_counts(&self, job_id: &str) -> Result<BTreeMap<String, i64>, StoreError>;
     async fn file_counts(&self, job_id: &str) -> Result<FileCounts, StoreError>;
     async fn finish_file(&self, job_id: &str, idx: i64, done: &FinishedFile<'_>) -> Result<bool, StoreError>;
-    async fn complete_job(&self, id: &str, now: i64) -> Result<bool, StoreError>;
+    /// `fence`: the lease token the caller holds, if it runs the job; a stale one changes nothing.
+    async fn complete_job(&self, id: &str, now: i64, fence: Option<i64>) -> Result<bool, StoreError>;
     async fn fail_pending_files(&self, job_id: &str, outcomes: &[(i64, String)]) -> Result<(), StoreError>;
-    async fn fail_job(&self, id: &str, reason: &str, now: i64) -> Result<bool, StoreError>;
+    async fn fail_job(
+        &self,
+        id: &str,
+        reason: &str,
+        now: i64,
+        fence: Option<i64>,
+    ) -> Result<bool, StoreError>;
     async fn delete_job(&self, id: &str) -> Result<bool, StoreError>;
     async fn cancel_job(&self, id: &str, now: i64) -> Result<bool, StoreError>;
     async fn claim_job(&self, id: &str, owner: &str, lease: Duration) -> Result<Option<Claim>, StoreError>;
@@ -253,14 +260,20 @@ impl JobStore for Store {
     async fn finish_file(&self, job_id: &str, idx: i64, done: &FinishedFile<'_>) -> Result<bool, StoreError> {
         Store::finish_file(self, job_id, idx, done).await
     }
-    async fn complete_job(&self, id: &str, now: i64) -> Result<bool, StoreError> {
-        Store::complete_job(self, id, now).await
+    async fn complete_job(&self, id: &str, now: i64, fence: Option<i64>) -> Result<bool, StoreError> {
+        Store::complete_job(self, id, now, fence).await
     }
     async fn fail_pending_files(&self, job_id: &str, outcomes: &[(i64, String)]) -> Result<(), StoreError> {
         Store::fail_pending_files(self, job_id, outcomes).await
     }
-    async fn fail_job(&self, id: &str, reason: &str, now: i64) -> Result<bool, StoreError> {
-        Store::fail_job(self, id, reason, now).await
+    async fn fail_job(
+        &self,
+        id: &str,
+        reason: &str,
+        now: i64,
+        fence: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        Store::fail_job(self, id, reason, now, fence).await
     }
     async fn delete_job(&self, id: &str) -> Result<bool, StoreError> {
         Store::delete_job(self, id).await

@@ -477,15 +477,18 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
-    /// Complete a job whose plan is closed and has no file pending; false otherwise.
-    pub async fn complete_job(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+    /// Complete a job whose plan is closed and has no file pending; false otherwise (or when
+    /// `fence` is not the job's lease token: another process took it over).
+    pub async fn complete_job(&self, id: &str, now: i64, fence: Option<i64>) -> Result<bool, StoreError> {
         let r = sqlx::query(
-            "UPDATE jobs SET state = 'completed', completed_at = ?
-             WHERE id = ? AND plan_open = 0 AND state NOT IN ('completed', 'failed', 'cancelled')
+            "UPDATE jobs SET state = 'completed', completed_at = ?1
+             WHERE id = ?2 AND plan_open = 0 AND state NOT IN ('completed', 'failed', 'cancelled')
+               AND (?3 IS NULL OR lease_token = ?3)
                AND NOT EXISTS (SELECT 1 FROM job_files WHERE job_id = jobs.id AND state = 'pending')",
         )
         .bind(now)
         .bind(id)
+        .bind(fence)
         .execute(self.pool())
         .await?;
         Ok(r.rows_affected() == 1)
@@ -512,17 +515,26 @@ impl Store {
         Ok(())
     }
 
-    /// Fail an unfinished job; false when it had finished already (and so stays as it was).
-    pub async fn fail_job(&self, id: &str, reason: &str, now: i64) -> Result<bool, StoreError> {
+    /// Fail an unfinished job; false when it had finished already (and so stays as it was), or
+    /// when `fence` is not the job's lease token.
+    pub async fn fail_job(
+        &self,
+        id: &str,
+        reason: &str,
+        now: i64,
+        fence: Option<i64>,
+    ) -> Result<bool, StoreError> {
         // A finished job stays as it finished (a late failure must not undo a completion).
         let r = sqlx::query(
-            "UPDATE jobs SET state = 'failed', failure = ?, completed_at = ? WHERE id = ? AND state NOT IN ('completed', 'failed', 'cancelled')",
+            "UPDATE jobs SET state = 'failed', failure = ?1, completed_at = ?2
+             WHERE id = ?3 AND state NOT IN ('completed', 'failed', 'cancelled') AND (?4 IS NULL OR lease_token = ?4)",
         )
-            .bind(reason)
-            .bind(now)
-            .bind(id)
-            .execute(self.pool())
-            .await?;
+        .bind(reason)
+        .bind(now)
+        .bind(id)
+        .bind(fence)
+        .execute(self.pool())
+        .await?;
         Ok(r.rows_affected() == 1)
     }
 

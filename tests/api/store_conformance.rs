@@ -103,13 +103,13 @@ async fn admission_holds_both_caps(store: &dyn JobStore) {
     assert_eq!(store.insert_job_if_room(&job("aa04", "p3", 13), caps).await.unwrap(), Admission::Admitted);
     assert_eq!(store.insert_job_if_room(&job("aa05", "p4", 14), caps).await.unwrap(), Admission::Full);
     // A finished job frees its slot; it completes only once its plan is closed.
-    assert!(!store.complete_job("aa01", 20).await.unwrap(), "an open plan may still grow");
+    assert!(!store.complete_job("aa01", 20, None).await.unwrap(), "an open plan may still grow");
     assert!(store.close_plan("aa01").await.unwrap());
-    assert!(store.complete_job("aa01", 20).await.unwrap());
+    assert!(store.complete_job("aa01", 20, None).await.unwrap());
     assert_eq!(store.insert_job_if_room(&job("aa05", "p4", 14), caps).await.unwrap(), Admission::Admitted);
     for id in ["aa02", "aa04", "aa05"] {
         store.close_plan(id).await.unwrap();
-        assert!(store.complete_job(id, 20).await.unwrap());
+        assert!(store.complete_job(id, 20, None).await.unwrap());
     }
 }
 
@@ -129,7 +129,7 @@ async fn a_plan_records_files_outcomes_and_totals(store: &dyn JobStore) {
     let url = "https://ehr.example/status/1";
     assert_eq!(store.append_manifest("bb01", url, &plan, true, 102).await.unwrap(), Appended::Added(0));
     assert_eq!(store.job("bb01").await.unwrap().unwrap().state, JobState::Importing);
-    assert!(!store.complete_job("bb01", 103).await.unwrap(), "files are pending");
+    assert!(!store.complete_job("bb01", 103, None).await.unwrap(), "files are pending");
     let files = store.files("bb01").await.unwrap();
     assert_eq!(files.iter().map(|f| f.idx).collect::<Vec<_>>(), vec![0, 1, 2], "in plan order");
     assert_eq!(
@@ -161,8 +161,8 @@ async fn a_finished_job_stays_as_it_finished(store: &dyn JobStore) {
     let caps = JobCaps { all: 100, per_provider: 100 };
     store.insert_job_if_room(&job("cc01", "p1", 200), caps).await.unwrap();
     store.close_plan("cc01").await.unwrap();
-    assert!(store.complete_job("cc01", 210).await.unwrap());
-    assert!(!store.fail_job("cc01", "too late", 220).await.unwrap(), "a finished job is not failed");
+    assert!(store.complete_job("cc01", 210, None).await.unwrap());
+    assert!(!store.fail_job("cc01", "too late", 220, None).await.unwrap(), "a finished job is not failed");
     let j = store.job("cc01").await.unwrap().unwrap();
     assert_eq!((j.state, j.failure, j.completed_at), (JobState::Completed, None, Some(210)));
     store.insert_job_if_room(&job("cc03", "p1", 200), caps).await.unwrap();
@@ -173,7 +173,7 @@ async fn a_finished_job_stays_as_it_finished(store: &dyn JobStore) {
     assert_eq!((c.state, c.completed_at), (JobState::Cancelled, Some(215)));
     assert!(!store.unfinished_jobs().await.unwrap().iter().any(|j| j.id == "cc03"));
     store.insert_job_if_room(&job("cc02", "p1", 200), caps).await.unwrap();
-    assert!(store.fail_job("cc02", "the provider said no", 230).await.unwrap());
+    assert!(store.fail_job("cc02", "the provider said no", 230, None).await.unwrap());
     assert_eq!(store.job("cc02").await.unwrap().unwrap().state, JobState::Failed);
 }
 
@@ -238,14 +238,14 @@ async fn a_plan_grows_and_manifests_are_withdrawn(store: &dyn JobStore) {
 
     assert!(store.finish_file("ee01", 2, &done(2, "{\"o\":2}")).await.unwrap());
     assert!(store.finish_file("ee01", 3, &done(5, "{\"o\":3}")).await.unwrap());
-    assert!(!store.complete_job("ee01", 406).await.unwrap(), "the plan is open");
+    assert!(!store.complete_job("ee01", 406, None).await.unwrap(), "the plan is open");
     assert!(store.close_plan("ee01").await.unwrap());
     assert!(!store.close_plan("ee01").await.unwrap());
     assert_eq!(
         store.append_manifest("ee01", "https://ehr.example/m/3.json", &[], false, 407).await.unwrap(),
         Appended::Closed
     );
-    assert!(store.complete_job("ee01", 408).await.unwrap());
+    assert!(store.complete_job("ee01", 408, None).await.unwrap());
     let totals = store.file_totals("ee01").await.unwrap();
     assert_eq!((totals.files, totals.resources), (2, 7));
     let summary = store.job_summary("ee01").await.unwrap().expect("a summary of the job");
@@ -327,7 +327,10 @@ async fn leases_are_claimed_fenced_and_cancelled(store: &dyn JobStore) {
     let held_or_starting = |id: &String| id == "ff01" || id == "ff03" || id == "ff04";
     assert!(!recent.iter().chain(&claimed).any(held_or_starting), "{recent:?} {claimed:?}");
     store.close_plan("ff01").await.unwrap();
-    store.complete_job("ff01", 600).await.unwrap();
+    // Only the holder of the current token may end the job: a process taken over may not.
+    assert!(!store.fail_job("ff01", "stale", 600, Some(short)).await.unwrap(), "fenced out");
+    assert!(!store.complete_job("ff01", 600, Some(short)).await.unwrap(), "fenced out");
+    assert!(store.complete_job("ff01", 600, Some(c)).await.unwrap(), "the holder's token ends it");
     assert_eq!(
         store.claim_job("ff01", "replica-c", lease).await.unwrap(),
         None,

@@ -351,14 +351,15 @@ impl JobStore for PgStore {
         Ok(r.rows_affected() == 1)
     }
 
-    async fn complete_job(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+    async fn complete_job(&self, id: &str, now: i64, fence: Option<i64>) -> Result<bool, StoreError> {
         let r = sqlx::query(&format!(
             "UPDATE jobs SET state = 'completed', completed_at = $1
-             WHERE id = $2 AND NOT plan_open AND {UNFINISHED}
+             WHERE id = $2 AND NOT plan_open AND {UNFINISHED} AND ($3::BIGINT IS NULL OR lease_token = $3)
                AND NOT EXISTS (SELECT 1 FROM job_files WHERE job_id = jobs.id AND state = 'pending')"
         ))
         .bind(now)
         .bind(id)
+        .bind(fence)
         .execute(self.pool())
         .await?;
         Ok(r.rows_affected() == 1)
@@ -380,13 +381,21 @@ impl JobStore for PgStore {
         Ok(())
     }
 
-    async fn fail_job(&self, id: &str, reason: &str, now: i64) -> Result<bool, StoreError> {
+    async fn fail_job(
+        &self,
+        id: &str,
+        reason: &str,
+        now: i64,
+        fence: Option<i64>,
+    ) -> Result<bool, StoreError> {
         let r = sqlx::query(&format!(
-            "UPDATE jobs SET state = 'failed', failure = $1, completed_at = $2 WHERE id = $3 AND {UNFINISHED}"
+            "UPDATE jobs SET state = 'failed', failure = $1, completed_at = $2
+             WHERE id = $3 AND {UNFINISHED} AND ($4::BIGINT IS NULL OR lease_token = $4)"
         ))
         .bind(reason)
         .bind(now)
         .bind(id)
+        .bind(fence)
         .execute(self.pool())
         .await?;
         Ok(r.rows_affected() == 1)
