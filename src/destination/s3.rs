@@ -297,21 +297,39 @@ impl S3Writer {
     }
 }
 
+/// Where the next part ends, once the buffer holds one: after the last line end between the
+/// smallest part S3 takes and `part_size`, else after the first one past `part_size`; a line that
+/// runs on to twice `part_size` is cut there (whole lines cannot be had). `None`: not yet.
+fn part_cut(buf: &[u8], part_size: usize) -> Option<usize> {
+    if buf.len() < part_size {
+        return None;
+    }
+    let from = MIN_PART_SIZE.min(part_size) - 1;
+    if let Some(at) = memchr::memrchr(b'\n', &buf[from..part_size]) {
+        return Some(from + at + 1);
+    }
+    match memchr::memchr(b'\n', &buf[part_size..]) {
+        Some(at) => Some(part_size + at + 1),
+        None if buf.len() >= 2 * part_size => Some(2 * part_size),
+        None => None,
+    }
+}
+
 #[async_trait]
 impl FileWriter for S3Writer {
     async fn write(&mut self, chunk: Bytes) -> Result<(), DestinationError> {
         self.bytes += chunk.len() as u64;
-        let mut rest = &chunk[..];
-        while !rest.is_empty() {
-            let (now, later) = rest.split_at((self.part_size - self.buf.len()).min(rest.len()));
-            self.buf.extend_from_slice(now);
-            rest = later;
-            if self.buf.len() == self.part_size {
-                // A fresh buffer per part: a split-off part would share (and keep alive) one
-                // ever-growing allocation with the part being filled.
-                let part = std::mem::replace(&mut self.buf, BytesMut::with_capacity(self.part_size));
-                self.start_part(part.freeze()).await?;
-            }
+        self.buf.extend_from_slice(&chunk);
+        // Each part ends at a line end (past the smallest part S3 takes), so a committed part
+        // holds whole lines and the partial line starts the next one.
+        while let Some(cut) = part_cut(&self.buf, self.part_size) {
+            // A fresh buffer per part: a split-off part would share (and keep alive) one
+            // ever-growing allocation with the part being filled.
+            let mut next = BytesMut::with_capacity(self.part_size);
+            next.extend_from_slice(&self.buf[cut..]);
+            self.buf.truncate(cut);
+            let part = std::mem::replace(&mut self.buf, next);
+            self.start_part(part.freeze()).await?;
         }
         Ok(())
     }
@@ -414,5 +432,30 @@ impl Destination for S3 {
 
     fn describe(&self) -> String {
         format!("s3: objects under s3://{}/{}{{job_id}}/", self.bucket, self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{part_cut, MIN_PART_SIZE};
+
+    #[test]
+    fn a_part_ends_at_a_line_end_past_the_smallest_part_s3_takes() {
+        let part = MIN_PART_SIZE + 100;
+        let mut buf = vec![b'x'; part + 50];
+        assert_eq!(part_cut(&buf[..part - 1], part), None, "not full yet");
+        buf[MIN_PART_SIZE + 10] = b'\n';
+        buf[MIN_PART_SIZE - 10] = b'\n';
+        assert_eq!(part_cut(&buf, part), Some(MIN_PART_SIZE + 11), "the last line end in the slack");
+        buf[MIN_PART_SIZE + 10] = b'x';
+        assert_eq!(part_cut(&buf, part), None, "a line end before the smallest part does not do; wait");
+        buf[part + 20] = b'\n';
+        assert_eq!(part_cut(&buf, part), Some(part + 21), "the first line end past the part size");
+        let long = vec![b'x'; 2 * part];
+        assert_eq!(part_cut(&long, part), Some(2 * part), "a line longer than two parts is cut");
+        // A part of exactly the smallest size has no slack: the next line end decides.
+        let mut tight = vec![b'x'; MIN_PART_SIZE + 5];
+        tight[MIN_PART_SIZE + 2] = b'\n';
+        assert_eq!(part_cut(&tight, MIN_PART_SIZE), Some(MIN_PART_SIZE + 3));
     }
 }

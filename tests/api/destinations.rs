@@ -279,3 +279,35 @@ async fn a_job_failed_by_its_s3_destination_leaves_no_object_behind() {
     assert_eq!(objects, Vec::<String>::new(), "a failed job's objects stayed in the bucket");
     assert_eq!(server.open_uploads(), Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn s3_parts_end_at_line_ends_so_each_committed_part_is_whole_lines() {
+    let server = S3Server::start().await;
+    let part = 5 * 1024 * 1024;
+    let dest = S3::connect(&server.config(part)).await.expect("the bucket is reachable");
+    let data = observations(70_000);
+    let mut w = dest.open(target("job7", "o.ndjson")).await.unwrap();
+    // Network-sized chunks that end anywhere, as downloads deliver them.
+    for chunk in data.as_bytes().chunks(64 * 1024 + 7) {
+        w.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+    }
+    // The writer keeps one part in flight: wait until two are stored.
+    let mut parts = Vec::new();
+    for _ in 0..100 {
+        parts = server.uploaded_parts();
+        if parts.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(parts.len() >= 2, "two parts went up: {}", parts.len());
+    let mut end = 0;
+    for p in &parts {
+        assert!(p.len() >= part, "every part but the last is at least the smallest S3 takes: {}", p.len());
+        assert_eq!(p.last(), Some(&b'\n'), "the part ending at byte {} cuts a line", end + p.len());
+        assert_eq!(p[..], data.as_bytes()[end..end + p.len()], "parts are the file's bytes in order");
+        end += p.len();
+    }
+    w.finish(70_000).await.unwrap();
+    assert_eq!(server.object("bulk/job7/o.ndjson").unwrap(), data.as_bytes(), "the object is the file");
+}

@@ -176,6 +176,23 @@ impl S3Server {
         aws_sdk_s3::Client::from_conf(config)
     }
 
+    /// The parts uploaded so far to open multipart uploads, in part order (s3s-fs keeps each
+    /// in a file of its own until the upload completes).
+    pub fn uploaded_parts(&self) -> Vec<Vec<u8>> {
+        let mut parts: Vec<(u32, PathBuf)> = std::fs::read_dir(self.root.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let number = name.strip_prefix(".upload_id-")?.rsplit_once(".part-")?.1.parse().ok()?;
+                Some((number, e.path()))
+            })
+            .collect();
+        parts.sort();
+        parts.into_iter().map(|(_, path)| std::fs::read(path).unwrap()).collect()
+    }
+
     /// Multipart uploads the server still holds open.
     pub fn open_uploads(&self) -> Vec<String> {
         self.all_files().into_iter().filter(|f| f.contains(".upload")).collect()
