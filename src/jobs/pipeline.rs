@@ -64,7 +64,7 @@ async fn run_claimed(ctx: JobContext, id: String, handles: JobHandles, lease: Le
             "the job was taken over {} times after the process running it stopped answering (crashed or stalled); it is not tried again",
             claim.takeovers
         );
-        tracing::error!(job = %crate::telemetry::shown_id(&id), "{message}");
+        tracing::error!(job = %crate::telemetry::shown_id(&id), takeovers = claim.takeovers, "the job was taken over too often; it fails");
         record_failure(&ctx, &id, message, lease.token).await;
         pull::release_export(&ctx, &id).await;
         if let Err(e) = ctx.store.release_lease(&id, &ctx.jobs.owner, lease.token).await {
