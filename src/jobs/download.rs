@@ -194,26 +194,7 @@ pub async fn import_file(
     let one_attempt = |t: Try| async move {
         let fetch = Fetch { client, url, auth, file, t, cancel };
         let result = if file.kind == FileKind::Error {
-            let mut report = ProviderReport::default();
-            let mut meter = FileMeter::new(job_bytes, &client.limits, file.idx).not_data();
-            let sent = request(&fetch, None).await;
-            let sent = match sent {
-                Ok(resp) => {
-                    let ok = resp.status() == StatusCode::OK;
-                    refuse_unless_ok(&fetch, resp, ok).await
-                }
-                Err(e) => Err(e),
-            };
-            match sent {
-                Ok(resp) => {
-                    let mut lines = Lines::new(&fetch);
-                    let mut received = 0;
-                    pump(&fetch, resp, Sink::Report(&mut report), &mut meter, &mut lines, &mut received)
-                        .await
-                        .map(|()| FileResult::reported(file, report))
-                }
-                Err(e) => Err(e),
-            }
+            attempt_report(&fetch, job_bytes).await
         } else {
             attempt_data(&fetch, destination, job_bytes, &mut *partial.lock().await).await
         };
@@ -304,6 +285,16 @@ async fn discard(slot: &mut Option<Partial<'_>>) {
     }
 }
 
+/// One attempt at a provider's `error[]` file: read whole into the outcome, stored nowhere.
+async fn attempt_report(fetch: &Fetch<'_>, job_bytes: &JobBytes) -> Result<FileResult, AttemptError> {
+    let resp = refuse_unless_ok(fetch, request(fetch, None).await?).await?;
+    let mut report = ProviderReport::default();
+    let mut meter = FileMeter::new(job_bytes, &fetch.client.limits, fetch.file.idx).not_data();
+    let (mut lines, mut received) = (Lines::new(fetch), 0);
+    pump(fetch, resp, Sink::Report(&mut report), &mut meter, &mut lines, &mut received).await?;
+    Ok(FileResult::reported(fetch.file, report))
+}
+
 /// One attempt at a data file: the rest of the kept download if the provider can send it, else
 /// the whole file into a fresh writer.
 async fn attempt_data<'a>(
@@ -344,8 +335,7 @@ async fn attempt_data<'a>(
         resp
     } else {
         discard(slot).await;
-        let whole = resp.status() == StatusCode::OK;
-        let resp = refuse_unless_ok(fetch, resp, whole).await?;
+        let resp = refuse_unless_ok(fetch, resp).await?;
         let target = FileTarget { job: &file.job_id, name: &file.name, resource_type: &file.resource_type };
         let writer = destination.open(target).await.map_err(|e| AttemptError::Job(e.into()))?;
         let meter = FileMeter::new(job_bytes, &fetch.client.limits, file.idx);
@@ -439,13 +429,12 @@ async fn request(
     }
 }
 
-/// The answer, if it is the file (`ok`); else the file fails with the provider's reason.
+/// The answer, if it is the whole file (200); else the file fails with the provider's reason.
 async fn refuse_unless_ok(
     fetch: &Fetch<'_>,
     resp: reqwest::Response,
-    ok: bool,
 ) -> Result<reqwest::Response, AttemptError> {
-    if ok {
+    if resp.status() == StatusCode::OK {
         return Ok(resp);
     }
     let code = match resp.status() {

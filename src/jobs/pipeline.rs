@@ -91,6 +91,7 @@ impl LeaseTiming {
         Self { every, lease }
     }
 }
+
 /// The lease this process holds on a job.
 #[derive(Debug, Clone, Copy)]
 struct Lease {
