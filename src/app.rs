@@ -66,7 +66,7 @@ impl App {
         );
         let http = outbound.trusted();
         let destination =
-            config.destination.build(config.jobs_path.clone()).await.context("setting up the destination")?;
+            config.destination.build(config.jobs_path.clone(), config.checkpoint_bytes).await.context("setting up the destination")?;
         let shutdown = CancellationToken::new();
         let jobs = Arc::new(
             Runner::new(

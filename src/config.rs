@@ -25,6 +25,9 @@ pub const DEFAULT_REAPER_INTERVAL_SECS: f64 = 60.0;
 /// Seconds a job's lease lasts without a heartbeat (renewed every third of it): how long a
 /// crashed replica's jobs wait before another takes them over.
 pub const DEFAULT_LEASE_SECS: u64 = 30;
+/// Bytes between a file's checkpoints on tmp-fs and dev-null (S3 keeps one per part): at most
+/// this much is fetched again when another process (or a restart) continues a file.
+pub const DEFAULT_CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 /// The shortest lease: the database's clock counts whole seconds, and three heartbeats must fit.
 pub const MIN_LEASE_SECS: u64 = 3;
 /// Time past a lapsed lease for another replica to claim the job (a heartbeat period, the
@@ -166,6 +169,9 @@ pub struct Config {
     pub database: DatabaseUrl,
     /// `LEASE_SECONDS`: how long a job's lease lasts between heartbeats.
     pub lease: Duration,
+    /// `CHECKPOINT_BYTES`: how often a file's download stores where it has got to (tmp-fs,
+    /// dev-null); each costs a database write and a disk sync.
+    pub checkpoint_bytes: u64,
     pub jobs_path: PathBuf,
     pub jobs_id_length: usize,
     pub jobs_max_age: Duration,
@@ -382,6 +388,7 @@ impl Config {
             data_dir,
             database,
             lease: Duration::from_secs(r.num("LEASE_SECONDS", DEFAULT_LEASE_SECS, MIN_LEASE_SECS, 3600)),
+            checkpoint_bytes: r.num("CHECKPOINT_BYTES", DEFAULT_CHECKPOINT_BYTES, 1024 * 1024, u64::MAX),
             jobs_path: PathBuf::from(r.string("JOBS_PATH", DEFAULT_JOBS_PATH)),
             jobs_id_length: r.num(
                 "JOBS_ID_LENGTH",

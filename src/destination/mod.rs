@@ -72,9 +72,32 @@ pub struct Receipt {
     pub bytes: u64,
 }
 
+/// A durable point of a file being written: its first `bytes` (whole lines) are stored, and
+/// `state` is what the destination needs to go on from there in another process (an S3 upload and
+/// its parts; nothing for a local file, whose `.part` holds it all).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    pub bytes: u64,
+    pub state: String,
+}
+
+/// What a writer did with a line end it was told of.
+#[derive(Debug, Default)]
+pub struct LineEnd {
+    /// It will become a durable point (reported by this call or a later one).
+    pub taken: bool,
+    /// The newest durable point reached since the last call, if any: one of the line ends taken.
+    pub saved: Option<Saved>,
+}
+
 #[async_trait]
 pub trait FileWriter: Send {
     async fn write(&mut self, chunk: Bytes) -> Result<(), DestinationError>;
+    /// The bytes written so far, up to `at`, end at a line end: a place the writer may make
+    /// durable (where S3 parts are cut). Writers that cannot continue a file elsewhere ignore it.
+    async fn line_end(&mut self, _at: u64) -> Result<LineEnd, DestinationError> {
+        Ok(LineEnd::default())
+    }
     /// Commit the file; `resources` is its validated line count, recorded where the backend can.
     async fn finish(self: Box<Self>, resources: u64) -> Result<Receipt, DestinationError>;
     async fn abort(self: Box<Self>) -> Result<(), DestinationError>;
@@ -84,6 +107,15 @@ pub trait FileWriter: Send {
 pub trait Destination: Send + Sync {
     /// Start writing a file; any earlier partial write of the same file is replaced.
     async fn open(&self, file: FileTarget<'_>) -> Result<Box<dyn FileWriter>, DestinationError>;
+    /// Go on writing a file from a durable point an earlier writer (maybe in another process)
+    /// reached; `None` when what it stored is gone, and the file must start over.
+    async fn reopen(
+        &self,
+        _file: FileTarget<'_>,
+        _saved: &Saved,
+    ) -> Result<Option<Box<dyn FileWriter>>, DestinationError> {
+        Ok(None)
+    }
     /// Remove one committed file (its manifest was withdrawn); a file that is not there is fine.
     async fn delete_file(&self, file: FileTarget<'_>) -> Result<(), DestinationError>;
     /// Remove everything stored for `job`.
@@ -93,11 +125,16 @@ pub trait Destination: Send + Sync {
 }
 
 impl DestinationKind {
-    /// Build the backend; S3 checks at once that its bucket is reachable.
-    pub async fn build(&self, jobs_path: PathBuf) -> Result<Arc<dyn Destination>, DestinationError> {
+    /// Build the backend; S3 checks at once that its bucket is reachable. `save_every`: bytes
+    /// between durable points where nothing else sets them (S3 has its parts).
+    pub async fn build(
+        &self,
+        jobs_path: PathBuf,
+        save_every: u64,
+    ) -> Result<Arc<dyn Destination>, DestinationError> {
         Ok(match self {
-            DestinationKind::DevNull => Arc::new(dev_null::DevNull),
-            DestinationKind::TmpFs => Arc::new(tmp_fs::TmpFs::new(jobs_path)),
+            DestinationKind::DevNull => Arc::new(dev_null::DevNull { save_every }),
+            DestinationKind::TmpFs => Arc::new(tmp_fs::TmpFs::new(jobs_path, save_every)),
             DestinationKind::S3(config) => Arc::new(s3::S3::connect(config).await?),
         })
     }

@@ -18,7 +18,10 @@ use aws_sdk_s3::{
 use bytes::{Bytes, BytesMut};
 use tokio::task::JoinHandle;
 
-use super::{file_name::is_safe_component, Destination, DestinationError, FileTarget, FileWriter, Receipt};
+use super::{
+    file_name::is_safe_component, Destination, DestinationError, FileTarget, FileWriter, LineEnd, Receipt,
+    Saved,
+};
 use crate::error_text::chain;
 
 /// S3's smallest part (all but the last); also our smallest `S3_PART_SIZE`.
@@ -122,6 +125,28 @@ impl S3 {
         }
         Ok(format!("{}{job}/", self.prefix))
     }
+
+    fn writer(&self, file: FileTarget<'_>) -> Result<S3Writer, DestinationError> {
+        if !is_safe_component(file.name) {
+            return Err(DestinationError::UnsafeName(file.name.into()));
+        }
+        Ok(S3Writer {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key: format!("{}{}", self.job_prefix(file.job)?, file.name),
+            job: file.job.to_string(),
+            resource_type: file.resource_type.to_string(),
+            part_size: self.part_size,
+            buf: BytesMut::new(),
+            buf_start: 0,
+            upload_id: None,
+            next_part: 0,
+            in_flight: VecDeque::new(),
+            done: Vec::new(),
+            bytes: 0,
+            reported: 0,
+        })
+    }
 }
 
 struct S3Writer {
@@ -132,15 +157,50 @@ struct S3Writer {
     resource_type: String,
     part_size: usize,
     buf: BytesMut,
+    /// Where `buf` starts in the file: the end of the last part cut.
+    buf_start: u64,
     upload_id: Option<String>,
     next_part: i32,
-    in_flight: VecDeque<JoinHandle<Result<CompletedPart, DestinationError>>>,
-    done: Vec<CompletedPart>,
+    in_flight: VecDeque<JoinHandle<Result<StoredPart, DestinationError>>>,
+    /// Uploaded parts, in order.
+    done: Vec<StoredPart>,
     bytes: u64,
+    /// The end of the last part reported as a durable point.
+    reported: u64,
+}
+
+/// One uploaded part, as a durable point records it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct StoredPart {
+    number: i32,
+    etag: Option<String>,
+    /// Where the part ends in the file.
+    end: u64,
+    /// Whether it ends at a line end (all do but a cut through a line longer than two parts).
+    whole_lines: bool,
+}
+
+/// What another process needs to go on with a multipart upload.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct UploadState {
+    upload_id: String,
+    parts: Vec<StoredPart>,
 }
 
 impl S3Writer {
-    async fn start_part(&mut self, body: Bytes) -> Result<(), DestinationError> {
+    /// Cut the first `len` buffered bytes off as the next part and start its upload.
+    async fn cut_part(&mut self, len: usize, whole_lines: bool) -> Result<(), DestinationError> {
+        // A fresh buffer per part: a split-off part would share (and keep alive) one
+        // ever-growing allocation with the part being filled.
+        let mut next = BytesMut::with_capacity(self.part_size);
+        next.extend_from_slice(&self.buf[len..]);
+        self.buf.truncate(len);
+        let part = std::mem::replace(&mut self.buf, next);
+        self.buf_start += len as u64;
+        self.start_part(part.freeze(), whole_lines).await
+    }
+
+    async fn start_part(&mut self, body: Bytes, whole_lines: bool) -> Result<(), DestinationError> {
         if self.upload_id.is_none() {
             let created = self
                 .client
@@ -161,6 +221,7 @@ impl S3Writer {
         self.next_part += 1;
         let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), self.key.clone());
         let (upload_id, number) = (self.upload_id.clone().unwrap_or_default(), self.next_part);
+        let end = self.buf_start;
         self.in_flight.push_back(tokio::spawn(async move {
             let out = client
                 .upload_part()
@@ -172,10 +233,7 @@ impl S3Writer {
                 .send()
                 .await
                 .map_err(|e| s3_error("UploadPart failed", e))?;
-            Ok(CompletedPart::builder()
-                .part_number(number)
-                .set_e_tag(out.e_tag().map(str::to_string))
-                .build())
+            Ok(StoredPart { number, etag: out.e_tag().map(str::to_string), end, whole_lines })
         }));
         while self.in_flight.len() > PARTS_IN_FLIGHT {
             self.await_oldest().await?;
@@ -196,19 +254,33 @@ impl S3Writer {
         let Some(upload_id) = self.upload_id.clone() else {
             // Small file: one PUT carries the data and all the metadata.
             let body = std::mem::take(&mut self.buf).freeze();
-            let put = self
-                .client
-                .put_object()
-                .bucket(&self.bucket)
-                .key(&self.key)
-                .content_type(CONTENT_TYPE)
-                .metadata("job-id", &self.job)
-                .metadata("resource-type", &self.resource_type)
-                .metadata("resources", &count)
-                .body(ByteStream::from(body))
-                .send()
-                .await;
-            if let Err(e) = put {
+            let put = |only_if_new: bool| {
+                let mut req = self
+                    .client
+                    .put_object()
+                    .bucket(&self.bucket)
+                    .key(&self.key)
+                    .content_type(CONTENT_TYPE)
+                    .metadata("job-id", &self.job)
+                    .metadata("resource-type", &self.resource_type)
+                    .metadata("resources", &count)
+                    .body(ByteStream::from(body.clone()));
+                if only_if_new {
+                    req = req.if_none_match("*");
+                }
+                req.send()
+            };
+            let mut put_done = put(true).await.map(|_| ());
+            if put_done.as_ref().is_err_and(is_precondition_failed) {
+                if self.stored_as_sent().await {
+                    tracing::info!(object = %self.location(), "the file was stored already; kept");
+                    put_done = Ok(());
+                } else {
+                    tracing::info!(object = %self.location(), "an older object of this file is replaced");
+                    put_done = put(false).await.map(|_| ());
+                }
+            }
+            if let Err(e) = put_done {
                 if !self.stored_as_sent().await {
                     return Err(s3_error("PutObject failed", e));
                 }
@@ -217,30 +289,51 @@ impl S3Writer {
             return Ok(Receipt { location: self.location(), bytes: self.bytes });
         };
         if !self.buf.is_empty() {
-            let last = std::mem::take(&mut self.buf).freeze();
-            self.start_part(last).await?;
+            let len = self.buf.len();
+            self.cut_part(len, true).await?;
         }
         while !self.in_flight.is_empty() {
             self.await_oldest().await?;
         }
-        let mut parts = std::mem::take(&mut self.done);
-        parts.sort_by_key(|p| p.part_number());
-        let completed = self
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .upload_id(&upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
-            .send()
-            .await;
+        let parts: Vec<CompletedPart> = self
+            .done
+            .iter()
+            .map(|p| CompletedPart::builder().part_number(p.number).set_e_tag(p.etag.clone()).build())
+            .collect();
+        let complete = |only_if_new: bool| {
+            let mut req = self
+                .client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .upload_id(&upload_id)
+                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts.clone())).build());
+            if only_if_new {
+                req = req.if_none_match("*");
+            }
+            req.send()
+        };
+        // Only if no object is there yet: one that is may be this file, committed by a process
+        // that stopped before recording it.
+        let mut completed = complete(true).await.map(|_| ());
+        if completed.as_ref().is_err_and(is_precondition_failed) {
+            if self.stored_as_sent().await {
+                // This upload is not needed: what it holds is stored.
+                tracing::info!(object = %self.location(), "the file was stored already; kept");
+                self.abort_upload().await?;
+                completed = Ok(());
+            } else {
+                tracing::info!(object = %self.location(), "an older object of this file is replaced");
+                completed = complete(false).await.map(|_| ());
+            }
+        }
         if let Err(e) = completed {
             // An answer we could not read (or none) may still be a completed upload: aborting it
             // would fail, and calling the file failed would leave its object behind.
             if !self.stored_as_sent().await {
                 return Err(s3_error("CompleteMultipartUpload failed", e));
             }
-            tracing::warn!(error = %chain(&e), "S3's answer to CompleteMultipartUpload could not be read, but the object is stored whole");
+            tracing::warn!(error = %chain(&e), "the object is stored whole (S3's answer to CompleteMultipartUpload said otherwise or could not be read)");
         }
         self.upload_id = None;
         // The line count is known only now: record it with a server-side copy onto itself.
@@ -292,27 +385,72 @@ impl S3Writer {
         Ok(())
     }
 
+    /// The newest uploaded part that ends at a line end, as a durable point, if not reported yet.
+    fn newly_saved(&mut self) -> Result<Option<Saved>, DestinationError> {
+        let Some(upload_id) = &self.upload_id else { return Ok(None) };
+        let Some(last) = self.done.iter().rposition(|p| p.whole_lines && p.end > self.reported) else {
+            return Ok(None);
+        };
+        let parts = self.done[..=last].to_vec();
+        let bytes = parts[last].end;
+        let state = serde_json::to_string(&UploadState { upload_id: upload_id.clone(), parts })
+            .map_err(|e| s3_error("the upload's state could not be written down", e))?;
+        self.reported = bytes;
+        Ok(Some(Saved { bytes, state }))
+    }
+
+    /// Whether S3 still holds every part of a durable point, as uploaded.
+    async fn holds_parts(&self, upload_id: &str, parts: &[StoredPart]) -> Result<bool, DestinationError> {
+        let mut listed = std::collections::HashMap::new();
+        let mut marker = None;
+        // S3 lists at most 1,000 parts a page and an upload has at most 10,000.
+        for _ in 0..11 {
+            let page = self
+                .client
+                .list_parts()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .upload_id(upload_id)
+                .set_part_number_marker(marker.take())
+                .send()
+                .await
+                .map_err(|e| s3_error("ListParts failed", e))?;
+            for p in page.parts() {
+                listed.insert(p.part_number().unwrap_or(0), p.size().unwrap_or(-1));
+            }
+            match page.next_part_number_marker() {
+                Some(next) if page.is_truncated() == Some(true) => marker = Some(next.to_string()),
+                _ => break,
+            }
+        }
+        let mut start = 0;
+        Ok(parts.iter().all(|p| {
+            let size = (p.end - start) as i64;
+            start = p.end;
+            listed.get(&p.number) == Some(&size)
+        }))
+    }
+
     fn location(&self) -> String {
         format!("s3://{}/{}", self.bucket, self.key)
     }
 }
 
-/// Where the next part ends, once the buffer holds one: after the last line end between the
-/// smallest part S3 takes and `part_size`, else after the first one past `part_size`; a line that
-/// runs on to twice `part_size` is cut there (whole lines cannot be had). `None`: not yet.
-fn part_cut(buf: &[u8], part_size: usize) -> Option<usize> {
-    if buf.len() < part_size {
-        return None;
-    }
-    let from = MIN_PART_SIZE.min(part_size) - 1;
-    if let Some(at) = memchr::memrchr(b'\n', &buf[from..part_size]) {
-        return Some(from + at + 1);
-    }
-    match memchr::memchr(b'\n', &buf[part_size..]) {
-        Some(at) => Some(part_size + at + 1),
-        None if buf.len() >= 2 * part_size => Some(2 * part_size),
-        None => None,
-    }
+/// Whether S3 said an object is already there (`If-None-Match: *`).
+fn is_precondition_failed<E>(e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> bool {
+    e.raw_response().is_some_and(|r| r.status().as_u16() == 412)
+}
+
+/// Where the next part ends, told of a line end `at` bytes into the buffer: there, once the
+/// buffer holds a part's worth of whole lines. `None`: not yet.
+fn cut_at_line_end(at: usize, part_size: usize) -> Option<usize> {
+    (at >= part_size).then_some(at)
+}
+
+/// A line running on to twice the part size is cut there: whole lines cannot be had, and the
+/// buffer must stay bounded.
+fn cut_through_line(buffered: usize, part_size: usize) -> Option<usize> {
+    (buffered >= 2 * part_size).then_some(2 * part_size)
 }
 
 #[async_trait]
@@ -320,18 +458,24 @@ impl FileWriter for S3Writer {
     async fn write(&mut self, chunk: Bytes) -> Result<(), DestinationError> {
         self.bytes += chunk.len() as u64;
         self.buf.extend_from_slice(&chunk);
-        // Each part ends at a line end (past the smallest part S3 takes), so a committed part
-        // holds whole lines and the partial line starts the next one.
-        while let Some(cut) = part_cut(&self.buf, self.part_size) {
-            // A fresh buffer per part: a split-off part would share (and keep alive) one
-            // ever-growing allocation with the part being filled.
-            let mut next = BytesMut::with_capacity(self.part_size);
-            next.extend_from_slice(&self.buf[cut..]);
-            self.buf.truncate(cut);
-            let part = std::mem::replace(&mut self.buf, next);
-            self.start_part(part.freeze()).await?;
+        while let Some(cut) = cut_through_line(self.buf.len(), self.part_size) {
+            self.cut_part(cut, false).await?;
         }
         Ok(())
+    }
+
+    /// Parts are cut at line ends, so each committed part holds whole lines and is a durable
+    /// point once uploaded.
+    async fn line_end(&mut self, at: u64) -> Result<LineEnd, DestinationError> {
+        let within = at.checked_sub(self.buf_start).map(|n| n as usize).filter(|n| *n <= self.buf.len());
+        let cut = within.and_then(|n| cut_at_line_end(n, self.part_size));
+        if let Some(cut) = cut {
+            self.cut_part(cut, true).await?;
+        }
+        while self.in_flight.front().is_some_and(|h| h.is_finished()) {
+            self.await_oldest().await?;
+        }
+        Ok(LineEnd { taken: cut.is_some(), saved: self.newly_saved()? })
     }
 
     async fn finish(mut self: Box<Self>, resources: u64) -> Result<Receipt, DestinationError> {
@@ -355,23 +499,32 @@ impl FileWriter for S3Writer {
 #[async_trait]
 impl Destination for S3 {
     async fn open(&self, file: FileTarget<'_>) -> Result<Box<dyn FileWriter>, DestinationError> {
-        if !is_safe_component(file.name) {
-            return Err(DestinationError::UnsafeName(file.name.into()));
+        Ok(Box::new(self.writer(file)?))
+    }
+
+    /// Go on with the multipart upload a durable point names, if S3 still holds its parts;
+    /// else that upload is aborted and the file starts over.
+    async fn reopen(
+        &self,
+        file: FileTarget<'_>,
+        saved: &Saved,
+    ) -> Result<Option<Box<dyn FileWriter>>, DestinationError> {
+        let Ok(state) = serde_json::from_str::<UploadState>(&saved.state) else { return Ok(None) };
+        let mut w = self.writer(file)?;
+        let last = state.parts.last().map_or(0, |p| p.end);
+        let holds = last == saved.bytes && w.holds_parts(&state.upload_id, &state.parts).await.unwrap_or(false);
+        w.upload_id = Some(state.upload_id);
+        if !holds {
+            // What is left of it would cost storage until a lifecycle rule removed it.
+            if let Err(e) = w.abort_upload().await {
+                tracing::warn!(error = %chain(&e), "could not abort an upload that cannot be continued");
+            }
+            return Ok(None);
         }
-        Ok(Box::new(S3Writer {
-            client: self.client.clone(),
-            bucket: self.bucket.clone(),
-            key: format!("{}{}", self.job_prefix(file.job)?, file.name),
-            job: file.job.to_string(),
-            resource_type: file.resource_type.to_string(),
-            part_size: self.part_size,
-            buf: BytesMut::new(),
-            upload_id: None,
-            next_part: 0,
-            in_flight: VecDeque::new(),
-            done: Vec::new(),
-            bytes: 0,
-        }))
+        w.next_part = state.parts.last().map_or(0, |p| p.number);
+        w.done = state.parts;
+        (w.bytes, w.buf_start, w.reported) = (saved.bytes, saved.bytes, saved.bytes);
+        Ok(Some(Box::new(w)))
     }
 
     async fn delete_file(&self, file: FileTarget<'_>) -> Result<(), DestinationError> {
@@ -437,25 +590,15 @@ impl Destination for S3 {
 
 #[cfg(test)]
 mod tests {
-    use super::{part_cut, MIN_PART_SIZE};
+    use super::{cut_at_line_end, cut_through_line, MIN_PART_SIZE};
 
     #[test]
-    fn a_part_ends_at_a_line_end_past_the_smallest_part_s3_takes() {
+    fn a_part_is_cut_at_a_line_end_once_a_parts_worth_is_buffered() {
         let part = MIN_PART_SIZE + 100;
-        let mut buf = vec![b'x'; part + 50];
-        assert_eq!(part_cut(&buf[..part - 1], part), None, "not full yet");
-        buf[MIN_PART_SIZE + 10] = b'\n';
-        buf[MIN_PART_SIZE - 10] = b'\n';
-        assert_eq!(part_cut(&buf, part), Some(MIN_PART_SIZE + 11), "the last line end in the slack");
-        buf[MIN_PART_SIZE + 10] = b'x';
-        assert_eq!(part_cut(&buf, part), None, "a line end before the smallest part does not do; wait");
-        buf[part + 20] = b'\n';
-        assert_eq!(part_cut(&buf, part), Some(part + 21), "the first line end past the part size");
-        let long = vec![b'x'; 2 * part];
-        assert_eq!(part_cut(&long, part), Some(2 * part), "a line longer than two parts is cut");
-        // A part of exactly the smallest size has no slack: the next line end decides.
-        let mut tight = vec![b'x'; MIN_PART_SIZE + 5];
-        tight[MIN_PART_SIZE + 2] = b'\n';
-        assert_eq!(part_cut(&tight, MIN_PART_SIZE), Some(MIN_PART_SIZE + 3));
+        assert_eq!(cut_at_line_end(part - 1, part), None, "not a part's worth yet");
+        assert_eq!(cut_at_line_end(part, part), Some(part));
+        assert_eq!(cut_at_line_end(part + 7, part), Some(part + 7), "the line end told of, past the size");
+        assert_eq!(cut_through_line(2 * part - 1, part), None, "a long line waits for its end");
+        assert_eq!(cut_through_line(2 * part + 9, part), Some(2 * part), "one longer than two parts is cut");
     }
 }

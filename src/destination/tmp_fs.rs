@@ -14,7 +14,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::fs;
 
-use super::{file_name::is_safe_component, Destination, DestinationError, FileTarget, FileWriter, Receipt};
+use super::{
+    file_name::is_safe_component, Destination, DestinationError, FileTarget, FileWriter, LineEnd, Receipt,
+    Saved,
+};
 use crate::owner_only::{DIR_MODE, FILE_MODE};
 
 /// Write buffer per open file: large enough to batch small network chunks into few syscalls, and
@@ -26,11 +29,13 @@ const DIRECT_ALIGN: usize = 4096;
 
 pub struct TmpFs {
     root: PathBuf,
+    /// Bytes between durable points.
+    save_every: u64,
 }
 
 impl TmpFs {
-    pub fn new(root: PathBuf) -> Self {
-        Self { root }
+    pub fn new(root: PathBuf, save_every: u64) -> Self {
+        Self { root, save_every }
     }
 
     fn job_dir(&self, job: &str) -> Result<PathBuf, DestinationError> {
@@ -133,27 +138,77 @@ impl Output {
         Ok(())
     }
 
-    #[cfg(target_os = "linux")]
     fn stop_direct(&mut self) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd;
-        let fd = self.file.as_raw_fd();
-        // SAFETY: plain fcntl calls on a descriptor `self.file` owns; no memory is passed.
-        let changed = unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFL);
-            flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) == 0
-        };
-        if !changed {
-            return Err(std::io::Error::last_os_error());
-        }
+        set_direct(&self.file, false)?;
         self.direct = false;
         Ok(())
     }
 
-    #[cfg(not(target_os = "linux"))]
-    fn stop_direct(&mut self) -> std::io::Result<()> {
-        self.direct = false;
-        Ok(())
+    /// Make every byte written so far durable, the buffered ones too (a durable point). In
+    /// direct mode a tail shorter than a block goes through the page cache and stays buffered:
+    /// the next direct write rewrites its block whole.
+    fn make_durable(&mut self, buf: &mut AlignedBuf, offset: u64) -> std::io::Result<()> {
+        let before = buf.len;
+        self.write_from(buf, offset, false)?;
+        if buf.len > 0 {
+            let at = offset + (before - buf.len) as u64;
+            set_direct(&self.file, false)?;
+            self.file.write_all_at(buf.filled(), at)?;
+            // Back to direct writes; a refusal only costs speed.
+            self.direct = set_direct(&self.file, true).is_ok();
+            if !self.direct {
+                buf.len = 0;
+            }
+        }
+        self.file.sync_data()
     }
+
+    /// Open a `.part` an earlier writer left, to go on from its first `at` bytes (the rest is
+    /// cut off). The block the end falls in is read back into `buf`, so direct writes stay
+    /// aligned. `None` when the file is missing or shorter than that.
+    fn reopen(path: &Path, at: u64) -> std::io::Result<Option<(Self, AlignedBuf)>> {
+        let file = match std::fs::OpenOptions::new().read(true).write(true).open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if file.metadata()?.len() < at {
+            return Ok(None);
+        }
+        file.set_len(at)?;
+        let start = at - at % DIRECT_ALIGN as u64;
+        let mut buf = AlignedBuf::new();
+        let head = (at - start) as usize;
+        file.read_exact_at(&mut buf.mem[buf.start..buf.start + head], start)?;
+        buf.len = head;
+        let direct = DIRECT_FLAG != 0 && set_direct(&file, true).is_ok();
+        Ok(Some((Self { file, direct }, buf)))
+    }
+}
+
+/// Turn `O_DIRECT` on or off for an open file.
+#[cfg(target_os = "linux")]
+fn set_direct(file: &std::fs::File, on: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: plain fcntl calls on a descriptor `file` owns; no memory is passed.
+    let changed = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        let wanted = if on { flags | libc::O_DIRECT } else { flags & !libc::O_DIRECT };
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, wanted) == 0
+    };
+    if !changed {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_direct(_file: &std::fs::File, on: bool) -> std::io::Result<()> {
+    if on {
+        return Err(std::io::Error::other("no direct writes here"));
+    }
+    Ok(())
 }
 
 #[cfg(target_os = "linux")]
@@ -185,6 +240,9 @@ struct TmpFile {
     out: Option<(Output, AlignedBuf)>,
     /// Bytes accepted so far, buffered ones included.
     bytes: u64,
+    /// The last durable point: bytes stored whole and synced.
+    saved: u64,
+    save_every: u64,
 }
 
 impl TmpFile {
@@ -222,6 +280,20 @@ impl TmpFile {
         Ok(())
     }
 
+    /// Make every byte accepted so far durable (a durable point).
+    async fn make_durable(&mut self) -> Result<(), DestinationError> {
+        let (mut out, mut buf) = self.take_out()?;
+        let offset = self.bytes - buf.len as u64;
+        let done = tokio::task::spawn_blocking(move || {
+            out.make_durable(&mut buf, offset)?;
+            Ok::<_, std::io::Error>((out, buf))
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
+        self.out = Some(done);
+        Ok(())
+    }
+
     fn space(&self) -> usize {
         self.out.as_ref().map_or(0, |(_, buf)| buf.space())
     }
@@ -244,6 +316,17 @@ impl FileWriter for TmpFile {
             rest = &rest[take..];
         }
         Ok(())
+    }
+
+    async fn line_end(&mut self, at: u64) -> Result<LineEnd, DestinationError> {
+        if at < self.saved + self.save_every {
+            return Ok(LineEnd::default());
+        }
+        // Everything written is synced, the partial line after `at` too: a later writer cuts
+        // the file back to `at`.
+        self.make_durable().await?;
+        self.saved = at;
+        Ok(LineEnd { taken: true, saved: Some(Saved { bytes: at, state: String::new() }) })
     }
 
     async fn finish(mut self: Box<Self>, _resources: u64) -> Result<Receipt, DestinationError> {
@@ -293,6 +376,39 @@ impl Destination for TmpFs {
             target,
             out: Some((out, AlignedBuf::new())),
             bytes: 0,
+            saved: 0,
+            save_every: self.save_every,
+        }))
+    }
+
+    async fn reopen(
+        &self,
+        file: FileTarget<'_>,
+        saved: &Saved,
+    ) -> Result<Option<Box<dyn FileWriter>>, DestinationError> {
+        let (job, name) = (file.job, file.name);
+        if !is_safe_component(name) {
+            return Err(DestinationError::UnsafeName(name.into()));
+        }
+        let dir = self.job_dir(job)?;
+        let part = dir.join(format!("{name}.part"));
+        let at = saved.bytes;
+        let opened = {
+            let part = part.clone();
+            tokio::task::spawn_blocking(move || Output::reopen(&part, at))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))??
+        };
+        Ok(opened.map(|out| {
+            Box::new(TmpFile {
+                label: format!("{job}/{name}"),
+                part,
+                target: dir.join(name),
+                out: Some(out),
+                bytes: at,
+                saved: at,
+                save_every: self.save_every,
+            }) as Box<dyn FileWriter>
         }))
     }
 
@@ -342,7 +458,7 @@ mod tests {
     #[tokio::test]
     async fn files_are_byte_exact_at_any_length_and_chunking() {
         let dir = tempfile::tempdir().unwrap();
-        let dest = TmpFs::new(dir.path().to_path_buf());
+        let dest = TmpFs::new(dir.path().to_path_buf(), u64::MAX);
         let lengths = [
             0,
             1,
@@ -381,7 +497,7 @@ mod tests {
     #[tokio::test]
     async fn files_and_job_directories_are_owner_only_whatever_the_umask() {
         let dir = tempfile::tempdir().unwrap();
-        let dest = TmpFs::new(dir.path().to_path_buf());
+        let dest = TmpFs::new(dir.path().to_path_buf(), u64::MAX);
         // SAFETY: umask only changes this process's default modes; the test restores it.
         let old = unsafe { libc::umask(0o000) };
         write_in(&dest, "open.ndjson", b"{}\n", 10).await;

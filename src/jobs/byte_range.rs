@@ -43,6 +43,18 @@ impl Validator {
     }
 }
 
+impl Validator {
+    /// As a durable point keeps it; `None` for one that is not text.
+    pub fn as_text(&self) -> Option<&str> {
+        self.0.to_str().ok()
+    }
+
+    /// One a durable point kept.
+    pub fn from_text(text: &str) -> Option<Self> {
+        HeaderValue::from_str(text).ok().map(Self)
+    }
+}
+
 /// Where a continuation starts, and what it must match.
 #[derive(Debug, Clone)]
 pub struct Continuation {

@@ -14,6 +14,7 @@ use reqwest::{
 use tokio_util::sync::CancellationToken;
 
 use crate::jobs::byte_range::{Answer, Continuation, Validator};
+use crate::jobs::checkpoint::{Checkpoint, Checkpoints, Keeping, Mark};
 use crate::jobs::error::JobError;
 use crate::jobs::export::describe_failure;
 use crate::jobs::file_bounds::{Exceeded, FileMeter, JobBytes};
@@ -129,8 +130,9 @@ struct Streamed {
 
 /// Where a file's lines go.
 enum Sink<'a> {
-    /// Data: the received bytes, unchanged, to the destination.
-    Store(&'a mut dyn FileWriter),
+    /// Data: the received bytes, unchanged, to the destination, and its durable points to the
+    /// store when the download could be continued.
+    Store(&'a mut dyn FileWriter, Option<&'a mut Keeping>),
     /// The provider's own OperationOutcomes: read into our outcome, stored nowhere.
     Report(&'a mut ProviderReport),
 }
@@ -181,6 +183,7 @@ pub async fn import_file(
     destination: &dyn Destination,
     file: &JobFile,
     job_bytes: &JobBytes,
+    checkpoints: &Checkpoints,
     cancel: &CancellationToken,
 ) -> Result<FileResult, JobError> {
     let (url, auth) = match file_url(&client.base, file) {
@@ -188,15 +191,20 @@ pub async fn import_file(
         Err(reason) => return Ok(FileResult::failed(file, IssueCode::Security, reason)),
     };
     let url = &url;
-    // A data file's download so far, for the next attempt to continue.
-    let partial = tokio::sync::Mutex::new(None);
+    // A data file's download so far, for the next attempt to continue: to begin with, what an
+    // earlier process stored of it.
+    let resumed = match file.kind {
+        FileKind::Error => None,
+        _ => resume(client, destination, file, job_bytes, checkpoints).await,
+    };
+    let partial = tokio::sync::Mutex::new(resumed);
     let partial = &partial;
     let one_attempt = |t: Try| async move {
         let fetch = Fetch { client, url, auth, file, t, cancel };
         let result = if file.kind == FileKind::Error {
             attempt_report(&fetch, job_bytes).await
         } else {
-            attempt_data(&fetch, destination, job_bytes, &mut *partial.lock().await).await
+            attempt_data(&fetch, destination, job_bytes, checkpoints, &mut *partial.lock().await).await
         };
         match result {
             Ok(done) => Attempt::Done(Ok(done)),
@@ -215,9 +223,77 @@ pub async fn import_file(
         }
     };
     let result = retry::run(client.retry_policy(), cancel, "file download", one_attempt).await;
-    // Cancelled (or out of attempts) with a download kept for a continuation: nothing of it stays.
-    discard(&mut *partial.lock().await).await;
+    let mut left = partial.lock().await;
+    let stored = left.as_ref().and_then(|p| p.keeping.as_ref()).is_some_and(|k| k.stored);
+    if stored && checkpoints.stopping() {
+        // The server is stopping: its next start (or another replica) continues the file.
+        drop(left.take());
+    } else {
+        // Cancelled (or out of attempts) with a download kept for a continuation: nothing of
+        // it stays.
+        discard(&mut left).await;
+    }
     result
+}
+
+/// A download an earlier process stored part of, reopened where its checkpoint says, if the
+/// destination still holds that part; else the file starts over (and the checkpoint goes).
+async fn resume<'a>(
+    client: &ProviderClient,
+    destination: &dyn Destination,
+    file: &JobFile,
+    job_bytes: &'a JobBytes,
+    checkpoints: &Checkpoints,
+) -> Option<Partial<'a>> {
+    let checkpoint = checkpoints.load().await?;
+    let validator = Validator::from_text(&checkpoint.validator);
+    let target = FileTarget { job: &file.job_id, name: &file.name, resource_type: &file.resource_type };
+    let reopened = match validator {
+        Some(_) => destination.reopen(target, &checkpoint.saved).await,
+        None => Ok(None),
+    };
+    let writer = match reopened {
+        Ok(Some(writer)) => writer,
+        Ok(None) => {
+            tracing::info!("what an earlier process stored of the file is gone; it starts over");
+            checkpoints.clear().await;
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(error = %crate::error_text::chain(&e), "could not reopen what an earlier process stored of the file; it starts over");
+            checkpoints.clear().await;
+            return None;
+        }
+    };
+    let meter = FileMeter::new(job_bytes, &client.limits, file.idx);
+    let mut meter = if file.kind == FileKind::Output { meter } else { meter.not_data() };
+    let Checkpoint { saved, lines, resources, blank, by_type, validator: kept, total } = checkpoint;
+    if meter.resumed(saved.bytes, resources.max(0) as u64).is_err() {
+        // Over a bound already (lowered since?): the file starts over and meets it again.
+        if let Err(e) = writer.abort().await {
+            tracing::warn!(error = %crate::error_text::chain(&e), "could not remove a partial file");
+        }
+        checkpoints.clear().await;
+        return None;
+    }
+    let untyped = file.resource_type.is_empty();
+    let by_type = if untyped { Some(by_type.unwrap_or_default()) } else { None };
+    let lines = Lines {
+        splitter: LineSplitter::after(client.limits.max_line_bytes, lines),
+        counted: Streamed { resources, by_type },
+        blank,
+    };
+    tracing::info!(from = saved.bytes, "the file goes on from what an earlier process stored of it");
+    let keeping = Keeping::new(checkpoints.clone(), kept, total, true);
+    Some(Partial {
+        writer,
+        meter,
+        lines,
+        received: saved.bytes,
+        validator,
+        total,
+        keeping: Some(keeping),
+    })
 }
 
 /// The file's URL and whether it gets our token. A file that needs the token must be on a trusted
@@ -274,13 +350,19 @@ struct Partial<'a> {
     validator: Option<Validator>,
     /// The file's length as its first answer gave it (`Content-Length` of an unencoded 200).
     total: Option<u64>,
+    /// Its durable points, stored for another process to continue from; `None` when it could
+    /// not be continued.
+    keeping: Option<Keeping>,
 }
 
-/// Abort a kept download: its partial file goes.
+/// Abort a kept download: its partial file goes, and the checkpoint that pointed to it.
 async fn discard(slot: &mut Option<Partial<'_>>) {
     if let Some(p) = slot.take() {
         if let Err(abort) = p.writer.abort().await {
             tracing::warn!(error = %crate::error_text::chain(&abort), "could not remove a partial file");
+        }
+        if let Some(k) = p.keeping.filter(|k| k.stored) {
+            k.checkpoints.clear().await;
         }
     }
 }
@@ -301,6 +383,7 @@ async fn attempt_data<'a>(
     fetch: &Fetch<'_>,
     destination: &dyn Destination,
     job_bytes: &'a JobBytes,
+    checkpoints: &Checkpoints,
     slot: &mut Option<Partial<'a>>,
 ) -> Result<FileResult, AttemptError> {
     let file = fetch.file;
@@ -342,7 +425,12 @@ async fn attempt_data<'a>(
         let meter = if file.kind == FileKind::Output { meter } else { meter.not_data() };
         let validator = Validator::of(resp.headers());
         let total = resp.content_length();
-        *slot = Some(Partial { writer, meter, lines: Lines::new(fetch), received: 0, validator, total });
+        let keeping = validator
+            .as_ref()
+            .and_then(Validator::as_text)
+            .map(|v| Keeping::new(checkpoints.clone(), v.to_string(), total, false));
+        let lines = Lines::new(fetch);
+        *slot = Some(Partial { writer, meter, lines, received: 0, validator, total, keeping });
         resp
     };
     stream_kept(fetch, resp, slot).await
@@ -358,8 +446,8 @@ async fn stream_kept(
     let Some(p) = slot.as_mut() else {
         return Err(AttemptError::Job(JobError::Internal("no download to continue".into())));
     };
-    let result =
-        pump(fetch, resp, Sink::Store(&mut *p.writer), &mut p.meter, &mut p.lines, &mut p.received).await;
+    let sink = Sink::Store(&mut *p.writer, p.keeping.as_mut());
+    let result = pump(fetch, resp, sink, &mut p.meter, &mut p.lines, &mut p.received).await;
     match result {
         Ok(()) => {
             let gone = || AttemptError::Job(JobError::Internal("the download vanished".into()));
@@ -447,6 +535,60 @@ async fn refuse_unless_ok(
     Err(AttemptError::Permanent(code, reason))
 }
 
+/// How each line of a file is checked and counted.
+struct LineCheck<'a> {
+    expected: &'a str,
+    /// Provider OperationOutcomes and `deleted` Bundles often carry no id.
+    require_id: bool,
+    max_blank: u64,
+}
+
+impl LineCheck<'_> {
+    fn line(
+        &self,
+        counted: &mut Streamed,
+        blank: &mut u64,
+        report: Option<&mut ProviderReport>,
+        n: u64,
+        line: &[u8],
+    ) -> Result<(), LineError> {
+        let mut on_blank = || {
+            *blank += 1;
+            if *blank > self.max_blank {
+                return Err(LineError::TooManyBlank { line: n, max: self.max_blank });
+            }
+            Ok(())
+        };
+        if let Some(by_type) = &mut counted.by_type {
+            let kind = validate_any_line(n, line, self.require_id)?;
+            if kind == AnyLine::Blank {
+                on_blank()?;
+            }
+            if let AnyLine::Resource(t) = kind {
+                counted.resources += 1;
+                // A new type is rare: only then is its name copied.
+                match by_type.get_mut(t.as_ref()) {
+                    Some(n) => *n += 1,
+                    None => {
+                        by_type.insert(t.into_owned(), 1);
+                    }
+                }
+            }
+        } else {
+            match validate_line(n, line, self.expected, self.require_id)? {
+                LineKind::Resource => {
+                    counted.resources += 1;
+                    if let Some(r) = report {
+                        r.add(line);
+                    }
+                }
+                LineKind::Blank => on_blank()?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Stream a body through the line checks into `sink`, counting `received` bytes as they pass.
 async fn pump(
     fetch: &Fetch<'_>,
@@ -457,54 +599,15 @@ async fn pump(
     received: &mut u64,
 ) -> Result<(), AttemptError> {
     let Fetch { client, file, cancel, .. } = *fetch;
-    let expected = file.resource_type.as_str();
-    // Provider OperationOutcomes and `deleted` Bundles often carry no id.
-    let require_id = file.kind == FileKind::Output;
+    let check = LineCheck {
+        expected: file.resource_type.as_str(),
+        require_id: file.kind == FileKind::Output,
+        max_blank: client.limits.max_blank_lines,
+    };
     let Lines { splitter, counted, blank } = lines;
-    // Resources so far, read between chunks for live progress.
-    let seen = std::sync::atomic::AtomicU64::new(0);
-    let (mut writer, mut report) = match sink {
-        Sink::Store(w) => (Some(w), None),
-        Sink::Report(r) => (None, Some(r)),
-    };
-    let max_blank = client.limits.max_blank_lines;
-    let mut on_blank = |line: u64| {
-        *blank += 1;
-        if *blank > max_blank {
-            return Err(LineError::TooManyBlank { line, max: max_blank });
-        }
-        Ok(())
-    };
-    let mut on_line = |n: u64, line: &[u8]| -> Result<(), LineError> {
-        if let Some(by_type) = &mut counted.by_type {
-            let kind = validate_any_line(n, line, require_id)?;
-            if kind == AnyLine::Blank {
-                on_blank(n)?;
-            }
-            if let AnyLine::Resource(t) = kind {
-                counted.resources += 1;
-                seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                // A new type is rare: only then is its name copied.
-                match by_type.get_mut(t.as_ref()) {
-                    Some(n) => *n += 1,
-                    None => {
-                        by_type.insert(t.into_owned(), 1);
-                    }
-                }
-            }
-        } else {
-            match validate_line(n, line, expected, require_id)? {
-                LineKind::Resource => {
-                    counted.resources += 1;
-                    seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if let Some(r) = report.as_deref_mut() {
-                        r.add(line);
-                    }
-                }
-                LineKind::Blank => on_blank(n)?,
-            }
-        }
-        Ok(())
+    let (mut writer, mut keeping, mut report) = match sink {
+        Sink::Store(w, k) => (Some(w), k, None),
+        Sink::Report(r) => (None, None, Some(r)),
     };
     meter.body_started();
     let mut body = decoded_body(resp, client.limits.max_gzip_ratio)
@@ -534,21 +637,39 @@ async fn pump(
                 Some(AttemptError::Transient { after: None, why: e.to_string() })
             }
         };
-        splitter.feed(&chunk, &mut on_line).map_err(line_failure)?;
-        meter.resources(seen.swap(0, std::sync::atomic::Ordering::Relaxed));
+        let before = counted.resources;
+        splitter
+            .feed(&chunk, |n, line| check.line(counted, blank, report.as_deref_mut(), n, line))
+            .map_err(line_failure)?;
+        meter.resources((counted.resources - before).max(0) as u64);
         let n = chunk.len() as u64;
         if let Some(w) = writer.as_deref_mut() {
             let started = std::time::Instant::now();
             w.write(chunk).await.map_err(JobError::from)?;
+            // Every line before the one still open is complete: a place to cut and keep.
+            let at = *received + n - splitter.pending() as u64;
+            let end = w.line_end(at).await.map_err(JobError::from)?;
             meter.paused(started.elapsed());
+            if let Some(k) = keeping.as_deref_mut() {
+                if end.taken {
+                    let (resources, by_type) = (counted.resources, counted.by_type.clone());
+                    k.taken(Mark { at, lines: splitter.lines(), resources, blank: *blank, by_type });
+                }
+                if let Some(saved) = end.saved {
+                    k.saved(saved).await;
+                }
+            }
         }
         *received += n;
         if let Some(e) = too_slow {
             return Err(e);
         }
     }
-    splitter.finish(&mut on_line).map_err(line_failure)?;
-    meter.resources(seen.swap(0, std::sync::atomic::Ordering::Relaxed));
+    let before = counted.resources;
+    splitter
+        .finish(|n, line| check.line(counted, blank, report.as_deref_mut(), n, line))
+        .map_err(line_failure)?;
+    meter.resources((counted.resources - before).max(0) as u64);
     Ok(())
 }
 

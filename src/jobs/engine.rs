@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::fhir::manifest::FileKind;
+use crate::jobs::checkpoint::Checkpoints;
 use crate::jobs::context::JobContext;
 use crate::jobs::download::{self, FileResult};
 use crate::jobs::error::JobError;
@@ -103,7 +104,7 @@ async fn import_files(work: Work<'_>) -> Result<(), JobError> {
         while first_error.is_none() && tasks.len() < ctx.config.limits.parallel_downloads {
             let Some(file) = queue.pop_front() else { break };
             in_flight.insert(file.idx);
-            tasks.push(spawn_download(ctx, client, file, &job_bytes, &downloads));
+            tasks.push(spawn_download(ctx, client, file, &job_bytes, fence, &downloads));
         }
         if tasks.is_empty() {
             if first_error.is_some() || cancel.is_cancelled() {
@@ -169,9 +170,12 @@ fn spawn_download(
     client: &Arc<ProviderClient>,
     file: JobFile,
     job_bytes: &Arc<JobBytes>,
+    fence: Option<i64>,
     cancel: &CancellationToken,
 ) -> Download {
     let (client, destination, cancel) = (client.clone(), ctx.destination.clone(), cancel.clone());
+    let shutdown = ctx.jobs.shutdown.clone();
+    let checkpoints = Checkpoints::new(ctx.store.clone(), fence, &file.job_id, file.idx, shutdown);
     let job_bytes = job_bytes.clone();
     let slots = ctx.jobs.download_slots.clone();
     tokio::spawn(
@@ -181,7 +185,8 @@ fn spawn_download(
                 _ = cancel.cancelled() => return (file, Err(JobError::Cancelled)),
                 slot = slots.acquire_owned() => slot.ok(),
             };
-            let result = download::import_file(&client, &*destination, &file, &job_bytes, &cancel).await;
+            let result =
+                download::import_file(&client, &*destination, &file, &job_bytes, &checkpoints, &cancel).await;
             (file, result)
         }
         .instrument(tracing::Span::current()),
@@ -216,6 +221,12 @@ async fn record_file(
         count_file(ctx, &r);
     }
     if !recorded {
+        // Not pending any more (withdrawn), or the fence was stale: then another process runs
+        // the job, and what this one stored is that process's to keep or replace.
+        let files = ctx.store.files(&file.job_id).await?;
+        if files.iter().any(|f| f.idx == file.idx && f.state == FileState::Pending) {
+            return Err(JobError::LeaseLost);
+        }
         let finished = JobFile { state: r.state, ..file.clone() };
         if plan::has_data(&finished) {
             ctx.destination.delete_file(plan::target(&finished)).await?;

@@ -169,6 +169,20 @@ impl<'a> FileMeter<'a> {
         self.window_start += took;
     }
 
+    /// A download continued from a durable point: what it held counts as received, outside any
+    /// transfer-rate window.
+    pub fn resumed(&mut self, bytes: u64, resources: u64) -> Result<(), Exceeded> {
+        self.bytes += bytes;
+        if self.bytes > self.max_bytes {
+            return Err(Exceeded::FileBytes(self.max_bytes));
+        }
+        self.job.take(bytes)?;
+        self.taken += bytes;
+        self.live.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.resources(resources);
+        Ok(())
+    }
+
     /// Count a decoded chunk that just arrived.
     pub fn chunk(&mut self, n: u64) -> Result<(), Exceeded> {
         self.bytes += n;

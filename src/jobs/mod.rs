@@ -1,6 +1,7 @@
 //! The pull: run each import job (kick-off or manifest, poll, download, validate, store), track and
 //! cancel jobs, and reap old ones.
 pub mod byte_range;
+pub mod checkpoint;
 pub mod context;
 pub mod download;
 pub mod engine;

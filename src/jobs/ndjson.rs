@@ -42,7 +42,22 @@ pub struct LineSplitter {
 
 impl LineSplitter {
     pub fn new(max_line_bytes: usize) -> Self {
-        Self { carry: Vec::new(), max: max_line_bytes, line: 0 }
+        Self::after(max_line_bytes, 0)
+    }
+
+    /// Go on after `lines` complete lines (a download continued at a line end).
+    pub fn after(max_line_bytes: usize, lines: u64) -> Self {
+        Self { carry: Vec::new(), max: max_line_bytes, line: lines }
+    }
+
+    /// Complete lines so far.
+    pub fn lines(&self) -> u64 {
+        self.line
+    }
+
+    /// Bytes of a line begun and not ended yet: the input up to them ends at a line end.
+    pub fn pending(&self) -> usize {
+        self.carry.len()
     }
 
     /// Feed one chunk; `on_line(number, bytes)` runs for each complete line (without `\n`/`\r`).

@@ -67,7 +67,7 @@ impl Recorder<'_> {
 
     /// False when the file was no longer pending (withdrawn while it downloaded).
     pub async fn file_finished(&self, idx: i64, done: &FinishedFile<'_>) -> Result<bool, JobError> {
-        let recorded = self.store.finish_file(self.id, idx, done).await?;
+        let recorded = self.store.finish_file(self.id, idx, done, self.fence).await?;
         if recorded {
             self.progress.file_finished();
         }

@@ -49,7 +49,26 @@ pub trait JobStore: Send + Sync {
     async fn files(&self, job_id: &str) -> Result<Vec<JobFile>, StoreError>;
     async fn type_counts(&self, job_id: &str) -> Result<BTreeMap<String, i64>, StoreError>;
     async fn file_counts(&self, job_id: &str) -> Result<FileCounts, StoreError>;
-    async fn finish_file(&self, job_id: &str, idx: i64, done: &FinishedFile<'_>) -> Result<bool, StoreError>;
+    /// Record a file's end (its durable point goes); false when it was not pending or `fence` is
+    /// stale.
+    async fn finish_file(
+        &self,
+        job_id: &str,
+        idx: i64,
+        done: &FinishedFile<'_>,
+        fence: Option<i64>,
+    ) -> Result<bool, StoreError>;
+    /// The durable point (JSON) a pending file's download reached, if one was kept.
+    async fn file_checkpoint(&self, job_id: &str, idx: i64) -> Result<Option<String>, StoreError>;
+    /// Keep (or with `None` forget) a pending file's durable point; false when the file is no
+    /// longer pending or `fence` is stale.
+    async fn save_checkpoint(
+        &self,
+        job_id: &str,
+        idx: i64,
+        checkpoint: Option<&str>,
+        fence: Option<i64>,
+    ) -> Result<bool, StoreError>;
     /// `fence`: the lease token the caller holds, if it runs the job; a stale one changes nothing.
     async fn complete_job(&self, id: &str, now: i64, fence: Option<i64>) -> Result<bool, StoreError>;
     async fn fail_pending_files(&self, job_id: &str, outcomes: &[(i64, String)]) -> Result<(), StoreError>;
@@ -257,8 +276,26 @@ impl JobStore for Store {
     async fn file_counts(&self, job_id: &str) -> Result<FileCounts, StoreError> {
         Store::file_counts(self, job_id).await
     }
-    async fn finish_file(&self, job_id: &str, idx: i64, done: &FinishedFile<'_>) -> Result<bool, StoreError> {
-        Store::finish_file(self, job_id, idx, done).await
+    async fn finish_file(
+        &self,
+        job_id: &str,
+        idx: i64,
+        done: &FinishedFile<'_>,
+        fence: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        Store::finish_file(self, job_id, idx, done, fence).await
+    }
+    async fn file_checkpoint(&self, job_id: &str, idx: i64) -> Result<Option<String>, StoreError> {
+        Store::file_checkpoint(self, job_id, idx).await
+    }
+    async fn save_checkpoint(
+        &self,
+        job_id: &str,
+        idx: i64,
+        checkpoint: Option<&str>,
+        fence: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        Store::save_checkpoint(self, job_id, idx, checkpoint, fence).await
     }
     async fn complete_job(&self, id: &str, now: i64, fence: Option<i64>) -> Result<bool, StoreError> {
         Store::complete_job(self, id, now, fence).await

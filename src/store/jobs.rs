@@ -454,15 +454,20 @@ impl Store {
     }
 
     /// Record a file's result; false when it is no longer pending (withdrawn meanwhile).
+    /// Record a file's end (its durable point goes); false when it was not pending or `fence`
+    /// is stale.
     pub async fn finish_file(
         &self,
         job_id: &str,
         idx: i64,
         done: &FinishedFile<'_>,
+        fence: Option<i64>,
     ) -> Result<bool, StoreError> {
         let r = sqlx::query(
-            "UPDATE job_files SET state = ?, resources = ?, bytes = ?, outcome = ?, provider_errors = ?, type_counts = ?
-             WHERE job_id = ? AND idx = ? AND state = 'pending'",
+            "UPDATE job_files SET state = ?1, resources = ?2, bytes = ?3, outcome = ?4, provider_errors = ?5,
+                    type_counts = ?6, checkpoint = NULL
+             WHERE job_id = ?7 AND idx = ?8 AND state = 'pending'
+               AND (?9 IS NULL OR EXISTS (SELECT 1 FROM jobs WHERE id = ?7 AND lease_token = ?9))",
         )
         .bind(done.state.as_str())
         .bind(done.resources)
@@ -472,6 +477,42 @@ impl Store {
         .bind(done.type_counts)
         .bind(job_id)
         .bind(idx)
+        .bind(fence)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// The durable point a pending file's download reached, if one was kept.
+    pub async fn file_checkpoint(&self, job_id: &str, idx: i64) -> Result<Option<String>, StoreError> {
+        let row: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT checkpoint FROM job_files WHERE job_id = ? AND idx = ? AND state = 'pending'",
+        )
+        .bind(job_id)
+        .bind(idx)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.and_then(|(c,)| c))
+    }
+
+    /// Keep (or with `None` forget) a pending file's durable point; false when the file is no
+    /// longer pending or `fence` is stale.
+    pub async fn save_checkpoint(
+        &self,
+        job_id: &str,
+        idx: i64,
+        checkpoint: Option<&str>,
+        fence: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE job_files SET checkpoint = ?1
+             WHERE job_id = ?2 AND idx = ?3 AND state = 'pending'
+               AND (?4 IS NULL OR EXISTS (SELECT 1 FROM jobs WHERE id = ?2 AND lease_token = ?4))",
+        )
+        .bind(checkpoint)
+        .bind(job_id)
+        .bind(idx)
+        .bind(fence)
         .execute(self.pool())
         .await?;
         Ok(r.rows_affected() == 1)

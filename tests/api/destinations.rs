@@ -2,7 +2,9 @@
 //! a reopened file replaces an earlier partial one; one file or the whole job can be removed.
 use std::time::Duration;
 
-use bulk_import::destination::{dev_null::DevNull, s3::S3, tmp_fs::TmpFs, Destination, FileTarget};
+use bulk_import::destination::{
+    dev_null::DevNull, s3::S3, tmp_fs::TmpFs, Destination, DestinationError, FileTarget, FileWriter, Saved,
+};
 use bytes::Bytes;
 use serde_json::Value;
 
@@ -86,11 +88,68 @@ async fn assert_round_trip_of(
     dest.delete_job("job1").await.unwrap();
 }
 
+/// Write `data` as a download does: in chunks that end anywhere, telling the writer after each
+/// where its last complete line ends. The last durable point reached, if any.
+async fn write_like_a_download(
+    w: &mut dyn FileWriter,
+    data: &[u8],
+    chunk: usize,
+) -> Result<Option<Saved>, DestinationError> {
+    let (mut sent, mut last) = (0u64, None::<Saved>);
+    for piece in data.chunks(chunk) {
+        w.write(Bytes::copy_from_slice(piece)).await?;
+        sent += piece.len() as u64;
+        let open_line = piece.iter().rev().take_while(|b| **b != b'\n').count() as u64;
+        if open_line < piece.len() as u64 {
+            let end = w.line_end(sent - open_line).await?;
+            if let Some(saved) = end.saved {
+                assert!(last.as_ref().is_none_or(|l| l.bytes < saved.bytes), "durable points move on");
+                last = Some(saved);
+            }
+        }
+    }
+    Ok(last)
+}
+
+/// Write `body` as a download does (telling the writer each chunk's last line end), stop
+/// without a word after half of it (a killed process), and go on from the last durable point
+/// in a new writer: the stored file is `body`, byte for byte.
+async fn assert_resumes(
+    dest: &dyn Destination,
+    keeps: Keeps,
+    read: &impl Fn(&str, &str) -> Option<Vec<u8>>,
+    body: String,
+) {
+    let bytes = body.as_bytes();
+    let (first, _) = bytes.split_at(bytes.len() / 2);
+    let mut w = dest.open(target("job2", "r.ndjson")).await.unwrap();
+    let last = write_like_a_download(&mut *w, first, 64 * 1024 + 3).await.unwrap();
+    let saved = last.expect("half the body made a durable point");
+    assert!(saved.bytes > 0 && bytes[saved.bytes as usize - 1] == b'\n', "a durable point is a line end");
+    // A killed process says nothing: the writer is dropped, not aborted.
+    drop(w);
+    assert_eq!(read("job2", "r.ndjson"), None, "nothing is visible before the commit");
+    let mut w: Box<dyn FileWriter> =
+        dest.reopen(target("job2", "r.ndjson"), &saved).await.unwrap().expect("the durable point is there");
+    for chunk in bytes[saved.bytes as usize..].chunks(100_000) {
+        w.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+    }
+    let receipt = w.finish(1).await.unwrap();
+    assert_eq!(receipt.bytes, bytes.len() as u64);
+    if keeps == Keeps::Bytes {
+        assert!(read("job2", "r.ndjson").as_deref() == Some(bytes), "the continued file differs");
+        // A point past what is stored, or in an upload that is gone, cannot be continued.
+        let beyond = Saved { bytes: bytes.len() as u64 * 2, state: saved.state.clone() };
+        assert!(dest.reopen(target("job2", "gone.ndjson"), &beyond).await.unwrap().is_none());
+    }
+    dest.delete_job("job2").await.unwrap();
+}
+
 #[tokio::test]
 async fn tmp_fs_passes_the_destination_conformance_suite() {
     let dir = tempfile::TempDir::new().unwrap();
     let root = dir.path().to_path_buf();
-    let dest = TmpFs::new(root.clone());
+    let dest = TmpFs::new(root.clone(), 1024 * 1024);
     let read = |job: &str, name: &str| std::fs::read(root.join(job).join(name)).ok();
     assert_destination_round_trip(&dest, Keeps::Bytes, read).await;
     // Several write buffers' worth: the aborted head and the kept file both pass through the
@@ -98,19 +157,23 @@ async fn tmp_fs_passes_the_destination_conformance_suite() {
     let body = observations(20_000);
     assert!(body.len() > 3 * 1024 * 1024, "{} bytes", body.len());
     assert_round_trip_of(&dest, Keeps::Bytes, &read, body).await;
+    // Direct writes continued from a point inside a block.
+    assert_resumes(&dest, Keeps::Bytes, &read, observations(20_000)).await;
     // Nothing but the (removed) job directory was ever created.
     assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
 }
 
 #[tokio::test]
 async fn dev_null_passes_the_destination_conformance_suite() {
-    assert_destination_round_trip(&DevNull, Keeps::Nothing, |_, _| None).await;
+    let dest = DevNull { save_every: 1024 * 1024 };
+    assert_destination_round_trip(&dest, Keeps::Nothing, |_, _| None).await;
+    assert_resumes(&dest, Keeps::Nothing, &|_, _| None, observations(20_000)).await;
 }
 
 #[tokio::test]
 async fn tmp_fs_refuses_unsafe_names_outright() {
     let dir = tempfile::TempDir::new().unwrap();
-    let dest = TmpFs::new(dir.path().to_path_buf());
+    let dest = TmpFs::new(dir.path().to_path_buf(), 1024 * 1024);
     for bad in ["../x", ".hidden", "a/b", ""] {
         assert!(dest.open(target("job1", bad)).await.is_err(), "{bad}");
     }
@@ -120,7 +183,7 @@ async fn tmp_fs_refuses_unsafe_names_outright() {
 #[tokio::test]
 async fn a_tmp_fs_file_that_cannot_be_put_in_place_leaves_no_partial_file() {
     let dir = tempfile::TempDir::new().unwrap();
-    let dest = TmpFs::new(dir.path().to_path_buf());
+    let dest = TmpFs::new(dir.path().to_path_buf(), 1024 * 1024);
     let mut w = dest.open(target("job1", "a.ndjson")).await.unwrap();
     w.write(Bytes::from(observations(3))).await.unwrap();
     // A non-empty directory where the file should land makes the closing rename fail.
@@ -141,7 +204,12 @@ async fn s3_passes_the_destination_conformance_suite_with_single_puts_and_multip
     // More than two parts, and an aborted multipart upload leaves nothing open.
     let big = observations(70_000);
     assert!(big.len() > 2 * part + 1, "{} bytes", big.len());
-    assert_round_trip_of(&dest, Keeps::Bytes, &read, big).await;
+    assert_round_trip_of(&dest, Keeps::Bytes, &read, big.clone()).await;
+    assert_eq!(server.open_uploads(), Vec::<String>::new());
+    // Continued from its uploaded parts; four parts' worth, so two are cut in the first half.
+    let body = observations(150_000);
+    assert!(body.len() > 4 * part, "{} bytes", body.len());
+    assert_resumes(&dest, Keeps::Bytes, &read, body).await;
     assert_eq!(server.open_uploads(), Vec::<String>::new());
     let all = server.all_files();
     assert!(all.iter().all(|f| !f.starts_with("imports/bulk/job1/")), "{all:?}");
@@ -218,13 +286,7 @@ async fn an_s3_failure_mid_upload_fails_the_file_and_leaves_no_object_or_open_up
     let dest = S3::connect(&server.config(5 * 1024 * 1024)).await.unwrap();
     let body = observations(50_000);
     let mut w = dest.open(target("job9", "big.ndjson")).await.unwrap();
-    let mut failed = None;
-    for chunk in body.as_bytes().chunks(256 * 1024) {
-        if let Err(e) = w.write(Bytes::copy_from_slice(chunk)).await {
-            failed = Some(e);
-            break;
-        }
-    }
+    let failed = write_like_a_download(&mut *w, body.as_bytes(), 256 * 1024).await.err();
     let err = match failed {
         // As the downloader does: a writer that failed in write() is aborted.
         Some(e) => {
@@ -288,9 +350,7 @@ async fn s3_parts_end_at_line_ends_so_each_committed_part_is_whole_lines() {
     let data = observations(70_000);
     let mut w = dest.open(target("job7", "o.ndjson")).await.unwrap();
     // Network-sized chunks that end anywhere, as downloads deliver them.
-    for chunk in data.as_bytes().chunks(64 * 1024 + 7) {
-        w.write(Bytes::copy_from_slice(chunk)).await.unwrap();
-    }
+    write_like_a_download(&mut *w, data.as_bytes(), 64 * 1024 + 7).await.unwrap();
     // The writer keeps one part in flight: wait until two are stored.
     let mut parts = Vec::new();
     for _ in 0..100 {
@@ -310,4 +370,29 @@ async fn s3_parts_end_at_line_ends_so_each_committed_part_is_whole_lines() {
     }
     w.finish(70_000).await.unwrap();
     assert_eq!(server.object("bulk/job7/o.ndjson").unwrap(), data.as_bytes(), "the object is the file");
+}
+
+#[tokio::test]
+async fn an_s3_commit_finding_the_file_stored_already_keeps_it_and_replaces_an_older_one() {
+    let server = S3Server::start().await;
+    let dest = S3::connect(&server.config(5 * 1024 * 1024)).await.unwrap();
+    let store = async |body: &str| {
+        let mut w = dest.open(target("job11", "a.ndjson")).await.unwrap();
+        for chunk in body.as_bytes().chunks(1024 * 1024) {
+            w.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+        }
+        w.finish(1).await
+    };
+    for body in [observations(10), observations(80_000)] {
+        // The first commit, then the same again (a process that stopped before recording it):
+        // refused by If-None-Match, found to be this file, kept.
+        store(&body).await.unwrap();
+        store(&body).await.expect("the stored file is recognised");
+        assert!(server.object("bulk/job11/a.ndjson").as_deref() == Some(body.as_bytes()));
+    }
+    // A different file under the same name (the provider's changed) replaces it.
+    let other = observations(12);
+    store(&other).await.unwrap();
+    assert!(server.object("bulk/job11/a.ndjson").as_deref() == Some(other.as_bytes()));
+    assert_eq!(server.open_uploads(), Vec::<String>::new());
 }

@@ -137,10 +137,10 @@ async fn a_plan_records_files_outcomes_and_totals(store: &dyn JobStore) {
         vec![None, Some(10), None],
         "a manifest's count is kept, and its absence too"
     );
-    assert!(store.finish_file("bb01", 1, &done(7, "{\"o\":1}")).await.unwrap());
-    assert!(store.finish_file("bb01", 0, &done(3, "{\"o\":0}")).await.unwrap());
+    assert!(store.finish_file("bb01", 1, &done(7, "{\"o\":1}"), None).await.unwrap());
+    assert!(store.finish_file("bb01", 0, &done(3, "{\"o\":0}"), None).await.unwrap());
     assert!(
-        !store.finish_file("bb01", 0, &done(3, "{\"o\":0}")).await.unwrap(),
+        !store.finish_file("bb01", 0, &done(3, "{\"o\":0}"), None).await.unwrap(),
         "only a pending file finishes"
     );
     let counts = store.file_counts("bb01").await.unwrap();
@@ -211,7 +211,7 @@ async fn a_plan_grows_and_manifests_are_withdrawn(store: &dyn JobStore) {
         files.iter().map(|f| (f.idx, f.manifest_idx)).collect::<Vec<_>>(),
         vec![(0, 0), (1, 0), (2, 1)]
     );
-    assert!(store.finish_file("ee01", 0, &done(4, "{\"o\":0}")).await.unwrap());
+    assert!(store.finish_file("ee01", 0, &done(4, "{\"o\":0}"), None).await.unwrap());
 
     let withdrawn = store.withdraw_manifest("ee01", m1).await.unwrap().expect("the manifest is there");
     assert_eq!(
@@ -220,7 +220,7 @@ async fn a_plan_grows_and_manifests_are_withdrawn(store: &dyn JobStore) {
     );
     assert!(store.withdraw_manifest("ee01", m1).await.unwrap().is_none(), "once only");
     assert!(
-        !store.finish_file("ee01", 1, &done(1, "{\"o\":1}")).await.unwrap(),
+        !store.finish_file("ee01", 1, &done(1, "{\"o\":1}"), None).await.unwrap(),
         "a withdrawn file is not recorded"
     );
     let counts = store.file_counts("ee01").await.unwrap();
@@ -236,8 +236,8 @@ async fn a_plan_grows_and_manifests_are_withdrawn(store: &dyn JobStore) {
     let again = [file("ee01", 3, "Patient")];
     assert_eq!(store.append_manifest("ee01", m1, &again, false, 405).await.unwrap(), Appended::Added(2));
 
-    assert!(store.finish_file("ee01", 2, &done(2, "{\"o\":2}")).await.unwrap());
-    assert!(store.finish_file("ee01", 3, &done(5, "{\"o\":3}")).await.unwrap());
+    assert!(store.finish_file("ee01", 2, &done(2, "{\"o\":2}"), None).await.unwrap());
+    assert!(store.finish_file("ee01", 3, &done(5, "{\"o\":3}"), None).await.unwrap());
     assert!(!store.complete_job("ee01", 406, None).await.unwrap(), "the plan is open");
     assert!(store.close_plan("ee01").await.unwrap());
     assert!(!store.close_plan("ee01").await.unwrap());

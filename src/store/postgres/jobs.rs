@@ -333,10 +333,18 @@ impl JobStore for PgStore {
         Ok(FileCounts { total, finished })
     }
 
-    async fn finish_file(&self, job_id: &str, idx: i64, done: &FinishedFile<'_>) -> Result<bool, StoreError> {
+    async fn finish_file(
+        &self,
+        job_id: &str,
+        idx: i64,
+        done: &FinishedFile<'_>,
+        fence: Option<i64>,
+    ) -> Result<bool, StoreError> {
         let r = sqlx::query(
-            "UPDATE job_files SET state = $1, resources = $2, bytes = $3, outcome = $4, provider_errors = $5, type_counts = $6
-             WHERE job_id = $7 AND idx = $8 AND state = 'pending'",
+            "UPDATE job_files SET state = $1, resources = $2, bytes = $3, outcome = $4, provider_errors = $5,
+                    type_counts = $6, checkpoint = NULL
+             WHERE job_id = $7 AND idx = $8 AND state = 'pending'
+               AND ($9::BIGINT IS NULL OR EXISTS (SELECT 1 FROM jobs WHERE id = $7 AND lease_token = $9))",
         )
         .bind(done.state.as_str())
         .bind(done.resources)
@@ -346,6 +354,39 @@ impl JobStore for PgStore {
         .bind(done.type_counts)
         .bind(job_id)
         .bind(idx)
+        .bind(fence)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn file_checkpoint(&self, job_id: &str, idx: i64) -> Result<Option<String>, StoreError> {
+        let row: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT checkpoint FROM job_files WHERE job_id = $1 AND idx = $2 AND state = 'pending'",
+        )
+        .bind(job_id)
+        .bind(idx)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.and_then(|(c,)| c))
+    }
+
+    async fn save_checkpoint(
+        &self,
+        job_id: &str,
+        idx: i64,
+        checkpoint: Option<&str>,
+        fence: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE job_files SET checkpoint = $1
+             WHERE job_id = $2 AND idx = $3 AND state = 'pending'
+               AND ($4::BIGINT IS NULL OR EXISTS (SELECT 1 FROM jobs WHERE id = $2 AND lease_token = $4))",
+        )
+        .bind(checkpoint)
+        .bind(job_id)
+        .bind(idx)
+        .bind(fence)
         .execute(self.pool())
         .await?;
         Ok(r.rows_affected() == 1)
