@@ -65,8 +65,11 @@ impl App {
                 .context("building the HTTP client")?,
         );
         let http = outbound.trusted();
-        let destination =
-            config.destination.build(config.jobs_path.clone(), config.checkpoint_bytes).await.context("setting up the destination")?;
+        let destination = config
+            .destination
+            .build(config.jobs_path.clone(), config.checkpoint_bytes)
+            .await
+            .context("setting up the destination")?;
         let shutdown = CancellationToken::new();
         let jobs = Arc::new(
             Runner::new(

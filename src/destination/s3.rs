@@ -437,7 +437,9 @@ impl S3Writer {
 }
 
 /// Whether S3 said an object is already there (`If-None-Match: *`).
-fn is_precondition_failed<E>(e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> bool {
+fn is_precondition_failed<E>(
+    e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> bool {
     e.raw_response().is_some_and(|r| r.status().as_u16() == 412)
 }
 
@@ -512,7 +514,8 @@ impl Destination for S3 {
         let Ok(state) = serde_json::from_str::<UploadState>(&saved.state) else { return Ok(None) };
         let mut w = self.writer(file)?;
         let last = state.parts.last().map_or(0, |p| p.end);
-        let holds = last == saved.bytes && w.holds_parts(&state.upload_id, &state.parts).await.unwrap_or(false);
+        let holds =
+            last == saved.bytes && w.holds_parts(&state.upload_id, &state.parts).await.unwrap_or(false);
         w.upload_id = Some(state.upload_id);
         if !holds {
             // What is left of it would cost storage until a lifecycle rule removed it.
@@ -521,6 +524,9 @@ impl Destination for S3 {
             }
             return Ok(None);
         }
+        // Numbered on from the point: some stores take only consecutive part numbers. A part the
+        // earlier process still had in flight that lands late under one of ours is caught when
+        // the upload completes (S3 checks each part's ETag), and the file is fetched again.
         w.next_part = state.parts.last().map_or(0, |p| p.number);
         w.done = state.parts;
         (w.bytes, w.buf_start, w.reported) = (saved.bytes, saved.bytes, saved.bytes);

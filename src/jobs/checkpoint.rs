@@ -79,23 +79,28 @@ impl Checkpoints {
         }
     }
 
-    /// Keep a checkpoint; false when the store refused it (the file is no longer pending here,
-    /// or the job's lease was taken over) or could not take it: then no more are written.
-    pub async fn save(&self, checkpoint: &Checkpoint) -> bool {
-        let Ok(json) = serde_json::to_string(checkpoint) else { return false };
+    /// Keep a checkpoint: `Some(false)` when the store refused it (the file is no longer
+    /// pending, or the job's lease was taken over), `None` when it could not take it.
+    pub async fn save(&self, checkpoint: &Checkpoint) -> Option<bool> {
+        let json = serde_json::to_string(checkpoint).ok()?;
         match self.store.save_checkpoint(&self.job, self.idx, Some(&json), self.fence).await {
-            Ok(kept) => kept,
+            Ok(kept) => Some(kept),
             Err(e) => {
                 tracing::warn!(error = %crate::error_text::chain(&e), "could not store where the file's download has got to");
-                false
+                None
             }
         }
     }
 
-    /// Forget the file's checkpoint: what it pointed to is gone.
-    pub async fn clear(&self) {
-        if let Err(e) = self.store.save_checkpoint(&self.job, self.idx, None, self.fence).await {
-            tracing::warn!(error = %crate::error_text::chain(&e), "could not forget the file's checkpoint");
+    /// Forget the file's checkpoint, before what it points to goes. False when this process
+    /// may no longer (its lease was taken over): another may be continuing from it.
+    pub async fn clear(&self) -> bool {
+        match self.store.save_checkpoint(&self.job, self.idx, None, self.fence).await {
+            Ok(cleared) => cleared,
+            Err(e) => {
+                tracing::warn!(error = %crate::error_text::chain(&e), "could not forget the file's checkpoint");
+                false
+            }
         }
     }
 
@@ -112,8 +117,6 @@ pub struct Keeping {
     total: Option<u64>,
     /// A checkpoint is stored for this download (one to clear if it is thrown away).
     pub stored: bool,
-    /// The store refused one: keep no more.
-    refused: bool,
 }
 
 /// Marks waiting for their bytes to become durable: S3 has one part in flight and one filling.
@@ -121,7 +124,7 @@ const MAX_MARKS: usize = 8;
 
 impl Keeping {
     pub fn new(checkpoints: Checkpoints, validator: String, total: Option<u64>, stored: bool) -> Self {
-        Self { checkpoints, marks: VecDeque::new(), validator, total, stored, refused: false }
+        Self { checkpoints, marks: VecDeque::new(), validator, total, stored }
     }
 
     /// The destination took a line end: remember what was counted there.
@@ -133,14 +136,13 @@ impl Keeping {
     }
 
     /// The destination made bytes durable up to a line end it took: store that as a checkpoint.
-    pub async fn saved(&mut self, saved: Saved) {
+    /// False when the store refused it: the file is no longer this process's to write (withdrawn,
+    /// or the job taken over), and the download must stop.
+    pub async fn saved(&mut self, saved: Saved) -> bool {
         while self.marks.front().is_some_and(|m| m.at < saved.bytes) {
             self.marks.pop_front();
         }
-        let Some(mark) = self.marks.front().filter(|m| m.at == saved.bytes).cloned() else { return };
-        if self.refused {
-            return;
-        }
+        let Some(mark) = self.marks.front().filter(|m| m.at == saved.bytes).cloned() else { return true };
         let checkpoint = Checkpoint {
             saved,
             lines: mark.lines,
@@ -150,11 +152,15 @@ impl Keeping {
             validator: self.validator.clone(),
             total: self.total,
         };
-        if self.checkpoints.save(&checkpoint).await {
-            self.stored = true;
-            tracing::debug!(bytes = checkpoint.saved.bytes, "checkpoint stored");
-        } else {
-            self.refused = true;
+        match self.checkpoints.save(&checkpoint).await {
+            Some(true) => {
+                self.stored = true;
+                tracing::debug!(bytes = checkpoint.saved.bytes, "checkpoint stored");
+                true
+            }
+            Some(false) => false,
+            // Only a later continuation loses by it: the download goes on.
+            None => true,
         }
     }
 }

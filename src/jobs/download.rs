@@ -270,10 +270,11 @@ async fn resume<'a>(
     let Checkpoint { saved, lines, resources, blank, by_type, validator: kept, total } = checkpoint;
     if meter.resumed(saved.bytes, resources.max(0) as u64).is_err() {
         // Over a bound already (lowered since?): the file starts over and meets it again.
-        if let Err(e) = writer.abort().await {
-            tracing::warn!(error = %crate::error_text::chain(&e), "could not remove a partial file");
+        if checkpoints.clear().await {
+            if let Err(e) = writer.abort().await {
+                tracing::warn!(error = %crate::error_text::chain(&e), "could not remove a partial file");
+            }
         }
-        checkpoints.clear().await;
         return None;
     }
     let untyped = file.resource_type.is_empty();
@@ -285,15 +286,7 @@ async fn resume<'a>(
     };
     tracing::info!(from = saved.bytes, "the file goes on from what an earlier process stored of it");
     let keeping = Keeping::new(checkpoints.clone(), kept, total, true);
-    Some(Partial {
-        writer,
-        meter,
-        lines,
-        received: saved.bytes,
-        validator,
-        total,
-        keeping: Some(keeping),
-    })
+    Some(Partial { writer, meter, lines, received: saved.bytes, validator, total, keeping: Some(keeping) })
 }
 
 /// The file's URL and whether it gets our token. A file that needs the token must be on a trusted
@@ -355,15 +348,19 @@ struct Partial<'a> {
     keeping: Option<Keeping>,
 }
 
-/// Abort a kept download: its partial file goes, and the checkpoint that pointed to it.
+/// Abort a kept download: its partial file goes, and first the checkpoint that pointed to it.
+/// One that cannot be cleared (the lease was taken over) may be what another process goes on
+/// from: then the partial file is left to it.
 async fn discard(slot: &mut Option<Partial<'_>>) {
-    if let Some(p) = slot.take() {
-        if let Err(abort) = p.writer.abort().await {
-            tracing::warn!(error = %crate::error_text::chain(&abort), "could not remove a partial file");
+    let Some(p) = slot.take() else { return };
+    if let Some(k) = p.keeping.as_ref().filter(|k| k.stored) {
+        if !k.checkpoints.clear().await {
+            tracing::info!("the file's partial download is left to the process that holds the job now");
+            return;
         }
-        if let Some(k) = p.keeping.filter(|k| k.stored) {
-            k.checkpoints.clear().await;
-        }
+    }
+    if let Err(abort) = p.writer.abort().await {
+        tracing::warn!(error = %crate::error_text::chain(&abort), "could not remove a partial file");
     }
 }
 
@@ -394,6 +391,7 @@ async fn attempt_data<'a>(
     let resp = match request(fetch, continuation.as_ref()).await {
         Ok(resp) => resp,
         Err(e @ AttemptError::Transient { .. }) if continuation.is_some() => return Err(e),
+        Err(e @ AttemptError::Job(JobError::Cancelled)) => return Err(e),
         Err(e) => {
             discard(slot).await;
             return Err(e);
@@ -458,6 +456,8 @@ async fn stream_kept(
             Ok(FileResult::stored(fetch.file, streamed, receipt.bytes as i64, receipt.location))
         }
         Err(e @ AttemptError::Transient { .. }) if p.validator.is_some() => Err(e),
+        // What becomes of it is decided once the retries end (a stopping server keeps it).
+        Err(e @ AttemptError::Job(JobError::Cancelled)) => Err(e),
         Err(e) => {
             discard(slot).await;
             Err(e)
@@ -656,7 +656,10 @@ async fn pump(
                     k.taken(Mark { at, lines: splitter.lines(), resources, blank: *blank, by_type });
                 }
                 if let Some(saved) = end.saved {
-                    k.saved(saved).await;
+                    if !k.saved(saved).await {
+                        let why = "the file is no longer this server's to write: it was withdrawn, or another server took the job over";
+                        return Err(AttemptError::Permanent(IssueCode::Processing, why.into()));
+                    }
                 }
             }
         }

@@ -12,7 +12,7 @@ use josekit::jws::ES384;
 use serde_json::{json, Value};
 
 use super::{
-    fake_provider::FakeProvider,
+    fake_provider::{FakeProvider, FileFault, Ranges},
     helpers::{patients, ping, sign_assertion},
     listener::{assert_health_is_fast, connect_from, ATTACKER},
 };
@@ -262,6 +262,91 @@ async fn after_kill_9_mid_import_a_restart_resumes_without_refetching_finished_f
     for n in &names {
         assert_eq!(std::fs::read_to_string(out.join(n)).unwrap(), obs, "{n}: a missing or duplicated line");
     }
+}
+
+/// The checkpoint SQLite holds for a job's file, once one is stored.
+async fn wait_for_checkpoint(data: &Path, id: &str, name: &str) -> Value {
+    let url = format!("sqlite://{}?mode=ro", data.join("bulk-import.sqlite").display());
+    let db = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stored: Option<Option<String>> =
+            sqlx::query_scalar("SELECT checkpoint FROM job_files WHERE job_id = ? AND name = ?")
+                .bind(id)
+                .bind(name)
+                .fetch_optional(&db)
+                .await
+                .unwrap();
+        if let Some(Some(json)) = stored {
+            db.close().await;
+            return serde_json::from_str(&json).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no checkpoint was stored for {name}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn after_kill_9_mid_file_a_restart_continues_the_file_from_its_checkpoint_with_a_range() {
+    continues_mid_file_after("-KILL").await;
+}
+
+#[tokio::test]
+async fn a_graceful_stop_mid_file_keeps_its_partial_file_for_the_next_start_to_continue() {
+    continues_mid_file_after("-TERM").await;
+}
+
+/// Stop the server with `signal` while a file is half downloaded (a checkpoint stored), start
+/// it again: the file goes on from the checkpoint, and ends byte-identical.
+async fn continues_mid_file_after(signal: &str) {
+    let dir = tempfile::TempDir::new().unwrap();
+    let provider = FakeProvider::start().await;
+    provider.ranges(Ranges::ETag);
+    // About 4 MiB: checkpoints every MiB, so the first half stores one at least.
+    let obs = super::helpers::observations(25_000);
+    provider.add_file("big.ndjson", "Observation", obs.clone());
+    provider.fault_file("big.ndjson", vec![FileFault::StallHalfway(120_000)]);
+    let env = [
+        ("RUST_LOG", "bulk_import=info"),
+        ("DESTINATION_TYPE", "tmp-fs"),
+        ("POLL_INTERVAL", "0.05"),
+        ("CHECKPOINT_BYTES", "1048576"),
+    ];
+    let mut server = Server::start(dir.path(), &env);
+    provider.set_consumer_jwks_url(format!("{}/jwks", server.base()));
+    let pinged = ping_static(&server.base(), dir.path(), &provider).await;
+    let id = pinged.status_url.rsplit('/').next().unwrap().to_string();
+    let checkpoint = wait_for_checkpoint(&dir.path().join("data"), &id, "big.ndjson").await;
+    let from = checkpoint["saved"]["bytes"].as_u64().unwrap();
+    assert!(from >= 1_048_576 && obs.as_bytes()[from as usize - 1] == b'\n', "{checkpoint}");
+    let lines_before = obs[..from as usize].lines().count() as u64;
+    assert_eq!(checkpoint["lines"], lines_before, "{checkpoint}");
+    assert_eq!(checkpoint["resources"], lines_before, "{checkpoint}");
+    assert!(Command::new("kill").args([signal, &server.child.id().to_string()]).status().unwrap().success());
+    let _ = server.child.wait();
+    let part = dir.path().join("jobs").join(&id).join("big.ndjson.part");
+    assert!(std::fs::metadata(&part).unwrap().len() >= from, "the partial file is kept");
+
+    let server = Server::start(dir.path(), &env);
+    provider.set_consumer_jwks_url(format!("{}/jwks", server.base()));
+    let res = finished(&format!("{}/job/{id}", server.base()), "the job did not resume").await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let body: Value = res.json().await.unwrap();
+    let log = server.stop().await;
+    assert_eq!(body["extension"]["resources"], 25_000, "counts go on from the checkpoint: {body}");
+    let asked = provider.requests_to("/fhir/files/big.ndjson");
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert!(
+        asked[1].range.as_deref() == Some(format!("bytes={from}-").as_str()),
+        "the rest from the checkpoint: {:?}",
+        asked[1].range
+    );
+    assert!(asked[1].if_range.is_some(), "only the same file: {:?}", asked[1]);
+    assert!(log.contains("the file goes on from what an earlier process stored of it"), "{log}");
+    let out = dir.path().join("jobs").join(&id);
+    let stored = std::fs::read(out.join("big.ndjson")).unwrap();
+    assert!(stored == obs.as_bytes(), "{} bytes stored, not the provider's {}", stored.len(), obs.len());
+    assert!(!out.join("big.ndjson.part").exists(), "no partial file is left");
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use tempfile::TempDir;
 
 use super::{
     binary::{finished, Server},
-    fake_provider::{FakeProvider, FileFault},
+    fake_provider::{FakeProvider, FileFault, Ranges},
     helpers::{observations, ping, sign_assertion},
     postgres::PgCluster,
     s3_server::{S3Server, BUCKET, KEY, SECRET},
@@ -103,6 +103,8 @@ fn replica_env(pg: &PgCluster, s3: &S3Server, public_url: &str) -> Vec<(&'static
         ("S3_PREFIX", "bulk/".into()),
         ("AWS_ACCESS_KEY_ID", KEY.into()),
         ("AWS_SECRET_ACCESS_KEY", SECRET.into()),
+        // The smallest part S3 takes: a file continues from its last uploaded part.
+        ("S3_PART_SIZE", (5 * 1024 * 1024).to_string()),
     ]
 }
 
@@ -174,8 +176,11 @@ async fn three_replicas_share_the_work_and_a_killed_owners_job_is_finished_by_an
     let s3 = S3Server::start().await;
     let provider = FakeProvider::start().await;
     let obs = observations(3_000);
+    // About 22 MiB: its first half cuts two parts, and the first is stored as a checkpoint.
+    let big = observations(140_000);
+    provider.ranges(Ranges::ETag);
     provider.add_file("a.ndjson", "Observation", obs.clone());
-    provider.add_file("b.ndjson", "Observation", obs.clone());
+    provider.add_file("b.ndjson", "Observation", big.clone());
     // The first download of b sends half, then stalls: its process is killed mid-file.
     provider.fault_file("b.ndjson", vec![FileFault::StallHalfway(120_000)]);
     let mut cluster = Cluster::start(&pg, &s3, 3).await;
@@ -224,6 +229,23 @@ async fn three_replicas_share_the_work_and_a_killed_owners_job_is_finished_by_an
         assert!(Instant::now() < deadline, "a.ndjson was never recorded: {state:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The owner stored how far b got: its first part, uploaded.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let checkpoint: Value = loop {
+        let stored: Option<Option<String>> =
+            sqlx::query_scalar("SELECT checkpoint FROM job_files WHERE job_id = $1 AND name = 'b.ndjson'")
+                .bind(&id)
+                .fetch_optional(pool)
+                .await
+                .unwrap();
+        if let Some(Some(json)) = stored {
+            break serde_json::from_str(&json).unwrap();
+        }
+        assert!(Instant::now() < deadline, "b.ndjson's first part was never kept as a checkpoint");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let from = checkpoint["saved"]["bytes"].as_u64().unwrap();
+    assert!(from >= 5 * 1024 * 1024 && big.as_bytes()[from as usize - 1] == b'\n', "{checkpoint}");
     let killed_at = Instant::now();
     let owner = &mut cluster.replicas[0];
     assert!(Command::new("kill").args(["-KILL", &owner.child.id().to_string()]).status().unwrap().success());
@@ -235,15 +257,24 @@ async fn three_replicas_share_the_work_and_a_killed_owners_job_is_finished_by_an
     assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["extension"]["result"], "completed", "{body}");
-    assert_eq!(body["extension"]["resources"], 6_000, "{body}");
+    assert_eq!(body["extension"]["resources"], 143_000, "{body}");
     assert!(taken_over_in < Duration::from_secs(20), "takeover took {taken_over_in:?}");
     let logs = format!("{}\n{}", cluster.replicas[1].log(), cluster.replicas[2].log());
     assert!(logs.contains("took over a job"), "{logs}");
-    for name in ["a.ndjson", "b.ndjson"] {
+    for (name, sent) in [("a.ndjson", &obs), ("b.ndjson", &big)] {
         let stored = s3.object(&format!("bulk/{id}/{name}")).unwrap_or_default();
-        assert!(stored == obs.as_bytes(), "{name}: {} bytes, not the provider's {}", stored.len(), obs.len());
+        assert!(
+            stored == sent.as_bytes(),
+            "{name}: {} bytes, not the provider's {}",
+            stored.len(),
+            sent.len()
+        );
     }
-    assert_eq!(provider.requests_to("/fhir/files/b.ndjson").len(), 2, "the broken file is fetched once more");
+    let asked = provider.requests_to("/fhir/files/b.ndjson");
+    assert_eq!(asked.len(), 2, "the broken file is asked for once more");
+    assert_eq!(asked[1].range, Some(format!("bytes={from}-")), "only what the checkpoint lacks");
+    assert!(logs.contains("the file goes on from what an earlier process stored of it"), "{logs}");
+    assert_eq!(s3.open_uploads(), Vec::<String>::new(), "no upload is left open");
     assert_eq!(provider.requests_to("/fhir/files/a.ndjson").len(), 1, "a finished file is not fetched again");
 
     // Deleted through a replica that did not run it: gone everywhere.

@@ -338,6 +338,37 @@ async fn leases_are_claimed_fenced_and_cancelled(store: &dyn JobStore) {
     );
 }
 
+async fn a_files_checkpoint_is_fenced_and_goes_when_the_file_ends(store: &dyn JobStore) {
+    let caps = JobCaps { all: 100, per_provider: 100 };
+    let lease = Duration::from_secs(60);
+    store.insert_job_if_room(&job("gg01", "p1", 700), caps).await.unwrap();
+    let files = [file("gg01", 0, "Patient"), file("gg01", 1, "Observation")];
+    store.append_manifest("gg01", "https://ehr.example/m", &files, true, 701).await.unwrap();
+    let old = store.claim_job("gg01", "replica-a", lease).await.unwrap().unwrap().token;
+    assert_eq!(store.file_checkpoint("gg01", 0).await.unwrap(), None, "none to begin with");
+    assert!(store.save_checkpoint("gg01", 0, Some("{\"at\":1}"), Some(old)).await.unwrap());
+    assert!(store.save_checkpoint("gg01", 0, Some("{\"at\":2}"), Some(old)).await.unwrap(), "moved on");
+    assert_eq!(store.file_checkpoint("gg01", 0).await.unwrap().as_deref(), Some("{\"at\":2}"));
+    assert_eq!(store.file_checkpoint("gg01", 1).await.unwrap(), None, "kept per file");
+    // Taken over: the old token moves nothing, nor ends the file.
+    let new = store.claim_job("gg01", "replica-b", lease).await.unwrap();
+    assert_eq!(new, None, "held");
+    store.release_lease("gg01", "replica-a", old).await.unwrap();
+    let new = store.claim_job("gg01", "replica-b", lease).await.unwrap().unwrap().token;
+    assert!(!store.save_checkpoint("gg01", 0, Some("{\"at\":9}"), Some(old)).await.unwrap(), "fenced");
+    assert!(!store.finish_file("gg01", 0, &done(1, "{}"), Some(old)).await.unwrap(), "fenced");
+    assert_eq!(store.file_checkpoint("gg01", 0).await.unwrap().as_deref(), Some("{\"at\":2}"));
+    // The holder goes on from it; the file's end takes it away.
+    assert!(store.save_checkpoint("gg01", 0, Some("{\"at\":3}"), Some(new)).await.unwrap());
+    assert!(store.finish_file("gg01", 0, &done(1, "{}"), Some(new)).await.unwrap());
+    assert_eq!(store.file_checkpoint("gg01", 0).await.unwrap(), None, "an ended file has none");
+    assert!(!store.save_checkpoint("gg01", 0, Some("{}"), Some(new)).await.unwrap(), "nor gets one");
+    // Forgotten on request (what it pointed to is gone).
+    assert!(store.save_checkpoint("gg01", 1, Some("{}"), None).await.unwrap());
+    assert!(store.save_checkpoint("gg01", 1, None, Some(new)).await.unwrap());
+    assert_eq!(store.file_checkpoint("gg01", 1).await.unwrap(), None);
+}
+
 /// Each assertion id is taken once (per client), until it expires.
 pub async fn the_replay_cache_takes_each_id_once(cache: &dyn ReplayCache) {
     assert!(cache.remember_jti("p1", "jti-1", 2_000, 1_000).await.unwrap(), "a new id");
@@ -405,6 +436,7 @@ pub async fn assert_store_conformance(
     unfinished_expired_and_deleted_jobs(jobs).await;
     a_plan_grows_and_manifests_are_withdrawn(jobs).await;
     leases_are_claimed_fenced_and_cancelled(jobs).await;
+    a_files_checkpoint_is_fenced_and_goes_when_the_file_ends(jobs).await;
     the_audit_trail_keeps_the_newest_events(audit).await;
     the_replay_cache_takes_each_id_once(replay).await;
 }
