@@ -55,6 +55,10 @@ impl Destination for DevNull {
     async fn delete_job(&self, _job: &str) -> Result<(), DestinationError> {
         Ok(())
     }
+    /// Nothing is kept anywhere, so it is the same everywhere.
+    fn shared(&self) -> bool {
+        true
+    }
     fn describe(&self) -> String {
         "dev-null (files are validated and counted, then discarded)".into()
     }

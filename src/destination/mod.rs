@@ -122,6 +122,11 @@ pub trait Destination: Send + Sync {
     async fn delete_job(&self, job: &str) -> Result<(), DestinationError>;
     /// One line for `/info` and logs.
     fn describe(&self) -> String;
+    /// Whether every process writing here writes to the same place (an object store, not a local
+    /// directory): then other replicas may download files of a job this one runs.
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 impl DestinationKind {

@@ -589,6 +589,10 @@ impl Destination for S3 {
         }
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         format!("s3: objects under s3://{}/{}{{job_id}}/", self.bucket, self.prefix)
     }

@@ -58,6 +58,14 @@ impl FileResult {
         }
     }
 
+    /// A file whose lease lapsed under one process after another too often.
+    pub fn taken_over_too_often(file: &JobFile, takeovers: i64) -> Self {
+        let why = format!(
+            "its download was taken over {takeovers} times from a process that stopped (crashed or stalled) while downloading it; not tried again"
+        );
+        Self::failed(file, IssueCode::Incomplete, why)
+    }
+
     fn stored(file: &JobFile, streamed: Streamed, bytes: i64, location: String) -> Self {
         let resources = streamed.resources;
         Self {

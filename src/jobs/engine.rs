@@ -18,6 +18,7 @@ use crate::jobs::context::JobContext;
 use crate::jobs::download::{self, FileResult};
 use crate::jobs::error::JobError;
 use crate::jobs::file_bounds::JobBytes;
+use crate::jobs::pipeline::LeaseTiming;
 use crate::jobs::plan;
 use crate::jobs::progress::Progress;
 use crate::jobs::provider_client::ProviderClient;
@@ -51,6 +52,7 @@ pub async fn import_plan(work: Work<'_>) -> Result<(), JobError> {
 async fn import_files(work: Work<'_>) -> Result<(), JobError> {
     let Work { ctx, client, id, cancel, progress, plan_changed, fence } = work;
     let record = Recorder { store: &*ctx.store, id, progress, fence };
+    let timing = LeaseTiming::of(ctx);
     let files = ctx.store.files(id).await?;
     let done = || files.iter().filter(|f| f.state == FileState::Done);
     let stored: u64 = done().map(|f| f.bytes.max(0) as u64).sum();
@@ -73,6 +75,9 @@ async fn import_files(work: Work<'_>) -> Result<(), JobError> {
     let mut queue: VecDeque<JobFile> = VecDeque::new();
     let mut plan_open = true;
     let mut reload = true;
+    // A pending file another process downloads: its end is looked for every heartbeat period
+    // (and the file claimed here if that process's lease on it lapses).
+    let mut held_elsewhere = false;
     let mut announced = false;
     let mut first_error: Option<JobError> = None;
     // Bounded: each pass finishes a download, takes a plan change, or ends; the job's time limit
@@ -103,14 +108,24 @@ async fn import_files(work: Work<'_>) -> Result<(), JobError> {
         }
         while first_error.is_none() && tasks.len() < ctx.config.limits.parallel_downloads {
             let Some(file) = queue.pop_front() else { break };
+            let Some(claim) = ctx.store.claim_file(id, file.idx, &ctx.jobs.owner, timing.lease).await? else {
+                held_elsewhere = true;
+                continue;
+            };
+            if claim.takeovers > MAX_FILE_TAKEOVERS {
+                let r = FileResult::taken_over_too_often(&file, claim.takeovers);
+                record_file(ctx, &record, &file, r, claim.token).await?;
+                release_file(ctx, &file, claim.token).await;
+                continue;
+            }
             in_flight.insert(file.idx);
-            tasks.push(spawn_download(ctx, client, file, &job_bytes, fence, &downloads));
+            tasks.push(spawn_download(ctx, client, file, &job_bytes, claim.token, &downloads));
         }
         if tasks.is_empty() {
             if first_error.is_some() || cancel.is_cancelled() {
                 break;
             }
-            if !plan_open {
+            if !plan_open && !held_elsewhere {
                 // Conditional in the store: false if a file is still pending (read again).
                 if record.completed().await? {
                     log_completion(ctx, id).await;
@@ -123,6 +138,10 @@ async fn import_files(work: Work<'_>) -> Result<(), JobError> {
                 biased;
                 _ = cancel.cancelled() => break,
                 _ = plan_changed.notified() => reload = true,
+                _ = tokio::time::sleep(timing.every), if held_elsewhere => {
+                    held_elsewhere = false;
+                    reload = true;
+                }
             }
             continue;
         }
@@ -131,15 +150,17 @@ async fn import_files(work: Work<'_>) -> Result<(), JobError> {
             Some(joined) = tasks.next() => {
                 let recorded = match joined {
                     Err(e) => Err(JobError::Internal(format!("a download task stopped: {e}"))),
-                    Ok((file, Ok(r))) => {
+                    Ok((file, token, Ok(r))) => {
                         in_flight.remove(&file.idx);
-                        let recorded = record_file(ctx, &record, &file, r).await;
+                        let recorded = record_file(ctx, &record, &file, r, token).await;
                         job_bytes.recorded(file.idx);
+                        release_file(ctx, &file, token).await;
                         recorded
                     }
-                    Ok((file, Err(e))) => {
+                    Ok((file, token, Err(e))) => {
                         in_flight.remove(&file.idx);
                         job_bytes.recorded(file.idx);
+                        release_file(ctx, &file, token).await;
                         Err(e)
                     }
                 };
@@ -152,6 +173,10 @@ async fn import_files(work: Work<'_>) -> Result<(), JobError> {
                 }
             }
             _ = plan_changed.notified(), if first_error.is_none() => reload = true,
+            _ = tokio::time::sleep(timing.every), if held_elsewhere && first_error.is_none() => {
+                held_elsewhere = false;
+                reload = true;
+            }
         }
     }
     // A stop from outside (cancel, shutdown, the time limit) wins over what it caused in siblings:
@@ -162,7 +187,18 @@ async fn import_files(work: Work<'_>) -> Result<(), JobError> {
     Err(first_error.unwrap_or(JobError::Cancelled))
 }
 
-type Download = tokio::task::JoinHandle<(JobFile, Result<FileResult, JobError>)>;
+/// Claims of one file after its lease lapsed under another process, beyond which it fails: a
+/// file that kills every process that downloads it must not go round for ever.
+pub const MAX_FILE_TAKEOVERS: i64 = 3;
+
+/// Let go of a file's lease once its download ended here (only logged: it lapses anyway).
+pub async fn release_file(ctx: &JobContext, file: &JobFile, token: i64) {
+    if let Err(e) = ctx.store.release_file_lease(&file.job_id, file.idx, &ctx.jobs.owner, token).await {
+        tracing::warn!(error = %crate::error_text::chain(&e), "could not release a file's lease");
+    }
+}
+
+type Download = tokio::task::JoinHandle<(JobFile, i64, Result<FileResult, JobError>)>;
 
 /// Each download is its own task, so validation of several files uses every core.
 fn spawn_download(
@@ -170,24 +206,24 @@ fn spawn_download(
     client: &Arc<ProviderClient>,
     file: JobFile,
     job_bytes: &Arc<JobBytes>,
-    fence: Option<i64>,
+    token: i64,
     cancel: &CancellationToken,
 ) -> Download {
     let (client, destination, cancel) = (client.clone(), ctx.destination.clone(), cancel.clone());
     let shutdown = ctx.jobs.shutdown.clone();
-    let checkpoints = Checkpoints::new(ctx.store.clone(), fence, &file.job_id, file.idx, shutdown);
+    let checkpoints = Checkpoints::new(ctx.store.clone(), Some(token), &file.job_id, file.idx, shutdown);
     let job_bytes = job_bytes.clone();
     let slots = ctx.jobs.download_slots.clone();
     tokio::spawn(
         async move {
             let _slot = tokio::select! {
                 biased;
-                _ = cancel.cancelled() => return (file, Err(JobError::Cancelled)),
+                _ = cancel.cancelled() => return (file, token, Err(JobError::Cancelled)),
                 slot = slots.acquire_owned() => slot.ok(),
             };
             let result =
                 download::import_file(&client, &*destination, &file, &job_bytes, &checkpoints, &cancel).await;
-            (file, result)
+            (file, token, result)
         }
         .instrument(tracing::Span::current()),
     )
@@ -200,7 +236,29 @@ async fn record_file(
     record: &Recorder<'_>,
     file: &JobFile,
     r: FileResult,
+    token: i64,
 ) -> Result<(), JobError> {
+    let (outcome, type_counts) = stored_form(&r)?;
+    let done = finished(&r, &outcome, type_counts.as_deref());
+    let recorded = record.file_finished(file.idx, &done, token).await?;
+    after_recording(ctx, file, &r, recorded).await
+}
+
+/// Record a file downloaded for a job another process runs (`file_help`).
+pub async fn record_helped_file(
+    ctx: &JobContext,
+    file: &JobFile,
+    r: FileResult,
+    token: i64,
+) -> Result<(), JobError> {
+    let (outcome, type_counts) = stored_form(&r)?;
+    let done = finished(&r, &outcome, type_counts.as_deref());
+    let recorded = ctx.store.finish_file(&file.job_id, file.idx, &done, Some(token)).await?;
+    after_recording(ctx, file, &r, recorded).await
+}
+
+/// The outcome and per-type counts as the store keeps them (JSON).
+fn stored_form(r: &FileResult) -> Result<(String, Option<String>), JobError> {
     let outcome = serde_json::to_string(&r.outcome).map_err(crate::store::StoreError::from)?;
     let type_counts = r
         .type_counts
@@ -208,17 +266,28 @@ async fn record_file(
         .map(serde_json::to_string)
         .transpose()
         .map_err(crate::store::StoreError::from)?;
-    let done = FinishedFile {
+    Ok((outcome, type_counts))
+}
+
+fn finished<'a>(r: &FileResult, outcome: &'a str, type_counts: Option<&'a str>) -> FinishedFile<'a> {
+    FinishedFile {
         state: r.state,
         resources: r.resources,
         bytes: r.bytes,
-        outcome: &outcome,
+        outcome,
         provider_errors: r.provider_errors,
-        type_counts: type_counts.as_deref(),
-    };
-    let recorded = record.file_finished(file.idx, &done).await?;
+        type_counts,
+    }
+}
+
+async fn after_recording(
+    ctx: &JobContext,
+    file: &JobFile,
+    r: &FileResult,
+    recorded: bool,
+) -> Result<(), JobError> {
     if recorded {
-        count_file(ctx, &r);
+        count_file(ctx, r);
     }
     if !recorded {
         // Not pending any more (withdrawn), or the fence was stale: then another process runs

@@ -8,6 +8,7 @@ pub mod engine;
 pub mod error;
 pub mod export;
 pub mod file_bounds;
+pub mod file_help;
 pub mod gzip;
 pub mod json_scan;
 pub mod ndjson;

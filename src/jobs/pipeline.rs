@@ -239,7 +239,14 @@ async fn with_lease<T>(
         let mut renewed = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(lease.timing.every).await;
-            match ctx.store.renew_lease(id, owner, lease.token, lease.timing.lease).await {
+            let renewal = ctx.store.renew_lease(id, owner, lease.token, lease.timing.lease).await;
+            if matches!(renewal, Ok(Renewal::Held | Renewal::CancelRequested)) {
+                // The files this process downloads for the job live as long as the job's lease.
+                if let Err(e) = ctx.store.renew_file_leases(id, owner, lease.timing.lease).await {
+                    tracing::warn!(error = %crate::error_text::chain(&e), "could not renew the leases of the job's files");
+                }
+            }
+            match renewal {
                 Ok(Renewal::Held) => renewed = tokio::time::Instant::now(),
                 Ok(Renewal::CancelRequested) => {
                     renewed = tokio::time::Instant::now();

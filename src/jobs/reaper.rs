@@ -26,11 +26,9 @@ pub async fn stop_job(ctx: &JobContext, id: &str) -> Result<(), JobError> {
     let timing = crate::jobs::pipeline::LeaseTiming::of(ctx);
     let deadline = tokio::time::Instant::now() + (timing.lease + timing.every).min(STOP_WAIT);
     let poll = (timing.every / 4).max(std::time::Duration::from_millis(50));
-    while let Some(holder) = ctx.store.lease_holder(id).await? {
-        if holder == ctx.jobs.owner {
-            // Ours: it stopped above (or will not write again once its lease is gone).
-            break;
-        }
+    // Ours stopped above (or will not write again once its lease is gone); another process
+    // running it, or downloading one of its files, stops at its next heartbeat.
+    while ctx.store.held_by_others(id, &ctx.jobs.owner).await? {
         if tokio::time::Instant::now() >= deadline {
             return Err(JobError::StillStopping);
         }

@@ -65,9 +65,15 @@ impl Recorder<'_> {
         }
     }
 
-    /// False when the file was no longer pending (withdrawn while it downloaded).
-    pub async fn file_finished(&self, idx: i64, done: &FinishedFile<'_>) -> Result<bool, JobError> {
-        let recorded = self.store.finish_file(self.id, idx, done, self.fence).await?;
+    /// False when the file was no longer pending (withdrawn while it downloaded) or `token`, the
+    /// file's lease, was taken over.
+    pub async fn file_finished(
+        &self,
+        idx: i64,
+        done: &FinishedFile<'_>,
+        token: i64,
+    ) -> Result<bool, JobError> {
+        let recorded = self.store.finish_file(self.id, idx, done, Some(token)).await?;
         if recorded {
             self.progress.file_finished();
         }

@@ -147,6 +147,12 @@ impl Runner {
     }
 
     /// Tell a job running here that its plan changed; a job not running here reads its plan when it starts.
+    /// Run work that is not a job (a file downloaded for another process's job) on the job
+    /// runtime, tracked so a shutdown waits for it.
+    pub fn spawn_task(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tracker.spawn_on(work, &self.handle);
+    }
+
     pub fn plan_changed(&self, id: &str) {
         if let Some(running) = self.running_jobs().get(id) {
             running.plan_changed.notify_one();

@@ -2,6 +2,7 @@
 //! it claims the oldest unfinished job nobody holds: a lease that lapsed (its process crashed or
 //! stalled) or a job whose process never got to it. Claimed with `claim_next` (one statement;
 //! replicas claiming at once each get a different job), then run as if this process had started it.
+//! Then, where replicas share the destination, files of other replicas' jobs (`file_help`).
 use crate::jobs::{
     context::JobContext,
     pipeline::{self, LeaseTiming},
@@ -44,7 +45,11 @@ pub async fn claim_free_jobs(ctx: &JobContext) -> usize {
 pub async fn run(ctx: JobContext) {
     let every = LeaseTiming::of(&ctx).every;
     let shutdown = ctx.jobs.shutdown.clone();
+    let helps = crate::jobs::file_help::helps(&ctx);
     while shutdown.run_until_cancelled(tokio::time::sleep(every)).await.is_some() {
         claim_free_jobs(&ctx).await;
+        if helps {
+            crate::jobs::file_help::help_with_files(&ctx).await;
+        }
     }
 }

@@ -99,6 +99,41 @@ pub trait JobStore: Send + Sync {
     async fn release_lease(&self, id: &str, owner: &str, token: i64) -> Result<bool, StoreError>;
     /// Who holds a live lease on the job (a process running it), if anyone.
     async fn lease_holder(&self, id: &str) -> Result<Option<String>, StoreError>;
+    /// Whether a process other than `me` holds a live lease on the job or one of its pending
+    /// files (running it, or downloading a file of it).
+    async fn held_by_others(&self, id: &str, me: &str) -> Result<bool, StoreError>;
+    /// Claim a pending file for `owner`; `None` while another process holds it.
+    async fn claim_file(
+        &self,
+        job_id: &str,
+        idx: i64,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<Claim>, StoreError>;
+    /// The first pending file nobody holds of an importing job another live process runs.
+    async fn claim_next_file(
+        &self,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<(JobFile, Claim)>, StoreError>;
+    /// Extend every pending file lease `owner` holds in a job (the job owner's heartbeat).
+    async fn renew_file_leases(&self, job_id: &str, owner: &str, lease: Duration) -> Result<(), StoreError>;
+    /// Extend one file lease; false when it is lost, the file ended or its job is stopping.
+    async fn renew_file_lease(
+        &self,
+        job_id: &str,
+        idx: i64,
+        owner: &str,
+        token: i64,
+        lease: Duration,
+    ) -> Result<bool, StoreError>;
+    async fn release_file_lease(
+        &self,
+        job_id: &str,
+        idx: i64,
+        owner: &str,
+        token: i64,
+    ) -> Result<bool, StoreError>;
     async fn request_cancel(&self, id: &str) -> Result<bool, StoreError>;
     async fn job_summaries(&self) -> Result<Vec<JobSummary>, StoreError>;
     async fn job_state_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
@@ -343,6 +378,47 @@ impl JobStore for Store {
     }
     async fn lease_holder(&self, id: &str) -> Result<Option<String>, StoreError> {
         Store::lease_holder(self, id).await
+    }
+    async fn held_by_others(&self, id: &str, me: &str) -> Result<bool, StoreError> {
+        Store::held_by_others(self, id, me).await
+    }
+    async fn claim_file(
+        &self,
+        job_id: &str,
+        idx: i64,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<Claim>, StoreError> {
+        Store::claim_file(self, job_id, idx, owner, lease).await
+    }
+    async fn claim_next_file(
+        &self,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<(JobFile, Claim)>, StoreError> {
+        Store::claim_next_file(self, owner, lease).await
+    }
+    async fn renew_file_leases(&self, job_id: &str, owner: &str, lease: Duration) -> Result<(), StoreError> {
+        Store::renew_file_leases(self, job_id, owner, lease).await
+    }
+    async fn renew_file_lease(
+        &self,
+        job_id: &str,
+        idx: i64,
+        owner: &str,
+        token: i64,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        Store::renew_file_lease(self, job_id, idx, owner, token, lease).await
+    }
+    async fn release_file_lease(
+        &self,
+        job_id: &str,
+        idx: i64,
+        owner: &str,
+        token: i64,
+    ) -> Result<bool, StoreError> {
+        Store::release_file_lease(self, job_id, idx, owner, token).await
     }
     async fn request_cancel(&self, id: &str) -> Result<bool, StoreError> {
         Store::request_cancel(self, id).await

@@ -64,6 +64,9 @@ pub(super) struct FileRow {
     provider_errors: i64,
     type_counts: Option<String>,
     expected_resources: Option<i64>,
+    /// The file's lease (`file_leases`).
+    pub(super) lease_token: i64,
+    pub(super) takeovers: i64,
 }
 
 impl From<FileRow> for JobFile {
@@ -467,7 +470,7 @@ impl Store {
             "UPDATE job_files SET state = ?1, resources = ?2, bytes = ?3, outcome = ?4, provider_errors = ?5,
                     type_counts = ?6, checkpoint = NULL
              WHERE job_id = ?7 AND idx = ?8 AND state = 'pending'
-               AND (?9 IS NULL OR EXISTS (SELECT 1 FROM jobs WHERE id = ?7 AND lease_token = ?9))",
+               AND (?9 IS NULL OR lease_token = ?9)",
         )
         .bind(done.state.as_str())
         .bind(done.resources)
@@ -507,7 +510,7 @@ impl Store {
         let r = sqlx::query(
             "UPDATE job_files SET checkpoint = ?1
              WHERE job_id = ?2 AND idx = ?3 AND state = 'pending'
-               AND (?4 IS NULL OR EXISTS (SELECT 1 FROM jobs WHERE id = ?2 AND lease_token = ?4))",
+               AND (?4 IS NULL OR lease_token = ?4)",
         )
         .bind(checkpoint)
         .bind(job_id)

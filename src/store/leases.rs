@@ -132,6 +132,21 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
+    /// Whether a process other than `me` holds a live lease on the job or one of its pending
+    /// files (it may still write them).
+    pub async fn held_by_others(&self, id: &str, me: &str) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar::<_, i64>(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1 AND lease_owner <> ?2 AND lease_expires_at >= unixepoch())
+                 OR EXISTS (SELECT 1 FROM job_files WHERE job_id = ?1 AND state = 'pending'
+                            AND lease_owner <> ?2 AND lease_expires_at >= unixepoch())",
+        )
+        .bind(id)
+        .bind(me)
+        .fetch_one(self.pool())
+        .await?
+            != 0)
+    }
+
     /// Who holds a live lease on the job, if anyone.
     pub async fn lease_holder(&self, id: &str) -> Result<Option<String>, StoreError> {
         Ok(sqlx::query_scalar::<_, Option<String>>(

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod backend;
 pub mod dashboard;
+pub mod file_leases;
 pub mod job_store;
 pub mod jobs;
 pub mod leases;

@@ -37,7 +37,7 @@ impl Fleet {
         Self { ports, public_url }
     }
 
-    fn start(&self, pg: &PgCluster, s3: &S3Server, dirs: &[TempDir]) -> Vec<Server> {
+    fn start(&self, pg: &PgCluster, s3: &S3Server, dirs: &[TempDir], extra: &[(&str, &str)]) -> Vec<Server> {
         let env = replica_env(pg, s3, &self.public_url);
         self.ports
             .iter()
@@ -46,6 +46,7 @@ impl Fleet {
                 let port = port.to_string();
                 let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
                 env.push(("PORT", &port));
+                env.extend_from_slice(extra);
                 Server::start(dir.path(), &env)
             })
             .collect()
@@ -65,9 +66,13 @@ struct Cluster {
 
 impl Cluster {
     async fn start(pg: &PgCluster, s3: &S3Server, n: usize) -> Self {
+        Self::start_with(pg, s3, n, &[]).await
+    }
+
+    async fn start_with(pg: &PgCluster, s3: &S3Server, n: usize, extra: &[(&str, &str)]) -> Self {
         let fleet = Fleet::of(n);
         let dirs: Vec<TempDir> = (0..n).map(|_| TempDir::new().unwrap()).collect();
-        let replicas = fleet.start(pg, s3, &dirs);
+        let replicas = fleet.start(pg, s3, &dirs, extra);
         let bases = replicas.iter().map(Server::base).collect();
         let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
         let admin = sqlx::query_scalar("SELECT value FROM shared_secrets WHERE name = 'admin-token'")
@@ -349,4 +354,67 @@ async fn an_owner_frozen_mid_file_and_thawed_after_a_takeover_stops_and_spoils_n
         let stored = s3.object(&format!("bulk/{id}/{name}")).unwrap_or_default();
         assert!(stored == obs.as_bytes(), "{name}: {} bytes, not the provider's {}", stored.len(), obs.len());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_jobs_files_are_spread_over_replicas_and_a_killed_helpers_file_is_finished_by_the_owner() {
+    let pg = PgCluster::start();
+    let s3 = S3Server::start().await;
+    let provider = FakeProvider::start().await;
+    let bodies: Vec<String> = (0..4).map(|i| observations(500 + i)).collect();
+    for (i, body) in bodies.iter().enumerate() {
+        provider.add_file(&format!("f{i}.ndjson"), "Observation", body.clone());
+    }
+    // The owner downloads one file at a time and f0 keeps it a while; f1 stalls wherever it is
+    // first asked for: the helper, which is killed there.
+    provider.fault_file("f0.ndjson", vec![FileFault::StallHalfway(8_000)]);
+    provider.fault_file("f1.ndjson", vec![FileFault::StallHalfway(120_000)]);
+    let mut cluster = Cluster::start_with(&pg, &s3, 2, &[("PARALLEL_DOWNLOADS", "1")]).await;
+    let id = cluster.ping_first(&provider).await;
+    wait_for_request(&provider, "/fhir/files/f1.ndjson", 1).await;
+    let pool = &cluster.pool;
+    let state_of = async |name: &str| -> Option<String> {
+        sqlx::query_scalar("SELECT state FROM job_files WHERE job_id = $1 AND name = $2")
+            .bind(&id)
+            .bind(name)
+            .fetch_optional(pool)
+            .await
+            .unwrap()
+    };
+    // The helper did the small ones while the owner was on f0.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state_of("f2.ndjson").await.as_deref() != Some("done")
+        || state_of("f3.ndjson").await.as_deref() != Some("done")
+    {
+        assert!(Instant::now() < deadline, "the helper did not finish f2 and f3");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let helper_log = cluster.replicas[1].log();
+    assert!(helper_log.contains("downloading a file of a job another server runs"), "{helper_log}");
+    assert_eq!(state_of("f0.ndjson").await.as_deref(), Some("pending"), "the owner is still on f0");
+    let helper = &mut cluster.replicas[1];
+    assert!(Command::new("kill").args(["-KILL", &helper.child.id().to_string()]).status().unwrap().success());
+    let _ = helper.child.wait();
+
+    // The helper's lease on f1 lapses; the owner claims it and finishes the job.
+    let res = finished(&format!("{}/job/{id}", cluster.bases[0]), "the job did not finish").await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["extension"]["result"], "completed", "{body}");
+    let total: usize = (0..4).map(|i| 500 + i).sum();
+    assert_eq!(body["extension"]["resources"], total, "{body}");
+    for (i, sent) in bodies.iter().enumerate() {
+        let stored = s3.object(&format!("bulk/{id}/f{i}.ndjson")).unwrap_or_default();
+        assert!(stored == sent.as_bytes(), "f{i}: {} bytes, not the provider's {}", stored.len(), sent.len());
+        let asked = provider.requests_to(&format!("/fhir/files/f{i}.ndjson")).len();
+        assert_eq!(asked, if i == 1 { 2 } else { 1 }, "f{i} asked for {asked} times");
+    }
+    let takeovers: i64 =
+        sqlx::query_scalar("SELECT takeovers FROM job_files WHERE job_id = $1 AND name = 'f1.ndjson'")
+            .bind(&id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(takeovers, 1, "f1 was taken over once");
+    assert_eq!(s3.open_uploads(), Vec::<String>::new(), "no upload is left open");
 }

@@ -344,17 +344,19 @@ async fn a_files_checkpoint_is_fenced_and_goes_when_the_file_ends(store: &dyn Jo
     store.insert_job_if_room(&job("gg01", "p1", 700), caps).await.unwrap();
     let files = [file("gg01", 0, "Patient"), file("gg01", 1, "Observation")];
     store.append_manifest("gg01", "https://ehr.example/m", &files, true, 701).await.unwrap();
-    let old = store.claim_job("gg01", "replica-a", lease).await.unwrap().unwrap().token;
+    let old = store.claim_file("gg01", 0, "replica-a", lease).await.unwrap().unwrap().token;
     assert_eq!(store.file_checkpoint("gg01", 0).await.unwrap(), None, "none to begin with");
     assert!(store.save_checkpoint("gg01", 0, Some("{\"at\":1}"), Some(old)).await.unwrap());
     assert!(store.save_checkpoint("gg01", 0, Some("{\"at\":2}"), Some(old)).await.unwrap(), "moved on");
     assert_eq!(store.file_checkpoint("gg01", 0).await.unwrap().as_deref(), Some("{\"at\":2}"));
     assert_eq!(store.file_checkpoint("gg01", 1).await.unwrap(), None, "kept per file");
     // Taken over: the old token moves nothing, nor ends the file.
-    let new = store.claim_job("gg01", "replica-b", lease).await.unwrap();
-    assert_eq!(new, None, "held");
-    store.release_lease("gg01", "replica-a", old).await.unwrap();
-    let new = store.claim_job("gg01", "replica-b", lease).await.unwrap().unwrap().token;
+    assert_eq!(store.claim_file("gg01", 0, "replica-b", lease).await.unwrap(), None, "held");
+    assert!(store.release_file_lease("gg01", 0, "replica-a", old).await.unwrap());
+    let new = store.claim_file("gg01", 0, "replica-b", lease).await.unwrap().unwrap();
+    assert_eq!(new.takeovers, 0, "a released lease is not a takeover");
+    let new = new.token;
+    assert!(new > old);
     assert!(!store.save_checkpoint("gg01", 0, Some("{\"at\":9}"), Some(old)).await.unwrap(), "fenced");
     assert!(!store.finish_file("gg01", 0, &done(1, "{}"), Some(old)).await.unwrap(), "fenced");
     assert_eq!(store.file_checkpoint("gg01", 0).await.unwrap().as_deref(), Some("{\"at\":2}"));
@@ -363,10 +365,52 @@ async fn a_files_checkpoint_is_fenced_and_goes_when_the_file_ends(store: &dyn Jo
     assert!(store.finish_file("gg01", 0, &done(1, "{}"), Some(new)).await.unwrap());
     assert_eq!(store.file_checkpoint("gg01", 0).await.unwrap(), None, "an ended file has none");
     assert!(!store.save_checkpoint("gg01", 0, Some("{}"), Some(new)).await.unwrap(), "nor gets one");
+    assert_eq!(store.claim_file("gg01", 0, "replica-b", lease).await.unwrap(), None, "nor a lease");
     // Forgotten on request (what it pointed to is gone).
     assert!(store.save_checkpoint("gg01", 1, Some("{}"), None).await.unwrap());
-    assert!(store.save_checkpoint("gg01", 1, None, Some(new)).await.unwrap());
+    assert!(store.save_checkpoint("gg01", 1, None, None).await.unwrap());
     assert_eq!(store.file_checkpoint("gg01", 1).await.unwrap(), None);
+}
+
+async fn files_are_leased_spread_over_processes_and_taken_over(store: &dyn JobStore) {
+    let caps = JobCaps { all: 100, per_provider: 100 };
+    let lease = Duration::from_secs(60);
+    store.insert_job_if_room(&job("hh01", "p1", 800), caps).await.unwrap();
+    let files: Vec<JobFile> = (0..4).map(|i| file("hh01", i, "Observation")).collect();
+    store.append_manifest("hh01", "https://ehr.example/h", &files, true, 801).await.unwrap();
+    // Nothing to help with until the job is importing under a live owner.
+    assert!(store.claim_next_file("helper", lease).await.unwrap().is_none(), "queued: not yet");
+    store.set_state("hh01", JobState::Importing).await.unwrap();
+    assert!(store.claim_next_file("helper", lease).await.unwrap().is_none(), "nobody runs it");
+    let owner = store.claim_job("hh01", "owner", lease).await.unwrap().unwrap().token;
+    assert!(store.claim_next_file("owner", lease).await.unwrap().is_none(), "not the owner's own job");
+    let mine = store.claim_file("hh01", 0, "owner", lease).await.unwrap().unwrap();
+    // A helper takes the first file nobody holds, each once; the owner cannot claim those.
+    let (f1, c1) = store.claim_next_file("helper", lease).await.unwrap().expect("a free file");
+    assert_eq!((f1.job_id.as_str(), f1.idx, f1.url.as_str()), ("hh01", 1, files[1].url.as_str()));
+    assert_eq!(c1.takeovers, 0);
+    let (f2, c2) = store.claim_next_file("helper-2", lease).await.unwrap().unwrap();
+    assert_eq!(f2.idx, 2, "racing helpers get different files");
+    assert_eq!(store.claim_file("hh01", 1, "owner", lease).await.unwrap(), None, "held by the helper");
+    assert!(store.held_by_others("hh01", "owner").await.unwrap(), "helpers hold files");
+    assert!(store.renew_file_lease("hh01", 1, "helper", c1.token, lease).await.unwrap());
+    assert!(!store.renew_file_lease("hh01", 1, "helper", c1.token - 1, lease).await.unwrap(), "fenced");
+    store.renew_file_leases("hh01", "owner", lease).await.unwrap();
+    // The helper's lease lapses (it died): the owner claims the file again, counted.
+    let short = store.claim_file("hh01", 3, "helper-3", Duration::ZERO).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let again = store.claim_file("hh01", 3, "owner", lease).await.unwrap().expect("a lapsed file lease");
+    assert_eq!(again.takeovers, 1, "a takeover of the file");
+    assert!(!store.renew_file_lease("hh01", 3, "helper-3", short.token, lease).await.unwrap());
+    assert!(!store.finish_file("hh01", 3, &done(1, "{}"), Some(short.token)).await.unwrap(), "fenced");
+    // A stop request ends the helpers' renewals.
+    assert!(store.finish_file("hh01", 0, &done(1, "{}"), Some(mine.token)).await.unwrap());
+    assert!(store.request_cancel("hh01").await.unwrap());
+    assert!(!store.renew_file_lease("hh01", 1, "helper", c1.token, lease).await.unwrap(), "stopping");
+    assert!(store.release_file_lease("hh01", 1, "helper", c1.token).await.unwrap());
+    assert!(store.release_file_lease("hh01", 2, "helper-2", c2.token).await.unwrap());
+    store.release_lease("hh01", "owner", owner).await.unwrap();
+    assert!(!store.held_by_others("hh01", "owner").await.unwrap(), "only the owner's own file lease is left");
 }
 
 /// Each assertion id is taken once (per client), until it expires.
@@ -437,6 +481,7 @@ pub async fn assert_store_conformance(
     a_plan_grows_and_manifests_are_withdrawn(jobs).await;
     leases_are_claimed_fenced_and_cancelled(jobs).await;
     a_files_checkpoint_is_fenced_and_goes_when_the_file_ends(jobs).await;
+    files_are_leased_spread_over_processes_and_taken_over(jobs).await;
     the_audit_trail_keeps_the_newest_events(audit).await;
     the_replay_cache_takes_each_id_once(replay).await;
 }

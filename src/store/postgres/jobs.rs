@@ -344,7 +344,7 @@ impl JobStore for PgStore {
             "UPDATE job_files SET state = $1, resources = $2, bytes = $3, outcome = $4, provider_errors = $5,
                     type_counts = $6, checkpoint = NULL
              WHERE job_id = $7 AND idx = $8 AND state = 'pending'
-               AND ($9::BIGINT IS NULL OR EXISTS (SELECT 1 FROM jobs WHERE id = $7 AND lease_token = $9))",
+               AND ($9::BIGINT IS NULL OR lease_token = $9)",
         )
         .bind(done.state.as_str())
         .bind(done.resources)
@@ -381,7 +381,7 @@ impl JobStore for PgStore {
         let r = sqlx::query(
             "UPDATE job_files SET checkpoint = $1
              WHERE job_id = $2 AND idx = $3 AND state = 'pending'
-               AND ($4::BIGINT IS NULL OR EXISTS (SELECT 1 FROM jobs WHERE id = $2 AND lease_token = $4))",
+               AND ($4::BIGINT IS NULL OR lease_token = $4)",
         )
         .bind(checkpoint)
         .bind(job_id)
@@ -487,6 +487,47 @@ impl JobStore for PgStore {
 
     async fn lease_holder(&self, id: &str) -> Result<Option<String>, StoreError> {
         PgStore::lease_holder(self, id).await
+    }
+    async fn held_by_others(&self, id: &str, me: &str) -> Result<bool, StoreError> {
+        PgStore::held_by_others(self, id, me).await
+    }
+    async fn claim_file(
+        &self,
+        job_id: &str,
+        idx: i64,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<Claim>, StoreError> {
+        PgStore::claim_file(self, job_id, idx, owner, lease).await
+    }
+    async fn claim_next_file(
+        &self,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<(JobFile, Claim)>, StoreError> {
+        PgStore::claim_next_file(self, owner, lease).await
+    }
+    async fn renew_file_leases(&self, job_id: &str, owner: &str, lease: Duration) -> Result<(), StoreError> {
+        PgStore::renew_file_leases(self, job_id, owner, lease).await
+    }
+    async fn renew_file_lease(
+        &self,
+        job_id: &str,
+        idx: i64,
+        owner: &str,
+        token: i64,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        PgStore::renew_file_lease(self, job_id, idx, owner, token, lease).await
+    }
+    async fn release_file_lease(
+        &self,
+        job_id: &str,
+        idx: i64,
+        owner: &str,
+        token: i64,
+    ) -> Result<bool, StoreError> {
+        PgStore::release_file_lease(self, job_id, idx, owner, token).await
     }
 
     async fn request_cancel(&self, id: &str) -> Result<bool, StoreError> {

@@ -109,6 +109,18 @@ impl PgStore {
         .flatten())
     }
 
+    pub(super) async fn held_by_others(&self, id: &str, me: &str) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar::<_, bool>(&format!(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND lease_owner <> $2 AND lease_expires_at >= {NOW})
+                 OR EXISTS (SELECT 1 FROM job_files WHERE job_id = $1 AND state = 'pending'
+                            AND lease_owner <> $2 AND lease_expires_at >= {NOW})"
+        ))
+        .bind(id)
+        .bind(me)
+        .fetch_one(self.pool())
+        .await?)
+    }
+
     pub(super) async fn release_lease(&self, id: &str, owner: &str, token: i64) -> Result<bool, StoreError> {
         let r = sqlx::query(
             "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL

@@ -3,6 +3,7 @@
 //! database's clock; the replay cache and the secrets no configuration gave are shared here; the
 //! reaper runs under an advisory lock.
 mod audit;
+mod file_leases;
 mod jobs;
 mod leases;
 mod registrations;
