@@ -18,7 +18,7 @@ use crate::jobs::context::JobContext;
 use crate::jobs::download::{self, FileResult};
 use crate::jobs::error::JobError;
 use crate::jobs::file_bounds::JobBytes;
-use crate::jobs::pipeline::LeaseTiming;
+use crate::jobs::lease_timing::LeaseTiming;
 use crate::jobs::plan;
 use crate::jobs::progress::Progress;
 use crate::jobs::provider_client::ProviderClient;

@@ -19,7 +19,7 @@ use crate::{
         engine::{self, MAX_FILE_TAKEOVERS},
         error::JobError,
         file_bounds::JobBytes,
-        pipeline::LeaseTiming,
+        lease_timing::LeaseTiming,
         provider_client::ProviderClient,
     },
     store::leases::Claim,

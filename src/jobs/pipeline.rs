@@ -12,6 +12,7 @@ use crate::jobs::context::JobContext;
 use crate::jobs::download;
 use crate::jobs::engine::{self, Work};
 use crate::jobs::error::JobError;
+use crate::jobs::lease_timing::LeaseTiming;
 use crate::jobs::progress::Progress;
 use crate::jobs::provider_client::ProviderClient;
 use crate::jobs::pull;
@@ -73,23 +74,6 @@ async fn run_claimed(ctx: JobContext, id: String, handles: JobHandles, lease: Le
         return;
     }
     run_job(ctx, id, handles, lease).await
-}
-
-/// How often a job's lease is renewed, and how long each renewal lasts.
-#[derive(Debug, Clone, Copy)]
-pub struct LeaseTiming {
-    pub every: Duration,
-    pub lease: Duration,
-}
-
-impl LeaseTiming {
-    pub fn of(ctx: &JobContext) -> Self {
-        // A third of the lease, so two renewals may fail before another process may take the job
-        // over; more often when jobs expire sooner (the reaper reads the same sign of life).
-        let lease = ctx.config.lease;
-        let every = (lease / 3).min(ctx.config.jobs_max_age / 4).max(Duration::from_millis(200));
-        Self { every, lease }
-    }
 }
 
 /// The lease this process holds on a job.

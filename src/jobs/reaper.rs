@@ -23,7 +23,7 @@ const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 pub async fn stop_job(ctx: &JobContext, id: &str) -> Result<(), JobError> {
     ctx.store.request_cancel(id).await?;
     ctx.jobs.cancel_and_wait(id).await;
-    let timing = crate::jobs::pipeline::LeaseTiming::of(ctx);
+    let timing = crate::jobs::lease_timing::LeaseTiming::of(ctx);
     let deadline = tokio::time::Instant::now() + (timing.lease + timing.every).min(STOP_WAIT);
     let poll = (timing.every / 4).max(std::time::Duration::from_millis(50));
     // Ours stopped above (or will not write again once its lease is gone); another process

@@ -3,10 +3,7 @@
 //! stalled) or a job whose process never got to it. Claimed with `claim_next` (one statement;
 //! replicas claiming at once each get a different job), then run as if this process had started it.
 //! Then, where replicas share the destination, files of other replicas' jobs (`file_help`).
-use crate::jobs::{
-    context::JobContext,
-    pipeline::{self, LeaseTiming},
-};
+use crate::jobs::{context::JobContext, lease_timing::LeaseTiming, pipeline};
 
 /// Most jobs claimed in one pass, so one pass stays short; the next pass takes more.
 const MAX_CLAIMS_PER_PASS: usize = 16;
