@@ -433,3 +433,55 @@ async fn a_job_taken_over_too_often_fails_saying_so_instead_of_going_round_for_e
     assert!(text.contains("taken over 4 times"), "{text}");
     assert!(app.provider.requests_to("/fhir/manifest.json").is_empty(), "nothing was fetched");
 }
+
+#[tokio::test]
+async fn a_file_taken_over_too_often_fails_saying_so_and_the_job_goes_on() {
+    let app = spawn_app_with(|c| c.lease = Duration::from_secs(3)).await;
+    app.provider.add_file("o.ndjson", "Observation", observations(5));
+    let id = "0cc3".repeat(8);
+    orphaned_job(&app, &id, 0).await;
+    // Importing, one file left, whose lease lapsed under a process that died with it as often as
+    // is allowed.
+    let config = test_config(&app.dir);
+    let store = bulk_import::store::backend::Stores::open(&config.database).await.unwrap().jobs;
+    let file = bulk_import::domain::JobFile {
+        job_id: id.clone(),
+        idx: 0,
+        manifest_idx: 0,
+        kind: bulk_import::fhir::manifest::FileKind::Output,
+        resource_type: "Observation".into(),
+        url: format!("{}/files/o.ndjson", app.provider.base()),
+        requires_token: false,
+        name: "Observation.1.ndjson".into(),
+        state: bulk_import::domain::FileState::Pending,
+        resources: 0,
+        bytes: 0,
+        outcome: None,
+        provider_errors: 0,
+        type_counts: None,
+        expected_resources: None,
+    };
+    let now = bulk_import::time_util::now_unix();
+    store.append_manifest(&id, &app.provider.manifest_url(), &[file], true, now - 60).await.unwrap();
+    store.set_state(&id, bulk_import::domain::JobState::Importing).await.unwrap();
+    let bulk_import::config::DatabaseUrl::Sqlite(path) = &config.database else { unreachable!() };
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display())).await.unwrap();
+    sqlx::query(
+        "UPDATE job_files SET lease_owner = 'a-replica-that-died', lease_token = 5, lease_expires_at = ?,
+                              takeovers = ? WHERE job_id = ?",
+    )
+    .bind(now - 20)
+    .bind(bulk_import::jobs::engine::MAX_FILE_TAKEOVERS)
+    .bind(&id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let res = app.wait_for_job(&id).await;
+    assert_eq!(res.status(), 200, "the job ends; the file fails");
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["extension"]["failedFiles"], 1, "{body}");
+    let outcomes = app.get_outcomes(&id).await;
+    let text = outcomes.iter().map(|o| o.to_string()).collect::<Vec<_>>().join("\n");
+    assert!(text.contains("taken over 4 times"), "{text}");
+    assert!(app.provider.requests_to("/fhir/files/o.ndjson").is_empty(), "the file was not fetched again");
+}
