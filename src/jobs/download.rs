@@ -359,17 +359,35 @@ struct Partial<'a> {
 /// Abort a kept download: its partial file goes, and first the checkpoint that pointed to it.
 /// One that cannot be cleared (the lease was taken over) may be what another process goes on
 /// from: then the partial file is left to it.
-async fn discard(slot: &mut Option<Partial<'_>>) {
-    let Some(p) = slot.take() else { return };
+/// False in that case: the file is no longer this process's to write at all.
+async fn discard(slot: &mut Option<Partial<'_>>) -> bool {
+    let Some(p) = slot.take() else { return true };
     if let Some(k) = p.keeping.as_ref().filter(|k| k.stored) {
         if !k.checkpoints.clear().await {
-            tracing::info!("the file's partial download is left to the process that holds the job now");
-            return;
+            tracing::info!("the file's partial download is left to the process that holds it now");
+            return false;
         }
     }
     if let Err(abort) = p.writer.abort().await {
         tracing::warn!(error = %crate::error_text::chain(&abort), "could not remove a partial file");
     }
+    true
+}
+
+/// `e`, once the kept download is thrown away; if it had to be left to another process, no
+/// attempt may follow.
+async fn discarded(slot: &mut Option<Partial<'_>>, e: AttemptError) -> AttemptError {
+    if discard(slot).await {
+        e
+    } else {
+        not_ours()
+    }
+}
+
+/// The file's lease (or the file) is gone from this process.
+fn not_ours() -> AttemptError {
+    let why = "the file is no longer this server's to write: it was withdrawn, or another server took it over";
+    AttemptError::Permanent(IssueCode::Processing, why.into())
 }
 
 /// One attempt at a provider's `error[]` file: read whole into the outcome, stored nowhere.
@@ -400,22 +418,16 @@ async fn attempt_data<'a>(
         Ok(resp) => resp,
         Err(e @ AttemptError::Transient { .. }) if continuation.is_some() => return Err(e),
         Err(e @ AttemptError::Job(JobError::Cancelled)) => return Err(e),
-        Err(e) => {
-            discard(slot).await;
-            return Err(e);
-        }
+        Err(e) => return Err(discarded(slot, e).await),
     };
     let continued = match continuation.as_ref().map(|c| c.answered(&resp)) {
         Some(Answer::Rest) => true,
         Some(Answer::Unusable) => {
-            discard(slot).await;
-            return Err(AttemptError::Transient {
-                after: None,
-                why: format!(
-                    "the provider answered {} to a request for the rest of the file; it starts over",
-                    resp.status()
-                ),
-            });
+            let why = format!(
+                "the provider answered {} to a request for the rest of the file; it starts over",
+                resp.status()
+            );
+            return Err(discarded(slot, AttemptError::Transient { after: None, why }).await);
         }
         Some(Answer::Whole) | None => false,
     };
@@ -423,7 +435,9 @@ async fn attempt_data<'a>(
         tracing::info!(file = %redact(fetch.url), from = slot.as_ref().map_or(0, |p| p.received), "the download continues where it broke off");
         resp
     } else {
-        discard(slot).await;
+        if !discard(slot).await {
+            return Err(not_ours());
+        }
         let resp = refuse_unless_ok(fetch, resp).await?;
         let target = FileTarget { job: &file.job_id, name: &file.name, resource_type: &file.resource_type };
         let writer = destination.open(target).await.map_err(|e| AttemptError::Job(e.into()))?;
@@ -466,10 +480,7 @@ async fn stream_kept(
         Err(e @ AttemptError::Transient { .. }) if p.validator.is_some() => Err(e),
         // What becomes of it is decided once the retries end (a stopping server keeps it).
         Err(e @ AttemptError::Job(JobError::Cancelled)) => Err(e),
-        Err(e) => {
-            discard(slot).await;
-            Err(e)
-        }
+        Err(e) => Err(discarded(slot, e).await),
     }
 }
 
@@ -665,8 +676,7 @@ async fn pump(
                 }
                 if let Some(saved) = end.saved {
                     if !k.saved(saved).await {
-                        let why = "the file is no longer this server's to write: it was withdrawn, or another server took the job over";
-                        return Err(AttemptError::Permanent(IssueCode::Processing, why.into()));
+                        return Err(not_ours());
                     }
                 }
             }
