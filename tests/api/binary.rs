@@ -302,6 +302,7 @@ async fn continues_mid_file_after(signal: &str) {
     let dir = tempfile::TempDir::new().unwrap();
     let provider = FakeProvider::start().await;
     provider.ranges(Ranges::ETag);
+    provider.set_chunk_size(64 * 1024);
     // About 4 MiB: checkpoints every MiB, so the first half stores one at least.
     let obs = super::helpers::observations(25_000);
     provider.add_file("big.ndjson", "Observation", obs.clone());

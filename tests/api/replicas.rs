@@ -184,6 +184,8 @@ async fn three_replicas_share_the_work_and_a_killed_owners_job_is_finished_by_an
     // About 22 MiB: its first half cuts two parts, and the first is stored as a checkpoint.
     let big = observations(140_000);
     provider.ranges(Ranges::ETag);
+    // Network-sized chunks: the fake's default of 7 bytes would make 22 MiB three million reads.
+    provider.set_chunk_size(64 * 1024);
     provider.add_file("a.ndjson", "Observation", obs.clone());
     provider.add_file("b.ndjson", "Observation", big.clone());
     // The first download of b sends half, then stalls: its process is killed mid-file.
