@@ -386,7 +386,8 @@ async fn discarded(slot: &mut Option<Partial<'_>>, e: AttemptError) -> AttemptEr
 
 /// The file's lease (or the file) is gone from this process.
 fn not_ours() -> AttemptError {
-    let why = "the file is no longer this server's to write: it was withdrawn, or another server took it over";
+    let why =
+        "the file is no longer this server's to write: it was withdrawn, or another server took it over";
     AttemptError::Permanent(IssueCode::Processing, why.into())
 }
 
