@@ -264,6 +264,72 @@ pub enum Appended {
     Closed,
 }
 
+/// A Bulk Submit submission: the job that imports it, who sent it and where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submission {
+    pub client_id: String,
+    pub submission_id: String,
+    pub job_id: String,
+    pub submitter_system: Option<String>,
+    pub submitter_value: String,
+    pub status: crate::fhir::bulk_submit::SubmissionStatus,
+    pub fhir_base_url: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A submission's request naming a manifest (and maybe one it replaces), kept in order until the
+/// job has fetched it into its plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestRequest {
+    pub job_id: String,
+    pub seq: i64,
+    /// `None`: only a withdrawal of `replaces_url`.
+    pub manifest_url: Option<String>,
+    pub replaces_url: Option<String>,
+    pub state: RequestState,
+    /// The OperationOutcome (JSON) of a request that failed.
+    pub outcome: Option<String>,
+    pub added_at: i64,
+}
+
+/// Where a manifest request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestState {
+    Pending,
+    Done,
+    Failed,
+}
+
+impl RequestState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestState::Pending => "pending",
+            RequestState::Done => "done",
+            RequestState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "done" => RequestState::Done,
+            "failed" => RequestState::Failed,
+            _ => RequestState::Pending,
+        }
+    }
+}
+
+/// What asking for a manifest in a submission came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requested {
+    /// Kept as request number `.0`.
+    Added(i64),
+    /// The submission named this manifest already.
+    Duplicate,
+    /// The submission is completed or stopped: nothing more can be asked.
+    Closed,
+}
+
 /// One entry of the audit trail (`audit.rs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEvent {

@@ -1,7 +1,11 @@
 //! SMART system scopes (App Launch 2.2 "Scopes and Launch Context"): v1 `system/T.read|write|*`
 //! and v2 `system/T.cruds` (any in-order subset). `$import` writes data of every type into this
 //! server, so it needs *create on all types*: `system/*.write`, `system/*.*`, or a v2 form with `c`
-//! (`system/*.c`, `system/*.cud`, `system/*.cruds`).
+//! (`system/*.c`, `system/*.cud`, `system/*.cruds`). Bulk Submit has a scope of its own,
+//! `system/bulk-submit`, for `$bulk-submit`, its status and outcome files.
+
+/// The scope a Bulk Submit provider uses (Bulk Data IG, Bulk Submit, "Privacy").
+pub const BULK_SUBMIT: &str = "system/bulk-submit";
 
 /// What one scope grants, in v2 terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,18 +51,19 @@ fn is_ordered_subset(p: &str, of: &str) -> bool {
 /// Why a scope request cannot be granted.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ScopeError {
-    #[error("scope is required; ask for 'system/*.write' (or v2 'system/*.cud')")]
+    #[error("scope is required; ask for 'system/*.write' (or v2 'system/*.cud'), or 'system/bulk-submit'")]
     Missing,
     #[error("'{0}' is not a SMART system scope (system/<type>.<permissions>)")]
     Malformed(String),
     #[error(
-        "none of the requested scopes allows importing; ask for 'system/*.write' (or v2 'system/*.cud')"
+        "none of the requested scopes allows importing; ask for 'system/*.write' (or v2 'system/*.cud'), or 'system/bulk-submit'"
     )]
     NothingGrantable,
 }
 
-/// The scopes we grant: the requested ones that allow import. Others are dropped (RFC 6749 §3.3
-/// lets a server grant less than asked); if none is left the request fails.
+/// The scopes we grant: the requested ones that allow import, and `system/bulk-submit`. Others
+/// are dropped (RFC 6749 §3.3 lets a server grant less than asked); if none is left the request
+/// fails.
 pub fn grant(requested: Option<&str>) -> Result<String, ScopeError> {
     let requested: Vec<&str> = requested.unwrap_or_default().split_whitespace().collect();
     if requested.is_empty() {
@@ -66,6 +71,12 @@ pub fn grant(requested: Option<&str>) -> Result<String, ScopeError> {
     }
     let mut granted = Vec::new();
     for raw in requested {
+        if raw == BULK_SUBMIT {
+            if !granted.contains(&raw) {
+                granted.push(raw);
+            }
+            continue;
+        }
         let scope = SystemScope::parse(raw).ok_or_else(|| ScopeError::Malformed(raw.to_string()))?;
         if scope.allows_import() && !granted.contains(&raw) {
             granted.push(raw);
@@ -75,6 +86,11 @@ pub fn grant(requested: Option<&str>) -> Result<String, ScopeError> {
         return Err(ScopeError::NothingGrantable);
     }
     Ok(granted.join(" "))
+}
+
+/// True when a granted scope string allows Bulk Submit.
+pub fn allows_submit(granted: &str) -> bool {
+    granted.split_whitespace().any(|s| s == BULK_SUBMIT)
 }
 
 /// True when a granted scope string allows `$import`.
@@ -108,5 +124,13 @@ mod tests {
         assert_eq!(grant(None), Err(ScopeError::Missing));
         assert!(allows_import("system/*.write"));
         assert!(!allows_import("system/*.read"));
+        // Bulk Submit's own scope, alone or with an import scope; neither grants the other.
+        assert_eq!(grant(Some("system/bulk-submit")), Ok("system/bulk-submit".into()));
+        assert_eq!(
+            grant(Some("system/*.rs system/bulk-submit system/*.cud")),
+            Ok("system/bulk-submit system/*.cud".into())
+        );
+        assert!(allows_submit("system/bulk-submit") && !allows_import("system/bulk-submit"));
+        assert!(!allows_submit("system/*.write"));
     }
 }

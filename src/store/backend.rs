@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use super::{
-    job_store::{AuditLog, Exclusive, JobStore, RegistrationStore, ReplayCache, SharedSecrets},
+    job_store::{
+        AuditLog, Exclusive, JobStore, RegistrationStore, ReplayCache, SharedSecrets, SubmissionStore,
+    },
     postgres::PgStore,
     Store, StoreError,
 };
@@ -17,6 +19,7 @@ pub struct Stores {
     pub audit: Arc<dyn AuditLog>,
     pub replay: Arc<dyn ReplayCache>,
     pub exclusive: Arc<dyn Exclusive>,
+    pub submissions: Arc<dyn SubmissionStore>,
     /// Where keys and secrets no configuration gave are kept, when not in files under `DATA_DIR`
     /// (a shared database: every replica must read the same ones).
     pub secrets: Option<Arc<dyn SharedSecrets>>,
@@ -44,14 +47,22 @@ impl Stores {
 
     fn of<S>(store: S, secrets: Option<Arc<dyn SharedSecrets>>) -> Self
     where
-        S: JobStore + RegistrationStore + AuditLog + ReplayCache + Exclusive + Clone + 'static,
+        S: JobStore
+            + RegistrationStore
+            + AuditLog
+            + ReplayCache
+            + Exclusive
+            + SubmissionStore
+            + Clone
+            + 'static,
     {
         Self {
             jobs: Arc::new(store.clone()),
             registrations: Arc::new(store.clone()),
             audit: Arc::new(store.clone()),
             replay: Arc::new(store.clone()),
-            exclusive: Arc::new(store),
+            exclusive: Arc::new(store.clone()),
+            submissions: Arc::new(store),
             secrets,
         }
     }

@@ -12,8 +12,9 @@ use super::{
 };
 use crate::domain::{
     Admission, Appended, AuditClass, AuditEvent, FileCounts, FileTotals, FinishedFile, Job, JobCaps, JobFile,
-    JobState, PlanManifest, Provider,
+    JobState, ManifestRequest, PlanManifest, Provider, RequestState, Requested, Submission,
 };
+use crate::fhir::bulk_submit::SubmissionStatus;
 
 /// Jobs: their plans, files and leases.
 #[async_trait]
@@ -226,6 +227,44 @@ impl Exclusive for Store {
     }
 }
 
+/// Bulk Submit submissions and the manifest requests of each.
+#[async_trait]
+pub trait SubmissionStore: Send + Sync {
+    /// False when the client has a submission of that id already.
+    async fn insert_submission(&self, s: &Submission) -> Result<bool, StoreError>;
+    async fn submission(
+        &self,
+        client_id: &str,
+        submission_id: &str,
+    ) -> Result<Option<Submission>, StoreError>;
+    async fn submission_of_job(&self, job_id: &str) -> Result<Option<Submission>, StoreError>;
+    async fn submissions(&self, client_id: &str) -> Result<Vec<Submission>, StoreError>;
+    /// Move a submission on from `in-progress`; false when it was not in progress any more.
+    async fn close_submission(
+        &self,
+        job_id: &str,
+        status: SubmissionStatus,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+    /// Keep a request for a manifest (and the one it replaces), after the ones before it.
+    async fn request_manifest(
+        &self,
+        job_id: &str,
+        manifest_url: Option<&str>,
+        replaces_url: Option<&str>,
+        now: i64,
+    ) -> Result<Requested, StoreError>;
+    async fn manifest_requests(&self, job_id: &str) -> Result<Vec<ManifestRequest>, StoreError>;
+    /// Record how a pending request ended; false when it was not pending.
+    async fn finish_manifest_request(
+        &self,
+        job_id: &str,
+        seq: i64,
+        state: RequestState,
+        outcome: Option<&str>,
+    ) -> Result<bool, StoreError>;
+}
+
 /// Provider registrations.
 #[async_trait]
 pub trait RegistrationStore: Send + Sync {
@@ -431,6 +470,55 @@ impl JobStore for Store {
     }
     async fn job_summary(&self, id: &str) -> Result<Option<JobSummary>, StoreError> {
         Store::job_summary(self, id).await
+    }
+}
+
+#[async_trait]
+impl SubmissionStore for Store {
+    async fn insert_submission(&self, s: &Submission) -> Result<bool, StoreError> {
+        Store::insert_submission(self, s).await
+    }
+    async fn submission(
+        &self,
+        client_id: &str,
+        submission_id: &str,
+    ) -> Result<Option<Submission>, StoreError> {
+        Store::submission(self, client_id, submission_id).await
+    }
+    async fn submission_of_job(&self, job_id: &str) -> Result<Option<Submission>, StoreError> {
+        Store::submission_of_job(self, job_id).await
+    }
+    async fn submissions(&self, client_id: &str) -> Result<Vec<Submission>, StoreError> {
+        Store::submissions(self, client_id).await
+    }
+    async fn close_submission(
+        &self,
+        job_id: &str,
+        status: SubmissionStatus,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        Store::close_submission(self, job_id, status, now).await
+    }
+    async fn request_manifest(
+        &self,
+        job_id: &str,
+        manifest_url: Option<&str>,
+        replaces_url: Option<&str>,
+        now: i64,
+    ) -> Result<Requested, StoreError> {
+        Store::request_manifest(self, job_id, manifest_url, replaces_url, now).await
+    }
+    async fn manifest_requests(&self, job_id: &str) -> Result<Vec<ManifestRequest>, StoreError> {
+        Store::manifest_requests(self, job_id).await
+    }
+    async fn finish_manifest_request(
+        &self,
+        job_id: &str,
+        seq: i64,
+        state: RequestState,
+        outcome: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        Store::finish_manifest_request(self, job_id, seq, state, outcome).await
     }
 }
 

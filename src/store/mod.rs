@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod leases;
 pub mod postgres;
 pub mod providers;
+pub mod submissions;
 
 use std::{
     path::{Path, PathBuf},

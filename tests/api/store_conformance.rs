@@ -6,11 +6,11 @@ use std::time::Duration;
 use bulk_import::{
     domain::{
         Admission, Appended, AuditClass, AuditEvent, FileState, FinishedFile, Job, JobCaps, JobFile,
-        JobState, Provider,
+        JobState, Provider, RequestState, Requested, Submission,
     },
-    fhir::{manifest::FileKind, parameters::ExportType},
+    fhir::{bulk_submit::SubmissionStatus, manifest::FileKind, parameters::ExportType},
     store::{
-        job_store::{AuditLog, JobStore, RegistrationStore, ReplayCache},
+        job_store::{AuditLog, JobStore, RegistrationStore, ReplayCache, SubmissionStore},
         leases::Renewal,
         Store,
     },
@@ -413,6 +413,78 @@ async fn files_are_leased_spread_over_processes_and_taken_over(store: &dyn JobSt
     assert!(!store.held_by_others("hh01", "owner").await.unwrap(), "only the owner's own file lease is left");
 }
 
+async fn submissions_are_kept_closed_once_and_name_each_manifest_once(
+    jobs: &dyn JobStore,
+    store: &dyn SubmissionStore,
+) {
+    let caps = JobCaps { all: 100, per_provider: 100 };
+    for (id, at) in [("ss01", 900), ("ss02", 901)] {
+        jobs.insert_job_if_room(&job(id, "p1", at), caps).await.unwrap();
+    }
+    let submission = |job_id: &str, submission_id: &str, at: i64| Submission {
+        client_id: "p1".into(),
+        submission_id: submission_id.into(),
+        job_id: job_id.into(),
+        submitter_system: Some("https://ehr.example/ids".into()),
+        submitter_value: "ehr-1".into(),
+        status: SubmissionStatus::InProgress,
+        fhir_base_url: Some("https://ehr.example/fhir".into()),
+        created_at: at,
+        updated_at: at,
+    };
+    let first = submission("ss01", "sub-a", 900);
+    assert!(store.insert_submission(&first).await.unwrap());
+    assert!(
+        !store.insert_submission(&submission("ss02", "sub-a", 901)).await.unwrap(),
+        "one per id and client"
+    );
+    assert!(store.insert_submission(&submission("ss02", "sub-b", 901)).await.unwrap());
+    assert_eq!(store.submission("p1", "sub-a").await.unwrap(), Some(first.clone()));
+    assert_eq!(store.submission("p2", "sub-a").await.unwrap(), None, "another client's ids are its own");
+    assert_eq!(store.submission_of_job("ss01").await.unwrap(), Some(first.clone()));
+    let listed: Vec<String> =
+        store.submissions("p1").await.unwrap().into_iter().map(|s| s.submission_id).collect();
+    assert_eq!(listed, vec!["sub-b", "sub-a"], "newest first");
+
+    // Requests are numbered in order; a manifest is named once; a withdrawal names none.
+    let m = |n: u8| format!("https://ehr.example/m/{n}");
+    assert_eq!(store.request_manifest("ss01", Some(&m(1)), None, 902).await.unwrap(), Requested::Added(0));
+    assert_eq!(store.request_manifest("ss01", Some(&m(1)), None, 903).await.unwrap(), Requested::Duplicate);
+    assert_eq!(
+        store.request_manifest("ss01", Some(&m(2)), Some(&m(1)), 904).await.unwrap(),
+        Requested::Added(1)
+    );
+    assert_eq!(store.request_manifest("ss01", None, Some(&m(2)), 905).await.unwrap(), Requested::Added(2));
+    assert_eq!(store.request_manifest("ss02", Some(&m(1)), None, 906).await.unwrap(), Requested::Added(0));
+    let requests = store.manifest_requests("ss01").await.unwrap();
+    assert_eq!(requests.len(), 3);
+    assert_eq!(
+        (requests[1].manifest_url.as_deref(), requests[1].replaces_url.as_deref()),
+        (Some(&*m(2)), Some(&*m(1)))
+    );
+    assert!(requests.iter().all(|r| r.state == RequestState::Pending));
+    assert!(store.finish_manifest_request("ss01", 0, RequestState::Done, None).await.unwrap());
+    assert!(
+        !store.finish_manifest_request("ss01", 0, RequestState::Failed, Some("{}")).await.unwrap(),
+        "once"
+    );
+    assert!(store.finish_manifest_request("ss01", 1, RequestState::Failed, Some("{\"o\":1}")).await.unwrap());
+    let requests = store.manifest_requests("ss01").await.unwrap();
+    assert_eq!(requests[1].state, RequestState::Failed);
+    assert_eq!(requests[1].outcome.as_deref(), Some("{\"o\":1}"));
+
+    // Closed once; nothing more is asked of a closed submission.
+    assert!(store.close_submission("ss01", SubmissionStatus::Completed, 910).await.unwrap());
+    assert!(!store.close_submission("ss01", SubmissionStatus::Stopped, 911).await.unwrap(), "closed already");
+    let closed = store.submission("p1", "sub-a").await.unwrap().unwrap();
+    assert_eq!((closed.status, closed.updated_at), (SubmissionStatus::Completed, 910));
+    assert_eq!(store.request_manifest("ss01", Some(&m(3)), None, 912).await.unwrap(), Requested::Closed);
+    // Removing the job removes its submission.
+    assert!(jobs.delete_job("ss02").await.unwrap());
+    assert_eq!(store.submission("p1", "sub-b").await.unwrap(), None);
+    assert!(store.manifest_requests("ss02").await.unwrap().is_empty());
+}
+
 /// Each assertion id is taken once (per client), until it expires.
 pub async fn the_replay_cache_takes_each_id_once(cache: &dyn ReplayCache) {
     assert!(cache.remember_jti("p1", "jti-1", 2_000, 1_000).await.unwrap(), "a new id");
@@ -471,6 +543,7 @@ pub async fn assert_store_conformance(
     registrations: &dyn RegistrationStore,
     audit: &dyn AuditLog,
     replay: &dyn ReplayCache,
+    submissions: &dyn SubmissionStore,
 ) {
     jobs.ping().await.unwrap();
     registrations_are_kept_listed_and_revoked(registrations).await;
@@ -482,6 +555,7 @@ pub async fn assert_store_conformance(
     leases_are_claimed_fenced_and_cancelled(jobs).await;
     a_files_checkpoint_is_fenced_and_goes_when_the_file_ends(jobs).await;
     files_are_leased_spread_over_processes_and_taken_over(jobs).await;
+    submissions_are_kept_closed_once_and_name_each_manifest_once(jobs, submissions).await;
     the_audit_trail_keeps_the_newest_events(audit).await;
     the_replay_cache_takes_each_id_once(replay).await;
 }
@@ -490,5 +564,5 @@ pub async fn assert_store_conformance(
 async fn sqlite_passes_the_store_conformance_suite() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("store.sqlite")).await.unwrap();
-    assert_store_conformance(&store, &store, &store, &store).await;
+    assert_store_conformance(&store, &store, &store, &store, &store).await;
 }

@@ -7,6 +7,7 @@ mod file_leases;
 mod jobs;
 mod leases;
 mod registrations;
+mod submissions;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions};
