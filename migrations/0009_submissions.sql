@@ -23,3 +23,7 @@ CREATE TABLE submission_manifests (
     added_at     INTEGER NOT NULL,
     PRIMARY KEY (job_id, seq)
 );
+-- The Bulk Submit submitter a registration speaks for (an Identifier agreed out of band): a
+-- submission naming another is refused.
+ALTER TABLE providers ADD COLUMN submitter_system TEXT;
+ALTER TABLE providers ADD COLUMN submitter_value TEXT;

@@ -220,6 +220,9 @@ pub struct Provider {
     pub token_endpoint: Option<String>,
     /// What people call the provider ("St. Mary's Epic"), shown instead of its URL.
     pub name: Option<String>,
+    /// The Bulk Submit submitter it speaks for: `submitter.system` (may be absent) and `.value`.
+    pub submitter_system: Option<String>,
+    pub submitter_value: Option<String>,
 }
 
 impl Provider {
@@ -231,6 +234,11 @@ impl Provider {
 
     pub fn jwks_value(&self) -> Option<serde_json::Value> {
         self.jwks.as_deref().and_then(|s| serde_json::from_str(s).ok())
+    }
+
+    /// Whether a Bulk Submit request's submitter is the one this registration speaks for.
+    pub fn speaks_for(&self, system: Option<&str>, value: &str) -> bool {
+        self.submitter_value.as_deref() == Some(value) && self.submitter_system.as_deref() == system
     }
 
     pub fn token_origin_list(&self) -> Vec<String> {

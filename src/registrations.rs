@@ -45,10 +45,42 @@ pub struct RegistrationRequest {
     pub token_endpoint: Option<String>,
     /// A display name for people.
     pub name: Option<String>,
+    /// The Bulk Submit submitter (an Identifier) this provider's submissions name.
+    pub submitter: Option<SubmitterId>,
 }
+
+/// A Bulk Submit submitter as a registration names it.
+#[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
+pub struct SubmitterId {
+    pub system: Option<String>,
+    pub value: String,
+}
+
+/// Longest submitter system or value, in characters.
+const MAX_SUBMITTER_CHARS: usize = 256;
 
 /// Longest display name, in characters.
 const MAX_NAME_CHARS: usize = 100;
+
+/// The answer to a registration, as the HTTP API and the offline command line give it.
+pub fn created_answer(p: &Provider, token_endpoint: String, warnings: &[String]) -> Value {
+    json!({
+        "client_id": p.client_id,
+        "client_id_issued_at": p.created_at,
+        "token_endpoint": token_endpoint,
+        "name": p.name,
+        "submitter": submitter_json(p),
+        "warnings": warnings,
+    })
+}
+
+/// The Bulk Submit submitter a registration names, as the API shows it.
+fn submitter_json(p: &Provider) -> Value {
+    match &p.submitter_value {
+        Some(value) => json!({"system": p.submitter_system, "value": value}),
+        None => Value::Null,
+    }
+}
 
 /// A new registration, and what an operator should know about it.
 #[derive(Debug)]
@@ -142,8 +174,27 @@ pub fn validate(r: RegistrationRequest) -> Result<Provider, RegistrationError> {
         Some(n) if n.chars().any(char::is_control) => return Err(invalid("name: no control characters")),
         other => other,
     };
+    let (submitter_system, submitter_value) = match r.submitter {
+        None => (None, None),
+        Some(SubmitterId { system, value }) => {
+            let clean = |s: &str, what: &str| {
+                let s = s.trim();
+                if s.is_empty() || s.chars().count() > MAX_SUBMITTER_CHARS || s.chars().any(char::is_control)
+                {
+                    return Err(invalid(format!(
+                        "submitter.{what}: 1 to {MAX_SUBMITTER_CHARS} characters, no control characters"
+                    )));
+                }
+                Ok(s.to_string())
+            };
+            let system = system.filter(|s| !s.trim().is_empty()).map(|s| clean(&s, "system")).transpose()?;
+            (system, Some(clean(&value, "value")?))
+        }
+    };
     Ok(Provider {
         name,
+        submitter_system,
+        submitter_value,
         token_origins: serde_json::to_string(&token_origins).unwrap_or_else(|_| "[]".into()),
         file_origins: file_origins.map(|l| serde_json::to_string(&l).unwrap_or_else(|_| "[]".into())),
         token_endpoint,
@@ -220,6 +271,7 @@ impl Registrations<'_> {
         };
         json!({
             "name": p.name,
+            "submitter": submitter_json(p),
             "token_origins": p.token_origin_list(),
             "file_origins": p.file_origin_list(),
             "token_endpoint": p.token_endpoint,

@@ -40,6 +40,12 @@ pub struct RegisterArgs {
     /// A display name for people ("St. Mary's Epic").
     #[arg(long)]
     name: Option<String>,
+    /// The Bulk Submit submitter this provider's submissions name: its identifier value.
+    #[arg(long)]
+    submitter: Option<String>,
+    /// The system of that identifier.
+    #[arg(long, requires = "submitter")]
+    submitter_system: Option<String>,
     /// Write into the server's database (DATA_DIR, settings from the environment and `.env`)
     /// instead of asking a running server; for setting up before the first start.
     #[arg(long)]
@@ -109,6 +115,10 @@ async fn try_register(args: &RegisterArgs) -> Result<String, RegisterError> {
         ("name", args.name.clone().map(Value::from)),
         ("token_origins", (!args.token_origins.is_empty()).then(|| json!(args.token_origins))),
         ("file_origins", (!args.file_origins.is_empty()).then(|| json!(args.file_origins))),
+        (
+            "submitter",
+            args.submitter.as_ref().map(|value| json!({"system": args.submitter_system, "value": value})),
+        ),
     ];
     for (name, value) in fields {
         if let Some(v) = value {
@@ -172,13 +182,7 @@ async fn register_offline(
     .await;
     let base = config.public_url.as_ref().map_or(server, |u| u.as_str());
     let remote = Remote::new(&super::remote::ServerArgs { server: base.to_string() });
-    let answer = json!({
-        "client_id": p.client_id,
-        "client_id_issued_at": p.created_at,
-        "token_endpoint": remote.url("/auth/token"),
-        "name": p.name,
-        "warnings": registered.warnings,
-    });
+    let answer = crate::registrations::created_answer(p, remote.url("/auth/token"), &registered.warnings);
     Ok((answer, remote))
 }
 

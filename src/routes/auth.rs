@@ -59,14 +59,7 @@ async fn register(
     .await;
     let token_endpoint = format!("{}/auth/token", crate::routes::base_url(&app, &headers));
     Ok(no_store(
-        Json(json!({
-            "client_id": provider.client_id,
-            "client_id_issued_at": provider.created_at,
-            "token_endpoint": token_endpoint,
-            "name": provider.name,
-            "warnings": warnings,
-        }))
-        .into_response(),
+        Json(crate::registrations::created_answer(&provider, token_endpoint, &warnings)).into_response(),
     ))
 }
 

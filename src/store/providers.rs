@@ -6,8 +6,8 @@ impl Store {
     pub async fn insert_provider(&self, p: &Provider) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO providers (client_id, consumer_client_id, aud, jwks, jwks_uri, scope, created_at, revoked_at,
-                                    token_origins, file_origins, token_endpoint, name)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                    token_origins, file_origins, token_endpoint, name, submitter_system, submitter_value)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&p.client_id)
         .bind(&p.consumer_client_id)
@@ -21,6 +21,8 @@ impl Store {
         .bind(&p.file_origins)
         .bind(&p.token_endpoint)
         .bind(&p.name)
+        .bind(&p.submitter_system)
+        .bind(&p.submitter_value)
         .execute(self.pool())
         .await?;
         Ok(())

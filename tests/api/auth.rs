@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::helpers::{ping, spawn_app, test_config, TestApp, ADMIN_TOKEN};
+use super::helpers::{ping, sign_assertion, spawn_app, test_config, TestApp, ADMIN_TOKEN};
 
 type Form = Vec<(&'static str, String)>;
 
@@ -582,4 +582,42 @@ async fn wrong_admin_tokens_are_throttled_per_address() {
     let mut answer = String::new();
     other.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_registration_names_its_bulk_submit_submitter_and_gets_the_bulk_submit_scope_alone() {
+    let app = spawn_app().await;
+    let body = json!({"jwks": app.public_jwks(), "consumer_client_id": "c3", "aud": app.provider.base(),
+        "submitter": {"system": "https://ehr.example/ids", "value": " ehr-7 "}});
+    let res = app.register(&body).await;
+    assert_eq!(res.status(), 200);
+    let answer: Value = res.json().await.unwrap();
+    assert_eq!(
+        answer["submitter"],
+        json!({"system": "https://ehr.example/ids", "value": "ehr-7"}),
+        "{answer}"
+    );
+    let client_id = answer["client_id"].as_str().unwrap();
+    let shown = app.admin_get(&format!("/auth/registrations/{client_id}")).await;
+    assert_eq!(shown["submitter"]["value"], "ehr-7", "{shown}");
+    let res = app
+        .register(&json!({"jwks_uri": "https://x.example/jwks", "consumer_client_id": "c", "aud": "https://x.example/fhir", "submitter": {"value": "  "}}))
+        .await;
+    assert_eq!(res.status(), 400);
+    assert!(res.text().await.unwrap().contains("submitter.value"));
+
+    // The Bulk Submit scope is granted as asked, and it is not an import scope.
+    let assertion =
+        sign_assertion(&app.provider_key, client_id, &format!("{}/auth/token", app.base), |_, _| {});
+    let mut form = TestApp::token_form(&assertion);
+    form[3].1 = "system/bulk-submit".into();
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let res = app.post_token(&form).await;
+    assert_eq!(res.status(), 200);
+    let token: Value = res.json().await.unwrap();
+    assert_eq!(token["scope"], "system/bulk-submit", "{token}");
+    let ping = json!({"resourceType": "Parameters", "parameter": [{"name": "exportUrl", "valueUrl": app.provider.manifest_url()}, {"name": "exportType", "valueString": "static"}]});
+    let res =
+        app.post_import_raw(token["access_token"].as_str(), "application/fhir+json", ping.to_string()).await;
+    assert_eq!(res.status(), 403, "a submit token cannot ping");
 }

@@ -683,6 +683,10 @@ async fn the_command_line_takes_a_new_user_from_keygen_to_a_finished_import_and_
             "consumer-at-fake",
             "--jwks-file",
             "keys/ehr.jwks.json",
+            "--submitter",
+            "ehr-9",
+            "--submitter-system",
+            "https://ehr.example/ids",
         ],
     );
     assert_eq!(code, 0, "{err}");
@@ -694,7 +698,9 @@ async fn the_command_line_takes_a_new_user_from_keygen_to_a_finished_import_and_
     let (code, out, _) = cli(d, &["registrations", "--server", &base, "--json"]);
     assert_eq!(code, 0);
     let listed: Value = serde_json::from_str(&out).unwrap();
-    assert!(listed["registrations"].as_array().unwrap().iter().any(|r| r["client_id"] == client_id.as_str()));
+    let mine =
+        listed["registrations"].as_array().unwrap().iter().find(|r| r["client_id"] == client_id.as_str());
+    assert_eq!(mine.unwrap()["submitter"]["value"], "ehr-9", "the submitter is registered: {listed}");
 
     let manifest = provider.manifest_url();
     let ping = ["ping", "--server", &base, "--client-id", &client_id, "--key", "keys/ehr.private.jwk.json"];

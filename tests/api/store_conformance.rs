@@ -30,6 +30,8 @@ fn provider(client_id: &str) -> Provider {
         file_origins: None,
         token_endpoint: None,
         name: Some(format!("EHR {client_id}")),
+        submitter_system: Some("https://ehr.example/ids".into()),
+        submitter_value: Some(format!("submitter-{client_id}")),
     }
 }
 
@@ -87,6 +89,8 @@ pub async fn registrations_are_kept_listed_and_revoked(store: &dyn RegistrationS
     store.insert_provider(&provider("p2")).await.unwrap();
     let p1 = store.provider("p1").await.unwrap().unwrap();
     assert_eq!((p1.aud.as_str(), p1.name.as_deref()), ("https://ehr.example/fhir", Some("EHR p1")));
+    assert!(p1.speaks_for(Some("https://ehr.example/ids"), "submitter-p1"), "the submitter is kept");
+    assert!(!p1.speaks_for(None, "submitter-p1") && !p1.speaks_for(Some("https://ehr.example/ids"), "other"));
     assert_eq!(store.providers().await.unwrap().len(), 2);
     assert!(store.revoke_provider("p2", 2_000).await.unwrap());
     assert!(!store.revoke_provider("nobody", 2_000).await.unwrap());

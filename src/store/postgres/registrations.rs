@@ -12,8 +12,8 @@ impl RegistrationStore for PgStore {
     async fn insert_provider(&self, p: &Provider) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO providers (client_id, consumer_client_id, aud, jwks, jwks_uri, scope, created_at, revoked_at,
-                                    token_origins, file_origins, token_endpoint, name)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                                    token_origins, file_origins, token_endpoint, name, submitter_system, submitter_value)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(&p.client_id)
         .bind(&p.consumer_client_id)
@@ -27,6 +27,8 @@ impl RegistrationStore for PgStore {
         .bind(&p.file_origins)
         .bind(&p.token_endpoint)
         .bind(&p.name)
+        .bind(&p.submitter_system)
+        .bind(&p.submitter_value)
         .execute(self.pool())
         .await?;
         Ok(())
