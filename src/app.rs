@@ -97,6 +97,7 @@ impl App {
             config: config.clone(),
             store: stores.jobs.clone(),
             providers: stores.registrations.clone(),
+            submissions: stores.submissions.clone(),
             exclusive: stores.exclusive.clone(),
             http: http.clone(),
             destination,

@@ -22,6 +22,7 @@ pub mod registrations;
 pub mod routes;
 pub mod state;
 pub mod store;
+pub mod submissions;
 pub mod telemetry;
 pub mod time_util;
 

@@ -320,6 +320,42 @@ impl SubmitRequest {
     }
 }
 
+/// A `$bulk-submit-status` request: whose submission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusRequest {
+    pub submitter: Submitter,
+    pub submission_id: String,
+}
+
+impl StatusRequest {
+    pub fn parse(body: &[u8]) -> Result<Self, SubmitError> {
+        let raw: Value = serde_json::from_slice(body).map_err(|e| SubmitError::Json(e.to_string()))?;
+        let params = match (raw.get("resourceType").and_then(Value::as_str), raw.get("parameter")) {
+            (Some("Parameters"), Some(Value::Array(params))) => params,
+            _ => return Err(SubmitError::NotParameters),
+        };
+        let named = |n: &str| {
+            params
+                .iter()
+                .filter_map(Value::as_object)
+                .find(|p| p.get("name").and_then(Value::as_str).is_some_and(|k| k.eq_ignore_ascii_case(n)))
+        };
+        let identifier = named("submitter")
+            .ok_or(SubmitError::Missing("submitter"))?
+            .get("valueIdentifier")
+            .and_then(Value::as_object)
+            .ok_or(SubmitError::BadSubmitter)?;
+        let field = |k| identifier.get(k).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty());
+        let submitter = Submitter {
+            system: field("system").map(str::to_string),
+            value: field("value").ok_or(SubmitError::BadSubmitter)?.to_string(),
+        };
+        let submission_id =
+            named("submissionId").and_then(text).ok_or(SubmitError::Missing("submissionId"))?;
+        Ok(Self { submitter, submission_id })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -26,6 +26,8 @@ pub const NDJSON_OUTPUT_FORMATS: &[&str] = &["application/fhir+ndjson", "applica
 pub enum ExportType {
     Static,
     Dynamic,
+    /// Not a ping's: a Bulk Submit submission, whose manifests arrive while it imports.
+    Submit,
 }
 
 impl ExportType {
@@ -33,6 +35,16 @@ impl ExportType {
         match self {
             ExportType::Static => "static",
             ExportType::Dynamic => "dynamic",
+            ExportType::Submit => "submit",
+        }
+    }
+
+    /// As stored; anything unknown is the oldest kind, dynamic.
+    pub fn parse(stored: &str) -> Self {
+        match stored {
+            "static" => ExportType::Static,
+            "submit" => ExportType::Submit,
+            _ => ExportType::Dynamic,
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::{
     destination::Destination,
     http_client::Outbound,
     metrics::Metrics,
-    store::job_store::{Exclusive, JobStore, RegistrationStore},
+    store::job_store::{Exclusive, JobStore, RegistrationStore, SubmissionStore},
 };
 
 #[derive(Clone)]
@@ -18,6 +18,8 @@ pub struct JobContext {
     pub config: Arc<Config>,
     pub store: Arc<dyn JobStore>,
     pub providers: Arc<dyn RegistrationStore>,
+    /// Bulk Submit submissions (a submission's job reads its manifest requests here).
+    pub submissions: Arc<dyn SubmissionStore>,
     /// Work one process at a time does across every replica (the reaper).
     pub exclusive: Arc<dyn Exclusive>,
     /// For the provider's trusted origins.

@@ -345,9 +345,20 @@ pub async fn fetch_manifest(
     url: &Url,
     cancel: &CancellationToken,
 ) -> Result<Bytes, JobError> {
+    fetch_manifest_as(client, Auth::WithToken, url, cancel).await
+}
+
+/// The same, with or without our token (a Bulk Submit manifest gets one only when the submission
+/// says where to get it).
+pub async fn fetch_manifest_as(
+    client: &ProviderClient,
+    auth: Auth,
+    url: &Url,
+    cancel: &CancellationToken,
+) -> Result<Bytes, JobError> {
     let get = |http: &reqwest::Client, url: Url| http.get(url).header(ACCEPT, "application/json");
     client.pace(url, cancel, |_| async {}).await?;
-    let resp = client.send(Auth::WithToken, cancel, url, get).await?;
+    let resp = client.send(auth, cancel, url, get).await?;
     if resp.status() != StatusCode::OK {
         let reason =
             retry::unless_cancelled(cancel, describe_failure("the export manifest URL", resp)).await?;

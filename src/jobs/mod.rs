@@ -25,6 +25,7 @@ pub mod request_budget;
 pub mod resume;
 pub mod retry;
 pub mod runner;
+pub mod submit;
 pub mod takeover;
 
 pub use error::JobError;

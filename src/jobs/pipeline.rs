@@ -8,6 +8,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::fhir::parameters::ExportType;
 use crate::jobs::context::JobContext;
 use crate::jobs::download;
 use crate::jobs::engine::{self, Work};
@@ -295,11 +296,16 @@ async fn run(
     // At the limit the job is cancelled like any other, so it stops cleanly, then it fails.
     let stop = cancel.child_token();
     let work = async {
+        let work =
+            Work { ctx, client: &client, id, cancel: &stop, progress, plan_changed, fence: Some(token) };
+        if job.export_type == ExportType::Submit {
+            // Its manifests arrive while it imports: the intake plans them, the engine moves files.
+            let intake = crate::jobs::submit::intake(ctx, &client, &job, &stop);
+            return tokio::try_join!(intake, engine::import_plan(work)).map(|_| ());
+        }
         if matches!(job.state, JobState::Queued | JobState::Exporting) {
             pull::plan_export(ctx, &client, &job, &stop, &record).await?;
         }
-        let work =
-            Work { ctx, client: &client, id, cancel: &stop, progress, plan_changed, fence: Some(token) };
         engine::import_plan(work).await
     };
     tokio::pin!(work);

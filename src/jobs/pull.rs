@@ -34,6 +34,9 @@ pub async fn plan_export(
             record.exporting().await?;
             (export::fetch_manifest(client, &export_url, cancel).await?, export_url)
         }
+        ExportType::Submit => {
+            return Err(JobError::Internal("a submission has no export to pull".into()));
+        }
         ExportType::Dynamic => {
             let status_url = match job.status_url.as_deref().and_then(|s| Url::parse(s).ok()) {
                 Some(u) => u,

@@ -61,7 +61,7 @@ fn check_prefer(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn check_content_type(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn check_content_type(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     if app.config.json_content_types.contains(&media_type(headers)) {
         Ok(())
     } else {

@@ -1,6 +1,7 @@
 //! HTTP routes: each module owns its paths; the browser UI's files are the fallback.
 pub mod admin;
 pub mod auth;
+pub mod bulk_submit;
 pub mod caller;
 pub mod dashboard;
 pub mod error;
@@ -30,6 +31,7 @@ pub fn router(state: AppState) -> Router {
     let request_timeout = state.config.server.request_timeout;
     let routes = Router::new()
         .merge(import::routes())
+        .merge(bulk_submit::routes())
         .merge(jobs::routes())
         .merge(auth::routes())
         .merge(jwks::routes())

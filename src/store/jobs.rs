@@ -31,7 +31,7 @@ impl TryFrom<JobRow> for Job {
     fn try_from(r: JobRow) -> Result<Self, StoreError> {
         use crate::fhir::parameters::ExportType;
         Ok(Job {
-            export_type: if r.export_type == "static" { ExportType::Static } else { ExportType::Dynamic },
+            export_type: ExportType::parse(&r.export_type),
             kickoff: serde_json::from_str(&r.kickoff)?,
             state: JobState::parse(&r.state),
             id: r.id,

@@ -170,6 +170,8 @@ struct Inner {
     deleted_files: Vec<String>,
     auth: bool,
     requires_access_token: bool,
+    /// Manifests served to anyone, as a Bulk Submit provider does.
+    open_manifests: bool,
     refuse_post_kickoff: bool,
     consumer_jwks_url: Option<String>,
     tokens: Vec<String>,
@@ -223,6 +225,7 @@ impl FakeProvider {
         let inner = Arc::new(Mutex::new(Inner {
             auth: true,
             requires_access_token: true,
+            open_manifests: false,
             chunk_size: 7,
             token_lifetime: 300,
             ..Default::default()
@@ -377,6 +380,15 @@ impl FakeProvider {
     pub fn without_auth(&self) {
         self.with(|i| i.auth = false);
     }
+    /// Behave as a Bulk Submit provider serving its own manifests and files: no token asked for
+    /// either (`requiresAccessToken: false`).
+    pub fn serve_openly(&self) {
+        self.with(|i| {
+            i.open_manifests = true;
+            i.requires_access_token = false;
+        });
+    }
+
     pub fn requires_access_token(&self, yes: bool) {
         self.with(|i| i.requires_access_token = yes);
     }
@@ -773,7 +785,7 @@ async fn status_delete(State(f): State<FakeProvider>) -> Response {
 }
 
 async fn static_manifest(State(f): State<FakeProvider>, headers: HeaderMap) -> Response {
-    if !f.authorized(&headers) {
+    if !f.with(|i| i.open_manifests) && !f.authorized(&headers) {
         return unauthorized();
     }
     if let Some(ms) = f.with(|i| i.drip_manifest) {
@@ -783,7 +795,7 @@ async fn static_manifest(State(f): State<FakeProvider>, headers: HeaderMap) -> R
 }
 
 async fn manifest_page(State(f): State<FakeProvider>, Path(n): Path<usize>, headers: HeaderMap) -> Response {
-    if !f.authorized(&headers) {
+    if !f.with(|i| i.open_manifests) && !f.authorized(&headers) {
         return unauthorized();
     }
     Json(f.manifest_page(n)).into_response()

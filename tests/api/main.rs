@@ -2,6 +2,7 @@
 mod audit;
 mod auth;
 mod binary;
+mod bulk_submit;
 mod cli;
 mod dashboard;
 mod destinations;

@@ -1,0 +1,352 @@
+//! Bulk Submit as every front end sees it: a `$bulk-submit` request taken into its submission
+//! (the first one makes the submission and its job), a submission found for its status, and the
+//! status manifest once it is done. Nothing here knows HTTP; `routes::bulk_submit` renders it.
+use serde_json::{json, Value};
+
+use crate::{
+    auth::{keys::random_hex, provider_base::ProviderBase},
+    domain::{Admission, FileState, Job, JobCaps, JobState, Provider, RequestState, Requested, Submission},
+    fhir::{
+        bulk_submit::{SubmissionStatus, SubmitRequest},
+        operation_outcome::OperationOutcome,
+        parameters::ExportType,
+    },
+    imports::{ImportError, Imports},
+    jobs::{context::JobContext, pipeline},
+    store::StoreError,
+    time_util::{instant, now_unix},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmissionError {
+    #[error("this client may not submit for submitter '{0}': its registration names another (or none; register it with 'submitter')")]
+    UnknownSubmitter(String),
+    #[error("there is no submission '{0}' of this client")]
+    NotFound(String),
+    #[error("submission '{id}' is {status} already: it takes no more requests")]
+    Closed { id: String, status: &'static str },
+    #[error("manifest {0} is part of this submission already")]
+    Duplicate(String),
+    #[error("{0}")]
+    NotTheProviders(String),
+    /// Understood, but not acted on yet: refused rather than ignored.
+    #[error("the {0} parameter is not supported by this server yet; submit without it")]
+    Unsupported(&'static str),
+    /// No room for another job now.
+    #[error("{0}")]
+    Busy(String),
+    #[error("storage failed")]
+    Store(#[from] StoreError),
+    #[error("the submission's job could not be stopped")]
+    Import(#[from] ImportError),
+}
+
+/// What a status poll of a submission comes to.
+#[derive(Debug)]
+pub enum SubmissionView {
+    /// Still working: a percentage and a short text.
+    InProgress { percent: f64, text: String },
+    /// Done (completed and imported, or stopped): the status manifest.
+    Done(Value),
+    /// Its job failed as a whole.
+    Failed(OperationOutcome),
+}
+
+pub struct Submissions<'a> {
+    pub jobs: &'a JobContext,
+}
+
+impl Submissions<'_> {
+    /// Take one `$bulk-submit` request from `provider`; the submission it went into.
+    pub async fn submit(&self, provider: &Provider, r: SubmitRequest) -> Result<Submission, SubmissionError> {
+        let ctx = self.jobs;
+        if !provider.speaks_for(r.submitter.system.as_deref(), &r.submitter.value) {
+            return Err(SubmissionError::UnknownSubmitter(r.submitter.value.clone()));
+        }
+        if !r.headers.is_empty() {
+            return Err(SubmissionError::Unsupported("fileRequestHeader"));
+        }
+        if !r.oauth_metadata_urls.is_empty() {
+            return Err(SubmissionError::Unsupported("oauthMetadataUrl"));
+        }
+        if r.encryption_key.is_some() {
+            return Err(SubmissionError::Unsupported("fileEncryptionKey"));
+        }
+        let base = ProviderBase::parse(&provider.aud)
+            .map_err(|e| SubmissionError::NotTheProviders(format!("the registration is unusable: {e}")))?
+            .with_origins(&provider.token_origin_list(), provider.file_origin_list());
+        for (name, raw) in
+            [("manifestUrl", &r.manifest_url), ("replacesManifestUrl", &r.replaces_manifest_url)]
+        {
+            let Some(raw) = raw else { continue };
+            let trusted = url::Url::parse(raw).is_ok_and(|u| base.is_trusted(&u));
+            if !trusted {
+                return Err(SubmissionError::NotTheProviders(format!(
+                    "{name} {raw} is not on {}; list its origin in the registration's token_origins if it belongs to the provider",
+                    base.trusted_list()
+                )));
+            }
+        }
+        let submission = match ctx.submissions.submission(&provider.client_id, &r.submission_id).await? {
+            Some(s) => s,
+            None if r.manifest_url.is_none() && r.status != Some(SubmissionStatus::InProgress) => {
+                return Err(SubmissionError::NotFound(r.submission_id.clone()))
+            }
+            None => self.open(provider, &r).await?,
+        };
+        if submission.status != SubmissionStatus::InProgress {
+            return Err(closed(&submission));
+        }
+        let job_id = submission.job_id.clone();
+        if r.manifest_url.is_some() || r.replaces_manifest_url.is_some() {
+            let asked = ctx
+                .submissions
+                .request_manifest(
+                    &job_id,
+                    r.manifest_url.as_deref(),
+                    r.replaces_manifest_url.as_deref(),
+                    now_unix(),
+                )
+                .await?;
+            match asked {
+                Requested::Added(seq) => tracing::info!(request = seq, "manifest request taken"),
+                Requested::Duplicate => {
+                    return Err(SubmissionError::Duplicate(r.manifest_url.clone().unwrap_or_default()))
+                }
+                Requested::Closed => return Err(closed(&submission)),
+            }
+        }
+        if let Some(status @ (SubmissionStatus::Completed | SubmissionStatus::Stopped)) = r.status {
+            if !ctx.submissions.close_submission(&job_id, status, now_unix()).await? {
+                return Err(closed(&submission));
+            }
+            if status == SubmissionStatus::Stopped {
+                // Everything stops and what was stored goes.
+                match (Imports { jobs: ctx }).cancel(&job_id).await {
+                    Ok(_) | Err(ImportError::Finished(_)) => {
+                        ctx.destination.delete_job(&job_id).await.map_err(ImportError::from)?
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            tracing::info!(status = status.as_str(), "submission closed by its provider");
+        }
+        ctx.jobs.plan_changed(&job_id);
+        Ok(ctx.submissions.submission_of_job(&job_id).await?.unwrap_or(submission))
+    }
+
+    /// A new submission and its job, started at once (its intake waits for requests).
+    async fn open(&self, provider: &Provider, r: &SubmitRequest) -> Result<Submission, SubmissionError> {
+        let ctx = self.jobs;
+        let now = now_unix();
+        let job = Job {
+            id: random_hex(ctx.config.jobs_id_length),
+            client_id: provider.client_id.clone(),
+            export_type: ExportType::Submit,
+            export_url: r
+                .fhir_base_url
+                .clone()
+                .or_else(|| r.manifest_url.clone())
+                .unwrap_or_else(|| provider.aud.clone()),
+            kickoff: vec![],
+            state: JobState::Queued,
+            status_url: None,
+            progress: None,
+            failure: None,
+            created_at: now,
+            completed_at: None,
+            plan_open: true,
+        };
+        let limits = &ctx.config.limits;
+        let caps = JobCaps {
+            all: limits.max_concurrent_jobs as i64,
+            per_provider: limits.max_jobs_per_provider as i64,
+        };
+        match ctx.store.insert_job_if_room(&job, caps).await? {
+            Admission::Admitted => {}
+            Admission::Full => {
+                return Err(SubmissionError::Busy(format!(
+                    "{} imports are already running (MAX_CONCURRENT_JOBS); try again later",
+                    caps.all
+                )))
+            }
+            Admission::ProviderFull => {
+                return Err(SubmissionError::Busy(format!(
+                    "this provider already has {} imports running (MAX_JOBS_PER_PROVIDER); try again when one has finished",
+                    caps.per_provider
+                )))
+            }
+        }
+        let submission = Submission {
+            client_id: provider.client_id.clone(),
+            submission_id: r.submission_id.clone(),
+            job_id: job.id.clone(),
+            submitter_system: r.submitter.system.clone(),
+            submitter_value: r.submitter.value.clone(),
+            status: SubmissionStatus::InProgress,
+            fhir_base_url: r.fhir_base_url.clone(),
+            created_at: now,
+            updated_at: now,
+        };
+        if !ctx.submissions.insert_submission(&submission).await? {
+            // Another request made it first: that one is the submission.
+            ctx.store.delete_job(&job.id).await?;
+            return ctx
+                .submissions
+                .submission(&provider.client_id, &r.submission_id)
+                .await?
+                .ok_or_else(|| SubmissionError::NotFound(r.submission_id.clone()));
+        }
+        tracing::info!(job = %crate::telemetry::shown_id(&job.id), client_id = %provider.client_id, "submission opened");
+        pipeline::start(ctx, job.id.clone()).await;
+        Ok(submission)
+    }
+
+    /// The caller's submission of that id, named for that submitter.
+    pub async fn find(
+        &self,
+        provider: &Provider,
+        submitter: (Option<&str>, &str),
+        submission_id: &str,
+    ) -> Result<Submission, SubmissionError> {
+        if !provider.speaks_for(submitter.0, submitter.1) {
+            return Err(SubmissionError::UnknownSubmitter(submitter.1.to_string()));
+        }
+        self.jobs
+            .submissions
+            .submission(&provider.client_id, submission_id)
+            .await?
+            .ok_or_else(|| SubmissionError::NotFound(submission_id.to_string()))
+    }
+
+    /// The caller's submission behind a status URL.
+    pub async fn of_job(&self, provider: &Provider, job_id: &str) -> Result<Submission, SubmissionError> {
+        let found = self.jobs.submissions.submission_of_job(job_id).await?;
+        found
+            .filter(|s| s.client_id == provider.client_id)
+            .ok_or_else(|| SubmissionError::NotFound(crate::telemetry::shown_id(job_id)))
+    }
+
+    /// Where a submission is; `outcome_url(seq)` is where request `seq`'s outcome lines are served.
+    pub async fn status(
+        &self,
+        s: &Submission,
+        outcome_url: impl Fn(i64) -> String,
+    ) -> Result<SubmissionView, SubmissionError> {
+        let ctx = self.jobs;
+        let job = ctx
+            .store
+            .job(&s.job_id)
+            .await?
+            .ok_or_else(|| SubmissionError::NotFound(s.submission_id.clone()))?;
+        if job.state == JobState::Failed {
+            let why = job.failure.unwrap_or_else(|| "the submission's import failed".into());
+            return Ok(SubmissionView::Failed(OperationOutcome::error(
+                crate::fhir::operation_outcome::IssueCode::Exception,
+                why,
+            )));
+        }
+        let done = match s.status {
+            SubmissionStatus::Stopped => true,
+            SubmissionStatus::Completed => job.state == JobState::Completed,
+            SubmissionStatus::InProgress => false,
+        };
+        if !done {
+            let counts = ctx.store.file_counts(&s.job_id).await?;
+            let percent = if counts.total == 0 { 0.0 } else { counts.percent() };
+            let text = format!(
+                "{}: {} of {} files imported ({}% done)",
+                s.status.as_str(),
+                counts.finished,
+                counts.total,
+                percent.round()
+            );
+            return Ok(SubmissionView::InProgress { percent, text });
+        }
+        let requests = ctx.submissions.manifest_requests(&s.job_id).await?;
+        let manifests = ctx.store.manifests(&s.job_id).await?;
+        let files = ctx.store.files(&s.job_id).await?;
+        let mut outcome = Vec::new();
+        for request in requests.iter().filter(|r| r.manifest_url.is_some()) {
+            let url = request.manifest_url.as_deref().unwrap_or_default();
+            let lines = request_outcomes(request, &manifests, &files);
+            let mut counts = std::collections::BTreeMap::<String, i64>::new();
+            for line in &lines {
+                for issue in line.get("issue").and_then(Value::as_array).into_iter().flatten() {
+                    let severity = issue.get("severity").and_then(Value::as_str).unwrap_or("information");
+                    *counts.entry(severity.to_string()).or_default() += 1;
+                }
+            }
+            let count_severity: Vec<Value> =
+                counts.into_iter().map(|(code, count)| json!({"code": code, "count": count})).collect();
+            outcome.push(json!({
+                "type": "OperationOutcome",
+                "url": outcome_url(request.seq),
+                "manifestUrl": url,
+                "countSeverity": count_severity,
+            }));
+        }
+        let when = job.completed_at.unwrap_or(s.updated_at);
+        Ok(SubmissionView::Done(json!({
+            "transactionTime": instant(when),
+            "requiresAccessToken": true,
+            "submissionId": s.submission_id,
+            "submissionStatus": s.status.as_str(),
+            "extension": {"submissionId": s.submission_id},
+            "output": [],
+            "deleted": [],
+            "outcome": outcome,
+            // For readers written against the earlier drafts (the SMART provider reads `error`).
+            "error": outcome,
+        })))
+    }
+
+    /// The outcome lines of one of a submission's requests.
+    pub async fn request_outcome(&self, s: &Submission, seq: i64) -> Result<Vec<Value>, SubmissionError> {
+        let ctx = self.jobs;
+        let requests = ctx.submissions.manifest_requests(&s.job_id).await?;
+        let request = requests
+            .iter()
+            .find(|r| r.seq == seq)
+            .ok_or_else(|| SubmissionError::NotFound(format!("{}/{seq}", s.submission_id)))?;
+        let manifests = ctx.store.manifests(&s.job_id).await?;
+        let files = ctx.store.files(&s.job_id).await?;
+        Ok(request_outcomes(request, &manifests, &files))
+    }
+}
+
+fn closed(s: &Submission) -> SubmissionError {
+    SubmissionError::Closed { id: s.submission_id.clone(), status: s.status.as_str() }
+}
+
+/// A request's outcome lines: its own failure, else the outcome of each file its manifest listed
+/// (a file still pending, or withdrawn, says so).
+fn request_outcomes(
+    request: &crate::domain::ManifestRequest,
+    manifests: &[crate::domain::PlanManifest],
+    files: &[crate::domain::JobFile],
+) -> Vec<Value> {
+    if request.state == RequestState::Failed {
+        let stored = request.outcome.as_deref().and_then(|o| serde_json::from_str(o).ok());
+        return vec![stored.unwrap_or_else(|| json!({"resourceType": "OperationOutcome", "issue": []}))];
+    }
+    let url = request.manifest_url.as_deref().unwrap_or_default();
+    let Some(manifest) = manifests.iter().rev().find(|m| m.url == url) else { return vec![] };
+    files
+        .iter()
+        .filter(|f| f.manifest_idx == manifest.idx)
+        .map(|f| match (&f.outcome, f.state) {
+            (Some(o), _) => serde_json::from_str(o).unwrap_or(Value::Null),
+            (None, FileState::Withdrawn) => serde_json::to_value(OperationOutcome::information(format!(
+                "file {}: withdrawn (its manifest was replaced)",
+                f.url
+            )))
+            .unwrap_or(Value::Null),
+            (None, _) => serde_json::to_value(OperationOutcome::information(format!(
+                "file {}: not imported yet",
+                f.url
+            )))
+            .unwrap_or(Value::Null),
+        })
+        .collect()
+}

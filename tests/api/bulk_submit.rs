@@ -1,0 +1,228 @@
+//! Bulk Submit against the real server: a fake Bulk Submit provider (a client that signs, submits
+//! and polls, as `smart-on-fhir/bulk-submit-provider` does) drives submissions whose manifests
+//! the fake provider serves.
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::helpers::{observations, sign_assertion, spawn_app, TestApp};
+
+const SYSTEM: &str = "https://ehr.example/ids";
+
+/// A registered submitter and its `system/bulk-submit` token.
+struct Submitter<'a> {
+    app: &'a TestApp,
+    value: String,
+    token: String,
+}
+
+impl<'a> Submitter<'a> {
+    async fn register(app: &'a TestApp, value: &str) -> Self {
+        let body = json!({"jwks": app.public_jwks(), "consumer_client_id": "c", "aud": app.provider.base(),
+            "submitter": {"system": SYSTEM, "value": value}});
+        let res = app.register(&body).await;
+        assert_eq!(res.status(), 200);
+        let client_id = res.json::<Value>().await.unwrap()["client_id"].as_str().unwrap().to_string();
+        let token_url = format!("{}/auth/token", app.base);
+        let assertion = sign_assertion(&app.provider_key, &client_id, &token_url, |_, _| {});
+        let mut form = TestApp::token_form(&assertion);
+        form[3].1 = "system/bulk-submit".into();
+        let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let res = app.post_token(&form).await;
+        assert_eq!(res.status(), 200);
+        let token = res.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
+        Self { app, value: value.into(), token }
+    }
+
+    fn identifier(&self) -> Value {
+        json!({"name": "submitter", "valueIdentifier": {"system": SYSTEM, "value": self.value}})
+    }
+
+    /// `$bulk-submit` with these parameters (after the submitter), as plain JSON.
+    async fn submit(&self, params: Vec<Value>) -> reqwest::Response {
+        let mut all = vec![self.identifier()];
+        all.extend(params);
+        let body = json!({"resourceType": "Parameters", "parameter": all});
+        self.app
+            .http
+            .post(format!("{}/$bulk-submit", self.app.base))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `$bulk-submit-status`: the status URL.
+    async fn status_url(&self, submission: &str) -> String {
+        let body = json!({"resourceType": "Parameters", "parameter": [self.identifier(), {"name": "submissionId", "valueString": submission}]});
+        let res = self
+            .app
+            .http
+            .post(format!("{}/$bulk-submit-status", self.app.base))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+        res.headers()["content-location"].to_str().unwrap().to_string()
+    }
+
+    async fn get(&self, url: &str) -> reqwest::Response {
+        self.app.http.get(url).bearer_auth(&self.token).send().await.unwrap()
+    }
+
+    /// Poll as the SMART provider does (stopping on anything but 200/202); the final manifest.
+    async fn poll_until_done(&self, url: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let res = self.get(url).await;
+            match res.status().as_u16() {
+                200 => return res.json().await.unwrap(),
+                202 => {
+                    let progress = res.headers()["x-progress"].to_str().unwrap().to_string();
+                    let percent = progress.split('%').next().unwrap();
+                    assert!(percent.parse::<u32>().is_ok(), "X-Progress has (\\d+)%: {progress}");
+                }
+                other => panic!("status answered {other}: {}", res.text().await.unwrap()),
+            }
+            assert!(Instant::now() < deadline, "the submission never finished");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn param(name: &str, kind: &str, value: &str) -> Value {
+    json!({"name": name, kind: value})
+}
+
+fn status(system: &str, code: &str) -> Value {
+    json!({"name": "submissionStatus", "valueCoding": {"system": system, "code": code}})
+}
+
+#[tokio::test]
+async fn a_manifest_then_completed_is_imported_and_its_status_manifest_lists_the_outcome() {
+    let app = spawn_app().await;
+    app.provider.serve_openly();
+    app.provider.add_file("o.ndjson", "Observation", observations(40));
+    let ehr = Submitter::register(&app, "ehr-1").await;
+    let manifest = app.provider.manifest_url();
+    let res = ehr
+        .submit(vec![
+            param("submissionId", "valueString", "s-1"),
+            param("manifestUrl", "valueString", &manifest),
+            param("FHIRBaseUrl", "valueString", &app.provider.base()),
+        ])
+        .await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    // The same manifest again is refused; so is a submitter this client does not speak for.
+    let res = ehr
+        .submit(vec![
+            param("submissionId", "valueString", "s-1"),
+            param("manifestUrl", "valueUrl", &manifest),
+        ])
+        .await;
+    assert_eq!(res.status(), 409, "{}", res.text().await.unwrap());
+    let stranger = Submitter { app: &app, value: "someone-else".into(), token: ehr.token.clone() };
+    let res = stranger
+        .submit(vec![
+            param("submissionId", "valueString", "s-1"),
+            status(bulk_import::fhir::bulk_submit::EVENT_STATUS, "completed"),
+        ])
+        .await;
+    assert_eq!(res.status(), 403);
+    let url = ehr.status_url("s-1").await;
+    // Parameters this server does not act on yet are refused, not ignored.
+    let header = json!({"name": "fileRequestHeader", "part": [
+        {"name": "headerName", "valueString": "X-Key"}, {"name": "headerValue", "valueString": "k"}]});
+    let res = ehr
+        .submit(vec![
+            param("submissionId", "valueString", "s-1"),
+            param("manifestUrl", "valueUrl", &format!("{manifest}?h")),
+            header,
+        ])
+        .await;
+    assert_eq!(res.status(), 400);
+    assert!(res.text().await.unwrap().contains("fileRequestHeader"));
+
+    // Closed with the earlier drafts' code, as the SMART provider sends it.
+    let res = ehr
+        .submit(vec![
+            param("submissionId", "valueString", "s-1"),
+            status(bulk_import::fhir::bulk_submit::SUBMISSION_STATUS, "complete"),
+        ])
+        .await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let done = ehr.poll_until_done(&url).await;
+    assert_eq!(done["submissionId"], "s-1", "{done}");
+    assert_eq!(done["extension"]["submissionId"], "s-1");
+    assert_eq!(done["outcome"][0]["manifestUrl"], manifest.as_str(), "{done}");
+    assert_eq!(done["error"], done["outcome"], "the earlier drafts' error[] is a copy");
+    let job = url.rsplit('/').next().unwrap();
+    assert_eq!(app.read(job, "Observation.1.ndjson"), observations(40));
+    let outcome_url = done["outcome"][0]["url"].as_str().unwrap();
+    let lines = ehr.get(outcome_url).await.text().await.unwrap();
+    assert!(lines.contains("imported: 40 resources"), "{lines}");
+    // Nothing more is taken once completed; another client sees nothing of it.
+    let res = ehr
+        .submit(vec![
+            param("submissionId", "valueString", "s-1"),
+            param("manifestUrl", "valueUrl", &format!("{manifest}?again")),
+        ])
+        .await;
+    assert_eq!(res.status(), 409);
+    let other = Submitter::register(&app, "ehr-2").await;
+    assert_eq!(other.get(&url).await.status(), 404, "a client sees only its own submissions");
+    // DELETE removes it.
+    let res = app.http.delete(&url).bearer_auth(&ehr.token).send().await.unwrap();
+    assert_eq!(res.status(), 202);
+    assert_eq!(ehr.get(&url).await.status(), 404);
+}
+
+#[tokio::test]
+async fn a_stopped_submission_stops_and_its_data_is_deleted_and_a_token_without_the_scope_is_refused() {
+    let app = spawn_app().await;
+    app.provider.serve_openly();
+    app.provider.add_file("o.ndjson", "Observation", observations(10));
+    let ehr = Submitter::register(&app, "ehr-3").await;
+    let manifest = app.provider.manifest_url();
+    let res = ehr
+        .submit(vec![
+            param("submissionId", "valueString", "s-2"),
+            param("manifestUrl", "valueUrl", &manifest),
+        ])
+        .await;
+    assert_eq!(res.status(), 200);
+    let url = ehr.status_url("s-2").await;
+    let job = url.rsplit('/').next().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !app.jobs_dir(&job).join("Observation.1.ndjson").exists() {
+        assert!(Instant::now() < deadline, "the file was never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let res = ehr
+        .submit(vec![
+            param("submissionId", "valueString", "s-2"),
+            status(bulk_import::fhir::bulk_submit::SUBMISSION_STATUS, "aborted"),
+        ])
+        .await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let done = ehr.poll_until_done(&url).await;
+    assert_eq!(done["submissionStatus"], "stopped", "{done}");
+    assert!(!app.jobs_dir(&job).exists(), "what was stored is deleted");
+    // The import scope is not the Bulk Submit scope.
+    let import_token = app.token().await;
+    let res = app
+        .http
+        .post(format!("{}/$bulk-submit", app.base))
+        .bearer_auth(import_token)
+        .header("content-type", "application/json")
+        .body(json!({"resourceType": "Parameters", "parameter": []}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+}
