@@ -226,3 +226,48 @@ async fn a_stopped_submission_stops_and_its_data_is_deleted_and_a_token_without_
         .unwrap();
     assert_eq!(res.status(), 403);
 }
+
+#[tokio::test]
+async fn a_missing_file_is_an_error_outcome_and_a_replaced_manifests_data_is_gone() {
+    let app = spawn_app().await;
+    app.provider.serve_openly();
+    app.provider.add_file("o.ndjson", "Observation", observations(7));
+    let mut gone = super::fake_provider::FakeFile::new("gone.ndjson", "Patient", "");
+    gone.missing = true;
+    app.provider.push_file(gone);
+    let ehr = Submitter::register(&app, "ehr-4").await;
+    let first = app.provider.manifest_url();
+    let res = ehr
+        .submit(vec![param("submissionId", "valueString", "s-3"), param("manifestUrl", "valueUrl", &first)])
+        .await;
+    assert_eq!(res.status(), 200);
+    let url = ehr.status_url("s-3").await;
+    let job = url.rsplit('/').next().unwrap().to_string();
+    let stored = app.jobs_dir(&job).join("Observation.1.ndjson");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !stored.exists() {
+        assert!(Instant::now() < deadline, "the first manifest's file was never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Replaced (the same files listed under another URL): the first copy goes, the new one lands.
+    let second = format!("{first}?v=2");
+    let res = ehr
+        .submit(vec![
+            param("submissionId", "valueString", "s-3"),
+            param("manifestUrl", "valueUrl", &second),
+            param("replacesManifestUrl", "valueUrl", &first),
+            status(bulk_import::fhir::bulk_submit::EVENT_STATUS, "completed"),
+        ])
+        .await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let done = ehr.poll_until_done(&url).await;
+    assert!(!stored.exists(), "the replaced manifest's data is removed");
+    assert_eq!(app.read(&job, "Observation.2.ndjson"), observations(7), "the new manifest's file");
+    let outcomes = done["outcome"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 2, "{done}");
+    let second_outcome = outcomes.iter().find(|o| o["manifestUrl"] == second.as_str()).unwrap();
+    let errors = second_outcome["countSeverity"].as_array().unwrap().iter().find(|c| c["code"] == "error");
+    assert_eq!(errors.map(|c| c["count"].clone()), Some(json!(1)), "the missing file: {second_outcome}");
+    let lines = ehr.get(second_outcome["url"].as_str().unwrap()).await.text().await.unwrap();
+    assert!(lines.contains("gone.ndjson") && lines.contains("imported: 7 resources"), "{lines}");
+}
