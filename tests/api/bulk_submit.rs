@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::helpers::{observations, sign_assertion, spawn_app, TestApp};
+use super::helpers::{observations, sign_assertion, spawn_app, start, test_config, TestApp};
 
 const SYSTEM: &str = "https://ehr.example/ids";
 
@@ -270,4 +270,54 @@ async fn a_missing_file_is_an_error_outcome_and_a_replaced_manifests_data_is_gon
     assert_eq!(errors.map(|c| c["count"].clone()), Some(json!(1)), "the missing file: {second_outcome}");
     let lines = ehr.get(second_outcome["url"].as_str().unwrap()).await.text().await.unwrap();
     assert!(lines.contains("gone.ndjson") && lines.contains("imported: 7 resources"), "{lines}");
+}
+
+#[tokio::test]
+async fn two_manifests_survive_a_restart_mid_submission_and_the_submission_completes_after_it() {
+    let app = spawn_app().await;
+    app.provider.serve_openly();
+    app.provider.add_file("o.ndjson", "Observation", observations(5));
+    app.provider.hold_file("o.ndjson");
+    let ehr = Submitter::register(&app, "ehr-5").await;
+    let first = app.provider.manifest_url();
+    let second = format!("{first}?part=2");
+    for m in [&first, &second] {
+        let res = ehr
+            .submit(vec![param("submissionId", "valueString", "s-4"), param("manifestUrl", "valueUrl", m)])
+            .await;
+        assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    }
+    let url = ehr.status_url("s-4").await;
+    let job = url.rsplit('/').next().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.provider.requests_to("/fhir/files/o.ndjson").len() < 2 {
+        assert!(Instant::now() < deadline, "both manifests' files were never asked for");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (value, token) = (ehr.value.clone(), ehr.token.clone());
+    let (provider, dir, key, client_id, tmp) = app.stop().await;
+    provider.release_files();
+
+    let mut app = start(test_config(&dir), provider, dir.clone()).await;
+    app.provider_key = key;
+    app.client_id = client_id;
+    let _tmp = tmp;
+    // The same token still holds (the secret is kept), and the submission goes on.
+    let ehr = Submitter { app: &app, value, token };
+    let res = ehr
+        .submit(vec![
+            param("submissionId", "valueString", "s-4"),
+            status(bulk_import::fhir::bulk_submit::EVENT_STATUS, "completed"),
+        ])
+        .await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    // This server listens elsewhere: the status is asked for again.
+    let url = ehr.status_url("s-4").await;
+    assert!(url.ends_with(&job), "the same submission: {url}");
+    let done = ehr.poll_until_done(&url).await;
+    assert_eq!(done["outcome"].as_array().unwrap().len(), 2, "{done}");
+    for name in ["Observation.1.ndjson", "Observation.2.ndjson"] {
+        assert_eq!(app.read(&job, name), observations(5), "{name}");
+    }
+    assert_eq!(app.provider.requests_to("/fhir/manifest.json").len(), 2, "each manifest fetched once");
 }
