@@ -107,6 +107,9 @@ impl App {
         let state = AppState {
             jwks: Arc::new(JwksCache::new(config.limits.jwks_fetch_timeout, config.limits.jwks_min_refetch)),
             auth_failures: Arc::new(AuthFailures::new(config.limits.max_auth_failures)),
+            submit_budget: Arc::new(crate::submit_budget::SubmitBudget::new(
+                config.limits.submit_requests_per_minute,
+            )),
             config,
             registrations: stores.registrations,
             audit: stores.audit,

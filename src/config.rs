@@ -28,6 +28,9 @@ pub const DEFAULT_LEASE_SECS: u64 = 30;
 /// Bytes between a file's checkpoints on tmp-fs and dev-null (S3 keeps one per part): at most
 /// this much is fetched again when another process (or a restart) continues a file.
 pub const DEFAULT_CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
+/// `$bulk-submit` requests per client per minute: far more than a provider submitting manifests
+/// as its exports finish sends, far fewer than a runaway loop does.
+pub const DEFAULT_SUBMIT_REQUESTS_PER_MINUTE: u32 = 120;
 /// The shortest lease: the database's clock counts whole seconds, and three heartbeats must fit.
 pub const MIN_LEASE_SECS: u64 = 3;
 /// Time past a lapsed lease for another replica to claim the job (a heartbeat period, the
@@ -141,6 +144,8 @@ pub struct Limits {
     pub poll_interval: Duration,
     pub max_poll_interval: Duration,
     pub provider_requests_per_minute: u32,
+    /// `SUBMIT_REQUESTS_PER_MINUTE`: `$bulk-submit` requests one client may send in a minute.
+    pub submit_requests_per_minute: u32,
     pub max_retries: u32,
     pub export_timeout: Duration,
     pub max_job_duration: Duration,
@@ -306,6 +311,12 @@ impl Config {
             max_retry_after: r.secs("MAX_RETRY_AFTER", DEFAULT_MAX_RETRY_AFTER_SECS),
             poll_interval: r.secs("POLL_INTERVAL", DEFAULT_POLL_INTERVAL_SECS),
             max_poll_interval: r.secs("MAX_POLL_INTERVAL", DEFAULT_MAX_POLL_INTERVAL_SECS),
+            submit_requests_per_minute: r.num(
+                "SUBMIT_REQUESTS_PER_MINUTE",
+                DEFAULT_SUBMIT_REQUESTS_PER_MINUTE,
+                1,
+                60_000,
+            ),
             provider_requests_per_minute: r.num(
                 "PROVIDER_REQUESTS_PER_MINUTE",
                 DEFAULT_PROVIDER_REQUESTS_PER_MINUTE,

@@ -23,6 +23,7 @@ pub mod routes;
 pub mod state;
 pub mod store;
 pub mod submissions;
+pub mod submit_budget;
 pub mod telemetry;
 pub mod time_util;
 

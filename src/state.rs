@@ -23,6 +23,8 @@ pub struct AppState {
     pub jwks: Arc<JwksCache>,
     /// Failed client assertions and admin tokens, per client and address.
     pub auth_failures: Arc<AuthFailures>,
+    /// `$bulk-submit` requests per client.
+    pub submit_budget: Arc<crate::submit_budget::SubmitBudget>,
     /// The store, destination, runner and provider clients jobs use.
     pub job_context: JobContext,
 }

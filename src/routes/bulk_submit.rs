@@ -86,6 +86,15 @@ async fn submit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    if let Err(wait) = app.submit_budget.take(&caller.provider.client_id) {
+        return Err(ApiError::TooManyRequests {
+            message: format!(
+                "more than {} $bulk-submit requests from this client in a minute (SUBMIT_REQUESTS_PER_MINUTE); try again later",
+                app.config.limits.submit_requests_per_minute
+            ),
+            retry_after_secs: wait.as_secs().max(1),
+        });
+    }
     let body = body_of(&app, &headers, body)?;
     let request = SubmitRequest::parse(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let submission = submissions(&app).submit(&caller.provider, request).await?;

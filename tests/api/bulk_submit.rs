@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::helpers::{observations, sign_assertion, spawn_app, start, test_config, TestApp};
+use super::helpers::{observations, sign_assertion, spawn_app, spawn_app_with, start, test_config, TestApp};
 
 const SYSTEM: &str = "https://ehr.example/ids";
 
@@ -320,4 +320,35 @@ async fn two_manifests_survive_a_restart_mid_submission_and_the_submission_compl
         assert_eq!(app.read(&job, name), observations(5), "{name}");
     }
     assert_eq!(app.provider.requests_to("/fhir/manifest.json").len(), 2, "each manifest fetched once");
+}
+
+#[tokio::test]
+async fn past_its_per_minute_budget_a_client_is_told_to_wait_and_its_polls_still_answer() {
+    let app = spawn_app_with(|c| c.limits.submit_requests_per_minute = 2).await;
+    app.provider.serve_openly();
+    app.provider.add_file("o.ndjson", "Observation", observations(3));
+    let ehr = Submitter::register(&app, "ehr-6").await;
+    let manifest = app.provider.manifest_url();
+    for n in 0..2 {
+        let m = format!("{manifest}?n={n}");
+        let res = ehr
+            .submit(vec![param("submissionId", "valueString", "s-5"), param("manifestUrl", "valueUrl", &m)])
+            .await;
+        assert_eq!(res.status(), 200);
+    }
+    let res = ehr
+        .submit(vec![
+            param("submissionId", "valueString", "s-5"),
+            status(bulk_import::fhir::bulk_submit::EVENT_STATUS, "completed"),
+        ])
+        .await;
+    assert_eq!(res.status(), 429);
+    let wait: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert!(res.text().await.unwrap().contains("SUBMIT_REQUESTS_PER_MINUTE"));
+    // Status requests and polls are not counted.
+    let url = ehr.status_url("s-5").await;
+    for _ in 0..3 {
+        assert_eq!(ehr.get(&url).await.status(), 202);
+    }
 }
