@@ -67,12 +67,27 @@ impl Imports<'_> {
         let base =
             ProviderBase::parse(&provider.aud).map_err(|e| ImportError::BadRegistration(e.to_string()))?;
         base.under(&request.export_url).map_err(|e| ImportError::NotTheProviders(e.to_string()))?;
+        let job = self.admit(provider, request.export_type, request.export_url, request.kickoff).await?;
+        pipeline::start(ctx, job.id.clone()).await;
+        Ok(job)
+    }
+
+    /// Store a new queued job of `provider` if there is room for it (`MAX_CONCURRENT_JOBS`,
+    /// `MAX_JOBS_PER_PROVIDER`); the caller starts it.
+    pub async fn admit(
+        &self,
+        provider: &Provider,
+        export_type: crate::fhir::parameters::ExportType,
+        export_url: String,
+        kickoff: Vec<crate::fhir::parameters::KickoffParam>,
+    ) -> Result<Job, ImportError> {
+        let ctx = self.jobs;
         let job = Job {
             id: random_hex(ctx.config.jobs_id_length),
             client_id: provider.client_id.clone(),
-            export_type: request.export_type,
-            export_url: request.export_url,
-            kickoff: request.kickoff,
+            export_type,
+            export_url,
+            kickoff,
             state: JobState::Queued,
             status_url: None,
             progress: None,
@@ -87,22 +102,16 @@ impl Imports<'_> {
             per_provider: limits.max_jobs_per_provider as i64,
         };
         match ctx.store.insert_job_if_room(&job, caps).await? {
-            Admission::Admitted => {}
-            Admission::Full => {
-                return Err(ImportError::Busy(format!(
-                    "{} imports are already running (MAX_CONCURRENT_JOBS); try again later",
-                    caps.all
-                )))
-            }
-            Admission::ProviderFull => {
-                return Err(ImportError::Busy(format!(
-                    "this provider already has {} imports running (MAX_JOBS_PER_PROVIDER); try again when one has finished",
-                    caps.per_provider
-                )))
-            }
+            Admission::Admitted => Ok(job),
+            Admission::Full => Err(ImportError::Busy(format!(
+                "{} imports are already running (MAX_CONCURRENT_JOBS); try again later",
+                caps.all
+            ))),
+            Admission::ProviderFull => Err(ImportError::Busy(format!(
+                "this provider already has {} imports running (MAX_JOBS_PER_PROVIDER); try again when one has finished",
+                caps.per_provider
+            ))),
         }
-        pipeline::start(ctx, job.id.clone()).await;
-        Ok(job)
     }
 
     pub async fn find(&self, id: &str) -> Result<Job, ImportError> {

@@ -4,8 +4,8 @@
 use serde_json::{json, Value};
 
 use crate::{
-    auth::{keys::random_hex, provider_base::ProviderBase},
-    domain::{Admission, FileState, Job, JobCaps, JobState, Provider, RequestState, Requested, Submission},
+    auth::provider_base::ProviderBase,
+    domain::{FileState, JobState, Provider, RequestState, Requested, Submission},
     fhir::{
         bulk_submit::{SubmissionStatus, SubmitRequest},
         operation_outcome::OperationOutcome,
@@ -138,45 +138,18 @@ impl Submissions<'_> {
     /// A new submission and its job, started at once (its intake waits for requests).
     async fn open(&self, provider: &Provider, r: &SubmitRequest) -> Result<Submission, SubmissionError> {
         let ctx = self.jobs;
-        let now = now_unix();
-        let job = Job {
-            id: random_hex(ctx.config.jobs_id_length),
-            client_id: provider.client_id.clone(),
-            export_type: ExportType::Submit,
-            export_url: r
-                .fhir_base_url
-                .clone()
-                .or_else(|| r.manifest_url.clone())
-                .unwrap_or_else(|| provider.aud.clone()),
-            kickoff: vec![],
-            state: JobState::Queued,
-            status_url: None,
-            progress: None,
-            failure: None,
-            created_at: now,
-            completed_at: None,
-            plan_open: true,
+        let export_url = r
+            .fhir_base_url
+            .clone()
+            .or_else(|| r.manifest_url.clone())
+            .unwrap_or_else(|| provider.aud.clone());
+        let job = match (Imports { jobs: ctx }).admit(provider, ExportType::Submit, export_url, vec![]).await
+        {
+            Ok(job) => job,
+            Err(ImportError::Busy(message)) => return Err(SubmissionError::Busy(message)),
+            Err(e) => return Err(e.into()),
         };
-        let limits = &ctx.config.limits;
-        let caps = JobCaps {
-            all: limits.max_concurrent_jobs as i64,
-            per_provider: limits.max_jobs_per_provider as i64,
-        };
-        match ctx.store.insert_job_if_room(&job, caps).await? {
-            Admission::Admitted => {}
-            Admission::Full => {
-                return Err(SubmissionError::Busy(format!(
-                    "{} imports are already running (MAX_CONCURRENT_JOBS); try again later",
-                    caps.all
-                )))
-            }
-            Admission::ProviderFull => {
-                return Err(SubmissionError::Busy(format!(
-                    "this provider already has {} imports running (MAX_JOBS_PER_PROVIDER); try again when one has finished",
-                    caps.per_provider
-                )))
-            }
-        }
+        let now = job.created_at;
         let submission = Submission {
             client_id: provider.client_id.clone(),
             submission_id: r.submission_id.clone(),
@@ -254,13 +227,8 @@ impl Submissions<'_> {
         if !done {
             let counts = ctx.store.file_counts(&s.job_id).await?;
             let percent = if counts.total == 0 { 0.0 } else { counts.percent() };
-            let text = format!(
-                "{}: {} of {} files imported ({}% done)",
-                s.status.as_str(),
-                counts.finished,
-                counts.total,
-                percent.round()
-            );
+            let text =
+                format!("{}: {} of {} files imported", s.status.as_str(), counts.finished, counts.total);
             return Ok(SubmissionView::InProgress { percent, text });
         }
         let requests = ctx.submissions.manifest_requests(&s.job_id).await?;

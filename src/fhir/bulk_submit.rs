@@ -60,14 +60,10 @@ impl SubmissionStatus {
         }
     }
 
-    /// A code of either code set; with no system, a code of either.
+    /// A code of either code set; with no system, a code of either. (The stored form is the
+    /// ballot's.)
     fn of(system: Option<&str>, code: &str) -> Option<Self> {
-        let ballot = match code {
-            "in-progress" => Some(SubmissionStatus::InProgress),
-            "completed" => Some(SubmissionStatus::Completed),
-            "stopped" => Some(SubmissionStatus::Stopped),
-            _ => None,
-        };
+        let ballot = Self::parse(code);
         let earlier = match code {
             "in-progress" => Some(SubmissionStatus::InProgress),
             "complete" => Some(SubmissionStatus::Completed),

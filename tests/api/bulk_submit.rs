@@ -352,3 +352,42 @@ async fn past_its_per_minute_budget_a_client_is_told_to_wait_and_its_polls_still
         assert_eq!(ehr.get(&url).await.status(), 202);
     }
 }
+
+#[tokio::test]
+async fn a_replace_sent_with_valueless_manifest_and_base_url_withdraws_as_the_smart_provider_means() {
+    let app = spawn_app().await;
+    app.provider.serve_openly();
+    app.provider.add_file("o.ndjson", "Observation", observations(4));
+    let ehr = Submitter::register(&app, "ehr-8").await;
+    let manifest = app.provider.manifest_url();
+    let res = ehr
+        .submit(vec![
+            param("submissionId", "valueString", "s-6"),
+            param("manifestUrl", "valueString", &manifest),
+        ])
+        .await;
+    assert_eq!(res.status(), 200);
+    let url = ehr.status_url("s-6").await;
+    let job = url.rsplit('/').next().unwrap().to_string();
+    let stored = app.jobs_dir(&job).join("Observation.1.ndjson");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !stored.exists() {
+        assert!(Instant::now() < deadline, "the manifest's file was never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // As that provider sends a replace (its known bug): both parameters present, with no value.
+    let res = ehr
+        .submit(vec![
+            param("submissionId", "valueString", "s-6"),
+            json!({"name": "manifestUrl"}),
+            json!({"name": "FHIRBaseUrl"}),
+            param("replacesManifestUrl", "valueString", &manifest),
+            status(bulk_import::fhir::bulk_submit::SUBMISSION_STATUS, "complete"),
+        ])
+        .await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let done = ehr.poll_until_done(&url).await;
+    assert!(!stored.exists(), "the withdrawn manifest's data is removed");
+    let left = std::fs::read_dir(app.jobs_dir(&job)).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "and nothing else was imported: {done}");
+}
