@@ -299,6 +299,36 @@ pub struct ManifestRequest {
     /// The OperationOutcome (JSON) of a request that failed.
     pub outcome: Option<String>,
     pub added_at: i64,
+    /// How its manifest and files are reached.
+    pub access: SourceAccess,
+}
+
+/// How a submitted manifest and its files are reached, as the request said: headers to send on
+/// every GET to their origins, and OAuth metadata to get a token from (for the manifest, and
+/// for files whose manifest says `requiresAccessToken`). Kept with the request (JSON) so that a
+/// restarted job reaches them the same way.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SourceAccess {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<crate::fhir::bulk_submit::RequestHeader>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub oauth_metadata_urls: Vec<String>,
+}
+
+impl SourceAccess {
+    pub fn is_plain(&self) -> bool {
+        self.headers.is_empty() && self.oauth_metadata_urls.is_empty()
+    }
+
+    /// The stored form (`None` for plain access).
+    pub fn to_json(&self) -> Option<String> {
+        (!self.is_plain()).then(|| serde_json::to_string(self).unwrap_or_default())
+    }
+
+    /// From the stored form; unreadable reads as plain (only this server writes it).
+    pub fn from_json(raw: Option<&str>) -> Self {
+        raw.and_then(|r| serde_json::from_str(r).ok()).unwrap_or_default()
+    }
 }
 
 /// Where a manifest request is.

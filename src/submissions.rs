@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use crate::{
     auth::provider_base::ProviderBase,
-    domain::{FileState, JobState, Provider, RequestState, Requested, Submission},
+    domain::{FileState, JobState, Provider, RequestState, Requested, SourceAccess, Submission},
     fhir::{
         bulk_submit::{SubmissionStatus, SubmitRequest},
         operation_outcome::OperationOutcome,
@@ -63,22 +63,17 @@ impl Submissions<'_> {
         if !provider.speaks_for(r.submitter.system.as_deref(), &r.submitter.value) {
             return Err(SubmissionError::UnknownSubmitter(r.submitter.value.clone()));
         }
-        if !r.headers.is_empty() {
-            return Err(SubmissionError::Unsupported("fileRequestHeader"));
-        }
-        if !r.oauth_metadata_urls.is_empty() {
-            return Err(SubmissionError::Unsupported("oauthMetadataUrl"));
-        }
         if r.encryption_key.is_some() {
             return Err(SubmissionError::Unsupported("fileEncryptionKey"));
         }
         let base = ProviderBase::parse(&provider.aud)
             .map_err(|e| SubmissionError::NotTheProviders(format!("the registration is unusable: {e}")))?
             .with_origins(&provider.token_origin_list(), provider.file_origin_list());
-        for (name, raw) in
-            [("manifestUrl", &r.manifest_url), ("replacesManifestUrl", &r.replaces_manifest_url)]
-        {
-            let Some(raw) = raw else { continue };
+        let named = [("manifestUrl", &r.manifest_url), ("replacesManifestUrl", &r.replaces_manifest_url)];
+        let named = named.into_iter().filter_map(|(name, raw)| Some((name, raw.as_ref()?)));
+        // Our token is asked for only where the registration allows.
+        let metadata = r.oauth_metadata_urls.iter().map(|raw| ("oauthMetadataUrl", raw));
+        for (name, raw) in named.chain(metadata) {
             let trusted = url::Url::parse(raw).is_ok_and(|u| base.is_trusted(&u));
             if !trusted {
                 return Err(SubmissionError::NotTheProviders(format!(
@@ -105,6 +100,7 @@ impl Submissions<'_> {
                     &job_id,
                     r.manifest_url.as_deref(),
                     r.replaces_manifest_url.as_deref(),
+                    &SourceAccess { headers: r.headers, oauth_metadata_urls: r.oauth_metadata_urls },
                     now_unix(),
                 )
                 .await?;

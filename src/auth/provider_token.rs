@@ -92,6 +92,9 @@ pub struct ProviderIdentity<'a> {
     pub scope: &'a str,
     /// The registration's pinned token endpoint, if any.
     pub pinned_endpoint: Option<&'a str>,
+    /// OAuth metadata a Bulk Submit request named (SMART configuration, RFC 9728 or RFC 8414):
+    /// the token endpoint comes from there, before the pin and discovery.
+    pub metadata_urls: &'a [String],
     /// For a discovered endpoint off the provider's trusted origins.
     pub guarded: &'a GuardedClient,
 }
@@ -118,9 +121,10 @@ impl ProviderTokens {
         who: &ProviderIdentity<'_>,
         refresh: bool,
     ) -> Result<Option<SecretString>, ProviderTokenError> {
-        let endpoint = match who.pinned_endpoint {
-            Some(raw) => Some(Self::pinned(raw)?),
-            None => self.token_endpoint(who.base, refresh).await?,
+        let endpoint = match (who.metadata_urls, who.pinned_endpoint) {
+            ([], Some(raw)) => Some(Self::pinned(raw)?),
+            ([], None) => self.token_endpoint(who.base, refresh).await?,
+            (urls, _) => Some(self.endpoint_from_metadata(who, urls, refresh).await?),
         };
         let Some(endpoint) = endpoint else { return Ok(None) };
         // Trust is judged for this registration on every call: the discovery cache is shared by
@@ -250,11 +254,102 @@ impl ProviderTokens {
         Ok(found)
     }
 
+    /// The token endpoint named by the first of `urls` that names one: the document's own
+    /// `token_endpoint` (SMART configuration, RFC 8414), else that of its first
+    /// `authorization_servers` entry (RFC 9728 protected-resource metadata).
+    async fn endpoint_from_metadata(
+        &self,
+        who: &ProviderIdentity<'_>,
+        urls: &[String],
+        refresh: bool,
+    ) -> Result<Endpoint, ProviderTokenError> {
+        let key = format!("metadata|{}", urls.join(" "));
+        if let Some((Some(found), at)) = self.endpoints.lock().await.get(&key) {
+            if !refresh && at.elapsed() < DISCOVERY_TTL {
+                return Ok(found.clone());
+            }
+        }
+        for raw in urls {
+            let Ok(url) = Url::parse(raw) else { continue };
+            let Some(doc) = self.get_json_via(self.client_for(who, &url)?, url.clone()).await? else {
+                continue;
+            };
+            let endpoint = match doc.get("token_endpoint").and_then(Value::as_str) {
+                Some(t) => Some(Self::endpoint_at(&url, t)),
+                None => match Self::authorization_server_metadata(&doc) {
+                    Some(at) => {
+                        let found = self.get_json_via(self.client_for(who, &at)?, at.clone()).await?;
+                        found.and_then(|d| Some(Self::endpoint_at(&at, d.get("token_endpoint")?.as_str()?)))
+                    }
+                    None => None,
+                },
+            };
+            if let Some(found) = endpoint {
+                self.endpoints.lock().await.insert(key, (Some(found.clone()), Instant::now()));
+                return Ok(found);
+            }
+        }
+        Err(ProviderTokenError::Refused(format!(
+            "no token endpoint was found in the OAuth metadata the submission named ({}); no token was asked for",
+            urls.iter()
+                .map(|u| Url::parse(u).map(|u| super::provider_base::redact(&u)).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+
+    /// RFC 8414 §3: the authorization server's metadata, `/.well-known/oauth-authorization-server`
+    /// put before the issuer's path.
+    fn authorization_server_metadata(doc: &Value) -> Option<Url> {
+        let issuer = doc.get("authorization_servers")?.as_array()?.first()?.as_str()?;
+        let mut url = Url::parse(issuer).ok()?;
+        let path = url.path().trim_end_matches('/').to_string();
+        url.set_path(&format!("/.well-known/oauth-authorization-server{path}"));
+        url.set_query(None);
+        Some(url)
+    }
+
+    fn endpoint_at(doc: &Url, raw: &str) -> Endpoint {
+        let url = doc.join(raw).unwrap_or_else(|_| doc.clone());
+        let aud = if Url::parse(raw).is_ok() { raw.to_string() } else { url.to_string() };
+        Endpoint { url, aud, pinned: false }
+    }
+
+    /// The trusted client for the provider's origins; anything else must be https and passes
+    /// the SSRF guard.
+    fn client_for<'c>(
+        &'c self,
+        who: &'c ProviderIdentity<'_>,
+        url: &Url,
+    ) -> Result<&'c reqwest::Client, ProviderTokenError> {
+        if who.base.is_trusted(url) {
+            return Ok(&self.http);
+        }
+        if url.scheme() != "https" {
+            return Err(ProviderTokenError::Refused(format!(
+                "the OAuth metadata at {} is not on {} and not https; it was not fetched",
+                super::provider_base::redact(url),
+                who.base.origin()
+            )));
+        }
+        who.guarded
+            .check(url)
+            .map_err(|e| ProviderTokenError::Refused(format!("the OAuth metadata was not fetched: {e}")))?;
+        Ok(&who.guarded.client)
+    }
+
+    async fn get_json(&self, url: Url) -> Result<Option<Value>, ProviderTokenError> {
+        self.get_json_via(&self.http, url).await
+    }
+
     /// `Ok(None)` only when the document is absent (404/410) or names no endpoint; any other
     /// failure is an error, so a passing outage never turns into "this provider needs no auth".
-    async fn get_json(&self, url: Url) -> Result<Option<Value>, ProviderTokenError> {
-        let resp = self
-            .http
+    async fn get_json_via(
+        &self,
+        http: &reqwest::Client,
+        url: Url,
+    ) -> Result<Option<Value>, ProviderTokenError> {
+        let resp = http
             .get(url.clone())
             .header(reqwest::header::ACCEPT, "application/json")
             .timeout(AUTH_REQUEST_TIMEOUT)

@@ -88,7 +88,7 @@ pub struct Submitter {
 
 /// A header to send on the submission's manifest and file requests. Its value is a secret (often
 /// a credential): never logged, and `Debug` does not show it.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RequestHeader {
     pub name: String,
     pub value: String,

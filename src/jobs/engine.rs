@@ -23,6 +23,7 @@ use crate::jobs::plan;
 use crate::jobs::progress::Progress;
 use crate::jobs::provider_client::ProviderClient;
 use crate::jobs::recorder::Recorder;
+use crate::jobs::source_clients::SourceClients;
 use crate::{
     domain::{FileCounts, FileState, FinishedFile, JobFile},
     metrics::{FileLabels, StateLabel},
@@ -80,6 +81,7 @@ async fn import_files(work: Work<'_>) -> Result<(), JobError> {
     let mut held_elsewhere = false;
     let mut announced = false;
     let mut first_error: Option<JobError> = None;
+    let mut sources = SourceClients::new(client.clone());
     // Bounded: each pass finishes a download, takes a plan change, or ends; the job's time limit
     // bounds the whole.
     loop {
@@ -119,7 +121,8 @@ async fn import_files(work: Work<'_>) -> Result<(), JobError> {
                 continue;
             }
             in_flight.insert(file.idx);
-            tasks.push(spawn_download(ctx, client, file, &job_bytes, claim.token, &downloads));
+            let client = sources.for_file(ctx, &file).await?;
+            tasks.push(spawn_download(ctx, &client, file, &job_bytes, claim.token, &downloads));
         }
         if tasks.is_empty() {
             if first_error.is_some() || cancel.is_cancelled() {

@@ -377,9 +377,11 @@ async fn read_manifest_body(
     )
 }
 
-/// Parse the first page and follow `link` next pages, collecting every file.
+/// Parse the first page and follow `link` next pages (fetched as the first was, `auth`),
+/// collecting every file.
 pub async fn read_manifest(
     client: &ProviderClient,
+    auth: Auth,
     first: Bytes,
     first_url: &Url,
     cancel: &CancellationToken,
@@ -409,7 +411,7 @@ pub async fn read_manifest(
             .base
             .trusted_url(next, &page_url)
             .map_err(|e| JobError::Provider(format!("the manifest's next page was refused: {e}")))?;
-        let body = fetch_manifest(client, &page_url, cancel).await?;
+        let body = fetch_manifest_as(client, auth, &page_url, cancel).await?;
         manifest = Manifest::parse(&body).map_err(bad)?;
     }
     Ok(files)

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::jobs::source_clients::SourceClients;
 use crate::{
     domain::JobFile,
     jobs::{
@@ -96,6 +97,7 @@ async fn download_held(ctx: &JobContext, file: &JobFile, claim: Claim) -> Result
     let job = ctx.store.job(&file.job_id).await?.ok_or(JobError::Cancelled)?;
     let provider = ctx.providers.provider(&job.client_id).await?.ok_or(JobError::Revoked)?;
     let client = Arc::new(ProviderClient::for_provider(ctx, &provider).await?);
+    let client = SourceClients::new(client).for_file(ctx, file).await?;
     // The job-wide byte bound is its owner's to keep; this file is held to the file bound.
     let job_bytes = JobBytes::new(ctx.config.limits.max_job_bytes, 0);
     let cancel = ctx.jobs.shutdown.child_token();

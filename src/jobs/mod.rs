@@ -25,6 +25,7 @@ pub mod request_budget;
 pub mod resume;
 pub mod retry;
 pub mod runner;
+pub mod source_clients;
 pub mod submit;
 pub mod takeover;
 

@@ -4,7 +4,10 @@
 //! per-origin budget, and bounded retries of transient failures honouring `Retry-After`.
 use std::{sync::Arc, time::Duration};
 
-use reqwest::{header::AUTHORIZATION, Method, RequestBuilder, Response, StatusCode};
+use reqwest::{
+    header::{HeaderValue, AUTHORIZATION},
+    Method, RequestBuilder, Response, StatusCode,
+};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 use url::Url;
@@ -20,7 +23,7 @@ use crate::{
         provider_token::{refusal_in, ProviderIdentity, ProviderTokens},
     },
     config::Limits,
-    domain::Provider,
+    domain::{Provider, SourceAccess},
     error_text::chain,
     http_client::GuardedClient,
     metrics::Metrics,
@@ -29,7 +32,9 @@ use crate::{
 /// Redirect hops we follow for one request.
 const MAX_REDIRECTS: usize = 5;
 
-/// What a job needs to reach its provider, built once per job.
+/// What a job needs to reach its provider, built once per job (and per submitted manifest that
+/// says how it is reached).
+#[derive(Clone)]
 pub struct ProviderClient {
     /// For the provider's trusted origins (chosen by the operator).
     trusted: reqwest::Client,
@@ -41,9 +46,12 @@ pub struct ProviderClient {
     budget: Arc<RequestBudget>,
     who: Who,
     metrics: Arc<Metrics>,
+    /// How a submitted manifest and its files are reached, if its request said.
+    source: Option<Arc<SourceAccess>>,
 }
 
 /// Who we are at the provider: our client id, the scope we ask for, a pinned token endpoint.
+#[derive(Clone)]
 pub struct Who {
     pub client_id: String,
     pub scope: String,
@@ -107,18 +115,57 @@ impl ProviderClient {
         limits: Limits,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { trusted, guarded, base, limits, tokens, budget, who, metrics }
+        Self { trusted, guarded, base, limits, tokens, budget, who, metrics, source: None }
+    }
+
+    /// This client for a submitted manifest reached as `access` says: its headers on every GET
+    /// to the manifest's and files' origins, our token from its OAuth metadata.
+    pub fn reaching(&self, access: &SourceAccess) -> Self {
+        let source = (!access.is_plain()).then(|| Arc::new(access.clone()));
+        Self { source, ..self.clone() }
+    }
+
+    /// Whether a submitted manifest gets our token: only when its request named where to get one.
+    pub fn manifest_auth(&self) -> Auth {
+        match &self.source {
+            Some(s) if !s.oauth_metadata_urls.is_empty() => Auth::WithToken,
+            _ => Auth::Without,
+        }
     }
 
     async fn token(&self, refresh: bool) -> Result<Option<SecretString>, JobError> {
+        let metadata = self.source.as_ref().map(|s| s.oauth_metadata_urls.as_slice()).unwrap_or_default();
         let who = ProviderIdentity {
             base: &self.base,
             client_id: &self.who.client_id,
             scope: &self.who.scope,
             pinned_endpoint: self.who.token_endpoint.as_deref(),
+            metadata_urls: metadata,
             guarded: &self.guarded,
         };
         Ok(self.tokens.token(&who, refresh).await?)
+    }
+
+    fn source_authorizes(&self) -> bool {
+        let headers = self.source.iter().flat_map(|s| &s.headers);
+        headers.into_iter().any(|h| h.name.eq_ignore_ascii_case(AUTHORIZATION.as_str()))
+    }
+
+    /// The submitted manifest's headers, on a request to the origin the GET was first sent to (a
+    /// redirect elsewhere does not get them, as it does not get our token). Marked sensitive, so
+    /// no debug output of the request shows them.
+    fn source_headers(&self, req: RequestBuilder, to: &Url, first: &Url) -> RequestBuilder {
+        let Some(source) = self.source.as_ref().filter(|_| to.origin() == first.origin()) else {
+            return req;
+        };
+        source.headers.iter().fold(req, |req, h| match HeaderValue::from_str(&h.value) {
+            Ok(mut value) => {
+                value.set_sensitive(true);
+                req.header(h.name.as_str(), value)
+            }
+            // Checked when the request was taken; a value that is no header value is not sent.
+            Err(_) => req,
+        })
     }
 
     fn attach(req: RequestBuilder, token: &Option<SecretString>) -> RequestBuilder {
@@ -221,14 +268,17 @@ impl ProviderClient {
                 None
             }
         };
-        let first = Self::attach(make(http, url.clone()), &token).build()?;
+        // A submission that sends its own Authorization gets it sent instead of our token.
+        let token = token.filter(|_| !self.source_authorizes());
+        let build = |http: &reqwest::Client, to: &Url| self.source_headers(make(http, to.clone()), to, url);
+        let first = Self::attach(build(http, url), &token).build()?;
         let method = first.method().clone();
         let mut resp = self.timed(http.execute(first), method.clone(), url).await?;
-        if resp.status() == StatusCode::UNAUTHORIZED && auth == Auth::WithToken {
+        if resp.status() == StatusCode::UNAUTHORIZED && auth == Auth::WithToken && !self.source_authorizes() {
             // A fresh token, or (for a provider that looked open) a fresh look for its token endpoint.
             let fresh = self.token(true).await.map_err(SendError::Token)?;
             if fresh.is_some() {
-                resp = self.execute(http, Self::attach(make(http, url.clone()), &fresh), url).await?;
+                resp = self.execute(http, Self::attach(build(http, url), &fresh), url).await?;
             }
         }
         let mut current = url.clone();
@@ -251,7 +301,7 @@ impl ProviderClient {
             // The pin holds on every hop, whatever the first request carried.
             self.base.file_host_allowed(&next).map_err(|e| hop(SendError::Refused(e.to_string())))?;
             // Redirects never carry our token (Bulk Data: output URLs may redirect to storage).
-            resp = self.execute(http, make(http, next.clone()), &next).await.map_err(hop)?;
+            resp = self.execute(http, build(http, &next), &next).await.map_err(hop)?;
             current = next;
         }
         if resp.status().is_redirection() {

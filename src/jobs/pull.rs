@@ -54,7 +54,7 @@ pub async fn plan_export(
             (body, status_url)
         }
     };
-    let files = export::read_manifest(client, body, &manifest_url, cancel).await?;
+    let files = export::read_manifest(client, Auth::WithToken, body, &manifest_url, cancel).await?;
     tracing::info!(files = files.len(), "manifest read");
     plan::append(ctx, &job.id, manifest_url.as_str(), files, true).await?;
     Ok(())

@@ -19,7 +19,7 @@ use crate::{
         error::JobError,
         export,
         plan::{self, PlanError},
-        provider_client::{Auth, ProviderClient},
+        provider_client::ProviderClient,
     },
 };
 
@@ -108,8 +108,10 @@ async fn planned(
             client.base.trusted_list()
         )));
     }
-    let body = export::fetch_manifest_as(client, Auth::Without, &url, cancel).await?;
-    let files = export::read_manifest(client, body, &url, cancel).await?;
+    let client = &client.reaching(&request.access);
+    let auth = client.manifest_auth();
+    let body = export::fetch_manifest_as(client, auth, &url, cancel).await?;
+    let files = export::read_manifest(client, auth, body, &url, cancel).await?;
     tracing::info!(files = files.len(), "submitted manifest read");
     plan::append(ctx, job_id, raw, files, false).await.map_err(from_plan)?;
     Ok(())

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::domain::{
     Admission, Appended, AuditClass, AuditEvent, FileCounts, FileTotals, FinishedFile, Job, JobCaps, JobFile,
-    JobState, ManifestRequest, PlanManifest, Provider, RequestState, Requested, Submission,
+    JobState, ManifestRequest, PlanManifest, Provider, RequestState, Requested, SourceAccess, Submission,
 };
 use crate::fhir::bulk_submit::SubmissionStatus;
 
@@ -252,6 +252,7 @@ pub trait SubmissionStore: Send + Sync {
         job_id: &str,
         manifest_url: Option<&str>,
         replaces_url: Option<&str>,
+        access: &SourceAccess,
         now: i64,
     ) -> Result<Requested, StoreError>;
     async fn manifest_requests(&self, job_id: &str) -> Result<Vec<ManifestRequest>, StoreError>;
@@ -504,9 +505,10 @@ impl SubmissionStore for Store {
         job_id: &str,
         manifest_url: Option<&str>,
         replaces_url: Option<&str>,
+        access: &SourceAccess,
         now: i64,
     ) -> Result<Requested, StoreError> {
-        Store::request_manifest(self, job_id, manifest_url, replaces_url, now).await
+        Store::request_manifest(self, job_id, manifest_url, replaces_url, access, now).await
     }
     async fn manifest_requests(&self, job_id: &str) -> Result<Vec<ManifestRequest>, StoreError> {
         Store::manifest_requests(self, job_id).await

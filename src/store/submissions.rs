@@ -3,7 +3,7 @@
 //! here compares against the database's clock.
 use super::{Store, StoreError};
 use crate::{
-    domain::{ManifestRequest, RequestState, Requested, Submission},
+    domain::{ManifestRequest, RequestState, Requested, SourceAccess, Submission},
     fhir::bulk_submit::SubmissionStatus,
 };
 
@@ -22,10 +22,10 @@ pub(super) mod sql {
     /// when it named this manifest already.
     /// (Casts, so PostgreSQL knows the parameters' types in a SELECT list.)
     pub const REQUEST: &str =
-        "INSERT INTO submission_manifests (job_id, seq, manifest_url, replaces_url, added_at)
+        "INSERT INTO submission_manifests (job_id, seq, manifest_url, replaces_url, added_at, access)
          SELECT CAST(?1 AS TEXT),
                 COALESCE((SELECT MAX(seq) FROM submission_manifests WHERE job_id = ?1), -1) + 1,
-                CAST(?2 AS TEXT), CAST(?3 AS TEXT), CAST(?4 AS BIGINT)
+                CAST(?2 AS TEXT), CAST(?3 AS TEXT), CAST(?4 AS BIGINT), CAST(?5 AS TEXT)
          WHERE EXISTS (SELECT 1 FROM submissions WHERE job_id = ?1 AND status = 'in-progress')
            AND (CAST(?2 AS TEXT) IS NULL
                 OR NOT EXISTS (SELECT 1 FROM submission_manifests WHERE job_id = ?1 AND manifest_url = ?2))
@@ -76,6 +76,7 @@ pub(super) struct RequestRow {
     state: String,
     outcome: Option<String>,
     added_at: i64,
+    access: Option<String>,
 }
 
 impl From<RequestRow> for ManifestRequest {
@@ -88,6 +89,7 @@ impl From<RequestRow> for ManifestRequest {
             state: RequestState::parse(&r.state),
             outcome: r.outcome,
             added_at: r.added_at,
+            access: SourceAccess::from_json(r.access.as_deref()),
         }
     }
 }
@@ -159,6 +161,7 @@ impl Store {
         job_id: &str,
         manifest_url: Option<&str>,
         replaces_url: Option<&str>,
+        access: &SourceAccess,
         now: i64,
     ) -> Result<Requested, StoreError> {
         let seq: Option<i64> = sqlx::query_scalar(sql::REQUEST)
@@ -166,6 +169,7 @@ impl Store {
             .bind(manifest_url)
             .bind(replaces_url)
             .bind(now)
+            .bind(access.to_json())
             .fetch_optional(self.pool())
             .await?;
         if let Some(seq) = seq {

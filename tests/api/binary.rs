@@ -179,6 +179,81 @@ async fn no_secret_or_token_reaches_the_debug_log_during_a_full_import() {
 }
 
 #[tokio::test]
+async fn a_submitted_request_header_reaches_the_provider_but_never_the_debug_log() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let provider = FakeProvider::start().await;
+    provider.serve_openly();
+    provider.add_file("p.ndjson", "Patient", patients(3));
+    let server = Server::start(
+        dir.path(),
+        &[("RUST_LOG", "debug"), ("DESTINATION_TYPE", "tmp-fs"), ("POLL_INTERVAL", "0.05")],
+    );
+    provider.set_consumer_jwks_url(format!("{}/jwks", server.base()));
+    let (base, http) = (server.base(), reqwest::Client::new());
+    let admin = std::fs::read_to_string(dir.path().join("data/admin-token")).unwrap();
+    let mut key = ES384.generate_key_pair().unwrap().to_jwk_key_pair();
+    key.set_key_id("provider-key-1");
+    let mut public = key.to_public_key().unwrap();
+    public.set_key_id("provider-key-1");
+    let submitter = json!({"system": "https://ehr.example/ids", "value": "ehr-log"});
+    let reg: Value = http
+        .post(format!("{base}/auth/register"))
+        .bearer_auth(admin.trim())
+        .json(&json!({"jwks": {"keys": [public.as_ref()]}, "consumer_client_id": "consumer-at-fake", "aud": provider.base(),
+            "submitter": submitter}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let client_id = reg["client_id"].as_str().unwrap_or_else(|| panic!("{reg}"));
+    let assertion = sign_assertion(&key, client_id, &format!("{base}/auth/token"), |_, _| {});
+    let token: Value = http
+        .post(format!("{base}/auth/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+            ("client_assertion", &assertion),
+            ("scope", "system/bulk-submit"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["access_token"].as_str().unwrap_or_else(|| panic!("{token}"));
+    let secret = "hdr-secret-5d1c9e77";
+    let who = json!({"name": "submitter", "valueIdentifier": submitter});
+    let id = json!({"name": "submissionId", "valueString": "log-1"});
+    let submit = json!({"resourceType": "Parameters", "parameter": [who, id,
+        {"name": "manifestUrl", "valueUrl": provider.manifest_url()},
+        {"name": "fileRequestHeader", "part": [
+            {"name": "headerName", "valueString": "Authorization"}, {"name": "headerValue", "valueString": secret}]},
+        {"name": "submissionStatus", "valueCoding": {"system": "http://hl7.org/fhir/event-status", "code": "completed"}}]});
+    let res =
+        http.post(format!("{base}/$bulk-submit")).bearer_auth(token).json(&submit).send().await.unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let ask = json!({"resourceType": "Parameters", "parameter": [who, id]});
+    let res =
+        http.post(format!("{base}/$bulk-submit-status")).bearer_auth(token).json(&ask).send().await.unwrap();
+    assert_eq!(res.status(), 202);
+    let status_url = res.headers()["content-location"].to_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.get(&status_url).bearer_auth(token).send().await.unwrap().status() == 202 {
+        assert!(Instant::now() < deadline, "the submission never finished");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = server.stop().await;
+    let sent = provider.requests_to("/fhir/files/p.ndjson");
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].authorization.as_deref(), Some(secret), "the header reached the provider");
+    assert!(log.lines().count() > 10, "debug logging was on: {log}");
+    assert!(!log.contains(secret), "the header's value reached the log");
+}
+
+#[tokio::test]
 async fn imported_data_and_the_database_are_owner_only_under_umask_022_and_info_logs_hide_job_ids() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::TempDir::new().unwrap();

@@ -5,7 +5,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::helpers::{observations, sign_assertion, spawn_app, spawn_app_with, start, test_config, TestApp};
+use super::fake_provider::FakeProvider;
+use super::helpers::{
+    observations, patients, sign_assertion, spawn_app, spawn_app_with, start, test_config, TestApp,
+};
 
 const SYSTEM: &str = "https://ehr.example/ids";
 
@@ -18,7 +21,7 @@ struct Submitter<'a> {
 
 impl<'a> Submitter<'a> {
     async fn register(app: &'a TestApp, value: &str) -> Self {
-        let body = json!({"jwks": app.public_jwks(), "consumer_client_id": "c", "aud": app.provider.base(),
+        let body = json!({"jwks": app.public_jwks(), "consumer_client_id": "consumer-at-fake", "aud": app.provider.base(),
             "submitter": {"system": SYSTEM, "value": value}});
         let res = app.register(&body).await;
         assert_eq!(res.status(), 200);
@@ -135,9 +138,9 @@ async fn a_manifest_then_completed_is_imported_and_its_status_manifest_lists_the
         .await;
     assert_eq!(res.status(), 403);
     let url = ehr.status_url("s-1").await;
-    // Parameters this server does not act on yet are refused, not ignored.
+    // A header that would reshape our transfer is refused, naming the parameter.
     let header = json!({"name": "fileRequestHeader", "part": [
-        {"name": "headerName", "valueString": "X-Key"}, {"name": "headerValue", "valueString": "k"}]});
+        {"name": "headerName", "valueString": "Range"}, {"name": "headerValue", "valueString": "bytes=0-"}]});
     let res = ehr
         .submit(vec![
             param("submissionId", "valueString", "s-1"),
@@ -146,7 +149,8 @@ async fn a_manifest_then_completed_is_imported_and_its_status_manifest_lists_the
         ])
         .await;
     assert_eq!(res.status(), 400);
-    assert!(res.text().await.unwrap().contains("fileRequestHeader"));
+    let refusal = res.text().await.unwrap();
+    assert!(refusal.contains("fileRequestHeader") && refusal.contains("Range"), "{refusal}");
 
     // Closed with the earlier drafts' code, as the SMART provider sends it.
     let res = ehr
@@ -390,4 +394,126 @@ async fn a_replace_sent_with_valueless_manifest_and_base_url_withdraws_as_the_sm
     assert!(!stored.exists(), "the withdrawn manifest's data is removed");
     let left = std::fs::read_dir(app.jobs_dir(&job)).map(|d| d.count()).unwrap_or(0);
     assert_eq!(left, 0, "and nothing else was imported: {done}");
+}
+
+fn request_header(plural: bool, name: &str, value: &str) -> Value {
+    let param = if plural { "fileRequestHeaders" } else { "fileRequestHeader" };
+    json!({"name": param, "part": [
+        {"name": "headerName", "valueString": name}, {"name": "headerValue", "valueString": value}]})
+}
+
+fn header_of<'a>(r: &'a super::fake_provider::Recorded, name: &str) -> Option<&'a str> {
+    r.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+}
+
+#[tokio::test]
+async fn request_headers_go_on_every_manifest_page_and_file_get_but_not_to_a_redirect_elsewhere() {
+    let app = spawn_app().await;
+    app.provider.serve_openly();
+    app.provider.page_size(1);
+    app.provider.add_file("p.ndjson", "Patient", patients(3));
+    app.provider.add_file("o.ndjson", "Observation", observations(4));
+    app.provider.add_file("far.ndjson", "Observation", "");
+    let other = FakeProvider::start().await;
+    other.serve_openly();
+    other.add_file("there.ndjson", "Observation", observations(2));
+    app.provider.redirect_file("far.ndjson", &format!("{}/fhir/files/there.ndjson", other.origin()));
+    let ehr = Submitter::register(&app, "ehr-9").await;
+    let res = ehr
+        .submit(vec![
+            param("submissionId", "valueString", "s-7"),
+            param("manifestUrl", "valueUrl", &app.provider.manifest_url()),
+            request_header(false, "X-Api-Key", "key-7f3a"),
+            request_header(true, "X-Tenant", "t-1"),
+            status(bulk_import::fhir::bulk_submit::EVENT_STATUS, "completed"),
+        ])
+        .await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let url = ehr.status_url("s-7").await;
+    let done = ehr.poll_until_done(&url).await;
+    let job = url.rsplit('/').next().unwrap();
+    assert_eq!(app.read(job, "Patient.1.ndjson"), patients(3), "{done}");
+    let mut observed = vec![app.read(job, "Observation.1.ndjson"), app.read(job, "Observation.2.ndjson")];
+    observed.sort_by_key(|b| b.len());
+    assert_eq!(observed, vec![observations(2), observations(4)], "both pages' files, the redirected one too");
+    // Three manifest pages and three files, each with both headers.
+    let pages: Vec<_> =
+        app.provider.requests().into_iter().filter(|r| r.path.starts_with("/fhir/manifest")).collect();
+    assert_eq!(pages.len(), 3, "the manifest's link pages were followed");
+    let files = app.provider.requests_to("/fhir/files/");
+    assert_eq!(files.len(), 3);
+    for r in pages.iter().chain(&files) {
+        assert_eq!(header_of(r, "x-api-key"), Some("key-7f3a"), "{}", r.path);
+        assert_eq!(header_of(r, "x-tenant"), Some("t-1"), "{}", r.path);
+    }
+    // The redirect to another origin got neither (as it would not get a token).
+    let there = other.requests_to("/fhir/files/there.ndjson");
+    assert_eq!(there.len(), 1);
+    assert!(header_of(&there[0], "x-api-key").is_none() && header_of(&there[0], "x-tenant").is_none());
+}
+
+#[tokio::test]
+async fn with_oauth_metadata_the_manifest_and_its_files_are_fetched_with_a_token_got_from_there() {
+    let app = spawn_app().await;
+    // Manifest and files need a token; the provider's usual discovery finds no token endpoint.
+    app.provider.hide_discovery();
+    app.provider.add_file("o.ndjson", "Observation", observations(6));
+    let ehr = Submitter::register(&app, "ehr-10").await;
+    let manifest = app.provider.manifest_url();
+    // Without the metadata the manifest is fetched without a token: refused, the request fails.
+    let res = ehr
+        .submit(vec![
+            param("submissionId", "valueString", "s-8"),
+            param("manifestUrl", "valueUrl", &manifest),
+            status(bulk_import::fhir::bulk_submit::EVENT_STATUS, "completed"),
+        ])
+        .await;
+    assert_eq!(res.status(), 200);
+    let done = ehr.poll_until_done(&ehr.status_url("s-8").await).await;
+    let lines = ehr.get(done["outcome"][0]["url"].as_str().unwrap()).await.text().await.unwrap();
+    assert!(lines.contains("401"), "{lines}");
+    assert!(app.provider.issued_tokens().is_empty());
+
+    // RFC 9728 metadata naming the authorization server whose RFC 8414 metadata has the endpoint.
+    let metadata = format!("{}/auth/protected-resource", app.provider.origin());
+    let res = ehr
+        .submit(vec![
+            param("submissionId", "valueString", "s-9"),
+            param("manifestUrl", "valueUrl", &format!("{manifest}?with-token")),
+            param("oauthMetadataUrl", "valueUrl", &metadata),
+            status(bulk_import::fhir::bulk_submit::EVENT_STATUS, "completed"),
+        ])
+        .await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let url = ehr.status_url("s-9").await;
+    let done = ehr.poll_until_done(&url).await;
+    let job = url.rsplit('/').next().unwrap();
+    let lines = ehr.get(done["outcome"][0]["url"].as_str().unwrap()).await.text().await.unwrap();
+    assert!(app.jobs_dir(job).join("Observation.1.ndjson").exists(), "{lines}");
+    assert_eq!(app.read(job, "Observation.1.ndjson"), observations(6));
+    let tokens = app.provider.issued_tokens();
+    let bearer = |r: &super::fake_provider::Recorded| {
+        r.authorization
+            .as_deref()
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .is_some_and(|t| tokens.iter().any(|k| k == t))
+    };
+    let fetched = app.provider.requests_to("/fhir/manifest.json");
+    assert!(bearer(fetched.last().unwrap()), "the manifest got the token");
+    assert!(app.provider.requests_to("/fhir/files/o.ndjson").iter().all(bearer), "and so did its file");
+
+    // Metadata off the registration's origins is refused at once: our token goes nowhere else.
+    let res = ehr
+        .submit(vec![
+            param("submissionId", "valueString", "s-10"),
+            param("manifestUrl", "valueUrl", &format!("{manifest}?elsewhere")),
+            param(
+                "oauthMetadataUrl",
+                "valueUrl",
+                &format!("{}/auth/protected-resource", app.provider.alt_origin()),
+            ),
+        ])
+        .await;
+    assert_eq!(res.status(), 400);
+    assert!(res.text().await.unwrap().contains("oauthMetadataUrl"));
 }

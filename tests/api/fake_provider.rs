@@ -84,6 +84,8 @@ pub struct Recorded {
     pub accept_encoding: Option<String>,
     pub range: Option<String>,
     pub if_range: Option<String>,
+    /// Every header, as sent.
+    pub headers: Vec<(String, String)>,
     pub body: String,
     /// When the request arrived.
     pub at: std::time::Instant,
@@ -239,6 +241,8 @@ impl FakeProvider {
             .route("/fhir/.well-known/smart-configuration", get(smart_configuration))
             .route("/{sim}/fhir/.well-known/smart-configuration", get(smart_configuration))
             .route("/auth/token", post(token))
+            .route("/auth/protected-resource", get(protected_resource))
+            .route("/.well-known/oauth-authorization-server/auth", get(authorization_server))
             .route("/fhir/$export", get(kickoff).post(kickoff))
             .route("/{sim}/fhir/$export", get(kickoff).post(kickoff))
             .route("/fhir/status/{n}", get(status).delete(status_delete))
@@ -498,6 +502,10 @@ impl FakeProvider {
             accept_encoding: headers.get("accept-encoding").and_then(|v| v.to_str().ok()).map(str::to_string),
             range: headers.get("range").and_then(|v| v.to_str().ok()).map(str::to_string),
             if_range: headers.get("if-range").and_then(|v| v.to_str().ok()).map(str::to_string),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect(),
             body: String::from_utf8_lossy(body).into_owned(),
             at: std::time::Instant::now(),
         };
@@ -599,6 +607,21 @@ fn oo(text: &str) -> Value {
 
 async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, Json(oo("not found"))).into_response()
+}
+
+/// RFC 9728 protected-resource metadata naming our authorization server (Bulk Submit's
+/// `oauthMetadataUrl` may point here).
+async fn protected_resource(State(f): State<FakeProvider>) -> Response {
+    Json(json!({"resource": f.base(), "authorization_servers": [format!("{}/auth", f.origin())]}))
+        .into_response()
+}
+
+/// RFC 8414 metadata of that authorization server.
+async fn authorization_server(State(f): State<FakeProvider>) -> Response {
+    let origin = f.origin();
+    Json(json!({"issuer": format!("{origin}/auth"), "token_endpoint": format!("{origin}/auth/token"),
+        "grant_types_supported": ["client_credentials"]}))
+    .into_response()
 }
 
 async fn smart_configuration(State(f): State<FakeProvider>) -> Response {

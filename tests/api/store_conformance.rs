@@ -6,9 +6,13 @@ use std::time::Duration;
 use bulk_import::{
     domain::{
         Admission, Appended, AuditClass, AuditEvent, FileState, FinishedFile, Job, JobCaps, JobFile,
-        JobState, Provider, RequestState, Requested, Submission,
+        JobState, Provider, RequestState, Requested, SourceAccess, Submission,
     },
-    fhir::{bulk_submit::SubmissionStatus, manifest::FileKind, parameters::ExportType},
+    fhir::{
+        bulk_submit::{RequestHeader, SubmissionStatus},
+        manifest::FileKind,
+        parameters::ExportType,
+    },
     store::{
         job_store::{AuditLog, JobStore, RegistrationStore, ReplayCache, SubmissionStore},
         leases::Renewal,
@@ -452,14 +456,32 @@ async fn submissions_are_kept_closed_once_and_name_each_manifest_once(
 
     // Requests are numbered in order; a manifest is named once; a withdrawal names none.
     let m = |n: u8| format!("https://ehr.example/m/{n}");
-    assert_eq!(store.request_manifest("ss01", Some(&m(1)), None, 902).await.unwrap(), Requested::Added(0));
-    assert_eq!(store.request_manifest("ss01", Some(&m(1)), None, 903).await.unwrap(), Requested::Duplicate);
+    let plain = SourceAccess::default();
+    // How a manifest is reached is kept with its request, header values and all.
+    let access = SourceAccess {
+        headers: vec![RequestHeader { name: "X-Api-Key".into(), value: "k-1".into() }],
+        oauth_metadata_urls: vec!["https://ehr.example/.well-known/smart-configuration".into()],
+    };
     assert_eq!(
-        store.request_manifest("ss01", Some(&m(2)), Some(&m(1)), 904).await.unwrap(),
+        store.request_manifest("ss01", Some(&m(1)), None, &plain, 902).await.unwrap(),
+        Requested::Added(0)
+    );
+    assert_eq!(
+        store.request_manifest("ss01", Some(&m(1)), None, &plain, 903).await.unwrap(),
+        Requested::Duplicate
+    );
+    assert_eq!(
+        store.request_manifest("ss01", Some(&m(2)), Some(&m(1)), &access, 904).await.unwrap(),
         Requested::Added(1)
     );
-    assert_eq!(store.request_manifest("ss01", None, Some(&m(2)), 905).await.unwrap(), Requested::Added(2));
-    assert_eq!(store.request_manifest("ss02", Some(&m(1)), None, 906).await.unwrap(), Requested::Added(0));
+    assert_eq!(
+        store.request_manifest("ss01", None, Some(&m(2)), &plain, 905).await.unwrap(),
+        Requested::Added(2)
+    );
+    assert_eq!(
+        store.request_manifest("ss02", Some(&m(1)), None, &plain, 906).await.unwrap(),
+        Requested::Added(0)
+    );
     let requests = store.manifest_requests("ss01").await.unwrap();
     assert_eq!(requests.len(), 3);
     assert_eq!(
@@ -467,6 +489,7 @@ async fn submissions_are_kept_closed_once_and_name_each_manifest_once(
         (Some(&*m(2)), Some(&*m(1)))
     );
     assert!(requests.iter().all(|r| r.state == RequestState::Pending));
+    assert_eq!((&requests[0].access, &requests[1].access), (&plain, &access));
     assert!(store.finish_manifest_request("ss01", 0, RequestState::Done, None).await.unwrap());
     assert!(
         !store.finish_manifest_request("ss01", 0, RequestState::Failed, Some("{}")).await.unwrap(),
@@ -482,7 +505,10 @@ async fn submissions_are_kept_closed_once_and_name_each_manifest_once(
     assert!(!store.close_submission("ss01", SubmissionStatus::Stopped, 911).await.unwrap(), "closed already");
     let closed = store.submission("p1", "sub-a").await.unwrap().unwrap();
     assert_eq!((closed.status, closed.updated_at), (SubmissionStatus::Completed, 910));
-    assert_eq!(store.request_manifest("ss01", Some(&m(3)), None, 912).await.unwrap(), Requested::Closed);
+    assert_eq!(
+        store.request_manifest("ss01", Some(&m(3)), None, &plain, 912).await.unwrap(),
+        Requested::Closed
+    );
     // Removing the job removes its submission.
     assert!(jobs.delete_job("ss02").await.unwrap());
     assert_eq!(store.submission("p1", "sub-b").await.unwrap(), None);

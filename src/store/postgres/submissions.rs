@@ -4,7 +4,7 @@ use async_trait::async_trait;
 
 use super::PgStore;
 use crate::{
-    domain::{ManifestRequest, RequestState, Requested, Submission},
+    domain::{ManifestRequest, RequestState, Requested, SourceAccess, Submission},
     fhir::bulk_submit::SubmissionStatus,
     store::{
         job_store::SubmissionStore,
@@ -90,6 +90,7 @@ impl SubmissionStore for PgStore {
         job_id: &str,
         manifest_url: Option<&str>,
         replaces_url: Option<&str>,
+        access: &SourceAccess,
         now: i64,
     ) -> Result<Requested, StoreError> {
         let seq: Option<i64> = sqlx::query_scalar(&pg(sql::REQUEST))
@@ -97,6 +98,7 @@ impl SubmissionStore for PgStore {
             .bind(manifest_url)
             .bind(replaces_url)
             .bind(now)
+            .bind(access.to_json())
             .fetch_optional(self.pool())
             .await?;
         if let Some(seq) = seq {
