@@ -10,18 +10,23 @@ use super::helpers::{
     observations, patients, sign_assertion, spawn_app, spawn_app_with, start, test_config, TestApp,
 };
 
-const SYSTEM: &str = "https://ehr.example/ids";
+pub(super) const SYSTEM: &str = "https://ehr.example/ids";
 
 /// A registered submitter and its `system/bulk-submit` token.
-struct Submitter<'a> {
-    app: &'a TestApp,
-    value: String,
-    token: String,
+pub(super) struct Submitter<'a> {
+    pub app: &'a TestApp,
+    pub value: String,
+    pub token: String,
 }
 
 impl<'a> Submitter<'a> {
     async fn register(app: &'a TestApp, value: &str) -> Self {
-        let body = json!({"jwks": app.public_jwks(), "consumer_client_id": "consumer-at-fake", "aud": app.provider.base(),
+        Self::register_at(app, value, &app.provider.base()).await
+    }
+
+    /// Registered for the provider at `aud`.
+    pub(super) async fn register_at(app: &'a TestApp, value: &str, aud: &str) -> Self {
+        let body = json!({"jwks": app.public_jwks(), "consumer_client_id": "consumer-at-fake", "aud": aud,
             "submitter": {"system": SYSTEM, "value": value}});
         let res = app.register(&body).await;
         assert_eq!(res.status(), 200);

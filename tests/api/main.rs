@@ -25,6 +25,7 @@ mod real_providers;
 mod replicas;
 mod s3_server;
 mod small_disk;
+mod smart_submit_provider;
 mod storage_faults;
 mod store_conformance;
 mod ui;
