@@ -31,6 +31,8 @@ pub const DEFAULT_CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 /// `$bulk-submit` requests per client per minute: far more than a provider submitting manifests
 /// as its exports finish sends, far fewer than a runaway loop does.
 pub const DEFAULT_SUBMIT_REQUESTS_PER_MINUTE: u32 = 120;
+/// `outcome` entries (one per submitted manifest) on one page of a Bulk Submit status manifest.
+pub const DEFAULT_SUBMIT_STATUS_PAGE_SIZE: usize = 500;
 /// The shortest lease: the database's clock counts whole seconds, and three heartbeats must fit.
 pub const MIN_LEASE_SECS: u64 = 3;
 /// Time past a lapsed lease for another replica to claim the job (a heartbeat period, the
@@ -146,6 +148,8 @@ pub struct Limits {
     pub provider_requests_per_minute: u32,
     /// `SUBMIT_REQUESTS_PER_MINUTE`: `$bulk-submit` requests one client may send in a minute.
     pub submit_requests_per_minute: u32,
+    /// `SUBMIT_STATUS_PAGE_SIZE`: manifests per page of a status manifest (more go on `link` next).
+    pub submit_status_page_size: usize,
     pub max_retries: u32,
     pub export_timeout: Duration,
     pub max_job_duration: Duration,
@@ -316,6 +320,12 @@ impl Config {
                 DEFAULT_SUBMIT_REQUESTS_PER_MINUTE,
                 1,
                 60_000,
+            ),
+            submit_status_page_size: r.num(
+                "SUBMIT_STATUS_PAGE_SIZE",
+                DEFAULT_SUBMIT_STATUS_PAGE_SIZE,
+                1,
+                10_000,
             ),
             provider_requests_per_minute: r.num(
                 "PROVIDER_REQUESTS_PER_MINUTE",

@@ -52,6 +52,12 @@ pub enum SubmissionView {
     Failed(OperationOutcome),
 }
 
+/// Where a status manifest's parts are served: request `seq`'s outcome lines, and page `n`.
+pub struct StatusUrls<'a> {
+    pub outcome: &'a (dyn Fn(i64) -> String + Sync),
+    pub page: &'a (dyn Fn(usize) -> String + Sync),
+}
+
 pub struct Submissions<'a> {
     pub jobs: &'a JobContext,
 }
@@ -196,11 +202,13 @@ impl Submissions<'_> {
             .ok_or_else(|| SubmissionError::NotFound(crate::telemetry::shown_id(job_id)))
     }
 
-    /// Where a submission is; `outcome_url(seq)` is where request `seq`'s outcome lines are served.
+    /// Where a submission is; `urls` say where request `seq`'s outcome lines are served and
+    /// where page `n` of the status manifest is.
     pub async fn status(
         &self,
         s: &Submission,
-        outcome_url: impl Fn(i64) -> String,
+        page: usize,
+        urls: &StatusUrls<'_>,
     ) -> Result<SubmissionView, SubmissionError> {
         let ctx = self.jobs;
         let job = ctx
@@ -230,8 +238,16 @@ impl Submissions<'_> {
         let requests = ctx.submissions.manifest_requests(&s.job_id).await?;
         let manifests = ctx.store.manifests(&s.job_id).await?;
         let files = ctx.store.files(&s.job_id).await?;
+        let size = ctx.config.limits.submit_status_page_size.max(1);
+        let named: Vec<_> = requests.iter().filter(|r| r.manifest_url.is_some()).collect();
+        if page > 0 && page * size >= named.len() {
+            return Err(SubmissionError::NotFound(format!(
+                "page {page} of submission '{}'",
+                s.submission_id
+            )));
+        }
         let mut outcome = Vec::new();
-        for request in requests.iter().filter(|r| r.manifest_url.is_some()) {
+        for request in named.iter().skip(page * size).take(size) {
             let url = request.manifest_url.as_deref().unwrap_or_default();
             let lines = request_outcomes(request, &manifests, &files);
             let mut counts = std::collections::BTreeMap::<String, i64>::new();
@@ -245,12 +261,18 @@ impl Submissions<'_> {
                 counts.into_iter().map(|(code, count)| json!({"code": code, "count": count})).collect();
             outcome.push(json!({
                 "type": "OperationOutcome",
-                "url": outcome_url(request.seq),
+                "url": (urls.outcome)(request.seq),
                 "manifestUrl": url,
                 "countSeverity": count_severity,
             }));
         }
         let when = job.completed_at.unwrap_or(s.updated_at);
+        // Large ones in pages (Bulk Data manifests' `link` next), every page a whole manifest.
+        let link: Vec<Value> = if (page + 1) * size < named.len() {
+            vec![json!({"relation": "next", "url": (urls.page)(page + 1)})]
+        } else {
+            vec![]
+        };
         Ok(SubmissionView::Done(json!({
             "transactionTime": instant(when),
             "requiresAccessToken": true,
@@ -262,6 +284,7 @@ impl Submissions<'_> {
             "outcome": outcome,
             // For readers written against the earlier drafts (the SMART provider reads `error`).
             "error": outcome,
+            "link": link,
         })))
     }
 

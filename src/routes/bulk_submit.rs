@@ -5,7 +5,10 @@
 //! Every call needs a `system/bulk-submit` token, and a client sees only its own submissions.
 use axum::{
     body::Bytes,
-    extract::{rejection::BytesRejection, Path, State},
+    extract::{
+        rejection::{BytesRejection, QueryRejection},
+        Path, Query, State,
+    },
     http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -23,7 +26,7 @@ use crate::{
         operation_outcome::OperationOutcome,
     },
     state::AppState,
-    submissions::{SubmissionError, SubmissionView, Submissions},
+    submissions::{StatusUrls, SubmissionError, SubmissionView, Submissions},
 };
 
 /// Seconds we suggest between status polls.
@@ -124,16 +127,26 @@ async fn status_request(
     Ok(no_store(res.into_response()))
 }
 
+/// `?page=N` of a status manifest in pages.
+#[derive(serde::Deserialize)]
+struct PageQuery {
+    page: Option<usize>,
+}
+
 async fn status(
     State(app): State<AppState>,
     caller: SubmitCaller,
     Path(job): Path<String>,
+    query: Result<Query<PageQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(format!("page: {}", e.body_text())))?;
     let service = submissions(&app);
     let submission = service.of_job(&caller.provider, &job).await?;
     let base = format!("{}/bulk-submit-status/{job}", super::base_url(&app, &headers));
-    let res = match service.status(&submission, |seq| format!("{base}/outcome/{seq}")).await? {
+    let urls =
+        StatusUrls { outcome: &|seq| format!("{base}/outcome/{seq}"), page: &|n| format!("{base}?page={n}") };
+    let res = match service.status(&submission, query.page.unwrap_or(0), &urls).await? {
         SubmissionView::InProgress { percent, text } => {
             let mut res = StatusCode::ACCEPTED.into_response();
             let h = res.headers_mut();

@@ -522,3 +522,50 @@ async fn with_oauth_metadata_the_manifest_and_its_files_are_fetched_with_a_token
     assert_eq!(res.status(), 400);
     assert!(res.text().await.unwrap().contains("oauthMetadataUrl"));
 }
+
+#[tokio::test]
+async fn a_large_status_manifest_comes_in_pages_linked_by_next() {
+    let app = spawn_app_with(|c| c.limits.submit_status_page_size = 2).await;
+    app.provider.serve_openly();
+    app.provider.add_file("o.ndjson", "Observation", observations(2));
+    let ehr = Submitter::register(&app, "ehr-11").await;
+    let manifests: Vec<String> = (0..5).map(|n| format!("{}?n={n}", app.provider.manifest_url())).collect();
+    for m in &manifests {
+        let res = ehr
+            .submit(vec![param("submissionId", "valueString", "s-11"), param("manifestUrl", "valueUrl", m)])
+            .await;
+        assert_eq!(res.status(), 200);
+    }
+    let res = ehr
+        .submit(vec![
+            param("submissionId", "valueString", "s-11"),
+            status(bulk_import::fhir::bulk_submit::EVENT_STATUS, "completed"),
+        ])
+        .await;
+    assert_eq!(res.status(), 200);
+    let url = ehr.status_url("s-11").await;
+    let mut page = ehr.poll_until_done(&url).await;
+    let mut seen = Vec::new();
+    // Bounded: five manifests, two a page.
+    for _ in 0..5 {
+        assert_eq!(page["submissionId"], "s-11", "every page is a whole status manifest");
+        seen.extend(
+            page["outcome"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["manifestUrl"].as_str().unwrap().to_string()),
+        );
+        let Some(next) = page["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next") else {
+            break;
+        };
+        let res = ehr.get(next["url"].as_str().unwrap()).await;
+        assert_eq!(res.status(), 200);
+        page = res.json().await.unwrap();
+    }
+    assert_eq!(seen, manifests, "each manifest once, in order");
+    assert_eq!(ehr.get(&format!("{url}?page=3")).await.status(), 404, "past the last page");
+    let res = ehr.get(&format!("{url}?page=first")).await;
+    assert_eq!(res.status(), 400);
+    assert_eq!(res.json::<Value>().await.unwrap()["resourceType"], "OperationOutcome");
+}
