@@ -95,8 +95,15 @@ pub struct OperationOutcome {
     pub resource_type: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// `operationoutcome-sourceResource`, when the outcome is about one known resource.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extension: Vec<serde_json::Value>,
     pub issue: Vec<Issue>,
 }
+
+/// The extension naming the resource an outcome is about (Bulk Submit asks for it on
+/// per-resource issues).
+pub const SOURCE_RESOURCE: &str = "http://hl7.org/fhir/StructureDefinition/operationoutcome-sourceResource";
 
 impl OperationOutcome {
     /// One issue with a human-readable diagnostic.
@@ -104,8 +111,16 @@ impl OperationOutcome {
         Self {
             resource_type: "OperationOutcome".into(),
             id: None,
+            extension: vec![],
             issue: vec![Issue { severity, code, diagnostics: Some(diagnostics.into()) }],
         }
+    }
+
+    /// The same, about the resource `reference` (`Type/id`, or absolute).
+    pub fn about(mut self, reference: String) -> Self {
+        self.extension
+            .push(serde_json::json!({"url": SOURCE_RESOURCE, "valueReference": {"reference": reference}}));
+        self
     }
 
     pub fn error(code: IssueCode, diagnostics: impl Into<String>) -> Self {

@@ -107,7 +107,12 @@ impl FileResult {
             state: FileState::Done,
             resources: 0,
             bytes: 0,
-            outcome: OperationOutcome { resource_type: "OperationOutcome".into(), id: None, issue },
+            outcome: OperationOutcome {
+                resource_type: "OperationOutcome".into(),
+                id: None,
+                extension: vec![],
+                issue,
+            },
             provider_errors: report.errors,
             type_counts: None,
         }
@@ -155,6 +160,8 @@ enum AttemptError {
     },
     /// The file itself is bad or refused; retrying cannot help.
     Permanent(IssueCode, String),
+    /// The same, because of one resource we can name (`Type/id`).
+    BadResource(IssueCode, String, String),
     Job(JobError),
 }
 
@@ -219,6 +226,11 @@ pub async fn import_file(
             Err(AttemptError::Job(e)) => Attempt::Done(Err(e)),
             Err(AttemptError::Permanent(code, reason)) => {
                 Attempt::Done(Ok(FileResult::failed(file, code, reason)))
+            }
+            Err(AttemptError::BadResource(code, reason, resource)) => {
+                let mut failed = FileResult::failed(file, code, reason);
+                failed.outcome = failed.outcome.about(resource);
+                Attempt::Done(Ok(failed))
             }
             Err(AttemptError::Transient { why, .. }) if t.last => Attempt::Done(Ok(FileResult::failed(
                 file,
@@ -705,5 +717,8 @@ fn line_failure(e: LineError) -> AttemptError {
         | LineError::BadMember { .. } => IssueCode::Invalid,
         LineError::NotUtf8 { .. } | LineError::NotJson { .. } => IssueCode::Structure,
     };
-    AttemptError::Permanent(code, e.to_string())
+    match e.resource() {
+        Some(resource) => AttemptError::BadResource(code, e.to_string(), resource),
+        None => AttemptError::Permanent(code, e.to_string()),
+    }
 }

@@ -20,13 +20,23 @@ pub enum LineError {
     #[error("line {line} has no resourceType")]
     NoResourceType { line: u64 },
     #[error("line {line} has resourceType '{found}' but the manifest lists this file as '{expected}'")]
-    WrongType { line: u64, expected: String, found: String },
+    WrongType { line: u64, expected: String, found: String, id: Option<String> },
     #[error("line {line} ({resource_type}) has no id")]
     NoId { line: u64, resource_type: String },
     #[error(
         "line {line}: the file has more than {max} blank lines (MAX_BLANK_LINES); blank lines are not data"
     )]
     TooManyBlank { line: u64, max: u64 },
+}
+
+impl LineError {
+    /// The resource the line is, when it names one (`Type/id`): an outcome can point at it.
+    pub fn resource(&self) -> Option<String> {
+        match self {
+            LineError::WrongType { found, id: Some(id), .. } => Some(format!("{found}/{id}")),
+            _ => None,
+        }
+    }
 }
 
 /// Carry capacity kept between lines; more is released after a long line.
@@ -185,6 +195,7 @@ pub fn validate_line(
             line: line_no,
             expected: expected.into(),
             found: found.decode().map_or_else(|| "(not valid Unicode)".into(), |s| s.into_owned()),
+            id: top.id.and_then(|id| id.decode()).map(|id| id.into_owned()).filter(|id| !id.is_empty()),
         });
     }
     check_id(line_no, &top, expected, require_id)?;
@@ -268,10 +279,9 @@ mod tests {
             validate_line(5, br#"{"id":"1"}"#, "Patient", true),
             Err(LineError::NoResourceType { line: 5 })
         );
-        assert!(matches!(
-            validate_line(6, br#"{"resourceType":"Observation","id":"1"}"#, "Patient", true),
-            Err(LineError::WrongType { line: 6, .. })
-        ));
+        let wrong = validate_line(6, br#"{"resourceType":"Observation","id":"1"}"#, "Patient", true);
+        assert_eq!(wrong.as_ref().err().and_then(LineError::resource).as_deref(), Some("Observation/1"));
+        assert!(matches!(wrong, Err(LineError::WrongType { line: 6, .. })));
         assert!(matches!(
             validate_line(7, br#"{"resourceType":"Patient"}"#, "Patient", true),
             Err(LineError::NoId { .. })

@@ -569,3 +569,30 @@ async fn a_large_status_manifest_comes_in_pages_linked_by_next() {
     assert_eq!(res.status(), 400);
     assert_eq!(res.json::<Value>().await.unwrap()["resourceType"], "OperationOutcome");
 }
+
+#[tokio::test]
+async fn a_resource_that_fails_its_file_is_named_by_the_source_resource_extension() {
+    let app = spawn_app().await;
+    app.provider.serve_openly();
+    // Listed as Patient, its third line is an Observation.
+    app.provider.add_file("mixed.ndjson", "Patient", format!("{}{}", patients(2), observations(1)));
+    let ehr = Submitter::register(&app, "ehr-12").await;
+    let res = ehr
+        .submit(vec![
+            param("submissionId", "valueString", "s-12"),
+            param("manifestUrl", "valueUrl", &app.provider.manifest_url()),
+            status(bulk_import::fhir::bulk_submit::EVENT_STATUS, "completed"),
+        ])
+        .await;
+    assert_eq!(res.status(), 200);
+    let done = ehr.poll_until_done(&ehr.status_url("s-12").await).await;
+    let lines = ehr.get(done["outcome"][0]["url"].as_str().unwrap()).await.text().await.unwrap();
+    let outcome: Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    assert_eq!(outcome["issue"][0]["severity"], "error", "{outcome}");
+    assert_eq!(
+        outcome["extension"][0],
+        json!({"url": "http://hl7.org/fhir/StructureDefinition/operationoutcome-sourceResource",
+            "valueReference": {"reference": "Observation/obs-0"}}),
+        "{outcome}"
+    );
+}
