@@ -307,17 +307,31 @@ pub struct ManifestRequest {
 /// every GET to their origins, and OAuth metadata to get a token from (for the manifest, and
 /// for files whose manifest says `requiresAccessToken`). Kept with the request (JSON) so that a
 /// restarted job reaches them the same way.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SourceAccess {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<crate::fhir::bulk_submit::RequestHeader>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub oauth_metadata_urls: Vec<String>,
+    /// The `fileEncryptionKey` its manifest and files are JWE-encrypted with (base64url key
+    /// bytes): a secret, never shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_key: Option<String>,
+}
+
+impl std::fmt::Debug for SourceAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceAccess")
+            .field("headers", &self.headers)
+            .field("oauth_metadata_urls", &self.oauth_metadata_urls)
+            .field("encryption_key", &self.encryption_key.as_ref().map(|_| "<hidden>"))
+            .finish()
+    }
 }
 
 impl SourceAccess {
     pub fn is_plain(&self) -> bool {
-        self.headers.is_empty() && self.oauth_metadata_urls.is_empty()
+        self.headers.is_empty() && self.oauth_metadata_urls.is_empty() && self.encryption_key.is_none()
     }
 
     /// The stored form (`None` for plain access).

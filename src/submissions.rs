@@ -12,7 +12,7 @@ use crate::{
         parameters::ExportType,
     },
     imports::{ImportError, Imports},
-    jobs::{context::JobContext, pipeline},
+    jobs::{context::JobContext, jwe::ContentKey, pipeline},
     store::StoreError,
     time_util::{instant, now_unix},
 };
@@ -29,9 +29,8 @@ pub enum SubmissionError {
     Duplicate(String),
     #[error("{0}")]
     NotTheProviders(String),
-    /// Understood, but not acted on yet: refused rather than ignored.
-    #[error("the {0} parameter is not supported by this server yet; submit without it")]
-    Unsupported(&'static str),
+    #[error("fileEncryptionKey: {0}")]
+    BadKey(String),
     /// No room for another job now.
     #[error("{0}")]
     Busy(String),
@@ -69,9 +68,10 @@ impl Submissions<'_> {
         if !provider.speaks_for(r.submitter.system.as_deref(), &r.submitter.value) {
             return Err(SubmissionError::UnknownSubmitter(r.submitter.value.clone()));
         }
-        if r.encryption_key.is_some() {
-            return Err(SubmissionError::Unsupported("fileEncryptionKey"));
-        }
+        let encryption_key = match &r.encryption_key {
+            Some(raw) => Some(ContentKey::parse(raw).map_err(SubmissionError::BadKey)?.encoded()),
+            None => None,
+        };
         let base = ProviderBase::parse(&provider.aud)
             .map_err(|e| SubmissionError::NotTheProviders(format!("the registration is unusable: {e}")))?
             .with_origins(&provider.token_origin_list(), provider.file_origin_list());
@@ -106,7 +106,11 @@ impl Submissions<'_> {
                     &job_id,
                     r.manifest_url.as_deref(),
                     r.replaces_manifest_url.as_deref(),
-                    &SourceAccess { headers: r.headers, oauth_metadata_urls: r.oauth_metadata_urls },
+                    &SourceAccess {
+                        headers: r.headers,
+                        oauth_metadata_urls: r.oauth_metadata_urls,
+                        encryption_key,
+                    },
                     now_unix(),
                 )
                 .await?;

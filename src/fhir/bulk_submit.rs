@@ -114,7 +114,9 @@ pub struct SubmitRequest {
     pub headers: Vec<RequestHeader>,
     pub oauth_metadata_urls: Vec<String>,
     /// The `fileEncryptionKey` parameter as sent (a JWK, secret).
-    pub encryption_key: Option<Value>,
+    /// `fileEncryptionKey`'s `value` (a JWK or key bytes; checked by the service), its `coding`
+    /// being `jwe`.
+    pub encryption_key: Option<String>,
 }
 
 impl std::fmt::Debug for SubmitRequest {
@@ -160,6 +162,8 @@ pub enum SubmitError {
     OutputFormat(String),
     #[error("fileRequestHeader: {0}")]
     BadHeader(String),
+    #[error("fileEncryptionKey: {0}")]
+    BadEncryptionKey(String),
     #[error("parameter '{0}' is not a $bulk-submit parameter (submitter, submissionId, submissionStatus, manifestUrl, replacesManifestUrl, outputFormat, fhirBaseUrl, fileRequestHeader, oauthMetadataUrl, fileEncryptionKey, metadata, import)")]
     Unknown(String),
 }
@@ -193,6 +197,19 @@ fn absolute_url(name: &str, value: String) -> Result<String, SubmitError> {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Ok(value),
         _ => Err(SubmitError::BadUrl { name: name.to_string(), value }),
     }
+}
+
+/// `fileEncryptionKey`: parts `coding` (only `jwe`, the default) and `value`.
+fn encryption_key(p: &Map<String, Value>) -> Result<String, SubmitError> {
+    let coding = part(p, "coding");
+    let code = coding.and_then(|c| c.get("valueCoding")?.get("code")?.as_str().map(str::to_string));
+    let code = code.or_else(|| coding.and_then(text)).unwrap_or_else(|| "jwe".into());
+    if !code.eq_ignore_ascii_case("jwe") {
+        return Err(SubmitError::BadEncryptionKey(format!("coding '{code}' is not supported (only jwe is)")));
+    }
+    part(p, "value")
+        .and_then(text)
+        .ok_or_else(|| SubmitError::BadEncryptionKey("a value part is required".into()))
 }
 
 fn header(p: &Map<String, Value>) -> Result<RequestHeader, SubmitError> {
@@ -301,7 +318,8 @@ impl SubmitRequest {
                 return Err(SubmitError::OutputFormat(format));
             }
         }
-        let encryption_key = get("fileencryptionkey").map(|p| Value::Object(p.clone()));
+        let encryption_key =
+            get("fileencryptionkey").filter(|p| has_value(p)).map(encryption_key).transpose()?;
         Ok(Self {
             submitter,
             submission_id,

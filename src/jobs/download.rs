@@ -19,6 +19,7 @@ use crate::jobs::error::JobError;
 use crate::jobs::export::describe_failure;
 use crate::jobs::file_bounds::{Exceeded, FileMeter, JobBytes};
 use crate::jobs::gzip::{decoded_body, DecodeError, ACCEPTED};
+use crate::jobs::jwe::Decrypted;
 use crate::jobs::ndjson::{validate_any_line, validate_line, AnyLine, LineError, LineKind, LineSplitter};
 use crate::jobs::provider_client::{is_transient_status, Auth, ProviderClient, SendError};
 use crate::jobs::provider_report::{ProviderReport, MAX_KEPT_ISSUES};
@@ -210,6 +211,7 @@ pub async fn import_file(
     // earlier process stored of it.
     let resumed = match file.kind {
         FileKind::Error => None,
+        _ if client.content_key().is_some() => None,
         _ => resume(client, destination, file, job_bytes, checkpoints).await,
     };
     let partial = tokio::sync::Mutex::new(resumed);
@@ -456,7 +458,9 @@ async fn attempt_data<'a>(
         let writer = destination.open(target).await.map_err(|e| AttemptError::Job(e.into()))?;
         let meter = FileMeter::new(job_bytes, &fetch.client.limits, file.idx);
         let meter = if file.kind == FileKind::Output { meter } else { meter.not_data() };
-        let validator = Validator::of(resp.headers());
+        // An encrypted file's bytes on the wire are not the bytes stored: a break starts it over.
+        let validator =
+            if fetch.client.content_key().is_some() { None } else { Validator::of(resp.headers()) };
         let total = resp.content_length();
         let keeping = validator
             .as_ref()
@@ -642,8 +646,13 @@ async fn pump(
         Sink::Report(r) => (None, None, Some(r)),
     };
     meter.body_started();
-    let mut body = decoded_body(resp, client.limits.max_gzip_ratio)
+    let body = decoded_body(resp, client.limits.max_gzip_ratio)
         .map_err(|e| AttemptError::Permanent(IssueCode::NotSupported, e.to_string()))?;
+    // A submission's JWE-encrypted file is decrypted as it streams.
+    let mut body = match client.content_key() {
+        Some(key) => Decrypted::new(body, key).boxed(),
+        None => body,
+    };
     loop {
         let next = tokio::select! {
             biased;
@@ -653,6 +662,7 @@ async fn pump(
         let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| match e {
             e @ DecodeError::Bomb(_) => AttemptError::Permanent(IssueCode::TooCostly, e.to_string()),
+            e @ DecodeError::Jwe(_) => AttemptError::Permanent(IssueCode::Security, e.to_string()),
             e => AttemptError::Transient {
                 after: None,
                 why: format!("the download broke off: {}", crate::error_text::chain(&e)),

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::jobs::error::JobError;
+use crate::jobs::jwe;
 use crate::jobs::provider_client::{is_transient_status, Auth, ProviderClient, SendError};
 use crate::jobs::retry::{self, Attempt, Try};
 use crate::{
@@ -364,7 +365,12 @@ pub async fn fetch_manifest_as(
             retry::unless_cancelled(cancel, describe_failure("the export manifest URL", resp)).await?;
         return Err(JobError::Provider(reason));
     }
-    read_manifest_body(client, resp, cancel).await
+    let body = read_manifest_body(client, resp, cancel).await?;
+    match client.content_key() {
+        Some(key) if jwe::looks_encrypted(&body) => jwe::decrypt_all(&key, &body)
+            .map_err(|e| JobError::Provider(format!("the manifest could not be decrypted: {e}"))),
+        _ => Ok(body),
+    }
 }
 
 async fn read_manifest_body(

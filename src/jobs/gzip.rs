@@ -27,6 +27,9 @@ pub enum DecodeError {
     Unsupported(String),
     #[error("the gzip body expands more than {0} times (MAX_GZIP_RATIO): a compression bomb, not an export")]
     Bomb(u64),
+    /// An encrypted (Bulk Submit) file that does not decrypt.
+    #[error("the file could not be decrypted: {0}")]
+    Jwe(#[from] crate::jobs::jwe::JweError),
 }
 
 /// Decoded bytes before the ratio is judged: small files of repeated lines may compress far.

@@ -11,6 +11,7 @@ pub mod file_bounds;
 pub mod file_help;
 pub mod gzip;
 pub mod json_scan;
+pub mod jwe;
 pub mod lease_timing;
 pub mod ndjson;
 pub mod pipeline;

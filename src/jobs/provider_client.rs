@@ -14,6 +14,7 @@ use url::Url;
 
 use crate::jobs::context::JobContext;
 use crate::jobs::error::JobError;
+use crate::jobs::jwe::ContentKey;
 use crate::jobs::request_budget::RequestBudget;
 use crate::jobs::retry::{self, Attempt, Policy, Try};
 use crate::{
@@ -123,6 +124,13 @@ impl ProviderClient {
     pub fn reaching(&self, access: &SourceAccess) -> Self {
         let source = (!access.is_plain()).then(|| Arc::new(access.clone()));
         Self { source, ..self.clone() }
+    }
+
+    /// The key a submitted manifest and its files are JWE-encrypted with, if its request gave one.
+    pub fn content_key(&self) -> Option<ContentKey> {
+        let raw = self.source.as_ref()?.encryption_key.as_deref()?;
+        // Checked when the request was taken.
+        ContentKey::parse(raw).ok()
     }
 
     /// Whether a submitted manifest gets our token: only when its request named where to get one.

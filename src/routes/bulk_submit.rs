@@ -48,7 +48,7 @@ impl From<SubmissionError> for ApiError {
             e @ (SubmissionError::Closed { .. } | SubmissionError::Duplicate(_)) => {
                 ApiError::Conflict(e.to_string())
             }
-            e @ (SubmissionError::NotTheProviders(_) | SubmissionError::Unsupported(_)) => {
+            e @ (SubmissionError::NotTheProviders(_) | SubmissionError::BadKey(_)) => {
                 ApiError::BadRequest(e.to_string())
             }
             SubmissionError::Busy(message) => ApiError::TooManyRequests { message, retry_after_secs: 60 },

@@ -596,3 +596,84 @@ async fn a_resource_that_fails_its_file_is_named_by_the_source_resource_extensio
         "{outcome}"
     );
 }
+
+fn encryption_key(value: &str) -> Value {
+    json!({"name": "fileEncryptionKey", "part": [
+        {"name": "coding", "valueCoding": {"code": "jwe"}}, {"name": "value", "valueString": value}]})
+}
+
+#[tokio::test]
+async fn a_jwe_encrypted_manifest_and_files_are_decrypted_as_they_stream_and_a_bad_tag_fails_its_file() {
+    use base64::Engine;
+    let app = spawn_app().await;
+    app.provider.serve_openly();
+    let key = [7u8; 32];
+    app.provider.encrypt_with(&key);
+    // Files come 7 bytes a chunk: every JWE segment is split across chunks.
+    app.provider.add_file("o.ndjson", "Observation", observations(30));
+    app.provider.push_file(super::fake_provider::FakeFile {
+        gzip: true,
+        ..super::fake_provider::FakeFile::new("p.ndjson", "Patient", patients(20))
+    });
+    app.provider.push_file(super::fake_provider::FakeFile {
+        tampered: true,
+        ..super::fake_provider::FakeFile::new("t.ndjson", "Patient", patients(3))
+    });
+    let ehr = Submitter::register(&app, "ehr-13").await;
+    let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key);
+    let jwk = json!({"kty": "oct", "k": k}).to_string();
+    let manifest = app.provider.manifest_url();
+    let res = ehr
+        .submit(vec![
+            param("submissionId", "valueString", "s-13"),
+            param("manifestUrl", "valueUrl", &manifest),
+            encryption_key(&jwk),
+            status(bulk_import::fhir::bulk_submit::EVENT_STATUS, "completed"),
+        ])
+        .await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let url = ehr.status_url("s-13").await;
+    let done = ehr.poll_until_done(&url).await;
+    let job = url.rsplit('/').next().unwrap();
+    let lines = ehr.get(done["outcome"][0]["url"].as_str().unwrap()).await.text().await.unwrap();
+    assert!(app.jobs_dir(job).join("Observation.1.ndjson").exists(), "{lines}");
+    assert_eq!(app.read(job, "Observation.1.ndjson"), observations(30), "stored as the provider wrote it");
+    assert_eq!(app.read(job, "Patient.1.ndjson"), patients(20), "gzip over the JWE too");
+    assert!(lines.contains("authentication tag"), "the tampered file fails: {lines}");
+    assert!(!app.jobs_dir(job).join("Patient.2.ndjson").exists(), "and nothing of it is kept");
+    assert!(!app.provider.requests_to("/fhir/files/").iter().any(|r| r.range.is_some()));
+
+    // Under another key the manifest does not decrypt: the request fails and says why.
+    let res = ehr
+        .submit(vec![
+            param("submissionId", "valueString", "s-14"),
+            param("manifestUrl", "valueUrl", &manifest),
+            encryption_key(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([8u8; 32])),
+            status(bulk_import::fhir::bulk_submit::EVENT_STATUS, "completed"),
+        ])
+        .await;
+    assert_eq!(res.status(), 200);
+    let done = ehr.poll_until_done(&ehr.status_url("s-14").await).await;
+    let lines = ehr.get(done["outcome"][0]["url"].as_str().unwrap()).await.text().await.unwrap();
+    assert!(lines.contains("could not be decrypted"), "{lines}");
+    // Keys that are no AES key, and other codings, are refused at once.
+    for (bad, why) in [
+        (encryption_key("AAEC"), "bits"),
+        (
+            json!({"name": "fileEncryptionKey", "part": [
+        {"name": "coding", "valueCoding": {"code": "pgp"}}, {"name": "value", "valueString": k}]}),
+            "pgp",
+        ),
+    ] {
+        let res = ehr
+            .submit(vec![
+                param("submissionId", "valueString", "s-15"),
+                param("manifestUrl", "valueUrl", &manifest),
+                bad,
+            ])
+            .await;
+        assert_eq!(res.status(), 400);
+        let text = res.text().await.unwrap();
+        assert!(text.contains("fileEncryptionKey") && text.contains(why), "{text}");
+    }
+}

@@ -105,6 +105,8 @@ pub struct FakeFile {
     pub expired: bool,
     /// Answers 404 with a web server's HTML error page.
     pub html_404: bool,
+    /// Encrypted (`encrypt_with`), then its authentication tag changed.
+    pub tampered: bool,
 }
 
 impl FakeFile {
@@ -118,6 +120,7 @@ impl FakeFile {
             corrupt_gzip: false,
             expired: false,
             html_404: false,
+            tampered: false,
         }
     }
 }
@@ -174,6 +177,8 @@ struct Inner {
     requires_access_token: bool,
     /// Manifests served to anyone, as a Bulk Submit provider does.
     open_manifests: bool,
+    /// Serve manifests and files as compact JWEs (`dir`, A256GCM) under this key.
+    jwe_key: Option<Vec<u8>>,
     refuse_post_kickoff: bool,
     consumer_jwks_url: Option<String>,
     tokens: Vec<String>,
@@ -391,6 +396,29 @@ impl FakeProvider {
             i.open_manifests = true;
             i.requires_access_token = false;
         });
+    }
+
+    /// Serve every manifest and file as a compact JWE (`dir`, A256GCM) under `key`, as a Bulk
+    /// Submit provider with a `fileEncryptionKey` does.
+    pub fn encrypt_with(&self, key: &[u8]) {
+        self.with(|i| i.jwe_key = Some(key.to_vec()));
+    }
+
+    fn sealed(&self, plain: &[u8]) -> Option<Bytes> {
+        let key = self.with(|i| i.jwe_key.clone())?;
+        let mut header = josekit::jwe::JweHeader::new();
+        header.set_algorithm("dir");
+        header.set_content_encryption("A256GCM");
+        let encrypter = josekit::jwe::Dir.encrypter_from_bytes(&key).unwrap();
+        Some(Bytes::from(josekit::jwe::serialize_compact(plain, &header, &encrypter).unwrap()))
+    }
+
+    /// A manifest as served: JSON, or its JWE.
+    fn manifest_response(&self, manifest: Value) -> Response {
+        match self.sealed(manifest.to_string().as_bytes()) {
+            Some(jwe) => ([("content-type", "application/jose")], jwe).into_response(),
+            None => Json(manifest).into_response(),
+        }
     }
 
     pub fn requires_access_token(&self, yes: bool) {
@@ -814,14 +842,14 @@ async fn static_manifest(State(f): State<FakeProvider>, headers: HeaderMap) -> R
     if let Some(ms) = f.with(|i| i.drip_manifest) {
         return Response::new(drip(Bytes::from(f.manifest().to_string()), ms));
     }
-    Json(f.manifest()).into_response()
+    f.manifest_response(f.manifest())
 }
 
 async fn manifest_page(State(f): State<FakeProvider>, Path(n): Path<usize>, headers: HeaderMap) -> Response {
     if !f.with(|i| i.open_manifests) && !f.authorized(&headers) {
         return unauthorized();
     }
-    Json(f.manifest_page(n)).into_response()
+    f.manifest_response(f.manifest_page(n))
 }
 
 async fn sim_file(
@@ -857,12 +885,24 @@ async fn file(State(f): State<FakeProvider>, Path(name): Path<String>, headers: 
         );
         return (StatusCode::NOT_FOUND, [("content-type", "text/html")], page).into_response();
     }
+    // Encrypted first (JWE), then the content coding over what is sent.
+    let bytes = match f.sealed(&file.bytes) {
+        Some(jwe) if file.tampered => {
+            // The tag's first character: the content reads well, only the tag tells.
+            let mut v = jwe.to_vec();
+            let at = v.iter().rposition(|b| *b == b'.').unwrap() + 1;
+            v[at] = if v[at] == b'A' { b'B' } else { b'A' };
+            Bytes::from(v)
+        }
+        Some(jwe) => jwe,
+        None => file.bytes.clone(),
+    };
     let bytes = if file.gzip {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        enc.write_all(&file.bytes).unwrap();
+        enc.write_all(&bytes).unwrap();
         Bytes::from(enc.finish().unwrap())
     } else {
-        file.bytes.clone()
+        bytes
     };
     let (ranges, answer) = f.with(|i| {
         i.file_answers += 1;

@@ -461,6 +461,7 @@ async fn submissions_are_kept_closed_once_and_name_each_manifest_once(
     let access = SourceAccess {
         headers: vec![RequestHeader { name: "X-Api-Key".into(), value: "k-1".into() }],
         oauth_metadata_urls: vec!["https://ehr.example/.well-known/smart-configuration".into()],
+        encryption_key: Some("AAECAwQFBgcICQoLDA0ODw".into()),
     };
     assert_eq!(
         store.request_manifest("ss01", Some(&m(1)), None, &plain, 902).await.unwrap(),
