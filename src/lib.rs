@@ -22,6 +22,7 @@ pub mod registrations;
 pub mod routes;
 pub mod state;
 pub mod store;
+pub mod submission_views;
 pub mod submissions;
 pub mod submit_budget;
 pub mod telemetry;

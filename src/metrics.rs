@@ -34,6 +34,11 @@ pub struct ProviderRequestLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabel {
     pub method: String,
 }
@@ -59,6 +64,7 @@ pub struct Metrics {
     pub provider_request_seconds: Family<MethodLabel, Histogram>,
     pub http_requests: Family<RouteLabels, Counter>,
     pub http_request_seconds: Family<RouteLabels, Histogram>,
+    pub submission_requests: Family<KindLabel, Counter>,
 }
 
 /// 1 ms to about 65 s, doubling.
@@ -81,6 +87,7 @@ impl Default for Metrics {
             provider_request_seconds: Family::new_with_constructor(latency),
             http_requests: Family::default(),
             http_request_seconds: Family::new_with_constructor(latency),
+            submission_requests: Family::default(),
             registry: Registry::default(),
         };
         registry.register("jobs", "Jobs in the store, by state", metrics.jobs.clone());
@@ -118,6 +125,11 @@ impl Default for Metrics {
             "Time to serve a request (status polls are route /job/:id)",
             metrics.http_request_seconds.clone(),
         );
+        registry.register(
+            "submission_requests",
+            "Bulk Submit requests taken, by kind (opened, manifest, replace, withdraw, completed, stopped)",
+            metrics.submission_requests.clone(),
+        );
         Metrics { registry, ..metrics }
     }
 }
@@ -129,6 +141,11 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// A `$bulk-submit` request taken (a submission opened, a manifest, a replacement, …).
+    pub fn submission_request(&self, kind: &str) {
+        self.submission_requests.get_or_create(&KindLabel { kind: kind.into() }).inc();
     }
 
     /// A provider's answer (or its absence) after `seconds`.

@@ -93,7 +93,11 @@ impl Submissions<'_> {
             None if r.manifest_url.is_none() && r.status != Some(SubmissionStatus::InProgress) => {
                 return Err(SubmissionError::NotFound(r.submission_id.clone()))
             }
-            None => self.open(provider, &r).await?,
+            None => {
+                let opened = self.open(provider, &r).await?;
+                ctx.metrics.submission_request("opened");
+                opened
+            }
         };
         if submission.status != SubmissionStatus::InProgress {
             return Err(closed(&submission));
@@ -115,7 +119,15 @@ impl Submissions<'_> {
                 )
                 .await?;
             match asked {
-                Requested::Added(seq) => tracing::info!(request = seq, "manifest request taken"),
+                Requested::Added(seq) => {
+                    let kind = match (r.manifest_url.is_some(), r.replaces_manifest_url.is_some()) {
+                        (true, false) => "manifest",
+                        (true, true) => "replace",
+                        _ => "withdraw",
+                    };
+                    ctx.metrics.submission_request(kind);
+                    tracing::info!(request = seq, kind, "manifest request taken");
+                }
                 Requested::Duplicate => {
                     return Err(SubmissionError::Duplicate(r.manifest_url.clone().unwrap_or_default()))
                 }
@@ -135,6 +147,7 @@ impl Submissions<'_> {
                     Err(e) => return Err(e.into()),
                 }
             }
+            ctx.metrics.submission_request(status.as_str());
             tracing::info!(status = status.as_str(), "submission closed by its provider");
         }
         ctx.jobs.plan_changed(&job_id);

@@ -7,6 +7,7 @@ pub mod ping;
 pub mod provide;
 pub mod registrations;
 pub mod remote;
+pub mod submissions;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +36,8 @@ pub enum Command {
     Status(jobs::StatusArgs),
     /// List a running server's import jobs (admin credential).
     Jobs(jobs::JobsArgs),
+    /// List a running server's Bulk Submit submissions with their manifests (admin credential).
+    Submissions(submissions::SubmissionsArgs),
     /// Show the audit trail: registrations, pings accepted and refused, cancels, deletes.
     Audit(registrations::AuditArgs),
     /// Cancel a running job; it stays listed as cancelled until it expires.

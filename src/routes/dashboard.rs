@@ -1,5 +1,5 @@
-//! `GET /admin/jobs` and `GET /admin/jobs/{id}`: the browser UI's jobs dashboard and job page,
-//! rendering `job_views`.
+//! `GET /admin/jobs`, `GET /admin/jobs/{id}` and `GET /admin/submissions`: the browser UI's jobs
+//! dashboard, job page and Bulk Submit submissions, rendering `job_views` and `submission_views`.
 //! They list every provider's jobs, so they need the admin credential; errors are RFC 6749 JSON
 //! like the other admin endpoints.
 use axum::{
@@ -11,13 +11,20 @@ use axum::{
 use serde_json::json;
 
 use super::{admin::Admin, no_store};
-use crate::{auth::AuthError, job_views, state::AppState};
+use crate::{auth::AuthError, job_views, state::AppState, submission_views};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/admin/jobs", get(list))
         .route("/admin/jobs/{id}", get(show))
         .route("/admin/audit", get(audit_trail))
+        .route("/admin/submissions", get(submissions))
+}
+
+async fn submissions(State(app): State<AppState>, _admin: Admin) -> Result<Response, AuthError> {
+    let ctx = &app.job_context;
+    let listed = submission_views::list(&*ctx.store, &*ctx.submissions).await?;
+    Ok(no_store(Json(json!({ "submissions": listed })).into_response()))
 }
 
 async fn list(State(app): State<AppState>, _admin: Admin) -> Result<Response, AuthError> {
@@ -65,8 +72,13 @@ async fn show(
         snapshot,
         throughput: jobs.throughput(&id).unwrap_or_default(),
     });
-    let body = job_views::show(&*app.job_context.store, &id, app.config.jobs_max_age, running)
+    let mut body = job_views::show(&*app.job_context.store, &id, app.config.jobs_max_age, running)
         .await?
         .ok_or_else(|| AuthError::NotFound(format!("no import job with id '{id}'")))?;
+    // A submission's job also shows the submission, manifest by manifest.
+    let ctx = &app.job_context;
+    if let Some(submission) = submission_views::of_job(&*ctx.store, &*ctx.submissions, &id).await? {
+        body["submission"] = submission;
+    }
     Ok(no_store(Json(body).into_response()))
 }

@@ -239,6 +239,8 @@ pub trait SubmissionStore: Send + Sync {
     ) -> Result<Option<Submission>, StoreError>;
     async fn submission_of_job(&self, job_id: &str) -> Result<Option<Submission>, StoreError>;
     async fn submissions(&self, client_id: &str) -> Result<Vec<Submission>, StoreError>;
+    /// Every client's submissions, newest first, at most `limit`.
+    async fn recent_submissions(&self, limit: i64) -> Result<Vec<Submission>, StoreError>;
     /// Move a submission on from `in-progress`; false when it was not in progress any more.
     async fn close_submission(
         &self,
@@ -491,6 +493,9 @@ impl SubmissionStore for Store {
     }
     async fn submissions(&self, client_id: &str) -> Result<Vec<Submission>, StoreError> {
         Store::submissions(self, client_id).await
+    }
+    async fn recent_submissions(&self, limit: i64) -> Result<Vec<Submission>, StoreError> {
+        Store::recent_submissions(self, limit).await
     }
     async fn close_submission(
         &self,

@@ -16,6 +16,8 @@ pub(super) mod sql {
     pub const BY_JOB: &str = "SELECT * FROM submissions WHERE job_id = ?1";
     pub const OF_CLIENT: &str =
         "SELECT * FROM submissions WHERE client_id = ?1 ORDER BY created_at DESC, submission_id";
+    pub const RECENT: &str =
+        "SELECT * FROM submissions ORDER BY created_at DESC, client_id, submission_id LIMIT ?1";
     pub const CLOSE: &str = "UPDATE submissions SET status = ?1, updated_at = ?2
          WHERE job_id = ?3 AND status = 'in-progress'";
     /// One statement: numbered after the last request, refused once the submission is closed or
@@ -142,6 +144,11 @@ impl Store {
     pub async fn submissions(&self, client_id: &str) -> Result<Vec<Submission>, StoreError> {
         let rows: Vec<SubmissionRow> =
             sqlx::query_as(sql::OF_CLIENT).bind(client_id).fetch_all(self.pool()).await?;
+        Ok(rows.into_iter().map(Submission::from).collect())
+    }
+
+    pub async fn recent_submissions(&self, limit: i64) -> Result<Vec<Submission>, StoreError> {
+        let rows: Vec<SubmissionRow> = sqlx::query_as(sql::RECENT).bind(limit).fetch_all(self.pool()).await?;
         Ok(rows.into_iter().map(Submission::from).collect())
     }
 

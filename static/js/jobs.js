@@ -191,6 +191,7 @@ function renderJob(job) {
     ? `No files: the job ${job.state} before the provider's export listed any.`
     : "No files yet: the provider's export has not listed any.");
 
+  renderSubmission(job.submission);
   renderChart(job.throughput || []);
   renderTypes(job.types || []);
 
@@ -207,6 +208,34 @@ function renderJob(job) {
   }
   $('job-files-empty').hidden = job.files.length > 0;
   $('job-files').hidden = job.files.length === 0;
+}
+
+/** A submission's job: who submitted it, its status, and each manifest it named. */
+function renderSubmission(s) {
+  $('job-submission').hidden = !s;
+  if (!s) return;
+  const submitter = s.submitter.system ? `${s.submitter.value} (${s.submitter.system})` : s.submitter.value;
+  setContent($('job-submission-summary'), [
+    ['Submission', [h('code', {}, s.submission_id)]],
+    ['Submitter', [submitter]],
+    ['Status', [badge(s.status), h('span', { class: 'sub' }, `as the provider said; ${s.files_finished} of ${s.files_total} files done`)]],
+  ].map(([k, v]) => [h('dt', {}, k), h('dd', {}, ...v)]));
+  const rows = s.manifests.map((m) => {
+    const what = m.manifest_url ? h('code', {}, m.manifest_url) : h('span', { class: 'muted' }, 'withdrawal');
+    const replaces = m.replaces ? h('span', { class: 'sub' }, 'replaces ', h('code', {}, m.replaces)) : null;
+    const failure = m.failure ? h('span', { class: 'sub error-text' }, m.failure) : null;
+    return h(
+      'tr',
+      { 'data-seq': m.seq, 'data-state': m.state },
+      h('td', { 'data-label': '#' }, String(m.seq + 1)),
+      h('td', { 'data-label': 'Manifest', class: 'wrap' }, what, replaces, failure),
+      h('td', { 'data-label': 'State' }, badge(m.state)),
+      h('td', { 'data-label': 'Files', class: 'num' }, formatCount(m.files)),
+      h('td', { 'data-label': 'Imported', class: 'num' }, formatCount(m.imported)),
+      h('td', { 'data-label': 'Failed', class: 'num' }, formatCount(m.failed)),
+    );
+  });
+  setContent($('job-manifests').tBodies[0], rows);
 }
 
 function renderChart(points) {
@@ -272,6 +301,8 @@ export const jobPage = {
     $('job-body').hidden = true;
     $('job-files').tBodies[0].replaceChildren();
     $('job-types').tBodies[0].replaceChildren();
+    $('job-manifests').tBodies[0].replaceChildren();
+    $('job-submission').hidden = true;
     $('job-chart').replaceChildren();
     $('job-chart-figure').hidden = true;
     $('job-outcome-link').href = `/job/${id}/import-outcome.ndjson`;

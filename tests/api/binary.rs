@@ -179,7 +179,7 @@ async fn no_secret_or_token_reaches_the_debug_log_during_a_full_import() {
 }
 
 #[tokio::test]
-async fn a_submitted_request_header_reaches_the_provider_but_never_the_debug_log() {
+async fn a_submission_with_a_request_header_shows_in_the_cli_and_metrics_and_the_header_never_logs() {
     let dir = tempfile::TempDir::new().unwrap();
     let provider = FakeProvider::start().await;
     provider.serve_openly();
@@ -244,6 +244,24 @@ async fn a_submitted_request_header_reaches_the_provider_but_never_the_debug_log
     while http.get(&status_url).bearer_auth(token).send().await.unwrap().status() == 202 {
         assert!(Instant::now() < deadline, "the submission never finished");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The operator sees it, manifest by manifest, and /metrics counts it.
+    let (code, out, err) = super::cli::run(dir.path(), &["submissions", "--server", &base]);
+    assert_eq!(code, 0, "{err}");
+    let first = out.lines().next().unwrap_or_default();
+    assert!(first.starts_with("log-1  from ehr-log  completed") && first.contains("1 of 1 files"), "{out}");
+    assert!(
+        out.contains(&format!("#0 done    {}: 1 files, 1 imported, 0 failed", provider.manifest_url())),
+        "{out}"
+    );
+    let (code, out, _) = super::cli::run(dir.path(), &["submissions", "--server", &base, "--json"]);
+    assert_eq!(code, 0);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed["submissions"][0]["manifests"][0]["imported"], 1, "{listed}");
+    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    for kind in ["opened", "manifest", "completed"] {
+        let line = format!("bulk_import_submission_requests_total{{kind=\"{kind}\"}} 1");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
     }
     let log = server.stop().await;
     let sent = provider.requests_to("/fhir/files/p.ndjson");

@@ -47,7 +47,7 @@ impl<'a> Submitter<'a> {
     }
 
     /// `$bulk-submit` with these parameters (after the submitter), as plain JSON.
-    async fn submit(&self, params: Vec<Value>) -> reqwest::Response {
+    pub(super) async fn submit(&self, params: Vec<Value>) -> reqwest::Response {
         let mut all = vec![self.identifier()];
         all.extend(params);
         let body = json!({"resourceType": "Parameters", "parameter": all});
@@ -63,7 +63,7 @@ impl<'a> Submitter<'a> {
     }
 
     /// `$bulk-submit-status`: the status URL.
-    async fn status_url(&self, submission: &str) -> String {
+    pub(super) async fn status_url(&self, submission: &str) -> String {
         let body = json!({"resourceType": "Parameters", "parameter": [self.identifier(), {"name": "submissionId", "valueString": submission}]});
         let res = self
             .app

@@ -70,6 +70,12 @@ impl SubmissionStore for PgStore {
         Ok(rows.into_iter().map(Submission::from).collect())
     }
 
+    async fn recent_submissions(&self, limit: i64) -> Result<Vec<Submission>, StoreError> {
+        let rows: Vec<SubmissionRow> =
+            sqlx::query_as(&pg(sql::RECENT)).bind(limit).fetch_all(self.pool()).await?;
+        Ok(rows.into_iter().map(Submission::from).collect())
+    }
+
     async fn close_submission(
         &self,
         job_id: &str,
