@@ -98,6 +98,7 @@ impl App {
             store: stores.jobs.clone(),
             providers: stores.registrations.clone(),
             submissions: stores.submissions.clone(),
+            sync: stores.sync.clone(),
             exclusive: stores.exclusive.clone(),
             http: http.clone(),
             destination,

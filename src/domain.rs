@@ -421,3 +421,65 @@ impl AuditEvent {
         self.action == PING_REFUSED
     }
 }
+
+/// What one export of one provider (a source: its URL with `_type` and `_typeFilter`) came to
+/// last, kept beyond its jobs: where an incremental pull of it may start (`since`), and how its
+/// last job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncState {
+    pub client_id: String,
+    /// The source's key: export URL, `_type` and `_typeFilter`, as `SyncSource::key` spells it.
+    pub source: String,
+    pub export_url: String,
+    /// `_type` values, sorted and comma-joined.
+    pub types: Option<String>,
+    pub type_filters: Option<String>,
+    /// The `transactionTime` of its last export that completed with every file imported.
+    pub since: Option<String>,
+    pub last_success_at: Option<i64>,
+    pub last_job_id: String,
+    /// `completed`, `completed-with-errors` or `failed`.
+    pub last_result: String,
+    pub last_at: i64,
+    pub files: i64,
+    pub failed_files: i64,
+    pub resources: i64,
+}
+
+/// One export of a provider, as a sync state is keyed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncSource {
+    pub export_url: String,
+    pub types: Option<String>,
+    pub type_filters: Option<String>,
+}
+
+impl SyncSource {
+    /// The source of a job's export: `_type` values sorted (their order asks for nothing
+    /// different), `_typeFilter` values in the order given.
+    pub fn of(export_url: &str, kickoff: &[KickoffParam]) -> Self {
+        let values = |name: &str| -> Vec<String> {
+            kickoff
+                .iter()
+                .filter(|p| p.name == name)
+                .flat_map(|p| p.value.split(',').map(|v| v.trim().to_string()).collect::<Vec<_>>())
+                .filter(|v| !v.is_empty())
+                .collect()
+        };
+        let mut types = values("_type");
+        types.sort();
+        types.dedup();
+        let filters = values("_typeFilter");
+        let joined = |v: Vec<String>| (!v.is_empty()).then(|| v.join(","));
+        Self { export_url: export_url.to_string(), types: joined(types), type_filters: joined(filters) }
+    }
+
+    pub fn key(&self) -> String {
+        format!(
+            "{} _type={} _typeFilter={}",
+            self.export_url,
+            self.types.as_deref().unwrap_or(""),
+            self.type_filters.as_deref().unwrap_or("")
+        )
+    }
+}

@@ -7,6 +7,7 @@ pub mod ping;
 pub mod provide;
 pub mod registrations;
 pub mod remote;
+pub mod sources;
 pub mod submissions;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +39,8 @@ pub enum Command {
     Jobs(jobs::JobsArgs),
     /// List a running server's Bulk Submit submissions with their manifests (admin credential).
     Submissions(submissions::SubmissionsArgs),
+    /// What each export of each provider came to last, and where its next incremental pull starts.
+    Sources(sources::SourcesArgs),
     /// Show the audit trail: registrations, pings accepted and refused, cancels, deletes.
     Audit(registrations::AuditArgs),
     /// Cancel a running job; it stays listed as cancelled until it expires.

@@ -33,6 +33,9 @@ pub struct ManifestLink {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
+    /// When the export's data was current (any JSON: read with `transaction_time`).
+    #[serde(default)]
+    transaction_time: Option<serde_json::Value>,
     #[serde(default)]
     pub requires_access_token: bool,
     pub output: Vec<ManifestFile>,
@@ -97,6 +100,11 @@ impl Manifest {
     }
 
     /// The URL of the next page, if any.
+    /// `transactionTime` as the provider wrote it, if it is a string.
+    pub fn transaction_time(&self) -> Option<&str> {
+        self.transaction_time.as_ref()?.as_str().map(str::trim).filter(|t| !t.is_empty() && t.len() <= 64)
+    }
+
     pub fn next_page(&self) -> Option<&str> {
         self.link.iter().find(|l| l.relation == "next").map(|l| l.url.as_str())
     }

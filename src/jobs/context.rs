@@ -10,7 +10,7 @@ use crate::{
     destination::Destination,
     http_client::Outbound,
     metrics::Metrics,
-    store::job_store::{Exclusive, JobStore, RegistrationStore, SubmissionStore},
+    store::job_store::{Exclusive, JobStore, RegistrationStore, SubmissionStore, SyncStore},
 };
 
 #[derive(Clone)]
@@ -20,6 +20,8 @@ pub struct JobContext {
     pub providers: Arc<dyn RegistrationStore>,
     /// Bulk Submit submissions (a submission's job reads its manifest requests here).
     pub submissions: Arc<dyn SubmissionStore>,
+    /// What each export of each provider came to last (incremental sync).
+    pub sync: Arc<dyn SyncStore>,
     /// Work one process at a time does across every replica (the reaper).
     pub exclusive: Arc<dyn Exclusive>,
     /// For the provider's trusted origins.

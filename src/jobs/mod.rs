@@ -28,6 +28,7 @@ pub mod retry;
 pub mod runner;
 pub mod source_clients;
 pub mod submit;
+pub mod sync_record;
 pub mod takeover;
 
 pub use error::JobError;

@@ -19,6 +19,7 @@ use crate::jobs::provider_client::ProviderClient;
 use crate::jobs::pull;
 use crate::jobs::recorder::Recorder;
 use crate::jobs::runner::{JobHandles, JobSlot};
+use crate::jobs::sync_record;
 use crate::{
     domain::{FileState, JobState},
     fhir::operation_outcome::{IssueCode, OperationOutcome},
@@ -102,7 +103,10 @@ async fn run_job(ctx: JobContext, id: String, handles: JobHandles, lease: Lease)
         };
         match outcome {
             // Logged where it completed, with or without errors.
-            Ok(Ran::Completed) => pull::release_export(&ctx, &id).await,
+            Ok(Ran::Completed) => {
+                sync_record::record(&ctx, &id, sync_record::Ended::Completed).await;
+                pull::release_export(&ctx, &id).await
+            }
             Ok(Ran::AlreadyFinished) => {}
             Err(JobError::LeaseLost) => {
                 progress.close();
@@ -133,6 +137,7 @@ async fn run_job(ctx: JobContext, id: String, handles: JobHandles, lease: Lease)
                     .keep_throughput()
                     .await;
                 record_failure(&ctx, &id, message, lease.token).await;
+                sync_record::record(&ctx, &id, sync_record::Ended::Failed).await;
                 let failed = crate::metrics::StateLabel { state: "failed".into() };
                 ctx.metrics.jobs_finished.get_or_create(&failed).inc();
                 progress.close();

@@ -11,7 +11,7 @@ use axum::{
 use serde_json::json;
 
 use super::{admin::Admin, no_store};
-use crate::{auth::AuthError, job_views, state::AppState, submission_views};
+use crate::{auth::AuthError, job_views, state::AppState, submission_views, sync_views};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -19,6 +19,12 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/jobs/{id}", get(show))
         .route("/admin/audit", get(audit_trail))
         .route("/admin/submissions", get(submissions))
+        .route("/admin/sync", get(sync_states))
+}
+
+async fn sync_states(State(app): State<AppState>, _admin: Admin) -> Result<Response, AuthError> {
+    let sources = sync_views::list(&*app.job_context.sync).await?;
+    Ok(no_store(Json(json!({ "sources": sources })).into_response()))
 }
 
 async fn submissions(State(app): State<AppState>, _admin: Admin) -> Result<Response, AuthError> {

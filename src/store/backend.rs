@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::{
     job_store::{
         AuditLog, Exclusive, JobStore, RegistrationStore, ReplayCache, SharedSecrets, SubmissionStore,
+        SyncStore,
     },
     postgres::PgStore,
     Store, StoreError,
@@ -20,6 +21,7 @@ pub struct Stores {
     pub replay: Arc<dyn ReplayCache>,
     pub exclusive: Arc<dyn Exclusive>,
     pub submissions: Arc<dyn SubmissionStore>,
+    pub sync: Arc<dyn SyncStore>,
     /// Where keys and secrets no configuration gave are kept, when not in files under `DATA_DIR`
     /// (a shared database: every replica must read the same ones).
     pub secrets: Option<Arc<dyn SharedSecrets>>,
@@ -53,6 +55,7 @@ impl Stores {
             + ReplayCache
             + Exclusive
             + SubmissionStore
+            + SyncStore
             + Clone
             + 'static,
     {
@@ -62,7 +65,8 @@ impl Stores {
             audit: Arc::new(store.clone()),
             replay: Arc::new(store.clone()),
             exclusive: Arc::new(store.clone()),
-            submissions: Arc::new(store),
+            submissions: Arc::new(store.clone()),
+            sync: Arc::new(store),
             secrets,
         }
     }

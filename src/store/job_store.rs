@@ -13,6 +13,7 @@ use super::{
 use crate::domain::{
     Admission, Appended, AuditClass, AuditEvent, FileCounts, FileTotals, FinishedFile, Job, JobCaps, JobFile,
     JobState, ManifestRequest, PlanManifest, Provider, RequestState, Requested, SourceAccess, Submission,
+    SyncState,
 };
 use crate::fhir::bulk_submit::SubmissionStatus;
 
@@ -31,6 +32,9 @@ pub trait JobStore: Send + Sync {
     async fn set_status_url(&self, id: &str, url: &str) -> Result<(), StoreError>;
     async fn mark_kickoff_started(&self, id: &str, now: i64) -> Result<(), StoreError>;
     async fn kickoff_started(&self, id: &str) -> Result<Option<i64>, StoreError>;
+    /// The `transactionTime` its export's manifest gave.
+    async fn set_transaction_time(&self, id: &str, at: &str) -> Result<(), StoreError>;
+    async fn transaction_time(&self, id: &str) -> Result<Option<String>, StoreError>;
     async fn set_state(&self, id: &str, state: JobState) -> Result<(), StoreError>;
     async fn set_progress(&self, id: &str, progress: &str) -> Result<(), StoreError>;
     /// The job's throughput chart (JSON), kept for the job page once the job ends.
@@ -227,6 +231,17 @@ impl Exclusive for Store {
     }
 }
 
+/// Sync states: what each export of each provider came to last (`jobs::sync_record` writes
+/// them as jobs end; the sync views read them).
+#[async_trait]
+pub trait SyncStore: Send + Sync {
+    /// Keep how a job of this source ended: the last job's result and counts always (unless a
+    /// later one was kept already), `since` only from a job that imported every file.
+    async fn record_sync(&self, state: &SyncState) -> Result<(), StoreError>;
+    async fn sync_states(&self) -> Result<Vec<SyncState>, StoreError>;
+    async fn sync_state(&self, client_id: &str, source: &str) -> Result<Option<SyncState>, StoreError>;
+}
+
 /// Bulk Submit submissions and the manifest requests of each.
 #[async_trait]
 pub trait SubmissionStore: Send + Sync {
@@ -312,6 +327,12 @@ impl JobStore for Store {
     }
     async fn kickoff_started(&self, id: &str) -> Result<Option<i64>, StoreError> {
         Store::kickoff_started(self, id).await
+    }
+    async fn set_transaction_time(&self, id: &str, at: &str) -> Result<(), StoreError> {
+        Store::set_transaction_time(self, id, at).await
+    }
+    async fn transaction_time(&self, id: &str) -> Result<Option<String>, StoreError> {
+        Store::transaction_time(self, id).await
     }
     async fn set_state(&self, id: &str, state: JobState) -> Result<(), StoreError> {
         Store::set_state(self, id, state).await
@@ -473,6 +494,19 @@ impl JobStore for Store {
     }
     async fn job_summary(&self, id: &str) -> Result<Option<JobSummary>, StoreError> {
         Store::job_summary(self, id).await
+    }
+}
+
+#[async_trait]
+impl SyncStore for Store {
+    async fn record_sync(&self, state: &SyncState) -> Result<(), StoreError> {
+        Store::record_sync(self, state).await
+    }
+    async fn sync_states(&self) -> Result<Vec<SyncState>, StoreError> {
+        Store::sync_states(self).await
+    }
+    async fn sync_state(&self, client_id: &str, source: &str) -> Result<Option<SyncState>, StoreError> {
+        Store::sync_state(self, client_id, source).await
     }
 }
 

@@ -238,6 +238,24 @@ impl Store {
         Ok(())
     }
 
+    /// The `transactionTime` of the job's export, as its manifest gave it.
+    pub async fn set_transaction_time(&self, id: &str, at: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET transaction_time = ? WHERE id = ?")
+            .bind(at)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn transaction_time(&self, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT transaction_time FROM jobs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .flatten())
+    }
+
     /// When the job last started a kick-off, if ever.
     pub async fn kickoff_started(&self, id: &str) -> Result<Option<i64>, StoreError> {
         Ok(sqlx::query_scalar("SELECT kickoff_started_at FROM jobs WHERE id = ?")

@@ -11,6 +11,7 @@ pub mod leases;
 pub mod postgres;
 pub mod providers;
 pub mod submissions;
+pub mod sync_states;
 
 use std::{
     path::{Path, PathBuf},

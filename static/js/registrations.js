@@ -1,4 +1,5 @@
-// Registrations list (GET /auth/registrations) with revoke (DELETE /auth/registrations/{client_id}).
+// Registrations list (GET /auth/registrations) with revoke (DELETE /auth/registrations/{client_id})
+// and what each provider's exports came to last (GET /admin/sync).
 import { api } from './api.js';
 import { $, alertBox, badge, confirmAction, h, timeEl } from './dom.js';
 
@@ -10,7 +11,18 @@ function jwksSource(r) {
   return [count, kids.length ? h('span', { class: 'sub' }, `kid ${kids.join(', ')}`) : null];
 }
 
-function row(r) {
+/** What each export of this provider came to last, and where its next incremental pull starts. */
+function syncLines(sources) {
+  return sources.map((s) => h(
+    'span',
+    { class: 'sub', 'data-sync': s.last_result },
+    `${s.export_url}${s.types ? ` (_type ${s.types})` : ''}: last ${s.last_result} `,
+    timeEl(s.last_at),
+    s.since ? `; next pull from ${s.since}` : '; next pull from the beginning',
+  ));
+}
+
+function row(r, sources) {
   const revoked = r.revoked_at !== null && r.revoked_at !== undefined;
   const action = revoked
     ? ''
@@ -24,7 +36,8 @@ function row(r) {
       h('span', { class: 'sub' }, `token endpoint: ${r.token_endpoint_in_use || 'not discovered yet'}`),
       r.token_origins && r.token_origins.length
         ? h('span', { class: 'sub' }, `token also to: ${r.token_origins.join(', ')}`) : null,
-      r.file_origins ? h('span', { class: 'sub' }, `files only from: ${r.file_origins.join(', ')}`) : null),
+      r.file_origins ? h('span', { class: 'sub' }, `files only from: ${r.file_origins.join(', ')}`) : null,
+      ...syncLines(sources)),
     h('td', { 'data-label': 'client_id', class: 'wrap' }, h('code', {}, r.client_id)),
     h('td', { 'data-label': 'Created' }, timeEl(r.created_at)),
     h('td', { 'data-label': 'JWKS source', class: 'wrap' }, jwksSource(r)),
@@ -36,11 +49,15 @@ function row(r) {
 
 async function load() {
   try {
-    const { registrations } = await api('/auth/registrations', { admin: true });
+    const [{ registrations }, { sources }] = await Promise.all([
+      api('/auth/registrations', { admin: true }),
+      api('/admin/sync', { admin: true }),
+    ]);
     alertBox($('registrations-error'), '');
     $('registrations-empty').hidden = registrations.length > 0;
     $('registrations-table').hidden = registrations.length === 0;
-    $('registrations-table').tBodies[0].replaceChildren(...registrations.map(row));
+    const of = (r) => sources.filter((s) => s.client_id === r.client_id);
+    $('registrations-table').tBodies[0].replaceChildren(...registrations.map((r) => row(r, of(r))));
   } catch (e) {
     if (!e.handled) alertBox($('registrations-error'), `The registrations could not be loaded: ${e.message}`);
   }

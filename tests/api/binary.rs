@@ -817,6 +817,11 @@ async fn the_command_line_takes_a_new_user_from_keygen_to_a_finished_import_and_
     assert_eq!(code, 0);
     assert!(out.contains("completed") && out.contains(&status_url.rsplit('/').next().unwrap()[..8]), "{out}");
 
+    // What the export came to, and where its next incremental pull starts.
+    let (code, out, _) = cli(d, &["sources", "--server", &base]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&manifest) && out.contains("last completed"), "{out}");
+    assert!(out.contains("2 files (0 failed), 50 resources; next pull from 2026-01-01T00:00:00Z"), "{out}");
     let (code, out, _) = cli(d, &["audit", "--server", &base]);
     assert_eq!(code, 0);
     assert!(out.contains("registration created") && out.contains("ping accepted"), "{out}");

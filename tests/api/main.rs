@@ -28,4 +28,5 @@ mod small_disk;
 mod smart_submit_provider;
 mod storage_faults;
 mod store_conformance;
+mod sync;
 mod ui;

@@ -10,7 +10,7 @@ pub use super::pg_cluster::PgCluster;
 async fn postgres_passes_the_whole_store_conformance_suite() {
     let pg = PgCluster::start();
     let store = PgStore::open(&pg.url()).await.expect("opens and migrates");
-    super::store_conformance::assert_store_conformance(&store, &store, &store, &store, &store).await;
+    super::store_conformance::assert_store_conformance(&store, &store, &store, &store, &store, &store).await;
     // Opening again finds the schema in place.
     PgStore::open(&pg.url()).await.expect("migrations run once");
 }

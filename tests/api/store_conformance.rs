@@ -6,7 +6,7 @@ use std::time::Duration;
 use bulk_import::{
     domain::{
         Admission, Appended, AuditClass, AuditEvent, FileState, FinishedFile, Job, JobCaps, JobFile,
-        JobState, Provider, RequestState, Requested, SourceAccess, Submission,
+        JobState, Provider, RequestState, Requested, SourceAccess, Submission, SyncState,
     },
     fhir::{
         bulk_submit::{RequestHeader, SubmissionStatus},
@@ -14,7 +14,7 @@ use bulk_import::{
         parameters::ExportType,
     },
     store::{
-        job_store::{AuditLog, JobStore, RegistrationStore, ReplayCache, SubmissionStore},
+        job_store::{AuditLog, JobStore, RegistrationStore, ReplayCache, SubmissionStore, SyncStore},
         leases::Renewal,
         Store,
     },
@@ -578,6 +578,7 @@ pub async fn assert_store_conformance(
     audit: &dyn AuditLog,
     replay: &dyn ReplayCache,
     submissions: &dyn SubmissionStore,
+    sync: &dyn SyncStore,
 ) {
     jobs.ping().await.unwrap();
     registrations_are_kept_listed_and_revoked(registrations).await;
@@ -592,11 +593,67 @@ pub async fn assert_store_conformance(
     submissions_are_kept_closed_once_and_name_each_manifest_once(jobs, submissions).await;
     the_audit_trail_keeps_the_newest_events(audit).await;
     the_replay_cache_takes_each_id_once(replay).await;
+    a_sources_sync_state_keeps_the_latest_ending_and_moves_since_only_on_a_whole_import(sync).await;
+    a_jobs_transaction_time_is_kept(jobs).await;
+}
+
+async fn a_jobs_transaction_time_is_kept(jobs: &dyn JobStore) {
+    let caps = JobCaps { all: 1000, per_provider: 1000 };
+    jobs.insert_job_if_room(&job("tt01", "p1", 990), caps).await.unwrap();
+    assert_eq!(jobs.transaction_time("tt01").await.unwrap(), None);
+    jobs.set_transaction_time("tt01", "2026-11-30T10:00:00.123+01:00").await.unwrap();
+    assert_eq!(
+        jobs.transaction_time("tt01").await.unwrap().as_deref(),
+        Some("2026-11-30T10:00:00.123+01:00")
+    );
+    assert_eq!(jobs.transaction_time("nope").await.unwrap(), None);
+}
+
+async fn a_sources_sync_state_keeps_the_latest_ending_and_moves_since_only_on_a_whole_import(
+    sync: &dyn SyncStore,
+) {
+    let state = |job: &str, result: &str, at: i64, since: Option<&str>| SyncState {
+        client_id: "p1".into(),
+        source: "https://ehr.example/fhir/$export _type=Patient _typeFilter=".into(),
+        export_url: "https://ehr.example/fhir/$export".into(),
+        types: Some("Patient".into()),
+        type_filters: None,
+        since: since.map(str::to_string),
+        last_success_at: since.map(|_| at),
+        last_job_id: job.into(),
+        last_result: result.into(),
+        last_at: at,
+        files: 2,
+        failed_files: i64::from(result != "completed"),
+        resources: 10,
+    };
+    let source = "https://ehr.example/fhir/$export _type=Patient _typeFilter=";
+    sync.record_sync(&state("j1", "completed", 100, Some("2026-01-01T00:00:00Z"))).await.unwrap();
+    sync.record_sync(&state("j2", "completed-with-errors", 200, None)).await.unwrap();
+    let kept = sync.sync_state("p1", source).await.unwrap().unwrap();
+    assert_eq!((kept.last_job_id.as_str(), kept.last_result.as_str()), ("j2", "completed-with-errors"));
+    assert_eq!(kept.since.as_deref(), Some("2026-01-01T00:00:00Z"), "a partial import does not move it");
+    assert_eq!((kept.last_success_at, kept.failed_files), (Some(100), 1));
+    // An earlier ending recorded late does not undo a later one.
+    sync.record_sync(&state("j0", "completed", 50, Some("2025-01-01T00:00:00Z"))).await.unwrap();
+    assert_eq!(sync.sync_state("p1", source).await.unwrap().unwrap().last_job_id, "j2");
+    sync.record_sync(&state("j3", "completed", 300, Some("2026-02-01T00:00:00Z"))).await.unwrap();
+    let kept = sync.sync_state("p1", source).await.unwrap().unwrap();
+    assert_eq!((kept.since.as_deref(), kept.last_success_at), (Some("2026-02-01T00:00:00Z"), Some(300)));
+    // Another source of the same provider is its own.
+    let other = SyncState {
+        source: "https://ehr.example/fhir/$export _type= _typeFilter=".into(),
+        types: None,
+        ..state("j4", "failed", 400, None)
+    };
+    sync.record_sync(&other).await.unwrap();
+    assert_eq!(sync.sync_states().await.unwrap().len(), 2);
+    assert_eq!(sync.sync_state("p2", source).await.unwrap(), None);
 }
 
 #[tokio::test]
 async fn sqlite_passes_the_store_conformance_suite() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("store.sqlite")).await.unwrap();
-    assert_store_conformance(&store, &store, &store, &store, &store).await;
+    assert_store_conformance(&store, &store, &store, &store, &store, &store).await;
 }

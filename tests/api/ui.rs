@@ -444,6 +444,9 @@ async fn flow(c: &Client, app: &TestApp, shots: &Shots) -> Result<()> {
     let reg_row = format!("#registrations-table tr[data-client-id='{client_id}']");
     wait_text(c, &reg_row, &kid).await?;
     wait_text(c, &reg_row, "1 inline key").await?;
+    // Its export's sync state: the last job failed, the next pull starts from the last complete one.
+    wait_text(c, &reg_row, "last failed").await?;
+    wait_text(c, &reg_row, "next pull from 2026-01-01T00:00:00Z").await?;
     wait_text(c, &reg_row, &format!("token also to: {}", app.provider.alt_origin())).await?;
     shots.take(c, "15-registrations").await?;
     click(c, &format!("{reg_row} button[data-revoke]")).await?;

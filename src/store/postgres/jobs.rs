@@ -150,6 +150,18 @@ impl JobStore for PgStore {
         Ok(())
     }
 
+    async fn set_transaction_time(&self, id: &str, at: &str) -> Result<(), StoreError> {
+        self.set_column(id, "transaction_time = $1", at).await
+    }
+
+    async fn transaction_time(&self, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT transaction_time FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .flatten())
+    }
+
     async fn kickoff_started(&self, id: &str) -> Result<Option<i64>, StoreError> {
         Ok(sqlx::query_scalar("SELECT kickoff_started_at FROM jobs WHERE id = $1")
             .bind(id)

@@ -8,6 +8,7 @@ mod jobs;
 mod leases;
 mod registrations;
 mod submissions;
+mod sync_states;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -24,6 +25,20 @@ const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The database's clock, in whole seconds (every replica reads the same one).
 const NOW: &str = "FLOOR(EXTRACT(EPOCH FROM clock_timestamp()))::BIGINT";
+
+/// `?N` placeholders as PostgreSQL writes them (`$N`).
+pub(super) fn pg(statement: &str) -> String {
+    let mut out = String::with_capacity(statement.len());
+    let mut chars = statement.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
 
 #[derive(Clone)]
 pub struct PgStore {

@@ -2,7 +2,7 @@
 //! their placeholders renumbered.
 use async_trait::async_trait;
 
-use super::PgStore;
+use super::{pg, PgStore};
 use crate::{
     domain::{ManifestRequest, RequestState, Requested, SourceAccess, Submission},
     fhir::bulk_submit::SubmissionStatus,
@@ -12,20 +12,6 @@ use crate::{
         StoreError,
     },
 };
-
-/// `?N` placeholders as PostgreSQL writes them (`$N`).
-fn pg(statement: &str) -> String {
-    let mut out = String::with_capacity(statement.len());
-    let mut chars = statement.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
-            out.push('$');
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
 
 #[async_trait]
 impl SubmissionStore for PgStore {
