@@ -158,6 +158,8 @@ impl App {
         resume::resume_unfinished(&state.job_context).await?;
         let jobs = state.job_context.jobs.clone();
         jobs.tracker.spawn(reaper::run(state.job_context.clone()));
+        let every = state.job_context.config.sync_check_interval;
+        jobs.tracker.spawn(crate::sync_runs::schedule(state.job_context.clone(), every));
         // Jobs whose process stopped renewing their lease (or never got to them) are taken up.
         jobs.tracker.spawn(takeover::run(state.job_context.clone()));
 

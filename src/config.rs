@@ -31,6 +31,8 @@ pub const DEFAULT_CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 /// `$bulk-submit` requests per client per minute: far more than a provider submitting manifests
 /// as its exports finish sends, far fewer than a runaway loop does.
 pub const DEFAULT_SUBMIT_REQUESTS_PER_MINUTE: u32 = 120;
+/// Seconds between looks for due sync pulls (a pull starts at most this late).
+pub const DEFAULT_SYNC_CHECK_INTERVAL_SECS: f64 = 30.0;
 /// `outcome` entries (one per submitted manifest) on one page of a Bulk Submit status manifest.
 pub const DEFAULT_SUBMIT_STATUS_PAGE_SIZE: usize = 500;
 /// The shortest lease: the database's clock counts whole seconds, and three heartbeats must fit.
@@ -185,6 +187,8 @@ pub struct Config {
     pub jobs_id_length: usize,
     pub jobs_max_age: Duration,
     pub reaper_interval: Duration,
+    /// `SYNC_CHECK_INTERVAL`: how often registrations' sync plans are looked at for due pulls.
+    pub sync_check_interval: Duration,
     pub json_content_types: Vec<String>,
     pub jwt_secret: Option<SecretString>,
     /// Bearer credential for `/auth/register` and registration management.
@@ -419,6 +423,7 @@ impl Config {
             ),
             jobs_max_age: r.minutes("JOBS_MAX_AGE", DEFAULT_JOBS_MAX_AGE_MINUTES),
             reaper_interval: r.secs("REAPER_INTERVAL", DEFAULT_REAPER_INTERVAL_SECS),
+            sync_check_interval: r.secs("SYNC_CHECK_INTERVAL", DEFAULT_SYNC_CHECK_INTERVAL_SECS),
             json_content_types,
             jwt_secret: r.opt("JWT_SECRET").map(SecretString::from),
             admin_token: r.opt("ADMIN_TOKEN").map(SecretString::from),

@@ -223,9 +223,18 @@ pub struct Provider {
     /// The Bulk Submit submitter it speaks for: `submitter.system` (may be absent) and `.value`.
     pub submitter_system: Option<String>,
     pub submitter_value: Option<String>,
+    /// Its sync plan (JSON of `SyncPlan`), for pulls this server starts itself.
+    pub sync_plan: Option<String>,
+    /// When the plan's next scheduled pull is due (unix seconds); `None` without a schedule.
+    pub sync_next_at: Option<i64>,
 }
 
 impl Provider {
+    /// The registration's sync plan, if it has one.
+    pub fn sync(&self) -> Option<SyncPlan> {
+        serde_json::from_str(self.sync_plan.as_deref()?).ok()
+    }
+
     /// The `kid`s of an inline JWKS (none for a `jwks_uri` registration).
     pub fn key_ids(&self) -> Vec<String> {
         let keys = self.jwks_value().and_then(|j| j.get("keys").and_then(|k| k.as_array().cloned()));
@@ -458,18 +467,19 @@ impl SyncSource {
     /// The source of a job's export: `_type` values sorted (their order asks for nothing
     /// different), `_typeFilter` values in the order given.
     pub fn of(export_url: &str, kickoff: &[KickoffParam]) -> Self {
-        let values = |name: &str| -> Vec<String> {
-            kickoff
-                .iter()
-                .filter(|p| p.name == name)
-                .flat_map(|p| p.value.split(',').map(|v| v.trim().to_string()).collect::<Vec<_>>())
-                .filter(|v| !v.is_empty())
-                .collect()
-        };
-        let mut types = values("_type");
+        let values =
+            |name: &'static str| kickoff.iter().filter(move |p| p.name == name).map(|p| p.value.trim());
+        // A `_type` list is a set; a `_typeFilter` is a query whose commas are its own.
+        let mut types: Vec<String> = values("_type")
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+            .collect();
         types.sort();
         types.dedup();
-        let filters = values("_typeFilter");
+        let filters: Vec<String> =
+            values("_typeFilter").filter(|v| !v.is_empty()).map(str::to_string).collect();
         let joined = |v: Vec<String>| (!v.is_empty()).then(|| v.join(","));
         Self { export_url: export_url.to_string(), types: joined(types), type_filters: joined(filters) }
     }
@@ -481,5 +491,42 @@ impl SyncSource {
             self.types.as_deref().unwrap_or(""),
             self.type_filters.as_deref().unwrap_or("")
         )
+    }
+}
+
+/// Pulls this server starts itself for a registration: one export (URL, `_type`, `_typeFilter`),
+/// every `every_secs` when scheduled (else only when asked), each from where the last whole
+/// import of that export ended (`_since`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SyncPlan {
+    pub export_url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub types: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub type_filters: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_secs: Option<i64>,
+}
+
+impl SyncPlan {
+    /// The kick-off parameters of its next pull.
+    pub fn kickoff(&self, since: Option<&str>) -> Vec<KickoffParam> {
+        let param = |name: &str, value: &str| KickoffParam { name: name.into(), value: value.into() };
+        let mut out = Vec::new();
+        if let Some(t) = &self.types {
+            out.push(param("_type", t));
+        }
+        if let Some(f) = &self.type_filters {
+            out.push(param("_typeFilter", f));
+        }
+        if let Some(at) = since {
+            out.push(param("_since", at));
+        }
+        out
+    }
+
+    /// The source its pulls keep the state of.
+    pub fn source(&self) -> SyncSource {
+        SyncSource::of(&self.export_url, &self.kickoff(None))
     }
 }

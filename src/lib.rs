@@ -25,6 +25,7 @@ pub mod store;
 pub mod submission_views;
 pub mod submissions;
 pub mod submit_budget;
+pub mod sync_runs;
 pub mod sync_views;
 pub mod telemetry;
 pub mod time_util;

@@ -8,7 +8,7 @@ use crate::{
         provider_base::{parse_origin, ProviderBase},
         provider_token::ProviderTokens,
     },
-    domain::Provider,
+    domain::{Provider, SyncPlan},
     store::{job_store::RegistrationStore, StoreError},
     time_util::now_unix,
 };
@@ -47,7 +47,28 @@ pub struct RegistrationRequest {
     pub name: Option<String>,
     /// The Bulk Submit submitter (an Identifier) this provider's submissions name.
     pub submitter: Option<SubmitterId>,
+    /// Pulls this server starts itself (incremental, on a schedule or when asked).
+    pub sync: Option<SyncRequest>,
 }
+
+/// A sync plan as a registration asks for it.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncRequest {
+    /// The provider's export kick-off URL (`[base]/$export`, `/Patient/$export`, a Group's).
+    pub export_url: String,
+    /// `_type`: resource types, comma-separated.
+    #[serde(rename = "type")]
+    pub types: Option<String>,
+    /// `_typeFilter`: a FHIR search the export is narrowed by.
+    pub type_filter: Option<String>,
+    /// How often to pull; without it pulls run only when asked.
+    pub every_seconds: Option<i64>,
+}
+
+/// Longest sync interval (a year) and `_typeFilter`.
+const MAX_SYNC_EVERY_SECS: i64 = 365 * 24 * 3600;
+const MAX_TYPE_FILTER_CHARS: usize = 2048;
 
 /// A Bulk Submit submitter as a registration names it.
 #[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
@@ -191,7 +212,11 @@ pub fn validate(r: RegistrationRequest) -> Result<Provider, RegistrationError> {
             (system, Some(clean(&value, "value")?))
         }
     };
+    let sync = r.sync.map(|plan| sync_plan(&base, plan)).transpose()?;
+    let created_at = now_unix();
     Ok(Provider {
+        sync_next_at: sync.as_ref().and_then(|p| p.every_secs).map(|_| created_at),
+        sync_plan: sync.map(|p| serde_json::to_string(&p).unwrap_or_default()),
         name,
         submitter_system,
         submitter_value,
@@ -204,9 +229,41 @@ pub fn validate(r: RegistrationRequest) -> Result<Provider, RegistrationError> {
         jwks,
         jwks_uri,
         scope: r.scope.filter(|s| !s.trim().is_empty()),
-        created_at: now_unix(),
+        created_at,
         revoked_at: None,
     })
+}
+
+/// A sync plan checked: its export under the provider's base, sensible types, filter and interval.
+fn sync_plan(base: &ProviderBase, r: SyncRequest) -> Result<SyncPlan, RegistrationError> {
+    let url = base.under(r.export_url.trim()).map_err(|e| invalid(format!("sync.export_url: {e}")))?;
+    let types = match r.types.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) {
+        Some(t)
+            if t.split(',')
+                .all(|n| !n.trim().is_empty() && n.trim().chars().all(|c| c.is_ascii_alphabetic())) =>
+        {
+            Some(t.split(',').map(str::trim).collect::<Vec<_>>().join(","))
+        }
+        Some(t) => {
+            return Err(invalid(format!("sync.type: '{t}' is not a comma-separated list of resource types")))
+        }
+        None => None,
+    };
+    let type_filters = match r.type_filter.map(|f| f.trim().to_string()).filter(|f| !f.is_empty()) {
+        Some(f) if f.chars().count() > MAX_TYPE_FILTER_CHARS || f.chars().any(char::is_control) => {
+            return Err(invalid(format!(
+                "sync.type_filter: at most {MAX_TYPE_FILTER_CHARS} characters, no control characters"
+            )))
+        }
+        other => other,
+    };
+    let every_secs = match r.every_seconds {
+        Some(n) if !(1..=MAX_SYNC_EVERY_SECS).contains(&n) => {
+            return Err(invalid(format!("sync.every_seconds: 1 to {MAX_SYNC_EVERY_SECS}")))
+        }
+        other => other,
+    };
+    Ok(SyncPlan { export_url: url.to_string(), types, type_filters, every_secs })
 }
 
 /// Validate and store a new registration (the server's endpoint and the offline command line alike).
@@ -272,6 +329,8 @@ impl Registrations<'_> {
         json!({
             "name": p.name,
             "submitter": submitter_json(p),
+            "sync": p.sync(),
+            "sync_next_at": p.sync_next_at,
             "token_origins": p.token_origin_list(),
             "file_origins": p.file_origin_list(),
             "token_endpoint": p.token_endpoint,

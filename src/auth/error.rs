@@ -18,6 +18,12 @@ pub enum AuthError {
     InvalidToken(String),
     #[error("{0}")]
     NotFound(String),
+    /// The request clashes with what is there (e.g. a pull of that export runs already).
+    #[error("{0}")]
+    Conflict(String),
+    /// No room for it now (the job caps); it may be asked again later.
+    #[error("{0}")]
+    Busy(String),
     #[error("key handling failed")]
     Jose(#[from] josekit::JoseError),
     #[error("storage failed")]
@@ -37,6 +43,8 @@ impl AuthError {
             AuthError::UnsupportedGrantType(_) => ("unsupported_grant_type", StatusCode::BAD_REQUEST),
             AuthError::InvalidToken(_) => ("invalid_token", StatusCode::UNAUTHORIZED),
             AuthError::NotFound(_) => ("not_found", StatusCode::NOT_FOUND),
+            AuthError::Conflict(_) => ("invalid_request", StatusCode::CONFLICT),
+            AuthError::Busy(_) => ("temporarily_unavailable", StatusCode::TOO_MANY_REQUESTS),
             AuthError::TooManyFailures(_) => ("temporarily_unavailable", StatusCode::TOO_MANY_REQUESTS),
             AuthError::Jose(_) | AuthError::Store(_) => ("server_error", StatusCode::INTERNAL_SERVER_ERROR),
         }

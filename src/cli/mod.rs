@@ -41,6 +41,8 @@ pub enum Command {
     Submissions(submissions::SubmissionsArgs),
     /// What each export of each provider came to last, and where its next incremental pull starts.
     Sources(sources::SourcesArgs),
+    /// Start a registration's next incremental pull now (its sync plan), as its schedule would.
+    Sync(sources::SyncArgs),
     /// Show the audit trail: registrations, pings accepted and refused, cancels, deletes.
     Audit(registrations::AuditArgs),
     /// Cancel a running job; it stays listed as cancelled until it expires.

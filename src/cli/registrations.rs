@@ -46,6 +46,19 @@ pub struct RegisterArgs {
     /// The system of that identifier.
     #[arg(long, requires = "submitter")]
     submitter_system: Option<String>,
+    /// A sync plan: the provider export this server pulls itself (`sync`, and on a schedule
+    /// with --sync-every), each time from where the last whole import ended (`_since`).
+    #[arg(long)]
+    sync_url: Option<String>,
+    /// `_type` of those pulls (comma-separated resource types).
+    #[arg(long, requires = "sync_url")]
+    sync_type: Option<String>,
+    /// `_typeFilter` of those pulls.
+    #[arg(long, requires = "sync_url")]
+    sync_type_filter: Option<String>,
+    /// Seconds between scheduled pulls (the first is due at once); without it, only `sync` pulls.
+    #[arg(long, requires = "sync_url")]
+    sync_every: Option<i64>,
     /// Write into the server's database (DATA_DIR, settings from the environment and `.env`)
     /// instead of asking a running server; for setting up before the first start.
     #[arg(long)]
@@ -119,6 +132,7 @@ async fn try_register(args: &RegisterArgs) -> Result<String, RegisterError> {
             "submitter",
             args.submitter.as_ref().map(|value| json!({"system": args.submitter_system, "value": value})),
         ),
+        ("sync", args.sync_url.as_ref().map(|url| sync_plan(url, args))),
     ];
     for (name, value) in fields {
         if let Some(v) = value {
@@ -256,4 +270,20 @@ pub async fn audit(args: AuditArgs) -> Outcome {
         }
         Err(e) => report(&e),
     }
+}
+
+/// The registration's `sync` field from the `--sync-*` options.
+fn sync_plan(url: &str, args: &RegisterArgs) -> Value {
+    let mut plan = json!({ "export_url": url });
+    let fields = [
+        ("type", args.sync_type.clone().map(Value::from)),
+        ("type_filter", args.sync_type_filter.clone().map(Value::from)),
+        ("every_seconds", args.sync_every.map(Value::from)),
+    ];
+    for (name, value) in fields {
+        if let Some(v) = value {
+            plan[name] = v;
+        }
+    }
+    plan
 }

@@ -1,5 +1,6 @@
 //! `sources`: what each export of each provider came to last (admin credential): its last job's
-//! result and counts, and where its next incremental pull starts (`_since`).
+//! result and counts, and where its next incremental pull starts (`_since`). `sync`: start a
+//! registration's next pull now.
 use reqwest::Method;
 use serde_json::Value;
 
@@ -15,6 +16,40 @@ pub struct SourcesArgs {
     /// Print the server's answer as JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// The registration's client_id (its sync plan names the export).
+    client_id: String,
+}
+
+/// Start the registration's next pull; print the job's status URL (follow it with `status`).
+pub async fn sync(args: SyncArgs) -> Outcome {
+    let run = async {
+        let remote = Remote::admin(&args.admin)?;
+        let path = format!("/admin/sync/{}", urlencode(&args.client_id));
+        remote.json(remote.request(Method::POST, &path)).await
+    };
+    match run.await {
+        Ok(answer) => {
+            println!("sync pull started: {}", answer["status_url"].as_str().unwrap_or("?"));
+            Outcome::Done
+        }
+        Err(e) => report(&e),
+    }
+}
+
+/// A client id as one path segment.
+fn urlencode(raw: &str) -> String {
+    raw.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 pub async fn list(args: SourcesArgs) -> Outcome {

@@ -11,7 +11,15 @@ use axum::{
 use serde_json::json;
 
 use super::{admin::Admin, no_store};
-use crate::{auth::AuthError, job_views, state::AppState, submission_views, sync_views};
+use crate::{
+    auth::AuthError,
+    imports::ImportError,
+    job_views,
+    state::AppState,
+    submission_views,
+    sync_runs::{self, SyncError},
+    sync_views,
+};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -20,6 +28,47 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/audit", get(audit_trail))
         .route("/admin/submissions", get(submissions))
         .route("/admin/sync", get(sync_states))
+        .route("/admin/sync/{client_id}", axum::routing::post(sync_now))
+}
+
+/// Start the next pull of a registration's sync plan now: 202 with the job's status URL.
+async fn sync_now(
+    State(app): State<AppState>,
+    _admin: Admin,
+    Path(client_id): Path<String>,
+    extensions: axum::http::Extensions,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, AuthError> {
+    let ctx = &app.job_context;
+    let provider =
+        ctx.providers.provider(&client_id).await?.ok_or_else(|| {
+            AuthError::NotFound(format!("no active registration with client_id '{client_id}'"))
+        })?;
+    let job = match sync_runs::run_now(ctx, &provider).await {
+        Ok(job) => job,
+        Err(e @ (SyncError::NoPlan(_) | SyncError::Running(_))) => {
+            return Err(AuthError::Conflict(e.to_string()))
+        }
+        Err(SyncError::Import(ImportError::Busy(m))) => return Err(AuthError::Busy(m)),
+        Err(SyncError::Import(e)) => return Err(AuthError::InvalidRequest(e.to_string())),
+        Err(SyncError::Store(e)) => return Err(e.into()),
+    };
+    let from = crate::http_server::peer_key(&extensions);
+    crate::audit::record(
+        &*app.audit,
+        crate::audit::Actor::Admin(&from),
+        "sync pull started",
+        Some(&crate::telemetry::shown_id(&job.id)),
+        Some(&client_id),
+    )
+    .await;
+    let url = format!("{}/job/{}", super::base_url(&app, &headers), job.id);
+    let mut res = (axum::http::StatusCode::ACCEPTED, Json(json!({"job_id": job.id, "status_url": url})))
+        .into_response();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&url) {
+        res.headers_mut().insert(axum::http::header::CONTENT_LOCATION, v);
+    }
+    Ok(no_store(res))
 }
 
 async fn sync_states(State(app): State<AppState>, _admin: Admin) -> Result<Response, AuthError> {

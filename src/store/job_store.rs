@@ -291,6 +291,11 @@ pub trait RegistrationStore: Send + Sync {
     async fn provider_any(&self, client_id: &str) -> Result<Option<Provider>, StoreError>;
     async fn revoke_provider(&self, client_id: &str, now: i64) -> Result<bool, StoreError>;
     async fn provider(&self, client_id: &str) -> Result<Option<Provider>, StoreError>;
+    /// Active registrations whose sync plan's next pull is due by `now`.
+    async fn due_syncs(&self, now: i64) -> Result<Vec<Provider>, StoreError>;
+    /// Take the pull due at `was` by moving the next one to `next`; false when another process
+    /// took it first (or the plan changed).
+    async fn claim_sync(&self, client_id: &str, was: i64, next: i64) -> Result<bool, StoreError>;
 }
 
 #[async_trait]
@@ -579,5 +584,11 @@ impl RegistrationStore for Store {
     }
     async fn provider(&self, client_id: &str) -> Result<Option<Provider>, StoreError> {
         Store::provider(self, client_id).await
+    }
+    async fn due_syncs(&self, now: i64) -> Result<Vec<Provider>, StoreError> {
+        Store::due_syncs(self, now).await
+    }
+    async fn claim_sync(&self, client_id: &str, was: i64, next: i64) -> Result<bool, StoreError> {
+        Store::claim_sync(self, client_id, was, next).await
     }
 }

@@ -6,8 +6,9 @@ impl Store {
     pub async fn insert_provider(&self, p: &Provider) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO providers (client_id, consumer_client_id, aud, jwks, jwks_uri, scope, created_at, revoked_at,
-                                    token_origins, file_origins, token_endpoint, name, submitter_system, submitter_value)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                    token_origins, file_origins, token_endpoint, name, submitter_system, submitter_value,
+                                    sync_plan, sync_next_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&p.client_id)
         .bind(&p.consumer_client_id)
@@ -23,6 +24,8 @@ impl Store {
         .bind(&p.name)
         .bind(&p.submitter_system)
         .bind(&p.submitter_value)
+        .bind(&p.sync_plan)
+        .bind(p.sync_next_at)
         .execute(self.pool())
         .await?;
         Ok(())
@@ -61,5 +64,25 @@ impl Store {
         .bind(client_id)
         .fetch_optional(self.pool())
         .await?)
+    }
+
+    pub async fn due_syncs(&self, now: i64) -> Result<Vec<Provider>, StoreError> {
+        Ok(sqlx::query_as::<_, Provider>(
+            "SELECT * FROM providers WHERE revoked_at IS NULL AND sync_next_at IS NOT NULL AND sync_next_at <= ?
+             ORDER BY sync_next_at, client_id",
+        )
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    pub async fn claim_sync(&self, client_id: &str, was: i64, next: i64) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE providers SET sync_next_at = ? WHERE client_id = ? AND sync_next_at = ?")
+            .bind(next)
+            .bind(client_id)
+            .bind(was)
+            .execute(self.pool())
+            .await?;
+        Ok(r.rows_affected() == 1)
     }
 }

@@ -1,7 +1,7 @@
 // Registrations list (GET /auth/registrations) with revoke (DELETE /auth/registrations/{client_id})
 // and what each provider's exports came to last (GET /admin/sync).
 import { api } from './api.js';
-import { $, alertBox, badge, confirmAction, h, timeEl } from './dom.js';
+import { $, alertBox, badge, confirmAction, flashNext, h, secondsText, timeEl } from './dom.js';
 
 function jwksSource(r) {
   if (r.jwks_uri) return ['URL ', h('code', {}, r.jwks_uri)];
@@ -22,12 +22,27 @@ function syncLines(sources) {
   ));
 }
 
+/** The registration's sync plan: which export, how often, when next. */
+function planLine(r) {
+  if (!r.sync) return null;
+  const p = r.sync;
+  const what = `${p.export_url}${p.types ? ` (_type ${p.types})` : ''}`;
+  const when = p.every_secs
+    ? [`every ${secondsText(p.every_secs)}, next `, r.sync_next_at ? timeEl(r.sync_next_at) : 'not scheduled']
+    : ['only when asked'];
+  return h('span', { class: 'sub', 'data-plan': '' }, `sync plan: ${what}, `, ...when);
+}
+
 function row(r, sources) {
   const revoked = r.revoked_at !== null && r.revoked_at !== undefined;
   const action = revoked
     ? ''
     : h('button', { type: 'button', class: 'small danger', 'data-revoke': r.client_id }, 'Revoke');
   if (action) action.setAttribute('aria-label', `Revoke the registration of ${r.name || r.aud}`);
+  const syncNow = !revoked && r.sync
+    ? h('button', { type: 'button', class: 'small', 'data-sync-now': r.client_id }, 'Sync now')
+    : null;
+  if (syncNow) syncNow.setAttribute('aria-label', `Start the next pull of ${r.name || r.aud} now`);
   return h(
     'tr',
     { 'data-client-id': r.client_id },
@@ -37,13 +52,14 @@ function row(r, sources) {
       r.token_origins && r.token_origins.length
         ? h('span', { class: 'sub' }, `token also to: ${r.token_origins.join(', ')}`) : null,
       r.file_origins ? h('span', { class: 'sub' }, `files only from: ${r.file_origins.join(', ')}`) : null,
+      planLine(r),
       ...syncLines(sources)),
     h('td', { 'data-label': 'client_id', class: 'wrap' }, h('code', {}, r.client_id)),
     h('td', { 'data-label': 'Created' }, timeEl(r.created_at)),
     h('td', { 'data-label': 'JWKS source', class: 'wrap' }, jwksSource(r)),
     h('td', { 'data-label': 'Scope' }, r.scope ? h('code', {}, r.scope) : h('span', { class: 'muted' }, 'default')),
     h('td', { 'data-label': 'Status' }, revoked ? [badge('revoked'), ' ', timeEl(r.revoked_at)] : badge('active')),
-    h('td', { 'data-label': 'Actions' }, action),
+    h('td', { 'data-label': 'Actions' }, syncNow, syncNow && action ? ' ' : null, action),
   );
 }
 
@@ -75,6 +91,17 @@ export const screen = {
 export function wireRegistrations() {
   $('registrations-refresh').addEventListener('click', load);
   $('registrations-table').addEventListener('click', async (event) => {
+    const sync = event.target.closest('button[data-sync-now]');
+    if (sync) {
+      try {
+        const started = await api(`/admin/sync/${encodeURIComponent(sync.dataset.syncNow)}`, { method: 'POST', admin: true });
+        flashNext(`A sync pull started: import job ${started.job_id}.`);
+        location.hash = `#/jobs/${started.job_id}`;
+      } catch (e) {
+        if (!e.handled) alertBox($('registrations-error'), `The sync pull was not started: ${e.message}`);
+      }
+      return;
+    }
     const button = event.target.closest('button[data-revoke]');
     if (!button) return;
     const clientId = button.dataset.revoke;

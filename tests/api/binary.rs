@@ -822,9 +822,41 @@ async fn the_command_line_takes_a_new_user_from_keygen_to_a_finished_import_and_
     assert_eq!(code, 0);
     assert!(out.contains(&manifest) && out.contains("last completed"), "{out}");
     assert!(out.contains("2 files (0 failed), 50 resources; next pull from 2026-01-01T00:00:00Z"), "{out}");
+    // A registration with a sync plan, pulled now from the command line (no schedule: only when asked).
+    let (code, out, err) = cli(
+        d,
+        &[
+            "register",
+            "--server",
+            &base,
+            "--aud",
+            &provider.base(),
+            "--consumer-client-id",
+            "consumer-at-fake",
+            "--jwks-file",
+            "keys/ehr.jwks.json",
+            "--sync-url",
+            &provider.export_url(),
+            "--sync-type",
+            "Patient",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let synced = out.split("client_id ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    let (code, out, err) = cli(d, &["sync", "--server", &base, &synced]);
+    assert_eq!(code, 0, "{err}");
+    let pulled =
+        out.trim().strip_prefix("sync pull started: ").unwrap_or_else(|| panic!("{out}")).to_string();
+    let (code, out, _) = cli(d, &["status", &pulled, "--follow"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("completed: 2 files"), "{out}");
+    let (code, _, err) = cli(d, &["sync", "--server", &base, &client_id]);
+    assert_eq!(code, 1, "a registration without a plan");
+    assert!(err.contains("no sync plan"), "{err}");
     let (code, out, _) = cli(d, &["audit", "--server", &base]);
     assert_eq!(code, 0);
     assert!(out.contains("registration created") && out.contains("ping accepted"), "{out}");
+    assert!(out.contains("sync pull started"), "{out}");
     let (code, _, err) = cli(d, &["cancel", &status_url]);
     assert_eq!(code, 1, "a finished job cannot be cancelled");
     assert!(err.contains("409") && err.contains("only a running one"), "{err}");

@@ -420,3 +420,34 @@ async fn one_jobs_files_are_spread_over_replicas_and_a_killed_helpers_file_is_fi
     assert_eq!(takeovers, 1, "f1 was taken over once");
     assert_eq!(s3.open_uploads(), Vec::<String>::new(), "no upload is left open");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_due_sync_pull_runs_once_across_replicas() {
+    let pg = PgCluster::start();
+    let s3 = S3Server::start().await;
+    let provider = FakeProvider::start().await;
+    provider.add_file("a.ndjson", "Observation", observations(10));
+    let cluster = Cluster::start_with(&pg, &s3, 2, &[("SYNC_CHECK_INTERVAL", "0.05")]).await;
+    provider.set_consumer_jwks_url(format!("{}/jwks", cluster.bases[1]));
+    let mut key = ES384.generate_key_pair().unwrap().to_jwk_key_pair();
+    key.set_key_id("provider-key-1");
+    let mut public = key.to_public_key().unwrap();
+    public.set_key_id("provider-key-1");
+    let res = reqwest::Client::new()
+        .post(format!("{}/auth/register", cluster.bases[0]))
+        .bearer_auth(&cluster.admin)
+        .json(&json!({"jwks": {"keys": [public.as_ref()]}, "consumer_client_id": "consumer-at-fake", "aud": provider.base(),
+            "sync": {"export_url": provider.export_url(), "every_seconds": 3600}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    wait_for_request(&provider, "/fhir/$export", 1).await;
+    // Both replicas look every 50 ms; give them forty looks between them.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(provider.requests_to("/fhir/$export").len(), 1, "one kick-off, by one replica");
+    let jobs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs").fetch_one(&cluster.pool).await.unwrap();
+    assert_eq!(jobs, 1);
+    let started: usize = cluster.replicas.iter().map(|r| r.log().matches("sync pull started").count()).sum();
+    assert_eq!(started, 1, "logged by the replica that took it");
+}

@@ -36,6 +36,8 @@ fn provider(client_id: &str) -> Provider {
         name: Some(format!("EHR {client_id}")),
         submitter_system: Some("https://ehr.example/ids".into()),
         submitter_value: Some(format!("submitter-{client_id}")),
+        sync_plan: None,
+        sync_next_at: None,
     }
 }
 

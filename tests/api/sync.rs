@@ -78,3 +78,104 @@ async fn each_export_keeps_its_last_result_and_moves_its_next_pull_only_on_a_who
     }
     assert_eq!(app.admin_get("/admin/sync").await["sources"].as_array().unwrap().len(), 2);
 }
+
+/// The kick-offs the fake provider received, as their Parameters.
+fn kickoffs(app: &TestApp) -> Vec<Value> {
+    let sent = app.provider.requests_to("/fhir/$export");
+    sent.iter().map(|r| serde_json::from_str(&r.body).unwrap_or(Value::Null)).collect()
+}
+
+fn param<'a>(kickoff: &'a Value, name: &str) -> Option<&'a str> {
+    let params = kickoff["parameter"].as_array()?;
+    params
+        .iter()
+        .find(|p| p["name"] == name)
+        .and_then(|p| p.as_object()?.iter().find(|(k, _)| k.starts_with("value"))?.1.as_str())
+}
+
+#[tokio::test]
+async fn a_sync_plan_pulls_at_once_then_on_request_from_where_the_last_whole_import_ended() {
+    let app = super::helpers::spawn_app_with(|c| c.sync_check_interval = Duration::from_millis(50)).await;
+    app.provider.add_file("p.ndjson", "Patient", patients(5));
+    // Plans are checked: their export must be the provider's, their interval sensible.
+    for (plan, why) in [
+        (json!({"export_url": "https://elsewhere.example/fhir/$export"}), "sync.export_url"),
+        (json!({"export_url": app.provider.export_url(), "every_seconds": 0}), "every_seconds"),
+        (json!({"export_url": app.provider.export_url(), "type": "Patient;drop"}), "sync.type"),
+        (json!({"export_url": app.provider.export_url(), "every": 5}), "every"),
+    ] {
+        let res = app
+            .register(&json!({"jwks": app.public_jwks(), "consumer_client_id": "consumer-at-fake",
+            "aud": app.provider.base(), "sync": plan}))
+            .await;
+        assert_eq!(res.status(), 400);
+        let text = res.text().await.unwrap();
+        assert!(text.contains(why), "{why}: {text}");
+    }
+    let res = app
+        .register(&json!({"jwks": app.public_jwks(), "consumer_client_id": "consumer-at-fake", "aud": app.provider.base(),
+            "sync": {"export_url": app.provider.export_url(), "type": "Patient", "every_seconds": 3600}}))
+        .await;
+    assert_eq!(res.status(), 200);
+    let client_id = res.json::<Value>().await.unwrap()["client_id"].as_str().unwrap().to_string();
+
+    // Due at once: the first pull asks for everything of its types.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while kickoffs(&app).is_empty() {
+        assert!(Instant::now() < deadline, "the scheduled pull never kicked off");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = &kickoffs(&app)[0];
+    assert_eq!((param(first, "_type"), param(first, "_since")), (Some("Patient"), None), "{first}");
+    let sources = app.admin_get("/admin/sync").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut sources = sources;
+    while sources["sources"].as_array().unwrap().iter().all(|s| s["client_id"] != client_id.as_str()) {
+        assert!(Instant::now() < deadline, "the scheduled pull never finished: {sources}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        sources = app.admin_get("/admin/sync").await;
+    }
+
+    // Asked for now: from where that one ended.
+    let res = app
+        .http
+        .post(format!("{}/admin/sync/{client_id}", app.base))
+        .bearer_auth(super::helpers::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let answer: Value = res.json().await.unwrap();
+    let job = answer["job_id"].as_str().unwrap().to_string();
+    assert_eq!(answer["status_url"], format!("{}/job/{job}", app.base));
+    app.completed(&job).await;
+    let all = kickoffs(&app);
+    assert_eq!(all.len(), 2, "the schedule did not pull again within its interval: {all:?}");
+    assert_eq!(param(&all[1], "_since"), Some("2026-01-01T00:00:00Z"), "{}", all[1]);
+    assert_eq!(app.read(&job, "Patient.1.ndjson"), patients(5));
+
+    // Without a plan, or for nobody, it says so.
+    let res = app
+        .http
+        .post(format!("{}/admin/sync/{}", app.base, app.client_id))
+        .bearer_auth(super::helpers::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409);
+    assert!(res.text().await.unwrap().contains("no sync plan"));
+    let res = app
+        .http
+        .post(format!("{}/admin/sync/nobody", app.base))
+        .bearer_auth(super::helpers::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    // The registration shows its plan and when its next pull is due (an hour on).
+    let reg = app.admin_get(&format!("/auth/registrations/{client_id}")).await;
+    assert_eq!(reg["sync"]["every_secs"], 3600, "{reg}");
+    let next = reg["sync_next_at"].as_i64().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!((now + 3500..=now + 3600).contains(&next), "{next} vs {now}");
+}

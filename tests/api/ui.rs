@@ -439,6 +439,22 @@ async fn flow(c: &Client, app: &TestApp, shots: &Shots) -> Result<()> {
     wait_text(c, "#audit-table", "ping accepted").await?;
     shots.take(c, "14-audit").await?;
 
+    // A registration with a sync plan (run only when asked) shows it, and pulls on a click.
+    let res = app
+        .register(&json!({"jwks": app.public_jwks(), "consumer_client_id": "consumer-at-fake", "aud": app.provider.base(),
+            "name": "Synced EHR", "sync": {"export_url": app.provider.export_url(), "type": "Patient"}}))
+        .await;
+    ensure!(res.status() == 200, "register with a plan: {}", res.text().await?);
+    let synced = res.json::<Value>().await?["client_id"].as_str().unwrap_or_default().to_string();
+    nav(c, "registrations", "screen-registrations").await?;
+    let synced_row = format!("#registrations-table tr[data-client-id='{synced}']");
+    wait_text(c, &synced_row, "sync plan:").await?;
+    wait_text(c, &synced_row, "(_type Patient), only when asked").await?;
+    click(c, &format!("{synced_row} button[data-sync-now]")).await?;
+    find(c, "#screen-job:not([hidden])").await?;
+    wait_text(c, "#flash", "A sync pull started").await?;
+    wait_text(c, "#job-summary", "dynamic").await?;
+
     // Registrations: the browser-made registration, then revoke it.
     nav(c, "registrations", "screen-registrations").await?;
     let reg_row = format!("#registrations-table tr[data-client-id='{client_id}']");
@@ -499,7 +515,7 @@ async fn a_person_registers_a_provider_and_follows_its_import_in_headless_chromi
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["client_id"] != app.client_id.as_str() && r["submitter"].is_null())
+        .find(|r| r["client_id"] != app.client_id.as_str() && r["submitter"].is_null() && r["sync"].is_null())
         .cloned()
         .expect("the browser registered a provider");
     assert_eq!(made["aud"], app.provider.base());

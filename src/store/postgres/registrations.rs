@@ -12,8 +12,9 @@ impl RegistrationStore for PgStore {
     async fn insert_provider(&self, p: &Provider) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO providers (client_id, consumer_client_id, aud, jwks, jwks_uri, scope, created_at, revoked_at,
-                                    token_origins, file_origins, token_endpoint, name, submitter_system, submitter_value)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                                    token_origins, file_origins, token_endpoint, name, submitter_system, submitter_value,
+                                    sync_plan, sync_next_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(&p.client_id)
         .bind(&p.consumer_client_id)
@@ -29,6 +30,8 @@ impl RegistrationStore for PgStore {
         .bind(&p.name)
         .bind(&p.submitter_system)
         .bind(&p.submitter_value)
+        .bind(&p.sync_plan)
+        .bind(p.sync_next_at)
         .execute(self.pool())
         .await?;
         Ok(())
@@ -64,5 +67,26 @@ impl RegistrationStore for PgStore {
         .bind(client_id)
         .fetch_optional(self.pool())
         .await?)
+    }
+
+    async fn due_syncs(&self, now: i64) -> Result<Vec<Provider>, StoreError> {
+        Ok(sqlx::query_as::<_, Provider>(
+            "SELECT * FROM providers WHERE revoked_at IS NULL AND sync_next_at IS NOT NULL AND sync_next_at <= $1
+             ORDER BY sync_next_at, client_id",
+        )
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    async fn claim_sync(&self, client_id: &str, was: i64, next: i64) -> Result<bool, StoreError> {
+        let r =
+            sqlx::query("UPDATE providers SET sync_next_at = $1 WHERE client_id = $2 AND sync_next_at = $3")
+                .bind(next)
+                .bind(client_id)
+                .bind(was)
+                .execute(self.pool())
+                .await?;
+        Ok(r.rows_affected() == 1)
     }
 }
