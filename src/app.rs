@@ -104,6 +104,16 @@ impl App {
             destination,
             jobs,
             metrics: Arc::new(crate::metrics::Metrics::default()),
+            notifier: match (&config.notify_url, keys.notify_secret()) {
+                (Some(url), Some(secret)) => Some(Arc::new(crate::notify::Notifier::new(
+                    url.clone(),
+                    secret.clone(),
+                    http.clone(),
+                    config.public_url.clone(),
+                    config.notify_first_retry,
+                ))),
+                _ => None,
+            },
         };
         let state = AppState {
             jwks: Arc::new(JwksCache::new(config.limits.jwks_fetch_timeout, config.limits.jwks_min_refetch)),

@@ -31,6 +31,8 @@ pub const DEFAULT_CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 /// `$bulk-submit` requests per client per minute: far more than a provider submitting manifests
 /// as its exports finish sends, far fewer than a runaway loop does.
 pub const DEFAULT_SUBMIT_REQUESTS_PER_MINUTE: u32 = 120;
+/// Seconds before a failed job notice is sent again (then 2×, 4×, 8×: five attempts).
+pub const DEFAULT_NOTIFY_FIRST_RETRY_SECS: f64 = 1.0;
 /// Seconds between looks for due sync pulls (a pull starts at most this late).
 pub const DEFAULT_SYNC_CHECK_INTERVAL_SECS: f64 = 30.0;
 /// `outcome` entries (one per submitted manifest) on one page of a Bulk Submit status manifest.
@@ -191,6 +193,12 @@ pub struct Config {
     pub sync_check_interval: Duration,
     pub json_content_types: Vec<String>,
     pub jwt_secret: Option<SecretString>,
+    /// `NOTIFY_URL`: where a signed notice goes after each job ends (none: no notices).
+    pub notify_url: Option<Url>,
+    /// `NOTIFY_SECRET`: the notices' HMAC-SHA256 key (generated and kept when unset).
+    pub notify_secret: Option<SecretString>,
+    /// `NOTIFY_FIRST_RETRY`: the wait before a failed notice is sent again (doubling after).
+    pub notify_first_retry: Duration,
     /// Bearer credential for `/auth/register` and registration management.
     pub admin_token: Option<SecretString>,
     pub access_token_lifetime: Duration,
@@ -374,6 +382,13 @@ impl Config {
                 DestinationKind::DevNull
             }
         };
+        let notify_url = r.opt("NOTIFY_URL").and_then(|raw| match Url::parse(&raw) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
+            _ => {
+                r.problems.push(format!("NOTIFY_URL: '{raw}' is not an absolute http(s) URL"));
+                None
+            }
+        });
         let public_url = r.opt("PUBLIC_URL").and_then(|raw| match Url::parse(&raw) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
             _ => {
@@ -426,6 +441,9 @@ impl Config {
             sync_check_interval: r.secs("SYNC_CHECK_INTERVAL", DEFAULT_SYNC_CHECK_INTERVAL_SECS),
             json_content_types,
             jwt_secret: r.opt("JWT_SECRET").map(SecretString::from),
+            notify_url,
+            notify_secret: r.opt("NOTIFY_SECRET").map(SecretString::from),
+            notify_first_retry: r.secs("NOTIFY_FIRST_RETRY", DEFAULT_NOTIFY_FIRST_RETRY_SECS),
             admin_token: r.opt("ADMIN_TOKEN").map(SecretString::from),
             access_token_lifetime: r.minutes("ACCESS_TOKEN_EXPIRE_IN", DEFAULT_ACCESS_TOKEN_EXPIRE_MINUTES),
             private_key: r.opt("PRIVATE_KEY").map(SecretString::from),
@@ -448,7 +466,12 @@ impl Config {
                 TAKEOVER_MARGIN.as_secs()
             ));
         }
-        for (name, secret) in [("JWT_SECRET", &config.jwt_secret), ("ADMIN_TOKEN", &config.admin_token)] {
+        let secrets = [
+            ("JWT_SECRET", &config.jwt_secret),
+            ("ADMIN_TOKEN", &config.admin_token),
+            ("NOTIFY_SECRET", &config.notify_secret),
+        ];
+        for (name, secret) in secrets {
             use secrecy::ExposeSecret;
             if secret.as_ref().is_some_and(|s| s.expose_secret().len() < MIN_SECRET_CHARS) {
                 r.problems.push(format!(

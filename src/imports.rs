@@ -208,6 +208,15 @@ impl Imports<'_> {
             let oo = OperationOutcome::information("the export listed no files; nothing was imported");
             lines.push(serde_json::to_string(&oo).unwrap_or_default());
         }
+        // What became of its notice (NOTIFY_URL), once it was sent.
+        if let Some(notice) = self.jobs.store.notice(&job.id).await? {
+            let oo = if notice.starts_with(crate::notify::DELIVERED) {
+                OperationOutcome::information(notice)
+            } else {
+                OperationOutcome::single(Severity::Warning, IssueCode::Transient, notice)
+            };
+            lines.push(serde_json::to_string(&oo).unwrap_or_default());
+        }
         Ok(lines)
     }
 

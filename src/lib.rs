@@ -17,6 +17,7 @@ pub mod job_views;
 pub mod jobs;
 pub mod key_pairs;
 pub mod metrics;
+pub mod notify;
 pub mod owner_only;
 pub mod registrations;
 pub mod routes;

@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(env_file),
         Command::Keygen(args) => cli::keygen::run(args),
-        Command::Register(args) => remote(cli::registrations::register(args)),
+        Command::Register(args) => remote(cli::registrations::register(*args)),
         Command::Registrations(args) => remote(cli::registrations::list(args)),
         Command::Ping(args) => remote(cli::ping::run(args)),
         Command::Status(args) => remote(cli::jobs::status(args)),

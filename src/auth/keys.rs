@@ -23,6 +23,7 @@ pub const GENERATED_KEY_ALG: &str = "ES384";
 const PRIVATE_KEY_FILE: &str = "private-key.jwk.json";
 const JWT_SECRET_FILE: &str = "jwt-secret";
 const ADMIN_TOKEN_FILE: &str = "admin-token";
+const NOTIFY_SECRET_FILE: &str = "notify-secret";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeysError {
@@ -51,6 +52,8 @@ pub struct Keys {
     previous: Vec<Jwk>,
     hmac_secret: SecretString,
     admin_token: SecretString,
+    /// The key job notices are signed with, when they are sent (`NOTIFY_URL`).
+    notify_secret: Option<SecretString>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -81,6 +84,12 @@ impl Keys {
         let hmac_secret = secret(config.jwt_secret.as_ref(), &vault, JWT_SECRET_FILE, "JWT_SECRET").await?;
         let admin_token =
             secret(config.admin_token.as_ref(), &vault, ADMIN_TOKEN_FILE, "ADMIN_TOKEN").await?;
+        let notify_secret = match &config.notify_url {
+            Some(_) => Some(
+                secret(config.notify_secret.as_ref(), &vault, NOTIFY_SECRET_FILE, "NOTIFY_SECRET").await?,
+            ),
+            None => None,
+        };
         let alg = private.algorithm().unwrap_or_default().to_string();
         let kid = private.key_id().unwrap_or_default().to_string();
         let public = public_of(&private)?;
@@ -95,7 +104,7 @@ impl Keys {
         // Prove the key signs before we accept traffic.
         algorithms::signer(&alg, &private)?;
         let previous = parse_previous(config.previous_public_keys.as_deref(), &kid)?;
-        Ok(Self { private, alg, kid, public, previous, hmac_secret, admin_token })
+        Ok(Self { private, alg, kid, public, previous, hmac_secret, admin_token, notify_secret })
     }
 
     /// `{"keys": [current, previous...]}`, public members only.
@@ -116,6 +125,11 @@ impl Keys {
 
     pub fn hmac_secret(&self) -> &SecretString {
         &self.hmac_secret
+    }
+
+    /// The key job notices are signed with (`NOTIFY_SECRET`), when `NOTIFY_URL` is set.
+    pub fn notify_secret(&self) -> Option<&SecretString> {
+        self.notify_secret.as_ref()
     }
 
     /// The credential for registration management (`Authorization: Bearer <ADMIN_TOKEN>`).

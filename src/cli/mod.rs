@@ -28,7 +28,7 @@ pub enum Command {
     /// Make a key pair (JWK and PEM files, owner-only), e.g. for a provider to sign with.
     Keygen(keygen::Args),
     /// Register a provider at a running server (admin credential), or `--offline` into its database.
-    Register(registrations::RegisterArgs),
+    Register(Box<registrations::RegisterArgs>),
     /// List a running server's provider registrations (admin credential).
     Registrations(registrations::ListArgs),
     /// Act as a provider: get a token, ping `$import`, and optionally follow the job.

@@ -35,4 +35,6 @@ pub struct JobContext {
     pub jobs: Arc<Runner>,
     /// What `/metrics` reports; jobs count files, bytes, resources and provider requests.
     pub metrics: Arc<Metrics>,
+    /// Where a notice goes when a job ends (`NOTIFY_URL`), if anywhere.
+    pub notifier: Option<Arc<crate::notify::Notifier>>,
 }

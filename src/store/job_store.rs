@@ -35,6 +35,9 @@ pub trait JobStore: Send + Sync {
     /// The `transactionTime` its export's manifest gave.
     async fn set_transaction_time(&self, id: &str, at: &str) -> Result<(), StoreError>;
     async fn transaction_time(&self, id: &str) -> Result<Option<String>, StoreError>;
+    /// What became of the job's notice (`NOTIFY_URL`).
+    async fn set_notice(&self, id: &str, text: &str) -> Result<(), StoreError>;
+    async fn notice(&self, id: &str) -> Result<Option<String>, StoreError>;
     async fn set_state(&self, id: &str, state: JobState) -> Result<(), StoreError>;
     async fn set_progress(&self, id: &str, progress: &str) -> Result<(), StoreError>;
     /// The job's throughput chart (JSON), kept for the job page once the job ends.
@@ -338,6 +341,12 @@ impl JobStore for Store {
     }
     async fn transaction_time(&self, id: &str) -> Result<Option<String>, StoreError> {
         Store::transaction_time(self, id).await
+    }
+    async fn set_notice(&self, id: &str, text: &str) -> Result<(), StoreError> {
+        Store::set_notice(self, id, text).await
+    }
+    async fn notice(&self, id: &str) -> Result<Option<String>, StoreError> {
+        Store::notice(self, id).await
     }
     async fn set_state(&self, id: &str, state: JobState) -> Result<(), StoreError> {
         Store::set_state(self, id, state).await

@@ -256,6 +256,24 @@ impl Store {
             .flatten())
     }
 
+    /// What became of the job's notice (`NOTIFY_URL`).
+    pub async fn set_notice(&self, id: &str, text: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET notice = ? WHERE id = ?")
+            .bind(text)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn notice(&self, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT notice FROM jobs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .flatten())
+    }
+
     /// When the job last started a kick-off, if ever.
     pub async fn kickoff_started(&self, id: &str) -> Result<Option<i64>, StoreError> {
         Ok(sqlx::query_scalar("SELECT kickoff_started_at FROM jobs WHERE id = ?")

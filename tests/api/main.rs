@@ -14,6 +14,7 @@ mod jwks_url;
 mod listener;
 mod load;
 mod metrics;
+mod notify;
 #[path = "../support/pg_cluster.rs"]
 mod pg_cluster;
 mod plan;

@@ -596,10 +596,10 @@ pub async fn assert_store_conformance(
     the_audit_trail_keeps_the_newest_events(audit).await;
     the_replay_cache_takes_each_id_once(replay).await;
     a_sources_sync_state_keeps_the_latest_ending_and_moves_since_only_on_a_whole_import(sync).await;
-    a_jobs_transaction_time_is_kept(jobs).await;
+    a_jobs_transaction_time_and_notice_are_kept(jobs).await;
 }
 
-async fn a_jobs_transaction_time_is_kept(jobs: &dyn JobStore) {
+async fn a_jobs_transaction_time_and_notice_are_kept(jobs: &dyn JobStore) {
     let caps = JobCaps { all: 1000, per_provider: 1000 };
     jobs.insert_job_if_room(&job("tt01", "p1", 990), caps).await.unwrap();
     assert_eq!(jobs.transaction_time("tt01").await.unwrap(), None);
@@ -609,6 +609,9 @@ async fn a_jobs_transaction_time_is_kept(jobs: &dyn JobStore) {
         Some("2026-11-30T10:00:00.123+01:00")
     );
     assert_eq!(jobs.transaction_time("nope").await.unwrap(), None);
+    assert_eq!(jobs.notice("tt01").await.unwrap(), None);
+    jobs.set_notice("tt01", "delivered").await.unwrap();
+    assert_eq!(jobs.notice("tt01").await.unwrap().as_deref(), Some("delivered"));
 }
 
 async fn a_sources_sync_state_keeps_the_latest_ending_and_moves_since_only_on_a_whole_import(

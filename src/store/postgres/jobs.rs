@@ -162,6 +162,18 @@ impl JobStore for PgStore {
             .flatten())
     }
 
+    async fn set_notice(&self, id: &str, text: &str) -> Result<(), StoreError> {
+        self.set_column(id, "notice = $1", text).await
+    }
+
+    async fn notice(&self, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT notice FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .flatten())
+    }
+
     async fn kickoff_started(&self, id: &str) -> Result<Option<i64>, StoreError> {
         Ok(sqlx::query_scalar("SELECT kickoff_started_at FROM jobs WHERE id = $1")
             .bind(id)
