@@ -4,7 +4,7 @@
 //! `X-Bulk-Import-Signature: sha256=<hex HMAC-SHA256(NOTIFY_SECRET, "<timestamp>.<body>")>` with
 //! `X-Bulk-Import-Timestamp: <unix seconds>`. Delivery runs on its own task (the job never waits
 //! for it), is retried with backoff, and what became of it is kept as the job's last outcome line.
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use openssl::{hash::MessageDigest, pkey::PKey, sign::Signer};
 use secrecy::{ExposeSecret, SecretString};
@@ -169,15 +169,9 @@ impl Delivery {
     }
 }
 
-/// Send job `id`'s notice on its own task and keep what became of it; the job does not wait.
-pub fn send(ctx: &crate::jobs::context::JobContext, id: &str) {
-    let Some(notifier) = ctx.notifier.clone() else { return };
-    let (store, id, stop) = (ctx.store.clone(), id.to_string(), ctx.jobs.shutdown.clone());
-    ctx.jobs.tracker.spawn(async move { deliver_and_keep(&notifier, &*store, &id, &stop).await });
-}
-
-async fn deliver_and_keep(
-    notifier: &Arc<Notifier>,
+/// Make job `id`'s notice, deliver it, and keep what became of it (logged too).
+pub async fn deliver_and_keep(
+    notifier: &Notifier,
     store: &dyn JobStore,
     id: &str,
     stop: &tokio_util::sync::CancellationToken,

@@ -14,6 +14,7 @@ pub mod json_scan;
 pub mod jwe;
 pub mod lease_timing;
 pub mod ndjson;
+pub mod notice;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;

@@ -105,7 +105,7 @@ async fn run_job(ctx: JobContext, id: String, handles: JobHandles, lease: Lease)
             // Logged where it completed, with or without errors.
             Ok(Ran::Completed) => {
                 sync_record::record(&ctx, &id, sync_record::Ended::Completed).await;
-                crate::notify::send(&ctx, &id);
+                crate::jobs::notice::send(&ctx, &id);
                 pull::release_export(&ctx, &id).await
             }
             Ok(Ran::AlreadyFinished) => {}
@@ -139,7 +139,7 @@ async fn run_job(ctx: JobContext, id: String, handles: JobHandles, lease: Lease)
                     .await;
                 record_failure(&ctx, &id, message, lease.token).await;
                 sync_record::record(&ctx, &id, sync_record::Ended::Failed).await;
-                crate::notify::send(&ctx, &id);
+                crate::jobs::notice::send(&ctx, &id);
                 let failed = crate::metrics::StateLabel { state: "failed".into() };
                 ctx.metrics.jobs_finished.get_or_create(&failed).inc();
                 progress.close();
