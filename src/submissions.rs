@@ -257,14 +257,15 @@ impl Submissions<'_> {
         let files = ctx.store.files(&s.job_id).await?;
         let size = ctx.config.limits.submit_status_page_size.max(1);
         let named: Vec<_> = requests.iter().filter(|r| r.manifest_url.is_some()).collect();
-        if page > 0 && page * size >= named.len() {
+        let from = page.checked_mul(size).filter(|from| page == 0 || *from < named.len());
+        let Some(from) = from else {
             return Err(SubmissionError::NotFound(format!(
                 "page {page} of submission '{}'",
                 s.submission_id
             )));
-        }
+        };
         let mut outcome = Vec::new();
-        for request in named.iter().skip(page * size).take(size) {
+        for request in named.iter().skip(from).take(size) {
             let url = request.manifest_url.as_deref().unwrap_or_default();
             let lines = request_outcomes(request, &manifests, &files);
             let mut counts = std::collections::BTreeMap::<String, i64>::new();
@@ -285,7 +286,7 @@ impl Submissions<'_> {
         }
         let when = job.completed_at.unwrap_or(s.updated_at);
         // Large ones in pages (Bulk Data manifests' `link` next), every page a whole manifest.
-        let link: Vec<Value> = if (page + 1) * size < named.len() {
+        let link: Vec<Value> = if from + size < named.len() {
             vec![json!({"relation": "next", "url": (urls.page)(page + 1)})]
         } else {
             vec![]

@@ -64,6 +64,13 @@ pub async fn run_due(ctx: &JobContext) -> Result<usize, StoreError> {
         }
         match run_now(ctx, &provider).await {
             Ok(_) => started += 1,
+            // No room now (the job caps) or the store faltered: tried again at the next look,
+            // not an interval later.
+            Err(e @ (SyncError::Import(ImportError::Busy(_)) | SyncError::Store(_))) => {
+                let soon = now + ctx.config.sync_check_interval.as_secs().max(1) as i64;
+                ctx.providers.claim_sync(&provider.client_id, now + every, soon).await?;
+                tracing::warn!(client_id = %provider.client_id, reason = %crate::error_text::chain(&e), "a scheduled sync pull could not start yet; it is tried again shortly");
+            }
             Err(e) => {
                 tracing::warn!(client_id = %provider.client_id, reason = %crate::error_text::chain(&e), "a scheduled sync pull was not started; the next is due in {every} s")
             }

@@ -121,10 +121,11 @@ impl ProviderTokens {
         who: &ProviderIdentity<'_>,
         refresh: bool,
     ) -> Result<Option<SecretString>, ProviderTokenError> {
-        let endpoint = match (who.metadata_urls, who.pinned_endpoint) {
-            ([], Some(raw)) => Some(Self::pinned(raw)?),
-            ([], None) => self.token_endpoint(who.base, refresh).await?,
-            (urls, _) => Some(self.endpoint_from_metadata(who, urls, refresh).await?),
+        // The operator's pin wins over what a submission's metadata names.
+        let endpoint = match (who.pinned_endpoint, who.metadata_urls) {
+            (Some(raw), _) => Some(Self::pinned(raw)?),
+            (None, []) => self.token_endpoint(who.base, refresh).await?,
+            (None, urls) => Some(self.endpoint_from_metadata(who, urls, refresh).await?),
         };
         let Some(endpoint) = endpoint else { return Ok(None) };
         // Trust is judged for this registration on every call: the discovery cache is shared by
@@ -366,11 +367,15 @@ impl ProviderTokens {
             return Ok(None);
         }
         if !status.is_success() {
-            return Err(ProviderTokenError::Unavailable(format!("the provider answered {status} at {url}")));
+            return Err(ProviderTokenError::Unavailable(format!(
+                "the provider answered {status} at {}",
+                super::provider_base::redact(&url)
+            )));
         }
         let body = read_limited(resp, MAX_AUTH_BODY_BYTES).await.map_err(|e| {
             ProviderTokenError::Unavailable(format!(
-                "the provider's discovery document at {url} could not be read: {e}"
+                "the provider's discovery document at {} could not be read: {e}",
+                super::provider_base::redact(&url)
             ))
         })?;
         Ok(serde_json::from_slice(&body).ok())

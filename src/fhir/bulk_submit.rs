@@ -225,9 +225,9 @@ fn header(p: &Map<String, Value>) -> Result<RequestHeader, SubmitError> {
     if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
         return Err(SubmitError::BadHeader(format!("{name} is set by this server and cannot be sent")));
     }
-    if value.len() > MAX_HEADER_BYTES || value.chars().any(|c| c.is_control() && c != '\t') {
+    if value.len() > MAX_HEADER_BYTES || value.chars().any(|c| !(c == '\t' || (' '..='~').contains(&c))) {
         return Err(SubmitError::BadHeader(format!(
-            "the value of {name} is too long or holds control characters"
+            "the value of {name} is too long or holds characters other than printable ASCII"
         )));
     }
     Ok(RequestHeader { name, value })

@@ -367,7 +367,7 @@ pub async fn fetch_manifest_as(
     }
     let body = read_manifest_body(client, resp, cancel).await?;
     match client.content_key() {
-        Some(key) if jwe::looks_encrypted(&body) => jwe::decrypt_all(&key, &body)
+        Some(key) => jwe::decrypt_all(&key, &body)
             .map_err(|e| JobError::Provider(format!("the manifest could not be decrypted: {e}"))),
         _ => Ok(body),
     }

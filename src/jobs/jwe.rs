@@ -3,7 +3,8 @@
 //! key the submission gave. A file is decrypted as it streams, so memory stays flat in its size:
 //! the ciphertext's base64url is decoded in whole quanta and fed to OpenSSL's AES-GCM (already in
 //! the tree under josekit), and the tag is checked at the end. Until then nothing read is
-//! trusted: a file whose tag fails is failed and what it stored is removed. Other algorithms
+//! trusted: a file whose tag fails is failed and what it stored is removed. With a key, a body
+//! that is not a JWE is refused (else whoever can swap it would bypass the key). Other algorithms
 //! (key wrapping, ECDH-ES, RSA) and compressed (`zip`) JWEs are refused by name.
 use std::{
     pin::Pin,
@@ -18,6 +19,8 @@ use serde_json::Value;
 
 /// Longest protected header, IV or tag segment we read before giving up on a body.
 const MAX_SEGMENT_BYTES: usize = 16 * 1024;
+/// AES-GCM's full authentication tag.
+const TAG_BYTES: usize = 16;
 /// Base64url characters decoded at once (a multiple of 4: whole quanta).
 const QUANTUM_CHARS: usize = 4;
 
@@ -33,6 +36,9 @@ pub enum JweError {
     Tag,
     #[error("AES-GCM failed: {0}")]
     Cipher(#[from] openssl::error::ErrorStack),
+    /// The submission gave a key, but this body is not a JWE: it is not taken as it is.
+    #[error("it is not a JWE, though the submission gave a fileEncryptionKey; a body that is not encrypted is not taken")]
+    NotEncrypted,
 }
 
 /// A content key (`dir`): 16, 24 or 32 bytes.
@@ -181,6 +187,10 @@ impl Decrypter {
             .decode(text)
             .map_err(|_| JweError::Malformed("the tag is not base64url".into()))?;
         let crypter = self.crypter.as_mut().ok_or_else(|| JweError::Malformed("no content".into()))?;
+        // GCM checks only as many tag bytes as it is given: anything but the full 16 is refused.
+        if tag.len() != TAG_BYTES {
+            return Err(JweError::Tag);
+        }
         crypter.set_tag(&tag).map_err(|_| JweError::Tag)?;
         let mut out = vec![0; self.block];
         let n = crypter.finalize(&mut out).map_err(|_| JweError::Tag)?;
@@ -216,6 +226,10 @@ impl Decrypter {
                 }
                 if header.get("zip").is_some() {
                     return Err(JweError::Unsupported("compression ('zip')".into()));
+                }
+                // Extensions we would have to understand (RFC 7516 §4.1.13): none are.
+                if header.get("crit").is_some() {
+                    return Err(JweError::Unsupported("critical header extensions ('crit')".into()));
                 }
                 self.enc = text("enc")
                     .ok_or_else(|| JweError::Malformed("the protected header has no enc".into()))?;
@@ -258,27 +272,32 @@ impl Decrypter {
     }
 }
 
-/// A whole JWE (a manifest, bounded by `MAX_MANIFEST_BYTES`) decrypted.
+/// A whole JWE (a manifest, bounded by `MAX_MANIFEST_BYTES`) decrypted; leading whitespace is
+/// skipped, and a body that is not a JWE is refused (the key says it must be one).
 pub fn decrypt_all(key: &ContentKey, body: &[u8]) -> Result<Bytes, JweError> {
+    let body = body.trim_ascii_start();
+    if !looks_encrypted(body) {
+        return Err(JweError::NotEncrypted);
+    }
     let mut d = Decrypter::new(key.clone());
     let mut plain = BytesMut::from(&d.feed(body)?[..]);
     plain.extend_from_slice(&d.finish()?);
     Ok(plain.freeze())
 }
 
-/// A body stream decrypted as it arrives when it is a JWE (a plain NDJSON body, which begins
-/// with `{`, passes as it is); the tag failing ends it with an error.
+/// A body stream that must be a JWE, decrypted as it arrives (leading whitespace skipped); a body
+/// that is not one, or whose tag fails, ends it with an error.
 pub struct Decrypted<S> {
     input: S,
     decrypter: Decrypter,
-    /// `None` until the first byte that is not whitespace says which it is.
-    encrypted: Option<bool>,
+    /// Whether its first byte that is not whitespace has come (and was a JWE's).
+    begun: bool,
     ended: bool,
 }
 
 impl<S> Decrypted<S> {
     pub fn new(input: S, key: ContentKey) -> Self {
-        Self { input, decrypter: Decrypter::new(key), encrypted: None, ended: false }
+        Self { input, decrypter: Decrypter::new(key), begun: false, ended: false }
     }
 }
 
@@ -299,13 +318,17 @@ where
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(Some(Ok(chunk))) => {
-                    if self.encrypted.is_none() && chunk.iter().any(|b| !b.is_ascii_whitespace()) {
-                        self.encrypted = Some(looks_encrypted(&chunk));
+                    let chunk = if self.begun { &chunk[..] } else { chunk.trim_ascii_start() };
+                    if chunk.is_empty() {
+                        continue;
                     }
-                    if self.encrypted != Some(true) {
-                        return Poll::Ready(Some(Ok(chunk)));
-                    }
-                    match self.decrypter.feed(&chunk) {
+                    let fed = if !self.begun && !looks_encrypted(chunk) {
+                        Err(JweError::NotEncrypted)
+                    } else {
+                        self.begun = true;
+                        self.decrypter.feed(chunk)
+                    };
+                    match fed {
                         Ok(plain) if plain.is_empty() => continue,
                         Ok(plain) => return Poll::Ready(Some(Ok(plain))),
                         Err(e) => {
@@ -316,10 +339,8 @@ where
                 }
                 Poll::Ready(None) => {
                     self.ended = true;
-                    if self.encrypted != Some(true) {
-                        return Poll::Ready(None);
-                    }
-                    return Poll::Ready(match self.decrypter.finish() {
+                    let end = if self.begun { self.decrypter.finish() } else { Err(JweError::NotEncrypted) };
+                    return Poll::Ready(match end {
                         Ok(last) if last.is_empty() => None,
                         Ok(last) => Some(Ok(last)),
                         Err(e) => Some(Err(e.into())),
@@ -385,6 +406,12 @@ mod tests {
         let e = decrypt_all(&key, rsa.as_bytes()).unwrap_err();
         assert!(e.to_string().contains("RSA-OAEP"), "{e}");
         assert!(decrypt_all(&key, &jwe.as_bytes()[..jwe.len() - 30]).is_err(), "cut short");
+        // A tag cut to a few bytes is no tag: GCM would check only those.
+        let short_tag = &jwe[..jwe.rfind('.').unwrap() + 5];
+        assert!(matches!(decrypt_all(&key, short_tag.as_bytes()), Err(JweError::Tag)), "a 3-byte tag");
+        assert!(matches!(decrypt_all(&key, b"{\"resourceType\":\"Patient\"}"), Err(JweError::NotEncrypted)));
+        let spaced = format!("\n  {jwe}\n");
+        assert!(decrypt_all(&key, spaced.as_bytes()).is_ok(), "whitespace around it");
     }
 
     fn key_of(bytes: &[u8]) -> (Vec<u8>, ContentKey) {

@@ -270,14 +270,14 @@ impl ProviderClient {
                     self.base.trusted_list()
                 )))
             }
+            // A submission that sends its own Authorization gets it sent instead of our token.
+            Auth::WithToken if self.source_authorizes() => None,
             Auth::WithToken => self.token(false).await.map_err(SendError::Token)?,
             Auth::Without => {
                 self.base.file_host_allowed(url).map_err(|e| SendError::Refused(e.to_string()))?;
                 None
             }
         };
-        // A submission that sends its own Authorization gets it sent instead of our token.
-        let token = token.filter(|_| !self.source_authorizes());
         let build = |http: &reqwest::Client, to: &Url| self.source_headers(make(http, to.clone()), to, url);
         let first = Self::attach(build(http, url), &token).build()?;
         let method = first.method().clone();

@@ -1,9 +1,10 @@
 //! Incremental sync's memory: when a ping-and-pull job ends, what its export came to is kept per
 //! source (`SyncState`), beyond the job's own retention, so the next pull of that export may start
-//! from its `transactionTime`. Only a job that imported every file moves that point: one with a
-//! failed file would skip the data that file held.
+//! from its `transactionTime`. Only a job that imported every file of the whole source since that
+//! point moves it: one with a failed file, or narrowed by its kick-off (a patient, `_until`, a
+//! later `_since`), would skip data the next pull never asks for again.
 use crate::{
-    domain::{SyncSource, SyncState},
+    domain::{Job, SyncSource, SyncState},
     fhir::parameters::ExportType,
     jobs::context::JobContext,
     store::StoreError,
@@ -24,6 +25,23 @@ pub async fn record(ctx: &JobContext, id: &str, ended: Ended) {
     }
 }
 
+/// Whether the job brought everything its source has changed since the source's `since`: no
+/// kick-off parameter narrowed it (a patient, `_until`, `_elements`, …), and it started no later
+/// than that point (no `_since`, or that very one). Only then may it move the point on.
+async fn covers_the_source(ctx: &JobContext, job: &Job, source: &SyncSource) -> Result<bool, StoreError> {
+    let narrowed = job.kickoff.iter().any(|p| !WHOLE_SOURCE_PARAMETERS.contains(&p.name.as_str()));
+    if narrowed {
+        return Ok(false);
+    }
+    let Some(from) = job.kickoff.iter().find(|p| p.name == "_since") else { return Ok(true) };
+    let kept = ctx.sync.sync_state(&job.client_id, &source.key()).await?;
+    Ok(kept.and_then(|k| k.since).as_deref() == Some(from.value.as_str()))
+}
+
+/// Kick-off parameters that choose the source (`_type`, `_typeFilter`), where it starts, or only
+/// the format: none leaves anything of the source out.
+const WHOLE_SOURCE_PARAMETERS: &[&str] = &["_type", "_typeFilter", "_since", "_outputFormat"];
+
 async fn try_record(ctx: &JobContext, id: &str, ended: Ended) -> Result<(), StoreError> {
     let Some(job) = ctx.store.job(id).await? else { return Ok(()) };
     // A submission is the provider's push, not an export of ours to continue.
@@ -36,10 +54,10 @@ async fn try_record(ctx: &JobContext, id: &str, ended: Ended) -> Result<(), Stor
         Ended::Completed if totals.has_errors() => "completed-with-errors",
         Ended::Completed => "completed",
     };
-    let whole = result == "completed";
+    let source = SyncSource::of(&job.export_url, &job.kickoff);
+    let whole = result == "completed" && covers_the_source(ctx, &job, &source).await?;
     let since = if whole { ctx.store.transaction_time(id).await? } else { None };
     let now = now_unix();
-    let source = SyncSource::of(&job.export_url, &job.kickoff);
     let state = SyncState {
         client_id: job.client_id,
         source: source.key(),
