@@ -13,12 +13,6 @@ pub async fn list(sync: &dyn SyncStore) -> Result<Vec<Value>, StoreError> {
     Ok(sync.sync_states().await?.iter().map(describe).collect())
 }
 
-/// The sources of one provider.
-pub async fn of_provider(sync: &dyn SyncStore, client_id: &str) -> Result<Vec<Value>, StoreError> {
-    let states = sync.sync_states().await?;
-    Ok(states.iter().filter(|s| s.client_id == client_id).map(describe).collect())
-}
-
 fn describe(s: &SyncState) -> Value {
     json!({
         "client_id": s.client_id,

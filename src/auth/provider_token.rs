@@ -276,11 +276,11 @@ impl ProviderTokens {
                 continue;
             };
             let endpoint = match doc.get("token_endpoint").and_then(Value::as_str) {
-                Some(t) => Some(Self::endpoint_at(&url, t)),
+                Some(t) => Self::endpoint_at(&url, t),
                 None => match Self::authorization_server_metadata(&doc) {
                     Some(at) => {
                         let found = self.get_json_via(self.client_for(who, &at)?, at.clone()).await?;
-                        found.and_then(|d| Some(Self::endpoint_at(&at, d.get("token_endpoint")?.as_str()?)))
+                        found.and_then(|d| Self::endpoint_at(&at, d.get("token_endpoint")?.as_str()?))
                     }
                     None => None,
                 },
@@ -310,10 +310,12 @@ impl ProviderTokens {
         Some(url)
     }
 
-    fn endpoint_at(doc: &Url, raw: &str) -> Endpoint {
-        let url = doc.join(raw).unwrap_or_else(|_| doc.clone());
+    /// A token endpoint named in a document at `doc` (relative ones resolve against it), with
+    /// the `aud` exactly as named when absolute.
+    fn endpoint_at(doc: &Url, raw: &str) -> Option<Endpoint> {
+        let url = doc.join(raw).ok()?;
         let aud = if Url::parse(raw).is_ok() { raw.to_string() } else { url.to_string() };
-        Endpoint { url, aud, pinned: false }
+        Some(Endpoint { url, aud, pinned: false })
     }
 
     /// The trusted client for the provider's origins; anything else must be https and passes
@@ -390,9 +392,7 @@ impl ProviderTokens {
 
     /// A discovered endpoint; whether it may get our assertion is judged per registration.
     fn endpoint(base: &ProviderBase, raw: &str) -> Result<Option<Endpoint>, ProviderTokenError> {
-        let Ok(url) = base.url().join(raw) else { return Ok(None) };
-        let aud = if Url::parse(raw).is_ok() { raw.to_string() } else { url.to_string() };
-        Ok(Some(Endpoint { url, aud, pinned: false }))
+        Ok(Self::endpoint_at(base.url(), raw))
     }
 
     /// The endpoint discovery last found for this provider, for the registration view.

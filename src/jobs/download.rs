@@ -650,7 +650,7 @@ async fn pump(
         .map_err(|e| AttemptError::Permanent(IssueCode::NotSupported, e.to_string()))?;
     // A submission's JWE-encrypted file is decrypted as it streams.
     let mut body = match client.content_key() {
-        Some(key) => Decrypted::new(body, key).boxed(),
+        Some(key) => Decrypted::new(body, key.clone()).boxed(),
         None => body,
     };
     loop {

@@ -367,7 +367,7 @@ pub async fn fetch_manifest_as(
     }
     let body = read_manifest_body(client, resp, cancel).await?;
     match client.content_key() {
-        Some(key) => jwe::decrypt_all(&key, &body)
+        Some(key) => jwe::decrypt_all(key, &body)
             .map_err(|e| JobError::Provider(format!("the manifest could not be decrypted: {e}"))),
         _ => Ok(body),
     }
@@ -383,6 +383,13 @@ async fn read_manifest_body(
     )
 }
 
+/// A manifest read, all its pages.
+pub struct Listed {
+    pub files: Vec<PlannedFile>,
+    /// The first page's `transactionTime`, if it gave one.
+    pub transaction_time: Option<String>,
+}
+
 /// Parse the first page and follow `link` next pages (fetched as the first was, `auth`),
 /// collecting every file.
 pub async fn read_manifest(
@@ -391,9 +398,10 @@ pub async fn read_manifest(
     first: Bytes,
     first_url: &Url,
     cancel: &CancellationToken,
-) -> Result<Vec<PlannedFile>, JobError> {
+) -> Result<Listed, JobError> {
     let bad = JobError::Manifest;
     let mut manifest = Manifest::parse(&first).map_err(bad)?;
+    let transaction_time = manifest.transaction_time().map(str::to_string);
     let mut files = Vec::new();
     let mut page_url = first_url.clone();
     for page in 1.. {
@@ -420,5 +428,5 @@ pub async fn read_manifest(
         let body = fetch_manifest_as(client, auth, &page_url, cancel).await?;
         manifest = Manifest::parse(&body).map_err(bad)?;
     }
-    Ok(files)
+    Ok(Listed { files, transaction_time })
 }

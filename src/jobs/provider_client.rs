@@ -49,6 +49,8 @@ pub struct ProviderClient {
     metrics: Arc<Metrics>,
     /// How a submitted manifest and its files are reached, if its request said.
     source: Option<Arc<SourceAccess>>,
+    /// Its `fileEncryptionKey`, parsed once.
+    key: Option<ContentKey>,
 }
 
 /// Who we are at the provider: our client id, the scope we ask for, a pinned token endpoint.
@@ -116,21 +118,21 @@ impl ProviderClient {
         limits: Limits,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { trusted, guarded, base, limits, tokens, budget, who, metrics, source: None }
+        Self { trusted, guarded, base, limits, tokens, budget, who, metrics, source: None, key: None }
     }
 
     /// This client for a submitted manifest reached as `access` says: its headers on every GET
     /// to the manifest's and files' origins, our token from its OAuth metadata.
     pub fn reaching(&self, access: &SourceAccess) -> Self {
         let source = (!access.is_plain()).then(|| Arc::new(access.clone()));
-        Self { source, ..self.clone() }
+        // Checked when the request was taken.
+        let key = access.encryption_key.as_deref().and_then(|raw| ContentKey::parse(raw).ok());
+        Self { source, key, ..self.clone() }
     }
 
     /// The key a submitted manifest and its files are JWE-encrypted with, if its request gave one.
-    pub fn content_key(&self) -> Option<ContentKey> {
-        let raw = self.source.as_ref()?.encryption_key.as_deref()?;
-        // Checked when the request was taken.
-        ContentKey::parse(raw).ok()
+    pub fn content_key(&self) -> Option<&ContentKey> {
+        self.key.as_ref()
     }
 
     /// Whether a submitted manifest gets our token: only when its request named where to get one.

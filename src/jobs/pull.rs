@@ -12,10 +12,7 @@ use crate::jobs::export;
 use crate::jobs::plan;
 use crate::jobs::provider_client::{Auth, ProviderClient};
 use crate::jobs::recorder::Recorder;
-use crate::{
-    domain::Job,
-    fhir::{manifest::Manifest, parameters::ExportType},
-};
+use crate::{domain::Job, fhir::parameters::ExportType};
 
 /// Longest we wait for a provider to acknowledge a release DELETE.
 pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -57,11 +54,12 @@ pub async fn plan_export(
             (body, status_url)
         }
     };
+    let listed = export::read_manifest(client, Auth::WithToken, body, &manifest_url, cancel).await?;
     // Where an incremental pull of this export may start next time (`_since`).
-    if let Some(at) = Manifest::parse(&body).ok().as_ref().and_then(Manifest::transaction_time) {
+    if let Some(at) = &listed.transaction_time {
         ctx.store.set_transaction_time(&job.id, at).await?;
     }
-    let files = export::read_manifest(client, Auth::WithToken, body, &manifest_url, cancel).await?;
+    let files = listed.files;
     tracing::info!(files = files.len(), "manifest read");
     plan::append(ctx, &job.id, manifest_url.as_str(), files, true).await?;
     Ok(())

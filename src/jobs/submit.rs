@@ -111,7 +111,7 @@ async fn planned(
     let client = &client.reaching(&request.access);
     let auth = client.manifest_auth();
     let body = export::fetch_manifest_as(client, auth, &url, cancel).await?;
-    let files = export::read_manifest(client, auth, body, &url, cancel).await?;
+    let files = export::read_manifest(client, auth, body, &url, cancel).await?.files;
     tracing::info!(files = files.len(), "submitted manifest read");
     plan::append(ctx, job_id, raw, files, false).await.map_err(from_plan)?;
     Ok(())

@@ -190,40 +190,16 @@ async fn a_submission_with_a_request_header_shows_in_the_cli_and_metrics_and_the
     );
     provider.set_consumer_jwks_url(format!("{}/jwks", server.base()));
     let (base, http) = (server.base(), reqwest::Client::new());
-    let admin = std::fs::read_to_string(dir.path().join("data/admin-token")).unwrap();
-    let mut key = ES384.generate_key_pair().unwrap().to_jwk_key_pair();
-    key.set_key_id("provider-key-1");
-    let mut public = key.to_public_key().unwrap();
-    public.set_key_id("provider-key-1");
     let submitter = json!({"system": "https://ehr.example/ids", "value": "ehr-log"});
-    let reg: Value = http
-        .post(format!("{base}/auth/register"))
-        .bearer_auth(admin.trim())
-        .json(&json!({"jwks": {"keys": [public.as_ref()]}, "consumer_client_id": "consumer-at-fake", "aud": provider.base(),
-            "submitter": submitter}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let client_id = reg["client_id"].as_str().unwrap_or_else(|| panic!("{reg}"));
-    let assertion = sign_assertion(&key, client_id, &format!("{base}/auth/token"), |_, _| {});
-    let token: Value = http
-        .post(format!("{base}/auth/token"))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
-            ("client_assertion", &assertion),
-            ("scope", "system/bulk-submit"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = token["access_token"].as_str().unwrap_or_else(|| panic!("{token}"));
+    let issued = register_with_token(
+        &base,
+        dir.path(),
+        &provider,
+        json!({"submitter": submitter}),
+        "system/bulk-submit",
+    )
+    .await;
+    let token = issued.token.as_str();
     let secret = "hdr-secret-5d1c9e77";
     let who = json!({"name": "submitter", "valueIdentifier": submitter});
     let id = json!({"name": "submissionId", "valueString": "log-1"});
@@ -618,32 +594,50 @@ async fn ping_dynamic(base: &str, dir: &Path, provider: &FakeProvider) -> Pinged
     ping_with(base, dir, provider, &provider.export_url(), "dynamic").await
 }
 
-async fn ping_with(base: &str, dir: &Path, provider: &FakeProvider, url: &str, kind: &str) -> Pinged {
+/// A fresh provider key registered at `base` (with the admin credential the server in `dir`
+/// generated, and `extra` registration fields), and a token for `scope`.
+struct Issued {
+    token: String,
+    assertion: String,
+    admin: String,
+}
+
+async fn register_with_token(
+    base: &str,
+    dir: &Path,
+    provider: &FakeProvider,
+    extra: Value,
+    scope: &str,
+) -> Issued {
     let http = reqwest::Client::new();
-    let admin = std::fs::read_to_string(dir.join("data/admin-token")).unwrap();
+    let admin = std::fs::read_to_string(dir.join("data/admin-token")).unwrap().trim().to_string();
     let mut key = ES384.generate_key_pair().unwrap().to_jwk_key_pair();
     key.set_key_id("provider-key-1");
     let mut public = key.to_public_key().unwrap();
     public.set_key_id("provider-key-1");
+    let mut body = json!({"jwks": {"keys": [public.as_ref()]}, "consumer_client_id": "consumer-at-fake", "aud": provider.base()});
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        body[k] = v.clone();
+    }
     let reg: Value = http
         .post(format!("{base}/auth/register"))
-        .bearer_auth(admin.trim())
-        .json(&json!({"jwks": {"keys": [public.as_ref()]}, "consumer_client_id": "consumer-at-fake", "aud": provider.base()}))
+        .bearer_auth(&admin)
+        .json(&body)
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    let client_id = reg["client_id"].as_str().unwrap().to_string();
-    let assertion = sign_assertion(&key, &client_id, &format!("{base}/auth/token"), |_, _| {});
+    let client_id = reg["client_id"].as_str().unwrap_or_else(|| panic!("{reg}"));
+    let assertion = sign_assertion(&key, client_id, &format!("{base}/auth/token"), |_, _| {});
     let token: Value = http
         .post(format!("{base}/auth/token"))
         .form(&[
             ("grant_type", "client_credentials"),
             ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
             ("client_assertion", &assertion),
-            ("scope", "system/*.write"),
+            ("scope", scope),
         ])
         .send()
         .await
@@ -651,9 +645,17 @@ async fn ping_with(base: &str, dir: &Path, provider: &FakeProvider, url: &str, k
         .json()
         .await
         .unwrap();
+    let token = token["access_token"].as_str().unwrap_or_else(|| panic!("{token}")).to_string();
+    Issued { token, assertion, admin }
+}
+
+async fn ping_with(base: &str, dir: &Path, provider: &FakeProvider, url: &str, kind: &str) -> Pinged {
+    let http = reqwest::Client::new();
+    let Issued { token, assertion, admin } =
+        register_with_token(base, dir, provider, json!({}), "system/*.write").await;
     let res = http
         .post(format!("{base}/$import"))
-        .bearer_auth(token["access_token"].as_str().unwrap())
+        .bearer_auth(&token)
         .header("content-type", "application/fhir+json")
         .body(ping(url, kind).to_string())
         .send()
@@ -662,9 +664,9 @@ async fn ping_with(base: &str, dir: &Path, provider: &FakeProvider, url: &str, k
     assert_eq!(res.status(), 202);
     Pinged {
         status_url: res.headers()["content-location"].to_str().unwrap().to_string(),
-        access_token: token["access_token"].as_str().unwrap().to_string(),
+        access_token: token,
         assertion,
-        admin: admin.trim().to_string(),
+        admin,
     }
 }
 

@@ -114,22 +114,26 @@ impl<'a> Submission<'a> {
         self.who.app
     }
 
-    async fn send(&self, mut params: Vec<Value>) {
+    /// POST Parameters (the submitter and submission first) to `operation`, as plain JSON.
+    async fn post(&self, operation: &str, mut params: Vec<Value>) -> reqwest::Response {
         let submitter =
             json!({"name": "submitter", "valueIdentifier": {"system": SYSTEM, "value": self.who.value}});
         params.insert(0, submitter);
         params.insert(1, string("submissionId", &self.id));
         let body = json!({"resourceType": "Parameters", "parameter": params});
-        let res = self
-            .app()
+        self.app()
             .http
-            .post(format!("{}/$bulk-submit", self.app().base))
+            .post(format!("{}/{operation}", self.app().base))
             .bearer_auth(&self.who.token)
             .header("content-type", "application/json")
             .body(body.to_string())
             .send()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    async fn send(&self, params: Vec<Value>) {
+        let res = self.post("$bulk-submit", params).await;
         let status = res.status();
         assert_eq!(status, 200, "{}: {}", self.id, res.text().await.unwrap());
     }
@@ -140,20 +144,7 @@ impl<'a> Submission<'a> {
         if self.status_url.is_some() {
             return;
         }
-        let who =
-            json!({"name": "submitter", "valueIdentifier": {"system": SYSTEM, "value": self.who.value}});
-        let body =
-            json!({"resourceType": "Parameters", "parameter": [who, string("submissionId", &self.id)]});
-        let res = self
-            .app()
-            .http
-            .post(format!("{}/$bulk-submit-status", self.app().base))
-            .bearer_auth(&self.who.token)
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
+        let res = self.post("$bulk-submit-status", vec![]).await;
         assert_eq!(res.status(), 202, "{}", self.id);
         let location = res.headers().get("content-location").expect("Content-Location on 202");
         self.status_url = Some(location.to_str().unwrap().to_string());

@@ -456,7 +456,7 @@ async fn submissions_are_kept_closed_once_and_name_each_manifest_once(
         store.submissions("p1").await.unwrap().into_iter().map(|s| s.submission_id).collect();
     assert_eq!(listed, vec!["sub-b", "sub-a"], "newest first");
     let recent = store.recent_submissions(10).await.unwrap();
-    assert_eq!(recent.len(), 2, "every client's");
+    assert_eq!(recent.len(), 2, "every submission, newest first");
     assert_eq!(store.recent_submissions(1).await.unwrap().len(), 1, "at most the limit");
 
     // Requests are numbered in order; a manifest is named once; a withdrawal names none.
