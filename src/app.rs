@@ -65,11 +65,12 @@ impl App {
                 .context("building the HTTP client")?,
         );
         let http = outbound.trusted();
-        let destination = config
+        let built = config
             .destination
             .build(config.jobs_path.clone(), config.checkpoint_bytes)
             .await
             .context("setting up the destination")?;
+        let destination = built.destination;
         let shutdown = CancellationToken::new();
         let jobs = Arc::new(
             Runner::new(
@@ -127,6 +128,7 @@ impl App {
             replay: stores.replay,
             http,
             keys,
+            resources: built.store,
             job_context,
         };
         Ok(Self { listener, state, shutdown })
@@ -158,11 +160,9 @@ impl App {
             // for another server that trusts the same key could be replayed here.
             tracing::warn!("PUBLIC_URL is not set: our URLs and the token audience come from each request's Host header; set PUBLIC_URL in production");
         }
-        if state.config.database.is_shared()
-            && matches!(state.config.destination, crate::destination::DestinationKind::TmpFs)
-        {
+        if state.config.database.is_shared() && !state.job_context.destination.shared() {
             // A job taken over by another replica would write to that replica's disk.
-            tracing::warn!("DATABASE_URL is shared by replicas but DESTINATION_TYPE is tmp-fs: each replica writes to its own disk; use s3 when several replicas run");
+            tracing::warn!("DATABASE_URL is shared by replicas but DESTINATION_TYPE keeps data on this machine (tmp-fs, or a resource store on SQLite): each replica writes to its own disk; use s3, or a resource store on PostgreSQL, when several replicas run");
         }
         tracing::info!(database = %state.config.database.describe(), owner = %state.job_context.jobs.owner, "state");
         resume::resume_unfinished(&state.job_context).await?;

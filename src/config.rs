@@ -7,7 +7,7 @@ use url::Url;
 
 use crate::{
     address_guard::{AddressClass, Allowed, Overrides},
-    destination::{s3::S3Config, DestinationKind},
+    destination::{resource_store::StoreUrl, s3::S3Config, DestinationKind},
     http_server::ServerLimits,
 };
 
@@ -256,6 +256,8 @@ impl DatabaseUrl {
 }
 
 const SQLITE_FILE: &str = "bulk-import.sqlite";
+/// The resource store's own SQLite file under `DATA_DIR`, when it has no `RESOURCE_STORE_URL`.
+const RESOURCE_STORE_FILE: &str = "resources.sqlite";
 
 /// `ALLOW_INTERNAL_ADDRESSES`: which internal address classes a URL off the provider's own
 /// origins may reach (file hosts, redirects, a discovered token endpoint).
@@ -373,15 +375,6 @@ impl Config {
                 16 << 20,
             ),
         };
-        let destination = match r.string("DESTINATION_TYPE", "tmp-fs").as_str() {
-            "dev-null" => DestinationKind::DevNull,
-            "tmp-fs" => DestinationKind::TmpFs,
-            "s3" => DestinationKind::S3(s3_config(&mut r)),
-            other => {
-                r.problems.push(format!("DESTINATION_TYPE: '{other}' is not one of dev-null, tmp-fs, s3"));
-                DestinationKind::DevNull
-            }
-        };
         let notify_url = r.opt("NOTIFY_URL").and_then(|raw| match Url::parse(&raw) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
             _ => {
@@ -420,6 +413,7 @@ impl Config {
             r.problems.push(format!("DATABASE_URL: {e}"));
             DatabaseUrl::Sqlite(data_dir.join(SQLITE_FILE))
         });
+        let destination = destination_kind(&mut r, &database, &data_dir);
         let config = Config {
             host: r.string("HOST", DEFAULT_HOST),
             port: r.num("PORT", DEFAULT_PORT, 0, u16::MAX),
@@ -500,6 +494,58 @@ impl Config {
             }
         }
         self.data_dir = dir;
+    }
+}
+
+/// `DESTINATION_TYPE`: one of dev-null, tmp-fs, s3, resource-store, or several of them with commas.
+fn destination_kind(
+    r: &mut Reader<'_>,
+    database: &DatabaseUrl,
+    data_dir: &std::path::Path,
+) -> DestinationKind {
+    let raw = r.string("DESTINATION_TYPE", "tmp-fs");
+    let mut kinds = Vec::new();
+    for name in raw.split(',').map(str::trim) {
+        let kind = match name {
+            "dev-null" => DestinationKind::DevNull,
+            "tmp-fs" => DestinationKind::TmpFs,
+            "s3" => DestinationKind::S3(s3_config(r)),
+            "resource-store" => DestinationKind::ResourceStore(resource_store_url(r, database, data_dir)),
+            other => {
+                r.problems.push(format!(
+                    "DESTINATION_TYPE: '{other}' is not one of dev-null, tmp-fs, s3, resource-store"
+                ));
+                continue;
+            }
+        };
+        if kinds.iter().any(|k: &DestinationKind| k.name() == kind.name()) {
+            r.problems.push(format!("DESTINATION_TYPE: '{name}' is named twice"));
+            continue;
+        }
+        kinds.push(kind);
+    }
+    match kinds.len() {
+        0 => DestinationKind::DevNull,
+        1 => kinds.remove(0),
+        _ => DestinationKind::Several(kinds),
+    }
+}
+
+/// `RESOURCE_STORE_URL`; unset, the database replicas share (PostgreSQL), else its own SQLite
+/// file under `DATA_DIR`.
+fn resource_store_url(r: &mut Reader<'_>, database: &DatabaseUrl, data_dir: &std::path::Path) -> StoreUrl {
+    let default = || match database {
+        DatabaseUrl::Postgres(url) => StoreUrl::Postgres(url.clone()),
+        DatabaseUrl::Sqlite(_) => StoreUrl::Sqlite(data_dir.join(RESOURCE_STORE_FILE)),
+    };
+    let Some(raw) = r.opt("RESOURCE_STORE_URL") else { return default() };
+    match DatabaseUrl::parse(Some(&raw), data_dir) {
+        Ok(DatabaseUrl::Postgres(url)) => StoreUrl::Postgres(url),
+        Ok(DatabaseUrl::Sqlite(path)) => StoreUrl::Sqlite(path),
+        Err(e) => {
+            r.problems.push(format!("RESOURCE_STORE_URL: {e}"));
+            default()
+        }
     }
 }
 
@@ -678,6 +724,36 @@ mod tests {
         let text = with(&[("LEASE_SECONDS", "60"), ("JOBS_MAX_AGE", "0.5")]).unwrap_err().to_string();
         assert!(text.contains("JOBS_MAX_AGE: twice it must exceed LEASE_SECONDS (60 s)"), "{text}");
         assert!(with(&[("LEASE_SECONDS", "3"), ("JOBS_MAX_AGE", "0.1")]).is_ok(), "12 s > 3 s + 5 s");
+    }
+
+    #[test]
+    fn several_destinations_and_the_resource_store_have_their_settings() {
+        let c = with(&[("DESTINATION_TYPE", "tmp-fs, resource-store"), ("DATA_DIR", "/srv/d")]).unwrap();
+        let DestinationKind::Several(all) = &c.destination else { panic!("{:?}", c.destination) };
+        assert_eq!(all[0], DestinationKind::TmpFs);
+        // Its own SQLite file beside the server's, unless told.
+        let own = StoreUrl::Sqlite(PathBuf::from("/srv/d/resources.sqlite"));
+        assert_eq!(all[1], DestinationKind::ResourceStore(own));
+        assert_eq!(c.destination.name(), "tmp-fs,resource-store");
+        // With a shared database, the store is in it, so every replica writes to the same one.
+        let pg = "postgres://u@db.example/bulk";
+        let c = with(&[("DESTINATION_TYPE", "resource-store"), ("DATABASE_URL", pg)]).unwrap();
+        assert_eq!(c.destination, DestinationKind::ResourceStore(StoreUrl::Postgres(pg.to_string().into())));
+        let c = with(&[("DESTINATION_TYPE", "resource-store"), ("RESOURCE_STORE_URL", "sqlite:/x/r.db")])
+            .unwrap();
+        assert_eq!(c.destination, DestinationKind::ResourceStore(StoreUrl::Sqlite("/x/r.db".into())));
+        let text = with(&[
+            ("DESTINATION_TYPE", "s3,s3,tape"),
+            ("AWS_S3_BUCKET_NAME", "b"),
+            ("RESOURCE_STORE_URL", "mysql://x"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(text.contains("'s3' is named twice") && text.contains("'tape' is not one of"), "{text}");
+        let text = with(&[("DESTINATION_TYPE", "resource-store"), ("RESOURCE_STORE_URL", "mysql://x")])
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("RESOURCE_STORE_URL: must be sqlite:PATH"), "{text}");
     }
 
     #[test]

@@ -234,7 +234,8 @@ impl Imports<'_> {
             let now = self.find(id).await?;
             return Err(ImportError::Finished(now.state.as_str()));
         }
-        ctx.destination.delete_job(&job.id).await?;
+        // Cancelled: incomplete, like a failed job.
+        ctx.destination.delete_job(&job.id, crate::destination::Removal::Failed).await?;
         let pending: Vec<(i64, String)> = ctx
             .store
             .files(&job.id)

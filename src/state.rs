@@ -25,6 +25,8 @@ pub struct AppState {
     pub auth_failures: Arc<AuthFailures>,
     /// `$bulk-submit` requests per client.
     pub submit_budget: Arc<crate::submit_budget::SubmitBudget>,
+    /// The resource store's tables, when a destination writes to one (counts for operators).
+    pub resources: Option<Arc<dyn crate::destination::resource_store::Tables>>,
     /// The store, destination, runner and provider clients jobs use.
     pub job_context: JobContext,
 }

@@ -141,9 +141,11 @@ impl Submissions<'_> {
             if status == SubmissionStatus::Stopped {
                 // Everything stops and what was stored goes.
                 match (Imports { jobs: ctx }).cancel(&job_id).await {
-                    Ok(_) | Err(ImportError::Finished(_)) => {
-                        ctx.destination.delete_job(&job_id).await.map_err(ImportError::from)?
-                    }
+                    Ok(_) | Err(ImportError::Finished(_)) => ctx
+                        .destination
+                        .delete_job(&job_id, crate::destination::Removal::Withdrawn)
+                        .await
+                        .map_err(ImportError::from)?,
                     Err(e) => return Err(e.into()),
                 }
             }

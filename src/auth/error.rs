@@ -28,6 +28,8 @@ pub enum AuthError {
     Jose(#[from] josekit::JoseError),
     #[error("storage failed")]
     Store(#[from] crate::store::StoreError),
+    #[error("the resource store failed")]
+    Resources(#[from] crate::destination::resource_store::TablesError),
     /// Too many failed credentials from this client or address (`MAX_AUTH_FAILURES`).
     #[error("too many failed attempts in the last minute (MAX_AUTH_FAILURES); retry in {0} s")]
     TooManyFailures(u64),
@@ -46,7 +48,9 @@ impl AuthError {
             AuthError::Conflict(_) => ("invalid_request", StatusCode::CONFLICT),
             AuthError::Busy(_) => ("temporarily_unavailable", StatusCode::TOO_MANY_REQUESTS),
             AuthError::TooManyFailures(_) => ("temporarily_unavailable", StatusCode::TOO_MANY_REQUESTS),
-            AuthError::Jose(_) | AuthError::Store(_) => ("server_error", StatusCode::INTERNAL_SERVER_ERROR),
+            AuthError::Jose(_) | AuthError::Store(_) | AuthError::Resources(_) => {
+                ("server_error", StatusCode::INTERNAL_SERVER_ERROR)
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{Destination, DestinationError, FileTarget, FileWriter, LineEnd, Receipt, Saved};
+use super::{Destination, DestinationError, FileTarget, FileWriter, LineEnd, Receipt, Removal, Saved};
 
 pub struct DevNull {
     /// Bytes between durable points.
@@ -49,10 +49,10 @@ impl Destination for DevNull {
     ) -> Result<Option<Box<dyn FileWriter>>, DestinationError> {
         Ok(Some(Box::new(Counter { bytes: saved.bytes, saved: saved.bytes, save_every: self.save_every })))
     }
-    async fn delete_file(&self, _file: crate::destination::FileTarget<'_>) -> Result<(), DestinationError> {
+    async fn delete_file(&self, _job: &str, _name: &str) -> Result<(), DestinationError> {
         Ok(())
     }
-    async fn delete_job(&self, _job: &str) -> Result<(), DestinationError> {
+    async fn delete_job(&self, _job: &str, _why: Removal) -> Result<(), DestinationError> {
         Ok(())
     }
     /// Nothing is kept anywhere, so it is the same everywhere.

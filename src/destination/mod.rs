@@ -1,7 +1,9 @@
 //! Where imported files go. `DestinationKind` (from config) chooses; `Destination`/`FileWriter`
 //! behave: open → write… → finish (commit) or abort (nothing half-written stays visible).
 pub mod dev_null;
+pub mod fan_out;
 pub mod file_name;
+pub mod resource_store;
 pub mod s3;
 pub mod tmp_fs;
 
@@ -10,11 +12,40 @@ use std::{path::PathBuf, sync::Arc};
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use crate::fhir::manifest::FileKind;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DestinationKind {
     DevNull,
     TmpFs,
     S3(s3::S3Config),
+    ResourceStore(resource_store::StoreUrl),
+    /// Every file to each of these (`DESTINATION_TYPE=s3,resource-store`).
+    Several(Vec<DestinationKind>),
+}
+
+impl DestinationKind {
+    /// Its `DESTINATION_TYPE` name.
+    pub fn name(&self) -> String {
+        match self {
+            DestinationKind::DevNull => "dev-null".into(),
+            DestinationKind::TmpFs => "tmp-fs".into(),
+            DestinationKind::S3(_) => "s3".into(),
+            DestinationKind::ResourceStore(_) => "resource-store".into(),
+            DestinationKind::Several(all) => all.iter().map(Self::name).collect::<Vec<_>>().join(","),
+        }
+    }
+}
+
+/// Why everything of a job goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// Kept for `JOBS_MAX_AGE` and past it, or removed by an operator.
+    Expired,
+    /// The job failed: its files are incomplete.
+    Failed,
+    /// The provider stopped (withdrew) the submission: what it sent must not stay.
+    Withdrawn,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +60,14 @@ pub enum DestinationError {
     /// S3 answered without something the protocol requires.
     #[error("S3 answered {0}")]
     S3Answer(&'static str),
+    #[error("resource store: {0}")]
+    Tables(#[from] resource_store::TablesError),
+    /// A line the resource store cannot read as a resource (the download validated it, so rare).
+    #[error("resource store: cannot store a line")]
+    Unreadable(#[from] resource_store::rows::RowError),
+    /// One of several destinations failed; `name` says which.
+    #[error("destination {name} failed")]
+    OneOf { name: String, source: Box<DestinationError> },
 }
 
 impl DestinationError {
@@ -51,6 +90,12 @@ impl DestinationError {
             DestinationError::S3 { .. } | DestinationError::S3Answer(_) => {
                 "the S3 destination failed the upload; the server log names the request and S3's answer".into()
             }
+            DestinationError::Tables(e) => format!(
+                "the resource store failed ({}); check RESOURCE_STORE_URL and that its database is up, then have the provider ping again",
+                crate::error_text::chain(e)
+            ),
+            DestinationError::Unreadable(e) => format!("the resource store could not read a resource: {e}"),
+            DestinationError::OneOf { name, source } => format!("{name}: {}", source.advice()),
             DestinationError::UnsafeName(_) => self.to_string(),
         }
     }
@@ -62,6 +107,9 @@ pub struct FileTarget<'a> {
     pub job: &'a str,
     pub name: &'a str,
     pub resource_type: &'a str,
+    /// The registration the data came from (its client_id).
+    pub provider: &'a str,
+    pub kind: FileKind,
 }
 
 /// What a committed file looks like.
@@ -117,9 +165,9 @@ pub trait Destination: Send + Sync {
         Ok(None)
     }
     /// Remove one committed file (its manifest was withdrawn); a file that is not there is fine.
-    async fn delete_file(&self, file: FileTarget<'_>) -> Result<(), DestinationError>;
-    /// Remove everything stored for `job`.
-    async fn delete_job(&self, job: &str) -> Result<(), DestinationError>;
+    async fn delete_file(&self, job: &str, name: &str) -> Result<(), DestinationError>;
+    /// Remove everything stored for `job`; `why` lets a store keep what outlives the job's files.
+    async fn delete_job(&self, job: &str, why: Removal) -> Result<(), DestinationError>;
     /// One line for `/info` and logs.
     fn describe(&self) -> String;
     /// Whether every process writing here writes to the same place (an object store, not a local
@@ -132,15 +180,43 @@ pub trait Destination: Send + Sync {
 impl DestinationKind {
     /// Build the backend; S3 checks at once that its bucket is reachable. `save_every`: bytes
     /// between durable points where nothing else sets them (S3 has its parts).
-    pub async fn build(
+    pub async fn build(&self, jobs_path: PathBuf, save_every: u64) -> Result<Built, DestinationError> {
+        let mut store = None;
+        let destination = self.build_into(jobs_path, save_every, &mut store).await?;
+        Ok(Built { destination, store })
+    }
+
+    async fn build_into(
         &self,
         jobs_path: PathBuf,
         save_every: u64,
+        store: &mut Option<Arc<dyn resource_store::Tables>>,
     ) -> Result<Arc<dyn Destination>, DestinationError> {
         Ok(match self {
             DestinationKind::DevNull => Arc::new(dev_null::DevNull { save_every }),
             DestinationKind::TmpFs => Arc::new(tmp_fs::TmpFs::new(jobs_path, save_every)),
             DestinationKind::S3(config) => Arc::new(s3::S3::connect(config).await?),
+            DestinationKind::ResourceStore(url) => {
+                let tables = resource_store::open(url).await?;
+                *store = Some(tables.clone());
+                Arc::new(resource_store::ResourceStore::new(tables))
+            }
+            DestinationKind::Several(kinds) => {
+                let mut all = Vec::with_capacity(kinds.len());
+                for kind in kinds {
+                    let built = Box::pin(kind.build_into(jobs_path.clone(), save_every, store)).await;
+                    let one =
+                        built.map_err(|e| DestinationError::OneOf { name: kind.name(), source: e.into() })?;
+                    all.push((kind.name(), one));
+                }
+                Arc::new(fan_out::FanOut::new(all))
+            }
         })
     }
+}
+
+/// The destination, and the resource store's tables if it writes to one (for counts).
+pub struct Built {
+    pub destination: Arc<dyn Destination>,
+    pub store: Option<Arc<dyn resource_store::Tables>>,
 }

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use super::{
     file_name::is_safe_component, Destination, DestinationError, FileTarget, FileWriter, LineEnd, Receipt,
-    Saved,
+    Removal, Saved,
 };
 use crate::error_text::chain;
 
@@ -533,11 +533,11 @@ impl Destination for S3 {
         Ok(Some(Box::new(w)))
     }
 
-    async fn delete_file(&self, file: FileTarget<'_>) -> Result<(), DestinationError> {
-        if !is_safe_component(file.name) {
-            return Err(DestinationError::UnsafeName(file.name.into()));
+    async fn delete_file(&self, job: &str, name: &str) -> Result<(), DestinationError> {
+        if !is_safe_component(name) {
+            return Err(DestinationError::UnsafeName(name.into()));
         }
-        let key = format!("{}{}", self.job_prefix(file.job)?, file.name);
+        let key = format!("{}{}", self.job_prefix(job)?, name);
         // DeleteObject answers success for a key that is not there.
         self.client
             .delete_object()
@@ -549,7 +549,7 @@ impl Destination for S3 {
         Ok(())
     }
 
-    async fn delete_job(&self, job: &str) -> Result<(), DestinationError> {
+    async fn delete_job(&self, job: &str, _why: Removal) -> Result<(), DestinationError> {
         let prefix = self.job_prefix(job)?;
         let mut token = None;
         loop {

@@ -16,7 +16,7 @@ use tokio::fs;
 
 use super::{
     file_name::is_safe_component, Destination, DestinationError, FileTarget, FileWriter, LineEnd, Receipt,
-    Saved,
+    Removal, Saved,
 };
 use crate::owner_only::{DIR_MODE, FILE_MODE};
 
@@ -412,17 +412,17 @@ impl Destination for TmpFs {
         }))
     }
 
-    async fn delete_file(&self, file: FileTarget<'_>) -> Result<(), DestinationError> {
-        if !is_safe_component(file.name) {
-            return Err(DestinationError::UnsafeName(file.name.into()));
+    async fn delete_file(&self, job: &str, name: &str) -> Result<(), DestinationError> {
+        if !is_safe_component(name) {
+            return Err(DestinationError::UnsafeName(name.into()));
         }
-        match fs::remove_file(self.job_dir(file.job)?.join(file.name)).await {
+        match fs::remove_file(self.job_dir(job)?.join(name)).await {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
         }
     }
 
-    async fn delete_job(&self, job: &str) -> Result<(), DestinationError> {
+    async fn delete_job(&self, job: &str, _why: Removal) -> Result<(), DestinationError> {
         let dir = self.job_dir(job)?;
         match fs::remove_dir_all(&dir).await {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
@@ -440,6 +440,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+    use crate::destination::FileKind;
 
     /// Bytes whose every position is distinguishable, so a misplaced block shows.
     fn sample(len: usize) -> Vec<u8> {
@@ -447,7 +448,8 @@ mod tests {
     }
 
     async fn write_in(dest: &TmpFs, name: &str, data: &[u8], piece: usize) -> Receipt {
-        let target = FileTarget { job: "job", name, resource_type: "Patient" };
+        let target =
+            FileTarget { job: "job", name, resource_type: "Patient", provider: "p", kind: FileKind::Output };
         let mut w = dest.open(target).await.unwrap();
         for c in data.chunks(piece) {
             w.write(Bytes::copy_from_slice(c)).await.unwrap();

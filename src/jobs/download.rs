@@ -269,7 +269,13 @@ async fn resume<'a>(
 ) -> Option<Partial<'a>> {
     let checkpoint = checkpoints.load().await?;
     let validator = Validator::from_text(&checkpoint.validator);
-    let target = FileTarget { job: &file.job_id, name: &file.name, resource_type: &file.resource_type };
+    let target = FileTarget {
+        job: &file.job_id,
+        name: &file.name,
+        resource_type: &file.resource_type,
+        provider: client.provider(),
+        kind: file.kind,
+    };
     let reopened = match validator {
         Some(_) => destination.reopen(target, &checkpoint.saved).await,
         None => Ok(None),
@@ -454,7 +460,13 @@ async fn attempt_data<'a>(
             return Err(not_ours());
         }
         let resp = refuse_unless_ok(fetch, resp).await?;
-        let target = FileTarget { job: &file.job_id, name: &file.name, resource_type: &file.resource_type };
+        let target = FileTarget {
+            job: &file.job_id,
+            name: &file.name,
+            resource_type: &file.resource_type,
+            provider: fetch.client.provider(),
+            kind: file.kind,
+        };
         let writer = destination.open(target).await.map_err(|e| AttemptError::Job(e.into()))?;
         let meter = FileMeter::new(job_bytes, &fetch.client.limits, file.idx);
         let meter = if file.kind == FileKind::Output { meter } else { meter.not_data() };

@@ -301,7 +301,7 @@ async fn after_recording(
         }
         let finished = JobFile { state: r.state, ..file.clone() };
         if plan::has_data(&finished) {
-            ctx.destination.delete_file(plan::target(&finished)).await?;
+            ctx.destination.delete_file(&finished.job_id, &finished.name).await?;
         }
     }
     Ok(())

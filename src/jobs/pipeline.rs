@@ -194,7 +194,7 @@ async fn record_failure(ctx: &JobContext, id: &str, message: String, token: i64)
         // Its files stay: without the state stored, this process may no longer be the job's.
         Err(e) => return log(&e, "its state"),
     }
-    if let Err(e) = ctx.destination.delete_job(id).await {
+    if let Err(e) = ctx.destination.delete_job(id, crate::destination::Removal::Failed).await {
         tracing::warn!(error = %crate::error_text::chain(&e), "could not remove a failed job's files");
     }
     let pending: Vec<(i64, String)> = files

@@ -8,7 +8,7 @@ use crate::jobs::context::JobContext;
 use crate::{
     destination::{
         file_name::{FileNameTemplate, FileNameVars},
-        DestinationError, FileTarget,
+        DestinationError,
     },
     domain::{Appended, FileState, JobFile},
     fhir::manifest::{FileKind, PlannedFile},
@@ -83,7 +83,7 @@ pub async fn withdraw(ctx: &JobContext, job_id: &str, manifest_url: &str) -> Res
     ctx.jobs.plan_changed(job_id);
     let mut removed = 0;
     for f in files.iter().filter(|f| has_data(f)) {
-        ctx.destination.delete_file(target(f)).await?;
+        ctx.destination.delete_file(&f.job_id, &f.name).await?;
         removed += 1;
     }
     Ok(removed)
@@ -111,10 +111,6 @@ pub async fn close(ctx: &JobContext, job_id: &str) -> Result<bool, PlanError> {
 /// Whether a file was stored at the destination (data files done; `error[]` files never are).
 pub fn has_data(f: &JobFile) -> bool {
     f.state == FileState::Done && f.kind != FileKind::Error
-}
-
-pub fn target(f: &JobFile) -> FileTarget<'_> {
-    FileTarget { job: &f.job_id, name: &f.name, resource_type: &f.resource_type }
 }
 
 /// `{resourceType}` in destination names of untyped (`organizeOutputBy`) files.

@@ -56,6 +56,8 @@ pub struct ProviderClient {
 /// Who we are at the provider: our client id, the scope we ask for, a pinned token endpoint.
 #[derive(Clone)]
 pub struct Who {
+    /// The registration at our server (the provider's client_id here), whose data this is.
+    pub registration: String,
     pub client_id: String,
     pub scope: String,
     pub token_endpoint: Option<String>,
@@ -128,6 +130,11 @@ impl ProviderClient {
         // Checked when the request was taken.
         let key = access.encryption_key.as_deref().and_then(|raw| ContentKey::parse(raw).ok());
         Self { source, key, ..self.clone() }
+    }
+
+    /// The registration the data comes from (its client_id at our server).
+    pub fn provider(&self) -> &str {
+        &self.who.registration
     }
 
     /// The key a submitted manifest and its files are JWE-encrypted with, if its request gave one.
@@ -375,6 +382,7 @@ impl ProviderClient {
             .guarded(allowed)
             .map_err(|e| JobError::Internal(format!("the HTTP client could not be built: {e}")))?;
         let who = Who {
+            registration: provider.client_id.clone(),
             client_id: provider.consumer_client_id.clone(),
             scope: provider.scope.clone().unwrap_or_else(|| ctx.config.provider_scope.clone()),
             token_endpoint: provider.token_endpoint.clone(),

@@ -1,5 +1,6 @@
 //! The reaper: removes jobs (rows and files) `JOBS_MAX_AGE` after they finished, and cancels and
 //! removes jobs still unfinished after twice that.
+use crate::destination::Removal;
 use crate::jobs::context::JobContext;
 use crate::jobs::error::JobError;
 use crate::time_util::now_unix;
@@ -7,7 +8,7 @@ use crate::time_util::now_unix;
 /// Remove one job everywhere: stop it (here, or wherever it runs), delete its files, delete its rows.
 pub async fn remove_job(ctx: &JobContext, id: &str) -> Result<(), JobError> {
     stop_job(ctx, id).await?;
-    ctx.destination.delete_job(id).await?;
+    ctx.destination.delete_job(id, Removal::Expired).await?;
     ctx.store.delete_job(id).await?;
     Ok(())
 }

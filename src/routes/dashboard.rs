@@ -1,6 +1,6 @@
-//! `GET /admin/jobs`, `GET /admin/jobs/{id}` and `GET /admin/submissions`: the browser UI's jobs
-//! dashboard, job page and Bulk Submit submissions, rendering `job_views` and `submission_views`.
-//! They list every provider's jobs, so they need the admin credential; errors are RFC 6749 JSON
+//! `GET /admin/jobs`, `GET /admin/jobs/{id}`, `GET /admin/submissions` and `GET /admin/resources`:
+//! the browser UI's jobs dashboard, job page, Bulk Submit submissions and the resource store's
+//! counts, rendering `job_views` and `submission_views`. They list every provider's jobs, so they need the admin credential; errors are RFC 6749 JSON
 //! like the other admin endpoints.
 use axum::{
     extract::{Path, State},
@@ -29,6 +29,19 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/submissions", get(submissions))
         .route("/admin/sync", get(sync_states))
         .route("/admin/sync/{client_id}", axum::routing::post(sync_now))
+        .route("/admin/resources", get(resource_counts))
+}
+
+/// What the resource store holds: resources per type per provider.
+async fn resource_counts(State(app): State<AppState>, _admin: Admin) -> Result<Response, AuthError> {
+    let Some(tables) = &app.resources else {
+        return Err(AuthError::NotFound(
+            "no resource store: DESTINATION_TYPE does not include resource-store".into(),
+        ));
+    };
+    let counts = tables.counts().await?;
+    let store = tables.describe();
+    Ok(no_store(Json(json!({ "store": store, "resources": counts })).into_response()))
 }
 
 /// Start the next pull of a registration's sync plan now: 202 with the job's status URL.

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use bulk_import::destination::{
-    dev_null::DevNull, s3::S3, tmp_fs::TmpFs, Destination, DestinationError, FileTarget, FileWriter, Saved,
+    dev_null::DevNull, s3::S3, tmp_fs::TmpFs, Destination, DestinationError, FileKind, FileTarget,
+    FileWriter, Removal, Saved,
 };
 use bytes::Bytes;
 use serde_json::Value;
@@ -15,7 +16,7 @@ use super::{
 };
 
 fn target<'a>(job: &'a str, name: &'a str) -> FileTarget<'a> {
-    FileTarget { job, name, resource_type: "Observation" }
+    FileTarget { job, name, resource_type: "Observation", provider: "ehr", kind: FileKind::Output }
 }
 
 /// What a backend keeps: dev-null keeps nothing and names nothing; the others must store the
@@ -74,18 +75,18 @@ async fn assert_round_trip_of(
     let mut w = dest.open(target("job1", "b.ndjson")).await.unwrap();
     w.write(Bytes::copy_from_slice(head)).await.unwrap();
     w.finish(1).await.unwrap();
-    dest.delete_file(target("job1", "a.ndjson")).await.unwrap();
+    dest.delete_file("job1", "a.ndjson").await.unwrap();
     assert_eq!(read("job1", "a.ndjson"), None);
     if keeps == Keeps::Bytes {
         assert_eq!(read("job1", "b.ndjson").as_deref(), Some(head), "only the named file goes");
-        assert!(dest.delete_file(target("job1", "../b.ndjson")).await.is_err(), "no escape by name");
+        assert!(dest.delete_file("job1", "../b.ndjson").await.is_err(), "no escape by name");
     }
-    dest.delete_file(target("job1", "a.ndjson")).await.unwrap();
+    dest.delete_file("job1", "a.ndjson").await.unwrap();
 
-    dest.delete_job("job1").await.unwrap();
+    dest.delete_job("job1", Removal::Expired).await.unwrap();
     assert_eq!(read("job1", "b.ndjson"), None);
     // Deleting what is not there is fine.
-    dest.delete_job("job1").await.unwrap();
+    dest.delete_job("job1", Removal::Expired).await.unwrap();
 }
 
 /// Write `data` as a download does: in chunks that end anywhere, telling the writer after each
@@ -142,7 +143,7 @@ async fn assert_resumes(
         let beyond = Saved { bytes: bytes.len() as u64 * 2, state: saved.state.clone() };
         assert!(dest.reopen(target("job2", "gone.ndjson"), &beyond).await.unwrap().is_none());
     }
-    dest.delete_job("job2").await.unwrap();
+    dest.delete_job("job2", Removal::Expired).await.unwrap();
 }
 
 #[tokio::test]

@@ -107,6 +107,8 @@ pub struct FakeFile {
     pub html_404: bool,
     /// Encrypted (`encrypt_with`), then its authentication tag changed.
     pub tampered: bool,
+    /// When its resources last changed: an export asking `_since` a later time does not list it.
+    pub changed_at: Option<String>,
 }
 
 impl FakeFile {
@@ -121,6 +123,7 @@ impl FakeFile {
             expired: false,
             html_404: false,
             tampered: false,
+            changed_at: None,
         }
     }
 }
@@ -173,6 +176,10 @@ struct Inner {
     token_endpoint_override: Option<String>,
     reject_all_tokens: bool,
     deleted_files: Vec<String>,
+    /// The manifests' `transactionTime` (by default 2026-01-01T00:00:00Z).
+    transaction_time: Option<String>,
+    /// The last kick-off's `_since`: files changed before it are not listed.
+    since: Option<String>,
     auth: bool,
     requires_access_token: bool,
     /// Manifests served to anyone, as a Bulk Submit provider does.
@@ -322,6 +329,20 @@ impl FakeProvider {
     pub fn add_deleted_file(&self, name: &str, bytes: impl Into<Bytes>) {
         self.push_file(FakeFile::new(name, "Bundle", bytes));
         self.with(|i| i.deleted_files.push(name.into()));
+    }
+    /// A provider that keeps changes: data (or deleted[]) files changed at `at`, listed only to an
+    /// export whose `_since` is before it.
+    pub fn add_changes(&self, name: &str, resource_type: &str, bytes: impl Into<Bytes>, at: &str) {
+        let mut f = FakeFile::new(name, resource_type, bytes);
+        f.changed_at = Some(at.into());
+        self.push_file(f);
+        if resource_type == "Bundle" {
+            self.with(|i| i.deleted_files.push(name.into()));
+        }
+    }
+    /// The `transactionTime` of the manifests from now on.
+    pub fn set_transaction_time(&self, at: &str) {
+        self.with(|i| i.transaction_time = Some(at.into()));
     }
     /// `organizeOutputBy`: manifest entries carry no `type`.
     pub fn untyped_entries(&self) {
@@ -584,9 +605,20 @@ impl FakeProvider {
             };
             let special =
                 |f: &&FakeFile| i.error_files.contains(&f.name) || i.deleted_files.contains(&f.name);
-            let mut output: Vec<Value> = i.files.iter().filter(|f| !special(f)).map(entry).collect();
-            let deleted: Vec<Value> =
-                i.files.iter().filter(|f| i.deleted_files.contains(&f.name)).map(entry).collect();
+            // Instants in one form (UTC, Z) in these tests, so they compare as text.
+            let changed = |f: &&FakeFile| match (&i.since, &f.changed_at) {
+                (Some(since), Some(at)) => at > since,
+                _ => true,
+            };
+            let mut output: Vec<Value> =
+                i.files.iter().filter(changed).filter(|f| !special(f)).map(entry).collect();
+            let deleted: Vec<Value> = i
+                .files
+                .iter()
+                .filter(changed)
+                .filter(|f| i.deleted_files.contains(&f.name))
+                .map(entry)
+                .collect();
             for (t, u) in &i.extra_manifest_urls {
                 output.push(json!({"type": t, "url": u}));
             }
@@ -605,7 +637,7 @@ impl FakeProvider {
                 }
             }
             json!({
-                "transactionTime": "2026-01-01T00:00:00Z",
+                "transactionTime": i.transaction_time.as_deref().unwrap_or("2026-01-01T00:00:00Z"),
                 "request": format!("{origin}/fhir/$export"),
                 "requiresAccessToken": i.requires_access_token,
                 "output": output,
@@ -736,7 +768,26 @@ async fn token(State(f): State<FakeProvider>, body: Bytes) -> Response {
     Json(json!({"access_token": token, "token_type": "bearer", "expires_in": lifetime, "scope": form.get("scope")})).into_response()
 }
 
-async fn kickoff(State(f): State<FakeProvider>, method: Method, headers: HeaderMap) -> Response {
+/// The `_since` of a kick-off: a query parameter (GET) or a Parameters body (POST).
+fn since_of(uri: &Uri, body: &[u8]) -> Option<String> {
+    let query = uri.query().unwrap_or("");
+    let from_query = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "_since")
+        .map(|(_, v)| v.into_owned());
+    from_query.or_else(|| {
+        let params: Value = serde_json::from_slice(body).ok()?;
+        let p = params["parameter"].as_array()?.iter().find(|p| p["name"] == "_since")?;
+        p["valueInstant"].as_str().map(str::to_string)
+    })
+}
+
+async fn kickoff(
+    State(f): State<FakeProvider>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if method == Method::POST && f.with(|i| i.refuse_post_kickoff) {
         return StatusCode::METHOD_NOT_ALLOWED.into_response();
     }
@@ -758,6 +809,8 @@ async fn kickoff(State(f): State<FakeProvider>, method: Method, headers: HeaderM
     if let Some(ms) = f.with(|i| i.kickoff_delay) {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
+    let since = since_of(&uri, &body);
+    f.with(|i| i.since = since);
     let mut res = StatusCode::ACCEPTED.into_response();
     let status = match f.with(|i| i.layout) {
         Layout::Plain => format!("{}/fhir/status/1", f.origin()),

@@ -24,6 +24,7 @@ mod pull;
 mod ranges;
 mod real_providers;
 mod replicas;
+mod resource_store;
 mod s3_server;
 mod small_disk;
 mod smart_submit_provider;

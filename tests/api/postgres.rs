@@ -117,3 +117,13 @@ async fn a_throw_away_cluster_starts_on_loopback_answers_and_has_skip_locked() {
     first.rollback().await.unwrap();
     pool.close().await;
 }
+
+#[tokio::test]
+async fn postgres_passes_the_resource_store_conformance_suite() {
+    use bulk_import::destination::resource_store::{self, StoreUrl};
+    let pg = PgCluster::start();
+    let url = StoreUrl::Postgres(pg.url().into());
+    let tables = resource_store::open(&url).await.expect("opens and creates its table");
+    super::resource_store::assert_resource_store_conformance(tables).await;
+    resource_store::open(&url).await.expect("opens again over its table");
+}
