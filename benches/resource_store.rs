@@ -5,7 +5,8 @@
 //! SQLite (a file in a temporary directory) and into a throw-away PostgreSQL cluster
 //! (`tests/support/pg_cluster.rs`), then, in the same run, inserts BENCH_NAIVE (default 20,000)
 //! of them the naive way (one autocommitted INSERT … ON CONFLICT per resource) for comparison.
-//! Prints resources/s and the database's size for each. BENCH_STORES picks (sqlite,postgres).
+//! Prints resources/s and the database's size for each, and this process's peak RSS. BENCH_STORES
+//! picks (sqlite,postgres). The PostgreSQL cluster is the tests' (fsync and synchronous_commit off).
 use std::{path::Path, sync::Arc, time::Instant};
 
 use bulk_import::destination::{
@@ -176,4 +177,8 @@ fn main() {
             println!("postgres  naive:   {naive_rate:>9.0} resources/s ({:.1}x slower)", rate / naive_rate);
         });
     }
+    // The writer holds one batch at a time: memory stays flat in the file's size.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let peak = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or("VmHWM: unknown");
+    println!("peak RSS of this process: {}", peak.trim_start_matches("VmHWM:").trim());
 }

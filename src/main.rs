@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Command::Submissions(args) => remote(cli::submissions::list(args)),
         Command::Sources(args) => remote(cli::sources::list(args)),
         Command::Sync(args) => remote(cli::sources::sync(args)),
+        Command::Resources(args) => remote(cli::resources::list(args)),
         Command::Audit(args) => remote(cli::registrations::audit(args)),
         Command::Cancel(args) => remote(cli::jobs::cancel(args)),
         Command::Delete(args) => remote(cli::jobs::delete(args)),

@@ -7,6 +7,7 @@ pub mod ping;
 pub mod provide;
 pub mod registrations;
 pub mod remote;
+pub mod resources;
 pub mod sources;
 pub mod submissions;
 
@@ -43,6 +44,8 @@ pub enum Command {
     Sources(sources::SourcesArgs),
     /// Start a registration's next incremental pull now (its sync plan), as its schedule would.
     Sync(sources::SyncArgs),
+    /// What the resource store holds: resources per provider and type (admin credential).
+    Resources(resources::ResourcesArgs),
     /// Show the audit trail: registrations, pings accepted and refused, cancels, deletes.
     Audit(registrations::AuditArgs),
     /// Cancel a running job; it stays listed as cancelled until it expires.

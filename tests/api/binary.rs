@@ -757,7 +757,9 @@ async fn the_command_line_takes_a_new_user_from_keygen_to_a_finished_import_and_
     provider.add_file("p.ndjson", "Patient", patients(30));
     provider.add_file("o.ndjson", "Observation", super::helpers::observations(20));
     let dir = tempfile::TempDir::new().unwrap();
-    let server = Server::start(dir.path(), &[("POLL_INTERVAL", "0.05")]);
+    // Files on disk and the current resources in SQL (its own SQLite file under DATA_DIR).
+    let env = [("POLL_INTERVAL", "0.05"), ("DESTINATION_TYPE", "tmp-fs,resource-store")];
+    let server = Server::start(dir.path(), &env);
     provider.set_consumer_jwks_url(format!("{}/jwks", server.base()));
     let base = server.base();
     let d = dir.path();
@@ -819,6 +821,16 @@ async fn the_command_line_takes_a_new_user_from_keygen_to_a_finished_import_and_
     assert_eq!(code, 0);
     assert!(out.contains("completed") && out.contains(&status_url.rsplit('/').next().unwrap()[..8]), "{out}");
 
+    // What the resource store holds, per provider and type.
+    let (code, out, _) = cli(d, &["resources", "--server", &base]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("SQLite ") && out.contains("resources.sqlite"), "{out}");
+    let line = |t: &str| out.lines().find(|l| l.contains(&client_id) && l.contains(t)).map(str::to_string);
+    assert!(line("Patient").is_some_and(|l| l.ends_with(" 30")), "{out}");
+    assert!(line("Observation").is_some_and(|l| l.ends_with(" 20")), "{out}");
+    use std::os::unix::fs::PermissionsExt;
+    let store = std::fs::metadata(d.join("data/resources.sqlite")).expect("the store's own file");
+    assert_eq!(store.permissions().mode() & 0o777, 0o600);
     // What the export came to, and where its next incremental pull starts.
     let (code, out, _) = cli(d, &["sources", "--server", &base]);
     assert_eq!(code, 0);

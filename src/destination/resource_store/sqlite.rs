@@ -28,13 +28,17 @@ CREATE TABLE IF NOT EXISTS fhir_resources (
     file          TEXT NOT NULL,
     stored_at     TEXT NOT NULL,
     PRIMARY KEY (provider, resource_type, id)
-) WITHOUT ROWID;
+);
 CREATE INDEX IF NOT EXISTS fhir_resources_by_job ON fhir_resources (job, file);
 ";
 
-const UPSERT: &str = "
-INSERT INTO fhir_resources (provider, resource_type, id, last_updated, version_id, resource, job, file, stored_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+/// Rows per INSERT statement (9 parameters each, well under SQLite's 32,766).
+const ROWS_PER_STATEMENT: usize = 200;
+
+const INSERT: &str =
+    "INSERT INTO fhir_resources (provider, resource_type, id, last_updated, version_id, resource, job, file, stored_at) VALUES ";
+
+const ON_CONFLICT: &str = "
 ON CONFLICT (provider, resource_type, id) DO UPDATE SET
     last_updated = excluded.last_updated, version_id = excluded.version_id, resource = excluded.resource,
     job = excluded.job, file = excluded.file, stored_at = excluded.stored_at
@@ -45,9 +49,17 @@ const DELETE: &str = "
 DELETE FROM fhir_resources WHERE provider = ?1 AND resource_type = ?2 AND id = ?3
     AND CASE WHEN ?4 IS NULL THEN job <> ?5 ELSE (last_updated IS NULL OR last_updated <= ?4) END";
 
+/// One statement storing `rows` rows (a multi-row INSERT costs one call instead of `rows`).
+fn upsert_statement(rows: usize) -> String {
+    let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
+    format!("{INSERT}{values}{ON_CONFLICT}")
+}
+
 pub struct SqliteTables {
     pool: SqlitePool,
     path: std::path::PathBuf,
+    /// The statement for a whole `ROWS_PER_STATEMENT` rows, built once.
+    full: String,
 }
 
 fn sql(what: &'static str) -> impl FnOnce(sqlx::Error) -> TablesError {
@@ -73,7 +85,7 @@ impl SqliteTables {
             .execute(&pool)
             .await
             .map_err(sql("cannot create the resource store's table"))?;
-        Ok(Self { pool, path: path.to_path_buf() })
+        Ok(Self { pool, path: path.to_path_buf(), full: upsert_statement(ROWS_PER_STATEMENT) })
     }
 }
 
@@ -87,20 +99,28 @@ impl Tables for SqliteTables {
         let what = "storing a batch of resources failed";
         let stored_at = now();
         let mut tx = self.pool.begin().await.map_err(sql(what))?;
-        for r in rows {
-            sqlx::query(UPSERT)
-                .bind(&from.provider)
-                .bind(&r.resource_type)
-                .bind(&r.id)
-                .bind(&r.last_updated)
-                .bind(&r.version_id)
-                .bind(&r.json)
-                .bind(&from.job)
-                .bind(&from.file)
-                .bind(&stored_at)
-                .execute(&mut *tx)
-                .await
-                .map_err(sql(what))?;
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let partial;
+            let statement = if chunk.len() == ROWS_PER_STATEMENT {
+                &self.full
+            } else {
+                partial = upsert_statement(chunk.len());
+                &partial
+            };
+            let mut query = sqlx::query(statement);
+            for r in chunk {
+                query = query
+                    .bind(&from.provider)
+                    .bind(&r.resource_type)
+                    .bind(&r.id)
+                    .bind(&r.last_updated)
+                    .bind(&r.version_id)
+                    .bind(&r.json)
+                    .bind(&from.job)
+                    .bind(&from.file)
+                    .bind(&stored_at);
+            }
+            query.execute(&mut *tx).await.map_err(sql(what))?;
         }
         tx.commit().await.map_err(sql(what))
     }
