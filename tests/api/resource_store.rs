@@ -307,3 +307,33 @@ async fn without_a_resource_store_its_counts_are_not_found() {
     assert_eq!(res.status(), 404);
     assert!(res.text().await.unwrap().contains("DESTINATION_TYPE"));
 }
+
+#[tokio::test]
+async fn with_several_destinations_a_failing_one_is_named_and_what_the_others_committed_is_told() {
+    use bulk_import::destination::DestinationKind;
+    let s3 = super::s3_server::S3Server::start_failing_parts().await;
+    let config = s3.config(5 * 1024 * 1024);
+    let app = super::helpers::spawn_app_with(|c| {
+        let store = StoreUrl::Sqlite(c.data_dir.join("resources.sqlite"));
+        c.destination = DestinationKind::Several(vec![
+            DestinationKind::ResourceStore(store),
+            DestinationKind::S3(config),
+        ]);
+        c.limits.parallel_downloads = 1;
+    })
+    .await;
+    app.provider.set_chunk_size(64 * 1024);
+    // A small file (stored in both), then a large one whose second S3 part fails.
+    app.provider.add_file("small.ndjson", "Observation", super::helpers::observations(100));
+    app.provider.add_file("big.ndjson", "Observation", super::helpers::observations(60_000));
+    let job = app.start_import(&app.provider.manifest_url(), "static").await;
+    let failure = app.failed(&job).await;
+    assert!(failure.contains("s3: the S3 destination failed"), "the failing destination is named: {failure}");
+    let objects: Vec<String> =
+        s3.all_files().into_iter().filter(|f| f.contains(&job) && !f.contains(".upload")).collect();
+    assert_eq!(objects, Vec::<String>::new(), "the failed job's objects went");
+    assert_eq!(s3.open_uploads(), Vec::<String>::new(), "and its upload was aborted");
+    // The store keeps what it committed: each row is the provider's own version.
+    let counts = app.admin_get("/admin/resources").await;
+    assert!(counts["resources"][0]["count"].as_i64().unwrap() >= 100, "{counts}");
+}
