@@ -31,6 +31,19 @@ impl<'a> Submitter<'a> {
         let res = app.register(&body).await;
         assert_eq!(res.status(), 200);
         let client_id = res.json::<Value>().await.unwrap()["client_id"].as_str().unwrap().to_string();
+        Self::with_token(app, value, &client_id).await
+    }
+
+    /// The submitter registered (by the test) with submitter `value`.
+    async fn token_of(app: &'a TestApp, value: &str) -> Self {
+        let listed = app.admin_get("/auth/registrations").await;
+        let all = listed["registrations"].as_array().unwrap();
+        let mine = all.iter().find(|r| r["submitter"]["value"] == value).expect("registered");
+        Self::with_token(app, value, mine["client_id"].as_str().unwrap()).await
+    }
+
+    async fn with_token(app: &'a TestApp, value: &str, client_id: &str) -> Self {
+        let client_id = client_id.to_string();
         let token_url = format!("{}/auth/token", app.base);
         let assertion = sign_assertion(&app.provider_key, &client_id, &token_url, |_, _| {});
         let mut form = TestApp::token_form(&assertion);
@@ -521,6 +534,76 @@ async fn with_oauth_metadata_the_manifest_and_its_files_are_fetched_with_a_token
         .await;
     assert_eq!(res.status(), 400);
     assert!(res.text().await.unwrap().contains("oauthMetadataUrl"));
+}
+
+#[tokio::test]
+async fn the_operators_pinned_token_endpoint_wins_over_a_submissions_oauth_metadata() {
+    let app = spawn_app().await;
+    app.provider.add_file("o.ndjson", "Observation", observations(3));
+    // The metadata names an endpoint the operator did not choose (here one that does not answer).
+    app.provider.advertise_token_endpoint(&format!("{}/auth/elsewhere", app.provider.origin()));
+    let body = json!({"jwks": app.public_jwks(), "consumer_client_id": "consumer-at-fake", "aud": app.provider.base(),
+        "token_endpoint": format!("{}/auth/token", app.provider.origin()),
+        "submitter": {"system": SYSTEM, "value": "ehr-12"}});
+    assert_eq!(app.register(&body).await.status(), 200);
+    let ehr = Submitter::token_of(&app, "ehr-12").await;
+    let res = ehr
+        .submit(vec![
+            param("submissionId", "valueString", "s-12"),
+            param("manifestUrl", "valueUrl", &app.provider.manifest_url()),
+            param(
+                "oauthMetadataUrl",
+                "valueUrl",
+                &format!("{}/auth/protected-resource", app.provider.origin()),
+            ),
+            status(bulk_import::fhir::bulk_submit::EVENT_STATUS, "completed"),
+        ])
+        .await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let url = ehr.status_url("s-12").await;
+    ehr.poll_until_done(&url).await;
+    let job = url.rsplit('/').next().unwrap();
+    assert_eq!(app.read(job, "Observation.1.ndjson"), observations(3));
+    assert!(app.provider.requests_to("/auth/elsewhere").is_empty(), "the metadata's endpoint was not asked");
+    assert!(!app.provider.issued_tokens().is_empty(), "the pinned one was");
+}
+
+#[tokio::test]
+async fn a_submission_that_sends_its_own_authorization_gets_no_token_of_ours() {
+    let app = spawn_app().await;
+    app.provider.serve_openly();
+    app.provider.add_file("o.ndjson", "Observation", observations(2));
+    let ehr = Submitter::register(&app, "ehr-13").await;
+    let res = ehr
+        .submit(vec![
+            param("submissionId", "valueString", "s-13"),
+            param("manifestUrl", "valueUrl", &app.provider.manifest_url()),
+            // Where our token would come from, and the provider's own credential beside it.
+            param(
+                "oauthMetadataUrl",
+                "valueUrl",
+                &format!("{}/auth/protected-resource", app.provider.origin()),
+            ),
+            request_header(false, "Authorization", "Bearer the-providers-own"),
+            status(bulk_import::fhir::bulk_submit::EVENT_STATUS, "completed"),
+        ])
+        .await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let url = ehr.status_url("s-13").await;
+    ehr.poll_until_done(&url).await;
+    let job = url.rsplit('/').next().unwrap();
+    assert_eq!(app.read(job, "Observation.1.ndjson"), observations(2));
+    assert!(app.provider.requests_to("/auth/token").is_empty(), "no token of ours was fetched");
+    let sent: Vec<_> = app
+        .provider
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/fhir/manifest") || r.path.starts_with("/fhir/files/"))
+        .collect();
+    assert!(sent.len() >= 2);
+    for r in &sent {
+        assert_eq!(r.authorization.as_deref(), Some("Bearer the-providers-own"), "{}", r.path);
+    }
 }
 
 #[tokio::test]

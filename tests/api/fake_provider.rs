@@ -318,6 +318,7 @@ impl FakeProvider {
         self.with(|i| i.hide_discovery = true);
     }
     /// Name this token endpoint in the discovery document.
+    /// The token endpoint its SMART configuration and RFC 8414 metadata name.
     pub fn advertise_token_endpoint(&self, url: &str) {
         self.with(|i| i.token_endpoint_override = Some(url.into()));
     }
@@ -679,7 +680,8 @@ async fn protected_resource(State(f): State<FakeProvider>) -> Response {
 /// RFC 8414 metadata of that authorization server.
 async fn authorization_server(State(f): State<FakeProvider>) -> Response {
     let origin = f.origin();
-    Json(json!({"issuer": format!("{origin}/auth"), "token_endpoint": format!("{origin}/auth/token"),
+    let endpoint = f.with(|i| i.token_endpoint_override.clone()).unwrap_or(format!("{origin}/auth/token"));
+    Json(json!({"issuer": format!("{origin}/auth"), "token_endpoint": endpoint,
         "grant_types_supported": ["client_credentials"]}))
     .into_response()
 }

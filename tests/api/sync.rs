@@ -182,3 +182,52 @@ async fn a_sync_plan_pulls_at_once_then_on_request_from_where_the_last_whole_imp
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     assert!((now + 3500..=now + 3600).contains(&next), "{next} vs {now}");
 }
+
+#[tokio::test]
+async fn a_scheduled_pull_that_finds_no_room_starts_once_there_is_some_not_an_interval_later() {
+    let app = super::helpers::spawn_app_with(|c| {
+        c.sync_check_interval = Duration::from_millis(50);
+        c.limits.max_concurrent_jobs = 1;
+    })
+    .await;
+    // A ping's job holds the only slot while its file is held.
+    app.provider.add_file("p.ndjson", "Patient", patients(3));
+    app.provider.hold_file("p.ndjson");
+    let ping = app.start_import(&app.provider.manifest_url(), "static").await;
+    let res = app
+        .register(&json!({"jwks": app.public_jwks(), "consumer_client_id": "consumer-at-fake", "aud": app.provider.base(),
+            "sync": {"export_url": app.provider.export_url(), "every_seconds": 3600}}))
+        .await;
+    assert_eq!(res.status(), 200);
+    let client_id = res.json::<Value>().await.unwrap()["client_id"].as_str().unwrap().to_string();
+    // Due at once, but no room: it is claimed (its next time moved on), finds no room, and is set
+    // to be tried at the next look, not an hour on.
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let registered_due =
+        app.admin_get(&format!("/auth/registrations/{client_id}")).await["sync_next_at"].as_i64();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reg = app.admin_get(&format!("/auth/registrations/{client_id}")).await;
+        let next = reg["sync_next_at"].as_i64();
+        if next > registered_due && next.is_some_and(|n| n <= now() + 5) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the busy pull was not set to be tried again soon: {reg}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(kickoffs(&app).is_empty(), "no room: not started");
+    app.provider.release_files();
+    app.completed(&ping).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while kickoffs(&app).is_empty() {
+        assert!(Instant::now() < deadline, "the pull never started once there was room");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reg = app.admin_get(&format!("/auth/registrations/{client_id}")).await;
+    let next = reg["sync_next_at"].as_i64().unwrap();
+    let now = now();
+    assert!(
+        (now + 3500..=now + 3600).contains(&next),
+        "the next one an interval after it started: {next} vs {now}"
+    );
+}
