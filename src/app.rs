@@ -105,6 +105,7 @@ impl App {
             destination,
             jobs,
             metrics: Arc::new(crate::metrics::Metrics::default()),
+            sync_starts: Arc::default(),
             notifier: match (&config.notify_url, keys.notify_secret()) {
                 (Some(url), Some(secret)) => Some(Arc::new(crate::notify::Notifier::new(
                     url.clone(),

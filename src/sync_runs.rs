@@ -21,6 +21,8 @@ pub enum SyncError {
     NoPlan(String),
     #[error("a pull of this export is still running (job {0}…); it is not started twice")]
     Running(String),
+    #[error("a pull of this export is being started right now (elsewhere); it is not started twice")]
+    Starting,
     #[error(transparent)]
     Import(#[from] ImportError),
     #[error("storage failed")]
@@ -30,6 +32,13 @@ pub enum SyncError {
 /// Start the next pull of `provider`'s sync plan.
 pub async fn run_now(ctx: &JobContext, provider: &Provider) -> Result<Job, SyncError> {
     let plan = provider.sync().ok_or_else(|| SyncError::NoPlan(provider.client_id.clone()))?;
+    // Looking for a running pull and starting one are a pair no other start may come between:
+    // here (an operator's request beside the schedule), and on other replicas.
+    let _here = ctx.sync_starts.lock().await;
+    let name = format!("bulk-import sync start {}", provider.client_id);
+    let Some(_everywhere) = ctx.exclusive.try_exclusive(&name).await? else {
+        return Err(SyncError::Starting);
+    };
     let summaries = ctx.store.job_summaries().await?;
     let running = summaries.iter().find(|j| {
         j.client_id == provider.client_id

@@ -35,6 +35,8 @@ pub struct JobContext {
     pub jobs: Arc<Runner>,
     /// What `/metrics` reports; jobs count files, bytes, resources and provider requests.
     pub metrics: Arc<Metrics>,
+    /// Held while a sync pull is looked for and started, so two starts here cannot both see none.
+    pub sync_starts: Arc<tokio::sync::Mutex<()>>,
     /// Where a notice goes when a job ends (`NOTIFY_URL`), if anywhere.
     pub notifier: Option<Arc<crate::notify::Notifier>>,
 }

@@ -59,7 +59,7 @@ async fn sync_now(
         })?;
     let job = match sync_runs::run_now(ctx, &provider).await {
         Ok(job) => job,
-        Err(e @ (SyncError::NoPlan(_) | SyncError::Running(_))) => {
+        Err(e @ (SyncError::NoPlan(_) | SyncError::Running(_) | SyncError::Starting)) => {
             return Err(AuthError::Conflict(e.to_string()))
         }
         Err(SyncError::Import(ImportError::Busy(m))) => return Err(AuthError::Busy(m)),

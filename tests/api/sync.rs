@@ -231,3 +231,31 @@ async fn a_scheduled_pull_that_finds_no_room_starts_once_there_is_some_not_an_in
         "the next one an interval after it started: {next} vs {now}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_requests_for_a_pull_at_once_start_one() {
+    let app = spawn_app().await;
+    app.provider.add_file("p.ndjson", "Patient", patients(3));
+    app.provider.hold_file("p.ndjson");
+    let res = app
+        .register(&json!({"jwks": app.public_jwks(), "consumer_client_id": "consumer-at-fake", "aud": app.provider.base(),
+            "sync": {"export_url": app.provider.export_url()}}))
+        .await;
+    let client_id = res.json::<Value>().await.unwrap()["client_id"].as_str().unwrap().to_string();
+    let ask = || {
+        app.http
+            .post(format!("{}/admin/sync/{client_id}", app.base))
+            .bearer_auth(super::helpers::ADMIN_TOKEN)
+            .send()
+    };
+    let (a, b) = tokio::join!(ask(), ask());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut codes = [a.status().as_u16(), b.status().as_u16()];
+    codes.sort();
+    assert_eq!(codes, [202, 409], "one started, the other was told one runs");
+    let started = if a.status() == 202 { a } else { b };
+    let job = started.json::<Value>().await.unwrap()["job_id"].as_str().unwrap().to_string();
+    app.provider.release_files();
+    app.completed(&job).await;
+    assert_eq!(kickoffs(&app).len(), 1);
+}
