@@ -25,6 +25,15 @@ pub enum DestinationKind {
 }
 
 impl DestinationKind {
+    /// Whether one of its destinations is the resource store.
+    pub fn has_resource_store(&self) -> bool {
+        match self {
+            DestinationKind::ResourceStore(_) => true,
+            DestinationKind::Several(all) => all.iter().any(Self::has_resource_store),
+            _ => false,
+        }
+    }
+
     /// Its `DESTINATION_TYPE` name.
     pub fn name(&self) -> String {
         match self {
@@ -71,6 +80,16 @@ pub enum DestinationError {
 }
 
 impl DestinationError {
+    /// The file's data is at fault, not the destination: the file fails, the job goes on.
+    pub fn refuses_the_file(&self) -> bool {
+        match self {
+            DestinationError::Unreadable(_) => true,
+            DestinationError::Tables(resource_store::TablesError::Refused { .. }) => true,
+            DestinationError::OneOf { source, .. } => source.refuses_the_file(),
+            _ => false,
+        }
+    }
+
     /// What a person reading the job's status should know and do. The full cause goes to the
     /// log; this names the setting to look at.
     pub fn advice(&self) -> String {

@@ -169,6 +169,9 @@ enum AttemptError {
 impl From<JobError> for AttemptError {
     fn from(e: JobError) -> Self {
         match e {
+            JobError::Destination(d) if d.refuses_the_file() => {
+                AttemptError::Permanent(IssueCode::Invalid, crate::error_text::chain(&d))
+            }
             JobError::Cancelled
             | JobError::Store(_)
             | JobError::Destination(_)

@@ -296,11 +296,15 @@ async fn after_recording(
         // Not pending any more (withdrawn), or the fence was stale: then another process runs
         // the job, and what this one stored is that process's to keep or replace.
         let files = ctx.store.files(&file.job_id).await?;
-        if files.iter().any(|f| f.idx == file.idx && f.state == FileState::Pending) {
+        let now = files.iter().find(|f| f.idx == file.idx).map(|f| f.state);
+        if now == Some(FileState::Pending) {
             return Err(JobError::LeaseLost);
         }
         let finished = JobFile { state: r.state, ..file.clone() };
-        if plan::has_data(&finished) {
+        // Withdrawn while it was downloading: whatever it stored goes, even of a file that failed
+        // (a resource store keeps the batches a failed file committed).
+        let withdrawn = now == Some(FileState::Withdrawn) && file.kind != FileKind::Error;
+        if plan::has_data(&finished) || withdrawn {
             ctx.destination.delete_file(&finished.job_id, &finished.name).await?;
         }
     }

@@ -183,6 +183,11 @@ async fn record_failure(ctx: &JobContext, id: &str, message: String, token: i64)
     let mut message = message;
     if stored {
         message.push_str("; files stored before the failure were removed, as the import is incomplete");
+        if ctx.config.destination.has_resource_store() {
+            message.push_str(
+                " (what the resource store took stays: each resource is the provider's own version)",
+            );
+        }
     }
     // The state first, and only if the job had not finished: a job that completed keeps its files
     // whatever fails after, and a crash past this point finds a failed job, not a running one

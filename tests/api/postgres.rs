@@ -124,6 +124,20 @@ async fn postgres_passes_the_resource_store_conformance_suite() {
     let pg = PgCluster::start();
     let url = StoreUrl::Postgres(pg.url().into());
     let tables = resource_store::open(&url).await.expect("opens and creates its table");
-    super::resource_store::assert_resource_store_conformance(tables).await;
+    super::resource_store::assert_resource_store_conformance(tables.clone()).await;
     resource_store::open(&url).await.expect("opens again over its table");
+    // What jsonb cannot hold fails the file (its data is at fault), not the job.
+    use bulk_import::destination::{resource_store::ResourceStore, Destination, FileKind, FileTarget};
+    let store = ResourceStore::new(tables);
+    let target = FileTarget {
+        job: "j",
+        name: "o.ndjson",
+        resource_type: "Observation",
+        provider: "p",
+        kind: FileKind::Output,
+    };
+    let mut w = store.open(target).await.unwrap();
+    w.write(r#"{"resourceType":"Observation","id":"o1","note":"a\u0000b"}"#.into()).await.unwrap();
+    let e = w.finish(1).await.expect_err("jsonb refuses \\u0000");
+    assert!(e.refuses_the_file(), "{e:?}");
 }

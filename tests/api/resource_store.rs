@@ -72,7 +72,10 @@ pub async fn assert_resource_store_conformance(tables: Arc<dyn Tables>) {
 
     // A first file: each resource stored with its meta; within the file, of two lines with the
     // same id the newer wins whatever their order; a last line without a newline counts too.
-    let first = obs("o1", "2024-01-01T00:00:00Z", 1)
+    // (An organizeOutputBy file's Parameters header line is not a resource: passed over.)
+    let first = r#"{"resourceType":"Parameters","parameter":[{"name":"header"}]}"#.to_string()
+        + "\n"
+        + &obs("o1", "2024-01-01T00:00:00Z", 1)
         + &obs("o2", "2024-01-05T00:00:00+01:00", 2)
         + &obs("o3", "2024-01-01T00:00:00Z", 3)
         + &obs("o3", "2023-06-01T00:00:00Z", 30)
@@ -86,8 +89,7 @@ pub async fn assert_resource_store_conformance(tables: Arc<dyn Tables>) {
     let p1 = t.get(EHR, "Patient", "p1").await.unwrap().expect("p1 stored");
     assert_eq!(p1.version_id.as_deref(), Some("7"));
 
-    // A later file: older versions do not replace newer ones; newer and equal ones do; one
-    // without lastUpdated does too (its age is unknown: the latest arrival wins).
+    // A later file: older versions do not replace newer ones; newer and equal ones do.
     let second = obs("o1", "2023-12-31T00:00:00Z", 10)
         + &obs("o2", "2024-02-01T00:00:00Z", 20)
         + &obs("o3", "2024-01-01T00:00:00Z", 33)
@@ -97,6 +99,10 @@ pub async fn assert_resource_store_conformance(tables: Arc<dyn Tables>) {
     assert_eq!(value(t, EHR, "o2").await, Some(20), "a newer one is");
     assert_eq!(value(t, EHR, "o3").await, Some(33), "an equal one too (a replay changes nothing)");
     assert_eq!(value(t, EHR, "o4").await, Some(4));
+    // A version without lastUpdated counts as oldest: it replaces only another without.
+    let undated = obs("o2", "", 200) + &obs("o4", "", 40);
+    store_file(d, target("job-2", "Observation.2.ndjson", FileKind::Output), &undated).await;
+    assert_eq!((value(t, EHR, "o2").await, value(t, EHR, "o4").await), (Some(20), Some(40)));
     // Another provider's resources are its own rows.
     let other = FileTarget { provider: "ehr-2", ..target("job-9", "Observation.1.ndjson", FileKind::Output) };
     store_file(d, other, &obs("o1", "2020-01-01T00:00:00Z", 99)).await;
@@ -112,7 +118,7 @@ pub async fn assert_resource_store_conformance(tables: Arc<dyn Tables>) {
     store_file(d, target("job-2", "Bundle.1.ndjson", FileKind::Deleted), &gone).await;
     assert_eq!(value(t, EHR, "o1").await, None, "deleted");
     assert_eq!(value(t, EHR, "o2").await, Some(20), "changed after its deletion: kept");
-    assert_eq!(value(t, EHR, "o4").await, Some(4), "brought by the deleting job itself: kept");
+    assert_eq!(value(t, EHR, "o4").await, Some(40), "brought by the deleting job itself: kept");
     assert!(t.get(EHR, "Patient", "p1").await.unwrap().is_none(), "deleted after its last change");
     let counts = t.counts().await.unwrap();
     assert_eq!(count(&counts, EHR, "Observation"), 3, "{counts:?}");
@@ -134,7 +140,10 @@ pub async fn assert_resource_store_conformance(tables: Arc<dyn Tables>) {
     let stored_then = count(&t.counts().await.unwrap(), EHR, "Observation") - 3;
     let whole_lines = body[..at as usize].iter().filter(|b| **b == b'\n').count() as i64;
     assert_eq!(stored_then, whole_lines, "exactly the committed batches' lines");
-    let point = bulk_import::destination::Saved { bytes: at, state: String::new() };
+    // A checkpoint another destination left (DESTINATION_TYPE changed) is not the store's.
+    let foreign = bulk_import::destination::Saved { bytes: at, state: String::new() };
+    assert!(d.reopen(t3, &foreign).await.unwrap().is_none(), "the file starts over");
+    let point = bulk_import::destination::Saved { bytes: at, state: "resource-store/1".into() };
     let mut w = d.reopen(t3, &point).await.unwrap().expect("goes on from a durable point");
     feed(&mut w, body, at as usize, 4096).await;
     let receipt = w.finish(0).await.unwrap();
@@ -336,4 +345,24 @@ async fn with_several_destinations_a_failing_one_is_named_and_what_the_others_co
     // The store keeps what it committed: each row is the provider's own version.
     let counts = app.admin_get("/admin/resources").await;
     assert!(counts["resources"][0]["count"].as_i64().unwrap() >= 100, "{counts}");
+}
+
+#[tokio::test]
+async fn a_file_the_store_cannot_keep_fails_alone_and_the_job_goes_on() {
+    use bulk_import::destination::DestinationKind;
+    let app = super::helpers::spawn_app_with(|c| {
+        c.destination = DestinationKind::ResourceStore(StoreUrl::Sqlite(c.data_dir.join("resources.sqlite")));
+    })
+    .await;
+    app.provider.add_file("good.ndjson", "Observation", obs("o1", "", 1) + &obs("o2", "", 2));
+    // Valid JSON with an id, but not a FHIR id: nothing to key a row by.
+    app.provider.add_file("odd.ndjson", "Observation", obs("o3", "", 3) + &obs("has space", "", 4));
+    let job = app.start_import(&app.provider.manifest_url(), "static").await;
+    let done = app.completed(&job).await;
+    assert_eq!(done["extension"]["result"], "completed-with-errors", "{done}");
+    let outcomes = app.get_outcomes(&job).await;
+    let text = serde_json::to_string(&outcomes).unwrap();
+    assert!(text.contains("not a FHIR id"), "the file's outcome says why: {text}");
+    let counts = app.admin_get("/admin/resources").await;
+    assert!(counts["resources"][0]["count"].as_i64().unwrap() >= 2, "{counts}");
 }

@@ -27,6 +27,8 @@ use rows::{Gone, Row};
 pub const BATCH_ROWS: usize = 2_000;
 /// Bytes of resources in one batch, at most (beyond the line that crosses it).
 pub const BATCH_BYTES: usize = 8 << 20;
+/// What the store's durable points say: a checkpoint another destination left is not one of ours.
+const SAVED_STATE: &str = "resource-store/1";
 
 /// Where the store is (`RESOURCE_STORE_URL`).
 #[derive(Debug, Clone)]
@@ -83,6 +85,9 @@ pub enum TablesError {
     File(#[source] std::io::Error),
     #[error("a stored resource is not JSON")]
     NotJson(#[source] serde_json::Error),
+    /// The database refused the data itself (PostgreSQL: a value jsonb or text cannot hold).
+    #[error("{what}: the database refused a resource")]
+    Refused { what: &'static str, source: sqlx::Error },
 }
 
 /// The tables, on SQLite or PostgreSQL. Each call is one transaction.
@@ -144,7 +149,7 @@ impl Destination for ResourceStore {
         file: FileTarget<'_>,
         saved: &Saved,
     ) -> Result<Option<Box<dyn FileWriter>>, DestinationError> {
-        Ok(Some(self.writer(file, saved.bytes)))
+        Ok((saved.state == SAVED_STATE).then(|| self.writer(file, saved.bytes)))
     }
     async fn delete_file(&self, job: &str, name: &str) -> Result<(), DestinationError> {
         self.tables.remove(job, Some(name)).await?;
@@ -195,10 +200,13 @@ impl Batch {
     }
 }
 
+/// The tables' order: by lastUpdated, none counting as oldest; of equals, the later arrival.
+/// A total order, so where batches split and which file comes first change nothing.
 fn newer_or_same(incoming: &Row, stored: &Row) -> bool {
     match (&incoming.last_updated, &stored.last_updated) {
         (Some(a), Some(b)) => a >= b,
-        _ => true,
+        (None, Some(_)) => false,
+        (_, None) => true,
     }
 }
 
@@ -224,14 +232,17 @@ impl StoreWriter {
         }
         if self.deletions {
             self.batch.gone.extend(rows::deleted(line)?);
-        } else {
-            self.batch.add(rows::row(line)?);
+        } else if let Some(row) = rows::row(line)? {
+            self.batch.add(row);
         }
         Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), DestinationError> {
-        let batch = std::mem::take(&mut self.batch);
+        let mut batch = std::mem::take(&mut self.batch);
+        // Concurrent files lock rows in one order, so their batches cannot deadlock.
+        batch.rows.sort_unstable_by(|a, b| (&a.resource_type, &a.id).cmp(&(&b.resource_type, &b.id)));
+        batch.gone.sort_unstable_by(|a, b| (&a.resource_type, &a.id).cmp(&(&b.resource_type, &b.id)));
         if !batch.rows.is_empty() {
             self.tables.upsert(&self.origin, &batch.rows).await?;
         }
@@ -266,7 +277,7 @@ impl FileWriter for StoreWriter {
             return Ok(LineEnd::default());
         }
         self.flush().await?;
-        Ok(LineEnd { taken: true, saved: Some(Saved { bytes: at, state: String::new() }) })
+        Ok(LineEnd { taken: true, saved: Some(Saved { bytes: at, state: SAVED_STATE.into() }) })
     }
     async fn finish(mut self: Box<Self>, _resources: u64) -> Result<Receipt, DestinationError> {
         let last = std::mem::take(&mut self.carry);

@@ -39,7 +39,8 @@ FROM UNNEST($4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
 ON CONFLICT (provider, resource_type, id) DO UPDATE SET
     last_updated = excluded.last_updated, version_id = excluded.version_id, resource = excluded.resource,
     job = excluded.job, file = excluded.file, stored_at = now()
-WHERE excluded.last_updated IS NULL OR s.last_updated IS NULL OR excluded.last_updated >= s.last_updated";
+-- None counts as oldest (the writer's order too).
+WHERE s.last_updated IS NULL OR excluded.last_updated >= s.last_updated";
 
 const DELETE: &str = "
 DELETE FROM fhir_resources s
@@ -53,7 +54,15 @@ pub struct PgTables {
 }
 
 fn sql(what: &'static str) -> impl FnOnce(sqlx::Error) -> TablesError {
-    move |source| TablesError::Sql { what, source }
+    move |source| {
+        // Class 22 (data exception: `\u0000` in jsonb, NUL in text) and 54000 (a key too long
+        // for its index): the data, not the database, is at fault.
+        let code = source.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned());
+        match code {
+            Some(c) if c.starts_with("22") || c == "54000" => TablesError::Refused { what, source },
+            _ => TablesError::Sql { what, source },
+        }
+    }
 }
 
 impl PgTables {

@@ -27,12 +27,15 @@ pub struct Gone {
     pub at: Option<String>,
 }
 
+/// A line the store cannot keep: the file fails (the job goes on).
 #[derive(Debug, thiserror::Error)]
 pub enum RowError {
-    #[error("a line is not UTF-8 JSON")]
+    #[error("a line is not JSON")]
     NotJson(#[source] serde_json::Error),
-    #[error("a line has no id")]
-    NoId,
+    #[error("a {0} has no id, or one that is not a FHIR id ([A-Za-z0-9-.]{{1,64}})")]
+    BadId(String),
+    #[error("a line's resourceType '{0}' is not a FHIR resource type")]
+    BadType(String),
     #[error("a line is not UTF-8")]
     NotUtf8(#[source] std::string::FromUtf8Error),
 }
@@ -41,76 +44,67 @@ pub enum RowError {
 struct Head<'a> {
     #[serde(rename = "resourceType", borrow)]
     resource_type: Cow<'a, str>,
-    #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    meta: Option<Meta<'a>>,
+    // Values, not strings: a number where a string belongs is the file's oddity, read leniently.
+    #[serde(default)]
+    id: serde_json::Value,
+    #[serde(default)]
+    meta: serde_json::Value,
 }
 
-#[derive(Deserialize)]
-struct Meta<'a> {
-    #[serde(rename = "lastUpdated", borrow, default)]
-    last_updated: Option<Cow<'a, str>>,
-    #[serde(rename = "versionId", borrow, default)]
-    version_id: Option<Cow<'a, str>>,
-}
-
-/// The row for one resource line (already validated by the download: JSON with a resourceType).
-pub fn row(line: &[u8]) -> Result<Row, RowError> {
+/// The row for one resource line (already validated by the download: JSON with a resourceType);
+/// `None` for an `organizeOutputBy` file's Parameters header line, which is not a resource.
+pub fn row(line: &[u8]) -> Result<Option<Row>, RowError> {
     let head: Head = serde_json::from_slice(line).map_err(RowError::NotJson)?;
-    let id = head.id.filter(|id| !id.is_empty()).ok_or(RowError::NoId)?.into_owned();
-    let (last_updated, version_id) = match head.meta {
-        Some(m) => (m.last_updated.as_deref().and_then(instant), m.version_id.map(Cow::into_owned)),
-        None => (None, None),
+    if !is_type(&head.resource_type) {
+        return Err(RowError::BadType(head.resource_type.chars().take(64).collect()));
+    }
+    let id = match head.id.as_str() {
+        Some(id) if is_id(id) => id.to_string(),
+        _ if head.resource_type == "Parameters" => return Ok(None),
+        _ => return Err(RowError::BadId(head.resource_type.into_owned())),
     };
+    let text = |k: &str| head.meta.get(k).and_then(serde_json::Value::as_str);
+    let last_updated = text("lastUpdated").and_then(instant);
+    let version_id = text("versionId").map(str::to_string);
     let resource_type = head.resource_type.into_owned();
     let json = String::from_utf8(line.to_vec()).map_err(RowError::NotUtf8)?;
-    Ok(Row { resource_type, id, last_updated, version_id, json })
+    Ok(Some(Row { resource_type, id, last_updated, version_id, json }))
+}
+
+fn is_type(t: &str) -> bool {
+    t.len() <= 64
+        && t.starts_with(|c: char| c.is_ascii_uppercase())
+        && t.chars().all(|c| c.is_ascii_alphanumeric())
+}
+
+/// FHIR ids: `[A-Za-z0-9\-\.]{1,64}`.
+fn is_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
 }
 
 #[derive(Deserialize)]
 struct Bundle {
     #[serde(default)]
-    entry: Vec<Entry>,
-}
-
-#[derive(Deserialize)]
-struct Entry {
-    #[serde(default)]
-    request: Option<Request>,
-    #[serde(default)]
-    response: Option<Response>,
-}
-
-#[derive(Deserialize)]
-struct Request {
-    #[serde(default)]
-    method: String,
-    #[serde(default)]
-    url: String,
-}
-
-#[derive(Deserialize)]
-struct Response {
-    #[serde(rename = "lastModified", default)]
-    last_modified: Option<String>,
+    entry: serde_json::Value,
 }
 
 /// The resources one deleted[] Bundle line names; entries that are not a DELETE of `[type]/[id]`
-/// (relative or absolute, maybe with `_history/[vid]`) are passed over.
+/// (relative or absolute, maybe with `_history/[vid]`) are passed over, as is anything not shaped
+/// as the spec says.
 pub fn deleted(line: &[u8]) -> Result<Vec<Gone>, RowError> {
     let bundle: Bundle = serde_json::from_slice(line).map_err(RowError::NotJson)?;
-    Ok(bundle
-        .entry
-        .into_iter()
+    let entries = bundle.entry.as_array().map(Vec::as_slice).unwrap_or_default();
+    Ok(entries
+        .iter()
         .filter_map(|e| {
-            let request = e.request?;
-            if !request.method.eq_ignore_ascii_case("DELETE") {
+            let request = e.get("request")?;
+            let method = request.get("method")?.as_str()?;
+            if !method.eq_ignore_ascii_case("DELETE") {
                 return None;
             }
-            let (resource_type, id) = type_and_id(&request.url)?;
-            let at = e.response.and_then(|r| r.last_modified).as_deref().and_then(instant);
-            Some(Gone { resource_type, id, at })
+            let (resource_type, id) = type_and_id(request.get("url")?.as_str()?)?;
+            let modified = e.get("response").and_then(|r| r.get("lastModified")).and_then(|t| t.as_str());
+            Some(Gone { resource_type, id, at: modified.and_then(instant) })
         })
         .collect())
 }
@@ -122,11 +116,7 @@ fn type_and_id(url: &str) -> Option<(String, String)> {
         parts.truncate(at);
     }
     let [.., resource_type, id] = parts[..] else { return None };
-    let is_type = resource_type.starts_with(|c: char| c.is_ascii_uppercase())
-        && resource_type.chars().all(|c| c.is_ascii_alphanumeric());
-    // FHIR ids: [A-Za-z0-9\-\.]{1,64}.
-    let is_id = id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
-    (is_type && is_id).then(|| (resource_type.to_string(), id.to_string()))
+    (is_type(resource_type) && is_id(id)).then(|| (resource_type.to_string(), id.to_string()))
 }
 
 /// A FHIR instant in one form that sorts as text and as time alike: UTC, microseconds.
@@ -142,7 +132,7 @@ mod tests {
     #[test]
     fn a_row_keeps_the_line_and_reads_its_meta_in_utc() {
         let line = br#"{"resourceType":"Observation","id":"o1","meta":{"versionId":"3","lastUpdated":"2024-05-01T12:00:00+02:00"},"status":"final"}"#;
-        let r = row(line).unwrap();
+        let r = row(line).unwrap().unwrap();
         assert_eq!((r.resource_type.as_str(), r.id.as_str()), ("Observation", "o1"));
         assert_eq!(r.last_updated.as_deref(), Some("2024-05-01T10:00:00.000000Z"));
         assert_eq!(r.version_id.as_deref(), Some("3"));
@@ -150,11 +140,24 @@ mod tests {
     }
 
     #[test]
-    fn a_row_without_meta_or_with_a_bad_instant_has_no_time() {
-        assert_eq!(row(br#"{"resourceType":"Patient","id":"p"}"#).unwrap().last_updated, None);
-        let bad = br#"{"resourceType":"Patient","id":"p","meta":{"lastUpdated":"yesterday"}}"#;
-        assert_eq!(row(bad).unwrap().last_updated, None);
-        assert!(matches!(row(br#"{"resourceType":"Patient"}"#), Err(RowError::NoId)));
+    fn a_row_without_meta_or_with_odd_meta_has_no_time_and_a_bad_id_is_refused() {
+        let time = |line: &[u8]| row(line).unwrap().unwrap().last_updated;
+        assert_eq!(time(br#"{"resourceType":"Patient","id":"p"}"#), None);
+        assert_eq!(time(br#"{"resourceType":"Patient","id":"p","meta":{"lastUpdated":"yesterday"}}"#), None);
+        let odd = br#"{"resourceType":"Patient","id":"p","meta":{"lastUpdated":5,"versionId":2}}"#;
+        assert_eq!(row(odd).unwrap().unwrap().version_id, None);
+        assert_eq!(time(br#"{"resourceType":"Patient","id":"p","meta":"x"}"#), None);
+        for bad in [
+            &br#"{"resourceType":"Patient"}"#[..],
+            br#"{"resourceType":"Patient","id":7}"#,
+            br#"{"resourceType":"Patient","id":"a b"}"#,
+            br#"{"resourceType":"Patient","id":"a\u0000"}"#,
+        ] {
+            assert!(matches!(row(bad), Err(RowError::BadId(_))), "{}", String::from_utf8_lossy(bad));
+        }
+        assert!(matches!(row(br#"{"resourceType":"x y","id":"p"}"#), Err(RowError::BadType(_))));
+        // organizeOutputBy: a file's Parameters header line is not stored.
+        assert!(row(br#"{"resourceType":"Parameters","parameter":[]}"#).unwrap().is_none());
     }
 
     #[test]
@@ -171,7 +174,8 @@ mod tests {
             {"request":{"method":"DELETE","url":"Patient/p1"}},
             {"request":{"method":"DELETE","url":"https://ehr.example/fhir/Observation/o2/_history/4"},"response":{"lastModified":"2024-01-01T00:00:00Z"}},
             {"request":{"method":"PUT","url":"Patient/p3"}},
-            {"request":{"method":"DELETE","url":"not a reference"}}]}"#;
+            {"request":{"method":"DELETE","url":"not a reference"}},
+            {"request":{"method":null,"url":"Patient/p4"}}, {"request":"odd"}, 5]}"#;
         let gone = deleted(line).unwrap();
         assert_eq!(gone.len(), 2, "{gone:?}");
         assert_eq!(
@@ -180,5 +184,6 @@ mod tests {
         );
         assert_eq!(gone[1].id, "o2");
         assert_eq!(gone[1].at.as_deref(), Some("2024-01-01T00:00:00.000000Z"));
+        assert!(deleted(br#"{"resourceType":"Bundle","entry":null}"#).unwrap().is_empty());
     }
 }

@@ -42,8 +42,8 @@ const ON_CONFLICT: &str = "
 ON CONFLICT (provider, resource_type, id) DO UPDATE SET
     last_updated = excluded.last_updated, version_id = excluded.version_id, resource = excluded.resource,
     job = excluded.job, file = excluded.file, stored_at = excluded.stored_at
-WHERE excluded.last_updated IS NULL OR fhir_resources.last_updated IS NULL
-    OR excluded.last_updated >= fhir_resources.last_updated";
+-- None counts as oldest (the writer's order too).
+WHERE fhir_resources.last_updated IS NULL OR excluded.last_updated >= fhir_resources.last_updated";
 
 const DELETE: &str = "
 DELETE FROM fhir_resources WHERE provider = ?1 AND resource_type = ?2 AND id = ?3
