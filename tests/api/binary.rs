@@ -357,17 +357,30 @@ async fn wait_for_checkpoint(data: &Path, id: &str, name: &str) -> Value {
 
 #[tokio::test]
 async fn after_kill_9_mid_file_a_restart_continues_the_file_from_its_checkpoint_with_a_range() {
-    continues_mid_file_after("-KILL").await;
+    continues_mid_file_after("-KILL", "tmp-fs").await;
+}
+
+#[tokio::test]
+async fn a_crash_mid_file_into_the_resource_store_goes_on_after_its_last_committed_batch() {
+    continues_mid_file_after("-KILL", "resource-store").await;
 }
 
 #[tokio::test]
 async fn a_graceful_stop_mid_file_keeps_its_partial_file_for_the_next_start_to_continue() {
-    continues_mid_file_after("-TERM").await;
+    continues_mid_file_after("-TERM", "tmp-fs").await;
+}
+
+/// Rows in a resource store's SQLite file.
+async fn stored_rows(db: &Path) -> i64 {
+    use sqlx::Connection;
+    let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    sqlx::query_scalar("SELECT count(*) FROM fhir_resources").fetch_one(&mut c).await.unwrap()
 }
 
 /// Stop the server with `signal` while a file is half downloaded (a checkpoint stored), start
-/// it again: the file goes on from the checkpoint, and ends byte-identical.
-async fn continues_mid_file_after(signal: &str) {
+/// it again: the file goes on from the checkpoint, and ends byte-identical (tmp-fs) or with
+/// every resource stored once (resource-store, whose checkpoints are its committed batches).
+async fn continues_mid_file_after(signal: &str, destination: &str) {
     let dir = tempfile::TempDir::new().unwrap();
     let provider = FakeProvider::start().await;
     provider.ranges(Ranges::ETag);
@@ -378,24 +391,32 @@ async fn continues_mid_file_after(signal: &str) {
     provider.fault_file("big.ndjson", vec![FileFault::StallHalfway(120_000)]);
     let env = [
         ("RUST_LOG", "bulk_import=info"),
-        ("DESTINATION_TYPE", "tmp-fs"),
+        ("DESTINATION_TYPE", destination),
         ("POLL_INTERVAL", "0.05"),
         ("CHECKPOINT_BYTES", "1048576"),
     ];
+    let store = destination == "resource-store";
     let mut server = Server::start(dir.path(), &env);
     provider.set_consumer_jwks_url(format!("{}/jwks", server.base()));
     let pinged = ping_static(&server.base(), dir.path(), &provider).await;
     let id = pinged.status_url.rsplit('/').next().unwrap().to_string();
     let checkpoint = wait_for_checkpoint(&dir.path().join("data"), &id, "big.ndjson").await;
     let from = checkpoint["saved"]["bytes"].as_u64().unwrap();
-    assert!(from >= 1_048_576 && obs.as_bytes()[from as usize - 1] == b'\n', "{checkpoint}");
+    let least = if store { 1 } else { 1_048_576 };
+    assert!(from >= least && obs.as_bytes()[from as usize - 1] == b'\n', "{checkpoint}");
     let lines_before = obs[..from as usize].lines().count() as u64;
     assert_eq!(checkpoint["lines"], lines_before, "{checkpoint}");
     assert_eq!(checkpoint["resources"], lines_before, "{checkpoint}");
     assert!(Command::new("kill").args([signal, &server.child.id().to_string()]).status().unwrap().success());
     let _ = server.child.wait();
     let part = dir.path().join("jobs").join(&id).join("big.ndjson.part");
-    assert!(std::fs::metadata(&part).unwrap().len() >= from, "the partial file is kept");
+    let db = dir.path().join("data/resources.sqlite");
+    if store {
+        assert_eq!(checkpoint["saved"]["state"], "resource-store/1", "{checkpoint}");
+        assert!(stored_rows(&db).await >= lines_before as i64, "the committed batches are there");
+    } else {
+        assert!(std::fs::metadata(&part).unwrap().len() >= from, "the partial file is kept");
+    }
 
     let server = Server::start(dir.path(), &env);
     provider.set_consumer_jwks_url(format!("{}/jwks", server.base()));
@@ -413,6 +434,10 @@ async fn continues_mid_file_after(signal: &str) {
     );
     assert!(asked[1].if_range.is_some(), "only the same file: {:?}", asked[1]);
     assert!(log.contains("the file goes on from what an earlier process stored of it"), "{log}");
+    if store {
+        assert_eq!(stored_rows(&db).await, 25_000, "every resource once");
+        return;
+    }
     let out = dir.path().join("jobs").join(&id);
     let stored = std::fs::read(out.join("big.ndjson")).unwrap();
     assert!(stored == obs.as_bytes(), "{} bytes stored, not the provider's {}", stored.len(), obs.len());

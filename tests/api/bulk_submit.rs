@@ -206,7 +206,14 @@ async fn a_manifest_then_completed_is_imported_and_its_status_manifest_lists_the
 
 #[tokio::test]
 async fn a_stopped_submission_stops_and_its_data_is_deleted_and_a_token_without_the_scope_is_refused() {
-    let app = spawn_app().await;
+    // Files on disk and resources in the store: both go when the provider stops the submission.
+    let app = super::helpers::spawn_app_with(|c| {
+        use bulk_import::destination::{resource_store::StoreUrl, DestinationKind};
+        let store = StoreUrl::Sqlite(c.data_dir.join("resources.sqlite"));
+        c.destination =
+            DestinationKind::Several(vec![DestinationKind::ResourceStore(store), DestinationKind::TmpFs]);
+    })
+    .await;
     app.provider.serve_openly();
     app.provider.add_file("o.ndjson", "Observation", observations(10));
     let ehr = Submitter::register(&app, "ehr-3").await;
@@ -225,6 +232,8 @@ async fn a_stopped_submission_stops_and_its_data_is_deleted_and_a_token_without_
         assert!(Instant::now() < deadline, "the file was never stored");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let before = app.admin_get("/admin/resources").await;
+    assert_eq!(before["resources"][0]["count"], 10, "stored in both (the store first): {before}");
     let res = ehr
         .submit(vec![
             param("submissionId", "valueString", "s-2"),
@@ -235,6 +244,8 @@ async fn a_stopped_submission_stops_and_its_data_is_deleted_and_a_token_without_
     let done = ehr.poll_until_done(&url).await;
     assert_eq!(done["submissionStatus"], "stopped", "{done}");
     assert!(!app.jobs_dir(&job).exists(), "what was stored is deleted");
+    let after = app.admin_get("/admin/resources").await;
+    assert_eq!(after["resources"], json!([]), "and its resources: {after}");
     // The import scope is not the Bulk Submit scope.
     let import_token = app.token().await;
     let res = app

@@ -127,3 +127,33 @@ async fn a_job_whose_lease_is_taken_over_stops_here_without_failing() {
         std::fs::read_dir(app.jobs_dir(&id)).map(|d| d.flatten().collect()).unwrap_or_default();
     assert!(leftovers.is_empty(), "the aborted file left nothing: {leftovers:?}");
 }
+
+#[tokio::test]
+async fn a_manifest_withdrawn_while_its_file_downloads_into_the_resource_store_leaves_no_rows() {
+    use super::fake_provider::{FileFault, Ranges};
+    use bulk_import::destination::{resource_store::StoreUrl, DestinationKind};
+    let app = spawn_app_with(|c| {
+        c.destination = DestinationKind::ResourceStore(StoreUrl::Sqlite(c.data_dir.join("resources.sqlite")));
+    })
+    .await;
+    // Batches commit (and are checkpointed) before the file stalls halfway.
+    app.provider.ranges(Ranges::ETag);
+    app.provider.set_chunk_size(64 * 1024);
+    app.provider.add_file("big.ndjson", "Observation", observations(30_000));
+    app.provider.fault_file("big.ndjson", vec![FileFault::StallHalfway(1_500)]);
+    let id = "ef".repeat(16);
+    open_job(&app, &id).await;
+    let m = "https://ehr.example/submission/m.json";
+    plan::append(&app.ctx, &id, m, vec![planned(&app, "big.ndjson", "Observation")], false).await.unwrap();
+    let rows = async || {
+        let counts = app.admin_get("/admin/resources").await;
+        counts["resources"].as_array().and_then(|a| a.first()).and_then(|c| c["count"].as_i64()).unwrap_or(0)
+    };
+    wait_until("batches of the file stored", async || rows().await > 0).await;
+    assert_eq!(plan::withdraw(&app.ctx, &id, m).await.unwrap(), 0, "nothing done yet to remove");
+    // The download stops at its next durable point (not the job's any more), and what it stored goes.
+    wait_until("the withdrawn file's rows removed", async || rows().await == 0).await;
+    assert!(plan::close(&app.ctx, &id).await.unwrap());
+    app.completed(&id).await;
+    assert_eq!(rows().await, 0);
+}
