@@ -1,5 +1,6 @@
-// Registrations list (GET /auth/registrations) with revoke (DELETE /auth/registrations/{client_id})
-// and what each provider's exports came to last (GET /admin/sync).
+// Registrations list (GET /auth/registrations) with revoke (DELETE /auth/registrations/{client_id}),
+// what each provider's exports came to last (GET /admin/sync) and what the resource store holds of
+// it (GET /admin/resources, when a destination is the resource store).
 import { api } from './api.js';
 import { $, alertBox, badge, confirmAction, flashNext, h, secondsText, timeEl } from './dom.js';
 
@@ -22,6 +23,13 @@ function syncLines(sources) {
   ));
 }
 
+/** What the resource store holds of this provider, per type. */
+function storedLine(counts) {
+  if (!counts.length) return null;
+  const each = counts.map((c) => `${Number(c.count).toLocaleString('en')} ${c.resourceType}`);
+  return h('span', { class: 'sub', 'data-stored': '' }, `in the resource store: ${each.join(', ')}`);
+}
+
 /** The registration's sync plan: which export, how often, when next. */
 function planLine(r) {
   if (!r.sync) return null;
@@ -33,7 +41,7 @@ function planLine(r) {
   return h('span', { class: 'sub', 'data-plan': '' }, `sync plan: ${what}, `, ...when);
 }
 
-function row(r, sources) {
+function row(r, sources, stored) {
   const revoked = r.revoked_at !== null && r.revoked_at !== undefined;
   const action = revoked
     ? ''
@@ -53,7 +61,8 @@ function row(r, sources) {
         ? h('span', { class: 'sub' }, `token also to: ${r.token_origins.join(', ')}`) : null,
       r.file_origins ? h('span', { class: 'sub' }, `files only from: ${r.file_origins.join(', ')}`) : null,
       planLine(r),
-      ...syncLines(sources)),
+      ...syncLines(sources),
+      storedLine(stored)),
     h('td', { 'data-label': 'client_id', class: 'wrap' }, h('code', {}, r.client_id)),
     h('td', { 'data-label': 'Created' }, timeEl(r.created_at)),
     h('td', { 'data-label': 'JWKS source', class: 'wrap' }, jwksSource(r)),
@@ -65,15 +74,19 @@ function row(r, sources) {
 
 async function load() {
   try {
-    const [{ registrations }, { sources }] = await Promise.all([
+    // Without a resource store (404) there is nothing stored to show.
+    const noStore = (e) => (e.status === 404 ? { resources: [] } : Promise.reject(e));
+    const [{ registrations }, { sources }, { resources }] = await Promise.all([
       api('/auth/registrations', { admin: true }),
       api('/admin/sync', { admin: true }),
+      api('/admin/resources', { admin: true }).catch(noStore),
     ]);
     alertBox($('registrations-error'), '');
     $('registrations-empty').hidden = registrations.length > 0;
     $('registrations-table').hidden = registrations.length === 0;
     const of = (r) => sources.filter((s) => s.client_id === r.client_id);
-    $('registrations-table').tBodies[0].replaceChildren(...registrations.map((r) => row(r, of(r))));
+    const storedOf = (r) => resources.filter((c) => c.provider === r.client_id);
+    $('registrations-table').tBodies[0].replaceChildren(...registrations.map((r) => row(r, of(r), storedOf(r))));
   } catch (e) {
     if (!e.handled) alertBox($('registrations-error'), `The registrations could not be loaded: ${e.message}`);
   }

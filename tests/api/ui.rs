@@ -21,7 +21,7 @@ use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
 use super::fake_provider::FileFault;
-use super::helpers::{observations, patients, ping, sign_assertion, spawn_app, TestApp, ADMIN_TOKEN};
+use super::helpers::{observations, patients, ping, sign_assertion, TestApp, ADMIN_TOKEN};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -464,6 +464,9 @@ async fn flow(c: &Client, app: &TestApp, shots: &Shots) -> Result<()> {
     wait_text(c, &reg_row, "last failed").await?;
     wait_text(c, &reg_row, "next pull from 2026-01-01T00:00:00Z").await?;
     wait_text(c, &reg_row, &format!("token also to: {}", app.provider.alt_origin())).await?;
+    // What the resource store holds of it (its first import's resources).
+    wait_text(c, &format!("{reg_row} [data-stored]"), "in the resource store: ").await?;
+    wait_text(c, &format!("{reg_row} [data-stored]"), " Patient").await?;
     shots.take(c, "15-registrations").await?;
     click(c, &format!("{reg_row} button[data-revoke]")).await?;
     answer_dialog(c, true).await?;
@@ -482,8 +485,14 @@ async fn flow(c: &Client, app: &TestApp, shots: &Shots) -> Result<()> {
 
 #[tokio::test]
 async fn a_person_registers_a_provider_and_follows_its_import_in_headless_chromium() {
-    // Arrange
-    let app = spawn_app().await;
+    // Arrange: files on disk, and the current resources in the store (shown per registration).
+    let app = super::helpers::spawn_app_with(|c| {
+        use bulk_import::destination::{resource_store::StoreUrl, DestinationKind};
+        let store = StoreUrl::Sqlite(c.data_dir.join("resources.sqlite"));
+        c.destination =
+            DestinationKind::Several(vec![DestinationKind::TmpFs, DestinationKind::ResourceStore(store)]);
+    })
+    .await;
     let (mut driver, driver_url) = start_chromedriver().await;
     let profile = TempDir::new().unwrap();
     let client = open_browser(&driver_url, profile.path()).await;
