@@ -262,6 +262,12 @@ impl TestApp {
         std::fs::read_to_string(self.jobs_dir(id).join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
     }
 
+    /// Ask for a registration's next sync pull now (`POST /admin/sync/{client_id}`).
+    pub async fn sync_now(&self, client_id: &str) -> Response {
+        let url = format!("{}/admin/sync/{client_id}", self.base);
+        self.http.post(url).bearer_auth(ADMIN_TOKEN).send().await.unwrap()
+    }
+
     /// GET an admin endpoint with the admin credential; returns its JSON.
     pub async fn admin_get(&self, path: &str) -> Value {
         let res =

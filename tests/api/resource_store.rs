@@ -266,13 +266,7 @@ async fn a_provider_synced_on_a_schedule_then_on_request_keeps_its_current_resou
         deletion(&[("Observation/o2", None)]),
         "2026-01-12T00:00:00Z",
     );
-    let res = app
-        .http
-        .post(format!("{}/admin/sync/{client_id}", app.base))
-        .bearer_auth(super::helpers::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let res = app.sync_now(&client_id).await;
     assert_eq!(res.status(), 202);
     let second = res.json::<serde_json::Value>().await.unwrap()["job_id"].as_str().unwrap().to_string();
     app.completed(&second).await;

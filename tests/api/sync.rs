@@ -140,13 +140,7 @@ async fn a_sync_plan_pulls_at_once_then_on_request_from_where_the_last_whole_imp
     }
 
     // Asked for now: from where that one ended.
-    let res = app
-        .http
-        .post(format!("{}/admin/sync/{client_id}", app.base))
-        .bearer_auth(super::helpers::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let res = app.sync_now(&client_id).await;
     assert_eq!(res.status(), 202);
     let answer: Value = res.json().await.unwrap();
     let job = answer["job_id"].as_str().unwrap().to_string();
@@ -158,22 +152,10 @@ async fn a_sync_plan_pulls_at_once_then_on_request_from_where_the_last_whole_imp
     assert_eq!(app.read(&job, "Patient.1.ndjson"), patients(5));
 
     // Without a plan, or for nobody, it says so.
-    let res = app
-        .http
-        .post(format!("{}/admin/sync/{}", app.base, app.client_id))
-        .bearer_auth(super::helpers::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let res = app.sync_now(&app.client_id).await;
     assert_eq!(res.status(), 409);
     assert!(res.text().await.unwrap().contains("no sync plan"));
-    let res = app
-        .http
-        .post(format!("{}/admin/sync/nobody", app.base))
-        .bearer_auth(super::helpers::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let res = app.sync_now("nobody").await;
     assert_eq!(res.status(), 404);
     // The registration shows its plan and when its next pull is due (an hour on).
     let reg = app.admin_get(&format!("/auth/registrations/{client_id}")).await;
@@ -242,14 +224,7 @@ async fn two_requests_for_a_pull_at_once_start_one() {
             "sync": {"export_url": app.provider.export_url()}}))
         .await;
     let client_id = res.json::<Value>().await.unwrap()["client_id"].as_str().unwrap().to_string();
-    let ask = || {
-        app.http
-            .post(format!("{}/admin/sync/{client_id}", app.base))
-            .bearer_auth(super::helpers::ADMIN_TOKEN)
-            .send()
-    };
-    let (a, b) = tokio::join!(ask(), ask());
-    let (a, b) = (a.unwrap(), b.unwrap());
+    let (a, b) = tokio::join!(app.sync_now(&client_id), app.sync_now(&client_id));
     let mut codes = [a.status().as_u16(), b.status().as_u16()];
     codes.sort();
     assert_eq!(codes, [202, 409], "one started, the other was told one runs");

@@ -77,6 +77,22 @@ pub struct Stored {
     pub file: String,
 }
 
+impl TypeCount {
+    fn from_columns((provider, resource_type, count): (String, String, i64)) -> Self {
+        Self { provider, resource_type, count }
+    }
+}
+
+impl Stored {
+    /// From the columns both backends select: last_updated, version_id, resource (as text), job, file.
+    fn from_columns(
+        (last_updated, version_id, text, job, file): (Option<String>, Option<String>, String, String, String),
+    ) -> Result<Self, TablesError> {
+        let resource = serde_json::from_str(&text).map_err(TablesError::NotJson)?;
+        Ok(Self { last_updated, version_id, resource, job, file })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TablesError {
     #[error("{what}")]

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::{postgres::PgPoolOptions, PgPool, Row as _};
+use sqlx::{postgres::PgPoolOptions, PgPool};
 
 use super::{
     rows::{Gone, Row},
@@ -133,16 +133,13 @@ impl Tables for PgTables {
     }
 
     async fn counts(&self) -> Result<Vec<TypeCount>, TablesError> {
-        let rows = sqlx::query(
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
             "SELECT provider, resource_type, count(*) FROM fhir_resources GROUP BY provider, resource_type ORDER BY provider, resource_type",
         )
         .fetch_all(&self.pool)
         .await
         .map_err(sql("counting stored resources failed"))?;
-        Ok(rows
-            .iter()
-            .map(|r| TypeCount { provider: r.get(0), resource_type: r.get(1), count: r.get(2) })
-            .collect())
+        Ok(rows.into_iter().map(TypeCount::from_columns).collect())
     }
 
     async fn get(
@@ -151,7 +148,7 @@ impl Tables for PgTables {
         resource_type: &str,
         id: &str,
     ) -> Result<Option<Stored>, TablesError> {
-        let row = sqlx::query(
+        let row = sqlx::query_as(
             r#"SELECT to_char(last_updated AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), version_id,
                 resource::text, job, file
             FROM fhir_resources WHERE provider = $1 AND resource_type = $2 AND id = $3"#,
@@ -162,17 +159,7 @@ impl Tables for PgTables {
         .fetch_optional(&self.pool)
         .await
         .map_err(sql("reading a stored resource failed"))?;
-        row.map(|r| {
-            let text: String = r.get(2);
-            Ok(Stored {
-                last_updated: r.get(0),
-                version_id: r.get(1),
-                resource: serde_json::from_str(&text).map_err(TablesError::NotJson)?,
-                job: r.get(3),
-                file: r.get(4),
-            })
-        })
-        .transpose()
+        row.map(Stored::from_columns).transpose()
     }
 
     fn describe(&self) -> String {
