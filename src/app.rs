@@ -65,9 +65,10 @@ impl App {
                 .context("building the HTTP client")?,
         );
         let http = outbound.trusted();
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         let built = config
             .destination
-            .build(config.jobs_path.clone(), config.checkpoint_bytes)
+            .build(config.jobs_path.clone(), config.checkpoint_bytes, metrics.clone())
             .await
             .context("setting up the destination")?;
         let destination = built.destination;
@@ -104,7 +105,7 @@ impl App {
             http: http.clone(),
             destination,
             jobs,
-            metrics: Arc::new(crate::metrics::Metrics::default()),
+            metrics,
             sync_starts: Arc::default(),
             notifier: match (&config.notify_url, keys.notify_secret()) {
                 (Some(url), Some(secret)) => Some(Arc::new(crate::notify::Notifier::new(

@@ -65,6 +65,10 @@ pub struct Metrics {
     pub http_requests: Family<RouteLabels, Counter>,
     pub http_request_seconds: Family<RouteLabels, Histogram>,
     pub submission_requests: Family<KindLabel, Counter>,
+    /// Resource store rows: written (upserted, stored unless older), deleted (deleted[]),
+    /// removed (a withdrawn manifest or stopped submission).
+    pub store_rows: Family<KindLabel, Counter>,
+    pub store_batch_seconds: Histogram,
 }
 
 /// 1 ms to about 65 s, doubling.
@@ -88,6 +92,8 @@ impl Default for Metrics {
             http_requests: Family::default(),
             http_request_seconds: Family::new_with_constructor(latency),
             submission_requests: Family::default(),
+            store_rows: Family::default(),
+            store_batch_seconds: latency(),
             registry: Registry::default(),
         };
         registry.register("jobs", "Jobs in the store, by state", metrics.jobs.clone());
@@ -130,6 +136,16 @@ impl Default for Metrics {
             "Bulk Submit requests taken, by kind (opened, manifest, replace, withdraw, completed, stopped)",
             metrics.submission_requests.clone(),
         );
+        registry.register(
+            "resource_store_rows",
+            "Resource store rows written, deleted (deleted[] Bundles) and removed (withdrawn data)",
+            metrics.store_rows.clone(),
+        );
+        registry.register(
+            "resource_store_batch_seconds",
+            "Time to commit one batch to the resource store",
+            metrics.store_batch_seconds.clone(),
+        );
         Metrics { registry, ..metrics }
     }
 }
@@ -146,6 +162,11 @@ impl Metrics {
     /// A `$bulk-submit` request taken (a submission opened, a manifest, a replacement, …).
     pub fn submission_request(&self, kind: &str) {
         self.submission_requests.get_or_create(&KindLabel { kind: kind.into() }).inc();
+    }
+
+    /// Rows the resource store wrote, deleted or removed.
+    pub fn store_rows(&self, kind: &str, rows: u64) {
+        self.store_rows.get_or_create(&KindLabel { kind: kind.into() }).inc_by(rows);
     }
 
     /// A provider's answer (or its absence) after `seconds`.

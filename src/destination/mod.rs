@@ -199,9 +199,14 @@ pub trait Destination: Send + Sync {
 impl DestinationKind {
     /// Build the backend; S3 checks at once that its bucket is reachable. `save_every`: bytes
     /// between durable points where nothing else sets them (S3 has its parts).
-    pub async fn build(&self, jobs_path: PathBuf, save_every: u64) -> Result<Built, DestinationError> {
+    pub async fn build(
+        &self,
+        jobs_path: PathBuf,
+        save_every: u64,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Built, DestinationError> {
         let mut store = None;
-        let destination = self.build_into(jobs_path, save_every, &mut store).await?;
+        let destination = self.build_into(jobs_path, save_every, &metrics, &mut store).await?;
         Ok(Built { destination, store })
     }
 
@@ -209,6 +214,7 @@ impl DestinationKind {
         &self,
         jobs_path: PathBuf,
         save_every: u64,
+        metrics: &Arc<crate::metrics::Metrics>,
         store: &mut Option<Arc<dyn resource_store::Tables>>,
     ) -> Result<Arc<dyn Destination>, DestinationError> {
         Ok(match self {
@@ -218,12 +224,13 @@ impl DestinationKind {
             DestinationKind::ResourceStore(url) => {
                 let tables = resource_store::open(url).await?;
                 *store = Some(tables.clone());
-                Arc::new(resource_store::ResourceStore::new(tables))
+                Arc::new(resource_store::ResourceStore::new(tables).counted(metrics.clone()))
             }
             DestinationKind::Several(kinds) => {
                 let mut all = Vec::with_capacity(kinds.len());
                 for kind in kinds {
-                    let built = Box::pin(kind.build_into(jobs_path.clone(), save_every, store)).await;
+                    let built =
+                        Box::pin(kind.build_into(jobs_path.clone(), save_every, metrics, store)).await;
                     let one =
                         built.map_err(|e| DestinationError::OneOf { name: kind.name(), source: e.into() })?;
                     all.push((kind.name(), one));

@@ -295,6 +295,11 @@ async fn a_provider_synced_on_a_schedule_then_on_request_keeps_its_current_resou
     );
     assert_eq!(listed[0]["count"], 4);
     assert!(counts["store"].as_str().unwrap().starts_with("SQLite"), "{counts}");
+    // And in /metrics: rows written (3 + 2, then 2) and deleted (1), batches timed.
+    let metrics = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"bulk_import_resource_store_rows_total{kind="written"} 7"#), "{metrics}");
+    assert!(metrics.contains(r#"bulk_import_resource_store_rows_total{kind="deleted"} 1"#), "{metrics}");
+    assert!(metrics.contains("bulk_import_resource_store_batch_seconds_count 4"), "{metrics}");
 }
 
 #[tokio::test]

@@ -21,6 +21,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::{
     Destination, DestinationError, FileKind, FileTarget, FileWriter, LineEnd, Receipt, Removal, Saved,
 };
+use crate::metrics::Metrics;
 use rows::{Gone, Row};
 
 /// Rows in one batch (one transaction), at most.
@@ -134,16 +135,29 @@ pub async fn open(url: &StoreUrl) -> Result<Arc<dyn Tables>, TablesError> {
 
 pub struct ResourceStore {
     tables: Arc<dyn Tables>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl ResourceStore {
     pub fn new(tables: Arc<dyn Tables>) -> Self {
-        Self { tables }
+        Self { tables, metrics: None }
+    }
+
+    /// Count rows and time batches in `/metrics`.
+    pub fn counted(self, metrics: Arc<Metrics>) -> Self {
+        Self { metrics: Some(metrics), ..self }
+    }
+
+    fn count(&self, kind: &str, rows: u64) {
+        if let Some(m) = &self.metrics {
+            m.store_rows(kind, rows);
+        }
     }
 
     fn writer(&self, file: FileTarget<'_>, from: u64) -> Box<dyn FileWriter> {
         Box::new(StoreWriter {
             tables: self.tables.clone(),
+            metrics: self.metrics.clone(),
             origin: Origin { provider: file.provider.into(), job: file.job.into(), file: file.name.into() },
             deletions: file.kind == FileKind::Deleted,
             carry: Vec::new(),
@@ -168,12 +182,14 @@ impl Destination for ResourceStore {
         Ok((saved.state == SAVED_STATE).then(|| self.writer(file, saved.bytes)))
     }
     async fn delete_file(&self, job: &str, name: &str) -> Result<(), DestinationError> {
-        self.tables.remove(job, Some(name)).await?;
+        let removed = self.tables.remove(job, Some(name)).await?;
+        self.count("removed", removed);
         Ok(())
     }
     async fn delete_job(&self, job: &str, why: Removal) -> Result<(), DestinationError> {
         if why == Removal::Withdrawn {
-            self.tables.remove(job, None).await?;
+            let removed = self.tables.remove(job, None).await?;
+            self.count("removed", removed);
         }
         Ok(())
     }
@@ -228,6 +244,7 @@ fn newer_or_same(incoming: &Row, stored: &Row) -> bool {
 
 struct StoreWriter {
     tables: Arc<dyn Tables>,
+    metrics: Option<Arc<Metrics>>,
     origin: Origin,
     /// A deleted[] file: its lines are Bundles naming deleted resources.
     deletions: bool,
@@ -259,13 +276,20 @@ impl StoreWriter {
         // Concurrent files lock rows in one order, so their batches cannot deadlock.
         batch.rows.sort_unstable_by(|a, b| (&a.resource_type, &a.id).cmp(&(&b.resource_type, &b.id)));
         batch.gone.sort_unstable_by(|a, b| (&a.resource_type, &a.id).cmp(&(&b.resource_type, &b.id)));
+        let started = std::time::Instant::now();
+        let mut deleted = 0;
         if !batch.rows.is_empty() {
             self.tables.upsert(&self.origin, &batch.rows).await?;
         }
         if !batch.gone.is_empty() {
-            self.tables.delete(&self.origin, &batch.gone).await?;
+            deleted = self.tables.delete(&self.origin, &batch.gone).await?;
         }
         self.stored += batch.len() as u64;
+        if let Some(m) = &self.metrics {
+            m.store_rows("written", batch.rows.len() as u64);
+            m.store_rows("deleted", deleted);
+            m.store_batch_seconds.observe(started.elapsed().as_secs_f64());
+        }
         Ok(())
     }
 }
