@@ -224,7 +224,8 @@ impl DestinationKind {
             DestinationKind::ResourceStore(url) => {
                 let tables = resource_store::open(url).await?;
                 *store = Some(tables.clone());
-                Arc::new(resource_store::ResourceStore::new(tables).counted(metrics.clone()))
+                let store = resource_store::ResourceStore::new(tables).counted(metrics.clone());
+                Arc::new(store.saving_every(save_every))
             }
             DestinationKind::Several(kinds) => {
                 let mut all = Vec::with_capacity(kinds.len());

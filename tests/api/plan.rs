@@ -134,9 +134,10 @@ async fn a_manifest_withdrawn_while_its_file_downloads_into_the_resource_store_l
     use bulk_import::destination::{resource_store::StoreUrl, DestinationKind};
     let app = spawn_app_with(|c| {
         c.destination = DestinationKind::ResourceStore(StoreUrl::Sqlite(c.data_dir.join("resources.sqlite")));
+        c.checkpoint_bytes = 1 << 20;
     })
     .await;
-    // Batches commit (and are checkpointed) before the file stalls halfway.
+    // Batches commit (and each MiB is checkpointed) before the file stalls halfway.
     app.provider.ranges(Ranges::ETag);
     app.provider.set_chunk_size(64 * 1024);
     app.provider.add_file("big.ndjson", "Observation", observations(30_000));

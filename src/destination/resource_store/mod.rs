@@ -3,9 +3,9 @@
 //! (jsonb on PostgreSQL), and the job and file that brought it. An incoming resource replaces the
 //! stored one unless it is older; `deleted[]` Bundles delete the rows they name.
 //!
-//! A file's lines are written in batches, one transaction each, cut at line ends: a batch that
-//! committed is a durable point, so a crashed file goes on after its last batch (writing a line
-//! twice changes nothing). Rows outlive the job's files: an expired or failed job keeps what it
+//! A file's lines are written in batches, one transaction each, cut at line ends; every
+//! `save_every` bytes of committed batches is a durable point, so a crashed file goes on from
+//! there (writing a line twice changes nothing). Rows outlive the job's files: an expired or failed job keeps what it
 //! brought (each row is the provider's own version, newer than what it replaced); a withdrawn
 //! manifest or a stopped submission removes its rows (the versions they replaced are not kept).
 mod postgres;
@@ -27,7 +27,7 @@ use rows::{Gone, Row};
 /// Rows in one batch (one transaction), at most.
 pub const BATCH_ROWS: usize = 2_000;
 /// Bytes of resources in one batch, at most (beyond the line that crosses it).
-pub const BATCH_BYTES: usize = 8 << 20;
+pub const BATCH_BYTES: usize = 4 << 20;
 /// What the store's durable points say: a checkpoint another destination left is not one of ours.
 const SAVED_STATE: &str = "resource-store/1";
 
@@ -136,11 +136,20 @@ pub async fn open(url: &StoreUrl) -> Result<Arc<dyn Tables>, TablesError> {
 pub struct ResourceStore {
     tables: Arc<dyn Tables>,
     metrics: Option<Arc<Metrics>>,
+    /// Bytes between the durable points reported (each batch commits; a checkpoint is a write
+    /// to the job's database, so not every batch becomes one). 0: every batch.
+    save_every: u64,
 }
 
 impl ResourceStore {
     pub fn new(tables: Arc<dyn Tables>) -> Self {
-        Self { tables, metrics: None }
+        Self { tables, metrics: None, save_every: 0 }
+    }
+
+    /// Report a durable point only every `bytes` (`CHECKPOINT_BYTES`); a file resumed replays
+    /// at most that much, which stores nothing twice.
+    pub fn saving_every(self, bytes: u64) -> Self {
+        Self { save_every: bytes, ..self }
     }
 
     /// Count rows and time batches in `/metrics`.
@@ -163,6 +172,8 @@ impl ResourceStore {
             carry: Vec::new(),
             batch: Batch::default(),
             written: from,
+            reported: from,
+            save_every: self.save_every,
             stored: 0,
         })
     }
@@ -253,6 +264,9 @@ struct StoreWriter {
     batch: Batch,
     /// Bytes of the file written (from its start, also those of an earlier writer).
     written: u64,
+    /// The last durable point reported.
+    reported: u64,
+    save_every: u64,
     /// Resources this writer stored (or deleted).
     stored: u64,
 }
@@ -317,6 +331,10 @@ impl FileWriter for StoreWriter {
             return Ok(LineEnd::default());
         }
         self.flush().await?;
+        if at < self.reported + self.save_every {
+            return Ok(LineEnd::default());
+        }
+        self.reported = at;
         Ok(LineEnd { taken: true, saved: Some(Saved { bytes: at, state: SAVED_STATE.into() }) })
     }
     async fn finish(mut self: Box<Self>, _resources: u64) -> Result<Receipt, DestinationError> {

@@ -14,7 +14,7 @@ use super::{
 
 /// Writers wait for each other this long (one writes at a time).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
-const MAX_CONNECTIONS: u32 = 4;
+const MAX_CONNECTIONS: u32 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS fhir_resources (
