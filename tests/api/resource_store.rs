@@ -86,6 +86,11 @@ pub async fn assert_resource_store_conformance(tables: Arc<dyn Tables>) {
     assert_eq!(o2.last_updated.as_deref(), Some("2024-01-04T23:00:00.000000Z"), "kept in UTC");
     assert_eq!((o2.job.as_str(), o2.file.as_str()), ("job-1", "All.1.ndjson"));
     assert_eq!(value(t, EHR, "o3").await, Some(3), "the newer line of a file wins");
+    // Whichever comes first: here the older line, then the newer (another provider's rows).
+    let later = FileTarget { provider: "ehr-3", ..target("job-8", "Observation.1.ndjson", FileKind::Output) };
+    store_file(d, later, &(obs("z1", "2023-01-01T00:00:00Z", 1) + &obs("z1", "2024-01-01T00:00:00Z", 2)))
+        .await;
+    assert_eq!(value(t, "ehr-3", "z1").await, Some(2), "the newer line wins in either order");
     let p1 = t.get(EHR, "Patient", "p1").await.unwrap().expect("p1 stored");
     assert_eq!(p1.version_id.as_deref(), Some("7"));
 

@@ -12,7 +12,7 @@ mod postgres;
 pub mod rows;
 mod sqlite;
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -23,6 +23,9 @@ use super::{
 };
 use crate::metrics::Metrics;
 use rows::{Gone, Row};
+
+/// What the store holds per provider and type: the same SQL on both backends.
+const COUNTS: &str = "SELECT provider, resource_type, count(*) FROM fhir_resources GROUP BY provider, resource_type ORDER BY provider, resource_type";
 
 /// Rows in one batch (one transaction), at most.
 pub const BATCH_ROWS: usize = 2_000;
@@ -212,11 +215,10 @@ impl Destination for ResourceStore {
     }
 }
 
-/// The lines of the batch being gathered: at most one row per (type, id), the newest.
+/// The lines of the batch being gathered, in arrival order.
 #[derive(Default)]
 struct Batch {
     rows: Vec<Row>,
-    at: HashMap<(String, String), usize>,
     gone: Vec<Gone>,
     bytes: usize,
 }
@@ -224,22 +226,31 @@ struct Batch {
 impl Batch {
     fn add(&mut self, row: Row) {
         self.bytes += row.json.len();
-        let key = (row.resource_type.clone(), row.id.clone());
-        match self.at.get(&key) {
-            // Same rule as the tables: the later line wins unless it is older.
-            Some(&i) if newer_or_same(&row, &self.rows[i]) => self.rows[i] = row,
-            Some(_) => {}
-            None => {
-                self.at.insert(key, self.rows.len());
-                self.rows.push(row);
-            }
-        }
+        self.rows.push(row);
     }
     fn len(&self) -> usize {
         self.rows.len() + self.gone.len()
     }
     fn full(&self) -> bool {
         self.len() >= BATCH_ROWS || self.bytes >= BATCH_BYTES
+    }
+
+    /// In key order (concurrent files then lock rows in one order, so their batches cannot
+    /// deadlock), with one row per (type, id): the newest, as the tables would keep it (one
+    /// statement may not update a row twice on PostgreSQL).
+    fn in_key_order(&mut self) {
+        // Stable: of equal keys, arrival order stays, so "the later of equals" holds.
+        self.rows.sort_by(|a, b| (&a.resource_type, &a.id).cmp(&(&b.resource_type, &b.id)));
+        self.rows.dedup_by(|later, kept| {
+            if (&later.resource_type, &later.id) != (&kept.resource_type, &kept.id) {
+                return false;
+            }
+            if newer_or_same(later, kept) {
+                std::mem::swap(later, kept);
+            }
+            true
+        });
+        self.gone.sort_by(|a, b| (&a.resource_type, &a.id).cmp(&(&b.resource_type, &b.id)));
     }
 }
 
@@ -287,9 +298,7 @@ impl StoreWriter {
 
     async fn flush(&mut self) -> Result<(), DestinationError> {
         let mut batch = std::mem::take(&mut self.batch);
-        // Concurrent files lock rows in one order, so their batches cannot deadlock.
-        batch.rows.sort_unstable_by(|a, b| (&a.resource_type, &a.id).cmp(&(&b.resource_type, &b.id)));
-        batch.gone.sort_unstable_by(|a, b| (&a.resource_type, &a.id).cmp(&(&b.resource_type, &b.id)));
+        batch.in_key_order();
         let started = std::time::Instant::now();
         let mut deleted = 0;
         if !batch.rows.is_empty() {

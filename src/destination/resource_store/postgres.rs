@@ -133,12 +133,10 @@ impl Tables for PgTables {
     }
 
     async fn counts(&self) -> Result<Vec<TypeCount>, TablesError> {
-        let rows: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT provider, resource_type, count(*) FROM fhir_resources GROUP BY provider, resource_type ORDER BY provider, resource_type",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(sql("counting stored resources failed"))?;
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(super::COUNTS)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(sql("counting stored resources failed"))?;
         Ok(rows.into_iter().map(TypeCount::from_columns).collect())
     }
 
