@@ -370,3 +370,35 @@ async fn a_file_the_store_cannot_keep_fails_alone_and_the_job_goes_on() {
     let counts = app.admin_get("/admin/resources").await;
     assert!(counts["resources"][0]["count"].as_i64().unwrap() >= 2, "{counts}");
 }
+
+#[tokio::test]
+async fn an_organize_output_by_file_stores_its_resources_of_every_type_and_not_its_header_lines() {
+    use bulk_import::destination::DestinationKind;
+    let app = super::helpers::spawn_app_with(|c| {
+        c.destination = DestinationKind::ResourceStore(StoreUrl::Sqlite(c.data_dir.join("resources.sqlite")));
+    })
+    .await;
+    // As the reference provider writes it (v3): entries without a type, each stratum opened by a
+    // Parameters header line, then resources of any type.
+    app.provider.untyped_entries();
+    let header = |p: &str| {
+        format!(
+            r#"{{"resourceType":"Parameters","parameter":[{{"name":"header","valueReference":{{"reference":"Patient/{p}"}}}}]}}"#
+        ) + "\n"
+    };
+    let patient = |p: &str| format!(r#"{{"resourceType":"Patient","id":"{p}"}}"#) + "\n";
+    let body =
+        header("a") + &patient("a") + &obs("oa", "", 1) + &header("b") + &patient("b") + &obs("ob", "", 2);
+    app.provider.add_file("stratified.ndjson", "", body);
+    let job = app.start_import(&app.provider.manifest_url(), "static").await;
+    let done = app.completed(&job).await;
+    assert_eq!(done["extension"]["result"], "completed", "{done}");
+    let counts = app.admin_get("/admin/resources").await;
+    let listed: Vec<(String, i64)> = counts["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["resourceType"].as_str().unwrap().to_string(), c["count"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(listed, vec![("Observation".to_string(), 2), ("Patient".to_string(), 2)], "{counts}");
+}
