@@ -16,7 +16,8 @@
 //! Settings (environment): BENCH_SIZE (default 1GiB), BENCH_FILES (8), BENCH_MODES (plain,gzip),
 //! BENCH_DESTS (tmp-fs,dev-null), BENCH_DIR (target/bench-data), BENCH_LOG (show the server's log),
 //! BENCH_GENERATOR (the shared tools' make_ndjson.py beside this repository), BENCH_BIN (another
-//! build of the importer, to compare builds in one session).
+//! build of the importer, to compare builds in one session), BENCH_GENERATOR_FLOOD=N (each import
+//! again while N clients ask `GET /generator?alg=RS512` in a loop, beside the run without).
 use std::{
     io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
@@ -355,6 +356,27 @@ async fn ping_import(base: &str, origin: &str) -> (String, Instant) {
     (res.headers()["content-location"].to_str().unwrap().to_string(), started)
 }
 
+/// `clients` loops asking `base` for RS512 key pairs until `stop`; answers by status.
+fn flood_generator(
+    base: &str,
+    clients: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Arc<Mutex<Vec<u16>>> {
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    for _ in 0..clients {
+        let (url, stop, answers) = (format!("{base}/generator?alg=RS512"), stop.clone(), answers.clone());
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            // Bounded by the import it runs beside (`stop`).
+            while !stop.load(Ordering::Relaxed) {
+                let status = http.get(&url).send().await.map(|r| r.status().as_u16()).unwrap_or(0);
+                answers.lock().unwrap().push(status);
+            }
+        });
+    }
+    answers
+}
+
 async fn import(
     origin: &str,
     dest: &str,
@@ -362,12 +384,15 @@ async fn import(
     set: &Path,
     work: &Path,
     db: &[(&str, String)],
+    flood: usize,
 ) -> Run {
     let _ = std::fs::remove_dir_all(work);
     let mut env = vec![("DESTINATION_TYPE", dest.to_string()), ("PARALLEL_DOWNLOADS", files.to_string())];
     env.extend(db.iter().cloned());
     let (mut child, base) = start_server(work, &env);
     let http = reqwest::Client::new();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let generated = (flood > 0).then(|| flood_generator(&base, flood, stop.clone()));
     let (status_url, started) = ping_import(&base, origin).await;
     let mut polls = Vec::new();
     let body: Value = loop {
@@ -381,6 +406,13 @@ async fn import(
         }
     };
     let seconds = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    if let Some(answers) = generated {
+        let answers = answers.lock().unwrap();
+        let made = answers.iter().filter(|s| **s == 200).count();
+        let refused = answers.iter().filter(|s| **s == 429).count();
+        println!("  ({flood} clients asked /generator {} times meanwhile: {made} key pairs made, {refused} told to wait)", answers.len());
+    }
     let peak_rss_mib = peak_rss_kib(child.id()) as f64 / 1024.0;
     let cpu_seconds = cpu_seconds(child.id());
     let _ = child.kill();
@@ -496,9 +528,18 @@ async fn main() {
             100.0 * fsync_mbs / curl_mbs,
             (curl.cpu_seconds + curl.fsync_cpu_seconds) / gb
         );
-        for (dest, (db_label, db)) in dests.split(',').flat_map(|d| databases.iter().map(move |db| (d, db))) {
+        let floods: Vec<usize> = match env("BENCH_GENERATOR_FLOOD", "0").parse().unwrap() {
+            0 => vec![0],
+            n => vec![0, n],
+        };
+        let runs = dests.split(',').flat_map(|d| databases.iter().map(move |db| (d, db)));
+        for ((dest, (db_label, db)), flood) in runs.flat_map(|r| floods.iter().map(move |f| (r, *f))) {
             let before = gzipped.load(Ordering::Relaxed);
-            let run = import(&origin, dest, files, &set, &root.join("work"), db).await;
+            let run = import(&origin, dest, files, &set, &root.join("work"), db, flood).await;
+            let db_label = match flood {
+                0 => db_label.to_string(),
+                n => format!("{db_label}, {n} clients flooding /generator"),
+            };
             assert_eq!(
                 gzipped.load(Ordering::Relaxed) - before,
                 if gzip { files } else { 0 },

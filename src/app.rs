@@ -14,7 +14,7 @@ use crate::{
     },
     config::Config,
     http_client, http_server, instance_id,
-    jobs::{context::JobContext, reaper, request_budget::RequestBudget, resume, runner::Runner, takeover},
+    jobs::{context::JobContext, reaper, request_budget::Budgets, resume, runner::Runner, takeover},
     owner_only, routes,
     state::AppState,
     store::backend::Stores,
@@ -79,7 +79,7 @@ impl App {
                     .context("reading this instance's id from DATA_DIR")?,
                 shutdown.clone(),
                 config.limits.max_concurrent_jobs,
-                config.limits.max_total_downloads,
+                (config.limits.max_total_downloads, config.limits.max_downloads_per_provider),
             )
             .context("starting the job runtime")?,
         );
@@ -94,7 +94,10 @@ impl App {
         let config = Arc::new(config);
         let job_context = JobContext {
             provider_tokens: Arc::new(ProviderTokens::new(http.clone(), keys.clone())),
-            request_budget: Arc::new(RequestBudget::new(config.limits.provider_requests_per_minute)),
+            request_budget: Budgets::new(
+                config.limits.provider_requests_per_minute,
+                config.limits.submit_manifests_per_minute,
+            ),
             outbound,
             config: config.clone(),
             store: stores.jobs.clone(),
@@ -121,9 +124,10 @@ impl App {
         let state = AppState {
             jwks: Arc::new(JwksCache::new(config.limits.jwks_fetch_timeout, config.limits.jwks_min_refetch)),
             auth_failures: Arc::new(AuthFailures::new(config.limits.max_auth_failures)),
-            submit_budget: Arc::new(crate::submit_budget::SubmitBudget::new(
+            submit_budget: Arc::new(crate::window_budget::WindowBudget::new(
                 config.limits.submit_requests_per_minute,
             )),
+            key_generator: Arc::new(crate::key_generator::Generator::new(config.limits.generator_per_minute)),
             config,
             registrations: stores.registrations,
             audit: stores.audit,

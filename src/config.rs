@@ -31,6 +31,11 @@ pub const DEFAULT_CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 /// `$bulk-submit` requests per client per minute: far more than a provider submitting manifests
 /// as its exports finish sends, far fewer than a runaway loop does.
 pub const DEFAULT_SUBMIT_REQUESTS_PER_MINUTE: u32 = 120;
+/// Manifest and link-page requests of pushed submissions per provider origin in a minute: a
+/// provider pushing many manifests expects them read promptly, yet not all at once.
+pub const DEFAULT_SUBMIT_MANIFESTS_PER_MINUTE: u32 = 600;
+/// Key pairs one address may have `GET /generator` make in a minute (a person needs one or two).
+pub const DEFAULT_GENERATOR_PER_MINUTE: u32 = 10;
 /// Seconds before a failed job notice is sent again (then 2×, 4×, 8×: five attempts).
 pub const DEFAULT_NOTIFY_FIRST_RETRY_SECS: f64 = 1.0;
 /// Seconds between looks for due sync pulls (a pull starts at most this late).
@@ -58,6 +63,10 @@ pub const DEFAULT_MAX_JOBS_PER_PROVIDER: usize = 4;
 /// Downloads across all jobs: enough to fill the cores and the network, few enough that memory
 /// (a carried line and buffers per download) stays bounded when many jobs run.
 pub const DEFAULT_MAX_TOTAL_DOWNLOADS: usize = 16;
+/// Unset: three quarters of `MAX_TOTAL_DOWNLOADS` (12 of 16), so another provider always has room.
+pub fn default_max_downloads_per_provider(total: usize) -> usize {
+    (total * 3 / 4).max(1)
+}
 /// Largest export manifest we read (one page).
 pub const DEFAULT_MAX_MANIFEST_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_MANIFEST_PAGES: usize = 1000;
@@ -67,6 +76,11 @@ pub const DEFAULT_MAX_FILES_PER_JOB: usize = 50_000;
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 100 * 1024 * 1024 * 1024;
 /// 1 TiB: the decoded bytes of one job's files together.
 pub const DEFAULT_MAX_JOB_BYTES: u64 = 1024 * 1024 * 1024 * 1024;
+/// Percent of the free space on the disks a job writes to (when it begins) the job may take, so
+/// one endless or oversized export cannot fill them (`jobs::disk_room`); 0 turns it off.
+pub const DEFAULT_JOB_DISK_SHARE: u32 = 50;
+/// Bytes kept free on those disks while jobs grow (for the job database and everything else).
+pub const DEFAULT_DISK_RESERVE_BYTES: u64 = 256 * 1024 * 1024;
 /// Real NDJSON compresses 5–20 : 1 (the reference server: 17 : 1); 200 : 1 is a bomb.
 pub const DEFAULT_MAX_GZIP_RATIO: u64 = 200;
 /// Blank lines are legal but carry nothing; a few are normal (a trailing one), thousands are not.
@@ -130,6 +144,8 @@ pub struct Limits {
     pub parallel_downloads: usize,
     /// Downloads at once across all jobs.
     pub max_total_downloads: usize,
+    /// Downloads at once of one provider's files, across its jobs (`jobs::download_slots`).
+    pub max_downloads_per_provider: usize,
     pub max_concurrent_jobs: usize,
     /// Unfinished jobs of one provider at once.
     pub max_jobs_per_provider: usize,
@@ -139,6 +155,10 @@ pub struct Limits {
     /// Largest file we accept, counted after gzip decoding (so a gzip bomb is cut off).
     pub max_file_bytes: u64,
     pub max_job_bytes: u64,
+    /// `JOB_DISK_SHARE`: percent of the free local disk a job may take; 0: no such bound.
+    pub job_disk_share: u32,
+    /// `DISK_RESERVE_BYTES`: bytes kept free on the disks jobs write to; 0: none.
+    pub disk_reserve_bytes: u64,
     /// Decoded bytes per byte on the wire a gzip body may reach (checked past the first MiBs).
     pub max_gzip_ratio: u64,
     pub max_blank_lines: u64,
@@ -152,6 +172,10 @@ pub struct Limits {
     pub provider_requests_per_minute: u32,
     /// `SUBMIT_REQUESTS_PER_MINUTE`: `$bulk-submit` requests one client may send in a minute.
     pub submit_requests_per_minute: u32,
+    /// `SUBMIT_MANIFESTS_PER_MINUTE`: manifest requests of pushed submissions per origin a minute.
+    pub submit_manifests_per_minute: u32,
+    /// `GENERATOR_PER_MINUTE`: key pairs one address may have `GET /generator` make in a minute.
+    pub generator_per_minute: u32,
     /// `SUBMIT_STATUS_PAGE_SIZE`: manifests per page of a status manifest (more go on `link` next).
     pub submit_status_page_size: usize,
     pub max_retries: u32,
@@ -309,10 +333,17 @@ impl Config {
     /// Read from any lookup; tests pass a map.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut r = Reader { get: &get, problems: Vec::new() };
+        let max_total_downloads = r.num("MAX_TOTAL_DOWNLOADS", DEFAULT_MAX_TOTAL_DOWNLOADS, 1, 1024);
         let limits = Limits {
             max_line_bytes: r.num("NDJSON_MAX_LINE_LENGTH", DEFAULT_MAX_LINE_BYTES, 1, usize::MAX),
             parallel_downloads: r.num("PARALLEL_DOWNLOADS", DEFAULT_PARALLEL_DOWNLOADS, 1, 64),
-            max_total_downloads: r.num("MAX_TOTAL_DOWNLOADS", DEFAULT_MAX_TOTAL_DOWNLOADS, 1, 1024),
+            max_total_downloads,
+            max_downloads_per_provider: r.num(
+                "MAX_DOWNLOADS_PER_PROVIDER",
+                default_max_downloads_per_provider(max_total_downloads),
+                1,
+                max_total_downloads,
+            ),
             max_concurrent_jobs: r.num("MAX_CONCURRENT_JOBS", DEFAULT_MAX_CONCURRENT_JOBS, 1, 10_000),
             max_jobs_per_provider: r.num("MAX_JOBS_PER_PROVIDER", DEFAULT_MAX_JOBS_PER_PROVIDER, 1, 10_000),
             max_manifest_bytes: r.num("MAX_MANIFEST_BYTES", DEFAULT_MAX_MANIFEST_BYTES, 1024, usize::MAX),
@@ -320,6 +351,8 @@ impl Config {
             max_files_per_job: r.num("MAX_FILES_PER_JOB", DEFAULT_MAX_FILES_PER_JOB, 1, 10_000_000),
             max_file_bytes: r.num("MAX_FILE_BYTES", DEFAULT_MAX_FILE_BYTES, 1, u64::MAX),
             max_job_bytes: r.num("MAX_JOB_BYTES", DEFAULT_MAX_JOB_BYTES, 1, u64::MAX),
+            job_disk_share: r.num("JOB_DISK_SHARE", DEFAULT_JOB_DISK_SHARE, 0, 100),
+            disk_reserve_bytes: r.num("DISK_RESERVE_BYTES", DEFAULT_DISK_RESERVE_BYTES, 0, u64::MAX),
             max_gzip_ratio: r.num("MAX_GZIP_RATIO", DEFAULT_MAX_GZIP_RATIO, 2, 1_000_000),
             max_blank_lines: r.num("MAX_BLANK_LINES", DEFAULT_MAX_BLANK_LINES, 0, u64::MAX),
             min_transfer_rate: r.num("MIN_TRANSFER_RATE", DEFAULT_MIN_TRANSFER_RATE, 0, u64::MAX),
@@ -335,6 +368,13 @@ impl Config {
                 1,
                 60_000,
             ),
+            submit_manifests_per_minute: r.num(
+                "SUBMIT_MANIFESTS_PER_MINUTE",
+                DEFAULT_SUBMIT_MANIFESTS_PER_MINUTE,
+                1,
+                1_000_000,
+            ),
+            generator_per_minute: r.num("GENERATOR_PER_MINUTE", DEFAULT_GENERATOR_PER_MINUTE, 1, 10_000),
             submit_status_page_size: r.num(
                 "SUBMIT_STATUS_PAGE_SIZE",
                 DEFAULT_SUBMIT_STATUS_PAGE_SIZE,
@@ -494,6 +534,11 @@ impl Config {
             }
         }
         self.data_dir = dir;
+    }
+
+    /// Where encrypted files wait, unnamed, for their authentication tag (`jobs::spool`).
+    pub fn spool_dir(&self) -> PathBuf {
+        self.data_dir.join("spool")
     }
 }
 

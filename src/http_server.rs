@@ -148,7 +148,9 @@ pub async fn serve(
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BUFFER));
+            // The limit itself is checked on the parsed block (`routes::response_policy`);
+            // hyper's buffer only bounds memory, with room for one read past the limit.
+            .max_buf_size(limits.max_header_bytes + MIN_HEADER_BUFFER);
         let conn = graceful.watch(builder.serve_connection(io, service));
         tokio::spawn(async move {
             // Errors here are the client's (reset, timeout, bad request line): nothing to act on.

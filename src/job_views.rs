@@ -7,13 +7,16 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 
 use crate::{
-    domain::{expected_resources, is_job_id, FileCounts, FileState, JobFile},
-    fhir::manifest::FileKind,
+    domain::{is_job_id, FileCounts, FileState, JobFile},
     jobs::{
         file_bounds::InFlight,
         progress::{Sample, Snapshot},
     },
-    store::{dashboard::JobSummary, job_store::JobStore, StoreError},
+    store::{
+        dashboard::{JobSummary, TypeTotals, MAX_FILES_PAGE},
+        job_store::JobStore,
+        StoreError,
+    },
     time_util::instant,
 };
 
@@ -28,26 +31,52 @@ pub struct Running {
     pub throughput: Vec<Sample>,
 }
 
-/// One job with its files, per-type totals and throughput chart; `None` if there is no such job.
-/// `running`: what this process knows live of it (files downloading now, rates, ETA).
+/// Which of a job's files a page shows.
+#[derive(Debug, Clone, Copy)]
+pub struct FilesPage {
+    pub offset: i64,
+    pub limit: i64,
+}
+
+impl Default for FilesPage {
+    fn default() -> Self {
+        Self { offset: 0, limit: DEFAULT_FILES_PAGE }
+    }
+}
+
+/// Files a job page lists at once unless asked for another page size.
+pub const DEFAULT_FILES_PAGE: i64 = 100;
+
+/// One job with a page of its files, per-type totals and throughput chart; `None` if there is no
+/// such job. `running`: what this process knows live of it (files downloading now, rates, ETA).
+/// What it reads is bounded by the page and the number of types, not by the job's files.
 pub async fn show(
     store: &dyn JobStore,
     id: &str,
     retention: Duration,
     running: Option<Running>,
+    page: FilesPage,
 ) -> Result<Option<Value>, StoreError> {
     if !is_job_id(id) {
         return Ok(None);
     }
     let Some(job) = store.job_summary(id).await? else { return Ok(None) };
-    let files = store.files(&job.id).await?;
+    let files = store.files_page(&job.id, page.offset, page.limit).await?;
+    let (totals, untyped) = store.type_totals(&job.id).await?;
     let received = running.as_ref().and_then(|r| r.snapshot.received.as_ref());
     let in_flight: HashMap<i64, InFlight> =
-        received.map(|r| r.in_flight.iter().map(|f| (f.idx, *f)).collect()).unwrap_or_default();
+        received.map(|r| r.in_flight.iter().map(|f| (f.idx, f.clone())).collect()).unwrap_or_default();
     let mut body = describe_job(&job, retention);
     body["files"] = files.iter().map(|f| describe_file(f, in_flight.get(&f.idx))).collect();
-    body["types"] = per_type(&files, &in_flight);
-    body["expected_resources"] = json!(expected_resources(&files));
+    body["files_page"] = json!({
+        "offset": page.offset.max(0),
+        "limit": page.limit.clamp(0, MAX_FILES_PAGE),
+        "total": job.files_total,
+    });
+    body["types"] = per_type(&totals, &untyped, &in_flight);
+    let announced = totals.iter().all(|t| t.announced);
+    body["expected_resources"] =
+        json!(announced.then(|| totals.iter().map(|t| t.expected.max(0)).sum::<i64>()));
     let throughput = match &running {
         Some(r) => r.throughput.clone(),
         None => stored_throughput(store, &job.id).await?,
@@ -83,7 +112,11 @@ fn live(s: &Snapshot, r: &crate::jobs::progress::Received) -> Value {
 /// Data files and resources per resource type: done files as stored, files downloading now as far
 /// as they got, and what the manifests announced. Untyped (`organizeOutputBy`) files count once
 /// done, under the types they held.
-fn per_type(files: &[JobFile], in_flight: &HashMap<i64, InFlight>) -> Value {
+fn per_type(
+    totals: &[TypeTotals],
+    untyped: &BTreeMap<String, i64>,
+    in_flight: &HashMap<i64, InFlight>,
+) -> Value {
     #[derive(Default)]
     struct Totals {
         files: i64,
@@ -93,26 +126,25 @@ fn per_type(files: &[JobFile], in_flight: &HashMap<i64, InFlight>) -> Value {
         announced: bool,
     }
     let mut by_type: BTreeMap<String, Totals> = BTreeMap::new();
-    for f in files.iter().filter(|f| f.kind == FileKind::Output && f.state != FileState::Withdrawn) {
-        let name = if f.resource_type.is_empty() { "(mixed)" } else { f.resource_type.as_str() };
-        let t = by_type.entry(name.to_string()).or_insert(Totals { announced: true, ..Default::default() });
-        t.files += 1;
-        t.done += i64::from(f.state == FileState::Done);
-        t.announced &= f.expected_resources.is_some();
-        t.expected =
-            Some(t.expected.unwrap_or(0).saturating_add(f.expected_resources.unwrap_or(0).max(0) as u64));
-        match (f.state, f.type_counts.as_deref()) {
-            (FileState::Done, Some(json)) => {
-                let counts: BTreeMap<String, i64> = serde_json::from_str(json).unwrap_or_default();
-                for (ty, n) in counts {
-                    by_type
-                        .entry(ty)
-                        .or_insert(Totals { announced: true, ..Default::default() })
-                        .resources += n.max(0) as u64;
-                }
-            }
-            (FileState::Done, None) => t.resources += f.resources.max(0) as u64,
-            _ => t.resources += in_flight.get(&f.idx).map_or(0, |live| live.resources),
+    fn entry<'m>(by_type: &'m mut BTreeMap<String, Totals>, ty: &str) -> &'m mut Totals {
+        let name = if ty.is_empty() { "(mixed)".to_string() } else { ty.to_string() };
+        by_type.entry(name).or_insert(Totals { announced: true, ..Default::default() })
+    }
+    for t in totals {
+        let e = entry(&mut by_type, &t.resource_type);
+        e.files += t.files;
+        e.done += t.files_done;
+        e.resources += t.resources.max(0) as u64;
+        e.announced &= t.announced;
+        e.expected = Some(e.expected.unwrap_or(0).saturating_add(t.expected.max(0) as u64));
+    }
+    for (ty, n) in untyped {
+        entry(&mut by_type, ty).resources += (*n).max(0) as u64;
+    }
+    // A file whose result is stored already counts above.
+    for live in in_flight.values().filter(|f| !f.finished) {
+        if let Some(ty) = &live.resource_type {
+            entry(&mut by_type, ty).resources += live.resources;
         }
     }
     by_type

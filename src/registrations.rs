@@ -9,6 +9,7 @@ use crate::{
         provider_token::ProviderTokens,
     },
     domain::{Provider, SyncPlan},
+    plain_text::{is_oauth_client_id, is_oauth_scope, is_plain_text},
     store::{job_store::RegistrationStore, StoreError},
     time_util::now_unix,
 };
@@ -82,6 +83,9 @@ const MAX_SUBMITTER_CHARS: usize = 256;
 
 /// Longest display name, in characters.
 const MAX_NAME_CHARS: usize = 100;
+/// Longest `consumer_client_id` (our client id at the provider) and `scope`.
+const MAX_CLIENT_ID_CHARS: usize = 255;
+const MAX_SCOPE_CHARS: usize = 1024;
 
 /// The answer to a registration, as the HTTP API and the offline command line give it.
 pub fn created_answer(p: &Provider, token_endpoint: String, warnings: &[String]) -> Value {
@@ -160,6 +164,17 @@ pub fn validate(r: RegistrationRequest) -> Result<Provider, RegistrationError> {
         .consumer_client_id
         .filter(|s| !s.trim().is_empty())
         .ok_or_else(|| invalid("'consumer_client_id' parameter is required"))?;
+    if !is_oauth_client_id(&consumer_client_id, MAX_CLIENT_ID_CHARS) {
+        return Err(invalid(format!(
+            "consumer_client_id: 1 to {MAX_CLIENT_ID_CHARS} visible ASCII characters (an OAuth client_id, RFC 6749)"
+        )));
+    }
+    let scope = r.scope.filter(|s| !s.trim().is_empty());
+    if scope.as_deref().is_some_and(|s| !is_oauth_scope(s, MAX_SCOPE_CHARS)) {
+        return Err(invalid(format!(
+            "scope: OAuth scope tokens (visible ASCII but '\"' and '\\') separated by single spaces, at most {MAX_SCOPE_CHARS} characters"
+        )));
+    }
     let aud = r
         .aud
         .filter(|s| !s.trim().is_empty())
@@ -192,7 +207,9 @@ pub fn validate(r: RegistrationRequest) -> Result<Provider, RegistrationError> {
         Some(n) if n.chars().count() > MAX_NAME_CHARS => {
             return Err(invalid(format!("name: at most {MAX_NAME_CHARS} characters")))
         }
-        Some(n) if n.chars().any(char::is_control) => return Err(invalid("name: no control characters")),
+        Some(n) if !is_plain_text(&n) => {
+            return Err(invalid("name: no control characters or bidirectional overrides"))
+        }
         other => other,
     };
     let (submitter_system, submitter_value) = match r.submitter {
@@ -200,10 +217,9 @@ pub fn validate(r: RegistrationRequest) -> Result<Provider, RegistrationError> {
         Some(SubmitterId { system, value }) => {
             let clean = |s: &str, what: &str| {
                 let s = s.trim();
-                if s.is_empty() || s.chars().count() > MAX_SUBMITTER_CHARS || s.chars().any(char::is_control)
-                {
+                if s.is_empty() || s.chars().count() > MAX_SUBMITTER_CHARS || !is_plain_text(s) {
                     return Err(invalid(format!(
-                        "submitter.{what}: 1 to {MAX_SUBMITTER_CHARS} characters, no control characters"
+                        "submitter.{what}: 1 to {MAX_SUBMITTER_CHARS} characters, no control characters or bidirectional overrides"
                     )));
                 }
                 Ok(s.to_string())
@@ -228,7 +244,7 @@ pub fn validate(r: RegistrationRequest) -> Result<Provider, RegistrationError> {
         aud: base.url().as_str().trim_end_matches('/').to_string(),
         jwks,
         jwks_uri,
-        scope: r.scope.filter(|s| !s.trim().is_empty()),
+        scope,
         created_at,
         revoked_at: None,
     })

@@ -24,7 +24,9 @@ pub struct AppState {
     /// Failed client assertions and admin tokens, per client and address.
     pub auth_failures: Arc<AuthFailures>,
     /// `$bulk-submit` requests per client.
-    pub submit_budget: Arc<crate::submit_budget::SubmitBudget>,
+    pub submit_budget: Arc<crate::window_budget::WindowBudget>,
+    /// `GET /generator`: one key pair at a time, a budget per address.
+    pub key_generator: Arc<crate::key_generator::Generator>,
     /// The resource store's tables, when a destination writes to one (counts for operators).
     pub resources: Option<Arc<dyn crate::destination::resource_store::Tables>>,
     /// The store, destination, runner and provider clients jobs use.

@@ -7,7 +7,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use super::{
-    remote::{refusal, AdminArgs, Remote, RemoteError, ServerArgs},
+    remote::{refusal, AdminArgs, Remote, RemoteError},
     report, Outcome,
 };
 
@@ -25,8 +25,9 @@ pub struct JobsArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
+    /// The admin credential, when at hand, reaches Bulk Submit jobs too.
     #[command(flatten)]
-    server: ServerArgs,
+    admin: AdminArgs,
     /// The job's status URL (as the ping's Content-Location gave it), or its id.
     job: String,
     /// Keep polling, with a progress bar, until the job ends.
@@ -42,8 +43,9 @@ pub struct StatusArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct DeleteArgs {
+    /// The admin credential, when at hand, reaches Bulk Submit jobs too.
     #[command(flatten)]
-    server: ServerArgs,
+    admin: AdminArgs,
     /// The job's status URL, or its id.
     job: String,
 }
@@ -117,7 +119,7 @@ impl Ended {
 
 /// One status request.
 async fn check(remote: &Remote, url: &str) -> Result<Ended, RemoteError> {
-    let res = remote.send(remote.http.get(url)).await?;
+    let res = remote.send(remote.to(Method::GET, url)).await?;
     let header = |name: &str| res.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     match res.status() {
         StatusCode::ACCEPTED => {
@@ -208,7 +210,7 @@ pub fn print_end(ended: &Ended, json: bool) {
 }
 
 pub async fn status(args: StatusArgs) -> Outcome {
-    let remote = Remote::new(&args.server);
+    let remote = Remote::admin_if_known(&args.admin);
     let url = status_url(&remote, &args.job);
     let ended = if args.follow {
         follow(&remote, &url, Duration::from_secs(args.timeout)).await
@@ -225,10 +227,10 @@ pub async fn status(args: StatusArgs) -> Outcome {
 }
 
 pub async fn cancel(args: DeleteArgs) -> Outcome {
-    let remote = Remote::new(&args.server);
+    let remote = Remote::admin_if_known(&args.admin);
     let url = format!("{}/cancel", status_url(&remote, &args.job));
     let run = async {
-        let res = remote.send(remote.http.post(&url)).await?;
+        let res = remote.send(remote.to(Method::POST, &url)).await?;
         if !res.status().is_success() {
             return Err(refusal(res).await);
         }
@@ -246,10 +248,10 @@ pub async fn cancel(args: DeleteArgs) -> Outcome {
 }
 
 pub async fn delete(args: DeleteArgs) -> Outcome {
-    let remote = Remote::new(&args.server);
+    let remote = Remote::admin_if_known(&args.admin);
     let url = status_url(&remote, &args.job);
     let run = async {
-        let res = remote.send(remote.http.delete(&url)).await?;
+        let res = remote.send(remote.to(Method::DELETE, &url)).await?;
         if !res.status().is_success() {
             return Err(refusal(res).await);
         }

@@ -64,6 +64,21 @@ impl Remote {
         Ok(Self { admin_token: Some(token), ..Self::new(&args.server) })
     }
 
+    /// The server, with the admin credential when one is at hand (for job links that need it,
+    /// such as a Bulk Submit job's); none is not an error.
+    pub fn admin_if_known(args: &AdminArgs) -> Self {
+        Self::admin(args).unwrap_or_else(|_| Self::new(&args.server))
+    }
+
+    /// A request to `url`, with the admin credential only if `url` is on this server.
+    pub fn to(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, url);
+        match &self.admin_token {
+            Some(t) if url.starts_with(&format!("{}/", self.base)) => req.bearer_auth(t),
+            _ => req,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -34,6 +34,18 @@ impl DestinationKind {
         }
     }
 
+    /// The local directories its bytes land in (for the disk-room bounds, `jobs::disk_room`).
+    pub fn local_places(&self, jobs_path: &std::path::Path) -> Vec<PathBuf> {
+        match self {
+            DestinationKind::TmpFs => vec![jobs_path.to_path_buf()],
+            DestinationKind::ResourceStore(resource_store::StoreUrl::Sqlite(file)) => {
+                file.parent().map(|d| vec![d.to_path_buf()]).unwrap_or_default()
+            }
+            DestinationKind::Several(all) => all.iter().flat_map(|k| k.local_places(jobs_path)).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Its `DESTINATION_TYPE` name.
     pub fn name(&self) -> String {
         match self {

@@ -30,6 +30,11 @@ const RESERVED_HEADERS: &[&str] = &[
     "if-range",
     "accept-encoding",
     "proxy-authorization",
+    // Hop-by-hop (RFC 9110 §7.6.1) and the like: they belong to one connection, not to the file.
+    "keep-alive",
+    "trailer",
+    "proxy-connection",
+    "expect",
 ];
 
 /// Where a submission is, as stored (one code set, the ballot's).
@@ -148,7 +153,7 @@ pub enum SubmitError {
     Repeated(String),
     #[error("the submitter parameter must be a valueIdentifier with a value (and usually a system)")]
     BadSubmitter,
-    #[error("submissionId must be a string of 1 to {MAX_SUBMISSION_ID} characters")]
+    #[error("submissionId must be a string of 1 to {MAX_SUBMISSION_ID} characters, without control characters or bidirectional overrides")]
     BadSubmissionId,
     #[error("submissionStatus '{0}' is not a code of {EVENT_STATUS} (in-progress, completed, stopped) or {SUBMISSION_STATUS} (in-progress, complete, aborted)")]
     BadStatus(String),
@@ -289,7 +294,9 @@ impl SubmitRequest {
             value: field("value").ok_or(SubmitError::BadSubmitter)?.to_string(),
         };
         let submission_id = get("submissionid").and_then(text).ok_or(SubmitError::Missing("submissionId"))?;
-        if submission_id.chars().count() > MAX_SUBMISSION_ID || submission_id.chars().any(char::is_control) {
+        if submission_id.chars().count() > MAX_SUBMISSION_ID
+            || !crate::plain_text::is_plain_text(&submission_id)
+        {
             return Err(SubmitError::BadSubmissionId);
         }
         let status = match get("submissionstatus") {

@@ -2,7 +2,7 @@
 //! clients and budgets, the runner. Jobs take this, not the HTTP side's `AppState`.
 use std::sync::Arc;
 
-use crate::jobs::request_budget::RequestBudget;
+use crate::jobs::request_budget::Budgets;
 use crate::jobs::runner::Runner;
 use crate::{
     auth::provider_token::ProviderTokens,
@@ -28,8 +28,8 @@ pub struct JobContext {
     pub http: reqwest::Client,
     /// Clients per SSRF-guard setting, for URLs providers hand us.
     pub outbound: Arc<Outbound>,
-    /// Kick-off and status requests per provider origin, shared by every job.
-    pub request_budget: Arc<RequestBudget>,
+    /// Requests per provider origin, shared by every job: polls, and pushed submissions' manifests.
+    pub request_budget: Budgets,
     pub provider_tokens: Arc<ProviderTokens>,
     pub destination: Arc<dyn Destination>,
     pub jobs: Arc<Runner>,

@@ -6,7 +6,7 @@
 //! manifest lists as the provider's own errors are read into the outcome and never stored as data.
 use std::collections::BTreeMap;
 
-use futures::StreamExt;
+use futures::{stream::BoxStream, StreamExt};
 use reqwest::{
     header::{ACCEPT, ACCEPT_ENCODING},
     StatusCode,
@@ -24,6 +24,7 @@ use crate::jobs::ndjson::{validate_any_line, validate_line, AnyLine, LineError, 
 use crate::jobs::provider_client::{is_transient_status, Auth, ProviderClient, SendError};
 use crate::jobs::provider_report::{ProviderReport, MAX_KEPT_ISSUES};
 use crate::jobs::retry::{self, Attempt, Try};
+use crate::jobs::spool::Spool;
 use crate::{
     auth::provider_base::{redact, ProviderBase},
     destination::{Destination, FileTarget, FileWriter},
@@ -175,6 +176,7 @@ impl From<JobError> for AttemptError {
             JobError::Cancelled
             | JobError::Store(_)
             | JobError::Destination(_)
+            | JobError::Spool(_)
             | JobError::Bound(_)
             | JobError::TimeLimit(_)
             | JobError::LeaseLost
@@ -297,7 +299,8 @@ async fn resume<'a>(
         }
     };
     let meter = FileMeter::new(job_bytes, &client.limits, file.idx);
-    let mut meter = if file.kind == FileKind::Output { meter } else { meter.not_data() };
+    let mut meter =
+        if file.kind == FileKind::Output { meter.of_type(&file.resource_type) } else { meter.not_data() };
     let Checkpoint { saved, lines, resources, blank, by_type, validator: kept, total } = checkpoint;
     if meter.resumed(saved.bytes, resources.max(0) as u64).is_err() {
         // Over a bound already (lowered since?): the file starts over and meets it again.
@@ -472,7 +475,8 @@ async fn attempt_data<'a>(
         };
         let writer = destination.open(target).await.map_err(|e| AttemptError::Job(e.into()))?;
         let meter = FileMeter::new(job_bytes, &fetch.client.limits, file.idx);
-        let meter = if file.kind == FileKind::Output { meter } else { meter.not_data() };
+        let meter =
+            if file.kind == FileKind::Output { meter.of_type(&file.resource_type) } else { meter.not_data() };
         // An encrypted file's bytes on the wire are not the bytes stored: a break starts it over.
         let validator =
             if fetch.client.content_key().is_some() { None } else { Validator::of(resp.headers()) };
@@ -663,10 +667,14 @@ async fn pump(
     meter.body_started();
     let body = decoded_body(resp, client.limits.max_gzip_ratio)
         .map_err(|e| AttemptError::Permanent(IssueCode::NotSupported, e.to_string()))?;
-    // A submission's JWE-encrypted file is decrypted as it streams.
-    let mut body = match client.content_key() {
-        Some(key) => Decrypted::new(body, key.clone()).boxed(),
-        None => body,
+    // A submission's JWE-encrypted file is decrypted into a spool and read on only once its tag
+    // verifies: its bytes are counted against the bounds as they arrive, and not again.
+    let (mut body, metered) = match client.content_key() {
+        Some(key) => {
+            let plain = Decrypted::new(body, key.clone());
+            (spooled(fetch, plain, meter).await?, false)
+        }
+        None => (body, true),
     };
     loop {
         let next = tokio::select! {
@@ -675,30 +683,21 @@ async fn pump(
             next = body.next() => next,
         };
         let Some(chunk) = next else { break };
-        let chunk = chunk.map_err(|e| match e {
-            e @ DecodeError::Bomb(_) => AttemptError::Permanent(IssueCode::TooCostly, e.to_string()),
-            e @ DecodeError::Jwe(_) => AttemptError::Permanent(IssueCode::Security, e.to_string()),
-            e => AttemptError::Transient {
-                after: None,
-                why: format!("the download broke off: {}", crate::error_text::chain(&e)),
-            },
-        })?;
+        let chunk = chunk.map_err(body_failure)?;
         // Too slow is found once the chunk is here: it is kept (a continuation starts after it).
-        let too_slow = match meter.chunk(chunk.len() as u64) {
-            Ok(()) => None,
-            Err(e @ Exceeded::JobBytes(_)) => return Err(AttemptError::Job(JobError::Bound(e))),
-            Err(e @ Exceeded::FileBytes(_)) => {
-                return Err(AttemptError::Permanent(IssueCode::TooCostly, e.to_string()))
-            }
-            Err(e @ Exceeded::TooSlow { .. }) => {
-                Some(AttemptError::Transient { after: None, why: e.to_string() })
-            }
-        };
+        let too_slow = if metered { metered_chunk(meter, chunk.len() as u64)? } else { None };
         let before = counted.resources;
         splitter
             .feed(&chunk, |n, line| check.line(counted, blank, report.as_deref_mut(), n, line))
             .map_err(line_failure)?;
         meter.resources((counted.resources - before).max(0) as u64);
+        if let Some(max) = most_resources(file).filter(|max| counted.resources > *max) {
+            let count = file.expected_resources.unwrap_or_default();
+            let why = format!(
+                "the file holds more than {max} resources, past what its manifest entry's count ({count}) allows; an export's file does not grow without end"
+            );
+            return Err(AttemptError::Permanent(IssueCode::TooCostly, why));
+        }
         let n = chunk.len() as u64;
         if let Some(w) = writer.as_deref_mut() {
             let started = std::time::Instant::now();
@@ -730,6 +729,67 @@ async fn pump(
         .map_err(line_failure)?;
     meter.resources((counted.resources - before).max(0) as u64);
     Ok(())
+}
+
+/// Counts in manifests can be a little off (real-providers.md: the reference provider's race):
+/// a file may hold up to twice its `count` and this many more before it is cut off as endless.
+const COUNT_SLACK: i64 = 1_000;
+
+/// The most resources a file may hold, when its manifest entry counts them.
+fn most_resources(file: &JobFile) -> Option<i64> {
+    file.expected_resources.filter(|c| *c >= 0).map(|c| c.saturating_mul(2).saturating_add(COUNT_SLACK))
+}
+
+/// Why a body chunk did not come.
+fn body_failure(e: DecodeError) -> AttemptError {
+    match e {
+        e @ DecodeError::Bomb(_) => AttemptError::Permanent(IssueCode::TooCostly, e.to_string()),
+        e @ DecodeError::Jwe(_) => AttemptError::Permanent(IssueCode::Security, e.to_string()),
+        e => AttemptError::Transient {
+            after: None,
+            why: format!("the download broke off: {}", crate::error_text::chain(&e)),
+        },
+    }
+}
+
+/// Count a chunk that arrived against the file's and the job's bounds: over a byte bound is an
+/// error; too slow comes back to be raised once the chunk is handled.
+fn metered_chunk(meter: &mut FileMeter<'_>, n: u64) -> Result<Option<AttemptError>, AttemptError> {
+    match meter.chunk(n) {
+        Ok(()) => Ok(None),
+        Err(e) if e.is_job_bound() => Err(AttemptError::Job(JobError::Bound(e))),
+        Err(e @ Exceeded::TooSlow { .. }) => {
+            Ok(Some(AttemptError::Transient { after: None, why: e.to_string() }))
+        }
+        Err(e) => Err(AttemptError::Permanent(IssueCode::TooCostly, e.to_string())),
+    }
+}
+
+/// An encrypted file's whole plaintext, spooled as it is decrypted (and metered), handed on only
+/// once the stream has ended with its tag verified; a bad tag ends here, nothing of it passed on.
+async fn spooled(
+    fetch: &Fetch<'_>,
+    mut plain: impl futures::Stream<Item = Result<bytes::Bytes, DecodeError>> + Unpin,
+    meter: &mut FileMeter<'_>,
+) -> Result<BoxStream<'static, Result<bytes::Bytes, DecodeError>>, AttemptError> {
+    let spool_failed = |e| AttemptError::Job(JobError::Spool(e));
+    let mut spool = Spool::create(fetch.client.spool_dir()).map_err(spool_failed)?;
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = fetch.cancel.cancelled() => return Err(JobError::Cancelled.into()),
+            next = plain.next() => next,
+        };
+        let Some(chunk) = next else { break };
+        let chunk = chunk.map_err(body_failure)?;
+        // A decrypted file is never continued, so too slow is raised at once.
+        if let Some(too_slow) = metered_chunk(meter, chunk.len() as u64)? {
+            return Err(too_slow);
+        }
+        spool.write(&chunk).await.map_err(spool_failed)?;
+    }
+    let back = spool.read_back().await.map_err(spool_failed)?;
+    Ok(back.map(|r| r.map_err(DecodeError::Spool)).boxed())
 }
 
 fn line_failure(e: LineError) -> AttemptError {

@@ -60,8 +60,8 @@ async fn import_files(work: Work<'_>) -> Result<(), JobError> {
     // Data files only: the lines of error and deleted files are not the export's resources.
     let resources: u64 =
         done().filter(|f| f.kind == FileKind::Output).map(|f| f.resources.max(0) as u64).sum();
-    let job_bytes =
-        Arc::new(JobBytes::new(ctx.config.limits.max_job_bytes, stored).with_resources(resources));
+    let job_bytes = JobBytes::new(ctx.config.limits.max_job_bytes, stored).with_resources(resources);
+    let job_bytes = Arc::new(job_bytes.on_disks(&crate::jobs::disk_room::DiskLimits::of(&ctx.config)));
     // A resumed job's chart goes on from the points its earlier runs kept.
     if let Some(json) = ctx.store.throughput(id).await? {
         progress.resume_chart(serde_json::from_str(&json).unwrap_or_default());
@@ -222,7 +222,7 @@ fn spawn_download(
             let _slot = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return (file, token, Err(JobError::Cancelled)),
-                slot = slots.acquire_owned() => slot.ok(),
+                slot = slots.acquire(client.provider()) => slot,
             };
             let result =
                 download::import_file(&client, &*destination, &file, &job_bytes, &checkpoints, &cancel).await;

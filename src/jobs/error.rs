@@ -31,6 +31,9 @@ pub enum JobError {
     Store(#[from] StoreError),
     #[error("destination failed")]
     Destination(#[from] DestinationError),
+    /// An encrypted file's plaintext could not be held while its tag is checked (`jobs::spool`).
+    #[error("an encrypted file could not be held under DATA_DIR/spool while its authentication tag was checked (free space there, or set DATA_DIR to a larger disk)")]
+    Spool(#[source] std::io::Error),
     /// The plan could not take the manifest (too many files, say).
     #[error(transparent)]
     Plan(#[from] crate::jobs::plan::PlanError),

@@ -17,6 +17,7 @@ use crate::jobs::jwe;
 use crate::jobs::provider_client::{is_transient_status, Auth, ProviderClient, SendError};
 use crate::jobs::retry::{self, Attempt, Try};
 use crate::{
+    auth::provider_base::redact,
     fhir::{
         manifest::{Manifest, PlannedFile},
         operation_outcome::OperationOutcome,
@@ -209,7 +210,7 @@ enum Status {
 }
 
 /// Poll the status URL until the manifest is ready. `on_progress` receives text for people.
-/// Each check runs under the retry policy, trying for at least `STATUS_ERROR_BUDGET`; an answer
+/// Each check runs under the retry policy, failing for at most `STATUS_ERROR_BUDGET`; an answer
 /// that the export still runs starts the next check afresh.
 pub async fn poll<F, Fut>(
     client: &ProviderClient,
@@ -404,6 +405,8 @@ pub async fn read_manifest(
     let transaction_time = manifest.transaction_time().map(str::to_string);
     let mut files = Vec::new();
     let mut page_url = first_url.clone();
+    // Pages read so far: a `next` back to one of them is a loop, not more pages.
+    let mut seen = std::collections::HashSet::from([first_url.clone()]);
     for page in 1.. {
         files.extend(manifest.planned_files().map_err(bad)?);
         if files.len() > client.limits.max_files_per_job {
@@ -425,6 +428,13 @@ pub async fn read_manifest(
             .base
             .trusted_url(next, &page_url)
             .map_err(|e| JobError::Provider(format!("the manifest's next page was refused: {e}")))?;
+        if !seen.insert(page_url.clone()) {
+            return Err(JobError::Provider(format!(
+                "the manifest's page {} links back to a page already read ({}) as its next: the pages loop",
+                page,
+                redact(&page_url)
+            )));
+        }
         let body = fetch_manifest_as(client, auth, &page_url, cancel).await?;
         manifest = Manifest::parse(&body).map_err(bad)?;
     }

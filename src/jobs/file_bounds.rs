@@ -11,6 +11,7 @@ use std::{
 };
 
 use crate::config::Limits;
+use crate::jobs::disk_room::{share_now, DiskLimits, Low, Reserve};
 
 /// Why a file (or its job) went over a bound.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,6 +22,17 @@ pub enum Exceeded {
     JobBytes(u64),
     #[error("the download ran slower than {rate} bytes/s over {window_secs} s (MIN_TRANSFER_RATE, MIN_TRANSFER_RATE_WINDOW)")]
     TooSlow { rate: u64, window_secs: u64 },
+    #[error("the export's files add up to more than {max} bytes: {percent} % of the {free} bytes free on the disk of {place} when the job began (JOB_DISK_SHARE)")]
+    DiskShare { max: u64, percent: u32, free: u64, place: String },
+    #[error("the disk of {place} is down to {free} bytes free, under the {reserve} bytes kept free (DISK_RESERVE_BYTES); the job stopped before it filled the disk")]
+    DiskLow { free: u64, reserve: u64, place: String },
+}
+
+impl Exceeded {
+    /// Whether it ends the whole job, not just the file.
+    pub fn is_job_bound(&self) -> bool {
+        matches!(self, Exceeded::JobBytes(_) | Exceeded::DiskShare { .. } | Exceeded::DiskLow { .. })
+    }
 }
 
 /// Decoded bytes (and resources) of a whole job, shared by its downloads and read by live
@@ -30,6 +42,10 @@ pub enum Exceeded {
 pub struct JobBytes {
     used: AtomicU64,
     max: u64,
+    /// Why `max` is what it is, when a disk's room set it below `MAX_JOB_BYTES`.
+    over_max: Exceeded,
+    /// The disks' reserve, looked at as the job grows.
+    reserve: Option<Reserve>,
     resources: AtomicU64,
     /// Files downloading now, by plan index: what their current attempt has received.
     in_flight: Mutex<BTreeMap<i64, Arc<FileLive>>>,
@@ -40,20 +56,48 @@ pub struct JobBytes {
 struct FileLive {
     bytes: AtomicU64,
     resources: AtomicU64,
+    resource_type: std::sync::OnceLock<String>,
+    /// Stored: its result is being recorded, and counts as the file's from then on.
+    finished: std::sync::atomic::AtomicBool,
 }
 
-/// A file downloading now: its plan index, and bytes and resources of its current attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A file downloading now: its plan index, type, and bytes and resources of its current attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InFlight {
     pub idx: i64,
+    /// A data file's manifest entry type (`""`: untyped); `None` for error and deleted files.
+    pub resource_type: Option<String>,
     pub bytes: u64,
     pub resources: u64,
+    /// Stored already, its result about to be recorded.
+    pub finished: bool,
 }
 
 impl JobBytes {
     /// `already`: bytes of the job's files finished before (a resumed job).
     pub fn new(max: u64, already: u64) -> Self {
-        Self { used: AtomicU64::new(already), max, resources: AtomicU64::new(0), in_flight: Mutex::default() }
+        Self {
+            used: AtomicU64::new(already),
+            max,
+            over_max: Exceeded::JobBytes(max),
+            reserve: None,
+            resources: AtomicU64::new(0),
+            in_flight: Mutex::default(),
+        }
+    }
+
+    /// Bounded also by the room on the disks its bytes land on (`disk_room`): a share of what is
+    /// free now, and the reserve as it grows.
+    pub fn on_disks(mut self, limits: &DiskLimits) -> Self {
+        // A resumed job's stored bytes are off the free space already: its share is on top.
+        let stored = self.used.load(Ordering::Relaxed);
+        let share = share_now(limits).map(|(max, free, place)| (stored.saturating_add(max), free, place));
+        if let Some((max, free, place)) = share.filter(|(max, _, _)| *max < self.max) {
+            self.over_max = Exceeded::DiskShare { max, percent: limits.share_percent, free, place };
+            self.max = max;
+        }
+        self.reserve = Reserve::new(limits);
+        self
     }
 
     /// The files downloading now, in plan order.
@@ -62,8 +106,10 @@ impl JobBytes {
             .iter()
             .map(|(idx, f)| InFlight {
                 idx: *idx,
+                resource_type: f.resource_type.get().cloned(),
                 bytes: f.bytes.load(Ordering::Relaxed),
                 resources: f.resources.load(Ordering::Relaxed),
+                finished: f.finished.load(Ordering::Relaxed),
             })
             .collect()
     }
@@ -97,7 +143,11 @@ impl JobBytes {
         let before = self.used.fetch_add(n, Ordering::Relaxed);
         if before + n > self.max {
             self.give_back(n);
-            return Err(Exceeded::JobBytes(self.max));
+            return Err(self.over_max.clone());
+        }
+        if let Some(Err(Low { free, reserve, place })) = self.reserve.as_ref().map(|r| r.check(before + n)) {
+            self.give_back(n);
+            return Err(Exceeded::DiskLow { free, reserve, place });
         }
         Ok(())
     }
@@ -215,8 +265,15 @@ impl<'a> FileMeter<'a> {
         }
     }
 
+    /// A data file's manifest entry type, for the job page's per-type counts.
+    pub fn of_type(self, resource_type: &str) -> Self {
+        let _ = self.live.resource_type.set(resource_type.to_string());
+        self
+    }
+
     /// The file was stored: its bytes stay counted against the job.
     pub fn keep(mut self) {
+        self.live.finished.store(true, Ordering::Relaxed);
         self.kept = true;
     }
 }
@@ -284,7 +341,10 @@ mod tests {
         let listed = job.in_flight();
         assert_eq!(
             listed,
-            vec![InFlight { idx: 1, bytes: 5, resources: 0 }, InFlight { idx: 3, bytes: 40, resources: 2 }]
+            vec![
+                InFlight { idx: 1, resource_type: None, bytes: 5, resources: 0, finished: false },
+                InFlight { idx: 3, resource_type: None, bytes: 40, resources: 2, finished: false }
+            ]
         );
         a.keep();
         drop(b);

@@ -39,10 +39,21 @@ pub async fn help_with_files(ctx: &JobContext) -> usize {
     let lease = LeaseTiming::of(ctx).lease;
     let mut taken = 0;
     while taken < MAX_FILES_PER_PASS {
-        // The slot first: a claimed file must not wait for one without a heartbeat.
-        let Ok(slot) = ctx.jobs.download_slots.clone().try_acquire_owned() else { break };
+        // Room first: a claimed file must not wait for a slot without a heartbeat.
+        if !ctx.jobs.download_slots.any_free() {
+            break;
+        }
         match ctx.store.claim_next_file(&ctx.jobs.owner, lease).await {
             Ok(Some((file, claim))) => {
+                // The slot is its provider's: at that provider's share, the file goes back.
+                let provider = match ctx.store.job(&file.job_id).await {
+                    Ok(Some(job)) => job.client_id,
+                    _ => String::new(),
+                };
+                let Some(slot) = ctx.jobs.download_slots.try_acquire(&provider) else {
+                    engine::release_file(ctx, &file, claim.token).await;
+                    break;
+                };
                 taken += 1;
                 let span = tracing::info_span!(
                     "file",
@@ -99,7 +110,8 @@ async fn download_held(ctx: &JobContext, file: &JobFile, claim: Claim) -> Result
     let client = Arc::new(ProviderClient::for_provider(ctx, &provider).await?);
     let client = SourceClients::new(client).for_file(ctx, file).await?;
     // The job-wide byte bound is its owner's to keep; this file is held to the file bound.
-    let job_bytes = JobBytes::new(ctx.config.limits.max_job_bytes, 0);
+    let job_bytes = JobBytes::new(ctx.config.limits.max_job_bytes, 0)
+        .on_disks(&crate::jobs::disk_room::DiskLimits::of(&ctx.config));
     let cancel = ctx.jobs.shutdown.child_token();
     let checkpoints = Checkpoints::new(
         ctx.store.clone(),

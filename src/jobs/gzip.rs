@@ -30,6 +30,9 @@ pub enum DecodeError {
     /// An encrypted (Bulk Submit) file that does not decrypt.
     #[error("the file could not be decrypted: {0}")]
     Jwe(#[from] crate::jobs::jwe::JweError),
+    /// A decrypted file read back from its spool (`jobs::spool`): a local fault, worth a retry.
+    #[error("the decrypted file could not be read back from its spool")]
+    Spool(#[source] std::io::Error),
 }
 
 /// Decoded bytes before the ratio is judged: small files of repeated lines may compress far.

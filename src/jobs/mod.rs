@@ -3,7 +3,9 @@
 pub mod byte_range;
 pub mod checkpoint;
 pub mod context;
+pub mod disk_room;
 pub mod download;
+pub mod download_slots;
 pub mod engine;
 pub mod error;
 pub mod export;
@@ -28,6 +30,7 @@ pub mod resume;
 pub mod retry;
 pub mod runner;
 pub mod source_clients;
+pub mod spool;
 pub mod submit;
 pub mod sync_record;
 pub mod takeover;

@@ -15,7 +15,7 @@ use url::Url;
 use crate::jobs::context::JobContext;
 use crate::jobs::error::JobError;
 use crate::jobs::jwe::ContentKey;
-use crate::jobs::request_budget::RequestBudget;
+use crate::jobs::request_budget::{Budgets, RequestBudget};
 use crate::jobs::retry::{self, Attempt, Policy, Try};
 use crate::{
     address_guard::classes_of,
@@ -44,13 +44,17 @@ pub struct ProviderClient {
     pub base: ProviderBase,
     pub limits: Limits,
     tokens: Arc<ProviderTokens>,
+    /// The budget this client's paced requests take from (polls, or a pushed submission's).
     budget: Arc<RequestBudget>,
+    budgets: Budgets,
     who: Who,
     metrics: Arc<Metrics>,
     /// How a submitted manifest and its files are reached, if its request said.
     source: Option<Arc<SourceAccess>>,
     /// Its `fileEncryptionKey`, parsed once.
     key: Option<ContentKey>,
+    /// Where an encrypted file's plaintext waits for its tag (`jobs::spool`).
+    spool_dir: Arc<std::path::Path>,
 }
 
 /// Who we are at the provider: our client id, the scope we ask for, a pinned token endpoint.
@@ -114,13 +118,26 @@ impl ProviderClient {
     pub fn new(
         (trusted, guarded): (reqwest::Client, GuardedClient),
         tokens: Arc<ProviderTokens>,
-        budget: Arc<RequestBudget>,
+        budgets: Budgets,
         base: ProviderBase,
         who: Who,
         limits: Limits,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { trusted, guarded, base, limits, tokens, budget, who, metrics, source: None, key: None }
+        let spool_dir = Arc::from(std::env::temp_dir());
+        let budget = budgets.polls.clone();
+        let (source, key) = (None, None);
+        Self { trusted, guarded, base, limits, tokens, budget, budgets, who, metrics, source, key, spool_dir }
+    }
+
+    /// Encrypted files wait for their tag in `dir` (owner-only), not the system's temporary one.
+    pub fn spooling_in(self, dir: &std::path::Path) -> Self {
+        Self { spool_dir: Arc::from(dir), ..self }
+    }
+
+    /// Where an encrypted file's plaintext waits for its tag.
+    pub fn spool_dir(&self) -> &std::path::Path {
+        &self.spool_dir
     }
 
     /// This client for a submitted manifest reached as `access` says: its headers on every GET
@@ -129,7 +146,9 @@ impl ProviderClient {
         let source = (!access.is_plain()).then(|| Arc::new(access.clone()));
         // Checked when the request was taken.
         let key = access.encryption_key.as_deref().and_then(|raw| ContentKey::parse(raw).ok());
-        Self { source, key, ..self.clone() }
+        // A submission's manifests were pushed to us: they are not polls.
+        let budget = self.budgets.pushed.clone();
+        Self { source, key, budget, ..self.clone() }
     }
 
     /// The registration the data comes from (its client_id at our server).
@@ -251,8 +270,12 @@ impl ProviderClient {
     {
         let wait = self.reserve_slot(url);
         if wait >= Duration::from_secs(2) {
+            let setting = match Arc::ptr_eq(&self.budget, &self.budgets.pushed) {
+                true => "SUBMIT_MANIFESTS_PER_MINUTE",
+                false => "PROVIDER_REQUESTS_PER_MINUTE",
+            };
             on_wait(format!(
-                "waiting {} s to stay within our request budget for {} (PROVIDER_REQUESTS_PER_MINUTE)",
+                "waiting {} s to stay within our request budget for {} ({setting})",
                 wait.as_secs(),
                 url.origin().ascii_serialization()
             ))
@@ -395,7 +418,8 @@ impl ProviderClient {
             who,
             ctx.config.limits.clone(),
             ctx.metrics.clone(),
-        ))
+        )
+        .spooling_in(&ctx.config.spool_dir()))
     }
 
     /// How long to wait after a transient response: its `Retry-After`, else backoff.

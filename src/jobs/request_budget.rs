@@ -1,10 +1,13 @@
 //! A shared budget of kick-off and status requests per provider origin, across all jobs: requests
 //! to one origin are spaced `60 s / PROVIDER_REQUESTS_PER_MINUTE` apart. Providers limit clients by
 //! source address (the SMART reference server: 60 a minute per route, then 5 minutes of 429), so
-//! two jobs polling one provider must share one allowance, not have one each.
+//! two jobs polling one provider must share one allowance, not have one each. Manifests of Bulk
+//! Submit submissions, which the provider pushed to us, are not polls: they have their own budget
+//! (`SUBMIT_MANIFESTS_PER_MINUTE`), so a submission of thousands of manifests neither waits behind
+//! the polls' spacing nor delays other jobs' status polls on that origin.
 use std::{
     collections::HashMap,
-    sync::{Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
@@ -12,6 +15,24 @@ use tokio::time::Instant;
 
 /// Origins we keep a slot for; beyond this, slots long in the past are dropped.
 const MAX_TRACKED_ORIGINS: usize = 10_000;
+
+/// The budgets a job's requests to its provider are paced by.
+#[derive(Clone)]
+pub struct Budgets {
+    /// Kick-off, status and manifest requests of exports we pull.
+    pub polls: Arc<RequestBudget>,
+    /// Manifest (and link page) requests of submissions the provider pushed to us.
+    pub pushed: Arc<RequestBudget>,
+}
+
+impl Budgets {
+    pub fn new(polls_per_minute: u32, pushed_per_minute: u32) -> Self {
+        Self {
+            polls: Arc::new(RequestBudget::new(polls_per_minute)),
+            pushed: Arc::new(RequestBudget::new(pushed_per_minute)),
+        }
+    }
+}
 
 pub struct RequestBudget {
     spacing: Duration,

@@ -18,8 +18,9 @@ pub struct Policy {
     /// The first backoff wait (doubled per retry up to `cap`), and the floor for `Retry-After`.
     pub base: Duration,
     pub cap: Duration,
-    /// Keep trying at least this long, however many attempts that takes.
-    pub min_span: Duration,
+    /// When set, how long a call may keep failing (a status URL's error budget): it is tried
+    /// until then, however many attempts that takes, and not past it; `retries` no longer counts.
+    pub budget: Option<Duration>,
 }
 
 impl Policy {
@@ -29,13 +30,14 @@ impl Policy {
             retries: limits.max_retries,
             base: limits.poll_interval,
             cap: limits.max_retry_after,
-            min_span: Duration::ZERO,
+            budget: None,
         }
     }
 
-    /// The same, trying for at least `span` (a status URL's error budget).
+    /// The same, tried for at most `span` of failures (a status URL's error budget); a zero span
+    /// leaves the count of retries in charge.
     pub fn lasting(self, span: Duration) -> Self {
-        Self { min_span: span, ..self }
+        Self { budget: (!span.is_zero()).then_some(span), ..self }
     }
 
     /// The wait before retry `attempt` (0 for the first retry).
@@ -79,17 +81,23 @@ where
     Fut: std::future::Future<Output = Attempt<T>>,
 {
     let started = Instant::now();
-    // Bounded: `retries` attempts, and past them only until `min_span` has passed.
+    // Bounded: `retries` attempts, or with a budget until it is spent (every wait ends within it).
     let mut number = 0u32;
     loop {
-        let last = number >= policy.retries && started.elapsed() >= policy.min_span;
+        let last = match policy.budget {
+            Some(budget) => started.elapsed() >= budget,
+            None => number >= policy.retries,
+        };
         match attempt(Try { number, last }).await {
             Attempt::Done(result) => return result,
             Attempt::Again { why, .. } if last => {
                 return Err(JobError::Provider(format!("{why} (gave up after {} attempts)", number + 1)))
             }
             Attempt::Again { after, why } => {
-                let wait = after.unwrap_or_else(|| policy.backoff(number));
+                let mut wait = after.unwrap_or_else(|| policy.backoff(number));
+                if let Some(budget) = policy.budget {
+                    wait = wait.min(budget.saturating_sub(started.elapsed()));
+                }
                 tracing::warn!(what, attempt = number + 1, wait_ms = wait.as_millis() as u64, %why, "transient failure; trying again");
                 sleep(wait, cancel).await?;
             }
@@ -210,8 +218,9 @@ mod tests {
         assert_eq!(poll_wait(Some(Duration::from_secs(90)), start, 0, cap), Duration::from_secs(90));
     }
 
-    fn quick(retries: u32, min_span: Duration) -> Policy {
-        Policy { retries, base: Duration::from_millis(1), cap: Duration::from_millis(4), min_span }
+    fn quick(retries: u32, budget: Duration) -> Policy {
+        Policy { retries, base: Duration::from_millis(1), cap: Duration::from_millis(4), budget: None }
+            .lasting(budget)
     }
 
     #[tokio::test]
@@ -239,7 +248,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn run_keeps_trying_for_the_minimum_span_and_stops_on_cancel() {
+    async fn with_a_budget_run_keeps_trying_until_it_is_spent_and_no_longer() {
         let cancel = CancellationToken::new();
         let started = Instant::now();
         let n = std::sync::atomic::AtomicU32::new(0);
@@ -250,7 +259,16 @@ mod tests {
         .await;
         assert!(out.is_err());
         assert!(started.elapsed() >= Duration::from_millis(60));
-        assert!(n.into_inner() > 2, "more attempts than `retries` while the span lasts");
+        assert!(n.into_inner() > 2, "more attempts than `retries` while the budget lasts");
+        // A provider asking for a long wait does not stretch the budget: it is a maximum.
+        let started = Instant::now();
+        let out: Result<(), JobError> =
+            run(quick(5, Duration::from_millis(80)), &cancel, "test", |_| async {
+                Attempt::Again { after: Some(Duration::from_secs(30)), why: "later".into() }
+            })
+            .await;
+        assert!(out.is_err());
+        assert!(started.elapsed() < Duration::from_secs(2), "gave up after {:?}", started.elapsed());
         // A cancelled wait ends the run as cancelled, however many attempts were left.
         let waiting = run(quick(100, Duration::ZERO), &cancel, "test", |_| async {
             Attempt::<()>::Again { after: Some(Duration::from_secs(60)), why: "later".into() }

@@ -13,13 +13,11 @@ use std::{
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use crate::jobs::download_slots::DownloadSlots;
 use crate::jobs::progress::{Progress, Snapshot};
 
 /// How long a DELETE waits for a cancelled job to let go of its files.
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
-
-/// `nice` of the job threads: below the API's, so the kernel schedules API work first.
-const JOB_THREAD_NICE: i32 = 10;
 
 /// A job this process runs: how to stop it, how to learn it stopped, and what polls show of it.
 #[derive(Clone)]
@@ -49,8 +47,8 @@ pub struct Runner {
     running: Mutex<HashMap<String, Running>>,
     slots: Arc<Semaphore>,
     max_jobs: usize,
-    /// Download slots shared by every job (`MAX_TOTAL_DOWNLOADS`).
-    pub download_slots: Arc<Semaphore>,
+    /// Download slots shared by every job (`MAX_TOTAL_DOWNLOADS`, `MAX_DOWNLOADS_PER_PROVIDER`).
+    pub download_slots: DownloadSlots,
 }
 
 impl Runner {
@@ -58,13 +56,13 @@ impl Runner {
         owner: String,
         shutdown: CancellationToken,
         max_concurrent_jobs: usize,
-        max_total_downloads: usize,
+        (max_total_downloads, max_downloads_per_provider): (usize, usize),
     ) -> std::io::Result<Self> {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("bulk-import-jobs")
-            .on_thread_start(lower_thread_priority)
+            .on_thread_start(crate::thread_priority::lower)
             .enable_all()
             .build()?;
         Ok(Self {
@@ -76,7 +74,7 @@ impl Runner {
             running: Mutex::default(),
             slots: Arc::new(Semaphore::new(max_concurrent_jobs)),
             max_jobs: max_concurrent_jobs,
-            download_slots: Arc::new(Semaphore::new(max_total_downloads)),
+            download_slots: DownloadSlots::new(max_total_downloads, max_downloads_per_provider),
         })
     }
 
@@ -229,13 +227,3 @@ impl Drop for Runner {
         }
     }
 }
-
-#[cfg(target_os = "linux")]
-fn lower_thread_priority() {
-    // With PRIO_PROCESS and who = 0, Linux changes the calling thread only.
-    // SAFETY: setpriority has no memory effects; a failure just leaves the priority as it was.
-    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, JOB_THREAD_NICE) };
-}
-
-#[cfg(not(target_os = "linux"))]
-fn lower_thread_priority() {}

@@ -10,6 +10,11 @@ use crate::{
 /// Proof that the request carries the admin token.
 pub struct Admin;
 
+/// Whether `presented` is the admin token (compared in constant time).
+pub fn is_admin_token(app: &AppState, presented: &str) -> bool {
+    same(presented.as_bytes(), app.keys.admin_token().expose_secret().as_bytes())
+}
+
 /// Compare without an early exit, so timing does not reveal how much of a guess was right.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -27,7 +32,7 @@ impl FromRequestParts<AppState> for Admin {
                 "this endpoint needs the admin credential: 'Authorization: Bearer <ADMIN_TOKEN>' (see DATA_DIR/admin-token)".into(),
             )
         })?;
-        if same(presented.as_bytes(), app.keys.admin_token().expose_secret().as_bytes()) {
+        if is_admin_token(app, presented) {
             Ok(Admin)
         } else {
             failures.failed(&address, "wrong admin token");

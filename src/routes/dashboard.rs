@@ -129,18 +129,29 @@ async fn audit_trail(
     Ok(no_store(Json(json!({ "events": events })).into_response()))
 }
 
+/// `?offset=N&limit=M` of a job's file list.
+#[derive(serde::Deserialize)]
+struct FilesQuery {
+    offset: Option<i64>,
+    limit: Option<i64>,
+}
+
 async fn show(
     State(app): State<AppState>,
     _admin: Admin,
     Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<FilesQuery>,
 ) -> Result<Response, AuthError> {
+    let mut page = job_views::FilesPage::default();
+    page.offset = q.offset.unwrap_or(page.offset);
+    page.limit = q.limit.unwrap_or(page.limit);
     // A job running here also shows what arrived so far, files in progress included.
     let jobs = &app.job_context.jobs;
     let running = jobs.progress(&id).map(|snapshot| job_views::Running {
         snapshot,
         throughput: jobs.throughput(&id).unwrap_or_default(),
     });
-    let mut body = job_views::show(&*app.job_context.store, &id, app.config.jobs_max_age, running)
+    let mut body = job_views::show(&*app.job_context.store, &id, app.config.jobs_max_age, running, page)
         .await?
         .ok_or_else(|| AuthError::NotFound(format!("no import job with id '{id}'")))?;
     // A submission's job also shows the submission, manifest by manifest.

@@ -1,6 +1,8 @@
 //! Import status (Ping and Pull "Status polling"), the outcome file, and cancel/remove, rendered
-//! from the imports service. The job id is an unguessable capability (≥128 random bits), so these
-//! need no token.
+//! from the imports service. A ping-and-pull job's id is an unguessable capability (≥128 random
+//! bits), so these need no token. A Bulk Submit job's data belongs to the client that submitted
+//! it: here only that client's access token or the admin credential reach it (else 404, as for
+//! no job); the client's own status URL is `/bulk-submit-status/{id}`.
 use axum::{
     extract::{Path, State},
     http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode},
@@ -33,6 +35,39 @@ fn imports(app: &AppState) -> Imports<'_> {
     Imports { jobs: &app.job_context }
 }
 
+/// Whether the caller may reach job `id` by its link: anyone for a ping-and-pull job; for a Bulk
+/// Submit job, the operator (admin credential) or the submitting client (its access token). A
+/// refused token counts as a failed admin guess from that address, so the link is no oracle.
+async fn reachable(
+    app: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+    extensions: &axum::http::Extensions,
+) -> Result<(), ApiError> {
+    let job = imports(app).find(id).await?;
+    if job.export_type != crate::fhir::parameters::ExportType::Submit {
+        return Ok(());
+    }
+    let address = crate::http_server::peer_key(extensions);
+    let failures = &app.auth_failures.admin_address;
+    if let Err(wait) = failures.check(&address) {
+        let message = "too many failed credentials from this address; try again later".to_string();
+        return Err(ApiError::TooManyRequests { message, retry_after_secs: wait.as_secs().max(1) });
+    }
+    let presented = crate::auth::bearer::bearer_token(headers).ok();
+    let allowed = presented.is_some_and(|token| {
+        super::admin::is_admin_token(app, token)
+            || crate::auth::access_token::verify(&app.keys, token).is_ok_and(|c| c.client_id == job.client_id)
+    });
+    if allowed {
+        return Ok(());
+    }
+    if presented.is_some() {
+        failures.failed(&address, "a token that is not the submitter's on a submission's job link");
+    }
+    Err(ImportError::NotFound(id.to_string()).into())
+}
+
 impl From<ImportError> for ApiError {
     fn from(e: ImportError) -> Self {
         match e {
@@ -54,9 +89,11 @@ impl From<ImportError> for ApiError {
 
 async fn status(
     State(app): State<AppState>,
+    extensions: axum::http::Extensions,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    reachable(&app, &id, &headers, &extensions).await?;
     let outcome_url = format!("{}/job/{id}/import-outcome.ndjson", super::base_url(&app, &headers));
     let res = match imports(&app).status(&id, &outcome_url).await? {
         StatusView::InProgress { percent, text } => in_progress(percent, &text),
@@ -91,7 +128,13 @@ fn in_progress(percent: f64, text: &str) -> Response {
     res
 }
 
-async fn outcome_file(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn outcome_file(
+    State(app): State<AppState>,
+    extensions: axum::http::Extensions,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    reachable(&app, &id, &headers, &extensions).await?;
     let mut body = String::new();
     for line in imports(&app).outcome_lines(&id).await? {
         body.push_str(&line);
@@ -106,7 +149,9 @@ async fn cancel(
     State(app): State<AppState>,
     extensions: axum::http::Extensions,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    reachable(&app, &id, &headers, &extensions).await?;
     imports(&app).cancel(&id).await?;
     let from = crate::http_server::peer_key(&extensions);
     let job = crate::telemetry::shown_id(&id);
@@ -124,7 +169,9 @@ async fn remove(
     State(app): State<AppState>,
     extensions: axum::http::Extensions,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    reachable(&app, &id, &headers, &extensions).await?;
     let job = imports(&app).remove(&id).await?;
     let from = crate::http_server::peer_key(&extensions);
     let shown = crate::telemetry::shown_id(&id);

@@ -42,7 +42,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(axum::routing::get(ui::serve))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(state.job_context.metrics.clone(), request_log::log));
-    response_policy::apply(routes, request_timeout).layer(TraceLayer::new_for_http()).with_state(state)
+    let max_header_bytes = state.config.server.max_header_bytes;
+    response_policy::apply(routes, request_timeout, max_header_bytes)
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
 }
 
 /// Mark a response as never to be cached (status, tokens, registrations, job details).

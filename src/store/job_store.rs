@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, time::Duration};
 use async_trait::async_trait;
 
 use super::{
-    dashboard::JobSummary,
+    dashboard::{JobSummary, TypeTotals},
     leases::{Claim, Renewal},
     Store, StoreError,
 };
@@ -146,6 +146,11 @@ pub trait JobStore: Send + Sync {
     async fn job_summaries(&self) -> Result<Vec<JobSummary>, StoreError>;
     async fn job_state_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
     async fn job_summary(&self, id: &str) -> Result<Option<JobSummary>, StoreError>;
+    /// Files `offset..offset + limit` of a job (at most `MAX_FILES_PAGE`), in plan order.
+    async fn files_page(&self, job_id: &str, offset: i64, limit: i64) -> Result<Vec<JobFile>, StoreError>;
+    /// A job's data files per type, and the resources its done untyped files held per type.
+    async fn type_totals(&self, job_id: &str)
+        -> Result<(Vec<TypeTotals>, BTreeMap<String, i64>), StoreError>;
 }
 
 /// The audit trail, newest events kept.
@@ -508,6 +513,15 @@ impl JobStore for Store {
     }
     async fn job_summary(&self, id: &str) -> Result<Option<JobSummary>, StoreError> {
         Store::job_summary(self, id).await
+    }
+    async fn files_page(&self, job_id: &str, offset: i64, limit: i64) -> Result<Vec<JobFile>, StoreError> {
+        Store::files_page(self, job_id, offset, limit).await
+    }
+    async fn type_totals(
+        &self,
+        job_id: &str,
+    ) -> Result<(Vec<TypeTotals>, BTreeMap<String, i64>), StoreError> {
+        Store::type_totals(self, job_id).await
     }
 }
 

@@ -38,9 +38,10 @@ function describe(status, body, text) {
 
 /**
  * Call the server. `admin` sends the stored credential (or `token`, to try one before keeping it);
- * `body` is sent as JSON. Resolves to the parsed JSON body (or null); rejects with an ApiError.
+ * `body` is sent as JSON. Resolves to the parsed JSON body (or null), or with `raw` to the body's
+ * text; rejects with an ApiError.
  */
-export async function api(path, { method = 'GET', body, admin = false, token } = {}) {
+export async function api(path, { method = 'GET', body, admin = false, token, raw = false } = {}) {
   const headers = { Accept: 'application/json' };
   const bearer = token ?? (admin ? credential.get() : null);
   if (admin && !bearer) {
@@ -79,5 +80,5 @@ export async function api(path, { method = 'GET', body, admin = false, token } =
     }
     throw err;
   }
-  return json;
+  return raw ? text : json;
 }

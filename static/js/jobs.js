@@ -135,6 +135,9 @@ export const dashboard = {
 let jobId = null;
 let lastJob = null;
 let finishedPolls = 0;
+/** The page of the file list shown: a job may have 50,000 files, so a poll brings one page. */
+const FILES_PAGE = 100;
+let filesOffset = 0;
 
 const FILE_COLUMNS = ['#', 'Resource type', 'Name', 'URL', 'State', 'Resources', 'Bytes', 'Outcome'];
 
@@ -197,17 +200,33 @@ function renderJob(job) {
 
   const body = $('job-files').tBodies[0];
   const rows = new Map([...body.rows].map((tr) => [tr.dataset.index, tr]));
+  let previous = null;
   for (const f of job.files) {
     let tr = rows.get(String(f.index));
+    rows.delete(String(f.index));
     if (!tr) {
       tr = h('tr', { 'data-index': f.index }, FILE_COLUMNS.map((c) => h('td', { 'data-label': c, class: FILE_CELL_CLASS[c] })));
-      body.append(tr);
     }
     fileCells(f).forEach((content, i) => setContent(tr.cells[i], ...content));
     tr.dataset.state = f.state;
+    const expected = previous ? previous.nextSibling : body.firstChild;
+    if (tr !== expected) body.insertBefore(tr, expected);
+    previous = tr;
   }
-  $('job-files-empty').hidden = job.files.length > 0;
-  $('job-files').hidden = job.files.length === 0;
+  // Rows of another page go.
+  for (const gone of rows.values()) gone.remove();
+  const total = job.files_page ? job.files_page.total : job.files.length;
+  $('job-files-empty').hidden = total > 0;
+  $('job-files').hidden = total === 0;
+  renderPager(total, job.files.length);
+}
+
+function renderPager(total, shown) {
+  $('job-files-pager').hidden = total <= FILES_PAGE;
+  const first = shown ? filesOffset + 1 : 0;
+  setText($('job-files-range'), `Files ${formatCount(first)}–${formatCount(filesOffset + shown)} of ${formatCount(total)}`);
+  $('job-files-prev').disabled = filesOffset === 0;
+  $('job-files-next').disabled = filesOffset + FILES_PAGE >= total;
 }
 
 /** A submission's job: who submitted it, its status, and each manifest it named. */
@@ -264,7 +283,7 @@ const jobPoller = poller(async () => {
   const id = jobId;
   if (!id) return false;
   try {
-    const job = await api(`/admin/jobs/${id}`, { admin: true });
+    const job = await api(`/admin/jobs/${id}?offset=${filesOffset}&limit=${FILES_PAGE}`, { admin: true });
     if (id !== jobId) return false;
     alertBox($('job-error'), '');
     renderJob(job);
@@ -297,6 +316,7 @@ export const jobPage = {
     jobId = id;
     lastJob = null;
     finishedPolls = 0;
+    filesOffset = 0;
     $('job-id').textContent = id;
     $('job-body').hidden = true;
     $('job-files').tBodies[0].replaceChildren();
@@ -316,6 +336,28 @@ export const jobPage = {
 };
 
 export function wireJobPage() {
+  const turnPage = (by) => {
+    filesOffset = Math.max(0, filesOffset + by);
+    jobPoller.start();
+  };
+  $('job-files-prev').addEventListener('click', () => turnPage(-FILES_PAGE));
+  $('job-files-next').addEventListener('click', () => turnPage(FILES_PAGE));
+  // With the admin credential: a Bulk Submit job's outcomes are its submitter's and the operator's.
+  $('job-outcome-link').addEventListener('click', async (ev) => {
+    ev.preventDefault();
+    const id = jobId;
+    try {
+      const text = await api(`/job/${id}/import-outcome.ndjson`, { admin: true, raw: true });
+      const url = URL.createObjectURL(new Blob([text], { type: 'application/fhir+ndjson' }));
+      const a = document.createElement('a');
+      a.href = url;
+      a.download = `import-outcome-${id.slice(0, 8)}.ndjson`;
+      a.click();
+      setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    } catch (e) {
+      alertBox($('job-error'), `The outcomes could not be downloaded: ${e.message}`);
+    }
+  });
   $('job-cancel').addEventListener('click', async () => {
     const id = jobId;
     const ok = await confirmAction({
@@ -328,7 +370,7 @@ export function wireJobPage() {
       return;
     }
     try {
-      await api(`/job/${id}/cancel`, { method: 'POST' });
+      await api(`/job/${id}/cancel`, { method: 'POST', admin: true });
       jobPoller.start();
     } catch (e) {
       alertBox($('job-error'), `The import was not cancelled: ${e.message}`);
@@ -351,7 +393,7 @@ export function wireJobPage() {
     // Stop polling first: the job is about to disappear.
     jobPoller.stop();
     try {
-      await api(`/job/${id}`, { method: 'DELETE' });
+      await api(`/job/${id}`, { method: 'DELETE', admin: true });
       flashNext(`Import job ${id} was ${running ? 'cancelled and ' : ''}deleted.`);
       location.hash = '#/jobs';
     } catch (e) {

@@ -367,6 +367,25 @@ async fn jwks_publishes_only_the_public_key_and_generator_never_puts_private_par
 }
 
 #[tokio::test]
+async fn generator_makes_one_pair_at_a_time_and_an_address_past_its_budget_is_told_to_wait() {
+    let app = super::helpers::spawn_app_with(|c| c.limits.generator_per_minute = 4).await;
+    // Four asked at once: all made (one after another), the fifth refused with when to come back.
+    let asks = (0..4).map(|_| app.http.get(format!("{}/generator?alg=ES256", app.base)).send());
+    for res in futures::future::join_all(asks).await {
+        assert_eq!(res.unwrap().status(), 200);
+    }
+    let res = app.http.get(format!("{}/generator?alg=RS512", app.base)).send().await.unwrap();
+    assert_eq!(res.status(), 429);
+    let wait: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    let body: Value = res.json().await.unwrap();
+    assert!(body["issue"][0]["diagnostics"].as_str().unwrap().contains("GENERATOR_PER_MINUTE"), "{body}");
+    // An unknown alg costs nothing and says what is accepted.
+    let res = app.http.get(format!("{}/generator?alg=HS256", app.base)).send().await.unwrap();
+    assert_eq!(res.status(), 400);
+}
+
+#[tokio::test]
 async fn info_lists_the_endpoints() {
     let app = spawn_app().await;
     let info: Value = app.http.get(format!("{}/info", app.base)).send().await.unwrap().json().await.unwrap();

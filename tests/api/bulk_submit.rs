@@ -20,7 +20,7 @@ pub(super) struct Submitter<'a> {
 }
 
 impl<'a> Submitter<'a> {
-    async fn register(app: &'a TestApp, value: &str) -> Self {
+    pub(super) async fn register(app: &'a TestApp, value: &str) -> Self {
         Self::register_at(app, value, &app.provider.base()).await
     }
 
@@ -92,12 +92,12 @@ impl<'a> Submitter<'a> {
         res.headers()["content-location"].to_str().unwrap().to_string()
     }
 
-    async fn get(&self, url: &str) -> reqwest::Response {
+    pub(super) async fn get(&self, url: &str) -> reqwest::Response {
         self.app.http.get(url).bearer_auth(&self.token).send().await.unwrap()
     }
 
     /// Poll as the SMART provider does (stopping on anything but 200/202); the final manifest.
-    async fn poll_until_done(&self, url: &str) -> Value {
+    pub(super) async fn poll_until_done(&self, url: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let res = self.get(url).await;
@@ -116,11 +116,11 @@ impl<'a> Submitter<'a> {
     }
 }
 
-fn param(name: &str, kind: &str, value: &str) -> Value {
+pub(super) fn param(name: &str, kind: &str, value: &str) -> Value {
     json!({"name": name, kind: value})
 }
 
-fn status(system: &str, code: &str) -> Value {
+pub(super) fn status(system: &str, code: &str) -> Value {
     json!({"name": "submissionStatus", "valueCoding": {"system": system, "code": code}})
 }
 
@@ -198,6 +198,30 @@ async fn a_manifest_then_completed_is_imported_and_its_status_manifest_lists_the
     assert_eq!(res.status(), 409);
     let other = Submitter::register(&app, "ehr-2").await;
     assert_eq!(other.get(&url).await.status(), 404, "a client sees only its own submissions");
+    // Nor by the job's own link: without a token, or with another client's, there is no such job.
+    let link = format!("{}/job/{job}", app.base);
+    let outcome_link = format!("{link}/import-outcome.ndjson");
+    for (token, seen) in [(None, 404), (Some(other.token.as_str()), 404), (Some(ehr.token.as_str()), 200)] {
+        for (method, url) in [
+            (reqwest::Method::GET, &link),
+            (reqwest::Method::GET, &outcome_link),
+            (reqwest::Method::DELETE, &link),
+        ] {
+            if method == reqwest::Method::DELETE && seen == 200 {
+                continue;
+            }
+            let mut req = app.http.request(method.clone(), url.as_str());
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let res = req.send().await.unwrap();
+            assert_eq!(res.status(), seen, "{method} {url} with {token:?}: {}", res.text().await.unwrap());
+        }
+    }
+    let admin = app.http.get(&outcome_link).bearer_auth(super::helpers::ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(admin.status(), 200, "the operator reads it (the job page)");
+    assert!(admin.text().await.unwrap().contains("imported: 40 resources"));
+    assert_eq!(ehr.get(&url).await.status(), 200, "the refused DELETEs removed nothing");
     // DELETE removes it.
     let res = app.http.delete(&url).bearer_auth(&ehr.token).send().await.unwrap();
     assert_eq!(res.status(), 202);
@@ -691,7 +715,7 @@ async fn a_resource_that_fails_its_file_is_named_by_the_source_resource_extensio
     );
 }
 
-fn encryption_key(value: &str) -> Value {
+pub(super) fn encryption_key(value: &str) -> Value {
     json!({"name": "fileEncryptionKey", "part": [
         {"name": "coding", "valueCoding": {"code": "jwe"}}, {"name": "value", "valueString": value}]})
 }
@@ -710,7 +734,7 @@ async fn a_jwe_encrypted_manifest_and_files_are_decrypted_as_they_stream_and_a_b
         ..super::fake_provider::FakeFile::new("p.ndjson", "Patient", patients(20))
     });
     app.provider.push_file(super::fake_provider::FakeFile {
-        tampered: true,
+        tampered: Some(super::fake_provider::Tamper::Tag),
         ..super::fake_provider::FakeFile::new("t.ndjson", "Patient", patients(3))
     });
     let ehr = Submitter::register(&app, "ehr-13").await;
@@ -770,4 +794,35 @@ async fn a_jwe_encrypted_manifest_and_files_are_decrypted_as_they_stream_and_a_b
         let text = res.text().await.unwrap();
         assert!(text.contains("fileEncryptionKey") && text.contains(why), "{text}");
     }
+}
+
+#[tokio::test]
+async fn pushed_manifests_are_not_paced_as_polls() {
+    // Polls 3 s apart per origin; a submission's five manifests are not polls.
+    let app = spawn_app_with(|c| c.limits.provider_requests_per_minute = 20).await;
+    app.provider.serve_openly();
+    app.provider.add_file("o.ndjson", "Observation", observations(2));
+    let ehr = Submitter::register(&app, "ehr-many").await;
+    let manifest = app.provider.manifest_url();
+    let started = Instant::now();
+    for i in 0..5 {
+        let res = ehr
+            .submit(vec![
+                param("submissionId", "valueString", "s-many"),
+                param("manifestUrl", "valueUrl", &format!("{manifest}?m={i}")),
+            ])
+            .await;
+        assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    }
+    let res = ehr
+        .submit(vec![
+            param("submissionId", "valueString", "s-many"),
+            status(bulk_import::fhir::bulk_submit::EVENT_STATUS, "completed"),
+        ])
+        .await;
+    assert_eq!(res.status(), 200);
+    let done = ehr.poll_until_done(&ehr.status_url("s-many").await).await;
+    assert_eq!(done["outcome"].as_array().unwrap().len(), 5, "{done}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(8), "five manifests at the polls' pace take 12 s; took {took:?}");
 }

@@ -139,3 +139,44 @@ async fn an_unknown_or_malformed_job_id_is_a_404() {
         assert_eq!(res.json::<Value>().await.unwrap()["error"], "not_found");
     }
 }
+
+#[tokio::test]
+async fn a_job_page_brings_one_page_of_files_with_totals_over_all_of_them() {
+    // Arrange: 250 files of two types, one of them failing.
+    let app = spawn_app().await;
+    app.provider.set_chunk_size(64 * 1024);
+    for n in 0..200 {
+        app.provider.add_file(&format!("o{n}.ndjson"), "Observation", observations(2));
+    }
+    for n in 0..49 {
+        app.provider.add_file(&format!("p{n}.ndjson"), "Patient", patients(1));
+    }
+    app.provider.push_file(FakeFile { missing: true, ..FakeFile::new("gone.ndjson", "Patient", "") });
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    app.completed(&id).await;
+
+    // Act
+    let first = admin_json(&app, &format!("/admin/jobs/{id}")).await;
+    let last = admin_json(&app, &format!("/admin/jobs/{id}?offset=200&limit=100")).await;
+
+    // Assert: a page of 100 by default, the rest on the next pages; totals over all 250.
+    assert_eq!(first["files"].as_array().unwrap().len(), 100);
+    assert_eq!(first["files"][0]["index"], 0);
+    assert_eq!(first["files_page"], serde_json::json!({"offset": 0, "limit": 100, "total": 250}));
+    let tail = last["files"].as_array().unwrap();
+    assert_eq!((tail.len(), tail[0]["index"].as_i64()), (50, Some(200)));
+    assert_eq!(tail[49]["state"], "failed");
+    let types = first["types"].as_array().unwrap();
+    let of = |t: &str| types.iter().find(|x| x["resource_type"] == t).unwrap().clone();
+    assert_eq!(
+        (of("Observation")["files"].as_i64(), of("Observation")["resources"].as_i64()),
+        (Some(200), Some(400))
+    );
+    assert_eq!((of("Patient")["files"].as_i64(), of("Patient")["files_done"].as_i64()), (Some(50), Some(49)));
+    assert_eq!(first["files_total"], 250);
+    // A page past the end is empty, not an error; a page is at most 1,000 files.
+    let beyond = admin_json(&app, &format!("/admin/jobs/{id}?offset=5000")).await;
+    assert_eq!(beyond["files"], Value::Array(vec![]));
+    let big = admin_json(&app, &format!("/admin/jobs/{id}?limit=100000")).await;
+    assert_eq!(big["files_page"]["limit"], 1000);
+}

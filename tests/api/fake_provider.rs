@@ -91,6 +91,64 @@ pub struct Recorded {
     pub at: std::time::Instant,
 }
 
+/// How an encrypted file is spoiled after it was encrypted: what a hostile or broken provider
+/// (or someone on the way) might send. Each leaves the ciphertext readable; only the tag tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tamper {
+    /// The tag's first character changed.
+    Tag,
+    /// The tag cut to 3 bytes (GCM would check only those).
+    ShortTag,
+    /// The body ends inside the ciphertext, before its tag.
+    Truncated,
+    /// Bytes after the tag.
+    Trailing,
+    /// Ciphertext bits flipped so the plaintext reads `to` where it read `from` (AES-GCM is a
+    /// stream cipher underneath: a flipped ciphertext bit flips the same plaintext bit).
+    Rewritten { from: &'static str, to: &'static str },
+}
+
+impl Tamper {
+    /// Every kind, the rewrite turning the first `Müller` into `EVIL-er`.
+    pub const ALL: [Tamper; 5] = [
+        Tamper::Tag,
+        Tamper::ShortTag,
+        Tamper::Truncated,
+        Tamper::Trailing,
+        Tamper::Rewritten { from: "Müller", to: "EVIL-er" },
+    ];
+
+    /// `jwe` (a compact JWE of `plain`) spoiled this way.
+    pub fn apply(self, jwe: &[u8], plain: &[u8]) -> Bytes {
+        use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+        let text = std::str::from_utf8(jwe).unwrap();
+        let tag_at = text.rfind('.').unwrap() + 1;
+        let spoiled = match self {
+            Tamper::Tag => {
+                let mut v = text.to_string();
+                let c = if text.as_bytes()[tag_at] == b'A' { "B" } else { "A" };
+                v.replace_range(tag_at..tag_at + 1, c);
+                v
+            }
+            Tamper::ShortTag => format!("{}{}", &text[..tag_at], URL_SAFE_NO_PAD.encode([0u8, 1, 2])),
+            Tamper::Truncated => text[..tag_at - 1 - (tag_at - 1) / 10].to_string(),
+            Tamper::Trailing => format!("{text}AAAA"),
+            Tamper::Rewritten { from, to } => {
+                assert_eq!(from.len(), to.len(), "a rewrite keeps the length");
+                let mut parts: Vec<String> = text.split('.').map(str::to_string).collect();
+                let mut ct = URL_SAFE_NO_PAD.decode(&parts[3]).unwrap();
+                let at = plain.windows(from.len()).position(|w| w == from.as_bytes()).expect("in the file");
+                for (i, (a, b)) in from.bytes().zip(to.bytes()).enumerate() {
+                    ct[at + i] ^= a ^ b;
+                }
+                parts[3] = URL_SAFE_NO_PAD.encode(ct);
+                parts.join(".")
+            }
+        };
+        Bytes::from(spoiled)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct FakeFile {
     pub name: String,
@@ -105,8 +163,8 @@ pub struct FakeFile {
     pub expired: bool,
     /// Answers 404 with a web server's HTML error page.
     pub html_404: bool,
-    /// Encrypted (`encrypt_with`), then its authentication tag changed.
-    pub tampered: bool,
+    /// Encrypted (`encrypt_with`), then spoiled this way.
+    pub tampered: Option<Tamper>,
     /// When its resources last changed: an export asking `_since` a later time does not list it.
     pub changed_at: Option<String>,
 }
@@ -122,7 +180,7 @@ impl FakeFile {
             corrupt_gzip: false,
             expired: false,
             html_404: false,
-            tampered: false,
+            tampered: None,
             changed_at: None,
         }
     }
@@ -199,6 +257,8 @@ struct Inner {
     error_files: Vec<String>,
     redirects: HashMap<String, String>,
     page_size: Option<usize>,
+    /// The last manifest page links back to the second as its next.
+    pages_loop: bool,
     held: Vec<String>,
     kickoff_script: VecDeque<u16>,
     file_faults: HashMap<String, VecDeque<FileFault>>,
@@ -478,6 +538,11 @@ impl FakeProvider {
         self.with(|i| i.redirects.insert(name.into(), to.into()));
     }
     /// Split `output` into pages of `n` entries linked by `link` next.
+    /// The last manifest page's `next` goes back to the second page (a loop of links).
+    pub fn loop_manifest_pages(&self) {
+        self.with(|i| i.pages_loop = true);
+    }
+
     pub fn page_size(&self, n: usize) {
         self.with(|i| i.page_size = Some(n));
     }
@@ -629,10 +694,15 @@ impl FakeProvider {
             if let Some(n) = i.page_size {
                 let total = output.len();
                 output = output.into_iter().skip(page * n).take(n).collect();
-                if (page + 1) * n < total {
+                let next_page = match (page + 1) * n < total {
+                    true => Some(page + 1),
+                    false if i.pages_loop => Some(1),
+                    false => None,
+                };
+                if let Some(next_page) = next_page {
                     let next = match i.layout {
-                        Layout::Plain => format!("{origin}/fhir/manifest-page/{}", page + 1),
-                        Layout::Reference => format!("{origin}/fhir/bulkstatus/1?page={}", page + 1),
+                        Layout::Plain => format!("{origin}/fhir/manifest-page/{next_page}"),
+                        Layout::Reference => format!("{origin}/fhir/bulkstatus/1?page={next_page}"),
                     };
                     link.push(json!({"relation": "next", "url": next}));
                 }
@@ -942,14 +1012,10 @@ async fn file(State(f): State<FakeProvider>, Path(name): Path<String>, headers: 
     }
     // Encrypted first (JWE), then the content coding over what is sent.
     let bytes = match f.sealed(&file.bytes) {
-        Some(jwe) if file.tampered => {
-            // The tag's first character: the content reads well, only the tag tells.
-            let mut v = jwe.to_vec();
-            let at = v.iter().rposition(|b| *b == b'.').unwrap() + 1;
-            v[at] = if v[at] == b'A' { b'B' } else { b'A' };
-            Bytes::from(v)
-        }
-        Some(jwe) => jwe,
+        Some(jwe) => match file.tampered {
+            Some(tamper) => tamper.apply(&jwe, &file.bytes),
+            None => jwe,
+        },
         None => file.bytes.clone(),
     };
     let bytes = if file.gzip {

@@ -50,6 +50,9 @@ pub fn test_config(dir: &Path) -> Config {
     c.limits.max_retry_after = Duration::from_secs(2);
     c.limits.max_retries = 3;
     c.limits.status_error_budget = Duration::ZERO;
+    // The disk-room bounds depend on the machine's disk; their own tests set them.
+    c.limits.job_disk_share = 0;
+    c.limits.disk_reserve_bytes = 0;
     c.reaper_interval = Duration::from_secs(3600);
     // Tests find files by type and number; the default (the provider's own names) has its own.
     c.download_file_name = "{resourceType}.{fileNumber}.ndjson".into();

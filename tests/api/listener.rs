@@ -148,6 +148,32 @@ async fn an_oversized_header_block_is_refused_instead_of_buffered() {
 }
 
 #[tokio::test]
+async fn a_header_block_between_the_limit_and_the_read_buffer_is_refused_at_the_limit() {
+    let app = spawn_app_with(|c| c.server.max_header_bytes = 16 * 1024).await;
+    // ~19 KiB in headers of 1 KiB each: within what hyper buffers, over the limit.
+    let mut block = String::from("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    for i in 0..19 {
+        block += &format!("X-Pad-{i}: {}\r\n", "a".repeat(1000));
+    }
+    block += "\r\n";
+    let mut conn = connect_from(ATTACKER, addr(&app.base)).await;
+    conn.write_all(block.as_bytes()).await.unwrap();
+    let (answer, _) = closed_by_server(&mut conn, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(answer.contains("SERVER_MAX_HEADER_BYTES"), "says which bound: {answer}");
+    // Just under the limit passes.
+    let mut block = String::from("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    for i in 0..14 {
+        block += &format!("X-Pad-{i}: {}\r\n", "a".repeat(1000));
+    }
+    block += "\r\n";
+    let mut conn = connect_from(ATTACKER, addr(&app.base)).await;
+    conn.write_all(block.as_bytes()).await.unwrap();
+    let (answer, _) = closed_by_server(&mut conn, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
 async fn a_trickled_body_gets_a_503_outcome_at_the_request_timeout() {
     let app = spawn_app_with(|c| c.server.request_timeout = Duration::from_millis(500)).await;
     let mut conn = connect_from(ATTACKER, addr(&app.base)).await;

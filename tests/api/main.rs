@@ -6,6 +6,7 @@ mod bulk_submit;
 mod cli;
 mod dashboard;
 mod destinations;
+mod encrypted_files;
 mod fake_provider;
 mod helpers;
 mod import;

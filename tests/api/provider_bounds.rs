@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     fake_provider::{FakeFile, FileFault, StatusStep},
-    helpers::{observations, patients, spawn_app_with, TestApp},
+    helpers::{observations, patients, spawn_app, spawn_app_with, TestApp},
     listener::assert_health_is_fast,
 };
 
@@ -154,4 +154,69 @@ async fn a_large_gzip_file_at_a_real_exports_ratio_imports_under_the_default_lim
     let body = app.completed(&id).await;
     assert_eq!(body["extension"]["failedFiles"], 0, "{body}");
     assert_eq!(app.read(&id, "Observation.1.ndjson"), obs);
+}
+
+#[tokio::test]
+async fn one_providers_stalled_files_leave_another_provider_a_download_slot() {
+    // Four slots in all, three for one provider; each job may download four files at once.
+    let app = spawn_app_with(|c| {
+        c.limits.max_total_downloads = 4;
+        c.limits.max_downloads_per_provider = 3;
+        c.limits.parallel_downloads = 4;
+    })
+    .await;
+    // Two jobs of the first provider, each of the same eight files, every file stalled.
+    for i in 0..8 {
+        let name = format!("a{i}.ndjson");
+        app.provider.add_file(&name, "Patient", patients(2));
+        app.provider.hold_file(&name);
+    }
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        stalled.push(app.start_import(&app.provider.manifest_url(), "static").await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.provider.requests_to("/fhir/files/").len() < 3 {
+        assert!(Instant::now() < deadline, "the stalled files were never asked for");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Another provider's job gets the slot the first may not take, and completes.
+    let other = super::fake_provider::FakeProvider::start().await;
+    other.set_consumer_jwks_url(format!("{}/jwks", app.base));
+    other.add_file("b.ndjson", "Observation", observations(5));
+    let client_id = super::load::register(&app, &other).await;
+    let token = app.token_for(&client_id).await;
+    let ping = super::helpers::ping(&other.manifest_url(), "static").to_string();
+    let res = app.post_import_raw(Some(&token), "application/fhir+json", ping).await;
+    assert_eq!(res.status(), 202);
+    let id = res.headers()["content-location"].to_str().unwrap().rsplit('/').next().unwrap().to_string();
+    let done = app.wait_for_job_within(&id, Duration::from_secs(10)).await;
+    assert_eq!(done.status(), 200, "the second provider's job waited behind the first's stalled files");
+    assert_eq!(
+        app.provider.requests_to("/fhir/files/").len(),
+        3,
+        "the first provider never held more than its share"
+    );
+
+    // Once they move, the first provider's files all come in.
+    app.provider.release_files();
+    for id in stalled {
+        assert_eq!(app.completed(&id).await["extension"]["resources"], 16);
+    }
+}
+
+#[tokio::test]
+async fn an_endless_file_with_a_count_stops_soon_past_its_count() {
+    let app = spawn_app().await;
+    app.provider.set_chunk_size(64 * 1024);
+    app.provider.add_file("o.ndjson", "Observation", observations(1000));
+    app.provider.true_counts();
+    app.provider.fault_file("o.ndjson", vec![FileFault::Endless]);
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    let text = only_failure(&app, &id).await;
+    assert!(text.contains("count (1000)") && text.contains("3000 resources"), "{text}");
+    // The endless body was cut off a few thousand lines in, not at a size bound.
+    let received: usize = app.provider.requests_to("/fhir/files/").len();
+    assert_eq!(received, 1, "one request, failed for good (no retries of a bad file)");
 }

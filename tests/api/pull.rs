@@ -162,6 +162,39 @@ async fn status_errors_within_the_error_budget_are_ridden_out() {
 }
 
 #[tokio::test]
+async fn a_status_url_failing_past_its_error_budget_fails_the_job_when_the_budget_is_spent() {
+    // A budget of 1 s, and more retries than fit in it (backing off to MAX_RETRY_AFTER, 2 s):
+    // the budget is the most the errors may last, not the least.
+    let app = spawn_app_with(|c| {
+        c.limits.status_error_budget = Duration::from_secs(1);
+        c.limits.max_retries = 8;
+    })
+    .await;
+    app.provider.script_status(vec![StatusStep::Unavailable; 100]);
+    let started = std::time::Instant::now();
+    let id = app.start_import(&app.provider.export_url(), "dynamic").await;
+    let failure = app.failed(&id).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "the 1 s budget bound the errors: gave up after {took:?}");
+    assert!(failure.contains("status"), "{failure}");
+}
+
+#[tokio::test]
+async fn a_manifest_whose_next_links_loop_fails_at_the_first_page_seen_again() {
+    let app = spawn_app().await;
+    for i in 0..3 {
+        app.provider.add_file(&format!("p{i}.ndjson"), "Patient", patients(1));
+    }
+    app.provider.page_size(1);
+    app.provider.loop_manifest_pages();
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    let failure = app.failed(&id).await;
+    assert!(failure.contains("loop"), "{failure}");
+    let pages = app.provider.requests_to("/fhir/manifest-page/");
+    assert_eq!(pages.len(), 2, "pages 2 and 3 read once each, the loop back not fetched");
+}
+
+#[tokio::test]
 async fn bad_files_fail_alone_with_file_line_and_reason_while_good_files_land() {
     let app = spawn_app_with(|c| c.limits.max_line_bytes = 1000).await;
     let good = observations(10);

@@ -56,3 +56,9 @@ impl Drop for SmallDisk {
         let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
     }
 }
+
+/// Bytes free on the disk holding `path`, as `df` would say.
+pub fn free_bytes(path: &std::path::Path) -> u64 {
+    let out = Command::new("df").args(["--output=avail", "-B1"]).arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().trim().parse().unwrap()
+}

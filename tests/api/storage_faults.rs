@@ -55,3 +55,43 @@ async fn a_disk_that_fills_mid_job_fails_it_by_name_and_leaves_room_for_the_next
     let id = res.headers()["content-location"].to_str().unwrap().rsplit('/').next().unwrap().to_string();
     assert_eq!(app.completed(&id).await["extension"]["resources"], 3);
 }
+
+#[tokio::test]
+async fn an_endless_body_stops_at_the_jobs_share_of_the_free_disk_and_says_which_bound() {
+    let Some(disk) = SmallDisk::mount(32 << 20, "an_endless_body_stops_at_the_jobs_share") else { return };
+    let jobs = disk.path().join("jobs");
+    let app = spawn_app_with(|c| {
+        c.jobs_path = jobs.clone();
+        c.limits.job_disk_share = 25;
+    })
+    .await;
+    app.provider.set_chunk_size(64 * 1024);
+    app.provider.add_file("o.ndjson", "Observation", observations(1000));
+    app.provider.fault_file("o.ndjson", vec![super::fake_provider::FileFault::Endless]);
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    let text = app.failed(&id).await;
+    assert!(text.contains("JOB_DISK_SHARE") && text.contains("25 %"), "{text}");
+    let left: Vec<_> = std::fs::read_dir(jobs.join(&id)).map(|d| d.collect()).unwrap_or_default();
+    assert!(left.is_empty(), "what it wrote is removed: {left:?}");
+}
+
+#[tokio::test]
+async fn a_job_stops_when_its_disk_is_down_to_the_reserve() {
+    let Some(disk) = SmallDisk::mount(48 << 20, "a_job_stops_when_its_disk_is_down_to_the_reserve") else {
+        return;
+    };
+    let jobs = disk.path().join("jobs");
+    // 40 MiB kept free of 48: the job may write about 8 MiB before a look finds the disk too full.
+    let app = spawn_app_with(|c| {
+        c.jobs_path = jobs.clone();
+        c.limits.disk_reserve_bytes = 40 << 20;
+    })
+    .await;
+    app.provider.set_chunk_size(64 * 1024);
+    app.provider.add_file("o.ndjson", "Observation", observations(1000));
+    app.provider.fault_file("o.ndjson", vec![super::fake_provider::FileFault::Endless]);
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    let text = app.failed(&id).await;
+    assert!(text.contains("DISK_RESERVE_BYTES"), "{text}");
+    assert!(super::small_disk::free_bytes(&disk.path()) > 20 << 20, "the disk never filled");
+}

@@ -11,9 +11,12 @@ use crate::{
         PlanManifest,
     },
     store::{
-        dashboard::{JobSummary, DASHBOARD_MAX_JOBS},
+        dashboard::{
+            JobSummary, TypeTotals, DASHBOARD_MAX_JOBS, FILES_PAGE, MAX_FILES_PAGE, TYPE_TOTALS,
+            UNTYPED_COUNTS,
+        },
         job_store::JobStore,
-        jobs::{FileRow, JobRow},
+        jobs::{sum_type_counts, FileRow, JobRow},
         leases::{Claim, Renewal},
         StoreError,
     },
@@ -580,6 +583,25 @@ impl JobStore for PgStore {
     async fn job_summary(&self, id: &str) -> Result<Option<JobSummary>, StoreError> {
         let sql = format!("{SUMMARY_SELECT} WHERE j.id = $1 GROUP BY j.id, p.aud, p.name");
         Ok(sqlx::query_as::<_, JobSummary>(&sql).bind(id).fetch_optional(self.pool()).await?)
+    }
+
+    async fn files_page(&self, job_id: &str, offset: i64, limit: i64) -> Result<Vec<JobFile>, StoreError> {
+        let rows = sqlx::query_as::<_, FileRow>(FILES_PAGE)
+            .bind(job_id)
+            .bind(limit.clamp(0, MAX_FILES_PAGE))
+            .bind(offset.max(0))
+            .fetch_all(self.pool())
+            .await?;
+        Ok(rows.into_iter().map(JobFile::from).collect())
+    }
+
+    async fn type_totals(
+        &self,
+        job_id: &str,
+    ) -> Result<(Vec<TypeTotals>, BTreeMap<String, i64>), StoreError> {
+        let totals = sqlx::query_as::<_, TypeTotals>(TYPE_TOTALS).bind(job_id).fetch_all(self.pool()).await?;
+        let untyped = sqlx::query_as(UNTYPED_COUNTS).bind(job_id).fetch_all(self.pool()).await?;
+        Ok((totals, sum_type_counts(untyped)?))
     }
 }
 
