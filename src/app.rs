@@ -95,7 +95,7 @@ impl App {
         let job_context = JobContext {
             provider_tokens: Arc::new(ProviderTokens::new(http.clone(), keys.clone())),
             request_budget: Budgets::new(
-                config.limits.provider_requests_per_minute,
+                (config.limits.provider_requests_per_minute, config.limits.provider_request_burst),
                 config.limits.submit_manifests_per_minute,
             ),
             outbound,

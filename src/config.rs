@@ -170,6 +170,8 @@ pub struct Limits {
     pub poll_interval: Duration,
     pub max_poll_interval: Duration,
     pub provider_requests_per_minute: u32,
+    /// `PROVIDER_REQUEST_BURST`: of those, how many may go at once (0: half of them).
+    pub provider_request_burst: u32,
     /// `SUBMIT_REQUESTS_PER_MINUTE`: `$bulk-submit` requests one client may send in a minute.
     pub submit_requests_per_minute: u32,
     /// `SUBMIT_MANIFESTS_PER_MINUTE`: manifest requests of pushed submissions per origin a minute.
@@ -387,6 +389,7 @@ impl Config {
                 1,
                 60_000,
             ),
+            provider_request_burst: r.num("PROVIDER_REQUEST_BURST", 0, 0, 1_000_000),
             max_retries: r.num("MAX_RETRIES", DEFAULT_MAX_RETRIES, 0, 100),
             export_timeout: r.secs("EXPORT_TIMEOUT", DEFAULT_EXPORT_TIMEOUT_SECS),
             max_job_duration: r.minutes("MAX_JOB_DURATION", DEFAULT_MAX_JOB_DURATION_MINUTES),

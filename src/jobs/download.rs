@@ -35,6 +35,10 @@ use crate::{
     },
 };
 
+/// Attempts in a row a file may be too slow (`MIN_TRANSFER_RATE`) before it fails: two windows,
+/// not `MAX_RETRIES` of them (a 1 B/s drip would hold a slot for six minutes).
+const MAX_SLOW_ATTEMPTS: u32 = 2;
+
 /// The result of one file, ready to store.
 #[derive(Debug)]
 pub struct FileResult {
@@ -160,6 +164,9 @@ enum AttemptError {
         after: Option<std::time::Duration>,
         why: String,
     },
+    /// The body came slower than `MIN_TRANSFER_RATE` over a window: worth one more attempt (a
+    /// bad route may pass), not more (a provider that drips does so every time).
+    TooSlow(String),
     /// The file itself is bad or refused; retrying cannot help.
     Permanent(IssueCode, String),
     /// The same, because of one resource we can name (`Type/id`).
@@ -221,6 +228,9 @@ pub async fn import_file(
     };
     let partial = tokio::sync::Mutex::new(resumed);
     let partial = &partial;
+    // Attempts in a row that were too slow.
+    let slow = std::sync::atomic::AtomicU32::new(0);
+    let slow = &slow;
     let one_attempt = |t: Try| async move {
         let fetch = Fetch { client, url, auth, file, t, cancel };
         let result = if file.kind == FileKind::Error {
@@ -239,12 +249,24 @@ pub async fn import_file(
                 failed.outcome = failed.outcome.about(resource);
                 Attempt::Done(Ok(failed))
             }
+            Err(AttemptError::TooSlow(why)) => {
+                let in_a_row = slow.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if in_a_row >= MAX_SLOW_ATTEMPTS || t.last {
+                    let why = format!(
+                        "{why} (gave up after {} attempts, {in_a_row} of them too slow in a row)",
+                        t.number + 1
+                    );
+                    return Attempt::Done(Ok(FileResult::failed(file, IssueCode::Timeout, why)));
+                }
+                Attempt::Again { after: None, why: format!("file {}: {why}", redact(url)) }
+            }
             Err(AttemptError::Transient { why, .. }) if t.last => Attempt::Done(Ok(FileResult::failed(
                 file,
                 IssueCode::Incomplete,
                 format!("{why} (gave up after {} attempts)", t.number + 1),
             ))),
             Err(AttemptError::Transient { after, why }) => {
+                slow.store(0, std::sync::atomic::Ordering::Relaxed);
                 Attempt::Again { after, why: format!("file {}: {why}", redact(url)) }
             }
         }
@@ -513,7 +535,7 @@ async fn stream_kept(
             p.meter.keep();
             Ok(FileResult::stored(fetch.file, streamed, receipt.bytes as i64, receipt.location))
         }
-        Err(e @ AttemptError::Transient { .. }) if p.validator.is_some() => Err(e),
+        Err(e @ (AttemptError::Transient { .. } | AttemptError::TooSlow(_))) if p.validator.is_some() => Err(e),
         // What becomes of it is decided once the retries end (a stopping server keeps it).
         Err(e @ AttemptError::Job(JobError::Cancelled)) => Err(e),
         Err(e) => Err(discarded(slot, e).await),
@@ -758,9 +780,7 @@ fn metered_chunk(meter: &mut FileMeter<'_>, n: u64) -> Result<Option<AttemptErro
     match meter.chunk(n) {
         Ok(()) => Ok(None),
         Err(e) if e.is_job_bound() => Err(AttemptError::Job(JobError::Bound(e))),
-        Err(e @ Exceeded::TooSlow { .. }) => {
-            Ok(Some(AttemptError::Transient { after: None, why: e.to_string() }))
-        }
+        Err(e @ Exceeded::TooSlow { .. }) => Ok(Some(AttemptError::TooSlow(e.to_string()))),
         Err(e) => Err(AttemptError::Permanent(IssueCode::TooCostly, e.to_string())),
     }
 }

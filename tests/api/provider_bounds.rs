@@ -220,3 +220,19 @@ async fn an_endless_file_with_a_count_stops_soon_past_its_count() {
     let received: usize = app.provider.requests_to("/fhir/files/").len();
     assert_eq!(received, 1, "one request, failed for good (no retries of a bad file)");
 }
+
+#[tokio::test]
+async fn a_dripped_body_fails_after_two_slow_windows_in_a_row_not_after_every_retry() {
+    let app = spawn_app_with(|c| {
+        c.limits.min_transfer_rate = 1000;
+        c.limits.min_transfer_rate_window = Duration::from_millis(300);
+        c.limits.max_retries = 5;
+    })
+    .await;
+    app.provider.add_file("o.ndjson", "Observation", observations(100));
+    app.provider.fault_file("o.ndjson", vec![FileFault::Drip(20); 6]);
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    let text = only_failure(&app, &id).await;
+    assert!(text.contains("MIN_TRANSFER_RATE") && text.contains("2 of them too slow in a row"), "{text}");
+    assert_eq!(app.provider.requests_to("/fhir/files/").len(), 2, "two windows, not six");
+}

@@ -653,3 +653,21 @@ async fn a_token_endpoint_that_keeps_failing_during_downloads_is_retried_once_pe
     let token_requests = app.provider.requests_to("/auth/token").len() - before;
     assert_eq!(token_requests, 3, "MAX_RETRIES + 1 token requests for the file, not (MAX_RETRIES + 1)²");
 }
+
+#[tokio::test]
+async fn a_second_job_within_the_providers_budget_reads_its_manifest_without_waiting() {
+    // 30 a minute (one every 2 s on average): a second ping a second after the first is within
+    // the budget's burst, so its manifest is read at once.
+    let app = spawn_app_with(|c| c.limits.provider_requests_per_minute = 30).await;
+    app.provider.add_file("p.ndjson", "Patient", patients(1));
+    let first = app.start_import(&app.provider.manifest_url(), "static").await;
+    app.completed(&first).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pinged = Instant::now();
+    let second = app.start_import(&app.provider.manifest_url(), "static").await;
+    app.completed(&second).await;
+    let manifests = app.provider.requests_to("/fhir/manifest");
+    assert_eq!(manifests.len(), 2);
+    let waited = manifests[1].at.saturating_duration_since(pinged);
+    assert!(waited < Duration::from_millis(700), "the second manifest waited {waited:?}");
+}
