@@ -269,7 +269,7 @@ impl Submissions<'_> {
         let mut outcome = Vec::new();
         for request in named.iter().skip(from).take(size) {
             let url = request.manifest_url.as_deref().unwrap_or_default();
-            let lines = request_outcomes(request, &manifests, &files);
+            let lines = request_outcomes(request, &requests, &manifests, &files, afterwards(s));
             let mut counts = std::collections::BTreeMap::<String, i64>::new();
             for line in &lines {
                 for issue in line.get("issue").and_then(Value::as_array).into_iter().flatten() {
@@ -318,7 +318,14 @@ impl Submissions<'_> {
             .ok_or_else(|| SubmissionError::NotFound(format!("{}/{seq}", s.submission_id)))?;
         let manifests = ctx.store.manifests(&s.job_id).await?;
         let files = ctx.store.files(&s.job_id).await?;
-        Ok(request_outcomes(request, &manifests, &files))
+        Ok(request_outcomes(request, &requests, &manifests, &files, afterwards(s)))
+    }
+}
+
+fn afterwards(s: &Submission) -> Afterwards {
+    match s.status {
+        SubmissionStatus::Stopped => Afterwards::Stopped,
+        _ => Afterwards::Kept,
     }
 }
 
@@ -326,12 +333,23 @@ fn closed(s: &Submission) -> SubmissionError {
     SubmissionError::Closed { id: s.submission_id.clone(), status: s.status.as_str() }
 }
 
-/// A request's outcome lines: its own failure, else the outcome of each file its manifest listed
-/// (a file still pending, or withdrawn, says so).
+/// What became of a request's data after it was imported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Afterwards {
+    Kept,
+    /// The provider stopped (aborted) the submission: everything it stored was removed.
+    Stopped,
+}
+
+/// A request's outcome lines: its own failure, else the outcome of each file its manifest listed.
+/// A file still pending says so; one whose data is gone (its manifest withdrawn or replaced by a
+/// later request, or the submission stopped) says that and what was removed, never "imported".
 fn request_outcomes(
     request: &crate::domain::ManifestRequest,
+    requests: &[crate::domain::ManifestRequest],
     manifests: &[crate::domain::PlanManifest],
     files: &[crate::domain::JobFile],
+    afterwards: Afterwards,
 ) -> Vec<Value> {
     if request.state == RequestState::Failed {
         let stored = request.outcome.as_deref().and_then(|o| serde_json::from_str(o).ok());
@@ -339,21 +357,35 @@ fn request_outcomes(
     }
     let url = request.manifest_url.as_deref().unwrap_or_default();
     let Some(manifest) = manifests.iter().rev().find(|m| m.url == url) else { return vec![] };
+    // Who withdrew it: the first later request naming it as replaced.
+    let withdrawn_by = requests.iter().find(|r| r.seq > request.seq && r.replaces_url.as_deref() == Some(url));
+    let how = match withdrawn_by.and_then(|r| r.manifest_url.as_deref()) {
+        Some(by) => {
+            let shown = url::Url::parse(by).map_or_else(|_| by.to_string(), |u| crate::auth::provider_base::redact(&u));
+            format!("its manifest was replaced by {shown}")
+        }
+        None => "its manifest was withdrawn by the provider".to_string(),
+    };
+    let line = |text: String| serde_json::to_value(OperationOutcome::information(text)).unwrap_or(Value::Null);
+    let removed = |f: &crate::domain::JobFile| match f.resources > 0 || f.bytes > 0 {
+        true => format!("the {} resources ({} bytes) it had imported were removed", f.resources, f.bytes),
+        false => "nothing of it had been stored".to_string(),
+    };
     files
         .iter()
         .filter(|f| f.manifest_idx == manifest.idx)
         .map(|f| match (&f.outcome, f.state) {
+            (_, FileState::Withdrawn) => line(format!("file {}: withdrawn: {how}; {}", f.url, removed(f))),
+            (Some(_), FileState::Done) if afterwards == Afterwards::Stopped => line(format!(
+                "file {}: the provider stopped the submission; {}",
+                f.url,
+                removed(f)
+            )),
             (Some(o), _) => serde_json::from_str(o).unwrap_or(Value::Null),
-            (None, FileState::Withdrawn) => serde_json::to_value(OperationOutcome::information(format!(
-                "file {}: withdrawn (its manifest was replaced)",
-                f.url
-            )))
-            .unwrap_or(Value::Null),
-            (None, _) => serde_json::to_value(OperationOutcome::information(format!(
-                "file {}: not imported yet",
-                f.url
-            )))
-            .unwrap_or(Value::Null),
+            (None, _) if afterwards == Afterwards::Stopped => {
+                line(format!("file {}: not imported: the provider stopped the submission", f.url))
+            }
+            (None, _) => line(format!("file {}: not imported yet", f.url)),
         })
         .collect()
 }

@@ -195,6 +195,14 @@ impl<'a> Submission<'a> {
         }
     }
 
+    /// The outcome lines of one `error[]` entry, as text.
+    async fn lines(&self, entry: &Value) -> String {
+        let url = entry["url"].as_str().expect("an outcome URL");
+        let res = self.app().http.get(url).bearer_auth(&self.who.token).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        res.text().await.unwrap()
+    }
+
     fn job(&self) -> String {
         self.status_url.as_deref().unwrap().rsplit('/').next().unwrap().to_string()
     }
@@ -285,8 +293,12 @@ async fn the_smart_reference_provider_completes_each_scenario() {
     withdrawn.stored("Patient.1.ndjson").await;
     withdrawn.replace(&m1, None).await;
     withdrawn.finish("complete").await;
-    withdrawn.outcome().await;
+    let error = withdrawn.outcome().await;
     assert!(withdrawn.stored_names().is_empty(), "{:?}", withdrawn.stored_names());
+    // Its outcome tells what became of the data: withdrawn and removed, never "imported".
+    let said = withdrawn.lines(&error[0]).await;
+    assert!(!said.contains("imported:") && said.contains("withdrawn by the provider"), "{said}");
+    assert!(said.contains("the 5 resources") && said.contains("were removed"), "{said}");
 
     // A withdrawal sent as a replacement by the empty manifest; then another manifest.
     let mut emptied = Submission::new(&who, "emptied", &smart);
@@ -298,12 +310,17 @@ async fn the_smart_reference_provider_completes_each_scenario() {
     let error = emptied.outcome().await;
     assert_eq!(error.len(), 3, "the first, the empty one and the second: {error:?}");
     assert_eq!(emptied.stored_names(), vec!["Observation.1.ndjson"]);
+    let said = emptied.lines(&error[0]).await;
+    assert!(!said.contains("imported:") && said.contains("replaced by") && said.contains("empty"), "{said}");
 
     // Aborted: everything stored for it is deleted, and the final manifest still reads.
     let mut aborted = Submission::new(&who, "aborted", &smart);
     aborted.manifest(&m2).await;
     aborted.stored("Observation.1.ndjson").await;
     aborted.finish("aborted").await;
-    aborted.outcome().await;
+    let error = aborted.outcome().await;
     assert!(!app.jobs_dir(&aborted.job()).exists(), "the aborted submission's data is deleted");
+    let said = aborted.lines(&error[0]).await;
+    assert!(!said.contains("imported:") && said.contains("stopped the submission"), "{said}");
+    assert!(said.contains("the 8 resources") && said.contains("were removed"), "{said}");
 }
