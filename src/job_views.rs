@@ -161,13 +161,14 @@ fn per_type(
         .collect()
 }
 
-/// Percent done, as `GET /job/{id}` reports it: finished files over listed files while importing.
-fn percent(state: &str, finished: i64, total: i64) -> f64 {
-    let counts = FileCounts { total, finished };
+/// Percent done, as `GET /job/{id}` reports it: finished files over listed files while importing;
+/// of a job that stopped (failed, cancelled), the files it imported before it stopped, not 0 %
+/// beside the bytes it moved nor 100 % for files failed by the stop.
+fn percent(state: &str, finished: i64, failed: i64, total: i64) -> f64 {
     match state {
         "completed" => 100.0,
-        "importing" => counts.percent(),
-        "failed" if total > 0 => counts.percent(),
+        "importing" => FileCounts { total, finished }.percent(),
+        "failed" | "cancelled" if total > 0 => FileCounts { total, finished: finished - failed }.percent(),
         _ => 0.0,
     }
 }
@@ -186,7 +187,7 @@ fn describe_job(j: &JobSummary, retention: Duration) -> Value {
         "state": state,
         "status_text": j.progress,
         "provider_errors": j.provider_errors,
-        "progress_percent": percent(&j.state, j.files_finished, j.files_total),
+        "progress_percent": percent(&j.state, j.files_finished, j.files_failed, j.files_total),
         "files_finished": j.files_finished,
         "files_total": j.files_total,
         "files_failed": j.files_failed,
@@ -235,12 +236,13 @@ mod tests {
 
     #[test]
     fn percent_follows_the_status_endpoint() {
-        assert_eq!(percent("completed", 0, 0), 100.0);
-        assert_eq!(percent("importing", 1, 3), 33.3);
-        assert_eq!(percent("importing", 0, 0), 100.0);
-        assert_eq!(percent("failed", 1, 2), 50.0);
-        assert_eq!(percent("exporting", 0, 0), 0.0);
-        assert_eq!(percent("queued", 0, 0), 0.0);
+        assert_eq!(percent("completed", 0, 0, 0), 100.0);
+        assert_eq!(percent("importing", 1, 0, 3), 33.3);
+        assert_eq!(percent("importing", 0, 0, 0), 100.0);
+        assert_eq!(percent("failed", 1, 0, 2), 50.0);
+        assert_eq!(percent("cancelled", 4, 3, 4), 25.0, "three failed by the cancel");
+        assert_eq!(percent("exporting", 0, 0, 0), 0.0);
+        assert_eq!(percent("queued", 0, 0, 0), 0.0);
     }
 
     #[test]

@@ -358,15 +358,18 @@ fn request_outcomes(
     let url = request.manifest_url.as_deref().unwrap_or_default();
     let Some(manifest) = manifests.iter().rev().find(|m| m.url == url) else { return vec![] };
     // Who withdrew it: the first later request naming it as replaced.
-    let withdrawn_by = requests.iter().find(|r| r.seq > request.seq && r.replaces_url.as_deref() == Some(url));
+    let withdrawn_by =
+        requests.iter().find(|r| r.seq > request.seq && r.replaces_url.as_deref() == Some(url));
     let how = match withdrawn_by.and_then(|r| r.manifest_url.as_deref()) {
         Some(by) => {
-            let shown = url::Url::parse(by).map_or_else(|_| by.to_string(), |u| crate::auth::provider_base::redact(&u));
+            let shown = url::Url::parse(by)
+                .map_or_else(|_| by.to_string(), |u| crate::auth::provider_base::redact(&u));
             format!("its manifest was replaced by {shown}")
         }
         None => "its manifest was withdrawn by the provider".to_string(),
     };
-    let line = |text: String| serde_json::to_value(OperationOutcome::information(text)).unwrap_or(Value::Null);
+    let line =
+        |text: String| serde_json::to_value(OperationOutcome::information(text)).unwrap_or(Value::Null);
     let removed = |f: &crate::domain::JobFile| match f.resources > 0 || f.bytes > 0 {
         true => format!("the {} resources ({} bytes) it had imported were removed", f.resources, f.bytes),
         false => "nothing of it had been stored".to_string(),
@@ -376,11 +379,9 @@ fn request_outcomes(
         .filter(|f| f.manifest_idx == manifest.idx)
         .map(|f| match (&f.outcome, f.state) {
             (_, FileState::Withdrawn) => line(format!("file {}: withdrawn: {how}; {}", f.url, removed(f))),
-            (Some(_), FileState::Done) if afterwards == Afterwards::Stopped => line(format!(
-                "file {}: the provider stopped the submission; {}",
-                f.url,
-                removed(f)
-            )),
+            (Some(_), FileState::Done) if afterwards == Afterwards::Stopped => {
+                line(format!("file {}: the provider stopped the submission; {}", f.url, removed(f)))
+            }
             (Some(o), _) => serde_json::from_str(o).unwrap_or(Value::Null),
             (None, _) if afterwards == Afterwards::Stopped => {
                 line(format!("file {}: not imported: the provider stopped the submission", f.url))

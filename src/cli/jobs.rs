@@ -99,7 +99,8 @@ pub async fn list(args: JobsArgs) -> Outcome {
     }
 }
 
-/// How a job ended, as `status` reports it: exit 0 completed, 3 completed with errors, 1 failed.
+/// How a job ended, as `status` reports it: exit 0 completed, 3 completed with errors, 1 failed,
+/// 4 still running.
 pub enum Ended {
     Completed(Value),
     CompletedWithErrors(Value),
@@ -110,7 +111,8 @@ pub enum Ended {
 impl Ended {
     pub fn outcome(&self) -> Outcome {
         match self {
-            Ended::Completed(_) | Ended::Running { .. } => Outcome::Done,
+            Ended::Completed(_) => Outcome::Done,
+            Ended::Running { .. } => Outcome::Running,
             Ended::CompletedWithErrors(_) => Outcome::Partial,
             Ended::Failed(_) => Outcome::Failed,
         }
@@ -226,21 +228,23 @@ pub async fn status(args: StatusArgs) -> Outcome {
     }
 }
 
+/// Send `req`; what the server's OperationOutcome said, or why it refused.
+async fn said(remote: &Remote, req: reqwest::RequestBuilder) -> Result<Option<String>, RemoteError> {
+    let res = remote.send(req).await?;
+    if !res.status().is_success() {
+        return Err(refusal(res).await);
+    }
+    let body = res.bytes().await?;
+    Ok(crate::fhir::operation_outcome::OperationOutcome::summarize(&body))
+}
+
 pub async fn cancel(args: DeleteArgs) -> Outcome {
     let remote = Remote::admin_if_known(&args.admin);
     let url = format!("{}/cancel", status_url(&remote, &args.job));
-    let run = async {
-        let res = remote.send(remote.to(Method::POST, &url)).await?;
-        if !res.status().is_success() {
-            return Err(refusal(res).await);
-        }
-        Ok(())
-    };
-    match run.await {
-        Ok(()) => {
-            println!(
-                "cancelled: the job stays listed as cancelled until it expires; `delete` removes it now"
-            );
+    match said(&remote, remote.to(Method::POST, &url)).await {
+        // The server's own words: what was removed and what stays, per destination.
+        Ok(text) => {
+            println!("{}", text.unwrap_or_else(|| "cancelled".into()));
             Outcome::Done
         }
         Err(e) => report(&e),
@@ -250,16 +254,9 @@ pub async fn cancel(args: DeleteArgs) -> Outcome {
 pub async fn delete(args: DeleteArgs) -> Outcome {
     let remote = Remote::admin_if_known(&args.admin);
     let url = status_url(&remote, &args.job);
-    let run = async {
-        let res = remote.send(remote.to(Method::DELETE, &url)).await?;
-        if !res.status().is_success() {
-            return Err(refusal(res).await);
-        }
-        Ok(())
-    };
-    match run.await {
-        Ok(()) => {
-            println!("deleted the job and its files");
+    match said(&remote, remote.to(Method::DELETE, &url)).await {
+        Ok(text) => {
+            println!("{}", text.unwrap_or_else(|| "deleted".into()));
             Outcome::Done
         }
         Err(e) => report(&e),

@@ -62,6 +62,8 @@ pub enum Outcome {
     Failed,
     /// An import completed, but some files failed or the provider reported errors.
     Partial,
+    /// `status` of an import still running: not done, not failed.
+    Running,
 }
 
 impl Outcome {
@@ -70,6 +72,7 @@ impl Outcome {
             Outcome::Done => std::process::ExitCode::SUCCESS,
             Outcome::Failed => std::process::ExitCode::FAILURE,
             Outcome::Partial => std::process::ExitCode::from(3),
+            Outcome::Running => std::process::ExitCode::from(4),
         }
     }
 }

@@ -46,6 +46,18 @@ impl DestinationKind {
         }
     }
 
+    /// What cancelling or deleting a job does to what it stored here, per destination, in words
+    /// a person reads before and after (the API's answers, the UI's dialogs, the CLI).
+    pub fn what_a_stop_does(&self) -> String {
+        match self {
+            DestinationKind::DevNull => "nothing was stored (dev-null)".into(),
+            DestinationKind::TmpFs => "the files it stored under JOBS_PATH are removed".into(),
+            DestinationKind::S3(_) => "the objects it uploaded to S3 are removed".into(),
+            DestinationKind::ResourceStore(_) => "the resources it already wrote to the resource store stay: each is a whole resource, newer than the one it replaced, which removing it would not bring back (its rows name the job, for SQL)".into(),
+            DestinationKind::Several(all) => all.iter().map(Self::what_a_stop_does).collect::<Vec<_>>().join("; "),
+        }
+    }
+
     /// Its `DESTINATION_TYPE` name.
     pub fn name(&self) -> String {
         match self {

@@ -535,7 +535,9 @@ async fn stream_kept(
             p.meter.keep();
             Ok(FileResult::stored(fetch.file, streamed, receipt.bytes as i64, receipt.location))
         }
-        Err(e @ (AttemptError::Transient { .. } | AttemptError::TooSlow(_))) if p.validator.is_some() => Err(e),
+        Err(e @ (AttemptError::Transient { .. } | AttemptError::TooSlow(_))) if p.validator.is_some() => {
+            Err(e)
+        }
         // What becomes of it is decided once the retries end (a stopping server keeps it).
         Err(e @ AttemptError::Job(JobError::Cancelled)) => Err(e),
         Err(e) => Err(discarded(slot, e).await),

@@ -154,6 +154,8 @@ async fn show(
     let mut body = job_views::show(&*app.job_context.store, &id, app.config.jobs_max_age, running, page)
         .await?
         .ok_or_else(|| AuthError::NotFound(format!("no import job with id '{id}'")))?;
+    // What a cancel or delete would do to what it stored, for the page's dialogs.
+    body["a_stop_does"] = json!(app.config.destination.what_a_stop_does());
     // A submission's job also shows the submission, manifest by manifest.
     let ctx = &app.job_context;
     if let Some(submission) = submission_views::of_job(&*ctx.store, &*ctx.submissions, &id).await? {

@@ -160,7 +160,10 @@ async fn cancel(
     let oo = OperationOutcome::single(
         Severity::Information,
         IssueCode::Processing,
-        "the import was cancelled; its record stays until it expires (DELETE removes it now)",
+        format!(
+            "the import was cancelled: {}; its record stays until it expires (DELETE removes it now)",
+            app.config.destination.what_a_stop_does()
+        ),
     );
     Ok(outcome_response(StatusCode::OK, &oo))
 }
@@ -180,7 +183,12 @@ async fn remove(
     let oo = OperationOutcome::single(
         Severity::Information,
         IssueCode::Processing,
-        format!("import job {} was cancelled and its files removed", job.id),
+        format!(
+            "import job {} was {}deleted: {}; its record and outcomes are gone",
+            job.id,
+            if job.state.is_finished() { "" } else { "cancelled and " },
+            app.config.destination.what_a_stop_does()
+        ),
     );
     Ok(outcome_response(StatusCode::ACCEPTED, &oo))
 }

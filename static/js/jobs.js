@@ -335,6 +335,9 @@ export const jobPage = {
   },
 };
 
+/** What a cancel or delete does to what the job stored, per destination, as the server says. */
+const stopDoes = () => (lastJob && lastJob.a_stop_does) || 'what it stored is removed';
+
 export function wireJobPage() {
   const turnPage = (by) => {
     filesOffset = Math.max(0, filesOffset + by);
@@ -362,7 +365,7 @@ export function wireJobPage() {
     const id = jobId;
     const ok = await confirmAction({
       title: 'Cancel this import?',
-      message: 'The import stops now and the files it stored so far are removed. The job stays listed as cancelled until it expires; the provider would have to ping again.',
+      message: `The import stops now: ${stopDoes()}. The job stays listed as cancelled until it expires; the provider would have to ping again.`,
       confirmLabel: 'Cancel import',
     });
     if (!ok || id !== jobId) {
@@ -382,8 +385,8 @@ export function wireJobPage() {
     const ok = await confirmAction({
       title: running ? 'Cancel this import?' : 'Delete this job?',
       message: running
-        ? 'The import stops now and every file it stored so far is removed. The provider would have to ping again.'
-        : 'The job, its outcomes and every file it stored are removed.',
+        ? `The import stops now and the job is deleted: ${stopDoes()}. The provider would have to ping again.`
+        : `The job and its outcomes are deleted: ${stopDoes()}.`,
       confirmLabel: running ? 'Cancel import' : 'Delete job',
     });
     if (!ok || id !== jobId) {

@@ -909,7 +909,9 @@ async fn the_command_line_takes_a_new_user_from_keygen_to_a_finished_import_and_
 
     let (code, out, err) = cli(d, &["delete", &status_url]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("deleted"));
+    // What the server did, per destination: files removed, resource store rows kept.
+    assert!(out.contains("deleted") && out.contains("JOBS_PATH are removed"), "{out}");
+    assert!(out.contains("resource store stay"), "{out}");
     let (code, _, err) = cli(d, &["status", &status_url]);
     assert_eq!(code, 1);
     assert!(err.contains("404"), "{err}");

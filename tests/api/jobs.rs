@@ -349,6 +349,9 @@ async fn a_cancelled_job_stays_listed_as_cancelled_and_its_poller_learns_so() {
     let cancel = |id: String| app.http.post(format!("{}/job/{id}/cancel", app.base)).send();
     let res = cancel(id.clone()).await.unwrap();
     assert_eq!(res.status(), 200);
+    let said: Value = res.json().await.unwrap();
+    let said = said["issue"][0]["diagnostics"].as_str().unwrap().to_string();
+    assert!(said.contains("the files it stored under JOBS_PATH are removed"), "says what it did: {said}");
     app.provider.release_files();
 
     let res = app.get_job(&id).await;
@@ -366,6 +369,9 @@ async fn a_cancelled_job_stays_listed_as_cancelled_and_its_poller_learns_so() {
     let page = app.admin_get(&format!("/admin/jobs/{id}")).await;
     assert_eq!(page["state"], "cancelled");
     assert!(page["kept_until"].is_string(), "{page}");
+    // Where it got to, not 0 %: one of its three files was done when it was cancelled.
+    assert_eq!(page["progress_percent"], 33.3, "{page}");
+    assert_eq!(page["a_stop_does"], "the files it stored under JOBS_PATH are removed");
 
     let again = cancel(id.clone()).await.unwrap();
     assert_eq!(again.status(), 409, "only a running job can be cancelled");
