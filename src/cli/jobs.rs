@@ -58,12 +58,36 @@ pub enum FollowError {
     TooLong(u64),
 }
 
-/// The status URL of `job` (a URL, or an id on `server`).
-fn status_url(remote: &Remote, job: &str) -> String {
+/// Whole job ids are this long (128 bits in hex).
+const JOB_ID_CHARS: usize = 32;
+
+/// The status URL of `job`: a URL, an id on `server`, or the start of one (as the audit trail
+/// and logs show ids: their first 8 characters), looked up among the jobs with the admin
+/// credential when one is at hand.
+async fn status_url(remote: &Remote, job: &str) -> Result<String, RemoteError> {
     if job.starts_with("http://") || job.starts_with("https://") {
-        job.to_string()
-    } else {
-        remote.url(&format!("/job/{job}"))
+        return Ok(job.to_string());
+    }
+    let job = job.trim_end_matches('…');
+    let hex = !job.is_empty() && job.chars().all(|c| c.is_ascii_hexdigit());
+    if job.len() >= JOB_ID_CHARS || !hex || !remote.has_admin() {
+        return Ok(remote.url(&format!("/job/{job}")));
+    }
+    let listed = remote.json(remote.request(Method::GET, "/admin/jobs")).await?;
+    let matching: Vec<&str> = listed["jobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|j| j["id"].as_str())
+        .filter(|id| id.starts_with(&job.to_ascii_lowercase()))
+        .collect();
+    match matching[..] {
+        [id] => Ok(remote.url(&format!("/job/{id}"))),
+        [] => Err(RemoteError::NoSuchJob(format!("no job's id starts with '{job}'"))),
+        _ => Err(RemoteError::NoSuchJob(format!(
+            "{} jobs' ids start with '{job}'; give more of it",
+            matching.len()
+        ))),
     }
 }
 
@@ -83,9 +107,10 @@ pub async fn list(args: JobsArgs) -> Outcome {
                 println!("no import jobs");
             }
             for j in jobs {
-                let id: String = j["id"].as_str().unwrap_or("?").chars().take(8).collect();
+                // Whole: the id is what `status`, `cancel` and `delete` take.
+                let id = j["id"].as_str().unwrap_or("?");
                 println!(
-                    "{id}…  {:<22} {:>5}%  {} files, {} resources  {}",
+                    "{id}  {:<22} {:>5}%  {} files, {} resources  {}",
                     j["state"].as_str().unwrap_or("?"),
                     j["progress_percent"],
                     j["files_total"],
@@ -213,7 +238,10 @@ pub fn print_end(ended: &Ended, json: bool) {
 
 pub async fn status(args: StatusArgs) -> Outcome {
     let remote = Remote::admin_if_known(&args.admin);
-    let url = status_url(&remote, &args.job);
+    let url = match status_url(&remote, &args.job).await {
+        Ok(url) => url,
+        Err(e) => return report(&e),
+    };
     let ended = if args.follow {
         follow(&remote, &url, Duration::from_secs(args.timeout)).await
     } else {
@@ -240,7 +268,10 @@ async fn said(remote: &Remote, req: reqwest::RequestBuilder) -> Result<Option<St
 
 pub async fn cancel(args: DeleteArgs) -> Outcome {
     let remote = Remote::admin_if_known(&args.admin);
-    let url = format!("{}/cancel", status_url(&remote, &args.job));
+    let url = match status_url(&remote, &args.job).await {
+        Ok(url) => format!("{url}/cancel"),
+        Err(e) => return report(&e),
+    };
     match said(&remote, remote.to(Method::POST, &url)).await {
         // The server's own words: what was removed and what stays, per destination.
         Ok(text) => {
@@ -253,7 +284,10 @@ pub async fn cancel(args: DeleteArgs) -> Outcome {
 
 pub async fn delete(args: DeleteArgs) -> Outcome {
     let remote = Remote::admin_if_known(&args.admin);
-    let url = status_url(&remote, &args.job);
+    let url = match status_url(&remote, &args.job).await {
+        Ok(url) => url,
+        Err(e) => return report(&e),
+    };
     match said(&remote, remote.to(Method::DELETE, &url)).await {
         Ok(text) => {
             println!("{}", text.unwrap_or_else(|| "deleted".into()));

@@ -34,6 +34,8 @@ pub enum RemoteError {
     Refused { status: StatusCode, message: String },
     #[error("the server's answer is not what was expected")]
     Unreadable(#[from] reqwest::Error),
+    #[error("{0}")]
+    NoSuchJob(String),
     #[error("no admin credential: pass --admin-token, set ADMIN_TOKEN, or run where the server's DATA_DIR ({0}) holds admin-token")]
     NoAdminToken(String),
 }
@@ -68,6 +70,10 @@ impl Remote {
     /// such as a Bulk Submit job's); none is not an error.
     pub fn admin_if_known(args: &AdminArgs) -> Self {
         Self::admin(args).unwrap_or_else(|_| Self::new(&args.server))
+    }
+
+    pub fn has_admin(&self) -> bool {
+        self.admin_token.is_some()
     }
 
     /// A request to `url`, with the admin credential only if `url` is on this server.

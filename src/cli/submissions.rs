@@ -44,9 +44,9 @@ pub async fn list(args: SubmissionsArgs) -> Outcome {
 /// One submission and a line per manifest it named.
 fn describe(s: &Value) -> String {
     let text = |v: &Value| v.as_str().unwrap_or("?").to_string();
-    let job: String = s["job_id"].as_str().unwrap_or("?").chars().take(8).collect();
+    let job = s["job_id"].as_str().unwrap_or("?");
     let mut out = format!(
-        "{}  from {}  {:<12} {:>5}%  {} of {} files  job {job}…\n",
+        "{}  from {}  {:<12} {:>5}%  {} of {} files  job {job}\n",
         text(&s["submission_id"]),
         text(&s["submitter"]["value"]),
         text(&s["status"]),

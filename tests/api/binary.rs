@@ -844,7 +844,15 @@ async fn the_command_line_takes_a_new_user_from_keygen_to_a_finished_import_and_
     );
     let (code, out, _) = cli(d, &["jobs", "--server", &base]);
     assert_eq!(code, 0);
-    assert!(out.contains("completed") && out.contains(&status_url.rsplit('/').next().unwrap()[..8]), "{out}");
+    let id = status_url.rsplit('/').next().unwrap();
+    assert!(out.contains("completed") && out.contains(id), "the whole id, to be used again: {out}");
+    // The first 8 characters, as the audit trail and the logs show an id, are enough.
+    let (code, out, err) = cli(d, &["status", "--server", &base, &id[..8]]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("completed: 2 files"), "{out}");
+    let (code, _, err) = cli(d, &["status", "--server", &base, "ffff0000"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no job's id starts with 'ffff0000'"), "{err}");
 
     // What the resource store holds, per provider and type.
     let (code, out, _) = cli(d, &["resources", "--server", &base]);
