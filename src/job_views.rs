@@ -185,7 +185,8 @@ fn describe_job(j: &JobSummary, retention: Duration) -> Value {
         "export_type": j.export_type,
         "export_url": j.export_url,
         "state": state,
-        "status_text": j.progress,
+        // The provider's word on its export, while it exports: once files come, it is stale.
+        "status_text": if matches!(j.state.as_str(), "queued" | "exporting") { j.progress.clone() } else { None },
         "provider_errors": j.provider_errors,
         "progress_percent": percent(&j.state, j.files_finished, j.files_failed, j.files_total),
         "files_finished": j.files_finished,

@@ -139,6 +139,21 @@ async function copyText(text) {
   }
 }
 
+/**
+ * A long URL as one short line: its origin, "…", its last path segment, and "?…" for a query
+ * (often a signature). The whole goes in a tooltip and a copy button beside it.
+ */
+export function shortUrl(raw) {
+  try {
+    const u = new URL(raw);
+    const parts = u.pathname.split('/').filter(Boolean);
+    const path = parts.length > 1 ? `/…/${parts[parts.length - 1]}` : u.pathname;
+    return `${u.origin}${path}${u.search ? '?…' : ''}`;
+  } catch {
+    return raw.length > 60 ? `${raw.slice(0, 57)}…` : raw;
+  }
+}
+
 /** Every `[data-copy=id]` button copies the value or text of element `id` and says so. */
 export function wireCopyButtons() {
   document.addEventListener('click', async (event) => {

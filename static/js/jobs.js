@@ -3,7 +3,7 @@
 // its focus across refreshes.
 import { api } from './api.js';
 import { summary as chartSummary, throughputChart } from './chart.js';
-import { $, alertBox, badge, confirmAction, durationText, flashNext, formatBytes, formatCount, h, secondsText, setContent, setText, timeEl } from './dom.js';
+import { $, alertBox, badge, confirmAction, durationText, flashNext, formatBytes, formatCount, h, secondsText, setContent, setText, shortUrl, timeEl } from './dom.js';
 
 /** How often the screens refresh while shown. */
 const POLL_MS = 1500;
@@ -146,16 +146,29 @@ const ofExpected = (n, expected) => (expected === null || expected === undefined
   ? formatCount(n) : `${formatCount(n)} of ${formatCount(expected)}`);
 const FILE_CELL_CLASS = { Name: 'wrap', URL: 'wrap', Resources: 'num', Bytes: 'num', Outcome: 'wrap' };
 
+/** Outcome text without the file's URL spelled out again (the URL and type columns have it). */
+function outcomeText(f) {
+  let text = f.diagnostics;
+  for (const u of [f.url, f.url.split('?')[0]]) {
+    const named = f.resource_type ? `${u} (${f.resource_type})` : u;
+    for (const lead of [`file ${named}: `, `file ${named} `]) text = text.split(lead).join('');
+    text = text.split(u).join('this file');
+  }
+  return text;
+}
+
 function fileCells(f) {
+  const urlId = `job-file-url-${f.index}`;
   return [
     [String(f.index + 1), f.kind !== 'output' ? h('span', { class: 'sub' }, f.kind) : null],
     [f.resource_type],
     [h('code', {}, f.name)],
-    [f.url],
+    [h('span', { title: f.url }, shortUrl(f.url)), h('span', { id: urlId, hidden: true }, f.url),
+      h('button', { type: 'button', class: 'small link-copy', 'data-copy': urlId, 'aria-label': `Copy the URL of file ${f.index + 1}` }, 'Copy')],
     [badge(f.state)],
     [ofExpected(f.resources, f.expected_resources)],
     [formatBytes(f.bytes)],
-    [f.diagnostics ? h('span', { class: f.state === 'failed' ? 'error-text' : null }, f.diagnostics) : ''],
+    [f.diagnostics ? h('span', { class: f.state === 'failed' ? 'error-text' : null }, outcomeText(f)) : ''],
   ];
 }
 
