@@ -173,8 +173,10 @@ impl Imports<'_> {
             }
             JobState::Cancelled => {
                 let when = job.completed_at.map(instant).unwrap_or_default();
-                let text =
-                    format!("the import was cancelled on request at {when}; nothing it received was kept");
+                let text = format!(
+                    "the import was cancelled on request at {when}: {}",
+                    self.jobs.config.destination.what_a_stop_does()
+                );
                 StatusView::Cancelled(OperationOutcome::single(
                     Severity::Information,
                     IssueCode::Processing,
@@ -187,7 +189,34 @@ impl Imports<'_> {
                 } else {
                     FileCounts::default()
                 };
-                in_progress(job.state, job.progress, files)
+                let mut view = in_progress(job.state, job.progress, files);
+                // Running on another replica: what its owner last wrote of it, so a long file
+                // moves here too.
+                let live = match job.state {
+                    JobState::Importing => store.live(&job.id).await?,
+                    _ => None,
+                };
+                if let (StatusView::InProgress { text, percent }, Some(live)) = (&mut view, live) {
+                    let (totals, _) = store.type_totals(&job.id).await?;
+                    let expected = totals
+                        .iter()
+                        .all(|t| t.announced)
+                        .then(|| totals.iter().map(|t| t.expected.max(0) as u64).sum::<u64>());
+                    text.push_str(&format!(
+                        "; {:.1} MB and {} resources received so far",
+                        live.bytes as f64 / 1_000_000.0,
+                        live.resources
+                    ));
+                    if let Some(expected) = expected {
+                        text.push_str(&format!(" of {expected} announced"));
+                    }
+                    *percent = crate::jobs::progress::percent_done(
+                        expected,
+                        Some(live.resources.max(0) as u64),
+                        files,
+                    );
+                }
+                view
             }
         })
     }

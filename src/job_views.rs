@@ -15,6 +15,7 @@ use crate::{
     store::{
         dashboard::{JobSummary, TypeTotals, MAX_FILES_PAGE},
         job_store::JobStore,
+        live_progress::LiveCounters,
         StoreError,
     },
     time_util::instant,
@@ -64,8 +65,16 @@ pub async fn show(
     let files = store.files_page(&job.id, page.offset, page.limit).await?;
     let (totals, untyped) = store.type_totals(&job.id).await?;
     let received = running.as_ref().and_then(|r| r.snapshot.received.as_ref());
-    let in_flight: HashMap<i64, InFlight> =
-        received.map(|r| r.in_flight.iter().map(|f| (f.idx, f.clone())).collect()).unwrap_or_default();
+    // Not running here but importing elsewhere: what its owner last wrote of it.
+    let stored_live = match (received, job.state.as_str()) {
+        (None, "importing") => store.live(&job.id).await?,
+        _ => None,
+    };
+    let in_flight: HashMap<i64, InFlight> = match (received, &stored_live) {
+        (Some(r), _) => r.in_flight.iter().map(|f| (f.idx, f.clone())).collect(),
+        (None, Some(l)) => files_of(l).into_iter().map(|f| (f.idx, f)).collect(),
+        _ => HashMap::new(),
+    };
     let mut body = describe_job(&job, retention);
     body["files"] = files.iter().map(|f| describe_file(f, in_flight.get(&f.idx))).collect();
     body["files_page"] = json!({
@@ -87,8 +96,36 @@ pub async fn show(
             body["live"] = live(&r.snapshot, received);
             body["progress_percent"] = json!(r.snapshot.percent());
         }
+    } else if let Some(l) = &stored_live {
+        // Rates and time left are the owner's to measure; the counts are the same.
+        body["live"] = json!({
+            "bytes": l.bytes,
+            "resources": l.resources,
+            "bytes_per_sec": null,
+            "resources_per_sec": null,
+            "eta_secs": null,
+            "downloading": in_flight.len(),
+            "as_of": instant(l.at_ms / 1000),
+        });
     }
     Ok(Some(body))
+}
+
+/// The files downloading when the owner last wrote a job's progress.
+pub fn files_of(live: &LiveCounters) -> Vec<InFlight> {
+    let listed: Vec<Value> = serde_json::from_str(&live.files).unwrap_or_default();
+    listed
+        .iter()
+        .filter_map(|f| {
+            Some(InFlight {
+                idx: f["index"].as_i64()?,
+                resource_type: f["type"].as_str().map(str::to_string),
+                bytes: f["bytes"].as_u64().unwrap_or(0),
+                resources: f["resources"].as_u64().unwrap_or(0),
+                finished: false,
+            })
+        })
+        .collect()
 }
 
 /// A finished job's chart; an unreadable one is left out rather than failing the page.
@@ -174,6 +211,19 @@ fn percent(state: &str, finished: i64, failed: i64, total: i64) -> f64 {
 }
 
 fn describe_job(j: &JobSummary, retention: Duration) -> Value {
+    // While it imports, what its owner last wrote of it (files in progress included), alike on
+    // every replica; after, its files' results.
+    let importing = j.state == "importing";
+    let bytes = if importing { j.bytes.max(j.live_bytes.unwrap_or(0)) } else { j.bytes };
+    let resources = if importing { j.resources.max(j.live_resources.unwrap_or(0)) } else { j.resources };
+    let expected = (j.unannounced == 0).then_some(j.expected_resources.max(0) as u64);
+    let files = FileCounts { total: j.files_total, finished: j.files_finished };
+    let progress_percent = match importing {
+        true => {
+            crate::jobs::progress::percent_done(expected, j.live_resources.map(|r| r.max(0) as u64), files)
+        }
+        false => percent(&j.state, j.files_finished, j.files_failed, j.files_total),
+    };
     // A partial import must not look like a clean one: its own state, not a green "completed".
     let partial = j.state == "completed" && (j.files_failed > 0 || j.provider_errors > 0);
     let state = if partial { "completed-with-errors" } else { j.state.as_str() };
@@ -188,12 +238,12 @@ fn describe_job(j: &JobSummary, retention: Duration) -> Value {
         // The provider's word on its export, while it exports: once files come, it is stale.
         "status_text": if matches!(j.state.as_str(), "queued" | "exporting") { j.progress.clone() } else { None },
         "provider_errors": j.provider_errors,
-        "progress_percent": percent(&j.state, j.files_finished, j.files_failed, j.files_total),
+        "progress_percent": progress_percent,
         "files_finished": j.files_finished,
         "files_total": j.files_total,
         "files_failed": j.files_failed,
-        "bytes": j.bytes,
-        "resources": j.resources,
+        "bytes": bytes,
+        "resources": resources,
         "failure": j.failure,
         "created_at": instant(j.created_at),
         "finished_at": j.completed_at.map(instant),

@@ -43,11 +43,18 @@ pub struct Work<'a> {
 
 /// Import every file of the plan until it is closed and done, charting its throughput meanwhile.
 pub async fn import_plan(work: Work<'_>) -> Result<(), JobError> {
-    let progress = work.progress;
-    tokio::select! {
+    let (progress, store, id) = (work.progress, work.ctx.store.clone(), work.id);
+    let result = tokio::select! {
         result = import_files(work) => result,
         never = progress.keep_sampling() => match never {},
+    };
+    // From here on the job's numbers are its files' results (a takeover writes its own).
+    if !matches!(result, Err(JobError::LeaseLost)) {
+        if let Err(e) = store.clear_live(id).await {
+            tracing::warn!(error = %crate::error_text::chain(&e), "could not clear the job's progress");
+        }
     }
+    result
 }
 
 async fn import_files(work: Work<'_>) -> Result<(), JobError> {
@@ -67,6 +74,8 @@ async fn import_files(work: Work<'_>) -> Result<(), JobError> {
         progress.resume_chart(serde_json::from_str(&json).unwrap_or_default());
     }
     progress.watch(job_bytes.clone());
+    // Every other replica and view reads this job's progress from the store.
+    let _live = crate::jobs::live_publisher::spawn(ctx.store.clone(), id, job_bytes.clone());
     // On a job error the downloads are cancelled, and every task is awaited before the job
     // returns: none may still write when the job's files are removed.
     let downloads = cancel.child_token();

@@ -15,6 +15,7 @@ pub mod gzip;
 pub mod json_scan;
 pub mod jwe;
 pub mod lease_timing;
+pub mod live_publisher;
 pub mod ndjson;
 pub mod notice;
 pub mod pipeline;

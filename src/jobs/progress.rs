@@ -48,13 +48,20 @@ impl Snapshot {
     /// Percent done: resources over the announced total where the manifests gave counts (so a
     /// long file moves it), else finished files over listed files. Never 100 before the end.
     pub fn percent(&self) -> f64 {
-        match (self.expected_resources, &self.received) {
-            (Some(expected), Some(r)) if expected > 0 => {
-                let p = r.resources as f64 * 100.0 / expected as f64;
-                ((p * 10.0).floor() / 10.0).min(99.9)
-            }
-            _ => self.files.percent(),
+        percent_done(self.expected_resources, self.received.as_ref().map(|r| r.resources), self.files)
+    }
+}
+
+/// Percent done of an importing job, alike wherever it is read: resources over the announced
+/// total where the manifests gave counts (so a long file moves it), else finished files over
+/// listed files. Never 100 before the end.
+pub fn percent_done(expected: Option<u64>, resources: Option<u64>, files: FileCounts) -> f64 {
+    match (expected, resources) {
+        (Some(expected), Some(resources)) if expected > 0 => {
+            let p = resources as f64 * 100.0 / expected as f64;
+            ((p * 10.0).floor() / 10.0).min(99.9)
         }
+        _ => files.percent(),
     }
 }
 

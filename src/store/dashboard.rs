@@ -36,6 +36,14 @@ pub struct JobSummary {
     pub resources: i64,
     /// Error issues providers reported in the job's `error[]` files.
     pub provider_errors: i64,
+    /// Resources the manifests announced for its data files; whole when `unannounced` is 0.
+    pub expected_resources: i64,
+    /// Data files whose manifest entry gave no count.
+    pub unannounced: i64,
+    /// What it had received when its owner last wrote its progress (`job_live`), files in
+    /// progress included; `None` unless it imports.
+    pub live_bytes: Option<i64>,
+    pub live_resources: Option<i64>,
 }
 
 const SUMMARY_SELECT: &str = "
@@ -46,7 +54,11 @@ const SUMMARY_SELECT: &str = "
            COALESCE(SUM(f.state = 'failed'), 0) AS files_failed,
            COALESCE(SUM(f.bytes), 0) AS bytes,
            COALESCE(SUM(f.resources), 0) AS resources,
-           COALESCE(SUM(f.provider_errors), 0) AS provider_errors
+           COALESCE(SUM(f.provider_errors), 0) AS provider_errors,
+           CAST(COALESCE(SUM(CASE WHEN f.kind = 'output' THEN f.expected_resources END), 0) AS BIGINT) AS expected_resources,
+           COUNT(CASE WHEN f.kind = 'output' AND f.expected_resources IS NULL THEN 1 END) AS unannounced,
+           (SELECT l.bytes FROM job_live l WHERE l.job_id = j.id) AS live_bytes,
+           (SELECT l.resources FROM job_live l WHERE l.job_id = j.id) AS live_resources
     FROM jobs j
     LEFT JOIN providers p ON p.client_id = j.client_id
     LEFT JOIN job_files f ON f.job_id = j.id AND f.state != 'withdrawn'";

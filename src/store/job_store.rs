@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use super::{
     dashboard::{JobSummary, TypeTotals},
     leases::{Claim, Renewal},
+    live_progress::LiveCounters,
     Store, StoreError,
 };
 use crate::domain::{
@@ -151,6 +152,12 @@ pub trait JobStore: Send + Sync {
     /// A job's data files per type, and the resources its done untyped files held per type.
     async fn type_totals(&self, job_id: &str)
         -> Result<(Vec<TypeTotals>, BTreeMap<String, i64>), StoreError>;
+    /// Write a running job's live counters (its owner, every couple of seconds).
+    async fn publish_live(&self, job_id: &str, live: &LiveCounters) -> Result<(), StoreError>;
+    /// A job's live counters as last written.
+    async fn live(&self, job_id: &str) -> Result<Option<LiveCounters>, StoreError>;
+    /// The job no longer imports.
+    async fn clear_live(&self, job_id: &str) -> Result<(), StoreError>;
 }
 
 /// The audit trail, newest events kept.
@@ -522,6 +529,15 @@ impl JobStore for Store {
         job_id: &str,
     ) -> Result<(Vec<TypeTotals>, BTreeMap<String, i64>), StoreError> {
         Store::type_totals(self, job_id).await
+    }
+    async fn publish_live(&self, job_id: &str, live: &LiveCounters) -> Result<(), StoreError> {
+        Store::publish_live(self, job_id, live).await
+    }
+    async fn live(&self, job_id: &str) -> Result<Option<LiveCounters>, StoreError> {
+        Store::live(self, job_id).await
+    }
+    async fn clear_live(&self, job_id: &str) -> Result<(), StoreError> {
+        Store::clear_live(self, job_id).await
     }
 }
 

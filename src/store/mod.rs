@@ -8,6 +8,7 @@ pub mod file_leases;
 pub mod job_store;
 pub mod jobs;
 pub mod leases;
+pub mod live_progress;
 pub mod postgres;
 pub mod providers;
 pub mod submissions;

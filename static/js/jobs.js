@@ -172,6 +172,12 @@ function fileCells(f) {
   ];
 }
 
+/** "1.2 MiB, 3,000 resources, 2.1 MiB/s": the rate only where the server running the job measured it. */
+function receivedText(live) {
+  const rate = live.bytes_per_sec === null || live.bytes_per_sec === undefined ? '' : `, ${formatBytes(live.bytes_per_sec)}/s`;
+  return `${formatBytes(live.bytes)}, ${formatCount(live.resources)} resources${rate}`;
+}
+
 function summaryPairs(job) {
   return [
     ['State', [badge(job.state), job.status_text && !finished(job) ? ` ${job.status_text}` : null]],
@@ -182,8 +188,9 @@ function summaryPairs(job) {
     ['Resources', [ofExpected(job.resources, job.expected_resources),
       job.expected_resources !== null && job.expected_resources !== undefined ? h('span', { class: 'sub' }, 'files done, of what the manifests announced') : null]],
     ['Bytes', [formatBytes(job.bytes)]],
-    ...(job.live ? [['Received so far', [`${formatBytes(job.live.bytes)}, ${formatCount(job.live.resources)} resources, ${formatBytes(job.live.bytes_per_sec)}/s`,
-      h('span', { class: 'sub' }, `files still downloading included (${job.live.downloading} now)`)]]] : []),
+    ...(job.live ? [['Received so far', [receivedText(job.live),
+      h('span', { class: 'sub' }, `files still downloading included (${job.live.downloading} now)`),
+      job.live.as_of ? h('span', { class: 'sub' }, 'as the server running it last reported, ', timeEl(job.live.as_of)) : null]]] : []),
     ...(job.live && job.live.eta_secs !== null && job.live.eta_secs !== undefined
       ? [['Time left', [etaText(job.live.eta_secs), h('span', { class: 'sub' }, 'at the rate so far, from the counts the manifests announced')]]] : []),
     ['Started', [timeEl(job.created_at)]],

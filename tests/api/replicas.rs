@@ -451,3 +451,51 @@ async fn a_due_sync_pull_runs_once_across_replicas() {
     let started: usize = cluster.replicas.iter().map(|r| r.log().matches("sync pull started").count()).sum();
     assert_eq!(started, 1, "logged by the replica that took it");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_replica_and_the_jobs_list_see_a_long_file_move_before_it_ends() {
+    let pg = PgCluster::start();
+    let s3 = S3Server::start().await;
+    let provider = FakeProvider::start().await;
+    // One file, counted in the manifest, half of it sent and then held for 5 s.
+    provider.true_counts();
+    provider.set_chunk_size(64 * 1024);
+    provider.add_file("long.ndjson", "Observation", observations(20_000));
+    provider.fault_file("long.ndjson", vec![FileFault::StallHalfway(5_000)]);
+    let cluster = Cluster::start(&pg, &s3, 2).await;
+    let bases = &cluster.bases;
+    let id = cluster.ping_first(&provider).await;
+    wait_for_request(&provider, "/fhir/files/long.ndjson", 1).await;
+
+    // While the file is held half-way, every replica's status and jobs list tell how far it got.
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut seen = vec![false; bases.len()];
+    while seen.iter().any(|s| !s) {
+        assert!(Instant::now() < deadline, "progress not seen on every replica: {seen:?}");
+        for (i, base) in bases.iter().enumerate() {
+            let res = reqwest::get(format!("{base}/job/{id}")).await.unwrap();
+            if res.status() != 202 {
+                continue;
+            }
+            let progress: f64 = res.headers()["x-progress"].to_str().unwrap().parse().unwrap();
+            let status = res.headers()["x-status"].to_str().unwrap().to_string();
+            let listed: Value = reqwest::Client::new()
+                .get(format!("{base}/admin/jobs"))
+                .bearer_auth(&cluster.admin)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let row = listed["jobs"].as_array().unwrap().iter().find(|j| j["id"] == id.as_str()).cloned();
+            let row_bytes = row.as_ref().and_then(|r| r["bytes"].as_i64()).unwrap_or(0);
+            if progress > 0.0 && progress < 100.0 && status.contains("resources received") && row_bytes > 0 {
+                seen[i] = true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let done = finished(&format!("{}/job/{id}", bases[1]), "the job never finished").await;
+    assert_eq!(done.status(), 200);
+}

@@ -315,7 +315,8 @@ async fn flow(c: &Client, app: &TestApp, shots: &Shots) -> Result<()> {
 
     // An import by the provider just registered. The manifest announces each file's count, the
     // first file stalls half-way and the second is held, so the job page shows progress moving
-    // before any file has ended, then the dashboard shows the job half done.
+    // before any file has ended, then the dashboard shows the job as far as the job page does:
+    // 20 of its 30 announced resources.
     app.provider.true_counts();
     app.provider.add_file("o.ndjson", "Observation", observations(20));
     app.provider.add_file("p.ndjson", "Patient", patients(10));
@@ -336,7 +337,7 @@ async fn flow(c: &Client, app: &TestApp, shots: &Shots) -> Result<()> {
     find(c, "#job-chart svg.throughput").await?;
     shots.take(c, "06-job-live").await?;
     nav(c, "jobs", "screen-jobs").await?;
-    wait_text(c, &row, "50 %").await?;
+    wait_text(c, &row, "66.6 %").await?;
     shots.take(c, "07-jobs-importing").await?;
     app.provider.release_files();
     find(c, &format!("{row}[data-state=completed]")).await?;

@@ -18,6 +18,7 @@ use crate::{
         job_store::JobStore,
         jobs::{sum_type_counts, FileRow, JobRow},
         leases::{Claim, Renewal},
+        live_progress::LiveCounters,
         StoreError,
     },
 };
@@ -32,7 +33,11 @@ const SUMMARY_SELECT: &str = "
            COUNT(f.idx) FILTER (WHERE f.state = 'failed') AS files_failed,
            COALESCE(SUM(f.bytes), 0)::BIGINT AS bytes,
            COALESCE(SUM(f.resources), 0)::BIGINT AS resources,
-           COALESCE(SUM(f.provider_errors), 0)::BIGINT AS provider_errors
+           COALESCE(SUM(f.provider_errors), 0)::BIGINT AS provider_errors,
+           CAST(COALESCE(SUM(CASE WHEN f.kind = 'output' THEN f.expected_resources END), 0) AS BIGINT) AS expected_resources,
+           COUNT(CASE WHEN f.kind = 'output' AND f.expected_resources IS NULL THEN 1 END) AS unannounced,
+           (SELECT l.bytes FROM job_live l WHERE l.job_id = j.id) AS live_bytes,
+           (SELECT l.resources FROM job_live l WHERE l.job_id = j.id) AS live_resources
     FROM jobs j
     LEFT JOIN providers p ON p.client_id = j.client_id
     LEFT JOIN job_files f ON f.job_id = j.id AND f.state <> 'withdrawn'";
@@ -602,6 +607,18 @@ impl JobStore for PgStore {
         let totals = sqlx::query_as::<_, TypeTotals>(TYPE_TOTALS).bind(job_id).fetch_all(self.pool()).await?;
         let untyped = sqlx::query_as(UNTYPED_COUNTS).bind(job_id).fetch_all(self.pool()).await?;
         Ok((totals, sum_type_counts(untyped)?))
+    }
+
+    async fn publish_live(&self, job_id: &str, live: &LiveCounters) -> Result<(), StoreError> {
+        PgStore::publish_live(self, job_id, live).await
+    }
+
+    async fn live(&self, job_id: &str) -> Result<Option<LiveCounters>, StoreError> {
+        PgStore::live(self, job_id).await
+    }
+
+    async fn clear_live(&self, job_id: &str) -> Result<(), StoreError> {
+        PgStore::clear_live(self, job_id).await
     }
 }
 

@@ -58,7 +58,7 @@ impl PgStore {
         Ok(Self { pool })
     }
 
-    fn pool(&self) -> &PgPool {
+    pub(in crate::store) fn pool(&self) -> &PgPool {
         &self.pool
     }
 }
