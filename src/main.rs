@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Command::Keygen(args) => cli::keygen::run(args),
         Command::Register(args) => remote(cli::registrations::register(*args)),
         Command::Registrations(args) => remote(cli::registrations::list(args)),
+        Command::Revoke(args) => remote(cli::registrations::revoke(args)),
         Command::Ping(args) => remote(cli::ping::run(args)),
         Command::Status(args) => remote(cli::jobs::status(args)),
         Command::Jobs(args) => remote(cli::jobs::list(args)),

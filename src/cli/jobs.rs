@@ -180,8 +180,9 @@ async fn check(remote: &Remote, url: &str) -> Result<Ended, RemoteError> {
 pub async fn follow(remote: &Remote, url: &str, limit: Duration) -> Result<Ended, FollowError> {
     let bar = indicatif::ProgressBar::new(100);
     bar.set_style(
+        // The text on a line of its own: beside the bar, 80 columns left it 20 characters.
         indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:40} {pos:>3}%  {wide_msg}",
+            "{spinner} [{elapsed_precise}] {bar:30} {pos:>3}%\n  {wide_msg}",
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
@@ -191,7 +192,7 @@ pub async fn follow(remote: &Remote, url: &str, limit: Duration) -> Result<Ended
         match check(remote, url).await? {
             Ended::Running { percent, text } => {
                 bar.set_position(percent.clamp(0.0, 100.0) as u64);
-                bar.set_message(text);
+                bar.set_message(compact(&text));
                 if Instant::now() >= deadline {
                     bar.abandon();
                     return Err(FollowError::TooLong(limit.as_secs()));
@@ -204,6 +205,19 @@ pub async fn follow(remote: &Remote, url: &str, limit: Duration) -> Result<Ended
             }
         }
     }
+}
+
+/// The server's status text in fewer words, so that rate and time left fit a terminal line.
+fn compact(text: &str) -> String {
+    [
+        ("importing: ", ""),
+        (" files done", " files"),
+        (" received so far", ""),
+        (" MB and ", " MB, "),
+        (" announced", ""),
+    ]
+    .iter()
+    .fold(text.to_string(), |t, (long, short)| t.replace(long, short))
 }
 
 /// How often `--follow` asks.
@@ -294,5 +308,18 @@ pub async fn delete(args: DeleteArgs) -> Outcome {
             Outcome::Done
         }
         Err(e) => report(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follow_text_fits_an_80_column_line_with_rate_and_time_left() {
+        let text = "importing: 0 of 6 files done; 12.3 MB and 4567 resources received so far (2.1 MB/s) of 30000 announced; about 3 min left";
+        let short = compact(text);
+        assert!(short.len() <= 78, "{} characters: {short}", short.len());
+        assert!(short.contains("2.1 MB/s") && short.contains("about 3 min left"), "{short}");
     }
 }

@@ -32,6 +32,8 @@ pub enum Command {
     Register(Box<registrations::RegisterArgs>),
     /// List a running server's provider registrations (admin credential).
     Registrations(registrations::ListArgs),
+    /// Revoke a registration (admin credential): its tokens and pings are refused from then on.
+    Revoke(registrations::RevokeArgs),
     /// Act as a provider: get a token, ping `$import`, and optionally follow the job.
     Ping(ping::PingArgs),
     /// A job's status; `--follow` shows live progress until it ends.

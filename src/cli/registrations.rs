@@ -236,6 +236,39 @@ pub async fn list(args: ListArgs) -> Outcome {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct RevokeArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// The registration's client_id (as `registrations` lists it).
+    client_id: String,
+}
+
+/// `revoke`: revoke a registration: its tokens stop working and its running jobs stop.
+pub async fn revoke(args: RevokeArgs) -> Outcome {
+    let run = async {
+        let remote = Remote::admin(&args.admin)?;
+        let path = format!("/auth/registrations/{}", url_segment(&args.client_id));
+        remote.json(remote.request(reqwest::Method::DELETE, &path)).await
+    };
+    match run.await {
+        Ok(answer) => {
+            println!(
+                "revoked {} ({}): its tokens no longer work; pings from it are refused",
+                answer["client_id"].as_str().unwrap_or(&args.client_id),
+                answer["aud"].as_str().unwrap_or("?")
+            );
+            Outcome::Done
+        }
+        Err(e) => report(&e),
+    }
+}
+
+/// `s` as one URL path segment.
+fn url_segment(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[derive(Debug, clap::Args)]
 pub struct AuditArgs {
     #[command(flatten)]
     admin: AdminArgs,

@@ -923,6 +923,16 @@ async fn the_command_line_takes_a_new_user_from_keygen_to_a_finished_import_and_
     let (code, _, err) = cli(d, &["status", &status_url]);
     assert_eq!(code, 1);
     assert!(err.contains("404"), "{err}");
+    // Revoked from the command line: listed as revoked, and its tokens refused.
+    let (code, out, err) = cli(d, &["revoke", "--server", &base, &synced]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with(&format!("revoked {synced}")), "{out}");
+    let (code, out, _) = cli(d, &["registrations", "--server", &base]);
+    assert_eq!(code, 0);
+    assert!(out.lines().any(|l| l.starts_with(&synced) && l.ends_with("(revoked)")), "{out}");
+    let (code, _, err) = cli(d, &["revoke", "--server", &base, "no-such-client"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("404"), "{err}");
     // Wrong credentials and an unreachable server are told plainly.
     let (code, _, err) = cli(d, &["jobs", "--server", &base, "--admin-token", "wrong"]);
     assert_eq!(code, 1);

@@ -322,6 +322,8 @@ async fn the_smart_reference_provider_completes_each_scenario() {
     assert!(!app.jobs_dir(&aborted.job()).exists(), "the aborted submission's data is deleted");
     // Stored before the abort (removed), or stopped on its way: never said to be kept.
     let said = aborted.lines(&error[0]).await;
-    let removed = said.contains("stopped the submission") && said.contains("the 8 resources") && said.contains("were removed");
+    let removed = said.contains("stopped the submission")
+        && said.contains("the 8 resources")
+        && said.contains("were removed");
     assert!(!said.contains("stored as") && (removed || said.contains("not imported")), "{said}");
 }
