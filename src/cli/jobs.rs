@@ -223,6 +223,45 @@ fn compact(text: &str) -> String {
 /// How often `--follow` asks.
 const POLL_EVERY: Duration = Duration::from_millis(500);
 
+/// Files named at most in a summary; the outcome file has them all.
+const MAX_NAMED_FAILURES: usize = 10;
+
+/// Print how a job ended, and for people, what its outcome file says: where the files landed and
+/// which failed and why (the first few).
+pub async fn print_summary(remote: &Remote, ended: &Ended, json: bool) {
+    print_end(ended, json);
+    let (Ended::Completed(body) | Ended::CompletedWithErrors(body)) = ended else { return };
+    let Some(url) = body["outcome"][0]["url"].as_str().filter(|_| !json) else { return };
+    let Ok(res) = remote.send(remote.to(Method::GET, url)).await else { return };
+    let text = res.text().await.unwrap_or_default();
+    let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let said = |oo: &Value, severity: &str| {
+        oo["issue"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i["severity"] == severity)
+            .and_then(|i| i["diagnostics"].as_str())
+            .map(str::to_string)
+    };
+    // "… stored as <job>/<name>": where they went.
+    if let Some(stored) = lines
+        .iter()
+        .filter_map(|oo| said(oo, "information"))
+        .find_map(|d| d.split(", stored as ").nth(1).map(str::to_string))
+    {
+        println!("stored as, for example: {stored}");
+    }
+    let failures: Vec<String> =
+        lines.iter().filter_map(|oo| said(oo, "error").or_else(|| said(oo, "fatal"))).collect();
+    for why in failures.iter().take(MAX_NAMED_FAILURES) {
+        println!("failed: {why}");
+    }
+    if failures.len() > MAX_NAMED_FAILURES {
+        println!("… and {} more failures in {url}", failures.len() - MAX_NAMED_FAILURES);
+    }
+}
+
 /// Print how a job ended: a summary line, or the JSON.
 pub fn print_end(ended: &Ended, json: bool) {
     match ended {
@@ -263,7 +302,7 @@ pub async fn status(args: StatusArgs) -> Outcome {
     };
     match ended {
         Ok(ended) => {
-            print_end(&ended, args.json);
+            print_summary(&remote, &ended, args.json).await;
             ended.outcome()
         }
         Err(e) => report(&e),

@@ -15,7 +15,7 @@ use reqwest::{header, StatusCode};
 use serde_json::json;
 
 use super::{
-    jobs::{follow, print_end, FollowError},
+    jobs::{follow, print_summary, FollowError},
     remote::{refusal, Remote, RemoteError, ServerArgs},
     report, Outcome,
 };
@@ -135,7 +135,7 @@ async fn ping(args: &PingArgs) -> Result<Outcome, PingError> {
     // On stderr, so `--json` output stays one document.
     eprintln!("accepted: {location}");
     let ended = follow(&remote, &location, Duration::from_secs(args.timeout)).await?;
-    print_end(&ended, args.json);
+    print_summary(&remote, &ended, args.json).await;
     Ok(ended.outcome())
 }
 

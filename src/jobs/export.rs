@@ -145,9 +145,16 @@ pub async fn kick_off(
             retry::unless_cancelled(cancel, describe_failure("the provider's export kick-off", resp)).await?;
         return Err(JobError::Provider(reason));
     }
-    let location = resp.headers().get(CONTENT_LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| {
-        JobError::Provider("the provider accepted the export but sent no Content-Location status URL".into())
-    })?;
+    let Some(location) = resp.headers().get(CONTENT_LOCATION).and_then(|v| v.to_str().ok()) else {
+        // The usual mistake: a static export's manifest URL pinged as a dynamic export.
+        let hint = match resp.status() {
+            StatusCode::OK => "; it answered 200 rather than 202, as a static export's manifest does: if the exportUrl is a manifest (bulk-import provide prints one), ping with exportType static (CLI: --export-type static)",
+            _ => "",
+        };
+        return Err(JobError::Provider(format!(
+            "the provider accepted the export but sent no Content-Location status URL{hint}"
+        )));
+    };
     client
         .base
         .trusted_url(location, export_url)

@@ -914,6 +914,9 @@ async fn the_command_line_takes_a_new_user_from_keygen_to_a_finished_import_and_
         cli(d, &[&ping[..], &["--export-url", &manifest, "--export-type", "static", "--follow"]].concat());
     assert_eq!(code, 3, "{out}");
     assert!(out.starts_with("completed-with-errors"), "{out}");
+    // The summary names the failed file and why, and where the others landed.
+    assert!(out.lines().any(|l| l.starts_with("failed: ") && l.contains("bad.ndjson")), "{out}");
+    assert!(out.contains("stored as, for example: "), "{out}");
 
     let (code, out, err) = cli(d, &["delete", &status_url]);
     assert_eq!(code, 0, "{err}");

@@ -346,6 +346,10 @@ async fn a_cancelled_job_stays_listed_as_cancelled_and_its_poller_learns_so() {
         app.jobs_dir(&id).read_dir().is_ok_and(|mut d| d.next().is_some())
     })
     .await;
+    wait_until("one file recorded", async || {
+        app.admin_get(&format!("/admin/jobs/{id}")).await["files_finished"] == 1
+    })
+    .await;
     let cancel = |id: String| app.http.post(format!("{}/job/{id}/cancel", app.base)).send();
     let res = cancel(id.clone()).await.unwrap();
     assert_eq!(res.status(), 200);

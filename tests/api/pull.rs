@@ -671,3 +671,12 @@ async fn a_second_job_within_the_providers_budget_reads_its_manifest_without_wai
     let waited = manifests[1].at.saturating_duration_since(pinged);
     assert!(waited < Duration::from_millis(700), "the second manifest waited {waited:?}");
 }
+
+#[tokio::test]
+async fn a_manifest_pinged_as_a_dynamic_export_fails_with_a_hint_to_ping_it_as_static() {
+    let app = spawn_app().await;
+    app.provider.add_file("p.ndjson", "Patient", patients(1));
+    let id = app.start_import(&app.provider.manifest_url(), "dynamic").await;
+    let failure = app.failed(&id).await;
+    assert!(failure.contains("no Content-Location") && failure.contains("--export-type static"), "{failure}");
+}
