@@ -97,6 +97,24 @@ pub(super) const TYPE_TOTALS: &str = "
     FROM job_files WHERE job_id = $1 AND kind = 'output' AND state <> 'withdrawn'
     GROUP BY resource_type ORDER BY resource_type";
 
+/// A submitted manifest's files, counted by state.
+#[derive(Debug, Clone, Copy, Default, sqlx::FromRow)]
+pub struct ManifestFiles {
+    pub manifest_idx: i64,
+    pub files: i64,
+    pub done: i64,
+    pub failed: i64,
+    pub withdrawn: i64,
+}
+
+pub(super) const MANIFEST_FILES: &str = "
+    SELECT manifest_idx,
+           COUNT(*) AS files,
+           COUNT(*) FILTER (WHERE state = 'done') AS done,
+           COUNT(*) FILTER (WHERE state = 'failed') AS failed,
+           COUNT(*) FILTER (WHERE state = 'withdrawn') AS withdrawn
+    FROM job_files WHERE job_id = $1 GROUP BY manifest_idx ORDER BY manifest_idx";
+
 /// The per-type counts of done untyped files (only they carry them).
 pub(super) const UNTYPED_COUNTS: &str = "
     SELECT resource_type, resources, type_counts FROM job_files
@@ -127,6 +145,11 @@ impl Store {
         let totals = sqlx::query_as::<_, TypeTotals>(TYPE_TOTALS).bind(job_id).fetch_all(self.pool()).await?;
         let untyped = sqlx::query_as(UNTYPED_COUNTS).bind(job_id).fetch_all(self.pool()).await?;
         Ok((totals, sum_type_counts(untyped)?))
+    }
+
+    /// A job's files counted by state, per manifest of its plan.
+    pub async fn manifest_files(&self, job_id: &str) -> Result<Vec<ManifestFiles>, StoreError> {
+        Ok(sqlx::query_as(MANIFEST_FILES).bind(job_id).fetch_all(self.pool()).await?)
     }
 
     /// Up to [`DASHBOARD_MAX_JOBS`] jobs, newest first.

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, time::Duration};
 use async_trait::async_trait;
 
 use super::{
-    dashboard::{JobSummary, TypeTotals},
+    dashboard::{JobSummary, ManifestFiles, TypeTotals},
     leases::{Claim, Renewal},
     live_progress::LiveCounters,
     Store, StoreError,
@@ -152,6 +152,8 @@ pub trait JobStore: Send + Sync {
     /// A job's data files per type, and the resources its done untyped files held per type.
     async fn type_totals(&self, job_id: &str)
         -> Result<(Vec<TypeTotals>, BTreeMap<String, i64>), StoreError>;
+    /// A job's files counted by state, per manifest of its plan.
+    async fn manifest_files(&self, job_id: &str) -> Result<Vec<ManifestFiles>, StoreError>;
     /// Write a running job's live counters (its owner, every couple of seconds).
     async fn publish_live(&self, job_id: &str, live: &LiveCounters) -> Result<(), StoreError>;
     /// A job's live counters as last written.
@@ -529,6 +531,9 @@ impl JobStore for Store {
         job_id: &str,
     ) -> Result<(Vec<TypeTotals>, BTreeMap<String, i64>), StoreError> {
         Store::type_totals(self, job_id).await
+    }
+    async fn manifest_files(&self, job_id: &str) -> Result<Vec<ManifestFiles>, StoreError> {
+        Store::manifest_files(self, job_id).await
     }
     async fn publish_live(&self, job_id: &str, live: &LiveCounters) -> Result<(), StoreError> {
         Store::publish_live(self, job_id, live).await

@@ -265,6 +265,35 @@ async fn a_plan_grows_and_manifests_are_withdrawn(store: &dyn JobStore) {
     assert!(listed.iter().any(|j| j.id == "ee01"), "the listing holds the job");
     assert!(listed.windows(2).all(|w| w[0].created_at >= w[1].created_at), "newest first");
     assert!(store.job_summary("none").await.unwrap().is_none());
+
+    // The job page's reads, counted in the database: a page of files, totals per type and per
+    // manifest (withdrawn files apart).
+    let page = store.files_page("ee01", 1, 2).await.unwrap();
+    assert_eq!(page.iter().map(|f| f.idx).collect::<Vec<_>>(), vec![1, 2]);
+    assert!(store.files_page("ee01", 10, 2).await.unwrap().is_empty());
+    let (types, untyped) = store.type_totals("ee01").await.unwrap();
+    let of = |t: &str| types.iter().find(|x| x.resource_type == t).cloned().expect("a type's totals");
+    assert_eq!(
+        (of("Observation").files, of("Observation").files_done, of("Observation").resources),
+        (1, 1, 2)
+    );
+    assert_eq!((of("Patient").files, of("Patient").resources), (1, 5), "the withdrawn ones apart");
+    assert!(untyped.is_empty());
+    let by_manifest = store.manifest_files("ee01").await.unwrap();
+    let counted: Vec<(i64, i64, i64, i64)> =
+        by_manifest.iter().map(|m| (m.manifest_idx, m.files, m.done, m.withdrawn)).collect();
+    assert_eq!(counted, vec![(0, 2, 0, 2), (1, 1, 1, 0), (2, 1, 1, 0)]);
+
+    // Live progress: written, read back by any process, replaced, cleared.
+    use bulk_import::store::live_progress::LiveCounters;
+    let live = LiveCounters { bytes: 10, resources: 2, files: "[]".into(), at_ms: 1 };
+    store.publish_live("ee01", &live).await.unwrap();
+    store.publish_live("ee01", &LiveCounters { bytes: 20, ..live.clone() }).await.unwrap();
+    assert_eq!(store.live("ee01").await.unwrap().map(|l| l.bytes), Some(20));
+    let summary = store.job_summary("ee01").await.unwrap().unwrap();
+    assert_eq!((summary.live_bytes, summary.live_resources), (Some(20), Some(2)));
+    store.clear_live("ee01").await.unwrap();
+    assert_eq!(store.live("ee01").await.unwrap(), None);
 }
 
 async fn leases_are_claimed_fenced_and_cancelled(store: &dyn JobStore) {

@@ -12,8 +12,8 @@ use crate::{
     },
     store::{
         dashboard::{
-            JobSummary, TypeTotals, DASHBOARD_MAX_JOBS, FILES_PAGE, MAX_FILES_PAGE, TYPE_TOTALS,
-            UNTYPED_COUNTS,
+            JobSummary, ManifestFiles, TypeTotals, DASHBOARD_MAX_JOBS, FILES_PAGE, MANIFEST_FILES,
+            MAX_FILES_PAGE, TYPE_TOTALS, UNTYPED_COUNTS,
         },
         job_store::JobStore,
         jobs::{sum_type_counts, FileRow, JobRow},
@@ -607,6 +607,10 @@ impl JobStore for PgStore {
         let totals = sqlx::query_as::<_, TypeTotals>(TYPE_TOTALS).bind(job_id).fetch_all(self.pool()).await?;
         let untyped = sqlx::query_as(UNTYPED_COUNTS).bind(job_id).fetch_all(self.pool()).await?;
         Ok((totals, sum_type_counts(untyped)?))
+    }
+
+    async fn manifest_files(&self, job_id: &str) -> Result<Vec<ManifestFiles>, StoreError> {
+        Ok(sqlx::query_as(MANIFEST_FILES).bind(job_id).fetch_all(self.pool()).await?)
     }
 
     async fn publish_live(&self, job_id: &str, live: &LiveCounters) -> Result<(), StoreError> {
