@@ -252,6 +252,16 @@ impl Imports<'_> {
     /// Stop an unfinished job and keep it as cancelled (until `JOBS_MAX_AGE`): what it stored
     /// is removed, files not yet imported say why, and the provider's export is released.
     pub async fn cancel(&self, id: &str) -> Result<Job, ImportError> {
+        self.stop(id, None).await
+    }
+
+    /// Cancel a running job and remove what it stored as `removal` says, its done files' outcomes
+    /// then saying `why`; `None`: as a cancel does.
+    pub async fn stop(
+        &self,
+        id: &str,
+        removal: Option<(crate::destination::Removal, String)>,
+    ) -> Result<Job, ImportError> {
         let ctx = self.jobs;
         let job = self.find(id).await?;
         if job.state.is_finished() {
@@ -263,12 +273,18 @@ impl Imports<'_> {
             let now = self.find(id).await?;
             return Err(ImportError::Finished(now.state.as_str()));
         }
-        // Cancelled: incomplete, like a failed job.
-        ctx.destination.delete_job(&job.id, crate::destination::Removal::Failed).await?;
-        let pending: Vec<(i64, String)> = ctx
-            .store
-            .files(&job.id)
-            .await?
+        // Cancelled: incomplete, like a failed job (unless the caller removes more).
+        let (removal, why) = match removal {
+            Some(stopped) => stopped,
+            None => (
+                crate::destination::Removal::Failed,
+                format!("the import was cancelled: {}", ctx.config.destination.what_a_stop_does()),
+            ),
+        };
+        ctx.destination.delete_job(&job.id, removal).await?;
+        let files = ctx.store.files(&job.id).await?;
+        ctx.store.restate_done_files(&job.id, &crate::jobs::removed_note::restated(&files, &why)).await?;
+        let pending: Vec<(i64, String)> = files
             .iter()
             .filter(|f| f.state == crate::domain::FileState::Pending)
             .map(|f| {

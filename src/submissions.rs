@@ -139,13 +139,17 @@ impl Submissions<'_> {
                 return Err(closed(&submission));
             }
             if status == SubmissionStatus::Stopped {
-                // Everything stops and what was stored goes.
-                match (Imports { jobs: ctx }).cancel(&job_id).await {
-                    Ok(_) | Err(ImportError::Finished(_)) => ctx
-                        .destination
-                        .delete_job(&job_id, crate::destination::Removal::Withdrawn)
-                        .await
-                        .map_err(ImportError::from)?,
+                // Everything stops and what was stored goes, resource-store rows included.
+                let why = "the provider stopped the submission: everything it stored was removed".to_string();
+                let withdrawn = crate::destination::Removal::Withdrawn;
+                match (Imports { jobs: ctx }).stop(&job_id, Some((withdrawn, why.clone()))).await {
+                    Ok(_) => {}
+                    Err(ImportError::Finished(_)) => {
+                        ctx.destination.delete_job(&job_id, withdrawn).await.map_err(ImportError::from)?;
+                        let files = ctx.store.files(&job_id).await?;
+                        let restated = crate::jobs::removed_note::restated(&files, &why);
+                        ctx.store.restate_done_files(&job_id, &restated).await?;
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }

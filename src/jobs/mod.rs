@@ -26,6 +26,7 @@ pub mod provider_report;
 pub mod pull;
 pub mod reaper;
 pub mod recorder;
+pub mod removed_note;
 pub mod request_budget;
 pub mod resume;
 pub mod retry;

@@ -199,8 +199,17 @@ async fn record_failure(ctx: &JobContext, id: &str, message: String, token: i64)
         // Its files stay: without the state stored, this process may no longer be the job's.
         Err(e) => return log(&e, "its state"),
     }
-    if let Err(e) = ctx.destination.delete_job(id, crate::destination::Removal::Failed).await {
-        tracing::warn!(error = %crate::error_text::chain(&e), "could not remove a failed job's files");
+    match ctx.destination.delete_job(id, crate::destination::Removal::Failed).await {
+        Ok(()) => {
+            let why = format!("the job failed: {}", ctx.config.destination.what_a_stop_does());
+            let restated = crate::jobs::removed_note::restated(&files, &why);
+            if let Err(e) = ctx.store.restate_done_files(id, &restated).await {
+                log(&e, "what became of its done files");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %crate::error_text::chain(&e), "could not remove a failed job's files")
+        }
     }
     let pending: Vec<(i64, String)> = files
         .iter()

@@ -81,6 +81,8 @@ pub trait JobStore: Send + Sync {
     /// `fence`: the lease token the caller holds, if it runs the job; a stale one changes nothing.
     async fn complete_job(&self, id: &str, now: i64, fence: Option<i64>) -> Result<bool, StoreError>;
     async fn fail_pending_files(&self, job_id: &str, outcomes: &[(i64, String)]) -> Result<(), StoreError>;
+    /// Say again what became of done files (their data removed by a cancel or a failure).
+    async fn restate_done_files(&self, job_id: &str, outcomes: &[(i64, String)]) -> Result<(), StoreError>;
     async fn fail_job(
         &self,
         id: &str,
@@ -425,6 +427,9 @@ impl JobStore for Store {
     }
     async fn complete_job(&self, id: &str, now: i64, fence: Option<i64>) -> Result<bool, StoreError> {
         Store::complete_job(self, id, now, fence).await
+    }
+    async fn restate_done_files(&self, job_id: &str, outcomes: &[(i64, String)]) -> Result<(), StoreError> {
+        Store::restate_done_files(self, job_id, outcomes).await
     }
     async fn fail_pending_files(&self, job_id: &str, outcomes: &[(i64, String)]) -> Result<(), StoreError> {
         Store::fail_pending_files(self, job_id, outcomes).await

@@ -376,6 +376,14 @@ async fn a_cancelled_job_stays_listed_as_cancelled_and_its_poller_learns_so() {
     // Where it got to, not 0 %: one of its three files was done when it was cancelled.
     assert_eq!(page["progress_percent"], 33.3, "{page}");
     assert_eq!(page["a_stop_does"], "the files it stored under JOBS_PATH are removed");
+    // The file it had imported says where it went and that it went again: not "stored as" alone.
+    let said = page["files"][0]["diagnostics"].as_str().unwrap();
+    assert!(
+        said.contains("stored as")
+            && said
+                .contains("then the import was cancelled: the files it stored under JOBS_PATH are removed"),
+        "{said}"
+    );
 
     let again = cancel(id.clone()).await.unwrap();
     assert_eq!(again.status(), 409, "only a running job can be cancelled");

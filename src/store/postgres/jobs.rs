@@ -16,7 +16,7 @@ use crate::{
             MAX_FILES_PAGE, TYPE_TOTALS, UNTYPED_COUNTS,
         },
         job_store::JobStore,
-        jobs::{sum_type_counts, FileRow, JobRow},
+        jobs::{sum_type_counts, FileRow, JobRow, RESTATE_DONE},
         leases::{Claim, Renewal},
         live_progress::LiveCounters,
         StoreError,
@@ -436,6 +436,15 @@ impl JobStore for PgStore {
         .execute(self.pool())
         .await?;
         Ok(r.rows_affected() == 1)
+    }
+
+    async fn restate_done_files(&self, job_id: &str, outcomes: &[(i64, String)]) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        for (idx, outcome) in outcomes {
+            sqlx::query(RESTATE_DONE).bind(outcome).bind(job_id).bind(idx).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn fail_pending_files(&self, job_id: &str, outcomes: &[(i64, String)]) -> Result<(), StoreError> {
