@@ -28,6 +28,8 @@ use crate::error_text::chain;
 pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
 /// 8 MiB parts: with one part in flight and one filling, 16 MiB per file.
 pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
+/// Longest an abort waits for a part upload already on its way.
+const PART_LANDING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Parts uploading at once per file while the next one fills.
 const PARTS_IN_FLIGHT: usize = 1;
 /// Attempts per S3 request (the SDK retries throttling, 5xx and connection errors).
@@ -369,8 +371,12 @@ impl S3Writer {
     }
 
     async fn abort_upload(&mut self) -> Result<(), DestinationError> {
-        for handle in self.in_flight.drain(..) {
-            handle.abort();
+        // Parts on their way are let land first: one cancelled here may still be stored by the
+        // server after the abort, an orphan part no upload owns. Bounded, then cancelled.
+        for mut handle in self.in_flight.drain(..) {
+            if tokio::time::timeout(PART_LANDING_WAIT, &mut handle).await.is_err() {
+                handle.abort();
+            }
         }
         if let Some(upload_id) = self.upload_id.take() {
             self.client
