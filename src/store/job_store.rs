@@ -6,7 +6,8 @@ use std::{collections::BTreeMap, time::Duration};
 use async_trait::async_trait;
 
 use super::{
-    dashboard::{JobSummary, ManifestFiles, TypeTotals},
+    dashboard::JobSummary,
+    job_pages::{ManifestFiles, TypeTotals},
     leases::{Claim, Renewal},
     live_progress::LiveCounters,
     Store, StoreError,

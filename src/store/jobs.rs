@@ -111,25 +111,7 @@ pub(super) fn sum_type_counts(
     Ok(out)
 }
 
-/// A done file's outcome, said again once what it stored was removed (both databases).
-pub(super) const RESTATE_DONE: &str =
-    "UPDATE job_files SET outcome = $1 WHERE job_id = $2 AND idx = $3 AND state = 'done'";
-
 impl Store {
-    /// Say again what became of done files (their data removed by a cancel or a failure).
-    pub async fn restate_done_files(
-        &self,
-        job_id: &str,
-        outcomes: &[(i64, String)],
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
-        for (idx, outcome) in outcomes {
-            sqlx::query(RESTATE_DONE).bind(outcome).bind(job_id).bind(idx).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
     /// Insert a job unless `caps` are reached: unfinished jobs in all, and of the job's provider.
     /// One statement, so a burst of pings cannot overshoot the limit.
     pub async fn insert_job_if_room(&self, job: &Job, caps: JobCaps) -> Result<Admission, StoreError> {

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod backend;
 pub mod dashboard;
 pub mod file_leases;
+pub mod job_pages;
 pub mod job_store;
 pub mod jobs;
 pub mod leases;

@@ -11,12 +11,10 @@ use crate::{
         PlanManifest,
     },
     store::{
-        dashboard::{
-            JobSummary, ManifestFiles, TypeTotals, DASHBOARD_MAX_JOBS, FILES_PAGE, MANIFEST_FILES,
-            MAX_FILES_PAGE, TYPE_TOTALS, UNTYPED_COUNTS,
-        },
+        dashboard::{JobSummary, DASHBOARD_MAX_JOBS},
+        job_pages::{ManifestFiles, TypeTotals},
         job_store::JobStore,
-        jobs::{sum_type_counts, FileRow, JobRow, RESTATE_DONE},
+        jobs::{FileRow, JobRow},
         leases::{Claim, Renewal},
         live_progress::LiveCounters,
         StoreError,
@@ -439,12 +437,7 @@ impl JobStore for PgStore {
     }
 
     async fn restate_done_files(&self, job_id: &str, outcomes: &[(i64, String)]) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
-        for (idx, outcome) in outcomes {
-            sqlx::query(RESTATE_DONE).bind(outcome).bind(job_id).bind(idx).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        PgStore::restate_done_files(self, job_id, outcomes).await
     }
 
     async fn fail_pending_files(&self, job_id: &str, outcomes: &[(i64, String)]) -> Result<(), StoreError> {
@@ -600,26 +593,18 @@ impl JobStore for PgStore {
     }
 
     async fn files_page(&self, job_id: &str, offset: i64, limit: i64) -> Result<Vec<JobFile>, StoreError> {
-        let rows = sqlx::query_as::<_, FileRow>(FILES_PAGE)
-            .bind(job_id)
-            .bind(limit.clamp(0, MAX_FILES_PAGE))
-            .bind(offset.max(0))
-            .fetch_all(self.pool())
-            .await?;
-        Ok(rows.into_iter().map(JobFile::from).collect())
+        PgStore::files_page(self, job_id, offset, limit).await
     }
 
     async fn type_totals(
         &self,
         job_id: &str,
     ) -> Result<(Vec<TypeTotals>, BTreeMap<String, i64>), StoreError> {
-        let totals = sqlx::query_as::<_, TypeTotals>(TYPE_TOTALS).bind(job_id).fetch_all(self.pool()).await?;
-        let untyped = sqlx::query_as(UNTYPED_COUNTS).bind(job_id).fetch_all(self.pool()).await?;
-        Ok((totals, sum_type_counts(untyped)?))
+        PgStore::type_totals(self, job_id).await
     }
 
     async fn manifest_files(&self, job_id: &str) -> Result<Vec<ManifestFiles>, StoreError> {
-        Ok(sqlx::query_as(MANIFEST_FILES).bind(job_id).fetch_all(self.pool()).await?)
+        PgStore::manifest_files(self, job_id).await
     }
 
     async fn publish_live(&self, job_id: &str, live: &LiveCounters) -> Result<(), StoreError> {
