@@ -307,6 +307,7 @@ async fn run(
     if job.state.is_finished() {
         return Ok(Ran::AlreadyFinished);
     }
+    progress.set_submission(job.export_type == ExportType::Submit);
     let record = Recorder { store: &*ctx.store, id, progress, fence: Some(token) };
     record.resumed(job.state, job.progress.clone());
     let provider = ctx.providers.provider(&job.client_id).await?.ok_or(JobError::Revoked)?;

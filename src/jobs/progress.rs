@@ -126,7 +126,7 @@ impl Series {
 /// Updated by the pipeline where it writes the same facts to the store. Polls read the store
 /// instead until the job has published its state, and again from the moment it is closed.
 #[derive(Debug, Default)]
-pub struct Progress(Mutex<Live>, Mutex<Option<Counters>>, Mutex<Series>);
+pub struct Progress(Mutex<Live>, Mutex<Option<Counters>>, Mutex<Series>, std::sync::OnceLock<bool>);
 
 #[derive(Debug, Default)]
 enum Live {
@@ -138,6 +138,15 @@ enum Live {
 }
 
 impl Progress {
+    /// The job is a Bulk Submit submission's (its data is its submitter's): known once it runs.
+    pub fn set_submission(&self, yes: bool) {
+        let _ = self.3.set(yes);
+    }
+
+    pub fn is_submission(&self) -> Option<bool> {
+        self.3.get().copied()
+    }
+
     pub fn snapshot(&self) -> Option<Snapshot> {
         let mut snapshot = match &*self.0.lock().unwrap_or_else(PoisonError::into_inner) {
             Live::Known(s) => s.clone(),

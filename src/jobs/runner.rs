@@ -177,6 +177,12 @@ impl Runner {
         self.running_jobs().get(id)?.progress.snapshot()
     }
 
+    /// Whether a job running here is a Bulk Submit submission's; `None` when it is not running
+    /// here (or has not read its record yet), and the store must tell.
+    pub fn is_submission(&self, id: &str) -> Option<bool> {
+        self.running_jobs().get(id)?.progress.is_submission()
+    }
+
     /// The throughput chart of a job running here, so far.
     pub fn throughput(&self, id: &str) -> Option<Vec<crate::jobs::progress::Sample>> {
         Some(self.running_jobs().get(id)?.progress.throughput())

@@ -4,8 +4,8 @@
 //! it: here only that client's access token or the admin credential reach it (else 404, as for
 //! no job); the client's own status URL is `/bulk-submit-status/{id}`.
 use axum::{
-    extract::{Path, State},
-    http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode},
+    extract::{FromRequestParts, Path, State},
+    http::{header, request::Parts, HeaderMap, HeaderName, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
     Json, Router,
@@ -35,37 +35,56 @@ fn imports(app: &AppState) -> Imports<'_> {
     Imports { jobs: &app.job_context }
 }
 
-/// Whether the caller may reach job `id` by its link: anyone for a ping-and-pull job; for a Bulk
-/// Submit job, the operator (admin credential) or the submitting client (its access token). A
-/// refused token counts as a failed admin guess from that address, so the link is no oracle.
-async fn reachable(
-    app: &AppState,
-    id: &str,
-    headers: &HeaderMap,
-    extensions: &axum::http::Extensions,
-) -> Result<(), ApiError> {
-    let job = imports(app).find(id).await?;
-    if job.export_type != crate::fhir::parameters::ExportType::Submit {
-        return Ok(());
+/// A job id from a `/job/{id}` path the caller may reach: any ping-and-pull job; a Bulk Submit
+/// job only with the operator's admin credential or the submitting client's access token (else
+/// 404, as for no job). A refused token counts as a failed admin guess from that address, so the
+/// link is no oracle. A job running here is told apart without a database round trip per poll.
+struct JobLink(String);
+
+impl FromRequestParts<AppState> for JobLink {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, app)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        // `Some(submitter)` for a Bulk Submit job (its client, when its record was read).
+        let submitted = match app.job_context.jobs.is_submission(&id) {
+            Some(known) => known.then_some(None),
+            None => {
+                let job = imports(app).find(&id).await?;
+                (job.export_type == crate::fhir::parameters::ExportType::Submit)
+                    .then_some(Some(job.client_id))
+            }
+        };
+        let Some(submitter) = submitted else { return Ok(JobLink(id)) };
+        let address = crate::http_server::peer_key(&parts.extensions);
+        let failures = &app.auth_failures.admin_address;
+        if let Err(wait) = failures.check(&address) {
+            let message = "too many failed credentials from this address; try again later".to_string();
+            return Err(ApiError::TooManyRequests { message, retry_after_secs: wait.as_secs().max(1) });
+        }
+        let presented = crate::auth::bearer::bearer_token(&parts.headers).ok();
+        let allowed = match presented {
+            Some(token) if super::admin::is_admin_token(app, token) => true,
+            Some(token) => match crate::auth::access_token::verify(&app.keys, token) {
+                // A job running here was checked without its record: read it for its client.
+                Ok(claims) => match submitter {
+                    Some(client_id) => claims.client_id == client_id,
+                    None => imports(app).find(&id).await?.client_id == claims.client_id,
+                },
+                Err(_) => false,
+            },
+            None => false,
+        };
+        if allowed {
+            return Ok(JobLink(id));
+        }
+        if presented.is_some() {
+            failures.failed(&address, "a token that is not the submitter's on a submission's job link");
+        }
+        Err(ImportError::NotFound(id).into())
     }
-    let address = crate::http_server::peer_key(extensions);
-    let failures = &app.auth_failures.admin_address;
-    if let Err(wait) = failures.check(&address) {
-        let message = "too many failed credentials from this address; try again later".to_string();
-        return Err(ApiError::TooManyRequests { message, retry_after_secs: wait.as_secs().max(1) });
-    }
-    let presented = crate::auth::bearer::bearer_token(headers).ok();
-    let allowed = presented.is_some_and(|token| {
-        super::admin::is_admin_token(app, token)
-            || crate::auth::access_token::verify(&app.keys, token).is_ok_and(|c| c.client_id == job.client_id)
-    });
-    if allowed {
-        return Ok(());
-    }
-    if presented.is_some() {
-        failures.failed(&address, "a token that is not the submitter's on a submission's job link");
-    }
-    Err(ImportError::NotFound(id.to_string()).into())
 }
 
 impl From<ImportError> for ApiError {
@@ -89,11 +108,9 @@ impl From<ImportError> for ApiError {
 
 async fn status(
     State(app): State<AppState>,
-    extensions: axum::http::Extensions,
-    Path(id): Path<String>,
+    JobLink(id): JobLink,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    reachable(&app, &id, &headers, &extensions).await?;
     let outcome_url = format!("{}/job/{id}/import-outcome.ndjson", super::base_url(&app, &headers));
     let res = match imports(&app).status(&id, &outcome_url).await? {
         StatusView::InProgress { percent, text } => in_progress(percent, &text),
@@ -128,13 +145,7 @@ fn in_progress(percent: f64, text: &str) -> Response {
     res
 }
 
-async fn outcome_file(
-    State(app): State<AppState>,
-    extensions: axum::http::Extensions,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    reachable(&app, &id, &headers, &extensions).await?;
+async fn outcome_file(State(app): State<AppState>, JobLink(id): JobLink) -> Result<Response, ApiError> {
     let mut body = String::new();
     for line in imports(&app).outcome_lines(&id).await? {
         body.push_str(&line);
@@ -148,10 +159,8 @@ async fn outcome_file(
 async fn cancel(
     State(app): State<AppState>,
     extensions: axum::http::Extensions,
-    Path(id): Path<String>,
-    headers: HeaderMap,
+    JobLink(id): JobLink,
 ) -> Result<Response, ApiError> {
-    reachable(&app, &id, &headers, &extensions).await?;
     imports(&app).cancel(&id).await?;
     let from = crate::http_server::peer_key(&extensions);
     let job = crate::telemetry::shown_id(&id);
@@ -171,10 +180,8 @@ async fn cancel(
 async fn remove(
     State(app): State<AppState>,
     extensions: axum::http::Extensions,
-    Path(id): Path<String>,
-    headers: HeaderMap,
+    JobLink(id): JobLink,
 ) -> Result<Response, ApiError> {
-    reachable(&app, &id, &headers, &extensions).await?;
     let job = imports(&app).remove(&id).await?;
     let from = crate::http_server::peer_key(&extensions);
     let shown = crate::telemetry::shown_id(&id);
