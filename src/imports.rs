@@ -173,10 +173,24 @@ impl Imports<'_> {
             }
             JobState::Cancelled => {
                 let when = job.completed_at.map(instant).unwrap_or_default();
-                let text = format!(
-                    "the import was cancelled on request at {when}: {}",
-                    self.jobs.config.destination.what_a_stop_does()
-                );
+                // A submission its provider stopped lost all it stored (`submissions`), resource
+                // store rows too; an operator's cancel removes what any cancel does.
+                let stopped = match job.export_type {
+                    crate::fhir::parameters::ExportType::Submit => {
+                        let s = self.jobs.submissions.submission_of_job(&job.id).await?;
+                        s.is_some_and(|s| s.status == crate::fhir::bulk_submit::SubmissionStatus::Stopped)
+                    }
+                    _ => false,
+                };
+                let text = match stopped {
+                    true => format!(
+                        "the submission was stopped by its provider at {when}: everything it stored was removed"
+                    ),
+                    false => format!(
+                        "the import was cancelled on request at {when}: {}",
+                        self.jobs.config.destination.what_a_stop_does()
+                    ),
+                };
                 StatusView::Cancelled(OperationOutcome::single(
                     Severity::Information,
                     IssueCode::Processing,

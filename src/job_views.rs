@@ -13,7 +13,8 @@ use crate::{
         progress::{Sample, Snapshot},
     },
     store::{
-        dashboard::{JobSummary, TypeTotals, MAX_FILES_PAGE},
+        dashboard::JobSummary,
+        job_pages::{TypeTotals, MAX_FILES_PAGE},
         job_store::JobStore,
         live_progress::LiveCounters,
         StoreError,

@@ -57,10 +57,7 @@ impl Generator {
     /// A fresh pair for `alg` (see `key_pairs::generate`), asked from `address`.
     pub async fn generate(&self, address: &str, alg: Option<String>) -> Result<KeyPair, GeneratorError> {
         // An unknown alg is refused before it costs a turn or a place in the budget.
-        let alg = alg.unwrap_or_else(|| crate::auth::keys::GENERATED_KEY_ALG.to_string());
-        if !key_pairs::ALGORITHMS.contains(&alg.to_ascii_uppercase().as_str()) {
-            return Err(KeyPairError::UnknownAlgorithm.into());
-        }
+        let alg = key_pairs::algorithm(alg.as_deref())?;
         self.per_address
             .take(address)
             .map_err(|wait| GeneratorError::TooMany { per_minute: self.per_minute, wait })?;

@@ -29,13 +29,19 @@ pub struct KeyPair {
     pub private_pem: String,
 }
 
+/// The algorithm a pair is asked for (any case; ES384 when `None`), if one we make.
+pub fn algorithm(alg: Option<&str>) -> Result<String, KeyPairError> {
+    let alg = alg.unwrap_or(keys::GENERATED_KEY_ALG).to_ascii_uppercase();
+    match ALGORITHMS.contains(&alg.as_str()) {
+        true => Ok(alg),
+        false => Err(KeyPairError::UnknownAlgorithm),
+    }
+}
+
 /// Make a pair for `alg` (any case; ES384 when `None`). RSA takes a while: call it off the async
 /// workers.
 pub fn generate(alg: Option<&str>) -> Result<KeyPair, KeyPairError> {
-    let alg = alg.unwrap_or(keys::GENERATED_KEY_ALG).to_ascii_uppercase();
-    if !ALGORITHMS.contains(&alg.as_str()) {
-        return Err(KeyPairError::UnknownAlgorithm);
-    }
+    let alg = algorithm(alg)?;
     let private = keys::generate(&alg)?;
     let public = keys::public_of(&private)?;
     let (public_pem, private_pem) = keys::pem_pair(&private)?;

@@ -8,7 +8,7 @@ use crate::{
     auth::provider_base::redact,
     domain::{ManifestRequest, PlanManifest, RequestState, Submission},
     store::{
-        dashboard::ManifestFiles,
+        job_pages::ManifestFiles,
         job_store::{JobStore, SubmissionStore},
         StoreError,
     },

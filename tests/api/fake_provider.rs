@@ -259,6 +259,8 @@ struct Inner {
     page_size: Option<usize>,
     /// The last manifest page links back to the second as its next.
     pages_loop: bool,
+    /// Every manifest entry announces this count, whatever its file holds.
+    announced_count: Option<usize>,
     held: Vec<String>,
     kickoff_script: VecDeque<u16>,
     file_faults: HashMap<String, VecDeque<FileFault>>,
@@ -538,6 +540,12 @@ impl FakeProvider {
         self.with(|i| i.redirects.insert(name.into(), to.into()));
     }
     /// Split `output` into pages of `n` entries linked by `link` next.
+    /// Every manifest entry announces `n` resources (a count that is off, as the reference
+    /// provider's `patient` race makes it).
+    pub fn announce_count(&self, n: usize) {
+        self.with(|i| i.announced_count = Some(n));
+    }
+
     /// The last manifest page's `next` goes back to the second page (a loop of links).
     pub fn loop_manifest_pages(&self) {
         self.with(|i| i.pages_loop = true);
@@ -662,7 +670,9 @@ impl FakeProvider {
                 } else {
                     json!({"type": f.resource_type, "url": url})
                 };
-                if i.wrong_counts {
+                if let Some(n) = i.announced_count {
+                    e["count"] = json!(n);
+                } else if i.wrong_counts {
                     e["count"] = json!(999);
                 } else if i.true_counts {
                     e["count"] = json!(f.bytes.iter().filter(|b| **b == b'\n').count());

@@ -207,6 +207,21 @@ async fn one_providers_stalled_files_leave_another_provider_a_download_slot() {
 }
 
 #[tokio::test]
+async fn a_count_that_is_off_within_its_slack_still_imports_the_whole_file() {
+    // real-providers.md: a manifest's count can be wrong; a file may hold twice it and 1,000 more.
+    let app = spawn_app().await;
+    app.provider.set_chunk_size(64 * 1024);
+    app.provider.add_file("o.ndjson", "Observation", observations(3000));
+    app.provider.announce_count(1000);
+    let id = app.start_import(&app.provider.manifest_url(), "static").await;
+    let body = app.completed(&id).await;
+    assert_eq!(
+        (body["extension"]["failedFiles"].as_i64(), body["extension"]["resources"].as_i64()),
+        (Some(0), Some(3000))
+    );
+}
+
+#[tokio::test]
 async fn an_endless_file_with_a_count_stops_soon_past_its_count() {
     let app = spawn_app().await;
     app.provider.set_chunk_size(64 * 1024);
